@@ -1,0 +1,79 @@
+"""The one exception tree of agent-sleep.
+
+Expected outcomes (an adapter rejected by the gate, a run with nothing to
+consolidate) are returned as data, never raised. Exceptions are for input
+that cannot be processed and for parts of the system that are unavailable::
+
+    AgentSleepError
+    ├── ConfigError                 bad settings or arguments
+    ├── InvalidInputError           a value that breaks a documented contract
+    │   ├── InvalidEventError       malformed experience event / feedback
+    │   ├── PayloadTooLargeError    text or payload above the configured cap
+    │   └── EncodingError           text that is not valid UTF-8
+    ├── NotFoundError               an id that does not exist (names the id)
+    ├── StoreError                  the experience database
+    │   ├── DatabaseUnavailableError   cannot connect (names the URL)
+    │   ├── SchemaTooNewError          database migrated by a newer agent-sleep
+    │   └── SchemaOutdatedError        database needs ``agent-sleep init``
+    ├── ModelError                  base models
+    │   └── ModelNotFoundError      model not installed (names the fix)
+    └── MissingDependencyError      optional package missing (names the install)
+"""
+
+from __future__ import annotations
+
+
+class AgentSleepError(Exception):
+    """Base class of every error agent-sleep raises on purpose."""
+
+
+class ConfigError(AgentSleepError):
+    """Settings or arguments that cannot be used."""
+
+
+class InvalidInputError(AgentSleepError, ValueError):
+    """A value that breaks a documented contract."""
+
+
+class InvalidEventError(InvalidInputError):
+    """A malformed experience event, outcome or feedback record."""
+
+
+class PayloadTooLargeError(InvalidInputError):
+    """Text or a payload larger than the configured cap."""
+
+
+class EncodingError(InvalidInputError):
+    """Text that cannot be stored as UTF-8."""
+
+
+class NotFoundError(AgentSleepError, LookupError):
+    """An id that does not exist. The message names the id."""
+
+
+class StoreError(AgentSleepError):
+    """Problems with the experience database."""
+
+
+class DatabaseUnavailableError(StoreError):
+    """The database cannot be reached."""
+
+
+class SchemaTooNewError(StoreError):
+    """The database was migrated by a newer agent-sleep than this one."""
+
+
+class SchemaOutdatedError(StoreError):
+    """The database has no or an older schema; run ``agent-sleep init``."""
+
+
+class ModelError(AgentSleepError):
+    """Problems loading or running a base model."""
+
+
+class ModelNotFoundError(ModelError):
+    """A base model that is not installed; the message names the fix."""
+
+
+class MissingDependencyError(AgentSleepError, ImportError):
+    """An optional dependency is not installed; the message names the install."""

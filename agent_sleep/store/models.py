@@ -1,0 +1,137 @@
+"""SQLAlchemy 2.0 tables of the experience store.
+
+Ids are client-generated strings (UUID4 hex) so that capture can write in the
+background without a round trip for every new episode or event. The schema is
+owned by the Alembic migrations in ``store/migrations``; this module must match
+the newest of them (a test checks it).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Agent(Base):
+    __tablename__ = "agents"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+
+
+class Episode(Base):
+    """One run of an agent (one graph invocation), inside a conversation thread."""
+
+    __tablename__ = "episodes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    agent: Mapped[str] = mapped_column(ForeignKey("agents.name"), index=True)
+    thread_id: Mapped[str | None] = mapped_column(String(256), index=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    ended_at: Mapped[datetime | None]
+    # running | completed | error
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    # free-form label set by the agent or an evaluator, e.g. "resolved", "escalated"
+    outcome: Mapped[str | None] = mapped_column(String(64), index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    consolidated_at: Mapped[datetime | None] = mapped_column(index=True)
+    consolidation_run: Mapped[str | None] = mapped_column(String(64))
+
+    events: Mapped[list[Event]] = relationship(back_populates="episode", order_by="Event.seq")
+    feedback: Mapped[list[Feedback]] = relationship(back_populates="episode", order_by="Feedback.created_at")
+
+
+class Event(Base):
+    """An ordered step of an episode: a message, a tool call or a tool result."""
+
+    __tablename__ = "events"
+    __table_args__ = (UniqueConstraint("episode_id", "seq", name="uq_events_episode_seq"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    episode_id: Mapped[str] = mapped_column(ForeignKey("episodes.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    # user_message | assistant_message | system_message | tool_call | tool_result | error | custom
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    name: Mapped[str | None] = mapped_column(String(256))
+    content: Mapped[str] = mapped_column(Text, default="")
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    episode: Mapped[Episode] = relationship(back_populates="events")
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    episode_id: Mapped[str] = mapped_column(ForeignKey("episodes.id", ondelete="CASCADE"), index=True)
+    score: Mapped[float | None] = mapped_column(Float)
+    label: Mapped[str | None] = mapped_column(String(64))
+    comment: Mapped[str | None] = mapped_column(Text)
+    # human | automatic | evaluator
+    source: Mapped[str] = mapped_column(String(16), default="human")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    episode: Mapped[Episode] = relationship(back_populates="feedback")
+
+
+class Document(Base):
+    """A knowledge source. A new content hash under the same source is a new version."""
+
+    __tablename__ = "documents"
+    __table_args__ = (
+        UniqueConstraint("source", "version", name="uq_documents_source_version"),
+        Index("ix_documents_hash", "content_hash"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    agent: Mapped[str | None] = mapped_column(ForeignKey("agents.name"), index=True)
+    source: Mapped[str] = mapped_column(String(512))
+    title: Mapped[str | None] = mapped_column(String(512))
+    content: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    consolidated_at: Mapped[datetime | None]
+
+
+class Skill(Base):
+    """A named capability an agent can gain; adapters are versions of a skill."""
+
+    __tablename__ = "skills"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    kind: Mapped[str] = mapped_column(String(32), default="custom")  # t2l | d2l | sft | custom
+    agent: Mapped[str | None] = mapped_column(ForeignKey("agents.name"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)

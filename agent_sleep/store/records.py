@@ -1,0 +1,210 @@
+"""Typed values that go into and come out of the experience store.
+
+Inputs (``EventIn``, ``FeedbackIn``) validate what callers hand in: kinds, UTF-8
+text and the payload size cap. Outputs (``EpisodeRecord`` …) are detached,
+frozen copies of rows, safe to pass between threads after the session closed.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent_sleep.errors import EncodingError, InvalidEventError, PayloadTooLargeError
+
+EventKind = Literal[
+    "user_message", "assistant_message", "system_message", "tool_call", "tool_result", "error", "custom"
+]
+EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
+EpisodeStatus = Literal["running", "completed", "error"]
+FeedbackSource = Literal["human", "automatic", "evaluator"]
+
+
+def as_utc(value: datetime | float | str | None) -> datetime | None:
+    """A timezone-aware UTC datetime from a datetime, epoch seconds or ISO string."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, tz=timezone.utc)
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:  # SQLite hands back naive datetimes; we only ever store UTC
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def check_text(value: Any, field: str) -> str:
+    """``value`` as a str that encodes to UTF-8, or an EncodingError naming ``field``."""
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EncodingError(f"{field} is not valid UTF-8 (byte {exc.start}: {exc.reason})") from exc
+    if not isinstance(value, str):
+        raise InvalidEventError(f"{field} must be text, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EncodingError(f"{field} is not valid UTF-8 text (position {exc.start}: {exc.reason})") from exc
+    return value
+
+
+def payload_size(content: str, payload: dict[str, Any]) -> int:
+    return len(content.encode("utf-8")) + (len(json.dumps(payload, ensure_ascii=False, default=str)) if payload else 0)
+
+
+class EventIn(BaseModel):
+    """One event handed to the store. ``seq`` is assigned by the store when omitted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: EventKind
+    content: str = ""
+    name: str | None = Field(default=None, max_length=256)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    id: str | None = Field(default=None, max_length=64)
+    seq: int | None = Field(default=None, ge=0)
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _utf8(cls, v: Any) -> str:
+        return check_text(v, "content") if v is not None else ""
+
+    @classmethod
+    def parse(cls, raw: Any, *, max_bytes: int, where: str = "event") -> EventIn:
+        """Validate ``raw`` (a dict or EventIn) and enforce the size cap."""
+        if isinstance(raw, EventIn):
+            event = raw
+        elif isinstance(raw, dict):
+            try:
+                event = cls.model_validate(raw)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()
+                )
+                raise InvalidEventError(f"malformed {where}: {problems}") from None
+        else:
+            raise InvalidEventError(f"malformed {where}: expected a mapping, got {type(raw).__name__}")
+        try:
+            size = payload_size(event.content, event.payload)
+        except (TypeError, ValueError) as exc:
+            raise InvalidEventError(f"malformed {where}: payload is not JSON-serialisable ({exc})") from exc
+        if size > max_bytes:
+            raise PayloadTooLargeError(
+                f"{where} is {size:,} bytes, above the cap of {max_bytes:,} "
+                "(AGENT_SLEEP_MAX_PAYLOAD_BYTES / Settings.max_payload_bytes)"
+            )
+        return event
+
+
+class FeedbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    score: float | None = None
+    label: str | None = Field(default=None, max_length=64)
+    comment: str | None = None
+    source: FeedbackSource = "human"
+
+    @field_validator("comment", "label", mode="before")
+    @classmethod
+    def _utf8(cls, v: Any) -> Any:
+        return check_text(v, "feedback text") if v is not None else None
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+
+class EventRecord(_Record):
+    id: str
+    episode_id: str
+    seq: int
+    kind: str
+    name: str | None
+    content: str
+    payload: dict[str, Any]
+    created_at: datetime
+
+    @field_validator("created_at", mode="after")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return as_utc(v)  # type: ignore[return-value]
+
+
+class FeedbackRecord(_Record):
+    id: str
+    episode_id: str
+    score: float | None
+    label: str | None
+    comment: str | None
+    source: str
+    created_at: datetime
+
+    @field_validator("created_at", mode="after")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return as_utc(v)  # type: ignore[return-value]
+
+
+class EpisodeRecord(_Record):
+    id: str
+    agent: str
+    thread_id: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    status: str
+    outcome: str | None
+    error: str | None
+    meta: dict[str, Any] = Field(default_factory=dict)
+    consolidated_at: datetime | None
+    consolidation_run: str | None
+    n_events: int = 0
+    mean_score: float | None = None
+    n_feedback: int = 0
+
+    @field_validator("started_at", "ended_at", "consolidated_at", mode="after")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        return as_utc(v)
+
+
+class DocumentRecord(_Record):
+    id: str
+    agent: str | None
+    source: str
+    title: str | None
+    content: str
+    content_hash: str
+    version: int
+    created_at: datetime
+    meta: dict[str, Any] = Field(default_factory=dict)
+    consolidated_at: datetime | None
+
+    @field_validator("created_at", "consolidated_at", mode="after")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        return as_utc(v)
+
+
+class EpisodeQuery(BaseModel):
+    """What the consolidation job asks for: a window, an agent, outcomes, feedback."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    agent: str | None = None
+    thread_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    status: EpisodeStatus | None = None
+    outcome: str | None = None
+    feedback_label: str | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    has_feedback: bool | None = None
+    unconsolidated: bool = False
+    limit: int | None = Field(default=None, gt=0)
+    newest_first: bool = False

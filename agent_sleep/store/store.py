@@ -1,0 +1,342 @@
+"""The experience store: what an agent lived through, in SQL.
+
+``ExperienceStore`` is the one object the rest of agent-sleep talks to for
+experiences: capture writes batches of ops through :meth:`write_ops`, the CLI
+and users call the typed methods, and the consolidation job reads with
+:meth:`episodes`. Every write is one transaction: it lands whole or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, Select, and_, exists, func, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from agent_sleep.config import Settings, get_settings
+from agent_sleep.errors import DatabaseUnavailableError, InvalidEventError, NotFoundError
+from agent_sleep.store import engine as engine_mod
+from agent_sleep.store.models import Agent, Document, Episode, Event, Feedback, Skill, new_id, utcnow
+from agent_sleep.store.ops import Op, apply_ops
+from agent_sleep.store.records import (
+    DocumentRecord,
+    EpisodeQuery,
+    EpisodeRecord,
+    EventIn,
+    EventRecord,
+    FeedbackIn,
+    FeedbackRecord,
+    as_utc,
+    check_text,
+)
+
+
+class ExperienceStore:
+    """Experience log over SQLite (default) or PostgreSQL.
+
+    ``ExperienceStore()`` opens the default SQLite file in the data directory and
+    migrates it to the newest schema; pass ``url`` for another database and
+    ``migrate=False`` to refuse (rather than perform) a migration.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        migrate: bool = True,
+        engine: Engine | None = None,
+    ) -> None:
+        self.settings = settings or get_settings(database_url=url)
+        self.url = url or self.settings.resolved_database_url
+        self.engine = engine or engine_mod.make_engine(self.url)
+        engine_mod.check_connection(self.engine)
+        if migrate:
+            engine_mod.migrate(self.engine)
+        else:
+            engine_mod.check_schema(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    # -- plumbing -----------------------------------------------------------------
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def safe_url(self) -> str:
+        return engine_mod.safe_url(self.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> ExperienceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except OperationalError as exc:
+            raise DatabaseUnavailableError(f"database {self.safe_url} failed: {exc.orig}") from exc
+
+    def write_ops(self, ops: Sequence[Op]) -> int:
+        """Apply a batch of capture ops in one transaction (idempotent)."""
+        try:
+            with self.engine.begin() as conn:
+                return apply_ops(conn, ops)
+        except OperationalError as exc:
+            raise DatabaseUnavailableError(f"database {self.safe_url} failed: {exc.orig}") from exc
+
+    # -- writes -------------------------------------------------------------------
+    def ensure_agent(self, name: str, metadata: dict[str, Any] | None = None) -> None:
+        self._check_name(name, "agent name")
+        self.write_ops([{"op": "agent", "name": name, "meta": metadata or {}, "ts": time.time()}])
+
+    def start_episode(
+        self,
+        agent: str,
+        *,
+        thread_id: str | None = None,
+        episode_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        self._check_name(agent, "agent name")
+        eid = episode_id or new_id()
+        self.write_ops(
+            [{"op": "episode_start", "id": eid, "agent": agent, "thread_id": thread_id,
+              "meta": metadata or {}, "ts": time.time()}]
+        )
+        return eid
+
+    def append_events(self, episode_id: str, events: Iterable[EventIn | dict[str, Any]]) -> list[str]:
+        """Validate all events first, then append them after the episode's last one."""
+        cap = self.settings.max_payload_bytes
+        parsed = [EventIn.parse(e, max_bytes=cap, where=f"event #{i}") for i, e in enumerate(events)]
+        ids: list[str] = []
+        with self._session() as s:
+            # Row lock on PostgreSQL so two appenders cannot pick the same seq.
+            found = s.execute(select(Episode.id).where(Episode.id == episode_id).with_for_update()).scalar()
+            if found is None:
+                raise NotFoundError(f"no episode with id {episode_id!r}")
+            last = s.execute(select(func.max(Event.seq)).where(Event.episode_id == episode_id)).scalar()
+            seq = -1 if last is None else last
+            ops: list[Op] = []
+            for e in parsed:
+                seq = e.seq if e.seq is not None else seq + 1
+                eid = e.id or new_id()
+                ids.append(eid)
+                ops.append({"op": "event", "id": eid, "episode_id": episode_id, "seq": seq, "kind": e.kind,
+                            "name": e.name, "content": e.content, "payload": e.payload,
+                            "ts": (as_utc(e.created_at) or utcnow()).timestamp()})
+            try:
+                apply_ops(s.connection(), ops)
+            except IntegrityError as exc:
+                raise InvalidEventError(f"events conflict with existing ones in episode {episode_id!r}: {exc.orig}") from exc
+        return ids
+
+    def end_episode(self, episode_id: str, *, status: str = "completed", outcome: str | None = None,
+                    error: str | None = None) -> None:
+        if status not in ("completed", "error", "running"):
+            raise InvalidEventError(f"status must be completed, error or running, got {status!r}")
+        self._require_episode(episode_id)
+        self.write_ops([{"op": "episode_end", "id": episode_id, "status": status, "outcome": outcome,
+                         "error": error, "ts": time.time()}])
+
+    def record_outcome(self, episode_id: str, outcome: str) -> None:
+        """Label how an episode turned out (e.g. "resolved"), at any time later."""
+        outcome = check_text(outcome, "outcome")
+        with self._session() as s:
+            n = s.execute(update(Episode).where(Episode.id == episode_id).values(outcome=outcome)).rowcount
+            if not n:
+                raise NotFoundError(f"no episode with id {episode_id!r}")
+
+    def add_feedback(self, episode_id: str, *, score: float | None = None, label: str | None = None,
+                     comment: str | None = None, source: str = "human") -> str:
+        """Record feedback for an episode; works from any process at any later time."""
+        try:
+            fb = FeedbackIn(score=score, label=label, comment=comment, source=source)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise InvalidEventError(f"malformed feedback: {exc}") from None
+        if fb.score is None and fb.label is None and fb.comment is None:
+            raise InvalidEventError("feedback needs at least one of score, label or comment")
+        self._require_episode(episode_id)
+        fid = new_id()
+        self.write_ops([{"op": "feedback", "id": fid, "episode_id": episode_id, **fb.model_dump(), "ts": time.time()}])
+        return fid
+
+    def add_document(self, source: str, content: str | bytes, *, title: str | None = None,
+                     agent: str | None = None, metadata: dict[str, Any] | None = None) -> DocumentRecord:
+        """Store a knowledge source; unchanged content returns the existing version."""
+        text = check_text(content, f"document {source!r}")
+        if not text.strip():
+            raise InvalidEventError(f"document {source!r} is empty")
+        if len(text.encode("utf-8")) > self.settings.max_payload_bytes * 50:
+            raise InvalidEventError(f"document {source!r} is larger than {self.settings.max_payload_bytes * 50:,} bytes")
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        with self._session() as s:
+            if agent is not None:
+                self._ensure_agent_row(s, agent)
+            latest = s.execute(
+                select(Document).where(Document.source == source).order_by(Document.version.desc()).limit(1)
+            ).scalar()
+            if latest is not None and latest.content_hash == digest:
+                return DocumentRecord.model_validate(latest)
+            doc = Document(source=source, title=title, content=text, content_hash=digest, agent=agent,
+                           version=(latest.version + 1) if latest else 1, meta=metadata or {}, created_at=utcnow())
+            s.add(doc)
+            s.flush()
+            return DocumentRecord.model_validate(doc)
+
+    def upsert_skill(self, name: str, *, description: str = "", kind: str = "custom",
+                     agent: str | None = None) -> None:
+        self._check_name(name, "skill name")
+        with self._session() as s:
+            if agent is not None:
+                self._ensure_agent_row(s, agent)
+            skill = s.get(Skill, name)
+            if skill is None:
+                s.add(Skill(name=name, description=description, kind=kind, agent=agent, meta={}, created_at=utcnow()))
+            else:
+                skill.description, skill.kind = description or skill.description, kind
+
+    def mark_consolidated(self, episode_ids: Sequence[str], run_id: str) -> int:
+        """Flag episodes as turned into adapters by consolidation run ``run_id``."""
+        with self._session() as s:
+            return s.execute(
+                update(Episode).where(Episode.id.in_(list(episode_ids)))
+                .values(consolidated_at=utcnow(), consolidation_run=run_id)
+            ).rowcount
+
+    # -- reads --------------------------------------------------------------------
+    def get_episode(self, episode_id: str) -> EpisodeRecord:
+        rows = self._episode_rows(select_filter=Episode.id == episode_id)
+        if not rows:
+            raise NotFoundError(f"no episode with id {episode_id!r}")
+        return rows[0]
+
+    def episodes(self, query: EpisodeQuery | None = None, **filters: Any) -> list[EpisodeRecord]:
+        """Episodes matching ``query`` (or the same fields as keyword arguments)."""
+        q = query or EpisodeQuery(**filters)
+        conds: list[Any] = []
+        if q.agent is not None:
+            conds.append(Episode.agent == q.agent)
+        if q.thread_id is not None:
+            conds.append(Episode.thread_id == q.thread_id)
+        if q.since is not None:
+            conds.append(Episode.started_at >= as_utc(q.since))
+        if q.until is not None:
+            conds.append(Episode.started_at < as_utc(q.until))
+        if q.status is not None:
+            conds.append(Episode.status == q.status)
+        if q.outcome is not None:
+            conds.append(Episode.outcome == q.outcome)
+        if q.unconsolidated:
+            conds.append(Episode.consolidated_at.is_(None))
+        if q.feedback_label is not None:
+            conds.append(exists().where(and_(Feedback.episode_id == Episode.id, Feedback.label == q.feedback_label)))
+        if q.has_feedback is not None:
+            has = exists().where(Feedback.episode_id == Episode.id)
+            conds.append(has if q.has_feedback else ~has)
+        return self._episode_rows(
+            select_filter=and_(*conds) if conds else None, min_score=q.min_score, max_score=q.max_score,
+            limit=q.limit, newest_first=q.newest_first,
+        )
+
+    def _episode_rows(self, *, select_filter: Any = None, min_score: float | None = None,
+                      max_score: float | None = None, limit: int | None = None,
+                      newest_first: bool = False) -> list[EpisodeRecord]:
+        n_events = select(Event.episode_id, func.count().label("n")).group_by(Event.episode_id).subquery()
+        fb = (
+            select(Feedback.episode_id, func.avg(Feedback.score).label("mean"), func.count().label("n"))
+            .group_by(Feedback.episode_id).subquery()
+        )
+        stmt: Select[Any] = (
+            select(Episode, n_events.c.n, fb.c.mean, fb.c.n)
+            .outerjoin(n_events, n_events.c.episode_id == Episode.id)
+            .outerjoin(fb, fb.c.episode_id == Episode.id)
+        )
+        if select_filter is not None:
+            stmt = stmt.where(select_filter)
+        if min_score is not None:
+            stmt = stmt.where(fb.c.mean >= min_score)
+        if max_score is not None:
+            stmt = stmt.where(fb.c.mean <= max_score)
+        order = Episode.started_at.desc() if newest_first else Episode.started_at
+        stmt = stmt.order_by(order, Episode.id)
+        if limit:
+            stmt = stmt.limit(limit)
+        with self._session() as s:
+            out = []
+            for ep, n_ev, mean, n_fb in s.execute(stmt):
+                rec = EpisodeRecord.model_validate(ep).model_copy(
+                    update={"n_events": n_ev or 0, "mean_score": None if mean is None else float(mean),
+                            "n_feedback": n_fb or 0})
+                out.append(rec)
+            return out
+
+    def events(self, episode_id: str) -> list[EventRecord]:
+        self._require_episode(episode_id)
+        with self._session() as s:
+            rows = s.execute(select(Event).where(Event.episode_id == episode_id).order_by(Event.seq)).scalars()
+            return [EventRecord.model_validate(r) for r in rows]
+
+    def feedback(self, episode_id: str) -> list[FeedbackRecord]:
+        self._require_episode(episode_id)
+        with self._session() as s:
+            rows = s.execute(
+                select(Feedback).where(Feedback.episode_id == episode_id).order_by(Feedback.created_at, Feedback.id)
+            ).scalars()
+            return [FeedbackRecord.model_validate(r) for r in rows]
+
+    def documents(self, *, agent: str | None = None, source: str | None = None, latest_only: bool = True,
+                  unconsolidated: bool = False, since: datetime | None = None) -> list[DocumentRecord]:
+        stmt = select(Document)
+        if agent is not None:
+            stmt = stmt.where(Document.agent == agent)
+        if source is not None:
+            stmt = stmt.where(Document.source == source)
+        if unconsolidated:
+            stmt = stmt.where(Document.consolidated_at.is_(None))
+        if since is not None:
+            stmt = stmt.where(Document.created_at >= as_utc(since))
+        if latest_only:
+            newest = select(Document.source, func.max(Document.version).label("v")).group_by(Document.source).subquery()
+            stmt = stmt.join(newest, and_(newest.c.source == Document.source, newest.c.v == Document.version))
+        with self._session() as s:
+            return [DocumentRecord.model_validate(d) for d in s.execute(stmt.order_by(Document.created_at)).scalars()]
+
+    def agents(self) -> list[str]:
+        with self._session() as s:
+            return list(s.execute(select(Agent.name).order_by(Agent.name)).scalars())
+
+    def count_events(self) -> int:
+        with self._session() as s:
+            return int(s.execute(select(func.count()).select_from(Event)).scalar() or 0)
+
+    # -- helpers ------------------------------------------------------------------
+    def _require_episode(self, episode_id: str) -> None:
+        with self._session() as s:
+            if s.get(Episode, episode_id) is None:
+                raise NotFoundError(f"no episode with id {episode_id!r}")
+
+    @staticmethod
+    def _ensure_agent_row(s: Session, name: str) -> None:
+        if s.get(Agent, name) is None:
+            s.add(Agent(name=name, meta={}, created_at=utcnow()))
+            s.flush()
+
+    @staticmethod
+    def _check_name(name: str, what: str) -> None:
+        if not isinstance(name, str) or not name.strip() or len(name) > 128:
+            raise InvalidEventError(f"{what} must be 1-128 characters, got {name!r}")
+        check_text(name, what)
