@@ -53,9 +53,9 @@ def _clean_text(text: str) -> str:
     # must not fail the agent over them, so they become U+FFFD.
     try:
         text.encode("utf-8")
-        return text
     except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def message_to_event(message: Any) -> dict[str, Any]:

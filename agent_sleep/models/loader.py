@@ -81,7 +81,7 @@ class BaseModelHandle:
 # ---------------------------------------------------------------- spec handling
 
 
-def _is_default(spec: str) -> bool:
+def is_default_spec(spec: str) -> bool:
     return spec.strip().lower() == DEFAULT_MODEL
 
 
@@ -140,7 +140,7 @@ def _hub_snapshot(repo_id: str, *, download: bool) -> Path:
 
 
 def _locate(spec: str, settings: Settings) -> Path:
-    if _is_default(spec):
+    if is_default_spec(spec):
         folder = default_model_dir(settings)
         if not (folder / "config.json").is_file():
             raise _missing_default_error(settings)
@@ -162,7 +162,7 @@ def resolve_model(spec: str | None = None, settings: Settings | None = None) -> 
 # ---------------------------------------------------------------- content hash
 
 
-def _weight_files(folder: Path) -> list[Path]:
+def weight_files(folder: Path) -> list[Path]:
     files = sorted(folder.glob("*.safetensors"), key=lambda p: p.name)
     # Old checkpoints without safetensors still need a distinct identity.
     return files or sorted(folder.glob("*.bin"), key=lambda p: p.name)
@@ -203,7 +203,7 @@ def model_content_hash(folder: Path) -> str:
     costs a stat() instead of reading hundreds of MB.
     """
     folder = Path(folder)
-    files = _weight_files(folder)
+    files = weight_files(folder)
     if not files:
         raise ModelError(f"model folder {folder} has no *.safetensors (or *.bin) weight files")
     stats = [(p.name, p.stat()) for p in files]
@@ -336,7 +336,7 @@ def pull_model(
     """
     settings = settings or get_settings()
     spec = spec or settings.model
-    if not _is_default(spec):
+    if not is_default_spec(spec):
         path = Path(spec).expanduser()
         if path.exists() or _looks_like_path(spec) or not _HUB_ID.match(spec):
             return _check_folder(path.resolve(), spec)
@@ -408,7 +408,7 @@ def load_base_model(
     try:
         resolved = resolve_model(spec, settings)
     except ModelNotFoundError:
-        if not _is_default(spec) or default_gguf_path() is None:
+        if not is_default_spec(spec) or default_gguf_path() is None:
             raise
         pull_model(spec, settings=settings, progress=None)
         resolved = resolve_model(spec, settings)

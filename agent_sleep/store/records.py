@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -40,20 +40,38 @@ def check_text(value: Any, field: str) -> str:
     """``value`` as a str that encodes to UTF-8, or an EncodingError naming ``field``."""
     if isinstance(value, (bytes, bytearray)):
         try:
-            return bytes(value).decode("utf-8")
+            value = bytes(value).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise EncodingError(f"{field} is not valid UTF-8 (byte {exc.start}: {exc.reason})") from exc
-    if not isinstance(value, str):
+    elif not isinstance(value, str):
         raise InvalidEventError(f"{field} must be text, got {type(value).__name__}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise EncodingError(f"{field} is not valid UTF-8 text (position {exc.start}: {exc.reason})") from exc
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL; refuse it on every backend alike
+        raise EncodingError(f"{field} contains a NUL character (position {value.index(chr(0))})")
     return value
 
 
 def payload_size(content: str, payload: dict[str, Any]) -> int:
     return len(content.encode("utf-8")) + (len(json.dumps(payload, ensure_ascii=False, default=str)) if payload else 0)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], raw: dict[str, Any], where: str) -> M:
+    """``model(**raw)``, with pydantic's errors turned into one clear agent-sleep error."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, EncodingError):
+                raise EncodingError(f"{where}: {cause}") from None
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+        raise InvalidEventError(f"malformed {where}: {problems}") from None
 
 
 class EventIn(BaseModel):
@@ -80,13 +98,7 @@ class EventIn(BaseModel):
         if isinstance(raw, EventIn):
             event = raw
         elif isinstance(raw, dict):
-            try:
-                event = cls.model_validate(raw)
-            except ValidationError as exc:
-                problems = "; ".join(
-                    f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()
-                )
-                raise InvalidEventError(f"malformed {where}: {problems}") from None
+            event = validate(cls, raw, where)
         else:
             raise InvalidEventError(f"malformed {where}: expected a mapping, got {type(raw).__name__}")
         try:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, and_, exists, func, select, update
+from sqlalchemy import Engine, Select, and_, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,6 +34,7 @@ from agent_sleep.store.records import (
     FeedbackRecord,
     as_utc,
     check_text,
+    validate,
 )
 
 
@@ -122,6 +123,21 @@ class ExperienceStore:
         """Validate all events first, then append them after the episode's last one."""
         cap = self.settings.max_payload_bytes
         parsed = [EventIn.parse(e, max_bytes=cap, where=f"event #{i}") for i, e in enumerate(events)]
+        auto_seq = all(e.seq is None for e in parsed)
+        for attempt in range(8):
+            try:
+                return self._insert_events(episode_id, parsed)
+            except IntegrityError as exc:
+                # Two writers picked the same next seq (SQLite has no row locks): retry
+                # with a fresh max. Explicit seqs that collide are the caller's error.
+                if not auto_seq or attempt == 7:
+                    raise InvalidEventError(
+                        f"events conflict with existing ones in episode {episode_id!r}: {exc.orig}"
+                    ) from exc
+                time.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _insert_events(self, episode_id: str, parsed: list[EventIn]) -> list[str]:
         ids: list[str] = []
         with self._session() as s:
             # Row lock on PostgreSQL so two appenders cannot pick the same seq.
@@ -130,18 +146,14 @@ class ExperienceStore:
                 raise NotFoundError(f"no episode with id {episode_id!r}")
             last = s.execute(select(func.max(Event.seq)).where(Event.episode_id == episode_id)).scalar()
             seq = -1 if last is None else last
-            ops: list[Op] = []
+            rows: list[dict[str, Any]] = []
             for e in parsed:
                 seq = e.seq if e.seq is not None else seq + 1
-                eid = e.id or new_id()
-                ids.append(eid)
-                ops.append({"op": "event", "id": eid, "episode_id": episode_id, "seq": seq, "kind": e.kind,
-                            "name": e.name, "content": e.content, "payload": e.payload,
-                            "ts": (as_utc(e.created_at) or utcnow()).timestamp()})
-            try:
-                apply_ops(s.connection(), ops)
-            except IntegrityError as exc:
-                raise InvalidEventError(f"events conflict with existing ones in episode {episode_id!r}: {exc.orig}") from exc
+                ids.append(e.id or new_id())
+                rows.append({"id": ids[-1], "episode_id": episode_id, "seq": seq, "kind": e.kind, "name": e.name,
+                             "content": e.content, "payload": e.payload, "created_at": as_utc(e.created_at) or utcnow()})
+            # A plain insert, not the capture path's insert-or-ignore: a clash must fail loudly.
+            s.execute(insert(Event), rows)
         return ids
 
     def end_episode(self, episode_id: str, *, status: str = "completed", outcome: str | None = None,
@@ -163,10 +175,7 @@ class ExperienceStore:
     def add_feedback(self, episode_id: str, *, score: float | None = None, label: str | None = None,
                      comment: str | None = None, source: str = "human") -> str:
         """Record feedback for an episode; works from any process at any later time."""
-        try:
-            fb = FeedbackIn(score=score, label=label, comment=comment, source=source)  # type: ignore[arg-type]
-        except ValueError as exc:
-            raise InvalidEventError(f"malformed feedback: {exc}") from None
+        fb = validate(FeedbackIn, {"score": score, "label": label, "comment": comment, "source": source}, "feedback")
         if fb.score is None and fb.label is None and fb.comment is None:
             raise InvalidEventError("feedback needs at least one of score, label or comment")
         self._require_episode(episode_id)

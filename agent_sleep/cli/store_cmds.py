@@ -1,0 +1,206 @@
+"""CLI for the experience store: init, episodes, log export/import, feedback, documents."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from agent_sleep.cli.common import print_json, settings_from
+from agent_sleep.errors import ConfigError
+
+
+def _store(args: argparse.Namespace, migrate: bool = False):  # type: ignore[no-untyped-def]
+    from agent_sleep.store import ExperienceStore
+
+    settings = settings_from(args)
+    return ExperienceStore(settings=settings, migrate=migrate)
+
+
+def _when(text: str | None) -> datetime | None:
+    """An ISO timestamp or a relative age such as 30m, 12h, 7d."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return datetime.now(timezone.utc) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"not a time: {text!r} (use ISO 8601 like 2026-11-28T10:00 or an age like 12h, 7d)") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from agent_sleep.store import engine as eng
+
+    settings = settings_from(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = _store(args, migrate=True)
+    rev = eng.current_revision(store.engine)
+    print(f"data dir   {settings.data_dir.resolve()}")
+    print(f"database   {store.safe_url} (schema {rev})")
+    return 0
+
+
+def _episode_query(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from agent_sleep.store import EpisodeQuery
+
+    return EpisodeQuery(
+        agent=args.agent, since=_when(args.since), until=_when(args.until), status=args.status,
+        outcome=args.outcome, min_score=args.min_score, max_score=args.max_score,
+        unconsolidated=args.unconsolidated, limit=args.limit, newest_first=getattr(args, "newest_first", False),
+    )
+
+
+def cmd_episodes_list(args: argparse.Namespace) -> int:
+    eps = _store(args).episodes(_episode_query(args))
+    if args.json:
+        for ep in eps:
+            print_json(ep.model_dump(mode="json"))
+        return 0
+    if not eps:
+        print("no episodes")
+        return 0
+    print(f"{'EPISODE':32}  {'AGENT':14} {'STARTED (UTC)':19}  {'STATUS':9} {'EVENTS':>6} {'SCORE':>5}  OUTCOME")
+    for ep in eps:
+        score = "" if ep.mean_score is None else f"{ep.mean_score:.2f}"
+        print(f"{ep.id:32}  {ep.agent[:14]:14} {ep.started_at:%Y-%m-%d %H:%M:%S}  {ep.status:9} "
+              f"{ep.n_events:>6} {score:>5}  {ep.outcome or ''}")
+    return 0
+
+
+def cmd_episodes_show(args: argparse.Namespace) -> int:
+    store = _store(args)
+    ep = store.get_episode(args.episode)
+    events, feedback = store.events(ep.id), store.feedback(ep.id)
+    if args.json:
+        print_json({"episode": ep.model_dump(mode="json"), "events": [e.model_dump(mode="json") for e in events],
+                    "feedback": [f.model_dump(mode="json") for f in feedback]})
+        return 0
+    print(f"episode {ep.id}  agent={ep.agent}  thread={ep.thread_id}  status={ep.status}  outcome={ep.outcome}")
+    print(f"started {ep.started_at:%Y-%m-%d %H:%M:%S}  ended {ep.ended_at or '-'}")
+    for e in events:
+        label = e.kind + (f"[{e.name}]" if e.name else "")
+        extra = f"  tool_calls={e.payload['tool_calls']}" if e.payload.get("tool_calls") else ""
+        print(f"  {e.seq:>3} {label:28} {e.content[:200]!s}{extra}")
+    for f in feedback:
+        print(f"  feedback ({f.source}) score={f.score} label={f.label} comment={f.comment}")
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    store = _store(args)
+    fid = store.add_feedback(args.episode, score=args.score, label=args.label, comment=args.comment, source=args.source)
+    if args.outcome:
+        store.record_outcome(args.episode, args.outcome)
+    print(fid)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from agent_sleep.store.jsonl import export_jsonl
+
+    store = _store(args)
+    query = _episode_query(args)
+    if args.output in (None, "-"):
+        n = export_jsonl(store, sys.stdout, query)
+    else:
+        out = Path(args.output)
+        tmp = out.with_name(f".{out.name}.tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            n = export_jsonl(store, fh, query)
+        tmp.replace(out)
+    print(f"exported {n} records", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from agent_sleep.store.jsonl import import_jsonl
+
+    if not Path(args.file).is_file():
+        raise ConfigError(f"no such file: {args.file}")
+    rep = import_jsonl(_store(args, migrate=True), args.file)
+    print(f"imported {rep.episodes} episodes, {rep.events} events, {rep.feedback} feedback, {rep.documents} documents"
+          " (already present ones skipped)")
+    return 0
+
+
+def cmd_docs_add(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if not path.is_file():
+        raise ConfigError(f"no such file: {path}")
+    doc = _store(args, migrate=True).add_document(args.source or str(path), path.read_bytes(), title=args.title,
+                                                  agent=args.agent)
+    print(f"{doc.source} v{doc.version} sha256:{doc.content_hash[:16]} ({len(doc.content):,} chars)")
+    return 0
+
+
+def cmd_docs_list(args: argparse.Namespace) -> int:
+    docs = _store(args).documents(agent=args.agent, latest_only=not args.all_versions)
+    for d in docs:
+        print(f"{d.source:40} v{d.version:<3} {d.created_at:%Y-%m-%d %H:%M}  {len(d.content):>8,} chars  "
+              f"{'consolidated' if d.consolidated_at else ''}")
+    return 0
+
+
+def _query_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agent", help="only this agent")
+    p.add_argument("--since", help="ISO time or age (30m, 12h, 7d)")
+    p.add_argument("--until", help="ISO time or age")
+    p.add_argument("--status", choices=["running", "completed", "error"])
+    p.add_argument("--outcome", help="only episodes with this outcome label")
+    p.add_argument("--min-score", type=float, help="mean feedback score at least this")
+    p.add_argument("--max-score", type=float, help="mean feedback score at most this")
+    p.add_argument("--unconsolidated", action="store_true", help="only episodes not yet consolidated")
+    p.add_argument("--limit", type=int)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("init", help="create the data directory and database, apply migrations")
+    p.set_defaults(handler=cmd_init)
+
+    ep = sub.add_parser("episodes", help="list and show logged episodes")
+    ep_sub = ep.add_subparsers(dest="episodes_command", metavar="ACTION", required=True)
+    p = ep_sub.add_parser("list", help="list episodes, oldest first")
+    _query_args(p)
+    p.add_argument("--newest-first", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(handler=cmd_episodes_list)
+    p = ep_sub.add_parser("show", help="show one episode with its events and feedback")
+    p.add_argument("episode", help="episode id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_episodes_show)
+
+    p = sub.add_parser("feedback", help="record feedback (score, label, comment) for an episode")
+    p.add_argument("episode", help="episode id")
+    p.add_argument("--score", type=float)
+    p.add_argument("--label")
+    p.add_argument("--comment")
+    p.add_argument("--outcome", help="also set the episode's outcome label")
+    p.add_argument("--source", choices=["human", "automatic", "evaluator"], default="human")
+    p.set_defaults(handler=cmd_feedback)
+
+    lg = sub.add_parser("log", help="export or import the experience log as JSONL")
+    lg_sub = lg.add_subparsers(dest="log_command", metavar="ACTION", required=True)
+    p = lg_sub.add_parser("export", help="write episodes (with events, feedback) and documents as JSONL")
+    _query_args(p)
+    p.add_argument("-o", "--output", help="file to write (default: stdout)")
+    p.set_defaults(handler=cmd_export)
+    p = lg_sub.add_parser("import", help="read a JSONL export; all or nothing, existing ids skipped")
+    p.add_argument("file")
+    p.set_defaults(handler=cmd_import)
+
+    dc = sub.add_parser("documents", help="add and list knowledge documents")
+    dc_sub = dc.add_subparsers(dest="documents_command", metavar="ACTION", required=True)
+    p = dc_sub.add_parser("add", help="store a document (new content under the same source = new version)")
+    p.add_argument("path")
+    p.add_argument("--source", help="stable name of the source (default: the path)")
+    p.add_argument("--title")
+    p.add_argument("--agent")
+    p.set_defaults(handler=cmd_docs_add)
+    p = dc_sub.add_parser("list", help="list documents")
+    p.add_argument("--agent")
+    p.add_argument("--all-versions", action="store_true")
+    p.set_defaults(handler=cmd_docs_list)

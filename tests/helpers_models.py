@@ -1,0 +1,90 @@
+"""Tiny offline models for tests: a random 2-layer Llama and a byte-level BPE tokenizer.
+
+Nothing here downloads anything; a model folder builds in well under a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from agent_sleep.models.loader import BaseModelHandle
+from agent_sleep.runtime.chat_model import ChatLocalModel, GenerationParams
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_CORPUS = [
+    "The capital of France is Paris.",
+    "You are a helpful assistant. What is the weather today?",
+    '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>',
+    "system user assistant tool answer question hello world 0123456789",
+]
+
+
+def make_tiny_tokenizer() -> object:
+    """A byte-level BPE tokenizer with ChatML special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<|endoftext|>",
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+    )
+    fast.chat_template = CHATML
+    return fast
+
+
+def make_tiny_model_dir(tmp_path: Path, *, seed: int = 0, name: str = "tiny-llama") -> Path:
+    """Save a random tiny LlamaForCausalLM plus tokenizer under ``tmp_path / name``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path / name
+    tokenizer = make_tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+class ScriptedChatModel(ChatLocalModel):
+    """Emits a fixed reply through the real decode/stream/stop/tool path.
+
+    Overrides only ``_generate_ids``, the hook later stages use, so tests can
+    check text handling deterministically on a random model.
+    """
+
+    script: str = ""
+
+    def _generate_ids(self, handle: BaseModelHandle, input_ids: list[int], params: GenerationParams) -> Iterator[int]:
+        ids = handle.tokenizer(self.script, add_special_tokens=False)["input_ids"]
+        yield from ids[: params.max_new_tokens]
+        if len(ids) < params.max_new_tokens:
+            yield handle.tokenizer.eos_token_id
