@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from pydantic import Field, PrivateAttr
 
 from agent_sleep.models.loader import BaseModelHandle
 from agent_sleep.runtime.chat_model import ChatLocalModel, GenerationParams
@@ -23,7 +26,7 @@ _CORPUS = [
 ]
 
 
-def make_tiny_tokenizer() -> object:
+def make_tiny_tokenizer(*, pad: bool = True, chat_template: str = CHATML) -> Any:
     """A byte-level BPE tokenizer with ChatML special tokens and chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -41,19 +44,19 @@ def make_tiny_tokenizer() -> object:
         unk_token="<|endoftext|>",
         bos_token="<|im_start|>",
         eos_token="<|im_end|>",
-        pad_token="<|im_end|>",
+        pad_token="<|im_end|>" if pad else None,
     )
-    fast.chat_template = CHATML
+    fast.chat_template = chat_template
     return fast
 
 
-def make_tiny_model_dir(tmp_path: Path, *, seed: int = 0, name: str = "tiny-llama") -> Path:
+def make_tiny_model_dir(tmp_path: Path, *, seed: int = 0, name: str = "tiny-llama", pad: bool = True) -> Path:
     """Save a random tiny LlamaForCausalLM plus tokenizer under ``tmp_path / name``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path / name
-    tokenizer = make_tiny_tokenizer()
+    tokenizer = make_tiny_tokenizer(pad=pad)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -64,7 +67,7 @@ def make_tiny_model_dir(tmp_path: Path, *, seed: int = 0, name: str = "tiny-llam
         max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id if pad else None,
         tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
@@ -75,16 +78,26 @@ def make_tiny_model_dir(tmp_path: Path, *, seed: int = 0, name: str = "tiny-llam
 
 
 class ScriptedChatModel(ChatLocalModel):
-    """Emits a fixed reply through the real decode/stream/stop/tool path.
+    """Emits fixed replies through the real decode/stream/stop/tool path.
 
     Overrides only ``_generate_ids``, the hook later stages use, so tests can
-    check text handling deterministically on a random model.
+    check text handling deterministically on a random model. Call n gets
+    ``scripts[n]`` (the last one repeats); every prompt is kept in ``prompts``.
     """
 
-    script: str = ""
+    scripts: list[str] = Field(default_factory=list)
+    _calls: int = PrivateAttr(default=0)
+    _prompts: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def prompts(self) -> list[str]:
+        return self._prompts
 
     def _generate_ids(self, handle: BaseModelHandle, input_ids: list[int], params: GenerationParams) -> Iterator[int]:
-        ids = handle.tokenizer(self.script, add_special_tokens=False)["input_ids"]
+        self._prompts.append(handle.tokenizer.decode(input_ids))
+        script = self.scripts[min(self._calls, len(self.scripts) - 1)]
+        self._calls += 1
+        ids = handle.tokenizer(script, add_special_tokens=False)["input_ids"]
         yield from ids[: params.max_new_tokens]
         if len(ids) < params.max_new_tokens:
             yield handle.tokenizer.eos_token_id

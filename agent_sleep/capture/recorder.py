@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 import time
 import warnings
@@ -48,13 +49,16 @@ def _text_of(content: Any) -> str:
     return "" if content is None else str(content)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _clean_text(text: str) -> str:
     # Lone surrogates (from undecodable bytes) cannot be stored as UTF-8; capture
     # must not fail the agent over them, so they become U+FFFD.
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        text = text.encode("utf-8", "replace").decode("utf-8")
+        text = _SURROGATE.sub("\ufffd", text)
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 

@@ -148,6 +148,10 @@ class BackgroundWriter:
                 backoff = 0.1
             except _UNREACHABLE as exc:
                 self._outage(exc)
+                with self._lock:
+                    if len(self._queue) > self.max_buffer:
+                        self._spill(list(self._queue))
+                        self._queue.clear()
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.retry_max)
             except Exception:  # never let the writer thread die
@@ -172,9 +176,6 @@ class BackgroundWriter:
         except _UNREACHABLE:
             with self._lock:
                 self._queue.extendleft(reversed(batch))
-                if len(self._queue) > self.max_buffer:
-                    self._spill(list(self._queue))
-                    self._queue.clear()
             raise
         self._recovered()
 

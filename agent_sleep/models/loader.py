@@ -82,6 +82,7 @@ class BaseModelHandle:
 
 
 def is_default_spec(spec: str) -> bool:
+    """Whether ``spec`` names the bundled default model."""
     return spec.strip().lower() == DEFAULT_MODEL
 
 
@@ -163,6 +164,7 @@ def resolve_model(spec: str | None = None, settings: Settings | None = None) -> 
 
 
 def weight_files(folder: Path) -> list[Path]:
+    """The weight files the content hash covers, sorted by name."""
     files = sorted(folder.glob("*.safetensors"), key=lambda p: p.name)
     # Old checkpoints without safetensors still need a distinct identity.
     return files or sorted(folder.glob("*.bin"), key=lambda p: p.name)
