@@ -160,10 +160,14 @@ class ExperienceRecorder:
         size = len(content.encode("utf-8"))
         if size > cap or payload:
             try:
-                payload_json = json.dumps(payload, ensure_ascii=False, default=str)
+                payload_json = json.dumps(payload, ensure_ascii=False)
             except (TypeError, ValueError):
-                payload_json = json.dumps({"unserialisable": repr(payload)[:1000]})
-            payload = json.loads(payload_json)
+                # Objects JSON cannot hold become their str(); the stored payload stays JSON.
+                try:
+                    payload_json = json.dumps(payload, ensure_ascii=False, default=str)
+                except (TypeError, ValueError):
+                    payload_json = json.dumps({"unserialisable": repr(payload)[:1000]})
+                payload = json.loads(payload_json)
             if size + len(payload_json) > cap:
                 warnings.warn(f"agent-sleep: {kind} event of {size + len(payload_json):,} bytes truncated to the "
                               f"cap of {cap:,} (Settings.max_payload_bytes)", CaptureWarning, stacklevel=3)

