@@ -17,6 +17,14 @@ that cannot be processed and for parts of the system that are unavailable::
     │   └── SchemaOutdatedError        database needs ``agent-sleep init``
     ├── ModelError                  base models
     │   └── ModelNotFoundError      model not installed (names the fix)
+    ├── AdapterError                LoRA adapter artifacts and stacks
+    │   ├── AdapterFormatError      missing/half-written folder, bad config, pickle files
+    │   ├── TamperedAdapterError    weights do not match the manifest's hash
+    │   ├── IncompatibleAdapterError   other base model, unknown targets, wrong shapes
+    │   └── AdapterExistsError      an immutable version would be overwritten
+    ├── DeploymentError             registry deployments
+    │   ├── DeployConflictError     another deploy won the race
+    │   └── NothingToRollBackError  no earlier deployment to return to
     └── MissingDependencyError      optional package missing (names the install)
 """
 
@@ -73,6 +81,38 @@ class ModelError(AgentSleepError):
 
 class ModelNotFoundError(ModelError):
     """A base model that is not installed; the message names the fix."""
+
+
+class AdapterError(AgentSleepError):
+    """Problems with a LoRA adapter artifact or a stack of them."""
+
+
+class AdapterFormatError(AdapterError, InvalidInputError):
+    """A missing, half-written or malformed adapter folder."""
+
+
+class TamperedAdapterError(AdapterError):
+    """Adapter weights whose hash does not match the manifest."""
+
+
+class IncompatibleAdapterError(AdapterError, InvalidInputError):
+    """An adapter for another base model, or with targets/shapes the model lacks."""
+
+
+class AdapterExistsError(AdapterError):
+    """Writing would overwrite an immutable adapter version."""
+
+
+class DeploymentError(AgentSleepError):
+    """Problems changing what is live for an agent."""
+
+
+class DeployConflictError(DeploymentError):
+    """Another deployment for the same agent won a race."""
+
+
+class NothingToRollBackError(DeploymentError):
+    """There is no earlier deployment to roll back to."""
 
 
 class MissingDependencyError(AgentSleepError, ImportError):
