@@ -18,6 +18,7 @@ from agent_sleep.errors import AgentSleepError
 _COMMAND_MODULES = (
     "agent_sleep.cli.store_cmds",
     "agent_sleep.cli.model_cmds",
+    "agent_sleep.cli.registry_cmds",
     "agent_sleep.cli.demo_cmds",
 )
 

@@ -13,6 +13,7 @@ bound tools' JSON schemas go into the system prompt and the model answers
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -81,6 +82,13 @@ def _holdback(text: str, markers: Sequence[str]) -> int:
 
 
 # ---------------------------------------------------------------- the chat model
+
+
+def _stack_bound(handle: BaseModelHandle) -> Any:
+    """Bind the request's pinned adapter stack (if any) around one forward pass."""
+    if handle.stack is None or handle.activate is None:
+        return contextlib.nullcontext()
+    return handle.activate(handle.stack)
 
 
 class ChatLocalModel(BaseChatModel):
@@ -166,8 +174,9 @@ class ChatLocalModel(BaseChatModel):
         all_ids = torch.tensor([input_ids], dtype=torch.long, device=handle.device)
         step_ids, past = all_ids, None
         for _ in range(params.max_new_tokens):
-            # Grad mode is thread-local global state: enter it per step, never across a yield.
-            with torch.inference_mode():
+            # Grad mode and the active adapter stack are per-thread/context state: enter
+            # them per step, never across a yield (a consumer may resume us elsewhere).
+            with torch.inference_mode(), _stack_bound(handle):
                 out = model(input_ids=step_ids, use_cache=True, **{cache_kwarg: past})
                 past = out.cache if cache_kwarg == "cache" else out.past_key_values
                 logits = processors(all_ids, out.logits[:, -1, :].float())
@@ -280,6 +289,7 @@ class ChatLocalModel(BaseChatModel):
                 "model": self.model,
                 "model_name": self.model,
                 "content_hash": handle.content_hash,
+                "stack": getattr(handle.stack, "name", None),
                 "finish_reason": finish,
                 "seconds": round(seconds, 4),
             },

@@ -135,3 +135,78 @@ class Skill(Base):
     agent: Mapped[str | None] = mapped_column(ForeignKey("agents.name"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+
+
+# -- adapter registry (migration 0002) ------------------------------------------------------
+
+
+class AdapterVersion(Base):
+    """One immutable adapter version ``skill@vN``: a PEFT folder on disk plus its lineage."""
+
+    __tablename__ = "adapter_versions"
+    __table_args__ = (UniqueConstraint("skill", "version", name="uq_adapter_versions_skill_version"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    skill: Mapped[str] = mapped_column(ForeignKey("skills.name"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(160), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    base_model_id: Mapped[str] = mapped_column(String(512))
+    base_model_hash: Mapped[str] = mapped_column(String(64), index=True)
+    generator: Mapped[str] = mapped_column(String(32))
+    rank: Mapped[int] = mapped_column(Integer)
+    target_modules: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"modules": [...]}
+    # candidate | approved | live | retired | rejected | rolled_back
+    status: Mapped[str] = mapped_column(String(16), default="candidate", index=True)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    sources: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    eval_summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AdapterAlias(Base):
+    """A movable name (``live``, ``previous``, ``candidate``) for one version of a skill."""
+
+    __tablename__ = "adapter_aliases"
+
+    skill: Mapped[str] = mapped_column(ForeignKey("skills.name"), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("adapter_versions.id"))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Stack(Base):
+    """An immutable, versioned, ordered list of (adapter version, weight) for an agent."""
+
+    __tablename__ = "stacks"
+    __table_args__ = (
+        UniqueConstraint("agent", "version", name="uq_stacks_agent_version"),
+        Index("ix_stacks_agent_hash", "agent", "content_hash"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    agent: Mapped[str] = mapped_column(ForeignKey("agents.name"))
+    version: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    items: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"items": [{"adapter", "weight"}]}
+    content_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Deployment(Base):
+    """"Stack S became live for agent A at time T, by R, because …". Never edited."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("agent", "seq", name="uq_deployments_agent_seq"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    agent: Mapped[str] = mapped_column(ForeignKey("agents.name"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    stack_id: Mapped[str] = mapped_column(ForeignKey("stacks.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # deploy | rollback | remove_skill
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    previous_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -39,7 +39,7 @@ def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_store_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str], db_url: str) -> None:
     base = ["--data-dir", str(tmp_path / "d"), "--db", db_url]
     assert main([*base, "init"]) == 0
-    assert "schema 0001" in capsys.readouterr().out
+    assert "schema 0002" in capsys.readouterr().out
     assert main([*base, "episodes", "list"]) == 0
     assert "no episodes" in capsys.readouterr().out
 

@@ -1,0 +1,128 @@
+"""The provenance record stored beside every adapter (``manifest.json``), and adapter names.
+
+An adapter folder is a standard PEFT folder plus this manifest. The manifest
+says what the adapter is (skill and version), who made it (generator), for
+which base weights (content hash), from what (episodes, documents), and pins
+the weight bytes with a sha256 so a changed file is noticed before it goes
+live. Newer keys are kept on a round trip, so an older agent-sleep can read
+and re-save what a newer one wrote.
+
+This module does not touch tensors or files; :mod:`agent_sleep.adapters.artifact`
+reads and writes folders.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent_sleep.errors import AdapterFormatError
+
+__all__ = ["FORMAT_VERSION", "AdapterManifest", "AdapterSources", "BaseModelRef", "GeneratorInfo", "check_name"]
+
+FORMAT_VERSION = 1
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it can name a skill (and a folder); raise AdapterFormatError otherwise.
+
+    1-64 characters from ``[A-Za-z0-9_.-]``, starting with a letter or digit.
+    That rules out path separators, ``..``, hidden names and shell specials, so
+    a name can be used as a folder name on every platform without escaping.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        shown = name if isinstance(name, str) else type(name).__name__
+        raise AdapterFormatError(
+            f"invalid adapter/skill name {shown!r}: use 1-64 characters from A-Z a-z 0-9 _ . -, "
+            "starting with a letter or digit (no spaces or path separators)"
+        )
+    return name
+
+
+def _agent_sleep_version() -> str:
+    from agent_sleep import __version__
+
+    return __version__
+
+
+class _Record(BaseModel):
+    # Stored records keep keys they do not know, so old code re-saves new manifests losslessly.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class GeneratorInfo(_Record):
+    """What produced the weights: ``t2l``, ``d2l``, ``sft``, ``merged``, ... and its version."""
+
+    name: str
+    version: str = "0"
+
+
+class BaseModelRef(_Record):
+    """The base model the adapter was made for; ``content_hash`` is what compatibility checks use."""
+
+    id: str
+    content_hash: str
+
+
+class AdapterSources(_Record):
+    """Where the knowledge came from (experience-store ids, document ids, a free-text task)."""
+
+    episodes: list[str] = Field(default_factory=list)
+    documents: list[str] = Field(default_factory=list)
+    description: str | None = None
+    run: str | None = None
+
+
+class AdapterManifest(_Record):
+    """Contents of ``manifest.json``.
+
+    ``rank``, ``lora_alpha``, ``target_modules`` and ``weights_sha256`` are
+    filled in by :func:`agent_sleep.adapters.artifact.write_adapter` from the
+    PEFT config and the written bytes; values given here are overwritten.
+    """
+
+    format_version: int = FORMAT_VERSION
+    agent_sleep_version: str = Field(default_factory=_agent_sleep_version)
+    skill: str | None = None
+    version: int | None = None
+    generator: GeneratorInfo
+    base_model: BaseModelRef
+    rank: int = 0
+    lora_alpha: float = 0.0
+    target_modules: list[str] = Field(default_factory=list)
+    sources: AdapterSources = Field(default_factory=AdapterSources)
+    created_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    weights_sha256: str = ""
+    eval_summary: dict[str, Any] | None = None
+
+    @field_validator("skill")
+    @classmethod
+    def _skill_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_name(value)
+
+    @field_validator("version")
+    @classmethod
+    def _positive_version(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"version must be >= 1, got {value}")
+        return value
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc(cls, value: dt.datetime) -> dt.datetime:
+        # A naive timestamp is ambiguous across machines; refuse it rather than guess the zone.
+        if value.tzinfo is None:
+            raise ValueError("created_at must carry a time zone (use UTC)")
+        return value.astimezone(dt.UTC)
+
+    @field_validator("weights_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if value and not _SHA256.fullmatch(value):
+            raise ValueError("weights_sha256 must be 64 lowercase hex digits")
+        return value

@@ -1,0 +1,192 @@
+"""CLI for the adapter registry: adapters, stacks, deploy, rollback, remove-skill, deployments.
+
+Deploying validates every adapter in the stack against the base model first
+(exit 3 when one is rejected, with the reason); a running agent process picks
+the new deployment up within a second and hot-swaps it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from agent_sleep.cli.common import print_json, settings_from
+from agent_sleep.errors import ConfigError
+
+EXIT_REJECTED = 3
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from agent_sleep.registry import AdapterRegistry
+    from agent_sleep.store import ExperienceStore
+
+    return AdapterRegistry(ExperienceStore(settings=settings_from(args)))
+
+
+def cmd_adapters_list(args: argparse.Namespace) -> int:
+    rows = _registry(args).adapters(skill=args.skill, status=args.status)
+    if args.json:
+        for r in rows:
+            print_json(r.model_dump(mode="json"))
+        return 0
+    if not rows:
+        print("no adapters")
+        return 0
+    print(f"{'ADAPTER':28} {'STATUS':11} {'GEN':7} {'RANK':>4}  {'CREATED (UTC)':16}  ALIASES")
+    for r in rows:
+        print(f"{r.name:28} {r.status:11} {r.generator:7} {r.rank:>4}  {r.created_at:%Y-%m-%d %H:%M}  "
+              f"{','.join(r.aliases)}")
+    return 0
+
+
+def cmd_adapters_show(args: argparse.Namespace) -> int:
+    r = _registry(args).get(args.ref)
+    if args.json:
+        print_json(r.model_dump(mode="json"))
+        return 0
+    for key, value in r.model_dump(mode="json").items():
+        print(f"{key:16} {value}")
+    return 0
+
+
+def cmd_adapters_lineage(args: argparse.Namespace) -> int:
+    print_json(_registry(args).lineage(args.ref))
+    return 0
+
+
+def cmd_adapters_add(args: argparse.Namespace) -> int:
+    rec = _registry(args).register(args.folder, args.skill, description=args.description, agent=args.agent)
+    print(rec.name)
+    return 0
+
+
+def cmd_stacks_list(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    for st in reg.stacks(args.agent):
+        items = ", ".join(f"{i.adapter}×{i.weight:g}" for i in st.items) or "(empty: base model)"
+        print(f"{st.name:32} {st.created_at:%Y-%m-%d %H:%M}  {items}")
+    return 0
+
+
+def cmd_stacks_show(args: argparse.Namespace) -> int:
+    print_json(_registry(args).get_stack(args.ref).model_dump(mode="json"))
+    return 0
+
+
+def _parse_weights(pairs: list[str] | None) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    for pair in pairs or []:
+        skill, _, value = pair.partition("=")
+        try:
+            weights[skill] = float(value)
+        except ValueError:
+            raise ConfigError(f"--weight expects SKILL=NUMBER, got {pair!r}") from None
+    return weights
+
+
+def _print_outcome(outcome: Any, as_json: bool) -> int:
+    if as_json:
+        print_json(outcome.model_dump(mode="json"))
+    elif outcome.status == "rejected":
+        print(f"rejected: {outcome.reason}")
+    else:
+        d = outcome.deployment
+        items = ", ".join(f"{i.adapter}×{i.weight:g}" for i in d.stack.items) or "base model"
+        print(f"{d.kind} #{d.seq}: {d.stack.name} is live for {d.agent} ({items})")
+    return EXIT_REJECTED if outcome.status == "rejected" else 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from agent_sleep.runtime.deploy import deploy_validated
+
+    weights = _parse_weights(args.weight)
+    targets: Any = args.targets[0] if len(args.targets) == 1 and ":stack@" in args.targets[0] else [
+        (t, weights.get(t.split("@")[0], 1.0)) for t in args.targets]
+    outcome = deploy_validated(_registry(args), args.agent, targets, actor=args.actor, reason=args.reason or "",
+                               validate=not args.no_validate)
+    return _print_outcome(outcome, args.json)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from agent_sleep.runtime.deploy import DeployOutcome
+
+    dep = _registry(args).rollback(args.agent, to=args.to, actor=args.actor, reason=args.reason or "rollback")
+    return _print_outcome(DeployOutcome(status="deployed", deployment=dep), args.json)
+
+
+def cmd_remove_skill(args: argparse.Namespace) -> int:
+    from agent_sleep.runtime.deploy import DeployOutcome
+
+    dep = _registry(args).remove_skill(args.agent, args.skill, actor=args.actor, reason=args.reason or "")
+    return _print_outcome(DeployOutcome(status="deployed", deployment=dep), args.json)
+
+
+def cmd_deployments(args: argparse.Namespace) -> int:
+    deps = _registry(args).deployments(args.agent)
+    if args.json:
+        for d in deps:
+            print_json(d.model_dump(mode="json"))
+        return 0
+    for d in deps:
+        items = ", ".join(f"{i.adapter}×{i.weight:g}" for i in d.stack.items) or "base model"
+        print(f"#{d.seq:<3} {d.created_at:%Y-%m-%d %H:%M:%S}  {d.kind:12} {d.stack.name:28} by {d.actor}: "
+              f"{d.reason}  [{items}]  id={d.id}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    ad = sub.add_parser("adapters", help="list, show and trace registered adapter versions")
+    ad_sub = ad.add_subparsers(dest="adapters_command", metavar="ACTION", required=True)
+    p = ad_sub.add_parser("list", help="list adapter versions")
+    p.add_argument("--skill")
+    p.add_argument("--status", choices=["candidate", "approved", "live", "retired", "rejected", "rolled_back"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_adapters_list)
+    p = ad_sub.add_parser("show", help="show one version (skill@vN, skill@live, or skill)")
+    p.add_argument("ref")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_adapters_show)
+    p = ad_sub.add_parser("lineage", help="where a version came from and where it was deployed (JSON)")
+    p.add_argument("ref")
+    p.set_defaults(handler=cmd_adapters_lineage)
+    p = ad_sub.add_parser("add", help="register a finished adapter folder as the next version of a skill")
+    p.add_argument("folder")
+    p.add_argument("--skill", required=True)
+    p.add_argument("--description")
+    p.add_argument("--agent")
+    p.set_defaults(handler=cmd_adapters_add)
+
+    st = sub.add_parser("stacks", help="list and show adapter stacks")
+    st_sub = st.add_subparsers(dest="stacks_command", metavar="ACTION", required=True)
+    p = st_sub.add_parser("list", help="list stacks")
+    p.add_argument("--agent")
+    p.set_defaults(handler=cmd_stacks_list)
+    p = st_sub.add_parser("show", help="show one stack (agent:stack@vN)")
+    p.add_argument("ref")
+    p.set_defaults(handler=cmd_stacks_show)
+
+    def _common(p: argparse.ArgumentParser, agent: bool = True) -> None:
+        if agent:
+            p.add_argument("--agent", required=True)
+        p.add_argument("--reason")
+        p.add_argument("--actor", default="cli")
+        p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("deploy", help="validate and make a stack (or skill@vN ...) live for an agent")
+    p.add_argument("targets", nargs="+", metavar="STACK|SKILL@vN", help="a stack name, or one or more adapters")
+    p.add_argument("--weight", action="append", metavar="SKILL=W", help="per-skill weight (default 1)")
+    p.add_argument("--no-validate", action="store_true", help="skip the checks against the base model")
+    _common(p)
+    p.set_defaults(handler=cmd_deploy)
+    p = sub.add_parser("rollback", help="make the previous (or a given) deployment's stack live again")
+    p.add_argument("--to", metavar="DEPLOYMENT", help="deployment id or sequence number")
+    _common(p)
+    p.set_defaults(handler=cmd_rollback)
+    p = sub.add_parser("remove-skill", help="deploy the live stack without one skill")
+    p.add_argument("skill")
+    _common(p)
+    p.set_defaults(handler=cmd_remove_skill)
+    p = sub.add_parser("deployments", help="an agent's deployment history")
+    p.add_argument("--agent", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_deployments)

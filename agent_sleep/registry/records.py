@@ -1,0 +1,87 @@
+"""Typed, detached views of registry rows (adapter versions, stacks, deployments)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from agent_sleep.store.records import as_utc
+
+AdapterStatus = Literal["candidate", "approved", "live", "retired", "rejected", "rolled_back"]
+ADAPTER_STATUSES: tuple[str, ...] = ("candidate", "approved", "live", "retired", "rejected", "rolled_back")
+ALIASES: tuple[str, ...] = ("live", "previous", "candidate")
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    @field_validator("created_at", mode="after", check_fields=False)
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return as_utc(v)  # type: ignore[return-value]
+
+
+class AdapterVersionRecord(_Record):
+    id: str
+    skill: str
+    version: int
+    name: str
+    path: str
+    weights_sha256: str
+    base_model_id: str
+    base_model_hash: str
+    generator: str
+    rank: int
+    target_modules: list[str]
+    status: str
+    status_reason: str | None
+    sources: dict[str, Any]
+    eval_summary: dict[str, Any]
+    created_at: datetime
+    aliases: tuple[str, ...] = ()
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _modules(cls, v: Any) -> Any:
+        return v.get("modules", []) if isinstance(v, dict) else v
+
+
+class StackItem(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    adapter: str  # "skill@vN"
+    weight: float = 1.0
+
+
+class StackRecord(_Record):
+    id: str
+    agent: str
+    version: int
+    name: str  # "agent:stack@vN"
+    items: tuple[StackItem, ...]
+    content_hash: str
+    created_at: datetime
+
+    @field_validator("items", mode="before")
+    @classmethod
+    def _items(cls, v: Any) -> Any:
+        return v.get("items", []) if isinstance(v, dict) else v
+
+    @property
+    def skills(self) -> list[str]:
+        return [i.adapter.split("@", 1)[0] for i in self.items]
+
+
+class DeploymentRecord(_Record):
+    id: str
+    agent: str
+    seq: int
+    stack: StackRecord
+    kind: str
+    actor: str
+    reason: str
+    run_id: str | None
+    previous_id: str | None
+    created_at: datetime

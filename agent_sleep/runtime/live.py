@@ -1,0 +1,283 @@
+"""The live runtime: one base model, a live adapter stack per agent, hot-swapped.
+
+Adapters are applied by forward hooks (``agent_sleep.adapters.stack.LoraHooks``)
+that read the stack bound to the *current request*; a request pins the agent's
+live :class:`PreparedStack` when it starts and runs every step on it. Making a
+new stack live is therefore one reference assignment between requests: no
+request ever sees a mix, and the old stack's tensors are freed when the last
+request holding it finishes (reference counting is the drain).
+
+The registry in SQL is the source of truth: ``deploy``/``rollback`` write it
+and then switch locally; :meth:`LiveRuntime.sync` (run by :meth:`watch`, about
+every 0.25 s, and at once on PostgreSQL NOTIFY) applies deployments made by
+other processes. The stack that was live before stays prepared ("warm"), so a
+rollback to it needs no disk access.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from agent_sleep.errors import NotFoundError
+from agent_sleep.models.loader import BaseModelHandle, load_base_model
+from agent_sleep.registry import AdapterRegistry, DeploymentRecord, StackRecord
+from agent_sleep.runtime.deploy import AdapterVerdict, DeployOutcome, check_stack, deploy_validated
+
+log = logging.getLogger("agent_sleep.runtime")
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """What is live for one agent: the deployment and its prepared stack."""
+
+    deployment: DeploymentRecord
+    stack: Any  # PreparedStack
+
+    @property
+    def version(self) -> str:
+        return f"{self.deployment.stack.name}#{self.deployment.seq}"
+
+
+class LiveRuntime:
+    """Serve several agents from one base model, each on its own live stack."""
+
+    def __init__(self, registry: AdapterRegistry, *, model: str | None = None, handle: BaseModelHandle | None = None,
+                 validate: bool = True, cache_adapters: int = 32) -> None:
+        from agent_sleep.adapters.stack import LoraHooks
+
+        self.registry = registry
+        settings = registry.store.settings
+        self.handle = handle or load_base_model(model or settings.model, settings=settings)
+        self.hooks = LoraHooks.attach(self.handle.model)
+        self.validate = validate
+        self._live: dict[str, LiveState] = {}
+        self._warm: dict[str, LiveState] = {}  # the state live before the current one, per agent
+        self._layers: OrderedDict[str, Any] = OrderedDict()  # adapter name -> lora layers (LRU)
+        self._cache_size = cache_adapters
+        self._verdicts: dict[str, AdapterVerdict] = {}
+        self._lock = threading.RLock()  # serialises switches; readers never take it
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.last_sync_error: str | None = None
+
+    # -- reading what is live (hot path: no locks) -------------------------------------------
+    def live(self, agent: str) -> LiveState | None:
+        return self._live.get(agent)
+
+    def agents(self) -> list[str]:
+        return sorted(self._live)
+
+    def pin(self, agent: str) -> Any:
+        """The PreparedStack live for ``agent`` right now (None: base model only)."""
+        state = self._live.get(agent)
+        return state.stack if state else None
+
+    def pinned_handle(self, stack: Any) -> BaseModelHandle:
+        """A handle on the shared model whose generations run on ``stack``."""
+        return dataclasses.replace(self.handle, stack=stack, activate=self.hooks.activate)
+
+    @contextmanager
+    def using(self, stack: Any) -> Iterator[None]:
+        """Run model calls in this block on ``stack`` (for direct ``model(...)`` use)."""
+        with self.hooks.activate(stack):
+            yield
+
+    # -- preparing stacks ---------------------------------------------------------------------
+    def _adapter_layers(self, name: str) -> Any:
+        from agent_sleep.adapters.artifact import lora_layers, read_adapter
+
+        with self._lock:
+            if name in self._layers:
+                self._layers.move_to_end(name)
+                return self._layers[name]
+        layers = lora_layers(read_adapter(self.registry.get(name).path))
+        with self._lock:
+            self._layers[name] = layers
+            while len(self._layers) > self._cache_size:
+                self._layers.popitem(last=False)
+        return layers
+
+    def prepare(self, stack: StackRecord) -> Any:
+        """Load (cache or disk) and combine a stack's adapters; does not make it live."""
+        from agent_sleep.adapters.stack import prepare_stack
+
+        items = [(i.adapter, self._adapter_layers(i.adapter), i.weight) for i in stack.items]
+        prepared = prepare_stack(stack.name, items, dtype=self.handle.dtype, device=self.handle.device)
+        self.hooks.ensure(list(prepared.layers))
+        return prepared
+
+    def prepare_adapters(self, refs: Sequence[str | tuple[str, float]]) -> Any:
+        """A prepared stack of explicit adapters (``skill@vN`` or ``skill``), not tied to an agent."""
+        from agent_sleep.adapters.stack import prepare_stack
+
+        items = []
+        for ref in refs:
+            name, weight = (ref, 1.0) if isinstance(ref, str) else ref
+            rec = self.registry.get(name)
+            items.append((rec.name, self._adapter_layers(rec.name), float(weight)))
+        label = "+".join(n if w == 1.0 else f"{n}*{w:g}" for n, _, w in items) or "base"
+        prepared = prepare_stack(label, items, dtype=self.handle.dtype, device=self.handle.device)
+        self.hooks.ensure(list(prepared.layers))
+        return prepared
+
+    def _switch(self, agent: str, state: LiveState) -> None:
+        with self._lock:
+            old = self._live.get(agent)
+            if old is not None and old.deployment.stack.id != state.deployment.stack.id:
+                self._warm[agent] = old
+            self._live[agent] = state  # the switch: one reference assignment
+
+    # -- changing what is live ----------------------------------------------------------------
+    def deploy(self, agent: str, target: str | Sequence[Any], *, actor: str = "runtime", reason: str = "",
+               run_id: str | None = None) -> DeployOutcome:
+        """Validate, record in the registry, prepare, and switch ``agent`` to the new stack."""
+        outcome = deploy_validated(self.registry, agent, target, actor=actor, reason=reason, run_id=run_id,
+                                   validate=self.validate, handle=self.handle)
+        if outcome.deployment is not None:
+            self._activate(outcome.deployment)
+        return outcome
+
+    def rollback(self, agent: str, *, to: str | None = None, actor: str = "runtime",
+                 reason: str = "rollback") -> DeployOutcome:
+        dep = self.registry.rollback(agent, to=to, actor=actor, reason=reason)
+        self._activate(dep)
+        return DeployOutcome(status="deployed", deployment=dep)
+
+    def remove_skill(self, agent: str, skill: str, *, actor: str = "runtime", reason: str = "") -> DeployOutcome:
+        dep = self.registry.remove_skill(agent, skill, actor=actor, reason=reason)
+        self._activate(dep)
+        return DeployOutcome(status="deployed", deployment=dep)
+
+    def _activate(self, dep: DeploymentRecord) -> None:
+        with self._lock:
+            current = self._live.get(dep.agent)
+            if current is not None and current.deployment.seq >= dep.seq:
+                return  # already there (e.g. sync got it first)
+            warm = self._warm.get(dep.agent)
+            if warm is not None and warm.deployment.stack.id == dep.stack.id:
+                prepared = warm.stack  # rollback to the previous stack: no disk, no re-prepare
+            elif current is not None and current.deployment.stack.id == dep.stack.id:
+                prepared = current.stack
+            else:
+                prepared = self.prepare(dep.stack)
+            self._switch(dep.agent, LiveState(dep, prepared))
+
+    def sync(self) -> list[str]:
+        """Apply deployments other processes wrote to the registry; returns agents switched."""
+        changed = []
+        for agent, (seq, _dep_id) in self.registry.live_heads().items():
+            current = self._live.get(agent)
+            if current is not None and current.deployment.seq >= seq:
+                continue
+            dep = self.registry.live(agent)
+            if dep is None:
+                continue
+            if self.validate and dep.stack.items:
+                bad = [v for v in check_stack(self.registry, dep.stack, self.handle, self._verdicts) if not v.ok]
+                if bad:
+                    # Another process deployed something this model refuses: keep serving what we have.
+                    self.last_sync_error = "; ".join(f"{v.adapter}: {v.reason}" for v in bad)
+                    log.error("not switching %s to %s: %s", agent, dep.stack.name, self.last_sync_error)
+                    continue
+            self._activate(dep)
+            changed.append(agent)
+        return changed
+
+    def watch(self, interval: float = 0.25) -> None:
+        """Follow the registry from a background thread (LISTEN/NOTIFY on PostgreSQL, else polling)."""
+        if self._watcher is not None:
+            return
+        self._stop.clear()
+        self._watcher = threading.Thread(target=self._watch_loop, args=(interval,), daemon=True,
+                                         name="agent-sleep-runtime-watch")
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+            self._watcher = None
+
+    def _watch_loop(self, interval: float) -> None:
+        listener = _PgListener(self.registry) if self.registry.engine.dialect.name == "postgresql" else None
+        while not self._stop.is_set():
+            try:
+                self.sync()
+                self.last_sync_error = None if self.last_sync_error is None else self.last_sync_error
+            except Exception as exc:  # a flaky database must not kill the watcher
+                self.last_sync_error = str(exc)
+                log.warning("registry sync failed: %s", exc)
+            if listener is not None:
+                listener.wait(interval)
+            else:
+                self._stop.wait(interval)
+        if listener is not None:
+            listener.close()
+
+    # -- using it -----------------------------------------------------------------------------
+    def chat_model(self, agent: str | None = None, *, adapters: Sequence[str | tuple[str, float]] | None = None,
+                   **generation: Any) -> Any:
+        """A LangChain chat model: ``agent``'s live stack per request, or a fixed adapter list."""
+        from agent_sleep.runtime.live_chat import LiveChatModel
+
+        pinned = self.prepare_adapters(adapters) if adapters else None
+        return LiveChatModel(runtime=self, agent=agent, pinned=pinned, model=self.handle.spec, **generation)
+
+    def wait_for(self, agent: str, seq: int, timeout: float = 5.0) -> bool:
+        """Block until ``agent`` runs deployment ``seq`` or newer (tests, scripts)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self._live.get(agent)
+            if state is not None and state.deployment.seq >= seq:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def require_agent(self, agent: str) -> LiveState:
+        state = self._live.get(agent)
+        if state is None:
+            raise NotFoundError(f"agent {agent!r} has no live deployment")
+        return state
+
+
+class _PgListener:
+    """LISTEN on the deployment channel; ``wait`` returns early when a NOTIFY arrives."""
+
+    def __init__(self, registry: AdapterRegistry) -> None:
+        self._conn: Any = None
+        try:
+            import psycopg
+
+            from agent_sleep.registry.registry import NOTIFY_CHANNEL
+
+            url = registry.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._conn = psycopg.connect(url, autocommit=True)
+            self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        except Exception as exc:  # fall back to polling
+            log.info("LISTEN unavailable (%s); polling the registry", exc)
+            self._conn = None
+
+    def wait(self, timeout: float) -> None:
+        if self._conn is None:
+            time.sleep(timeout)
+            return
+        try:
+            for _ in self._conn.notifies(timeout=timeout, stop_after=1):
+                pass
+        except Exception:
+            self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None

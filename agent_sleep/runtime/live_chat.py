@@ -1,0 +1,32 @@
+"""The chat model an agent uses while awake, served from the live runtime.
+
+``LiveChatModel`` is a :class:`ChatLocalModel` whose every request runs on one
+adapter stack: the agent's live stack at the moment the request starts (so a
+hot-swap mid-generation never mixes versions), or a fixed stack given at
+construction. The stack's name is reported in ``response_metadata["stack"]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from agent_sleep.models.loader import BaseModelHandle
+from agent_sleep.runtime.chat_model import ChatLocalModel
+
+
+class LiveChatModel(ChatLocalModel):
+    runtime: Any = Field(default=None, exclude=True, repr=False)
+    agent: str | None = None
+    pinned: Any = Field(default=None, exclude=True, repr=False)
+    """A PreparedStack to always use; otherwise the agent's live stack per request."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "agent-sleep-live"
+
+    def _handle(self) -> BaseModelHandle:
+        stack = self.pinned if self.pinned is not None else (
+            self.runtime.pin(self.agent) if self.agent is not None else None)
+        return self.runtime.pinned_handle(stack)

@@ -1,0 +1,140 @@
+"""Registry contract: versions, aliases, stacks, deployments, rollback, races (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent_sleep.errors import (
+    AdapterFormatError,
+    DeployConflictError,
+    InvalidInputError,
+    NotFoundError,
+    NothingToRollBackError,
+    TamperedAdapterError,
+)
+from agent_sleep.registry import AdapterRegistry
+from agent_sleep.store import ExperienceStore
+from tests.helpers_adapters import BASE_HASH, make_adapter_folder
+
+
+@pytest.fixture
+def registry(store: ExperienceStore) -> AdapterRegistry:
+    return AdapterRegistry(store)
+
+
+def _register(registry: AdapterRegistry, tmp_path: Path, skill: str, seed: int = 0) -> str:
+    folder = make_adapter_folder(tmp_path / f"src-{skill}-{seed}", seed=seed)
+    return registry.register(folder, skill, description=f"{skill} skill", agent="helpdesk").name
+
+
+def test_register_versions_are_immutable_and_numbered(registry: AdapterRegistry, tmp_path: Path) -> None:
+    assert _register(registry, tmp_path, "refunds", 0) == "refunds@v1"
+    assert _register(registry, tmp_path, "refunds", 1) == "refunds@v2"
+    v1 = registry.get("refunds@v1")
+    assert v1.status == "candidate" and v1.base_model_hash == BASE_HASH and v1.rank == 4
+    assert Path(v1.path).is_dir() and json.loads((Path(v1.path) / "manifest.json").read_text())["version"] == 1
+    assert registry.get("refunds@candidate").name == "refunds@v2"
+    assert registry.get("refunds").name == "refunds@v2"  # nothing live yet: newest usable
+    assert [a.name for a in registry.adapters(skill="refunds")] == ["refunds@v1", "refunds@v2"]
+
+
+def test_bad_adapters_are_refused(registry: AdapterRegistry, tmp_path: Path) -> None:
+    folder = make_adapter_folder(tmp_path / "a")
+    with pytest.raises(InvalidInputError, match="invalid skill name"):
+        registry.register(folder, "../evil")
+    with pytest.raises(InvalidInputError, match="invalid skill name"):
+        registry.register(folder, "a/b")
+    with pytest.raises(AdapterFormatError, match="does not exist"):
+        registry.register(tmp_path / "nope", "x")
+    half = make_adapter_folder(tmp_path / "half")
+    (half / "adapter_model.safetensors").unlink()
+    with pytest.raises(AdapterFormatError, match="missing adapter_model.safetensors"):
+        registry.register(half, "x")
+    tampered = make_adapter_folder(tmp_path / "t")
+    with (tampered / "adapter_model.safetensors").open("r+b") as fh:
+        fh.seek(-4, 2)
+        fh.write(b"\x00\x01\x02\x03")
+    with pytest.raises(TamperedAdapterError, match="modified after it was written"):
+        registry.register(tampered, "x")
+    assert registry.adapters() == []
+    assert not (registry.root / "x").exists()
+
+
+def test_deploy_rollback_history(registry: AdapterRegistry, tmp_path: Path) -> None:
+    with pytest.raises(NothingToRollBackError):
+        registry.rollback("helpdesk")
+    a1, b1 = _register(registry, tmp_path, "refunds"), _register(registry, tmp_path, "tone")
+    d1 = registry.deploy("helpdesk", a1, actor="test", reason="first skill")
+    assert d1.seq == 1 and d1.stack.name == "helpdesk:stack@v1" and registry.get(a1).status == "live"
+    with pytest.raises(NothingToRollBackError, match="nothing earlier"):
+        registry.rollback("helpdesk")
+    d2 = registry.deploy("helpdesk", [(a1, 1.0), (b1, 0.5)], reason="add tone")
+    assert [(i.adapter, i.weight) for i in d2.stack.items] == [(a1, 1.0), (b1, 0.5)]
+    a2 = _register(registry, tmp_path, "refunds", seed=5)
+    d3 = registry.deploy("helpdesk", [(a2, 1.0), (b1, 0.5)], reason="better refunds")
+    assert registry.get(a1).status == "retired" and registry.get("refunds@live").name == a2
+    assert registry.get("refunds@previous").name == a1
+
+    r1 = registry.rollback("helpdesk", reason="regression")
+    assert r1.kind == "rollback" and r1.stack.id == d2.stack.id and r1.seq == 4
+    assert registry.get(a2).status == "rolled_back" and registry.get(a1).status == "live"
+    r2 = registry.rollback("helpdesk")  # undo stack: one further back
+    assert r2.stack.id == d1.stack.id
+    with pytest.raises(NothingToRollBackError):
+        registry.rollback("helpdesk")
+    r3 = registry.rollback("helpdesk", to=d3.id)  # explicit target
+    assert r3.stack.id == d3.stack.id
+    assert [d.seq for d in registry.deployments("helpdesk")] == [1, 2, 3, 4, 5, 6]  # history only grows
+    assert registry.stacks("helpdesk")[-1].name == "helpdesk:stack@v3"  # identical stacks are reused
+
+    removed = registry.remove_skill("helpdesk", "tone")
+    assert [i.adapter for i in removed.stack.items] == [a2] and removed.kind == "remove_skill"
+    with pytest.raises(NotFoundError, match="not in the live stack"):
+        registry.remove_skill("helpdesk", "tone")
+    lineage = registry.lineage(a2)
+    assert lineage["adapter"]["name"] == a2 and len(lineage["deployments"]) >= 2
+
+
+def test_stack_rules(registry: AdapterRegistry, tmp_path: Path) -> None:
+    a1 = _register(registry, tmp_path, "refunds")
+    with pytest.raises(InvalidInputError, match="each skill once"):
+        registry.create_stack("helpdesk", [a1, a1])
+    with pytest.raises(NotFoundError, match="ghost@v1"):
+        registry.create_stack("helpdesk", ["ghost@v1"])
+    with pytest.raises(NotFoundError, match="no stack"):
+        registry.get_stack("helpdesk:stack@v9")
+    with pytest.raises(InvalidInputError, match="unknown alias"):
+        registry.get("refunds@newest")
+
+
+def test_racing_deploys_one_wins(registry: AdapterRegistry, tmp_path: Path) -> None:
+    a1, b1 = _register(registry, tmp_path, "refunds"), _register(registry, tmp_path, "tone")
+    registry.deploy("helpdesk", a1)
+    seen = registry.live("helpdesk").seq  # type: ignore[union-attr]
+    registry.deploy("helpdesk", b1, expected_seq=seen)
+    with pytest.raises(DeployConflictError, match="nothing was deployed"):
+        registry.deploy("helpdesk", a1, expected_seq=seen)
+    assert registry.live("helpdesk").stack.items[0].adapter == b1  # type: ignore[union-attr]
+
+    results: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def racer(ref: str) -> None:
+        barrier.wait()
+        try:
+            registry.deploy("helpdesk", ref, expected_seq=2)
+            results.append("won")
+        except DeployConflictError:
+            results.append("conflict")
+
+    threads = [threading.Thread(target=racer, args=(ref,)) for ref in (a1, b1, a1, b1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["conflict", "conflict", "conflict", "won"]
+    assert registry.live("helpdesk").seq == 3  # type: ignore[union-attr]
