@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "agent_sleep.cli.store_cmds",
     "agent_sleep.cli.model_cmds",
     "agent_sleep.cli.registry_cmds",
+    "agent_sleep.cli.serve_cmds",
     "agent_sleep.cli.demo_cmds",
 )
 

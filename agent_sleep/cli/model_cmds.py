@@ -109,6 +109,17 @@ def _build_chat_model(args: argparse.Namespace, settings: Settings) -> Any:
     if is_default_spec(spec):
         pull_model(spec, settings=settings, progress=_stderr)  # a no-op once converted; otherwise says why we wait
     handle = load_base_model(spec, settings=settings)
+    if getattr(args, "agent", None) or getattr(args, "adapter", None):
+        from agent_sleep.registry import AdapterRegistry
+        from agent_sleep.runtime.live import LiveRuntime
+        from agent_sleep.store import ExperienceStore
+
+        runtime = LiveRuntime(AdapterRegistry(ExperienceStore(settings=settings)), handle=handle)
+        if args.adapter:
+            return runtime.chat_model(adapters=args.adapter, max_new_tokens=args.max_new_tokens)
+        if runtime.load(args.agent) is None:
+            _stderr(f"agent {args.agent!r} has no deployment; answering with the base model")
+        return runtime.chat_model(args.agent, max_new_tokens=args.max_new_tokens)
     return ChatLocalModel(model=spec, handle=handle, max_new_tokens=args.max_new_tokens)
 
 
@@ -127,6 +138,7 @@ def _answer(chat: Any, question: str, system: str | None) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "model": meta.get("model"),
         "content_hash": meta.get("content_hash"),
+        "stack": meta.get("stack"),
         "input_tokens": usage.get("input_tokens"),
         "output_tokens": usage.get("output_tokens"),
         "finish_reason": meta.get("finish_reason"),
@@ -174,5 +186,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ask.add_argument("--model", help=f"model alias, folder or Hugging Face id (default: $AGENT_SLEEP_MODEL or {DEFAULT_MODEL})")
     ask.add_argument("--max-new-tokens", type=_positive_int, default=256, help="longest answer in tokens (default: 256)")
     ask.add_argument("--system", help="system prompt")
+    who = ask.add_mutually_exclusive_group()
+    who.add_argument("--agent", help="answer with this agent's live adapter stack")
+    who.add_argument("--adapter", action="append", metavar="SKILL[@vN]",
+                     help="answer with these adapters (repeatable; default version: live, else newest)")
     ask.add_argument("--json", action="store_true", help="print one JSON object with answer, timing and token counts")
     ask.set_defaults(handler=cmd_ask)

@@ -170,6 +170,13 @@ class LiveRuntime:
                 prepared = self.prepare(dep.stack)
             self._switch(dep.agent, LiveState(dep, prepared))
 
+    def load(self, agent: str) -> LiveState | None:
+        """Switch ``agent`` to its newest deployment in the registry (validated); None if it has none."""
+        dep = self.registry.live(agent)
+        if dep is not None:
+            self._apply(dep)
+        return self._live.get(agent)
+
     def sync(self) -> list[str]:
         """Apply deployments other processes wrote to the registry; returns agents switched."""
         changed = []
@@ -178,18 +185,20 @@ class LiveRuntime:
             if current is not None and current.deployment.seq >= seq:
                 continue
             dep = self.registry.live(agent)
-            if dep is None:
-                continue
-            if self.validate and dep.stack.items:
-                bad = [v for v in check_stack(self.registry, dep.stack, self.handle, self._verdicts) if not v.ok]
-                if bad:
-                    # Another process deployed something this model refuses: keep serving what we have.
-                    self.last_sync_error = "; ".join(f"{v.adapter}: {v.reason}" for v in bad)
-                    log.error("not switching %s to %s: %s", agent, dep.stack.name, self.last_sync_error)
-                    continue
-            self._activate(dep)
-            changed.append(agent)
+            if dep is not None and self._apply(dep):
+                changed.append(agent)
         return changed
+
+    def _apply(self, dep: DeploymentRecord) -> bool:
+        if self.validate and dep.stack.items:
+            bad = [v for v in check_stack(self.registry, dep.stack, self.handle, self._verdicts) if not v.ok]
+            if bad:
+                # Deployed elsewhere but refused by this model: keep serving what we have.
+                self.last_sync_error = "; ".join(f"{v.adapter}: {v.reason}" for v in bad)
+                log.error("not switching %s to %s: %s", dep.agent, dep.stack.name, self.last_sync_error)
+                return False
+        self._activate(dep)
+        return True
 
     def watch(self, interval: float = 0.25) -> None:
         """Follow the registry from a background thread (LISTEN/NOTIFY on PostgreSQL, else polling)."""
@@ -211,7 +220,6 @@ class LiveRuntime:
         while not self._stop.is_set():
             try:
                 self.sync()
-                self.last_sync_error = None if self.last_sync_error is None else self.last_sync_error
             except Exception as exc:  # a flaky database must not kill the watcher
                 self.last_sync_error = str(exc)
                 log.warning("registry sync failed: %s", exc)

@@ -115,7 +115,9 @@ def _content(value: Any, param: str, *, allow_none: bool = False) -> str | list[
             if kind == "refusal":  # an assistant's refusal part carries no prompt text
                 continue
             if kind != "text":
-                raise RequestError(f"{where}: content part type {kind!r} is not supported (only 'text')", f"{where}.type")
+                raise RequestError(
+                    f"{where}: content part type {kind!r} is not supported (only 'text')", f"{where}.type"
+                )
             if not isinstance(part.get("text"), str):
                 raise RequestError(f"{where}.text must be a string", f"{where}.text")
             parts.append({"type": "text", "text": part["text"]})

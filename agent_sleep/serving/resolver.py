@@ -44,7 +44,13 @@ class ResolvedChat:
 
 @runtime_checkable
 class ModelResolver(Protocol):
-    """Maps request model names to chat models. Both methods may block; the server calls them off the event loop."""
+    """Maps request model names to chat models.
+
+    Both methods may block: the server calls them on worker threads, several at
+    once, so they must be thread-safe. ``resolve`` runs once per request, before
+    the request waits for the model; the returned model is then used from one
+    worker thread at a time for that request.
+    """
 
     def list_models(self) -> list[str]:
         """Names for ``GET /v1/models``. ``resolve`` may accept more (e.g. pinned ``skill@v3``)."""

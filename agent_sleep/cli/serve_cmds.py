@@ -1,0 +1,45 @@
+"""``agent-sleep serve``: the live runtime behind an OpenAI-compatible HTTP API.
+
+Loads the base model once, makes every agent's live stack ready, follows the
+registry (deployments and rollbacks by other processes are hot-swapped within
+a second) and answers ``/v1/chat/completions`` and ``/v1/models``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from agent_sleep.cli.common import settings_from
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from agent_sleep.models.loader import load_base_model, pull_model, is_default_spec
+    from agent_sleep.registry import AdapterRegistry
+    from agent_sleep.runtime.live import LiveRuntime
+    from agent_sleep.runtime.resolver import LiveResolver
+    from agent_sleep.serving.cli import run_serve
+    from agent_sleep.store import ExperienceStore
+
+    settings = settings_from(args)
+    spec = args.model or settings.model
+    if is_default_spec(spec):
+        pull_model(spec, settings=settings)
+    runtime = LiveRuntime(AdapterRegistry(ExperienceStore(settings=settings)),
+                          handle=load_base_model(spec, settings=settings))
+    runtime.sync()
+    runtime.watch(interval=args.poll)
+    try:
+        return run_serve(args, LiveResolver(runtime, max_new_tokens=args.max_new_tokens))
+    finally:
+        runtime.stop()
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from agent_sleep.serving.cli import add_serve_arguments
+
+    p = sub.add_parser("serve", help="serve agents' live adapter stacks over an OpenAI-compatible HTTP API")
+    add_serve_arguments(p)
+    p.add_argument("--model", help="base model (default: $AGENT_SLEEP_MODEL or the bundled SmolLM2)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="default answer length when a request sets none")
+    p.add_argument("--poll", type=float, default=0.25, help="seconds between registry checks (default 0.25)")
+    p.set_defaults(handler=cmd_serve)

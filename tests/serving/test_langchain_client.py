@@ -1,0 +1,74 @@
+"""An agent that only knows the OpenAI API (``langchain_openai.ChatOpenAI``) runs a LangGraph tool loop over HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.tools import tool
+from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.prebuilt import ToolNode
+
+from agent_sleep.models.loader import BaseModelHandle
+from agent_sleep.serving import ServerThread
+from tests.serving.conftest import CALL, RecordingResolver, counter_versions, scripted
+
+langchain_openai = pytest.importorskip("langchain_openai")
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Current weather for a city."""
+    return f"sunny in {city}"
+
+
+def _graph(llm: Any) -> Any:
+    bound = llm.bind_tools([get_weather])
+
+    def agent(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [bound.invoke(state["messages"])]}
+
+    def route(state: MessagesState) -> str:
+        return "tools" if state["messages"][-1].tool_calls else END
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("agent", agent)
+    graph.add_node("tools", ToolNode([get_weather]))
+    graph.add_edge(START, "agent")
+    graph.add_conditional_edges("agent", route, ["tools", END])
+    graph.add_edge("tools", "agent")
+    return graph.compile()
+
+
+def _llm(server: ServerThread, **kw: Any) -> Any:
+    return langchain_openai.ChatOpenAI(model="agent", base_url=server.base_url, api_key="unused", max_retries=0,
+                                       timeout=30, **kw)
+
+
+def test_chat_openai_tool_loop_in_a_stategraph(server: ServerThread, models: RecordingResolver,
+                                               handle: BaseModelHandle) -> None:
+    model = scripted(handle, CALL, "It is sunny in Paris.")
+    models.models["agent"] = model
+    models.versions["agent"] = counter_versions("helpdesk#")
+    result = _graph(_llm(server)).invoke({"messages": [("user", "weather in Paris?")]})
+    kinds = [type(m).__name__ for m in result["messages"]]
+    assert kinds == ["HumanMessage", "AIMessage", "ToolMessage", "AIMessage"]
+    call = result["messages"][1]
+    assert [(c["name"], c["args"]) for c in call.tool_calls] == [("get_weather", {"city": "Paris"})]
+    assert isinstance(result["messages"][2], ToolMessage) and result["messages"][2].content == "sunny in Paris"
+    final = result["messages"][-1]
+    assert isinstance(final, AIMessage) and final.content == "It is sunny in Paris."
+    assert [m.response_metadata["system_fingerprint"] for m in (call, final)] == ["helpdesk#1", "helpdesk#2"]
+    assert final.usage_metadata["output_tokens"] > 0
+    assert "sunny in Paris" in model.prompts[-1]  # the tool result travelled back over HTTP
+
+
+def test_chat_openai_streaming(server: ServerThread, models: RecordingResolver, handle: BaseModelHandle) -> None:
+    models.models["agent"] = scripted(handle, "Streaming works fine.")
+    chunks = list(_llm(server, stream_usage=True).stream("say something"))
+    total = chunks[0]
+    for chunk in chunks[1:]:
+        total = total + chunk
+    assert total.content == "Streaming works fine."
+    assert len(chunks) > 2 and total.usage_metadata["output_tokens"] > 0
