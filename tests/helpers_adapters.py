@@ -17,7 +17,7 @@ TINY_SHAPES = {
 
 
 def make_adapter_folder(dest: Path, *, seed: int = 0, rank: int = 4, base_hash: str = BASE_HASH,
-                        shapes: dict[str, tuple[int, int]] | None = None, scale: float = 0.3,
+                        shapes: dict[str, tuple[int, int]] | None = None, scale: float = 0.05,
                         base_id: str = "tiny") -> Path:
     """Write an adapter (PEFT folder + manifest) whose B is non-zero, so it changes outputs."""
     import torch

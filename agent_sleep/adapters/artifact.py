@@ -154,7 +154,6 @@ def write_adapter(
         raise AdapterExistsError(f"adapter folder {dest} already exists; adapter versions are immutable")
     config = complete_lora_config(lora_config, base_model_id=manifest.base_model.id)
     clean = _clean_tensors(tensors)
-    check_lora_config(config, where=dest)
     for module in lora_pairs(clean, where=dest, config=config):
         module_scaling(config, module)  # fails early on a malformed rank/alpha pattern
     targets = config["target_modules"]
@@ -221,7 +220,7 @@ def _check_folder(path: Path, *, require_manifest: bool) -> None:
                 f"adapter folder {path} does not exist; {leftovers[0].name} beside it is left over from an "
                 "interrupted write (safe to delete)"
             )
-        raise AdapterFormatError(f"adapter folder {path} does not exist")
+        raise AdapterFormatError(f"adapter folder {path} {'is not a folder' if path.exists() else 'does not exist'}")
     if not (path / WEIGHTS_FILE).is_file() and (path / PICKLE_FILE).is_file():
         raise AdapterFormatError(
             f"adapter folder {path} has only {PICKLE_FILE} (pickle); agent-sleep never unpickles weights. "

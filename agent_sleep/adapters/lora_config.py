@@ -29,6 +29,9 @@ __all__ = ["check_lora_config", "complete_lora_config", "lora_pairs", "module_sc
 
 _KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<half>[AB])\.weight")
 _PREFIX = "base_model.model."
+# Recognisable keys of LoRA variants we refuse, named in the error.
+_STRAY = (("lora_magnitude_vector", "a DoRA magnitude"), ("lora_embedding", "embedding LoRA"),
+          ("modules_to_save", "a modules_to_save copy"), (".bias", "a LoRA bias"))
 
 # Keys of a LoraConfig.to_dict() that a loader may look at; anything else given is kept as is.
 _DEFAULTS: dict[str, Any] = {
@@ -162,12 +165,33 @@ def peft_key(module: str, half: str) -> str:
     return f"{_PREFIX}{module}.lora_{half}.weight"
 
 
+def _suffix_match(names: Any, module: str) -> bool:
+    if isinstance(names, str):
+        return re.fullmatch(names, module) is not None
+    return any(module == n or module.endswith("." + n) for n in names or [])
+
+
 def _targets(config: Mapping[str, Any], module: str) -> bool:
-    # Same rule as peft.tuners.tuners_utils.check_target_module_exists for names and regexes.
+    """Whether PEFT would put a LoRA layer on ``module`` (peft.tuners.tuners_utils.check_target_module_exists)."""
+    if config.get("exclude_modules") and _suffix_match(config["exclude_modules"], module):
+        return False
     targets = config.get("target_modules")
     if isinstance(targets, str):
         return targets == "all-linear" or re.fullmatch(targets, module) is not None
-    return any(module == t or module.endswith("." + t) for t in targets or [])
+    if not _suffix_match(targets, module):
+        return False
+    layers = config.get("layers_to_transform")
+    if layers is None or layers == []:
+        return True
+    patterns = config.get("layers_pattern")
+    # The first numbered segment is the layer index (not, say, an MoE expert index after it).
+    regexes = [rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\." for p in ([patterns] if isinstance(patterns, str) else patterns)] \
+        if patterns else [r".*?\.[^.]*\.(?P<idx>\d+)\."]
+    match = next((m for m in (re.match(r, module) for r in regexes) if m), None)
+    if match is None:
+        return False
+    index = int(match["idx"])
+    return index == layers if isinstance(layers, int) else index in layers
 
 
 def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
@@ -201,11 +225,9 @@ def lora_pairs(
     for key, value in tensors.items():
         match = _KEY.fullmatch(key)
         if match is None:
-            what = "DoRA magnitude" if "lora_magnitude_vector" in key else "embedding LoRA" if "lora_embedding" in key \
-                else "a LoRA bias" if key.endswith(".bias") else "an unexpected key"
-            raise AdapterFormatError(
-                f"{where}: tensor {key!r} is {what}; expected keys like {peft_key('model.layers.0.self_attn.q_proj', 'A')!r}"
-            )
+            what = next((w for marker, w in _STRAY if marker in key), "an unexpected key")
+            example = peft_key("model.layers.0.self_attn.q_proj", "A")
+            raise AdapterFormatError(f"{where}: tensor {key!r} is {what}; expected keys like {example!r}")
         halves.setdefault(match["module"], {})[match["half"]] = value
     pairs: dict[str, tuple[Tensor, Tensor]] = {}
     for module, found in halves.items():
@@ -219,14 +241,20 @@ def lora_pairs(
                 "expected [r, in] and [out, r]"
             )
         if config is not None:
-            if not _targets(config, module):
+            try:
+                selected = _targets(config, module)
+            except re.error as exc:
+                raise AdapterFormatError(f"{where}: invalid regex in target/exclude/layer options: {exc}") from exc
+            if not selected:
                 raise AdapterFormatError(
                     f"{where}: module {module} has weights but target_modules={config.get('target_modules')!r} "
                     "does not select it (PEFT would ignore them)"
                 )
             expected = _pattern_value(config.get("rank_pattern") or {}, module, config.get("r"))
             if a.shape[0] != expected:
-                raise AdapterFormatError(f"{where}: module {module} has rank {a.shape[0]} but the config says {expected}")
+                raise AdapterFormatError(
+                    f"{where}: module {module} has rank {a.shape[0]} but the config says {expected}"
+                )
         pairs[module] = (a, b)
     if not pairs:
         raise AdapterFormatError(f"{where}: the adapter has no LoRA tensors")

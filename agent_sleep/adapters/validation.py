@@ -18,6 +18,7 @@ Not here: task quality (lm-eval and the gate decide that).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,10 @@ class ValidationReport:
     @property
     def failed(self) -> list[str]:
         return [c.name for c in self.checks if not c.ok]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for ``--json`` output and run records)."""
+        return {"ok": self.ok, "reason": self.reason, "checks": [dataclasses.asdict(c) for c in self.checks]}
 
 
 def probe_ids(handle: BaseModelHandle, text: str = _PROBE) -> Tensor:

@@ -103,7 +103,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     targets: Any = args.targets[0] if len(args.targets) == 1 and ":stack@" in args.targets[0] else [
         (t, weights.get(t.split("@")[0], 1.0)) for t in args.targets]
     outcome = deploy_validated(_registry(args), args.agent, targets, actor=args.actor, reason=args.reason or "",
-                               validate=not args.no_validate)
+                               validate=not args.no_validate, max_delta_norm=args.max_delta_norm)
     return _print_outcome(outcome, args.json)
 
 
@@ -176,6 +176,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("targets", nargs="+", metavar="STACK|SKILL@vN", help="a stack name, or one or more adapters")
     p.add_argument("--weight", action="append", metavar="SKILL=W", help="per-skill weight (default 1)")
     p.add_argument("--no-validate", action="store_true", help="skip the checks against the base model")
+    p.add_argument("--max-delta-norm", type=float, metavar="RATIO",
+                   help="largest allowed ||ΔW||/||W|| of any layer (default 1.0)")
     _common(p)
     p.set_defaults(handler=cmd_deploy)
     p = sub.add_parser("rollback", help="make the previous (or a given) deployment's stack live again")

@@ -42,11 +42,14 @@ class DeployOutcome(BaseModel):
 
 
 def check_stack(registry: AdapterRegistry, stack: StackRecord, handle: BaseModelHandle,
-                cache: dict[str, AdapterVerdict] | None = None) -> list[AdapterVerdict]:
+                cache: dict[str, AdapterVerdict] | None = None,
+                max_delta_norm: float | None = None) -> list[AdapterVerdict]:
     """Validate each adapter of ``stack`` against ``handle``; failures are marked rejected."""
     from agent_sleep.adapters.artifact import read_adapter
-    from agent_sleep.adapters.validation import validate_adapter
+    from agent_sleep.adapters.validation import DEFAULT_MAX_DELTA_NORM, validate_adapter
     from agent_sleep.errors import AdapterError
+
+    bound = DEFAULT_MAX_DELTA_NORM if max_delta_norm is None else max_delta_norm
 
     verdicts = []
     for item in stack.items:
@@ -59,7 +62,7 @@ def check_stack(registry: AdapterRegistry, stack: StackRecord, handle: BaseModel
             verdict = AdapterVerdict(adapter=rec.name, ok=False, reason=f"rejected earlier: {rec.status_reason}")
         else:
             try:
-                report = validate_adapter(read_adapter(rec.path), handle)
+                report = validate_adapter(read_adapter(rec.path), handle, max_delta_norm=bound)
                 verdict = AdapterVerdict(adapter=rec.name, ok=report.ok, reason=report.reason,
                                          checks=[c.model_dump() if hasattr(c, "model_dump") else dict(vars(c))
                                                  for c in report.checks])
@@ -78,7 +81,7 @@ def check_stack(registry: AdapterRegistry, stack: StackRecord, handle: BaseModel
 
 def deploy_validated(registry: AdapterRegistry, agent: str, target: str | Sequence[Any], *, actor: str = "user",
                      reason: str = "", run_id: str | None = None, validate: bool = True,
-                     handle: BaseModelHandle | None = None) -> DeployOutcome:
+                     handle: BaseModelHandle | None = None, max_delta_norm: float | None = None) -> DeployOutcome:
     """Create the stack, validate it against the base model, then deploy it atomically."""
     live = registry.live(agent)
     seen = live.seq if live else 0
@@ -92,7 +95,7 @@ def deploy_validated(registry: AdapterRegistry, agent: str, target: str | Sequen
             from agent_sleep.models.loader import load_base_model
 
             handle = load_base_model(registry.store.settings.model, settings=registry.store.settings)
-        verdicts = check_stack(registry, stack, handle)
+        verdicts = check_stack(registry, stack, handle, max_delta_norm=max_delta_norm)
         bad = [v for v in verdicts if not v.ok]
         if bad:
             return DeployOutcome(status="rejected", verdicts=verdicts,

@@ -50,7 +50,7 @@ class LiveRuntime:
     """Serve several agents from one base model, each on its own live stack."""
 
     def __init__(self, registry: AdapterRegistry, *, model: str | None = None, handle: BaseModelHandle | None = None,
-                 validate: bool = True, cache_adapters: int = 32) -> None:
+                 validate: bool = True, max_delta_norm: float | None = None, cache_adapters: int = 32) -> None:
         from agent_sleep.adapters.stack import LoraHooks
 
         self.registry = registry
@@ -58,6 +58,7 @@ class LiveRuntime:
         self.handle = handle or load_base_model(model or settings.model, settings=settings)
         self.hooks = LoraHooks.attach(self.handle.model)
         self.validate = validate
+        self.max_delta_norm = max_delta_norm  # None: the validation module's default bound
         self._live: dict[str, LiveState] = {}
         self._warm: dict[str, LiveState] = {}  # the state live before the current one, per agent
         self._layers: OrderedDict[str, Any] = OrderedDict()  # adapter name -> lora layers (LRU)
@@ -140,7 +141,7 @@ class LiveRuntime:
                run_id: str | None = None) -> DeployOutcome:
         """Validate, record in the registry, prepare, and switch ``agent`` to the new stack."""
         outcome = deploy_validated(self.registry, agent, target, actor=actor, reason=reason, run_id=run_id,
-                                   validate=self.validate, handle=self.handle)
+                                   validate=self.validate, handle=self.handle, max_delta_norm=self.max_delta_norm)
         if outcome.deployment is not None:
             self._activate(outcome.deployment)
         return outcome
@@ -191,7 +192,7 @@ class LiveRuntime:
 
     def _apply(self, dep: DeploymentRecord) -> bool:
         if self.validate and dep.stack.items:
-            bad = [v for v in check_stack(self.registry, dep.stack, self.handle, self._verdicts) if not v.ok]
+            bad = [v for v in check_stack(self.registry, dep.stack, self.handle, self._verdicts, self.max_delta_norm) if not v.ok]
             if bad:
                 # Deployed elsewhere but refused by this model: keep serving what we have.
                 self.last_sync_error = "; ".join(f"{v.adapter}: {v.reason}" for v in bad)

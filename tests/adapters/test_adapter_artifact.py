@@ -230,3 +230,17 @@ def test_save_peft_adapter_exports_a_live_peft_model(tmp_path: Path, handle: Bas
 def test_importing_the_package_does_not_import_torch() -> None:
     code = "import sys, agent_sleep.adapters; assert not {'torch', 'safetensors', 'peft'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_layer_selection_is_read_like_peft(tmp_path: Path, handle: BaseModelHandle) -> None:
+    tensors = random_tensors(handle.model, targets=("q_proj",))
+    config = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "layers_to_transform": [1]}
+    with pytest.raises(AdapterFormatError, match="layers.0.self_attn.q_proj has weights but"):
+        write_adapter(tmp_path / "v1", tensors, config, manifest_for(handle))
+    layer1 = {k: v for k, v in tensors.items() if ".layers.1." in k}
+    folder = write_adapter(tmp_path / "v1", layer1, config, manifest_for(handle))
+    assert peft_equivalence(folder, handle).ok
+    excluded = {**config, "layers_to_transform": None, "exclude_modules": ["layers.0.self_attn.q_proj"]}
+    assert read_adapter(write_adapter(tmp_path / "v2", layer1, excluded, manifest_for(handle))).modules == [
+        "model.layers.1.self_attn.q_proj"
+    ]

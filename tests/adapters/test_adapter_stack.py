@@ -136,7 +136,7 @@ def test_threads_run_their_own_stacks_concurrently(folders: list[Path], handle: 
         t.join()
     assert not errors
     for name, outs in results.items():
-        assert len(outs) == 6 and all(max_diff(out, expected[name]) <= 1e-6 for out in outs), name
+        assert len(outs) == 6 and all(torch.equal(out, expected[name]) for out in outs), name
 
 
 def test_peft_can_wrap_a_hooked_model(folders: list[Path], handle: BaseModelHandle) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def test_a_good_adapter_passes_every_check(tmp_path: Path, handle: BaseModelHand
     report = validate_adapter(read_adapter(write_random(tmp_path / "v1", handle)), handle)
     assert report.ok and report.reason is None, report
     assert [c.name for c in report.checks] == ALL_CHECKS
+    assert json.loads(json.dumps(report.to_dict()))["checks"][4]["name"] == "reload"
     norm = next(c for c in report.checks if c.name == "delta_norm")
     assert norm.value is not None and 0 < norm.value < 1
 

@@ -37,9 +37,10 @@ def runtime(tiny: tuple[Path, Any], settings: Settings, tmp_path: Path) -> Any:
     folder, handle = tiny
     registry = AdapterRegistry(ExperienceStore(settings=settings.model_copy(update={"model": str(folder)})))
     for skill, seed in (("refunds", 1), ("tone", 2), ("billing", 3)):
-        src = make_adapter_folder(tmp_path / f"src-{skill}", seed=seed, base_hash=handle.content_hash)
+        # Large deltas, so a random tiny model's greedy text visibly changes with the stack.
+        src = make_adapter_folder(tmp_path / f"src-{skill}", seed=seed, base_hash=handle.content_hash, scale=0.5)
         registry.register(src, skill)
-    rt = LiveRuntime(registry, handle=handle)
+    rt = LiveRuntime(registry, handle=handle, max_delta_norm=1000.0)
     yield rt
     rt.stop()
 
@@ -167,7 +168,8 @@ def test_other_process_deploy_is_picked_up(runtime: Any, tiny: tuple[Path, Any],
     env = dict(os.environ, AGENT_SLEEP_MODEL=str(folder), AGENT_SLEEP_DATA_DIR=str(settings.data_dir),
                AGENT_SLEEP_DATABASE_URL=runtime.registry.store.url)
     cli = [sys.executable, "-m", "agent_sleep.cli.main"]
-    done = subprocess.run([*cli, "deploy", "tone@v1", "--agent", "helpdesk", "--json"], env=env,
+    done = subprocess.run([*cli, "deploy", "tone@v1", "--agent", "helpdesk", "--json",
+                           "--max-delta-norm", "1000"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     seq = json.loads(done.stdout)["deployment"]["seq"]
