@@ -135,7 +135,6 @@ def _check_finite(artifact: AdapterArtifact) -> Check:
 
 
 def _check_norm(layers: Mapping[str, LoraWeights], handle: BaseModelHandle, limit: float) -> Check:
-    import torch
 
     worst, worst_module = 0.0, ""
     for module, lw in layers.items():

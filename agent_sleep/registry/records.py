@@ -7,23 +7,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from agent_sleep.store.records import as_utc
+from agent_sleep.store.records import Record
 
 AdapterStatus = Literal["candidate", "approved", "live", "retired", "rejected", "rolled_back"]
 ADAPTER_STATUSES: tuple[str, ...] = ("candidate", "approved", "live", "retired", "rejected", "rolled_back")
 ALIASES: tuple[str, ...] = ("live", "previous", "candidate")
 
 
-class _Record(BaseModel):
-    model_config = ConfigDict(frozen=True, from_attributes=True)
-
-    @field_validator("created_at", mode="after", check_fields=False)
-    @classmethod
-    def _utc(cls, v: datetime) -> datetime:
-        return as_utc(v)  # type: ignore[return-value]
-
-
-class AdapterVersionRecord(_Record):
+class AdapterVersionRecord(Record):
     id: str
     skill: str
     version: int
@@ -55,7 +46,7 @@ class StackItem(BaseModel):
     weight: float = 1.0
 
 
-class StackRecord(_Record):
+class StackRecord(Record):
     id: str
     agent: str
     version: int
@@ -74,7 +65,7 @@ class StackRecord(_Record):
         return [i.adapter.split("@", 1)[0] for i in self.items]
 
 
-class DeploymentRecord(_Record):
+class DeploymentRecord(Record):
     id: str
     agent: str
     seq: int

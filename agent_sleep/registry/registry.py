@@ -14,21 +14,18 @@ import json
 import os
 import re
 import shutil
-import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, text
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from agent_sleep.errors import (
     AdapterExistsError,
     AdapterFormatError,
-    DatabaseUnavailableError,
     DeployConflictError,
     InvalidInputError,
     NotFoundError,
@@ -139,15 +136,6 @@ class AdapterRegistry:
         self.store = store or ExperienceStore(url)
         self.engine = self.store.engine
         self.root = Path(self.store.settings.data_dir) / "adapters"
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        try:
-            with self._sessions.begin() as s:
-                yield s
-        except OperationalError as exc:
-            raise DatabaseUnavailableError(f"database {self.store.safe_url} failed: {exc.orig}") from exc
 
     # -- adapter versions ------------------------------------------------------------------
     def register(self, folder: str | Path, skill: str, *, description: str | None = None, kind: str | None = None,
@@ -158,7 +146,7 @@ class AdapterRegistry:
         config, manifest = inspect_folder(src)
         generator = (manifest.get("generator") or {}).get("name") or kind or "custom"
         for attempt in range(5):
-            with self._session() as s:
+            with self.store.session() as s:
                 if agent is not None and s.get(Agent, agent) is None:
                     s.add(Agent(name=agent, meta={}, created_at=utcnow()))
                 sk = s.get(Skill, skill)
@@ -202,7 +190,7 @@ class AdapterRegistry:
 
     def get(self, ref: str) -> AdapterVersionRecord:
         """``skill@vN``, ``skill@live|previous|candidate``, or ``skill`` (live, else newest usable)."""
-        with self._session() as s:
+        with self.store.session() as s:
             return self._adapter_record(s, self._resolve(s, ref))
 
     def adapters(self, *, skill: str | None = None, status: str | None = None) -> list[AdapterVersionRecord]:
@@ -211,25 +199,25 @@ class AdapterRegistry:
             stmt = stmt.where(AdapterVersion.skill == skill)
         if status:
             stmt = stmt.where(AdapterVersion.status == status)
-        with self._session() as s:
+        with self.store.session() as s:
             return [self._adapter_record(s, row) for row in s.execute(stmt).scalars()]
 
     def set_status(self, ref: str, status: str, reason: str | None = None) -> AdapterVersionRecord:
         if status not in ADAPTER_STATUSES:
             raise InvalidInputError(f"status must be one of {', '.join(ADAPTER_STATUSES)}, got {status!r}")
-        with self._session() as s:
+        with self.store.session() as s:
             row = self._resolve(s, ref)
             row.status, row.status_reason = status, reason
             return self._adapter_record(s, row)
 
     def record_eval(self, ref: str, summary: dict[str, Any]) -> None:
-        with self._session() as s:
+        with self.store.session() as s:
             row = self._resolve(s, ref)
             row.eval_summary = {**(row.eval_summary or {}), **summary}
 
     def lineage(self, ref: str) -> dict[str, Any]:
         """Where a version came from and where it has been live."""
-        with self._session() as s:
+        with self.store.session() as s:
             row = self._resolve(s, ref)
             stacks = [st for st in s.execute(select(Stack)).scalars()
                       if any(i["adapter"] == row.name for i in st.items.get("items", []))]
@@ -243,7 +231,7 @@ class AdapterRegistry:
     # -- stacks ------------------------------------------------------------------------------
     def create_stack(self, agent: str, items: Sequence[tuple[str, float] | StackItem | str]) -> StackRecord:
         """The stack of these adapter versions (reused when an identical one exists)."""
-        with self._session() as s:
+        with self.store.session() as s:
             return self._stack_record(self._create_stack(s, agent, items))
 
     def _create_stack(self, s: Session, agent: str, items: Sequence[Any]) -> Stack:
@@ -271,14 +259,14 @@ class AdapterRegistry:
         return row
 
     def get_stack(self, ref: str) -> StackRecord:
-        with self._session() as s:
+        with self.store.session() as s:
             return self._stack_record(self._resolve_stack(s, ref))
 
     def stacks(self, agent: str | None = None) -> list[StackRecord]:
         stmt = select(Stack).order_by(Stack.agent, Stack.version)
         if agent:
             stmt = stmt.where(Stack.agent == agent)
-        with self._session() as s:
+        with self.store.session() as s:
             return [self._stack_record(r) for r in s.execute(stmt).scalars()]
 
     # -- deployments -----------------------------------------------------------------------------
@@ -291,7 +279,7 @@ class AdapterRegistry:
         if another deploy happened since, DeployConflictError is raised and nothing changes.
         """
         try:
-            with self._session() as s:
+            with self.store.session() as s:
                 if isinstance(target, str) and _STACK_REF.match(target):
                     stack = self._resolve_stack(s, target)
                     if stack.agent != agent:
@@ -324,7 +312,7 @@ class AdapterRegistry:
         Without ``to``, returns to what was live before the current deployment; a
         second rollback steps further back (an undo stack, not a toggle).
         """
-        with self._session() as s:
+        with self.store.session() as s:
             current = self._current(s, agent)
             if current is None:
                 raise NothingToRollBackError(f"agent {agent!r} has no deployments")
@@ -354,25 +342,25 @@ class AdapterRegistry:
                            expected_seq=live.seq)
 
     def live(self, agent: str) -> DeploymentRecord | None:
-        with self._session() as s:
+        with self.store.session() as s:
             cur = self._current(s, agent)
             return self._deployment_record(s, cur) if cur else None
 
     def deployment(self, deployment_id: str) -> DeploymentRecord:
-        with self._session() as s:
+        with self.store.session() as s:
             row = s.get(Deployment, deployment_id)
             if row is None:
                 raise NotFoundError(f"no deployment with id {deployment_id!r}")
             return self._deployment_record(s, row)
 
     def deployments(self, agent: str) -> list[DeploymentRecord]:
-        with self._session() as s:
+        with self.store.session() as s:
             rows = s.execute(select(Deployment).where(Deployment.agent == agent).order_by(Deployment.seq)).scalars()
             return [self._deployment_record(s, r) for r in rows]
 
     def live_heads(self) -> dict[str, tuple[int, str]]:
         """{agent: (seq, deployment id)} of every agent's newest deployment; cheap, for polling."""
-        with self._session() as s:
+        with self.store.session() as s:
             newest = select(Deployment.agent, func.max(Deployment.seq).label("seq")).group_by(Deployment.agent).subquery()
             rows = s.execute(select(Deployment.agent, Deployment.seq, Deployment.id)
                              .join(newest, (newest.c.agent == Deployment.agent) & (newest.c.seq == Deployment.seq)))

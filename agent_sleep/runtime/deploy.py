@@ -81,8 +81,13 @@ def check_stack(registry: AdapterRegistry, stack: StackRecord, handle: BaseModel
 
 def deploy_validated(registry: AdapterRegistry, agent: str, target: str | Sequence[Any], *, actor: str = "user",
                      reason: str = "", run_id: str | None = None, validate: bool = True,
-                     handle: BaseModelHandle | None = None, max_delta_norm: float | None = None) -> DeployOutcome:
-    """Create the stack, validate it against the base model, then deploy it atomically."""
+                     handle: BaseModelHandle | None = None, max_delta_norm: float | None = None,
+                     cache: dict[str, AdapterVerdict] | None = None) -> DeployOutcome:
+    """Create the stack, validate it against the base model, then deploy it atomically.
+
+    ``cache`` keeps passing verdicts (keyed by version, weights hash and base hash) so a
+    long-lived runtime validates each version once.
+    """
     live = registry.live(agent)
     seen = live.seq if live else 0
     if isinstance(target, str) and ":stack@" in target:
@@ -95,7 +100,7 @@ def deploy_validated(registry: AdapterRegistry, agent: str, target: str | Sequen
             from agent_sleep.models.loader import load_base_model
 
             handle = load_base_model(registry.store.settings.model, settings=registry.store.settings)
-        verdicts = check_stack(registry, stack, handle, max_delta_norm=max_delta_norm)
+        verdicts = check_stack(registry, stack, handle, cache, max_delta_norm)
         bad = [v for v in verdicts if not v.ok]
         if bad:
             return DeployOutcome(status="rejected", verdicts=verdicts,

@@ -141,7 +141,8 @@ class LiveRuntime:
                run_id: str | None = None) -> DeployOutcome:
         """Validate, record in the registry, prepare, and switch ``agent`` to the new stack."""
         outcome = deploy_validated(self.registry, agent, target, actor=actor, reason=reason, run_id=run_id,
-                                   validate=self.validate, handle=self.handle, max_delta_norm=self.max_delta_norm)
+                                   validate=self.validate, handle=self.handle, max_delta_norm=self.max_delta_norm,
+                                   cache=self._verdicts)
         if outcome.deployment is not None:
             self._activate(outcome.deployment)
         return outcome

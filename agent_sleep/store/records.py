@@ -127,11 +127,17 @@ class FeedbackIn(BaseModel):
         return check_text(v, "feedback text") if v is not None else None
 
 
-class _Record(BaseModel):
+class Record(BaseModel):
+    """Base of the read-side records: frozen, built from ORM rows, datetimes in UTC."""
+
     model_config = ConfigDict(frozen=True, from_attributes=True)
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _utc(cls, v: Any) -> Any:
+        return as_utc(v) if isinstance(v, datetime) else v
 
-class EventRecord(_Record):
+class EventRecord(Record):
     id: str
     episode_id: str
     seq: int
@@ -141,13 +147,7 @@ class EventRecord(_Record):
     payload: dict[str, Any]
     created_at: datetime
 
-    @field_validator("created_at", mode="after")
-    @classmethod
-    def _utc(cls, v: datetime) -> datetime:
-        return as_utc(v)  # type: ignore[return-value]
-
-
-class FeedbackRecord(_Record):
+class FeedbackRecord(Record):
     id: str
     episode_id: str
     score: float | None
@@ -156,13 +156,7 @@ class FeedbackRecord(_Record):
     source: str
     created_at: datetime
 
-    @field_validator("created_at", mode="after")
-    @classmethod
-    def _utc(cls, v: datetime) -> datetime:
-        return as_utc(v)  # type: ignore[return-value]
-
-
-class EpisodeRecord(_Record):
+class EpisodeRecord(Record):
     id: str
     agent: str
     thread_id: str | None
@@ -178,13 +172,7 @@ class EpisodeRecord(_Record):
     mean_score: float | None = None
     n_feedback: int = 0
 
-    @field_validator("started_at", "ended_at", "consolidated_at", mode="after")
-    @classmethod
-    def _utc(cls, v: datetime | None) -> datetime | None:
-        return as_utc(v)
-
-
-class DocumentRecord(_Record):
+class DocumentRecord(Record):
     id: str
     agent: str | None
     source: str
@@ -195,12 +183,6 @@ class DocumentRecord(_Record):
     created_at: datetime
     meta: dict[str, Any] = Field(default_factory=dict)
     consolidated_at: datetime | None
-
-    @field_validator("created_at", "consolidated_at", mode="after")
-    @classmethod
-    def _utc(cls, v: datetime | None) -> datetime | None:
-        return as_utc(v)
-
 
 class EpisodeQuery(BaseModel):
     """What the consolidation job asks for: a window, an agent, outcomes, feedback."""

@@ -83,7 +83,8 @@ class ExperienceStore:
         self.close()
 
     @contextmanager
-    def _session(self) -> Iterator[Session]:
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on error; outages become DatabaseUnavailableError."""
         try:
             with self._sessions.begin() as session:
                 yield session
@@ -139,7 +140,7 @@ class ExperienceStore:
 
     def _insert_events(self, episode_id: str, parsed: list[EventIn]) -> list[str]:
         ids: list[str] = []
-        with self._session() as s:
+        with self.session() as s:
             # Row lock on PostgreSQL so two appenders cannot pick the same seq.
             found = s.execute(select(Episode.id).where(Episode.id == episode_id).with_for_update()).scalar()
             if found is None:
@@ -167,7 +168,7 @@ class ExperienceStore:
     def record_outcome(self, episode_id: str, outcome: str) -> None:
         """Label how an episode turned out (e.g. "resolved"), at any time later."""
         outcome = check_text(outcome, "outcome")
-        with self._session() as s:
+        with self.session() as s:
             n = s.execute(update(Episode).where(Episode.id == episode_id).values(outcome=outcome)).rowcount
             if not n:
                 raise NotFoundError(f"no episode with id {episode_id!r}")
@@ -192,7 +193,7 @@ class ExperienceStore:
         if len(text.encode("utf-8")) > self.settings.max_payload_bytes * 50:
             raise InvalidEventError(f"document {source!r} is larger than {self.settings.max_payload_bytes * 50:,} bytes")
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        with self._session() as s:
+        with self.session() as s:
             if agent is not None:
                 self._ensure_agent_row(s, agent)
             latest = s.execute(
@@ -209,7 +210,7 @@ class ExperienceStore:
     def upsert_skill(self, name: str, *, description: str = "", kind: str = "custom",
                      agent: str | None = None) -> None:
         self._check_name(name, "skill name")
-        with self._session() as s:
+        with self.session() as s:
             if agent is not None:
                 self._ensure_agent_row(s, agent)
             skill = s.get(Skill, name)
@@ -220,7 +221,7 @@ class ExperienceStore:
 
     def mark_consolidated(self, episode_ids: Sequence[str], run_id: str) -> int:
         """Flag episodes as turned into adapters by consolidation run ``run_id``."""
-        with self._session() as s:
+        with self.session() as s:
             return s.execute(
                 update(Episode).where(Episode.id.in_(list(episode_ids)))
                 .values(consolidated_at=utcnow(), consolidation_run=run_id)
@@ -284,7 +285,7 @@ class ExperienceStore:
         stmt = stmt.order_by(order, Episode.id)
         if limit:
             stmt = stmt.limit(limit)
-        with self._session() as s:
+        with self.session() as s:
             out = []
             for ep, n_ev, mean, n_fb in s.execute(stmt):
                 rec = EpisodeRecord.model_validate(ep).model_copy(
@@ -295,13 +296,13 @@ class ExperienceStore:
 
     def events(self, episode_id: str) -> list[EventRecord]:
         self._require_episode(episode_id)
-        with self._session() as s:
+        with self.session() as s:
             rows = s.execute(select(Event).where(Event.episode_id == episode_id).order_by(Event.seq)).scalars()
             return [EventRecord.model_validate(r) for r in rows]
 
     def feedback(self, episode_id: str) -> list[FeedbackRecord]:
         self._require_episode(episode_id)
-        with self._session() as s:
+        with self.session() as s:
             rows = s.execute(
                 select(Feedback).where(Feedback.episode_id == episode_id).order_by(Feedback.created_at, Feedback.id)
             ).scalars()
@@ -321,20 +322,20 @@ class ExperienceStore:
         if latest_only:
             newest = select(Document.source, func.max(Document.version).label("v")).group_by(Document.source).subquery()
             stmt = stmt.join(newest, and_(newest.c.source == Document.source, newest.c.v == Document.version))
-        with self._session() as s:
+        with self.session() as s:
             return [DocumentRecord.model_validate(d) for d in s.execute(stmt.order_by(Document.created_at)).scalars()]
 
     def agents(self) -> list[str]:
-        with self._session() as s:
+        with self.session() as s:
             return list(s.execute(select(Agent.name).order_by(Agent.name)).scalars())
 
     def count_events(self) -> int:
-        with self._session() as s:
+        with self.session() as s:
             return int(s.execute(select(func.count()).select_from(Event)).scalar() or 0)
 
     # -- helpers ------------------------------------------------------------------
     def _require_episode(self, episode_id: str) -> None:
-        with self._session() as s:
+        with self.session() as s:
             if s.get(Episode, episode_id) is None:
                 raise NotFoundError(f"no episode with id {episode_id!r}")
 

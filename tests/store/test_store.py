@@ -103,7 +103,7 @@ def test_documents_are_versioned_by_content(store: ExperienceStore) -> None:
 def test_skills(store: ExperienceStore) -> None:
     store.upsert_skill("refunds", description="handle refunds", kind="t2l", agent="helpdesk")
     store.upsert_skill("refunds", description="handle refunds v2", kind="t2l")
-    with store._session() as s:
+    with store.session() as s:
         from agent_sleep.store.models import Skill
 
         assert s.get(Skill, "refunds").description == "handle refunds v2"  # type: ignore[union-attr]

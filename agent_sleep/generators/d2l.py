@@ -1,0 +1,239 @@
+"""Doc-to-LoRA: internalise a document into a standard PEFT LoRA adapter in one forward pass.
+
+The frozen base model encodes the document (its first ``encoder_layers``
+blocks only), a trained :class:`~agent_sleep.generators.hypernet.HyperNet`
+maps the activations to a rank-r LoRA on the target layers. Long documents
+are split into chunks of ``chunk_tokens``; each chunk yields a rank-r LoRA
+and the K LoRAs are concatenated along the rank (effective rank r*K, i.e.
+their deltas add up). Chunks are streamed a few at a time, so memory is
+bounded by ``chunk_batch`` chunks plus the growing adapter itself.
+
+The PEFT export sets ``lora_alpha = scale * r_total`` so that
+``PeftModel.from_pretrained`` applies exactly the in-memory delta
+``scale * B @ A``. Refused, with nothing written or registered: empty,
+whitespace-only, binary or non-UTF-8 documents (InvalidInputError /
+EncodingError), documents over ``max_chunks`` (PayloadTooLargeError), a
+checkpoint trained for other base weights (IncompatibleAdapterError) and
+non-finite generated weights (AdapterError).
+
+Not here: training the hypernetwork (``pipelines/d2l``), deciding whether an
+adapter is good (evaluation) or live (registry, runtime).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent_sleep.errors import AdapterError, EncodingError, InvalidInputError, PayloadTooLargeError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from agent_sleep.config import Settings
+    from agent_sleep.generators.hypernet import HyperNet
+    from agent_sleep.models.loader import BaseModelHandle
+    from agent_sleep.registry.records import AdapterVersionRecord
+    from agent_sleep.registry.registry import AdapterRegistry
+
+__all__ = ["DEFAULT_CHECKPOINT", "GENERATOR_NAME", "D2LGenerator", "Internalized", "check_document",
+           "internalize_to_registry"]  # fmt: skip
+
+GENERATOR_NAME = "d2l"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "d2l-smollm2-135m"
+_PEFT_PREFIX = "base_model.model."
+
+
+def check_document(text: str | bytes) -> str:
+    """The document as text, or a clear error: bytes must be UTF-8; empty, whitespace-only and binary are refused."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        raw = bytes(text)
+        if b"\x00" in raw:
+            raise InvalidInputError("the document looks binary (it contains NUL bytes); D2L needs text")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EncodingError(f"the document is not valid UTF-8 (bad byte at offset {exc.start})") from exc
+    if not isinstance(text, str):
+        raise InvalidInputError(f"the document must be str or bytes, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EncodingError(f"the document is not valid UTF-8 text (unpaired surrogate at {exc.start})") from exc
+    if not text.strip():
+        raise InvalidInputError("the document is empty or whitespace-only; nothing to internalise")
+    control = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f\v")
+    if "\x00" in text or control > max(8, len(text) // 20):
+        raise InvalidInputError("the document looks binary (NUL or many control characters); D2L needs text")
+    return text
+
+
+@dataclass(frozen=True, eq=False)
+class Internalized:
+    """A generated adapter in memory: PEFT-keyed CPU tensors and the ``adapter_config`` to save them with."""
+
+    tensors: dict[str, Tensor]
+    lora_config: dict[str, Any]
+    chunks: int
+    rank: int
+    tokens: int
+    seconds: float
+    document_sha256: str
+    scale: float
+    layers: dict[str, tuple[Tensor, Tensor]] = field(repr=False)  # module -> (A [R, in], B [out, R]), unscaled
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+class D2LGenerator:
+    """A loaded hypernetwork bound to its base model; :meth:`load`, then :meth:`internalize` and :meth:`write`."""
+
+    name = GENERATOR_NAME
+
+    def __init__(self, net: HyperNet, handle: BaseModelHandle, *, checkpoint: Path, version: str) -> None:
+        self.net = net
+        self.handle = handle
+        self.checkpoint = checkpoint
+        self.version = version
+        self.config = net.config
+        self._lora: Any = None
+
+    @classmethod
+    def load(cls, checkpoint: str | Path | None = None, *, handle: BaseModelHandle | None = None,
+             settings: Settings | None = None) -> D2LGenerator:  # fmt: skip
+        """Load a checkpoint (default: the committed SmolLM2 one) for ``handle`` (default: its base model).
+
+        IncompatibleAdapterError if the checkpoint was trained for other base weights.
+        """
+        from agent_sleep.generators.checkpoint import load_checkpoint, read_checkpoint_config
+
+        path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+        config = read_checkpoint_config(path)
+        if handle is None:
+            from agent_sleep.models.loader import load_base_model
+
+            handle = load_base_model(config["hyper"]["base_model_id"], settings=settings)
+        net = load_checkpoint(path, content_hash=handle.content_hash, device=handle.device)
+        return cls(net, handle, checkpoint=path, version=str(config.get("version", "0")))
+
+    # -- generation -------------------------------------------------------------------------------
+    def _chunks(self, ids: list[int], chunk_tokens: int) -> list[list[int]]:
+        return [ids[i : i + chunk_tokens] for i in range(0, len(ids), chunk_tokens)]
+
+    def internalize(self, text: str | bytes, *, chunk_tokens: int = 256, chunk_batch: int = 8,
+                    max_chunks: int | None = 1024) -> Internalized:  # fmt: skip
+        """Turn ``text`` into an adapter: one rank-r LoRA per chunk of ``chunk_tokens``, concatenated along rank."""
+        import torch
+
+        from agent_sleep.generators.backbone import hidden_after
+
+        text = check_document(text)
+        if not isinstance(chunk_tokens, int) or chunk_tokens < 1:
+            raise InvalidInputError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
+        start = time.perf_counter()
+        ids = self.handle.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise InvalidInputError("the document has no tokens; nothing to internalise")
+        chunks = self._chunks(ids, chunk_tokens)
+        if max_chunks is not None and len(chunks) > max_chunks:
+            raise PayloadTooLargeError(
+                f"the document has {len(ids)} tokens = {len(chunks)} chunks of {chunk_tokens}, over max_chunks="
+                f"{max_chunks}; raise chunk_tokens or max_chunks, or split the document"
+            )
+        c = self.config
+        model = self.handle.model
+        device = next(model.parameters()).device
+        a_parts: list[Tensor] = []
+        b_parts: list[Tensor] = []
+        with torch.inference_mode():
+            for i in range(0, len(chunks), chunk_batch):  # stream: only chunk_batch chunks of activations at once
+                group = chunks[i : i + chunk_batch]
+                width = max(len(g) for g in group)
+                input_ids = torch.zeros(len(group), width, dtype=torch.long, device=device)
+                mask = torch.zeros_like(input_ids)
+                for row, g in enumerate(group):
+                    input_ids[row, : len(g)] = torch.tensor(g, device=device)
+                    mask[row, : len(g)] = 1
+                feats = hidden_after(model, input_ids, mask, c.encoder_layers)
+                a, b = self.net(feats.float(), mask.bool())
+                if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+                    raise AdapterError(
+                        f"the D2L hypernetwork {self.checkpoint} produced non-finite LoRA weights; nothing written"
+                    )
+                a_parts.append(a.float().cpu())
+                b_parts.append(b.float().cpu())
+        a_all = torch.cat(a_parts)  # [K, L, r, in]
+        b_all = torch.cat(b_parts)  # [K, L, out, r]
+        k = a_all.shape[0]
+        rank = k * c.rank
+        layers: dict[str, tuple[Tensor, Tensor]] = {}
+        tensors: dict[str, Tensor] = {}
+        for li, module in enumerate(c.module_names()):
+            a_cat = a_all[:, li].reshape(rank, c.d_in).contiguous()
+            b_cat = b_all[:, li].permute(1, 0, 2).reshape(c.d_out, rank).contiguous()
+            layers[module] = (a_cat, b_cat)
+            tensors[f"{_PEFT_PREFIX}{module}.lora_A.weight"] = a_cat
+            tensors[f"{_PEFT_PREFIX}{module}.lora_B.weight"] = b_cat
+        lora_config = {"r": rank, "lora_alpha": c.scale * rank, "target_modules": c.module_names(),
+                       "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"}  # fmt: skip
+        return Internalized(
+            tensors=tensors, lora_config=lora_config, chunks=k, rank=rank, tokens=len(ids),
+            seconds=time.perf_counter() - start, scale=c.scale, layers=layers,
+            document_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        )  # fmt: skip
+
+    @contextlib.contextmanager
+    def applied(self, internalized: Internalized) -> Iterator[None]:
+        """Run the base model with ``internalized`` applied in memory (this context only) - no files, no PEFT."""
+        from agent_sleep.generators.backbone import RowLora
+
+        if self._lora is None:
+            self._lora = RowLora(self.handle.model, self.config.module_names())
+        device = next(self.handle.model.parameters()).device
+        weights = {m: (a.to(device)[None], b.to(device)[None]) for m, (a, b) in internalized.layers.items()}
+        with self._lora.use(weights, internalized.scale):
+            yield
+
+    # -- output -----------------------------------------------------------------------------------
+    def write(self, internalized: Internalized, dest: str | Path, *, sources: dict[str, Any] | None = None,
+              skill: str | None = None) -> Path:  # fmt: skip
+        """Write a standard PEFT adapter folder (plus manifest) at ``dest``; see ``adapters.artifact.write_adapter``."""
+        from agent_sleep.adapters.artifact import write_adapter
+        from agent_sleep.adapters.manifest import AdapterManifest, AdapterSources, BaseModelRef, GeneratorInfo
+
+        src = dict(sources or {})
+        docs = list(src.pop("documents", []))
+        if internalized.document_sha256 not in docs:
+            docs.append(internalized.document_sha256)
+        manifest = AdapterManifest(
+            skill=skill,
+            generator=GeneratorInfo(name=GENERATOR_NAME, version=self.version, chunks=internalized.chunks,
+                                    tokens=internalized.tokens, checkpoint=self.checkpoint.name),  # fmt: skip
+            base_model=BaseModelRef(id=self.config.base_model_id, content_hash=self.config.base_content_hash),
+            sources=AdapterSources(documents=docs, **src),
+        )
+        return write_adapter(dest, internalized.tensors, internalized.lora_config, manifest)
+
+
+def internalize_to_registry(registry: AdapterRegistry, text: str | bytes, name: str, *, chunk_tokens: int = 256,
+                            source: str | None = None, generator: D2LGenerator | None = None,
+                            description: str | None = None) -> tuple[AdapterVersionRecord, Internalized]:  # fmt: skip
+    """Internalise ``text`` and register it as the next version of skill ``name``; nothing registered on error."""
+    from agent_sleep.registry.registry import check_skill_name
+
+    check_skill_name(name)
+    gen = generator or D2LGenerator.load()
+    result = gen.internalize(text, chunk_tokens=chunk_tokens)
+    sources: dict[str, Any] = {"description": description or (f"D2L of {source}" if source else None)}
+    with tempfile.TemporaryDirectory(prefix="d2l-") as tmp:
+        folder = gen.write(result, Path(tmp) / name, sources=sources, skill=name)
+        record = registry.register(folder, name, description=description, kind=GENERATOR_NAME)
+    return record, result

@@ -1,0 +1,450 @@
+"""Gradient context distillation: the classical baseline that Doc-to-LoRA is measured against.
+
+One document in, one LoRA out, by ordinary gradient descent (Snell et al.'s
+context distillation; the CD baseline of Sakana's D2L paper: LoRA on
+``down_proj``, AdamW, a few hundred steps on generated questions):
+
+1. **Targets.** For each training question the *teacher* - the base model with
+   the document in its prompt (:func:`context_messages`) - answers greedily, and
+   its top-``k`` next-token probabilities at every answer token are kept (soft
+   targets, which carry more than the argmax). With ``targets="gold"`` the
+   caller's answers are used instead, as one-hot targets.
+2. **Student.** The same base model *without* the document (the question alone,
+   :func:`question_messages`, exactly what ``agent-sleep ask`` sends) plus a
+   trainable LoRA, trained on those targets by AdamW until ``max_steps`` or the
+   wall-clock ``time_budget_s`` runs out.
+
+The LoRA is applied through :class:`~agent_sleep.adapters.stack.LoraHooks` in
+the calling context only: the shared base model is never wrapped or changed,
+and other threads serving from it never see the adapter in training. Its
+initialisation and scaling are PEFT's (A Kaiming-uniform, B zero,
+``lora_alpha / r``), so the folder :func:`write` produces loads unchanged in
+``peft.PeftModel.from_pretrained``.
+
+The training questions must never be the questions an evaluation scores
+(``evals/bench_d2l.py`` trains on each document's probe questions and scores
+separate ones). Not here: deciding whether the result is good (the gate), or
+registering it (:class:`~agent_sleep.registry.AdapterRegistry`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent_sleep.adapters.lora_config import peft_key, peft_lora_config
+from agent_sleep.adapters.manifest import AdapterManifest, AdapterSources, BaseModelRef, GeneratorInfo
+from agent_sleep.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from agent_sleep.models.loader import BaseModelHandle
+
+__all__ = [
+    "GENERATOR_NAME", "GENERATOR_VERSION", "CDSettings", "DistilledAdapter", "context_messages", "distill",
+    "question_messages", "write",
+]  # fmt: skip
+
+GENERATOR_NAME = "gradient_cd"
+GENERATOR_VERSION = "1"
+Targets = Literal["teacher", "gold"]
+
+# The teacher's prompt. A 135M model answers in-context questions best when the question comes
+# last and the instruction asks for a short answer; the same wording scores condition (c) in the
+# benchmark, so the teacher CD learns from is exactly the in-context baseline.
+_CONTEXT_TEMPLATE = "{document}\n\nAnswer the question using the text above, in a few words.\nQuestion: {question}"
+
+
+class CDSettings(BaseModel):
+    """Knobs of one distillation run. Defaults: D2L's target and rank, a budget a CPU can afford."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rank: int = Field(default=8, ge=1)
+    lora_alpha: float = Field(default=16.0, gt=0)
+    target_modules: tuple[str, ...] = ("down_proj",)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_steps: int = Field(default=300, ge=1)
+    time_budget_s: float = Field(default=120.0, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    max_answer_tokens: int = Field(default=32, ge=1)
+    top_k: int = Field(default=16, ge=1)
+    seed: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class DistilledAdapter:
+    """The trained LoRA, shaped like D2L's ``Internalized`` (tensors, lora_config, chunks, rank, seconds, nbytes).
+
+    ``tensors`` are PEFT-keyed CPU tensors; ``seconds`` is the whole run
+    (teacher answers plus training), split into ``teacher_seconds`` and
+    ``train_seconds``. ``stopped`` says what ended training.
+    """
+
+    tensors: dict[str, Tensor]
+    lora_config: dict[str, Any]
+    chunks: int
+    rank: int
+    seconds: float
+    nbytes: int
+    steps: int
+    teacher_seconds: float
+    train_seconds: float
+    first_loss: float
+    final_loss: float
+    targets: Targets
+    stopped: Literal["max_steps", "time_budget"]
+    answers: tuple[str, ...]
+    settings: CDSettings
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready training record (stored in the manifest's ``training`` field)."""
+        return {
+            "generator": GENERATOR_NAME, "targets": self.targets, "steps": self.steps, "stopped": self.stopped,
+            "seconds": round(self.seconds, 3), "teacher_seconds": round(self.teacher_seconds, 3),
+            "train_seconds": round(self.train_seconds, 3), "first_loss": round(self.first_loss, 4),
+            "final_loss": round(self.final_loss, 4), "questions": len(self.answers),
+            "settings": self.settings.model_dump(mode="json"),
+        }  # fmt: skip
+
+
+def context_messages(document: str, question: str) -> list[dict[str, str]]:
+    """The teacher's chat: the document, then the question (condition (c) of the benchmark)."""
+    return [{"role": "user", "content": _CONTEXT_TEMPLATE.format(document=document.strip(), question=question.strip())}]
+
+
+def question_messages(question: str) -> list[dict[str, str]]:
+    """The student's chat: the question alone, as ``agent-sleep ask`` sends it."""
+    return [{"role": "user", "content": question.strip()}]
+
+
+@dataclass(frozen=True, eq=False)
+class _Example:
+    prompt: list[int]
+    answer: list[int]
+    target_ids: Tensor  # [len(answer), k] token ids
+    target_probs: Tensor  # [len(answer), k], rows sum to 1
+
+
+# ---------------------------------------------------------------- targets
+
+
+def _prompt_ids(handle: BaseModelHandle, messages: list[dict[str, str]]) -> list[int]:
+    from agent_sleep.runtime.chat_format import apply_template
+
+    text = apply_template(handle.tokenizer, messages, add_generation_prompt=True)
+    return list(handle.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _eos_ids(handle: BaseModelHandle) -> set[int]:
+    ids = {handle.tokenizer.eos_token_id}
+    configured = getattr(handle.model.generation_config, "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return {i for i in ids if i is not None}
+
+
+def _cache_kwarg(model: Any) -> str:
+    """transformers 5 calls the KV cache ``cache``; 4.x called it ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _teacher_example(handle: BaseModelHandle, document: str, question: str, cfg: CDSettings) -> _Example:
+    """Greedy answer of the base model with the document in context, with its top-k probabilities."""
+    import torch
+
+    from agent_sleep.adapters.stack import LoraHooks
+
+    ids = _prompt_ids(handle, context_messages(document, question))
+    limit = getattr(handle.model.config, "max_position_embeddings", None)
+    if limit is not None and len(ids) + cfg.max_answer_tokens > limit:
+        raise InvalidInputError(
+            f"document and question take {len(ids)} tokens; the teacher needs them in its context of {limit} "
+            "tokens, so gradient context distillation cannot use this document (D2L can: it chunks)"
+        )
+    eos = _eos_ids(handle)
+    hooks = LoraHooks.attach(handle.model)
+    cache_kwarg = _cache_kwarg(handle.model)
+    answer: list[int] = []
+    top_ids, top_probs = [], []
+    step, past = torch.tensor([ids], device=handle.device), None
+    with handle.lock, torch.inference_mode(), hooks.activate(None):  # the plain base model is the teacher
+        for _ in range(cfg.max_answer_tokens):
+            out = handle.model(input_ids=step, use_cache=True, **{cache_kwarg: past})
+            past = getattr(out, cache_kwarg)
+            probs = torch.softmax(out.logits[0, -1].float(), dim=-1)
+            p, i = probs.topk(cfg.top_k)
+            top_ids.append(i.cpu())
+            top_probs.append((p / p.sum()).cpu())
+            token = int(i[0])  # greedy
+            answer.append(token)
+            if token in eos:
+                break
+            step = torch.tensor([[token]], device=handle.device)
+    return _Example(ids, answer, torch.stack(top_ids), torch.stack(top_probs))
+
+
+def _gold_example(handle: BaseModelHandle, question: str, answer_text: str, cfg: CDSettings) -> _Example:
+    import torch
+
+    answer = list(handle.tokenizer(answer_text.strip(), add_special_tokens=False)["input_ids"])[: cfg.max_answer_tokens]
+    eos = handle.tokenizer.eos_token_id
+    if eos is not None and len(answer) < cfg.max_answer_tokens:
+        answer.append(eos)  # teach the student to stop where the answer ends
+    if not answer:
+        raise InvalidInputError(f"gold answer to {question!r} is empty")
+    ids = torch.tensor(answer).unsqueeze(1)
+    return _Example([], answer, ids, torch.ones(len(answer), 1))
+
+
+def _normalise(questions: Sequence[str | Mapping[str, Any]], targets: Targets) -> list[tuple[str, str | None]]:
+    out: list[tuple[str, str | None]] = []
+    for item in questions:
+        if isinstance(item, str):
+            q, a = item, None
+        elif isinstance(item, Mapping) and isinstance(item.get("question"), str):
+            q, a = item["question"], item.get("answer")
+            if isinstance(a, (list, tuple)):
+                a = a[0] if a else None
+        else:
+            raise InvalidInputError(f'training questions must be strings or {{"question": ..., "answer": ...}}, got {item!r}')
+        if not q.strip():
+            raise InvalidInputError("training questions must not be empty")
+        if targets == "gold" and not (isinstance(a, str) and a.strip()):
+            raise InvalidInputError(f"targets='gold' needs an answer for every question; {q!r} has none")
+        out.append((q, a if isinstance(a, str) else None))
+    if not out:
+        raise InvalidInputError("gradient context distillation needs at least one training question")
+    return out
+
+
+# ---------------------------------------------------------------- the LoRA in training
+
+
+def _target_modules(handle: BaseModelHandle, names: Sequence[str]) -> dict[str, Any]:
+    from torch import nn
+
+    found = {
+        path: module
+        for path, module in handle.model.named_modules()
+        if isinstance(module, nn.Linear) and path.rsplit(".", 1)[-1] in names and path != "lm_head"
+    }
+    if not found:
+        raise InvalidInputError(f"the model has no linear layers named {list(names)} to put a LoRA on")
+    return found
+
+
+def _init_lora(modules: Mapping[str, Any], cfg: CDSettings, handle: BaseModelHandle) -> dict[str, tuple[Any, Any]]:
+    """PEFT's default LoRA init: A ~ Kaiming-uniform(a=sqrt 5), B = 0 (a no-op at step 0)."""
+    import torch
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    params = {}
+    for path, linear in sorted(modules.items()):
+        a = torch.empty(cfg.rank, linear.in_features)
+        torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=g)
+        b = torch.zeros(linear.out_features, cfg.rank)
+        params[path] = (
+            torch.nn.Parameter(a.to(handle.device)),
+            torch.nn.Parameter(b.to(handle.device)),
+        )
+    return params
+
+
+def _stack(params: Mapping[str, tuple[Any, Any]], scaling: float, rank: int) -> Any:
+    """A PreparedStack over the live parameters (built per step so the graph reaches them)."""
+    from agent_sleep.adapters.stack import PreparedStack
+
+    layers = {path: ((a, b * scaling),) for path, (a, b) in params.items()}
+    return PreparedStack(name="gradient_cd:training", items=(("training", 1.0),), layers=MappingProxyType(layers),
+                         combine="cat", total_rank=rank, nbytes=0)  # fmt: skip
+
+
+def _batch_loss(handle: BaseModelHandle, batch: Sequence[_Example], hooks: Any, stack: Any) -> Tensor:
+    """Mean over examples of the per-token cross-entropy against the soft targets (logits only on answers)."""
+    import torch
+
+    pad = handle.tokenizer.pad_token_id or 0
+    seqs = [ex.prompt + ex.answer for ex in batch]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    rows, cols = [], []
+    for n, (ex, seq) in enumerate(zip(batch, seqs, strict=True)):
+        ids[n, : len(seq)] = torch.tensor(seq)
+        mask[n, : len(seq)] = 1
+        start = len(ex.prompt) - 1  # the logit at position t predicts token t + 1
+        rows += [n] * len(ex.answer)
+        cols += list(range(start, start + len(ex.answer)))
+    ids, mask = ids.to(handle.device), mask.to(handle.device)
+    with hooks.activate(stack):
+        hidden = handle.model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    # The LM head (vocab x hidden) is the costliest matmul per token: run it on answer positions only.
+    logits = handle.model.get_output_embeddings()(hidden[rows, cols]).float()
+    logp = torch.log_softmax(logits, dim=-1)
+    target_ids = torch.cat([ex.target_ids for ex in batch]).to(handle.device)
+    target_probs = torch.cat([ex.target_probs for ex in batch]).to(handle.device)
+    per_token = -(target_probs * logp.gather(1, target_ids)).sum(dim=1)
+    # Average per example first, so long answers do not outweigh short ones.
+    owners = torch.tensor(rows, device=handle.device)
+    per_example = torch.zeros(len(batch), device=handle.device).index_add_(0, owners, per_token)
+    counts = torch.tensor([len(ex.answer) for ex in batch], device=handle.device, dtype=per_example.dtype)
+    return (per_example / counts).mean()
+
+
+def _progress_bar(enabled: bool | None, total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    show = sys.stderr.isatty() if enabled is None else enabled
+    return tqdm(total=total, desc="gradient CD", unit="step", disable=not show, leave=False)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def distill(
+    handle: BaseModelHandle,
+    document: str,
+    questions: Sequence[str | Mapping[str, Any]],
+    *,
+    targets: Targets = "teacher",
+    settings: CDSettings | None = None,
+    progress: bool | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> DistilledAdapter:
+    """Train a LoRA that makes the model answer ``questions`` as it does with ``document`` in context.
+
+    ``questions`` are strings or ``{"question", "answer"}`` mappings (answers
+    are needed only for ``targets="gold"``). Training stops at
+    ``settings.max_steps`` or once ``settings.time_budget_s`` of training time
+    is spent (at least one step always runs). ``progress`` shows a bar (default:
+    when stderr is a terminal); ``on_step(step, loss)`` is called after each
+    step. Takes ``handle.lock`` around each model call, so do not call it while
+    holding that lock. Raises InvalidInputError for an empty document or
+    question list, or a document that does not fit the teacher's context.
+    """
+    import torch
+
+    from agent_sleep.adapters.stack import LoraHooks
+
+    cfg = settings or CDSettings()
+    if targets not in ("teacher", "gold"):
+        raise InvalidInputError(f"targets must be 'teacher' or 'gold', not {targets!r}")
+    if not isinstance(document, str) or not document.strip():
+        raise InvalidInputError("the document is empty")
+    pairs = _normalise(questions, targets)
+    started = time.perf_counter()
+
+    examples = []
+    for question, answer in pairs:
+        prompt = _prompt_ids(handle, question_messages(question))
+        if targets == "gold":
+            ex = _gold_example(handle, question, answer or "", cfg)
+        else:
+            ex = _teacher_example(handle, document, question, cfg)
+        examples.append(_Example(prompt, ex.answer, ex.target_ids, ex.target_probs))
+    teacher_seconds = time.perf_counter() - started
+    decoded = tuple(handle.tokenizer.decode(ex.answer, skip_special_tokens=True).strip() for ex in examples)
+
+    modules = _target_modules(handle, cfg.target_modules)
+    params = _init_lora(modules, cfg, handle)
+    leaves = [p for pair in params.values() for p in pair]
+    scaling = cfg.lora_alpha / cfg.rank
+    optimizer = torch.optim.AdamW(leaves, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    hooks = LoraHooks.attach(handle.model, list(params))
+    order = random.Random(cfg.seed)
+
+    losses: list[float] = []
+    stopped: Literal["max_steps", "time_budget"] = "max_steps"
+    train_start = time.perf_counter()
+    bar = _progress_bar(progress, cfg.max_steps)
+    try:
+        queue: list[_Example] = []
+        for step in range(1, cfg.max_steps + 1):
+            if len(queue) < cfg.batch_size:  # epochs of shuffled examples, batches cut across them
+                epoch = list(examples)
+                order.shuffle(epoch)
+                queue += epoch * max(1, math.ceil(cfg.batch_size / len(epoch)))
+            batch, queue = queue[: cfg.batch_size], queue[cfg.batch_size :]
+            # A cosine decay to 10% over max_steps; with a short time budget most runs stay near lr.
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * (0.55 + 0.45 * math.cos(math.pi * (step - 1) / cfg.max_steps))
+            with handle.lock:
+                loss = _batch_loss(handle, batch, hooks, _stack(params, scaling, cfg.rank))
+                # autograd.grad, not backward: no gradient buffers appear on the shared base weights.
+                grads = torch.autograd.grad(loss, leaves)
+            if not torch.isfinite(loss):
+                raise InvalidInputError(f"gradient context distillation diverged (loss {float(loss)} at step {step})")
+            for p, g in zip(leaves, grads, strict=True):
+                p.grad = g
+            torch.nn.utils.clip_grad_norm_(leaves, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss))
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if on_step is not None:
+                on_step(step, losses[-1])
+            if time.perf_counter() - train_start >= cfg.time_budget_s and step < cfg.max_steps:
+                stopped = "time_budget"
+                break
+    finally:
+        bar.close()
+    train_seconds = time.perf_counter() - train_start
+
+    tensors: dict[str, Tensor] = {}
+    for path, (a, b) in params.items():
+        tensors[peft_key(path, "A")] = a.detach().to("cpu", torch.float32).contiguous()
+        tensors[peft_key(path, "B")] = b.detach().to("cpu", torch.float32).contiguous()
+    config = peft_lora_config(cfg.rank, cfg.lora_alpha, sorted(set(cfg.target_modules)))
+    return DistilledAdapter(
+        tensors=tensors,
+        lora_config=config,
+        chunks=1,
+        rank=cfg.rank,
+        seconds=time.perf_counter() - started,
+        nbytes=sum(t.numel() * t.element_size() for t in tensors.values()),
+        steps=len(losses),
+        teacher_seconds=teacher_seconds,
+        train_seconds=train_seconds,
+        first_loss=losses[0],
+        final_loss=sum(losses[-5:]) / len(losses[-5:]),
+        targets=targets,
+        stopped=stopped,
+        answers=decoded,
+        settings=cfg,
+    )
+
+
+def write(
+    result: DistilledAdapter,
+    dest: str | Path,
+    *,
+    handle: BaseModelHandle,
+    sources: AdapterSources | Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``result`` as an adapter folder (PEFT files + manifest, generator ``gradient_cd``) at ``dest``."""
+    from agent_sleep.adapters.artifact import write_adapter
+
+    if sources is not None and not isinstance(sources, AdapterSources):
+        sources = AdapterSources.model_validate(dict(sources))
+    manifest = AdapterManifest(
+        generator=GeneratorInfo(name=GENERATOR_NAME, version=GENERATOR_VERSION),
+        base_model=BaseModelRef(id=handle.spec, content_hash=handle.content_hash),
+        sources=sources or AdapterSources(),
+        training=result.summary(),
+    )
+    config = {**result.lora_config, "base_model_name_or_path": handle.spec}
+    return write_adapter(dest, result.tensors, config, manifest)

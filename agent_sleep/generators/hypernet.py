@@ -1,0 +1,136 @@
+"""The Doc-to-LoRA hypernetwork: document activations in, one rank-r LoRA per target layer out.
+
+A Perceiver in plain PyTorch (CPU or CUDA, no flash-attention): the frozen
+base model's hidden states after its first ``encoder_layers`` blocks
+(``[T, hidden]`` per document) are projected to ``latent_dim``; learned latents
+cross-attend to them in ``n_blocks`` blocks; one decoder query per
+(layer, rank) slot cross-attends to the latents; each slot's vector is
+unit-normalised and a shared head maps it to that rank's row of A and column
+of B. Per-(layer, rank) scalers multiply A (init 1) and B (init **0**), so a
+fresh network emits an exact no-op adapter (Sakana's D2L, arXiv 2602.15902,
+trimmed to the CPU sizes of ``research/sakana.md`` section 9.2).
+
+Batched over documents with a key-padding mask. This module knows nothing
+about tokenisation, files or PEFT; see :mod:`agent_sleep.generators.d2l`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+__all__ = ["HyperConfig", "HyperNet"]
+
+
+class HyperConfig(BaseModel):
+    """Shape of a hypernetwork and the base model it was built for (stored beside its weights)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    base_model_id: str
+    base_content_hash: str
+    hidden_size: int
+    target: str = "mlp.down_proj"
+    d_in: int
+    d_out: int
+    layers: list[int]
+    rank: int = 8
+    scale: float = Field(2.0, description="in-memory LoRA scale; PEFT export uses lora_alpha = scale * r_total")
+    encoder_layers: int = 8
+    latent_dim: int = 256
+    n_latents: int = 32
+    n_heads: int = 4
+    n_blocks: int = 2
+    mlp_ratio: int = 4
+
+    def module_names(self) -> list[str]:
+        """Module paths of the targets inside a ``*ForCausalLM`` (llama/mistral/qwen layout)."""
+        return [f"model.layers.{i}.{self.target}" for i in self.layers]
+
+    @classmethod
+    def for_model(cls, model: Any, *, base_model_id: str, base_content_hash: str, **overrides: Any) -> HyperConfig:
+        """A config for a transformers causal LM; default targets: down_proj on the top half of the layers."""
+        cfg = model.config
+        n_layers = int(cfg.num_hidden_layers)
+        target = overrides.pop("target", "mlp.down_proj")
+        probe = model.get_submodule(f"model.layers.0.{target}")
+        layers = overrides.pop("layers", None)
+        if layers is None:
+            layers = list(range(n_layers // 2, n_layers))
+        enc = overrides.pop("encoder_layers", min(8, max(1, n_layers // 4 + 1)))
+        return cls(base_model_id=base_model_id, base_content_hash=base_content_hash, hidden_size=int(cfg.hidden_size),
+                   target=target, d_in=int(probe.in_features), d_out=int(probe.out_features),
+                   layers=[int(i) for i in layers], encoder_layers=min(int(enc), n_layers), **overrides)  # fmt: skip
+
+
+class _CrossBlock(nn.Module):
+    """Queries cross-attend to a context (pre-norm, residual), then a SwiGLU MLP (pre-norm, residual)."""
+
+    def __init__(self, dim: int, n_heads: int, mlp_ratio: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.q_norm = nn.RMSNorm(dim)
+        self.kv_norm = nn.RMSNorm(dim)
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(dim, 2 * dim, bias=False)
+        self.o = nn.Linear(dim, dim, bias=False)
+        self.mlp_norm = nn.RMSNorm(dim)
+        self.up = nn.Linear(dim, 2 * mlp_ratio * dim, bias=False)
+        self.down = nn.Linear(mlp_ratio * dim, dim, bias=False)
+
+    def forward(self, x: Tensor, ctx: Tensor, mask: Tensor | None) -> Tensor:
+        b, nq, d = x.shape
+        h = self.n_heads
+        q = self.q(self.q_norm(x)).view(b, nq, h, d // h).transpose(1, 2)
+        k, v = self.kv(self.kv_norm(ctx)).view(b, ctx.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        attn_mask = None if mask is None else mask[:, None, None, :]  # True = attend
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        x = x + self.o(att.transpose(1, 2).reshape(b, nq, d))
+        gate, up = self.up(self.mlp_norm(x)).chunk(2, dim=-1)
+        return x + self.down(F.silu(gate) * up)
+
+
+class HyperNet(nn.Module):
+    """Maps document features ``[B, T, hidden]`` (+ mask ``[B, T]``) to LoRA A ``[B, L, r, d_in]``, B ``[B, L, d_out, r]``."""
+
+    def __init__(self, config: HyperConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        d = c.latent_dim
+        if d % c.n_heads:
+            raise ValueError(f"latent_dim {d} must be divisible by n_heads {c.n_heads}")
+        n_slots = len(c.layers) * c.rank
+        self.in_norm = nn.RMSNorm(c.hidden_size)
+        self.in_up = nn.Linear(c.hidden_size, 2 * d, bias=False)
+        self.in_down = nn.Linear(d, d, bias=False)
+        self.latents = nn.Parameter(torch.randn(c.n_latents, d) * 0.02)
+        self.blocks = nn.ModuleList(_CrossBlock(d, c.n_heads, c.mlp_ratio) for _ in range(c.n_blocks))
+        self.latent_norm = nn.RMSNorm(d)
+        self.queries = nn.Parameter(torch.randn(n_slots, d) * 0.02)
+        self.decoder = _CrossBlock(d, c.n_heads, c.mlp_ratio)
+        self.head = nn.Linear(d, c.d_in + c.d_out, bias=False)
+        nn.init.normal_(self.head.weight, std=0.5 / math.sqrt(d + c.rank))
+        self.scale_A = nn.Parameter(torch.ones(len(c.layers), c.rank))
+        self.scale_B = nn.Parameter(torch.zeros(len(c.layers), c.rank))  # zero-effect start
+
+    def forward(self, feats: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        c = self.config
+        feats = feats.to(self.head.weight.dtype)
+        gate, up = self.in_up(self.in_norm(feats)).chunk(2, dim=-1)
+        ctx = self.in_down(F.silu(gate) * up)
+        lat = self.latents.expand(feats.shape[0], -1, -1)
+        for block in self.blocks:
+            lat = block(lat, ctx, mask)
+        lat = self.latent_norm(lat)
+        z = self.decoder(self.queries.expand(feats.shape[0], -1, -1), lat, None)
+        z = F.normalize(z, dim=-1)
+        rows = self.head(z).view(feats.shape[0], len(c.layers), c.rank, c.d_in + c.d_out)
+        a = rows[..., : c.d_in] * self.scale_A[None, :, :, None]
+        b = (rows[..., c.d_in :] * self.scale_B[None, :, :, None]).transpose(-1, -2)
+        return a, b

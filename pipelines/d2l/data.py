@@ -1,0 +1,90 @@
+"""Tokenised, cached training data for D2L meta-training.
+
+Per document: its features (hidden states after ``encoder_layers`` blocks of
+the frozen base model, fp16) and, per question, the prompt+answer token ids
+and the hidden states entering the first LoRA layer (fp16). Both are
+independent of the hypernetwork, so they are computed once (``torch.no_grad``,
+batched) and saved with ``torch.save`` under a key that names everything
+they depend on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from agent_sleep.generators.backbone import hidden_after
+from agent_sleep.generators.prompts import answer_ids, question_prompt
+
+__all__ = ["CachedDoc", "build_cache", "cache_key", "pad_right"]
+
+CachedDoc = dict[str, Any]  # {"id", "feats": [T, H] fp16, "qa": [{"ids", "n_prompt", "hidden", "answer", "question"}]}
+
+
+def cache_key(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def pad_right(seqs: Sequence[Tensor], value: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Stack ``[T_i, ...]`` tensors into ``[N, T_max, ...]`` plus a ``[N, T_max]`` 0/1 mask."""
+    t = max(int(s.shape[0]) for s in seqs)
+    out = seqs[0].new_full((len(seqs), t, *seqs[0].shape[1:]), value)
+    mask = torch.zeros(len(seqs), t, dtype=torch.long, device=seqs[0].device)
+    for i, s in enumerate(seqs):
+        out[i, : s.shape[0]] = s
+        mask[i, : s.shape[0]] = 1
+    return out, mask
+
+
+@torch.no_grad()
+def _hidden(model: Any, seqs: list[Tensor], n_layers: int, device: Any, batch: int) -> list[Tensor]:
+    out: list[Tensor] = []
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths together: less padding
+    result: dict[int, Tensor] = {}
+    for start in range(0, len(order), batch):
+        idx = order[start : start + batch]
+        ids, mask = pad_right([seqs[i].to(device) for i in idx])
+        h = hidden_after(model, ids, mask, n_layers)
+        for row, i in enumerate(idx):
+            result[i] = h[row, : len(seqs[i])].to("cpu", torch.float16)
+    out = [result[i] for i in range(len(seqs))]
+    return out
+
+
+def build_cache(model: Any, tokenizer: Any, docs: Sequence[dict[str, Any]], *, encoder_layers: int,
+                first_lora_layer: int, max_doc_tokens: int, device: Any, path: Path,
+                qa_keys: Sequence[str] = ("qa",), batch: int = 16, desc: str = "cache") -> list[CachedDoc]:  # fmt: skip
+    """Features and question states for ``docs``, loaded from ``path`` if already there."""
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    doc_ids = [torch.tensor(tokenizer(d["text"], add_special_tokens=False)["input_ids"][:max_doc_tokens]) for d in docs]
+    rows: list[tuple[int, dict[str, Any], Tensor, int]] = []
+    for di, doc in enumerate(docs):
+        for key in qa_keys:
+            for qa in doc.get(key, []):
+                prompt = tokenizer(question_prompt(tokenizer, qa["question"]), add_special_tokens=False)["input_ids"]
+                ids = torch.tensor(prompt + answer_ids(tokenizer, qa["answer"]))
+                rows.append((di, qa, ids, len(prompt)))
+    bar = tqdm(total=2, desc=desc, leave=False)
+    feats = _hidden(model, doc_ids, encoder_layers, device, batch)
+    bar.update()
+    hidden = _hidden(model, [r[2] for r in rows], first_lora_layer, device, batch * 2)
+    bar.update()
+    bar.close()
+    cached: list[CachedDoc] = [{"id": d["id"], "feats": f, "qa": []} for d, f in zip(docs, feats, strict=True)]
+    for (di, qa, ids, n_prompt), h in zip(rows, hidden, strict=True):
+        cached[di]["qa"].append({"ids": ids, "n_prompt": n_prompt, "hidden": h, "question": qa["question"],
+                                 "answer": qa["answer"]})  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(cached, tmp)
+    os.replace(tmp, path)
+    return cached

@@ -1,0 +1,151 @@
+"""Doc-to-LoRA generator on a tiny random Llama: zero-effect start, chunking, PEFT export, checkpoints, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from agent_sleep.errors import AdapterError, EncodingError, IncompatibleAdapterError, InvalidInputError
+from agent_sleep.generators.checkpoint import save_checkpoint
+from agent_sleep.generators.d2l import D2LGenerator, check_document, internalize_to_registry
+from agent_sleep.generators.hypernet import HyperConfig, HyperNet
+from agent_sleep.models.loader import BaseModelHandle, load_base_model
+from tests.helpers_models import make_tiny_model_dir
+
+DOC = "The logo of Velmora Works is teal. Velmora Works was founded by Ansel Trell in Quorvik in 1962."
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    # Tiny models: thread start-up and oversubscription cost more than the arithmetic saves.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def handle(tiny_dir: Path) -> BaseModelHandle:
+    return load_base_model(str(tiny_dir), device="cpu")
+
+
+def _net(handle: BaseModelHandle, *, live: bool = False) -> HyperNet:
+    torch.manual_seed(0)
+    config = HyperConfig.for_model(handle.model, base_model_id=handle.spec, base_content_hash=handle.content_hash,
+                                   layers=[0, 1], rank=4, encoder_layers=1, latent_dim=32, n_latents=4, n_heads=2,
+                                   n_blocks=1)  # fmt: skip
+    net = HyperNet(config).eval()
+    if live:  # a "trained" net: B no longer zero
+        with torch.no_grad():
+            net.scale_B.normal_(0, 3.0)
+    return net
+
+
+def _gen(handle: BaseModelHandle, net: HyperNet) -> D2LGenerator:
+    return D2LGenerator(net, handle, checkpoint=Path("in-memory"), version="test")
+
+
+def _logits(model: Any, handle: BaseModelHandle, text: str = "Who founded Velmora Works?") -> torch.Tensor:
+    ids = handle.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_fresh_hypernet_is_a_no_op(handle: BaseModelHandle) -> None:
+    gen = _gen(handle, _net(handle))
+    result = gen.internalize(DOC)
+    base = _logits(handle.model, handle)
+    with gen.applied(result):
+        adapted = _logits(handle.model, handle)
+    assert torch.equal(base, adapted)
+    assert all(torch.count_nonzero(b) == 0 for _, b in result.layers.values())
+
+
+def test_chunks_concatenate_along_rank_and_peft_reproduces_them(handle: BaseModelHandle, tiny_dir: Path,
+                                                                tmp_path: Path) -> None:  # fmt: skip
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    gen = _gen(handle, _net(handle, live=True))
+    n_tokens = len(handle.tokenizer(DOC, add_special_tokens=False)["input_ids"])
+    one = gen.internalize(DOC, chunk_tokens=10_000)
+    many = gen.internalize(DOC, chunk_tokens=8)
+    k = -(-n_tokens // 8)
+    assert (one.chunks, one.rank) == (1, 4)
+    assert (many.chunks, many.rank) == (k, 4 * k) and k > 2
+    a, b = many.layers["model.layers.1.mlp.down_proj"]
+    assert a.shape == (4 * k, 64) and b.shape == (32, 4 * k)
+
+    base = _logits(handle.model, handle)
+    with gen.applied(many):
+        ours = _logits(handle.model, handle)
+    assert not torch.allclose(base, ours, atol=1e-4)  # the adapter does something
+    folder = gen.write(many, tmp_path / "adapter", sources={"description": "test"})
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), folder).eval()
+    theirs = _logits(peft_model, handle)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+    import json
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["generator"]["name"] == "d2l" and manifest["generator"]["version"] == "test"
+    assert manifest["base_model"]["content_hash"] == handle.content_hash
+    assert manifest["sources"]["documents"] == [many.document_sha256] and manifest["rank"] == 4 * k
+
+
+def test_checkpoint_round_trip_and_refusal_for_other_base(handle: BaseModelHandle, tmp_path: Path) -> None:
+    net = _net(handle, live=True)
+    ckpt = save_checkpoint(net, tmp_path / "ckpt", version="v7", dtype=torch.float16)
+    gen = D2LGenerator.load(ckpt, handle=handle)
+    assert gen.version == "v7"
+    ours = gen.internalize(DOC, chunk_tokens=16)
+    ref = _gen(handle, net.half().float()).internalize(DOC, chunk_tokens=16)
+    for key, value in ref.tensors.items():
+        torch.testing.assert_close(ours.tensors[key], value)
+
+    other = load_base_model(str(make_tiny_model_dir(tmp_path, seed=1, name="other")), device="cpu")
+    assert other.content_hash != handle.content_hash
+    with pytest.raises(IncompatibleAdapterError, match="trained for base model"):
+        D2LGenerator.load(ckpt, handle=other)
+
+
+@pytest.mark.parametrize(
+    ("doc", "error", "match"),
+    [
+        ("", InvalidInputError, "empty"),
+        (" \n\t ", InvalidInputError, "whitespace"),
+        (b"\xff\xfe\xfa text", EncodingError, "UTF-8"),
+        (b"\x00\x01\x02\x03 PNG", InvalidInputError, "binary"),
+        ("abc\ud800", EncodingError, "UTF-8"),
+        ("".join(chr(i % 8 + 1) for i in range(400)), InvalidInputError, "binary"),
+    ],
+)
+def test_bad_documents_are_refused(doc: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        check_document(doc)
+
+
+def test_nothing_registered_on_bad_input_or_non_finite_output(handle: BaseModelHandle, store: Any) -> None:
+    from agent_sleep.registry import AdapterRegistry
+
+    registry = AdapterRegistry(store)
+    gen = _gen(handle, _net(handle, live=True))
+    with pytest.raises(InvalidInputError):
+        internalize_to_registry(registry, "   ", "facts", generator=gen)
+    with torch.no_grad():
+        gen.net.scale_B.fill_(float("nan"))
+    with pytest.raises(AdapterError, match="non-finite"):
+        internalize_to_registry(registry, DOC, "facts", generator=gen)
+    assert registry.adapters() == []
+
+    gen = _gen(handle, _net(handle, live=True))
+    record, result = internalize_to_registry(registry, DOC.encode(), "facts", generator=gen, chunk_tokens=16)
+    assert (record.skill, record.version, record.generator, record.rank) == ("facts", 1, "d2l", result.rank)
+    assert record.base_model_hash == handle.content_hash

@@ -1,0 +1,91 @@
+"""D2L meta-training recipe on a tiny random Llama (loss goes down, resume continues) and the synthetic data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent_sleep.models.loader import load_base_model
+from pipelines.d2l import synth
+from pipelines.d2l.trainer import TrainConfig, train
+from tests.helpers_models import make_tiny_model_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    # Tiny models: thread start-up and oversubscription cost more than the arithmetic saves.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def test_synth_is_deterministic_and_split() -> None:
+    a = synth.make_fact_docs(20, seed=3)
+    assert a == synth.make_fact_docs(20, seed=3)
+    assert a != synth.make_fact_docs(20, seed=4)
+    held = synth.make_fact_docs(40, seed=3, split="heldout")
+    assert {d["entity"] for d in a}.isdisjoint({d["entity"] for d in held})
+    for doc in a + held:
+        assert doc["qa"] and len(doc["qa"]) == len(doc["probe_qa"])
+        for qa, probe in zip(doc["qa"], doc["probe_qa"], strict=True):
+            assert qa["answer"] == probe["answer"] and qa["answer"] in doc["text"]
+            assert qa["question"] != probe["question"] and qa["answer"] not in qa["question"]
+    easy = synth.make_fact_docs(50, seed=0, vocab_size=4, attributes=["colour"], n_facts=(1, 1))
+    assert {d["qa"][0]["answer"] for d in easy} <= set(synth.VOCAB["colour"][:4])
+
+
+def test_needles_and_jsonl(tmp_path: Path) -> None:
+    docs = synth.make_needle_docs(3, seed=1, target_tokens=300)
+    assert docs == synth.make_needle_docs(3, seed=1, target_tokens=300)
+    for doc in docs:
+        answer = doc["qa"][0]["answer"]
+        assert len(answer) == 4 and f"is {answer}." in doc["text"] and 150 < len(doc["text"].split()) < 300
+    path = synth.write_jsonl(tmp_path / "d.jsonl", docs)
+    assert synth.read_jsonl(path) == docs
+
+
+def test_shipped_config_validates() -> None:
+    path = ROOT / "pipelines" / "d2l" / "meta_train.yaml"
+    assert path.read_text().startswith("# .venv/bin/python pipelines/d2l/meta_train.py")
+    TrainConfig.load(path)
+
+
+def test_few_steps_reduce_the_loss_and_resume_continues(tmp_path: Path) -> None:
+    handle = load_base_model(str(make_tiny_model_dir(tmp_path)), device="cpu")
+    raw = {
+        "model": "unused", "data": {"n_train": 6, "n_eval": 3, "n_facts": [1, 2], "n_filler": [0, 0],
+                                    "max_doc_tokens": 48},
+        "hyper": {"rank": 4, "first_lora_layer": 1, "encoder_layers": 1, "latent_dim": 32, "n_latents": 4,
+                  "n_heads": 2, "n_blocks": 1, "scale": 40.0},
+        "steps": 4, "docs_per_step": 6, "qas_per_doc": 2, "lr": 0.01, "warmup": 1, "l1": 0.0, "log_every": 1,
+        "ckpt_every": 2, "eval_every": 100, "eval_max_new_tokens": 2,
+    }  # fmt: skip
+    run = tmp_path / "run"
+    first = train(TrainConfig.model_validate(raw), run, device="cpu", handle=handle, threads=1)
+    assert first["step"] == 4
+    second = train(TrainConfig.model_validate({**raw, "steps": 12}), run, device="cpu", handle=handle, threads=1)
+    assert second["step"] == 12
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in recs if r["kind"] == "train"]
+    assert steps == list(range(1, 13))  # resumed at 5, no step repeated
+    ce = [r["ce"] for r in recs if r["kind"] == "train"]
+    assert min(ce[-3:]) < ce[0] - 0.1
+    assert (run / "metrics.png").stat().st_size > 0 and (run / "ckpt" / "best" / "d2l_config.json").exists()
+
+
+@pytest.mark.model
+def test_committed_checkpoint_internalizes_and_registers(store: object) -> None:
+    from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT, D2LGenerator, internalize_to_registry
+    from agent_sleep.registry import AdapterRegistry
+
+    if not (DEFAULT_CHECKPOINT / "d2l_config.json").exists():
+        pytest.skip("no committed D2L checkpoint")
+    gen = D2LGenerator.load()
+    doc = synth.make_fact_docs(1, seed=5, split="heldout")[0]["text"]
+    record, result = internalize_to_registry(AdapterRegistry(store), doc, "d2l-smoke", generator=gen)  # type: ignore[arg-type]
+    assert result.seconds < 5 and result.chunks == 1 and record.generator == "d2l"
+    assert result.nbytes < 4_000_000
