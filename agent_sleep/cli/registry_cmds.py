@@ -164,6 +164,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = st_sub.add_parser("show", help="show one stack (agent:stack@vN)")
     p.add_argument("ref")
     p.set_defaults(handler=cmd_stacks_show)
+    register_merge(st_sub)
 
     def _common(p: argparse.ArgumentParser, agent: bool = True) -> None:
         if agent:
@@ -192,3 +193,56 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--agent", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_deployments)
+
+
+def cmd_stacks_merge(args: argparse.Namespace) -> int:
+    """Materialise a stack into one adapter (exact rank-cat, or lossy linear/TIES) and register it."""
+    import tempfile
+    from pathlib import Path
+
+    from agent_sleep.adapters.artifact import AdapterManifest, lora_layers, read_adapter, write_adapter
+    from agent_sleep.adapters.merge import materialize_cat, merge_linear, merge_ties
+
+    reg = _registry(args)
+    stack = reg.get_stack(args.stack)
+    if not stack.items:
+        raise ConfigError(f"stack {stack.name} is empty; nothing to merge")
+    records = [reg.get(i.adapter) for i in stack.items]
+    hashes = {r.base_model_hash for r in records}
+    if len(hashes) != 1:
+        raise ConfigError(f"stack {stack.name} mixes adapters for different base models")
+    items = [(r.name, lora_layers(read_adapter(r.path)), i.weight) for r, i in zip(records, stack.items)]
+    if args.method == "cat":
+        tensors, config = materialize_cat(items)
+    elif args.method == "linear":
+        tensors, config = merge_linear(items, args.rank or max(r.rank for r in records))
+    else:
+        tensors, config = merge_ties(items, args.rank or max(r.rank for r in records), density=args.density)
+    manifest = AdapterManifest(
+        generator={"name": "merged", "version": args.method},
+        base_model={"id": records[0].base_model_id, "content_hash": records[0].base_model_hash},
+        sources={"description": f"{args.method} merge of {stack.name}: "
+                                + ", ".join(f"{i.adapter}×{i.weight:g}" for i in stack.items),
+                 "episodes": sorted({e for r in records for e in r.sources.get("episodes", [])}),
+                 "documents": sorted({d for r in records for d in r.sources.get("documents", [])})},
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_adapter(Path(tmp) / "merged", tensors, config, manifest)
+        rec = reg.register(folder, args.name, description=manifest.sources.description, agent=stack.agent)
+    if args.json:
+        print_json(rec.model_dump(mode="json"))
+    else:
+        print(f"{rec.name}  rank {rec.rank}  {rec.path}")
+    return 0
+
+
+def register_merge(stacks_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = stacks_sub.add_parser("merge", help="materialise a stack into one registered adapter (for one-adapter servers)")
+    p.add_argument("stack", help="agent:stack@vN")
+    p.add_argument("--name", required=True, help="skill name of the merged adapter")
+    p.add_argument("--method", choices=["cat", "linear", "ties"], default="cat",
+                   help="cat: exact, rank = sum of ranks (default); linear/ties: lossy, rank --rank")
+    p.add_argument("--rank", type=int, help="rank of a linear/ties merge (default: the largest input rank)")
+    p.add_argument("--density", type=float, default=0.2, help="TIES: fraction of each delta kept (default 0.2)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_stacks_merge)

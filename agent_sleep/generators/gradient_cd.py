@@ -5,14 +5,16 @@ context distillation; the CD baseline of Sakana's D2L paper: LoRA on
 ``down_proj``, AdamW, a few hundred steps on generated questions):
 
 1. **Targets.** For each training question the *teacher* - the base model with
-   the document in its prompt (:func:`context_messages`) - answers greedily, and
-   its top-``k`` next-token probabilities at every answer token are kept (soft
-   targets, which carry more than the argmax). With ``targets="gold"`` the
-   caller's answers are used instead, as one-hot targets.
-2. **Student.** The same base model *without* the document (the question alone,
-   :func:`question_messages`, exactly what ``agent-sleep ask`` sends) plus a
-   trainable LoRA, trained on those targets by AdamW until ``max_steps`` or the
-   wall-clock ``time_budget_s`` runs out.
+   the document before the question - answers greedily, and its top-``k``
+   next-token probabilities at every answer token are kept (soft targets, which
+   carry more than the argmax). With ``targets="gold"`` the caller's answers
+   are used instead, as one-hot targets.
+2. **Student.** The same base model *without* the document (the question
+   alone) plus a trainable LoRA, trained on those targets by AdamW until
+   ``max_steps`` or the wall-clock ``time_budget_s`` runs out.
+
+Prompts are D2L's (:mod:`agent_sleep.generators.prompts`), so teacher, student
+and the D2L hypernetwork all see the same question format.
 
 The LoRA is applied through :class:`~agent_sleep.adapters.stack.LoraHooks` in
 the calling context only: the shared base model is never wrapped or changed,
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent_sleep.adapters.lora_config import peft_key, peft_lora_config
 from agent_sleep.adapters.manifest import AdapterManifest, AdapterSources, BaseModelRef, GeneratorInfo
 from agent_sleep.errors import InvalidInputError
+from agent_sleep.generators.prompts import answer_ids, question_prompt
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -51,18 +55,13 @@ if TYPE_CHECKING:
     from agent_sleep.models.loader import BaseModelHandle
 
 __all__ = [
-    "GENERATOR_NAME", "GENERATOR_VERSION", "CDSettings", "DistilledAdapter", "context_messages", "distill",
-    "question_messages", "write",
+    "GENERATOR_NAME", "GENERATOR_VERSION", "CDSettings", "DistilledAdapter", "distill", "write",
 ]  # fmt: skip
 
 GENERATOR_NAME = "gradient_cd"
 GENERATOR_VERSION = "1"
 Targets = Literal["teacher", "gold"]
-
-# The teacher's prompt. A 135M model answers in-context questions best when the question comes
-# last and the instruction asks for a short answer; the same wording scores condition (c) in the
-# benchmark, so the teacher CD learns from is exactly the in-context baseline.
-_CONTEXT_TEMPLATE = "{document}\n\nAnswer the question using the text above, in a few words.\nQuestion: {question}"
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 class CDSettings(BaseModel):
@@ -73,6 +72,7 @@ class CDSettings(BaseModel):
     rank: int = Field(default=8, ge=1)
     lora_alpha: float = Field(default=16.0, gt=0)
     target_modules: tuple[str, ...] = ("down_proj",)
+    """Layer names (``down_proj``: every layer's) or full module paths (``model.layers.16.mlp.down_proj``)."""
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     max_steps: int = Field(default=300, ge=1)
@@ -119,31 +119,20 @@ class DistilledAdapter:
         }  # fmt: skip
 
 
-def context_messages(document: str, question: str) -> list[dict[str, str]]:
-    """The teacher's chat: the document, then the question (condition (c) of the benchmark)."""
-    return [{"role": "user", "content": _CONTEXT_TEMPLATE.format(document=document.strip(), question=question.strip())}]
-
-
-def question_messages(question: str) -> list[dict[str, str]]:
-    """The student's chat: the question alone, as ``agent-sleep ask`` sends it."""
-    return [{"role": "user", "content": question.strip()}]
-
-
 @dataclass(frozen=True, eq=False)
 class _Example:
     prompt: list[int]
     answer: list[int]
     target_ids: Tensor  # [len(answer), k] token ids
     target_probs: Tensor  # [len(answer), k], rows sum to 1
+    hidden: Tensor | None = None  # [len(prompt + answer), H] entering the first LoRA layer (frozen, cached)
 
 
 # ---------------------------------------------------------------- targets
 
 
-def _prompt_ids(handle: BaseModelHandle, messages: list[dict[str, str]]) -> list[int]:
-    from agent_sleep.runtime.chat_format import apply_template
-
-    text = apply_template(handle.tokenizer, messages, add_generation_prompt=True)
+def _prompt_ids(handle: BaseModelHandle, question: str, document: str | None = None) -> list[int]:
+    text = question_prompt(handle.tokenizer, question.strip(), None if document is None else document.strip())
     return list(handle.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -151,6 +140,7 @@ def _eos_ids(handle: BaseModelHandle) -> set[int]:
     ids = {handle.tokenizer.eos_token_id}
     configured = getattr(handle.model.generation_config, "eos_token_id", None)
     ids.update(configured if isinstance(configured, list) else [configured])
+    ids.update(answer_ids(handle.tokenizer, "")[-1:])  # the end-of-turn token the prompts use
     return {i for i in ids if i is not None}
 
 
@@ -167,7 +157,7 @@ def _teacher_example(handle: BaseModelHandle, document: str, question: str, cfg:
 
     from agent_sleep.adapters.stack import LoraHooks
 
-    ids = _prompt_ids(handle, context_messages(document, question))
+    ids = _prompt_ids(handle, question, document)
     limit = getattr(handle.model.config, "max_position_embeddings", None)
     if limit is not None and len(ids) + cfg.max_answer_tokens > limit:
         raise InvalidInputError(
@@ -199,10 +189,7 @@ def _teacher_example(handle: BaseModelHandle, document: str, question: str, cfg:
 def _gold_example(handle: BaseModelHandle, question: str, answer_text: str, cfg: CDSettings) -> _Example:
     import torch
 
-    answer = list(handle.tokenizer(answer_text.strip(), add_special_tokens=False)["input_ids"])[: cfg.max_answer_tokens]
-    eos = handle.tokenizer.eos_token_id
-    if eos is not None and len(answer) < cfg.max_answer_tokens:
-        answer.append(eos)  # teach the student to stop where the answer ends
+    answer = answer_ids(handle.tokenizer, answer_text.strip())[: cfg.max_answer_tokens]  # ends with end-of-turn
     if not answer:
         raise InvalidInputError(f"gold answer to {question!r} is empty")
     ids = torch.tensor(answer).unsqueeze(1)
@@ -239,7 +226,7 @@ def _target_modules(handle: BaseModelHandle, names: Sequence[str]) -> dict[str, 
     found = {
         path: module
         for path, module in handle.model.named_modules()
-        if isinstance(module, nn.Linear) and path.rsplit(".", 1)[-1] in names and path != "lm_head"
+        if isinstance(module, nn.Linear) and any(path == n or path.endswith("." + n) for n in names)
     }
     if not found:
         raise InvalidInputError(f"the model has no linear layers named {list(names)} to put a LoRA on")
@@ -272,34 +259,60 @@ def _stack(params: Mapping[str, tuple[Any, Any]], scaling: float, rank: int) -> 
                          combine="cat", total_rank=rank, nbytes=0)  # fmt: skip
 
 
-def _batch_loss(handle: BaseModelHandle, batch: Sequence[_Example], hooks: Any, stack: Any) -> Tensor:
+def _first_layer(paths: Sequence[str]) -> int:
+    """Index of the lowest decoder block with a LoRA: blocks below it are frozen, so their output is cached."""
+    found = [_LAYER.search(p) for p in paths]
+    return min(int(m.group(1)) for m in found) if all(found) else 0
+
+
+def _cache_hidden(handle: BaseModelHandle, examples: Sequence[_Example], start: int) -> list[_Example]:
+    """Each example's hidden states entering block ``start``: computed once, reused by every step."""
+    import dataclasses
+
+    import torch
+
+    from agent_sleep.generators.backbone import hidden_after
+
+    out = []
+    # no_grad, not inference_mode: these tensors go into the autograd graph of every step.
+    with handle.lock, torch.no_grad():
+        for ex in examples:
+            ids = torch.tensor([ex.prompt + ex.answer], device=handle.device)
+            hidden = hidden_after(handle.model, ids, torch.ones_like(ids), start)[0]
+            out.append(dataclasses.replace(ex, hidden=hidden))
+    return out
+
+
+def _batch_loss(handle: BaseModelHandle, batch: Sequence[_Example], hooks: Any, stack: Any, start: int) -> Tensor:
     """Mean over examples of the per-token cross-entropy against the soft targets (logits only on answers)."""
     import torch
 
-    pad = handle.tokenizer.pad_token_id or 0
-    seqs = [ex.prompt + ex.answer for ex in batch]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    from agent_sleep.generators.backbone import logits_at, run_blocks
+
+    width = max(len(ex.prompt) + len(ex.answer) for ex in batch)
+    first = batch[0].hidden
+    assert first is not None
+    hidden = first.new_zeros(len(batch), width, first.shape[-1])
+    mask = torch.zeros((len(batch), width), dtype=torch.long, device=handle.device)
     rows, cols = [], []
-    for n, (ex, seq) in enumerate(zip(batch, seqs, strict=True)):
-        ids[n, : len(seq)] = torch.tensor(seq)
-        mask[n, : len(seq)] = 1
-        start = len(ex.prompt) - 1  # the logit at position t predicts token t + 1
+    for n, ex in enumerate(batch):
+        assert ex.hidden is not None
+        hidden[n, : ex.hidden.shape[0]] = ex.hidden
+        mask[n, : ex.hidden.shape[0]] = 1
+        begin = len(ex.prompt) - 1  # the logit at position t predicts token t + 1
         rows += [n] * len(ex.answer)
-        cols += list(range(start, start + len(ex.answer)))
-    ids, mask = ids.to(handle.device), mask.to(handle.device)
+        cols += list(range(begin, begin + len(ex.answer)))
+    n_layers = len(handle.model.model.layers)
     with hooks.activate(stack):
-        hidden = handle.model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        hidden = run_blocks(handle.model, hidden, mask, start, n_layers)
     # The LM head (vocab x hidden) is the costliest matmul per token: run it on answer positions only.
-    logits = handle.model.get_output_embeddings()(hidden[rows, cols]).float()
-    logp = torch.log_softmax(logits, dim=-1)
+    index = (torch.tensor(rows, device=handle.device), torch.tensor(cols, device=handle.device))
+    logp = torch.log_softmax(logits_at(handle.model, hidden, index).float(), dim=-1)
     target_ids = torch.cat([ex.target_ids for ex in batch]).to(handle.device)
     target_probs = torch.cat([ex.target_probs for ex in batch]).to(handle.device)
     per_token = -(target_probs * logp.gather(1, target_ids)).sum(dim=1)
     # Average per example first, so long answers do not outweigh short ones.
-    owners = torch.tensor(rows, device=handle.device)
-    per_example = torch.zeros(len(batch), device=handle.device).index_add_(0, owners, per_token)
+    per_example = torch.zeros(len(batch), device=handle.device).index_add_(0, index[0], per_token)
     counts = torch.tensor([len(ex.answer) for ex in batch], device=handle.device, dtype=per_example.dtype)
     return (per_example / counts).mean()
 
@@ -349,7 +362,7 @@ def distill(
 
     examples = []
     for question, answer in pairs:
-        prompt = _prompt_ids(handle, question_messages(question))
+        prompt = _prompt_ids(handle, question)
         if targets == "gold":
             ex = _gold_example(handle, question, answer or "", cfg)
         else:
@@ -359,6 +372,8 @@ def distill(
     decoded = tuple(handle.tokenizer.decode(ex.answer, skip_special_tokens=True).strip() for ex in examples)
 
     modules = _target_modules(handle, cfg.target_modules)
+    start_layer = _first_layer(list(modules))
+    examples = _cache_hidden(handle, examples, start_layer)
     params = _init_lora(modules, cfg, handle)
     leaves = [p for pair in params.values() for p in pair]
     scaling = cfg.lora_alpha / cfg.rank
@@ -382,17 +397,18 @@ def distill(
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * (0.55 + 0.45 * math.cos(math.pi * (step - 1) / cfg.max_steps))
             with handle.lock:
-                loss = _batch_loss(handle, batch, hooks, _stack(params, scaling, cfg.rank))
+                loss = _batch_loss(handle, batch, hooks, _stack(params, scaling, cfg.rank), start_layer)
                 # autograd.grad, not backward: no gradient buffers appear on the shared base weights.
                 grads = torch.autograd.grad(loss, leaves)
-            if not torch.isfinite(loss):
-                raise InvalidInputError(f"gradient context distillation diverged (loss {float(loss)} at step {step})")
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise InvalidInputError(f"gradient context distillation diverged (loss {value} at step {step})")
             for p, g in zip(leaves, grads, strict=True):
                 p.grad = g
             torch.nn.utils.clip_grad_norm_(leaves, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(value)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if on_step is not None:

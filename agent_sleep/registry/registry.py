@@ -23,6 +23,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from agent_sleep.adapters.manifest import check_name
 from agent_sleep.errors import (
     AdapterExistsError,
     AdapterFormatError,
@@ -52,19 +53,10 @@ from agent_sleep.store.models import (
 from agent_sleep.store.store import ExperienceStore
 
 NOTIFY_CHANNEL = "agent_sleep_deployments"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+check_skill_name = check_name  # skill names are adapter names; one rule, in adapters.manifest
 _REF = re.compile(r"^(?P<skill>[^@]+)(?:@(?:v(?P<version>\d+)|(?P<alias>[a-z_]+)))?$")
 _STACK_REF = re.compile(r"^(?P<agent>[^:]+):stack@v(?P<version>\d+)$")
 REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors", "manifest.json")
-
-
-def check_skill_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise InvalidInputError(
-            f"invalid skill name {name!r}: use 1-64 characters from letters, digits, '_', '.', '-', "
-            "starting with a letter or digit (no path separators)"
-        )
-    return name
 
 
 def sha256_file(path: Path) -> str:
@@ -141,7 +133,7 @@ class AdapterRegistry:
     def register(self, folder: str | Path, skill: str, *, description: str | None = None, kind: str | None = None,
                  agent: str | None = None, run_id: str | None = None) -> AdapterVersionRecord:
         """Copy a finished adapter folder in as the next version ``skill@vN`` (status candidate)."""
-        check_skill_name(skill)
+        check_name(skill)
         src = Path(folder)
         config, manifest = inspect_folder(src)
         generator = (manifest.get("generator") or {}).get("name") or kind or "custom"

@@ -44,9 +44,9 @@ def test_register_versions_are_immutable_and_numbered(registry: AdapterRegistry,
 
 def test_bad_adapters_are_refused(registry: AdapterRegistry, tmp_path: Path) -> None:
     folder = make_adapter_folder(tmp_path / "a")
-    with pytest.raises(InvalidInputError, match="invalid skill name"):
+    with pytest.raises(InvalidInputError, match="invalid adapter/skill name"):
         registry.register(folder, "../evil")
-    with pytest.raises(InvalidInputError, match="invalid skill name"):
+    with pytest.raises(InvalidInputError, match="invalid adapter/skill name"):
         registry.register(folder, "a/b")
     with pytest.raises(AdapterFormatError, match="does not exist"):
         registry.register(tmp_path / "nope", "x")

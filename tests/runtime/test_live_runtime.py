@@ -183,3 +183,44 @@ def test_other_process_deploy_is_picked_up(runtime: Any, tiny: tuple[Path, Any],
     assert done.returncode == 0, done.stderr
     assert runtime.wait_for("helpdesk", seq + 1, timeout=5)
     assert runtime.live("helpdesk").deployment.stack.items[0].adapter == "refunds@v1"  # type: ignore[union-attr]
+
+
+def test_merged_stack_equals_the_stack(runtime: Any, settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from agent_sleep.cli.main import main as cli
+
+    out = runtime.deploy("helpdesk", [("refunds@v1", 1.0), ("tone@v1", 0.5)])
+    stacked = _logits(runtime, runtime.pin("helpdesk"))
+    base = ["--data-dir", str(settings.data_dir), "--db", runtime.registry.store.url]
+    assert cli([*base, "stacks", "merge", out.deployment.stack.name, "--name", "merged", "--json"]) == 0
+    merged = json.loads(capsys.readouterr().out)
+    assert merged["name"] == "merged@v1" and merged["rank"] == 8 and merged["generator"] == "merged"
+    runtime.deploy("vllm-style", "merged@v1")
+    assert torch.allclose(_logits(runtime, runtime.pin("vllm-style")), stacked, atol=1e-4)
+    assert cli([*base, "stacks", "merge", out.deployment.stack.name, "--name", "lossy", "--method", "linear",
+                "--rank", "4"]) == 0
+    assert runtime.registry.get("lossy@v1").rank == 4
+
+
+def test_openai_clients_get_the_live_stack(runtime: Any) -> None:
+    import openai
+
+    from agent_sleep.runtime.resolver import LiveResolver
+    from agent_sleep.serving.server import ServerThread
+
+    runtime.deploy("helpdesk", "refunds@v1")
+    with ServerThread(LiveResolver(runtime, max_new_tokens=6)) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+        assert "helpdesk" in [m.id for m in client.models.list().data]
+        ask = lambda model: client.chat.completions.create(  # noqa: E731
+            model=model, messages=[{"role": "user", "content": PROMPT}], max_tokens=6)
+        first = ask("helpdesk")
+        assert first.system_fingerprint == "helpdesk:stack@v1#1"
+        runtime.deploy("helpdesk", "tone@v1")
+        second = ask("helpdesk")
+        assert second.system_fingerprint == "helpdesk:stack@v2#2"
+        assert second.choices[0].message.content == _answer(runtime.chat_model("helpdesk", max_new_tokens=6))[0]
+        assert ask("billing@v1").system_fingerprint == "billing@v1"
+        with pytest.raises(openai.NotFoundError):
+            ask("ghost")
