@@ -1,0 +1,145 @@
+"""CLI for generators: ``agent-sleep internalize PATH --name NAME`` (Doc-to-LoRA).
+
+Reads a text document, keeps it in the experience store as a document, turns
+it into a LoRA adapter with the D2L hypernetwork (one forward pass, chunked)
+and registers the adapter as the next version of skill NAME. The skill then
+works like any other: ``agent-sleep ask --adapter NAME`` and
+``agent-sleep deploy NAME@vN --agent A``.
+
+The document is checked before any model loads: a missing file, a folder, an
+empty file, binary or non-UTF-8 bytes exit 1 with the problem named, and
+nothing is stored or registered. So does any failure of the generator (a
+checkpoint for another base model, non-finite weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from agent_sleep.cli.common import print_json, settings_from
+from agent_sleep.errors import InvalidInputError, ModelNotFoundError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def read_document(path: Path) -> str:
+    """The file's text, or InvalidInputError naming the file and what is wrong with it."""
+    from agent_sleep.generators.d2l import check_document
+
+    if not path.exists():
+        raise InvalidInputError(f"document {path} does not exist")
+    if path.is_dir():
+        raise InvalidInputError(f"document {path} is a folder, not a file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read document {path}: {exc.strerror}") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte-order mark is not part of the text
+    try:
+        return check_document(raw)
+    except InvalidInputError as exc:  # EncodingError is one too
+        raise type(exc)(f"document {path}: {exc}") from None
+
+
+def _load_generator(args: argparse.Namespace, settings: Any) -> Any:
+    from agent_sleep.generators.checkpoint import CONFIG_FILE
+    from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT, D2LGenerator
+    from agent_sleep.models.loader import load_base_model
+
+    if args.checkpoint is None and not (DEFAULT_CHECKPOINT / CONFIG_FILE).is_file():
+        raise ModelNotFoundError(
+            f"no trained D2L checkpoint at {DEFAULT_CHECKPOINT}; train one with pipelines/d2l/meta_train.py "
+            "(see its config for the command) or pass --checkpoint DIR"
+        )
+    # The model the agent runs (what ask/deploy use), so a checkpoint trained for other weights is refused.
+    handle = load_base_model(args.model or settings.model, settings=settings)
+    return D2LGenerator.load(args.checkpoint, handle=handle, settings=settings)
+
+
+def cmd_internalize(args: argparse.Namespace) -> int:
+    from agent_sleep.registry import AdapterRegistry
+    from agent_sleep.registry.registry import check_skill_name
+    from agent_sleep.store import ExperienceStore
+
+    settings = settings_from(args)
+    check_skill_name(args.name)
+    path = Path(args.path).expanduser()
+    text = read_document(path)
+    generator = _load_generator(args, settings)
+    result = generator.internalize(text, chunk_tokens=args.chunk_tokens)  # raises before anything is stored
+
+    store = ExperienceStore(settings=settings)
+    try:
+        doc = store.add_document(str(path.resolve()), text, title=path.name, agent=args.agent,
+                                 metadata={"internalized_as": args.name})  # fmt: skip
+        registry = AdapterRegistry(store)
+        description = args.description or f"D2L of {path.name}"
+        sources = {"documents": [doc.id], "description": description}
+        with tempfile.TemporaryDirectory(prefix="d2l-") as tmp:
+            folder = generator.write(result, Path(tmp) / args.name, sources=sources, skill=args.name)
+            adapter_bytes = sum(f.stat().st_size for f in folder.iterdir() if f.name.endswith(".safetensors"))
+            record = registry.register(folder, args.name, description=description, kind="d2l", agent=args.agent)
+    finally:
+        store.close()
+
+    out = {
+        "name": record.skill,
+        "version": record.version,
+        "adapter": record.name,
+        "path": record.path,
+        "seconds": round(result.seconds, 4),
+        "chunks": result.chunks,
+        "rank": result.rank,
+        "tokens": result.tokens,
+        "adapter_bytes": adapter_bytes,
+        "document_sha256": result.document_sha256,
+        "document_id": doc.id,
+        "generator": f"d2l/{generator.version}",
+        "base_model_hash": record.base_model_hash,
+        "agent": args.agent,
+    }
+    if args.json:
+        print_json(out)
+        return 0
+    print(f"internalized {path.name} ({result.tokens} tokens, {result.chunks} chunk(s)) into {record.name} "
+          f"in {result.seconds:.2f} s")  # fmt: skip
+    print(f"  path     {record.path}")
+    print(f"  rank     {result.rank}   adapter {adapter_bytes / 2**20:.2f} MB")
+    hint = f"--agent {args.agent}" if args.agent else "--agent AGENT"
+    print(f"  try it   agent-sleep ask --adapter {record.name} 'a question about the document'")
+    print(f"  deploy   agent-sleep deploy {record.name} {hint}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "internalize",
+        help="turn a text document into a LoRA adapter (Doc-to-LoRA) and register it as a skill",
+        description="Internalise a UTF-8 text document into a LoRA adapter with the D2L hypernetwork and "
+        "register it as the next version of skill NAME (usable with ask --adapter and deploy).",
+    )
+    p.add_argument("path", metavar="PATH", help="a UTF-8 text file (Markdown, plain text, ...)")
+    p.add_argument("--name", required=True, help="skill name to register the adapter under (next version)")
+    p.add_argument("--chunk-tokens", type=_positive_int, default=256, metavar="N",
+                   help="tokens per chunk; each chunk adds rank r to the adapter (default: 256)")
+    p.add_argument("--agent", help="the agent that owns the document and the skill (deploy it with deploy --agent)")
+    p.add_argument("--description", help="skill description (default: 'D2L of FILE')")
+    p.add_argument("--checkpoint", metavar="DIR", help="D2L hypernetwork checkpoint (default: the bundled one)")
+    p.add_argument("--model", help="base model (default: $AGENT_SLEEP_MODEL or smollm2-135m-instruct)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_internalize)
+
+
+__all__ = ["cmd_internalize", "read_document", "register"]

@@ -1,0 +1,66 @@
+"""`agent-sleep serve` as a user starts it: a process answering OpenAI clients with an agent's live stack."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from agent_sleep.registry import AdapterRegistry
+from agent_sleep.store import ExperienceStore
+from tests.helpers_adapters import make_adapter_folder
+from tests.helpers_models import make_tiny_model_dir
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_process(tmp_path: Path) -> None:
+    import openai
+
+    from agent_sleep.models.loader import load_base_model
+
+    model_dir = make_tiny_model_dir(tmp_path)
+    data = tmp_path / "data"
+    env = dict(os.environ, AGENT_SLEEP_DATA_DIR=str(data), AGENT_SLEEP_MODEL=str(model_dir))
+    registry = AdapterRegistry(ExperienceStore(f"sqlite:///{data / 'experience.sqlite'}"))
+    src = make_adapter_folder(tmp_path / "src", base_hash=load_base_model(str(model_dir)).content_hash)
+    registry.register(src, "refunds")
+    registry.deploy("helpdesk", "refunds@v1")
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "agent_sleep.cli.main", "serve", "--port", str(port),
+                             "--max-new-tokens", "4", "--log-level", "warning"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            raise AssertionError("server did not come up")
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        reply = client.chat.completions.create(model="helpdesk", messages=[{"role": "user", "content": "hi"}])
+        assert reply.system_fingerprint == "helpdesk:stack@v1#1"
+        registry.deploy("helpdesk", [])  # another process deploys the empty stack: back to the base model
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            reply = client.chat.completions.create(model="helpdesk", messages=[{"role": "user", "content": "hi"}])
+            if reply.system_fingerprint == "helpdesk:stack@v2#2":
+                break
+            time.sleep(0.1)
+        assert reply.system_fingerprint == "helpdesk:stack@v2#2"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
