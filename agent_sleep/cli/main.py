@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "agent_sleep.cli.model_cmds",
     "agent_sleep.cli.registry_cmds",
     "agent_sleep.cli.serve_cmds",
+    "agent_sleep.cli.generate_cmds",
     "agent_sleep.cli.demo_cmds",
 )
 

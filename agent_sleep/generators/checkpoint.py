@@ -47,6 +47,9 @@ def save_checkpoint(net: HyperNet, dest: str | Path, *, version: str, dtype: Any
         config = {"format": FORMAT, "format_version": 1, "version": version,
                   "hyper": net.config.model_dump(mode="json"), **(extra or {})}  # fmt: skip
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~mask)  # safetensors writes 0600; others must read a shipped file
         old = None
         if dest.exists():
             old = fresh_name(dest.parent, f".{dest.name}.old-")

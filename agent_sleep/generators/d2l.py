@@ -5,7 +5,8 @@ blocks only), a trained :class:`~agent_sleep.generators.hypernet.HyperNet`
 maps the activations to a rank-r LoRA on the target layers. Long documents
 are split into chunks of ``chunk_tokens``; each chunk yields a rank-r LoRA
 and the K LoRAs are concatenated along the rank (effective rank r*K, i.e.
-their deltas add up). Chunks are streamed a few at a time, so memory is
+their deltas add up; plus r for the learned bias block when the checkpoint
+has one, ``use_bias``). Chunks are streamed a few at a time, so memory is
 bounded by ``chunk_batch`` chunks plus the growing adapter itself.
 
 The PEFT export sets ``lora_alpha = scale * r_total`` so that
@@ -31,7 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent_sleep.errors import AdapterError, EncodingError, InvalidInputError, PayloadTooLargeError
+from agent_sleep.errors import (
+    AdapterError,
+    EncodingError,
+    InvalidInputError,
+    PayloadTooLargeError,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -113,7 +119,10 @@ class D2LGenerator:
 
         IncompatibleAdapterError if the checkpoint was trained for other base weights.
         """
-        from agent_sleep.generators.checkpoint import load_checkpoint, read_checkpoint_config
+        from agent_sleep.generators.checkpoint import (
+            load_checkpoint,
+            read_checkpoint_config,
+        )
 
         path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
         config = read_checkpoint_config(path)
@@ -174,14 +183,20 @@ class D2LGenerator:
         b_all = torch.cat(b_parts)  # [K, L, out, r]
         k = a_all.shape[0]
         rank = k * c.rank
+        extra = c.rank if c.use_bias else 0
         layers: dict[str, tuple[Tensor, Tensor]] = {}
         tensors: dict[str, Tensor] = {}
         for li, module in enumerate(c.module_names()):
-            a_cat = a_all[:, li].reshape(rank, c.d_in).contiguous()
-            b_cat = b_all[:, li].permute(1, 0, 2).reshape(c.d_out, rank).contiguous()
+            a_cat = a_all[:, li].reshape(rank, c.d_in)
+            b_cat = b_all[:, li].permute(1, 0, 2).reshape(c.d_out, rank)
+            if extra:  # the document-independent bias block, once per adapter (not per chunk)
+                a_cat = torch.cat([a_cat, self.net.bias_A[li].detach().float().cpu()])
+                b_cat = torch.cat([b_cat, self.net.bias_B[li].detach().float().cpu()], dim=1)
+            a_cat, b_cat = a_cat.contiguous(), b_cat.contiguous()
             layers[module] = (a_cat, b_cat)
             tensors[f"{_PEFT_PREFIX}{module}.lora_A.weight"] = a_cat
             tensors[f"{_PEFT_PREFIX}{module}.lora_B.weight"] = b_cat
+        rank += extra
         lora_config = {"r": rank, "lora_alpha": c.scale * rank, "target_modules": c.module_names(),
                        "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"}  # fmt: skip
         return Internalized(
@@ -207,7 +222,12 @@ class D2LGenerator:
               skill: str | None = None) -> Path:  # fmt: skip
         """Write a standard PEFT adapter folder (plus manifest) at ``dest``; see ``adapters.artifact.write_adapter``."""
         from agent_sleep.adapters.artifact import write_adapter
-        from agent_sleep.adapters.manifest import AdapterManifest, AdapterSources, BaseModelRef, GeneratorInfo
+        from agent_sleep.adapters.manifest import (
+            AdapterManifest,
+            AdapterSources,
+            BaseModelRef,
+            GeneratorInfo,
+        )
 
         src = dict(sources or {})
         docs = list(src.pop("documents", []))
@@ -215,8 +235,10 @@ class D2LGenerator:
             docs.append(internalized.document_sha256)
         manifest = AdapterManifest(
             skill=skill,
-            generator=GeneratorInfo(name=GENERATOR_NAME, version=self.version, chunks=internalized.chunks,
-                                    tokens=internalized.tokens, checkpoint=self.checkpoint.name),  # fmt: skip
+            generator=GeneratorInfo(
+                name=GENERATOR_NAME, version=self.version, chunks=internalized.chunks, tokens=internalized.tokens,
+                checkpoint=self.checkpoint.name,
+            ),
             base_model=BaseModelRef(id=self.config.base_model_id, content_hash=self.config.base_content_hash),
             sources=AdapterSources(documents=docs, **src),
         )

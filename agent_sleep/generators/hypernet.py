@@ -10,6 +10,14 @@ of B. Per-(layer, rank) scalers multiply A (init 1) and B (init **0**), so a
 fresh network emits an exact no-op adapter (Sakana's D2L, arXiv 2602.15902,
 trimmed to the CPU sizes of ``research/sakana.md`` section 9.2).
 
+Two options fight the collapse to a document-independent adapter seen on CPU
+runs: ``standardize`` z-scores the features per channel with statistics of the
+training documents (a few channels of a mid-layer residual stream are huge
+and identical for every token, drowning the content), and ``use_bias`` adds
+D2L's learned bias LoRA (A random, B zero), appended once per adapter as an
+extra rank block, which gives the shared prior (answer format, vocabulary) its
+own place so the generated part only has to carry the document.
+
 Batched over documents with a key-padding mask. This module knows nothing
 about tokenisation, files or PEFT; see :mod:`agent_sleep.generators.d2l`.
 """
@@ -47,6 +55,9 @@ class HyperConfig(BaseModel):
     n_heads: int = 4
     n_blocks: int = 2
     mlp_ratio: int = 4
+    use_bias: bool = Field(False, description="append a learned document-independent rank-r block (D2L's bias LoRA)")
+    standardize: bool = Field(False, description="z-score document features per channel with stored statistics")
+    scale_B_init: float = Field(0.0, description="experiments only: non-zero breaks the zero-effect start")
 
     def module_names(self) -> list[str]:
         """Module paths of the targets inside a ``*ForCausalLM`` (llama/mistral/qwen layout)."""
@@ -117,11 +128,35 @@ class HyperNet(nn.Module):
         self.head = nn.Linear(d, c.d_in + c.d_out, bias=False)
         nn.init.normal_(self.head.weight, std=0.5 / math.sqrt(d + c.rank))
         self.scale_A = nn.Parameter(torch.ones(len(c.layers), c.rank))
-        self.scale_B = nn.Parameter(torch.zeros(len(c.layers), c.rank))  # zero-effect start
+        self.scale_B = nn.Parameter(torch.full((len(c.layers), c.rank), float(c.scale_B_init)))  # 0: zero-effect start
+        if c.standardize:
+            self.register_buffer("feat_mean", torch.zeros(c.hidden_size))
+            self.register_buffer("feat_std", torch.ones(c.hidden_size))
+        if c.use_bias:
+            self.bias_A = nn.Parameter(torch.randn(len(c.layers), c.rank, c.d_in) * (0.2 / math.sqrt(c.d_in * c.rank)))
+            self.bias_B = nn.Parameter(torch.zeros(len(c.layers), c.d_out, c.rank))
+
+    @torch.no_grad()
+    def set_feature_stats(self, feats: Tensor) -> None:
+        """Store per-channel mean/std of document features ``[N_tokens, hidden]`` (only with ``standardize``)."""
+        if self.config.standardize:
+            self.feat_mean.copy_(feats.float().mean(0))
+            self.feat_std.copy_(feats.float().std(0).clamp_min(1e-3))
+
+    def with_bias(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """Append the bias block along rank to per-document ``a [N, L, R, in]``, ``b [N, L, out, R]`` (if any)."""
+        if not self.config.use_bias:
+            return a, b
+        n = a.shape[0]
+        bias_a = self.bias_A.to(a.dtype)[None].expand(n, -1, -1, -1)
+        bias_b = self.bias_B.to(b.dtype)[None].expand(n, -1, -1, -1)
+        return torch.cat([a, bias_a], dim=2), torch.cat([b, bias_b], dim=3)
 
     def forward(self, feats: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         c = self.config
         feats = feats.to(self.head.weight.dtype)
+        if c.standardize:
+            feats = (feats - self.feat_mean) / self.feat_std
         gate, up = self.in_up(self.in_norm(feats)).chunk(2, dim=-1)
         ctx = self.in_down(F.silu(gate) * up)
         lat = self.latents.expand(feats.shape[0], -1, -1)

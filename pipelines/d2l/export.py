@@ -21,9 +21,14 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent_sleep.generators.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, read_checkpoint_config  # noqa: E402
-from agent_sleep.generators.checkpoint import save_checkpoint  # noqa: E402
-from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT  # noqa: E402
+from agent_sleep.generators.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    load_checkpoint,
+    read_checkpoint_config,
+    save_checkpoint,
+)
+from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,13 +29,22 @@ The recipe itself lives in :mod:`pipelines.d2l.trainer`; this file is the CLI.
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipelines.d2l.trainer import TrainConfig, train  # noqa: E402
+from pipelines.d2l.trainer import TrainConfig, train
+
+
+def _interpreter() -> str:
+    """The Python that runs this, relative to the working directory when inside it (e.g. ``.venv/bin/python``)."""
+    exe = os.path.abspath(sys.executable)
+    rel = os.path.relpath(exe)
+    return exe if rel.startswith("..") else rel
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None:
         config = config.model_copy(update={"steps": args.steps})
     summary = train(config, args.run_dir, device=args.device, max_minutes=args.max_minutes, threads=args.threads,
-                    command=" ".join([Path(sys.executable).name, *sys.argv]))  # fmt: skip
+                    command=shlex.join([_interpreter(), *sys.argv]))  # fmt: skip
     print(summary)
     return 0
 

@@ -52,6 +52,9 @@ class HyperSettings(_Strict):
     n_heads: int = 4
     n_blocks: int = 2
     scale: float = 2.0
+    use_bias: bool = False
+    standardize: bool = False
+    scale_B_init: float = 0.0
 
 
 class TrainConfig(_Strict):
@@ -86,7 +89,7 @@ class TrainConfig(_Strict):
 
 def _doc_loras(net: HyperNet, docs: list[CachedDoc], device: Any) -> tuple[Tensor, Tensor]:
     feats, mask = pad_right([d["feats"].to(device, torch.float32) for d in docs])
-    return net(feats, mask.bool())
+    return net.with_bias(*net(feats, mask.bool()))
 
 
 def qa_loss(model: Any, lora: RowLora, hc: HyperConfig, ab: tuple[Tensor, Tensor] | None,
@@ -224,7 +227,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
                                layers=list(range(hs.first_lora_layer, model.config.num_hidden_layers)),
                                rank=hs.rank, encoder_layers=hs.encoder_layers, target=hs.target,
                                latent_dim=hs.latent_dim, n_latents=hs.n_latents, n_heads=hs.n_heads,
-                               n_blocks=hs.n_blocks, scale=hs.scale)  # fmt: skip
+                               n_blocks=hs.n_blocks, scale=hs.scale, use_bias=hs.use_bias,
+                               standardize=hs.standardize, scale_B_init=hs.scale_B_init)  # fmt: skip
     (run_dir / "config.json").write_text(json.dumps({"train": cfg.model_dump(mode="json"), "command": command},
                                                     indent=2))  # fmt: skip
 
@@ -257,7 +261,9 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
                     "n_eval_questions": len(rows)}  # fmt: skip
         base_file.write_text(json.dumps(baseline, indent=2))
 
-    net = HyperNet(hc).to(device)
+    net = HyperNet(hc)
+    net.set_feature_stats(torch.cat([d["feats"] for d in train_c]))  # overwritten by a resumed state
+    net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
     step, best, trained_s = 0, -1.0, 0.0

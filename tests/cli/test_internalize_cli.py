@@ -148,17 +148,45 @@ def test_folder_bad_name_and_bad_chunk_size(env: tuple[Path, Path, Path], tmp_pa
     assert cli_main.main(["internalize", str(tmp_path), "--name", "x", "--checkpoint", ckpt]) == 1
     assert "is a folder" in capsys.readouterr().err
     assert cli_main.main(["internalize", str(_doc(tmp_path)), "--name", "../escape", "--checkpoint", ckpt]) == 1
-    assert "invalid skill name" in capsys.readouterr().err
+    assert "name '../escape'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         cli_main.main(["internalize", str(_doc(tmp_path)), "--name", "x", "--chunk-tokens", "0"])
     assert exc.value.code == 2
     assert _state() == (0, 0)
 
 
-def test_checkpoint_for_other_base_model_is_refused(env: tuple[Path, Path, Path], tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_missing_or_foreign_checkpoints_are_refused(env: tuple[Path, Path, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from agent_sleep.generators import d2l
+
+    monkeypatch.setattr(d2l, "DEFAULT_CHECKPOINT", tmp_path / "not-trained-yet")
+    assert cli_main.main(["internalize", str(_doc(tmp_path)), "--name", "x"]) == 1
+    assert "no trained D2L checkpoint" in capsys.readouterr().err
     assert cli_main.main(["internalize", str(_doc(tmp_path)), "--name", "x", "--checkpoint", str(env[2])]) == 1
     assert "trained for base model 'other'" in capsys.readouterr().err
     assert cli_main.main(["internalize", str(_doc(tmp_path)), "--name", "x", "--checkpoint", str(tmp_path)]) == 1
     assert "not a D2L checkpoint" in capsys.readouterr().err
     assert _state() == (0, 0)
+
+
+@pytest.mark.model
+def test_real_internalize_with_the_committed_checkpoint(capsys: pytest.CaptureFixture[str]) -> None:
+    from agent_sleep.generators.checkpoint import CONFIG_FILE
+    from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT
+
+    if not (DEFAULT_CHECKPOINT / CONFIG_FILE).is_file():
+        pytest.skip(f"no trained D2L checkpoint at {DEFAULT_CHECKPOINT} yet")
+    doc = Path(__file__).resolve().parents[2] / "evals" / "docs" / "venue_guide.md"
+    assert cli_main.main(["internalize", str(doc), "--name", "venue", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    from agent_sleep.generators.checkpoint import read_checkpoint_config
+
+    hyper = read_checkpoint_config(DEFAULT_CHECKPOINT)["hyper"]
+    # one rank-r block per chunk, plus the document-independent block when the checkpoint has one
+    assert out["version"] == 1
+    assert out["rank"] == hyper["rank"] * (out["chunks"] + int(bool(hyper.get("use_bias"))))
+    assert out["seconds"] < 30
+    assert cli_main.main(["ask", "--adapter", "venue", "What is the Wi-Fi password at Corvid Hall?", "--json",
+                          "--max-new-tokens", "16"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["stack"]

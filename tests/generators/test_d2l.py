@@ -8,9 +8,18 @@ from typing import Any
 import pytest
 import torch
 
-from agent_sleep.errors import AdapterError, EncodingError, IncompatibleAdapterError, InvalidInputError
+from agent_sleep.errors import (
+    AdapterError,
+    EncodingError,
+    IncompatibleAdapterError,
+    InvalidInputError,
+)
 from agent_sleep.generators.checkpoint import save_checkpoint
-from agent_sleep.generators.d2l import D2LGenerator, check_document, internalize_to_registry
+from agent_sleep.generators.d2l import (
+    D2LGenerator,
+    check_document,
+    internalize_to_registry,
+)
 from agent_sleep.generators.hypernet import HyperConfig, HyperNet
 from agent_sleep.models.loader import BaseModelHandle, load_base_model
 from tests.helpers_models import make_tiny_model_dir
@@ -149,3 +158,61 @@ def test_nothing_registered_on_bad_input_or_non_finite_output(handle: BaseModelH
     record, result = internalize_to_registry(registry, DOC.encode(), "facts", generator=gen, chunk_tokens=16)
     assert (record.skill, record.version, record.generator, record.rank) == ("facts", 1, "d2l", result.rank)
     assert record.base_model_hash == handle.content_hash
+
+
+@pytest.mark.parametrize("arch", ["Llama", "Mistral", "Qwen2", "Qwen3"])
+def test_partial_forward_matches_the_model_for_each_architecture(arch: str) -> None:
+    import transformers
+
+    from agent_sleep.generators.backbone import hidden_after, logits_at, run_blocks
+
+    torch.manual_seed(0)
+    config = getattr(transformers, f"{arch}Config")(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, head_dim=8,
+    )  # fmt: skip
+    model = getattr(transformers, f"{arch}ForCausalLM")(config).eval()
+    ids = torch.randint(0, 64, (2, 7))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])  # right padding
+    with torch.no_grad():
+        ref = model(ids).logits
+        ref_short = model(ids[1:, :4]).logits
+        mid = hidden_after(model, ids, mask, 1)
+        out = run_blocks(model, mid, mask, 1, 3)
+        ours = logits_at(model, out, (torch.arange(2)[:, None].expand(2, 7), torch.arange(7)[None].expand(2, 7)))
+    torch.testing.assert_close(ours[0], ref[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours[1, :4], ref_short[0], atol=1e-5, rtol=1e-5)  # padding does not leak
+    net = HyperNet(HyperConfig.for_model(model, base_model_id=arch, base_content_hash="0" * 64, latent_dim=16,
+                                         n_latents=2, n_heads=2, n_blocks=1))  # fmt: skip
+    a, b = net(mid, mask.bool())
+    assert a.shape == (2, len(net.config.layers), 8, 48) and b.shape == (2, len(net.config.layers), 32, 8)
+
+
+def test_bias_block_and_standardized_features_round_trip(handle: BaseModelHandle, tiny_dir: Path,
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = HyperConfig.for_model(handle.model, base_model_id=handle.spec, base_content_hash=handle.content_hash,
+                                   layers=[0, 1], rank=4, encoder_layers=1, latent_dim=32, n_latents=4, n_heads=2,
+                                   n_blocks=1, use_bias=True, standardize=True)  # fmt: skip
+    net = HyperNet(config).eval()
+    fresh = _gen(handle, net).internalize(DOC, chunk_tokens=8)
+    base = _logits(handle.model, handle)
+    with _gen(handle, net).applied(fresh):
+        assert torch.equal(_logits(handle.model, handle), base)  # zero-effect start holds with the bias block
+    with torch.no_grad():
+        net.scale_B.normal_(0, 3.0)
+        net.bias_B.normal_(0, 0.5)
+        net.set_feature_stats(torch.randn(50, 32) * 3 + 1)
+    ckpt = save_checkpoint(net, tmp_path / "ckpt", version="b")
+    gen = D2LGenerator.load(ckpt, handle=handle)
+    result = gen.internalize(DOC, chunk_tokens=8)
+    assert result.rank == 4 * (result.chunks + 1)
+    with gen.applied(result):
+        ours = _logits(handle.model, handle)
+    folder = gen.write(result, tmp_path / "adapter")
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), folder).eval()
+    torch.testing.assert_close(_logits(peft_model, handle), ours, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(ours, base, atol=1e-4)

@@ -48,10 +48,12 @@ def test_needles_and_jsonl(tmp_path: Path) -> None:
     assert synth.read_jsonl(path) == docs
 
 
-def test_shipped_config_validates() -> None:
-    path = ROOT / "pipelines" / "d2l" / "meta_train.yaml"
-    assert path.read_text().startswith("# .venv/bin/python pipelines/d2l/meta_train.py")
-    TrainConfig.load(path)
+def test_shipped_configs_validate() -> None:
+    paths = sorted((ROOT / "pipelines" / "d2l").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        assert path.read_text().startswith(f"# .venv/bin/python pipelines/d2l/meta_train.py --config {path.relative_to(ROOT)}")
+        TrainConfig.load(path)
 
 
 def test_few_steps_reduce_the_loss_and_resume_continues(tmp_path: Path) -> None:
@@ -60,7 +62,8 @@ def test_few_steps_reduce_the_loss_and_resume_continues(tmp_path: Path) -> None:
         "model": "unused", "data": {"n_train": 6, "n_eval": 3, "n_facts": [1, 2], "n_filler": [0, 0],
                                     "max_doc_tokens": 48},
         "hyper": {"rank": 4, "first_lora_layer": 1, "encoder_layers": 1, "latent_dim": 32, "n_latents": 4,
-                  "n_heads": 2, "n_blocks": 1, "scale": 40.0},
+                  "n_heads": 2, "n_blocks": 1, "scale": 40.0, "use_bias": True,
+                  "standardize": True},
         "steps": 4, "docs_per_step": 6, "qas_per_doc": 2, "lr": 0.01, "warmup": 1, "l1": 0.0, "log_every": 1,
         "ckpt_every": 2, "eval_every": 100, "eval_max_new_tokens": 2,
     }  # fmt: skip
@@ -79,7 +82,11 @@ def test_few_steps_reduce_the_loss_and_resume_continues(tmp_path: Path) -> None:
 
 @pytest.mark.model
 def test_committed_checkpoint_internalizes_and_registers(store: object) -> None:
-    from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT, D2LGenerator, internalize_to_registry
+    from agent_sleep.generators.d2l import (
+        DEFAULT_CHECKPOINT,
+        D2LGenerator,
+        internalize_to_registry,
+    )
     from agent_sleep.registry import AdapterRegistry
 
     if not (DEFAULT_CHECKPOINT / "d2l_config.json").exists():
