@@ -218,6 +218,7 @@ def main() -> None:
     ap.add_argument("--swaps", type=int, default=100)
     ap.add_argument("--tokens", type=int, default=6, help="greedy tokens per load-test request")
     ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--skip-load-test", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "evals" / "results" / "runtime.json"))
     args = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -240,7 +241,7 @@ def main() -> None:
         results = {"validate_and_deploy_one_adapter_ms": validate_ms,
                    "switch": bench_switch(rt, names),
                    "decode_tok_s": bench_decode(rt, names, args.decode_tokens),
-                   "load_test": load_test(rt, names, args.swaps, args.tokens)}
+                   "load_test": None if args.skip_load_test else load_test(rt, names, args.swaps, args.tokens)}
     Path(args.out).write_text(json.dumps(results, indent=2))
 
     print("| stack | load from disk | prepare (cached) | switch (prepared → live) | rollback to previous (incl. registry write) |")
@@ -253,10 +254,11 @@ def main() -> None:
     for n in (0, 1, 3, 8):
         print(f"| {n} | {d.get(f'{n}_sum', d.get(f'{n}_cat')):.1f} tok/s | {d[f'{n}_cat']:.1f} tok/s |")
     lt = results["load_test"]
-    print(f"\nload test: {lt['swaps']} swaps/rollbacks, {lt['requests']} requests (3 in-process threads + 3 HTTP "
-          f"clients), {lt['failed']} failed, {lt['mixed_or_wrong']} mixed/wrong, {lt['requests_per_s']:.2f} req/s, "
-          f"median deploy/rollback {lt['median_deploy_or_rollback_ms']:.1f} ms, stacks seen {lt['stacks_seen']}, "
-          f"distinct reference outputs {lt['distinct_reference_outputs']}/3")
+    if lt:
+        print(f"\nload test: {lt['swaps']} swaps/rollbacks, {lt['requests']} requests (3 in-process threads + 3 "
+              f"HTTP clients), {lt['failed']} failed, {lt['mixed_or_wrong']} mixed/wrong, "
+              f"{lt['requests_per_s']:.2f} req/s, median deploy/rollback {lt['median_deploy_or_rollback_ms']:.1f} ms, "
+              f"stacks seen {lt['stacks_seen']}, distinct reference outputs {lt['distinct_reference_outputs']}/3")
     print(f"validate + deploy one adapter: {validate_ms:.0f} ms\nwrote {args.out}")
 
 
