@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 from agent_sleep.errors import (
     AdapterError,
-    EncodingError,
     InvalidInputError,
     PayloadTooLargeError,
 )
+from agent_sleep.store.records import check_text
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -58,24 +58,17 @@ _PEFT_PREFIX = "base_model.model."
 
 def check_document(text: str | bytes) -> str:
     """The document as text, or a clear error: bytes must be UTF-8; empty, whitespace-only and binary are refused."""
-    if isinstance(text, (bytes, bytearray, memoryview)):
-        raw = bytes(text)
-        if b"\x00" in raw:
-            raise InvalidInputError("the document looks binary (it contains NUL bytes); D2L needs text")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise EncodingError(f"the document is not valid UTF-8 (bad byte at offset {exc.start})") from exc
-    if not isinstance(text, str):
+    if isinstance(text, memoryview):
+        text = bytes(text)
+    if not isinstance(text, (str, bytes, bytearray)):
         raise InvalidInputError(f"the document must be str or bytes, not {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise EncodingError(f"the document is not valid UTF-8 text (unpaired surrogate at {exc.start})") from exc
+    if ("\x00" if isinstance(text, str) else b"\x00") in text:
+        raise InvalidInputError("the document looks binary (it contains NUL bytes); D2L needs text")
+    text = check_text(text, "the document")  # the store's one UTF-8 rule (EncodingError names the byte)
     if not text.strip():
         raise InvalidInputError("the document is empty or whitespace-only; nothing to internalise")
     control = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f\v")
-    if "\x00" in text or control > max(8, len(text) // 20):
+    if control > max(8, len(text) // 20):
         raise InvalidInputError("the document looks binary (NUL or many control characters); D2L needs text")
     return text
 
