@@ -8,10 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.tools import tool
-from langgraph.graph import END, START, MessagesState, StateGraph
-from langgraph.prebuilt import ToolNode
 
 from agent_sleep.errors import InvalidInputError
 from agent_sleep.models.loader import BaseModelHandle, load_base_model
@@ -22,7 +26,12 @@ from agent_sleep.runtime.chat_model import (
     supports_tool_role,
     to_chat_dicts,
 )
-from tests.helpers_models import ScriptedChatModel, make_tiny_model_dir, make_tiny_tokenizer
+from tests.fakes import tool_loop_graph
+from tests.helpers_models import (
+    ScriptedChatModel,
+    make_tiny_model_dir,
+    make_tiny_tokenizer,
+)
 
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
 
@@ -247,21 +256,7 @@ def test_forced_call_completes_the_prefill(handle: BaseModelHandle) -> None:
 
 
 def _agent_graph(model: Any) -> Any:
-    bound = model.bind_tools([get_weather])
-
-    def agent(state: MessagesState) -> dict[str, Any]:
-        return {"messages": [bound.invoke(state["messages"])]}
-
-    def route(state: MessagesState) -> str:
-        return "tools" if state["messages"][-1].tool_calls else END
-
-    graph = StateGraph(MessagesState)
-    graph.add_node("agent", agent)
-    graph.add_node("tools", ToolNode([get_weather]))
-    graph.add_edge(START, "agent")
-    graph.add_conditional_edges("agent", route, ["tools", END])
-    graph.add_edge("tools", "agent")
-    return graph.compile()
+    return tool_loop_graph(model, [get_weather])
 
 
 def test_tool_loop_in_a_langgraph_stategraph(handle: BaseModelHandle) -> None:

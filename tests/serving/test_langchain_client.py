@@ -7,11 +7,10 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool
-from langgraph.graph import END, START, MessagesState, StateGraph
-from langgraph.prebuilt import ToolNode
 
 from agent_sleep.models.loader import BaseModelHandle
 from agent_sleep.serving import ServerThread
+from tests.fakes import tool_loop_graph
 from tests.serving.conftest import CALL, RecordingResolver, counter_versions, scripted
 
 langchain_openai = pytest.importorskip("langchain_openai")
@@ -24,21 +23,7 @@ def get_weather(city: str) -> str:
 
 
 def _graph(llm: Any) -> Any:
-    bound = llm.bind_tools([get_weather])
-
-    def agent(state: MessagesState) -> dict[str, Any]:
-        return {"messages": [bound.invoke(state["messages"])]}
-
-    def route(state: MessagesState) -> str:
-        return "tools" if state["messages"][-1].tool_calls else END
-
-    graph = StateGraph(MessagesState)
-    graph.add_node("agent", agent)
-    graph.add_node("tools", ToolNode([get_weather]))
-    graph.add_edge(START, "agent")
-    graph.add_conditional_edges("agent", route, ["tools", END])
-    graph.add_edge("tools", "agent")
-    return graph.compile()
+    return tool_loop_graph(llm, [get_weather])
 
 
 def _llm(server: ServerThread, **kw: Any) -> Any:
