@@ -70,11 +70,11 @@ def _load_generator(args: argparse.Namespace, settings: Any) -> Any:
 
 def cmd_internalize(args: argparse.Namespace) -> int:
     from agent_sleep.registry import AdapterRegistry
-    from agent_sleep.registry.registry import check_skill_name
+    from agent_sleep.adapters.manifest import check_name
     from agent_sleep.store import ExperienceStore
 
     settings = settings_from(args)
-    check_skill_name(args.name)
+    check_name(args.name)
     path = Path(args.path).expanduser()
     text = read_document(path)
     generator = _load_generator(args, settings)

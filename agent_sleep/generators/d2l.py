@@ -242,9 +242,9 @@ def internalize_to_registry(registry: AdapterRegistry, text: str | bytes, name: 
                             source: str | None = None, generator: D2LGenerator | None = None,
                             description: str | None = None) -> tuple[AdapterVersionRecord, Internalized]:  # fmt: skip
     """Internalise ``text`` and register it as the next version of skill ``name``; nothing registered on error."""
-    from agent_sleep.registry.registry import check_skill_name
+    from agent_sleep.adapters.manifest import check_name
 
-    check_skill_name(name)
+    check_name(name)
     gen = generator or D2LGenerator.load()
     result = gen.internalize(text, chunk_tokens=chunk_tokens)
     sources: dict[str, Any] = {"description": description or (f"D2L of {source}" if source else None)}

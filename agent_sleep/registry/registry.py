@@ -53,7 +53,6 @@ from agent_sleep.store.models import (
 from agent_sleep.store.store import ExperienceStore
 
 NOTIFY_CHANNEL = "agent_sleep_deployments"
-check_skill_name = check_name  # skill names are adapter names; one rule, in adapters.manifest
 _REF = re.compile(r"^(?P<skill>[^@]+)(?:@(?:v(?P<version>\d+)|(?P<alias>[a-z_]+)))?$")
 _STACK_REF = re.compile(r"^(?P<agent>[^:]+):stack@v(?P<version>\d+)$")
 REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors", "manifest.json")
