@@ -258,6 +258,40 @@ def _check_manifest_matches(manifest: AdapterManifest, config: Mapping[str, Any]
             )
 
 
+def _read_metadata(path: Path, *, require_manifest: bool) -> tuple[dict[str, Any], AdapterManifest | None]:
+    _check_folder(path, require_manifest=require_manifest)
+    config = _read_json(path / CONFIG_FILE)
+    check_lora_config(config, where=path / CONFIG_FILE)
+    manifest = _load_manifest(path / MANIFEST_FILE) if (path / MANIFEST_FILE).is_file() else None
+    return config, manifest
+
+
+def _verify(manifest: AdapterManifest, config: Mapping[str, Any], path: Path, actual_sha256: str) -> None:
+    if actual_sha256 != manifest.weights_sha256:
+        raise TamperedAdapterError(
+            f"{path / WEIGHTS_FILE} has sha256 {actual_sha256[:16]}..., but the manifest recorded "
+            f"{manifest.weights_sha256[:16] or '(none)'}...; the file was modified after it was written"
+        )
+    _check_manifest_matches(manifest, config, path)
+
+
+def inspect_adapter(path: str | Path) -> tuple[dict[str, Any], AdapterManifest]:
+    """(adapter_config, manifest) of a complete, untampered adapter folder, without loading tensors.
+
+    The same checks as :func:`read_adapter` with ``verify=True`` (the weights are
+    hashed in a stream), so code that only files adapters away needs no torch.
+    """
+    path = Path(path)
+    config, manifest = _read_metadata(path, require_manifest=True)
+    assert manifest is not None
+    digest = hashlib.sha256()
+    with (path / WEIGHTS_FILE).open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    _verify(manifest, config, path, digest.hexdigest())
+    return config, manifest
+
+
 def read_adapter(path: str | Path, *, verify: bool = True, require_manifest: bool = True) -> AdapterArtifact:
     """Read an adapter folder into memory (tensors on CPU, never unpickled).
 
@@ -272,21 +306,11 @@ def read_adapter(path: str | Path, *, verify: bool = True, require_manifest: boo
     from safetensors.torch import load as load_safetensors
 
     path = Path(path)
-    _check_folder(path, require_manifest=require_manifest)
-    config = _read_json(path / CONFIG_FILE)
-    check_lora_config(config, where=path / CONFIG_FILE)
-    manifest = _load_manifest(path / MANIFEST_FILE) if (path / MANIFEST_FILE).is_file() else None
-
+    config, manifest = _read_metadata(path, require_manifest=require_manifest)
     # One read serves both the hash and the tensors, so what is verified is what is loaded.
     data = (path / WEIGHTS_FILE).read_bytes()
     if verify and manifest is not None:
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != manifest.weights_sha256:
-            raise TamperedAdapterError(
-                f"{path / WEIGHTS_FILE} has sha256 {actual[:16]}..., but the manifest recorded "
-                f"{manifest.weights_sha256[:16] or '(none)'}...; the weights were changed after writing"
-            )
-        _check_manifest_matches(manifest, config, path)
+        _verify(manifest, config, path, hashlib.sha256(data).hexdigest())
     try:
         tensors = load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:

@@ -23,15 +23,14 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from agent_sleep.adapters.artifact import inspect_adapter
 from agent_sleep.adapters.manifest import check_name
 from agent_sleep.errors import (
     AdapterExistsError,
-    AdapterFormatError,
     DeployConflictError,
     InvalidInputError,
     NotFoundError,
     NothingToRollBackError,
-    TamperedAdapterError,
 )
 from agent_sleep.registry.records import (
     ADAPTER_STATUSES,
@@ -55,45 +54,6 @@ from agent_sleep.store.store import ExperienceStore
 NOTIFY_CHANNEL = "agent_sleep_deployments"
 _REF = re.compile(r"^(?P<skill>[^@]+)(?:@(?:v(?P<version>\d+)|(?P<alias>[a-z_]+)))?$")
 _STACK_REF = re.compile(r"^(?P<agent>[^:]+):stack@v(?P<version>\d+)$")
-REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors", "manifest.json")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterFormatError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise AdapterFormatError(f"{path} must hold a JSON object")
-    return data
-
-
-def inspect_folder(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(adapter_config, manifest) of a complete, untampered adapter folder."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise AdapterFormatError(f"adapter folder {folder} does not exist")
-    missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
-    if missing:
-        hint = " (pickled adapter_model.bin is never loaded)" if (folder / "adapter_model.bin").exists() else ""
-        raise AdapterFormatError(f"adapter folder {folder} is missing {', '.join(missing)}{hint}")
-    config, manifest = _read_json(folder / "adapter_config.json"), _read_json(folder / "manifest.json")
-    want = manifest.get("weights_sha256")
-    got = sha256_file(folder / "adapter_model.safetensors")
-    if want and want != got:
-        raise TamperedAdapterError(f"{folder}/adapter_model.safetensors has sha256 {got[:16]}…, the manifest says "
-                                   f"{str(want)[:16]}…: the file was modified after it was written")
-    if not (manifest.get("base_model") or {}).get("content_hash"):
-        raise AdapterFormatError(f"{folder}/manifest.json does not name the base model's content_hash")
-    return config, manifest
 
 
 def _copy_atomic(src: Path, dest: Path, manifest: dict[str, Any]) -> None:
@@ -134,7 +94,8 @@ class AdapterRegistry:
         """Copy a finished adapter folder in as the next version ``skill@vN`` (status candidate)."""
         check_name(skill)
         src = Path(folder)
-        config, manifest = inspect_folder(src)
+        config, parsed = inspect_adapter(src)
+        manifest = parsed.model_dump(mode="json")
         generator = (manifest.get("generator") or {}).get("name") or kind or "custom"
         for attempt in range(5):
             with self.store.session() as s:
@@ -161,7 +122,7 @@ class AdapterRegistry:
                     continue  # a concurrent register took this number; the row will tell
                 row = AdapterVersion(
                     skill=skill, version=version, name=name, path=str(dest.resolve()),
-                    weights_sha256=sha256_file(dest / "adapter_model.safetensors"),
+                    weights_sha256=manifest["weights_sha256"],  # verified above; the copy is byte-exact
                     base_model_id=str((manifest.get("base_model") or {}).get("id", "")),
                     base_model_hash=str(manifest["base_model"]["content_hash"]), generator=generator,
                     rank=int(config.get("r") or manifest.get("rank") or 0),
