@@ -150,35 +150,38 @@ def load_test(rt: Any, names: list[str], swaps: int, tokens: int) -> dict[str, A
     stop = threading.Event()
     lock = threading.Lock()
 
-    def in_process(k: int) -> None:
-        chat = rt.chat_model(agent, max_new_tokens=tokens)
+    def client_loop(k: int, ask: Any) -> None:
+        """Send prompts until stopped; ``ask(prompt)`` returns (stack it ran on, text)."""
         i = k
         while not stop.is_set():
             p = PROMPTS[i % len(PROMPTS)]
             i += 1
             t0 = time.perf_counter()
             try:
-                r = chat.invoke(p)
+                stack, text = ask(p)
                 with lock:
-                    results.append((r.response_metadata["stack"], p, r.text, time.perf_counter() - t0))
+                    results.append((stack, p, text, time.perf_counter() - t0))
             except Exception as exc:  # counted, not raised: the load test reports failures
                 failures.append(repr(exc))
 
+    def in_process(k: int) -> None:
+        chat = rt.chat_model(agent, max_new_tokens=tokens)
+
+        def ask(p: str) -> tuple[str, str]:
+            r = chat.invoke(p)
+            return r.response_metadata["stack"], r.text
+
+        client_loop(k, ask)
+
     def http(k: int, base_url: str) -> None:
         client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=120)
-        i = k
-        while not stop.is_set():
-            p = PROMPTS[i % len(PROMPTS)]
-            i += 1
-            t0 = time.perf_counter()
-            try:
-                r = client.chat.completions.create(model=agent, messages=[{"role": "user", "content": p}],
-                                                   max_tokens=tokens, temperature=0)
-                with lock:
-                    results.append((r.system_fingerprint.split("#")[0], p, r.choices[0].message.content or "",
-                                    time.perf_counter() - t0))
-            except Exception as exc:
-                failures.append(repr(exc))
+
+        def ask(p: str) -> tuple[str, str]:
+            r = client.chat.completions.create(model=agent, messages=[{"role": "user", "content": p}],
+                                               max_tokens=tokens, temperature=0)
+            return r.system_fingerprint.split("#")[0], r.choices[0].message.content or ""
+
+        client_loop(k, ask)
 
     with ServerThread(LiveResolver(rt, max_new_tokens=tokens)) as server:
         threads = [threading.Thread(target=in_process, args=(k,)) for k in range(3)]
