@@ -23,6 +23,11 @@ def _registry(args: argparse.Namespace) -> Any:
     return AdapterRegistry(ExperienceStore(settings=settings_from(args)))
 
 
+def _describe(stack: Any) -> str:
+    """A stack's items as ``skill@vN×weight, …`` (empty string for the base model)."""
+    return ", ".join(f"{i.adapter}×{i.weight:g}" for i in stack.items)
+
+
 def cmd_adapters_list(args: argparse.Namespace) -> int:
     rows = _registry(args).adapters(skill=args.skill, status=args.status)
     if args.json:
@@ -63,7 +68,7 @@ def cmd_adapters_add(args: argparse.Namespace) -> int:
 def cmd_stacks_list(args: argparse.Namespace) -> int:
     reg = _registry(args)
     for st in reg.stacks(args.agent):
-        items = ", ".join(f"{i.adapter}×{i.weight:g}" for i in st.items) or "(empty: base model)"
+        items = _describe(st) or "(empty: base model)"
         print(f"{st.name:32} {st.created_at:%Y-%m-%d %H:%M}  {items}")
     return 0
 
@@ -91,7 +96,7 @@ def _print_outcome(outcome: Any, as_json: bool) -> int:
         print(f"rejected: {outcome.reason}")
     else:
         d = outcome.deployment
-        items = ", ".join(f"{i.adapter}×{i.weight:g}" for i in d.stack.items) or "base model"
+        items = _describe(d.stack) or "base model"
         print(f"{d.kind} #{d.seq}: {d.stack.name} is live for {d.agent} ({items})")
     return EXIT_REJECTED if outcome.status == "rejected" else 0
 
@@ -128,7 +133,7 @@ def cmd_deployments(args: argparse.Namespace) -> int:
             print_json(d.model_dump(mode="json"))
         return 0
     for d in deps:
-        items = ", ".join(f"{i.adapter}×{i.weight:g}" for i in d.stack.items) or "base model"
+        items = _describe(d.stack) or "base model"
         print(f"#{d.seq:<3} {d.created_at:%Y-%m-%d %H:%M:%S}  {d.kind:12} {d.stack.name:28} by {d.actor}: "
               f"{d.reason}  [{items}]  id={d.id}")
     return 0
@@ -222,7 +227,7 @@ def cmd_stacks_merge(args: argparse.Namespace) -> int:
         generator={"name": "merged", "version": args.method},
         base_model={"id": records[0].base_model_id, "content_hash": records[0].base_model_hash},
         sources={"description": f"{args.method} merge of {stack.name}: "
-                                + ", ".join(f"{i.adapter}×{i.weight:g}" for i in stack.items),
+                                + _describe(stack),
                  "episodes": sorted({e for r in records for e in r.sources.get("episodes", [])}),
                  "documents": sorted({d for r in records for d in r.sources.get("documents", [])})},
     )
