@@ -18,6 +18,19 @@ D2L's learned bias LoRA (A random, B zero), appended once per adapter as an
 extra rank block, which gives the shared prior (answer format, vocabulary) its
 own place so the generated part only has to carry the document.
 
+``b_head="copy"`` replaces the B half of the head by a pointer: each
+(layer, rank) slot attends over the document's tokens and its B column is the
+unit-normalised, learned linear map (initialised to the identity when the
+shapes allow) of the attended features. A down_proj LoRA writes into the
+residual stream, where the base model's tied embeddings live, so "copy the
+value token into the answer position" becomes a short path instead of
+something a 2,000-wide head must discover (the CPU runs with the mlp head
+collapsed to a document-independent adapter). ``chunk_gate`` multiplies each
+chunk's B by sigmoid(w . mean latent + 2), so a chunk with nothing worth
+keeping (filler, a haystack) can switch itself off; with rank-concatenated
+chunks the deltas of K chunks add up, and ungated filler chunks drown the one
+that matters.
+
 Batched over documents with a key-padding mask. This module knows nothing
 about tokenisation, files or PEFT; see :mod:`agent_sleep.generators.d2l`.
 """
@@ -25,7 +38,7 @@ about tokenisation, files or PEFT; see :mod:`agent_sleep.generators.d2l`.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +71,9 @@ class HyperConfig(BaseModel):
     use_bias: bool = Field(False, description="append a learned document-independent rank-r block (D2L's bias LoRA)")
     standardize: bool = Field(False, description="z-score document features per channel with stored statistics")
     scale_B_init: float = Field(0.0, description="experiments only: non-zero breaks the zero-effect start")
+    b_head: Literal["mlp", "copy"] = Field(
+        "mlp", description="mlp: B from the shared head; copy: B columns point at document tokens (see module doc)")
+    chunk_gate: bool = Field(False, description="a learned per-chunk gate in (0, 1) on B (chunks with nothing to keep)")
 
     def module_names(self) -> list[str]:
         """Module paths of the targets inside a ``*ForCausalLM`` (llama/mistral/qwen layout)."""
@@ -125,8 +141,19 @@ class HyperNet(nn.Module):
         self.latent_norm = nn.RMSNorm(d)
         self.queries = nn.Parameter(torch.randn(n_slots, d) * 0.02)
         self.decoder = _CrossBlock(d, c.n_heads, c.mlp_ratio)
-        self.head = nn.Linear(d, c.d_in + c.d_out, bias=False)
+        copy = c.b_head == "copy"
+        self.head = nn.Linear(d, c.d_in if copy else c.d_in + c.d_out, bias=False)
         nn.init.normal_(self.head.weight, std=0.5 / math.sqrt(d + c.rank))
+        if copy:
+            self.ptr_q = nn.Linear(d, d, bias=False)
+            self.ptr_k = nn.Linear(d, d, bias=False)
+            self.ptr_out = nn.Linear(c.hidden_size, c.d_out, bias=False)
+            if c.hidden_size == c.d_out:
+                nn.init.eye_(self.ptr_out.weight)
+        if c.chunk_gate:
+            self.gate = nn.Linear(d, 1)
+            nn.init.zeros_(self.gate.weight)
+            nn.init.constant_(self.gate.bias, 2.0)
         self.scale_A = nn.Parameter(torch.ones(len(c.layers), c.rank))
         self.scale_B = nn.Parameter(torch.full((len(c.layers), c.rank), float(c.scale_B_init)))  # 0: zero-effect start
         if c.standardize:
@@ -157,15 +184,26 @@ class HyperNet(nn.Module):
         feats = feats.to(self.head.weight.dtype)
         if c.standardize:
             feats = (feats - self.feat_mean) / self.feat_std
-        gate, up = self.in_up(self.in_norm(feats)).chunk(2, dim=-1)
+        normed = self.in_norm(feats)
+        gate, up = self.in_up(normed).chunk(2, dim=-1)
         ctx = self.in_down(F.silu(gate) * up)
-        lat = self.latents.expand(feats.shape[0], -1, -1)
+        n = feats.shape[0]
+        lat = self.latents.expand(n, -1, -1)
         for block in self.blocks:
             lat = block(lat, ctx, mask)
         lat = self.latent_norm(lat)
-        z = self.decoder(self.queries.expand(feats.shape[0], -1, -1), lat, None)
-        z = F.normalize(z, dim=-1)
-        rows = self.head(z).view(feats.shape[0], len(c.layers), c.rank, c.d_in + c.d_out)
-        a = rows[..., : c.d_in] * self.scale_A[None, :, :, None]
-        b = (rows[..., c.d_in :] * self.scale_B[None, :, :, None]).transpose(-1, -2)
-        return a, b
+        z = self.decoder(self.queries.expand(n, -1, -1), lat, None)
+        if c.b_head == "copy":
+            a_rows = self.head(F.normalize(z, dim=-1))
+            scores = self.ptr_q(z) @ self.ptr_k(ctx).transpose(1, 2) / math.sqrt(c.latent_dim)  # [N, slots, T]
+            if mask is not None:
+                scores = scores.masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
+            b_rows = F.normalize(self.ptr_out(scores.softmax(-1) @ normed), dim=-1)
+        else:
+            rows = self.head(F.normalize(z, dim=-1))
+            a_rows, b_rows = rows[..., : c.d_in], rows[..., c.d_in :]
+        a = a_rows.view(n, len(c.layers), c.rank, c.d_in) * self.scale_A[None, :, :, None]
+        b = b_rows.reshape(n, len(c.layers), c.rank, c.d_out) * self.scale_B[None, :, :, None]
+        if c.chunk_gate:
+            b = b * torch.sigmoid(self.gate(lat.mean(1)))[:, :, None, None]
+        return a, b.transpose(-1, -2)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "ATTRIBUTES", "VOCAB", "Doc", "doc_id", "entity_name", "make_fact_docs", "make_needle_docs",
+    "ATTRIBUTES", "VOCAB", "Doc", "doc_id", "entity_name", "make_fact_docs", "make_hay_docs", "make_needle_docs",
     "read_jsonl", "write_jsonl",
 ]  # fmt: skip
 
@@ -162,6 +162,22 @@ def make_fact_docs(
                  for a, v in facts.items()]  # fmt: skip
         docs.append({"id": doc_id(text), "kind": "facts", "text": text, "entity": entity, "facts": facts,
                      "qa": qa, "probe_qa": probe, "split": split})  # fmt: skip
+    return docs
+
+
+def make_hay_docs(n: int, seed: int, n_sentences: tuple[int, int] = (2, 8)) -> list[Doc]:
+    """``n`` documents of filler only (no facts, no questions): distractor chunks for multi-chunk training.
+
+    Each mixes ``n_sentences`` (inclusive range) haystack and company-filler
+    sentences, so the hypernetwork learns that a chunk with nothing to keep
+    should leave the model alone. Deterministic in (n, seed, n_sentences).
+    """
+    rng = random.Random(f"hay:{seed}")
+    pool = _HAY + _FILLER
+    docs: list[Doc] = []
+    for _ in range(n):
+        text = " ".join(rng.choice(pool) for _ in range(rng.randint(*n_sentences)))
+        docs.append({"id": doc_id(text), "kind": "hay", "text": text, "qa": [], "probe_qa": []})
     return docs
 
 

@@ -40,6 +40,10 @@ class DataConfig(_Strict):
     attributes: list[str] = list(synth.ATTRIBUTES)
     max_doc_tokens: int = 128
     use_probe_qa: bool = False
+    chunk_probs: list[float] = [1.0]  # P(an adapter is built from K = 1, 2, ... documents, one chunk each)
+    n_hay: int = 0  # filler-only documents (no questions) cached as distractor chunks
+    p_hay: float = 0.0  # probability that an adapter also gets 1..max_hay distractor chunks
+    max_hay: int = 1
 
 
 class HyperSettings(_Strict):
@@ -55,6 +59,8 @@ class HyperSettings(_Strict):
     use_bias: bool = False
     standardize: bool = False
     scale_B_init: float = 0.0
+    b_head: str = "mlp"
+    chunk_gate: bool = False
 
 
 class TrainConfig(_Strict):
@@ -87,9 +93,33 @@ class TrainConfig(_Strict):
 # ---------------------------------------------------------------- loss and eval
 
 
-def _doc_loras(net: HyperNet, docs: list[CachedDoc], device: Any) -> tuple[Tensor, Tensor]:
+def _chunk_loras(net: HyperNet, docs: list[CachedDoc], device: Any) -> tuple[Tensor, Tensor]:
+    """One LoRA per cached document (one chunk each), without the bias block."""
     feats, mask = pad_right([d["feats"].to(device, torch.float32) for d in docs])
-    return net.with_bias(*net(feats, mask.bool()))
+    return net(feats, mask.bool())
+
+
+def group_loras(net: HyperNet, a: Tensor, b: Tensor, groups: list[list[int]]) -> tuple[Tensor, Tensor]:
+    """Concatenate chunk LoRAs along rank per group (as :meth:`D2LGenerator.internalize` does for the chunks of
+    one document), zero-pad to the largest group (exact no-op ranks) and append the bias block once.
+
+    ``a [M, L, r, in]``, ``b [M, L, out, r]`` -> ``[G, L, R, in]``, ``[G, L, out, R]``.
+    """
+    n_layers, r = a.shape[1], a.shape[2]
+    width = max(len(g) for g in groups) * r
+    a_out = a.new_zeros(len(groups), n_layers, width, a.shape[3])
+    b_out = b.new_zeros(len(groups), n_layers, b.shape[2], width)
+    for gi, members in enumerate(groups):
+        k = len(members) * r
+        a_out[gi, :, :k] = a[members].transpose(0, 1).reshape(n_layers, k, a.shape[3])
+        b_out[gi, :, :, :k] = b[members].permute(1, 2, 0, 3).reshape(n_layers, b.shape[2], k)
+    return net.with_bias(a_out, b_out)
+
+
+def _doc_loras(net: HyperNet, docs: list[CachedDoc], device: Any) -> tuple[Tensor, Tensor]:
+    """One adapter per document (K = 1), bias block included."""
+    a, b = _chunk_loras(net, docs, device)
+    return group_loras(net, a, b, [[i] for i in range(len(docs))])
 
 
 def qa_loss(model: Any, lora: RowLora, hc: HyperConfig, ab: tuple[Tensor, Tensor] | None,
@@ -125,8 +155,12 @@ def per_doc_mean(values: Tensor, rows: list[tuple[int, dict[str, Any]]]) -> Tens
 @torch.no_grad()
 def greedy_accuracy(model: Any, tokenizer: Any, lora: RowLora, hc: HyperConfig, docs: list[dict[str, Any]],
                     ab: tuple[Tensor, Tensor] | None, device: Any, max_new_tokens: int,
-                    with_context: bool = False, batch: int = 32) -> tuple[float, list[str]]:  # fmt: skip
-    """Share of questions whose greedy answer contains the gold answer (case-insensitive)."""
+                    with_context: bool = False, batch: int = 32,
+                    adapter_of: list[int] | None = None) -> tuple[float, list[str]]:  # fmt: skip
+    """Share of questions whose greedy answer contains the gold answer (case-insensitive).
+
+    Document ``i``'s questions use adapter ``ab[adapter_of[i]]`` (default: adapter ``i``).
+    """
     items = [(di, qa) for di, d in enumerate(docs) for qa in d["qa"]]
     hits, answers = 0, []
     side = tokenizer.padding_side
@@ -139,7 +173,7 @@ def greedy_accuracy(model: Any, tokenizer: Any, lora: RowLora, hc: HyperConfig, 
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             weights = None
             if ab is not None:
-                idx = torch.tensor([di for di, _ in chunk], device=device)
+                idx = torch.tensor([di if adapter_of is None else adapter_of[di] for di, _ in chunk], device=device)
                 weights = {name: (ab[0][idx, i], ab[1][idx, i]) for i, name in enumerate(hc.module_names())}
             with lora.use(weights, hc.scale):
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
@@ -174,6 +208,23 @@ def _batch(step: int, cfg: TrainConfig, n: int) -> list[tuple[int, int]]:
     return out
 
 
+def _groups(step: int, cfg: TrainConfig, n_docs: int, n_hay: int) -> list[list[int]]:
+    """Partition batch slots ``0..n_docs-1`` into adapters of K documents (K ~ ``chunk_probs``); distractor
+    chunks get indices ``n_docs + h`` for hay document ``h``. Deterministic in (seed, step)."""
+    d = cfg.data
+    rng = random.Random(f"{cfg.seed}:groups:{step}")
+    groups, i = [], 0
+    while i < n_docs:
+        k = rng.choices(range(1, len(d.chunk_probs) + 1), weights=d.chunk_probs)[0]
+        members = list(range(i, min(n_docs, i + k)))
+        i += k
+        if n_hay and rng.random() < d.p_hay:
+            members += [n_docs + rng.randrange(n_hay) for _ in range(rng.randint(1, d.max_hay))]
+        rng.shuffle(members)
+        groups.append(members)
+    return groups
+
+
 def _append(path: Path, record: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
@@ -195,6 +246,10 @@ def plot_metrics(metrics: Path, png: Path) -> None:
         ax1.plot([r["step"] for r in ev], [r["eval_ce"] for r in ev], "o-", label="held-out CE, D2L")
         ax1.axhline(ev[-1]["eval_ce_base"], color="grey", ls="--", label="held-out CE, no adapter")
         ax2.plot([r["step"] for r in ev], [r["acc"] for r in ev], "o-", label="D2L (no document)")
+        for key, label in (("acc_shuffled", "D2L, another document's adapter"), ("acc_k3", "D2L, 3 documents in one")):
+            pts = [(r["step"], r[key]) for r in ev if key in r]
+            if pts:
+                ax2.plot(*zip(*pts, strict=True), ".--", label=label)
         ax2.axhline(ev[-1]["acc_base"], color="grey", ls="--", label="base, no document")
         ax2.axhline(ev[-1]["acc_with_doc"], color="green", ls=":", label="base, document in context")
     ax1.set_xlabel("step")
@@ -228,7 +283,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
                                rank=hs.rank, encoder_layers=hs.encoder_layers, target=hs.target,
                                latent_dim=hs.latent_dim, n_latents=hs.n_latents, n_heads=hs.n_heads,
                                n_blocks=hs.n_blocks, scale=hs.scale, use_bias=hs.use_bias,
-                               standardize=hs.standardize, scale_B_init=hs.scale_B_init)  # fmt: skip
+                               standardize=hs.standardize, scale_B_init=hs.scale_B_init, b_head=hs.b_head,
+                               chunk_gate=hs.chunk_gate)  # fmt: skip
     (run_dir / "config.json").write_text(json.dumps({"train": cfg.model_dump(mode="json"), "command": command},
                                                     indent=2))  # fmt: skip
 
@@ -246,6 +302,10 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
                           desc="cache train", **common)  # fmt: skip
     eval_c = build_cache(model, tok, eval_docs, path=run_dir / "cache" / f"eval-{key}.pt", desc="cache eval",
                          **common)  # fmt: skip
+    hay_c: list[CachedDoc] = []
+    if d.n_hay:
+        hay_c = build_cache(model, tok, synth.make_hay_docs(d.n_hay, cfg.seed), path=run_dir / "cache" /
+                            f"hay-{cache_key(key=key, n=d.n_hay)}.pt", desc="cache hay", **common)  # fmt: skip
     lora = RowLora(model, hc.module_names())
     metrics = run_dir / "metrics.jsonl"
     base_file = run_dir / "baseline.json"
@@ -295,8 +355,24 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
             rows = [(i, qa) for i, doc in enumerate(eval_c) for qa in doc["qa"]]
             ce = per_doc_mean(qa_loss(model, lora, hc, ab, rows, device), rows).item()
             acc, answers = greedy_accuracy(model, tok, lora, hc, eval_docs, ab, device, cfg.eval_max_new_tokens)
+            # document dependence: every document's questions asked with the next document's adapter
+            shifted = [(i + 1) % len(eval_docs) for i in range(len(eval_docs))]
+            acc_shuffled, _ = greedy_accuracy(model, tok, lora, hc, eval_docs, ab, device, cfg.eval_max_new_tokens,
+                                              adapter_of=shifted)  # fmt: skip
+            extra: dict[str, Any] = {"acc_shuffled": acc_shuffled}
+            if len(d.chunk_probs) > 1 or hay_c:
+                # multi-chunk: 3 documents (+ 1 filler chunk when there are any) concatenated into one adapter
+                groups = [list(range(i, min(i + 3, len(eval_c)))) for i in range(0, len(eval_c), 3)]
+                members = list(eval_c) + hay_c[: len(groups)] if hay_c else list(eval_c)
+                if hay_c:
+                    groups = [g + [len(eval_c) + gi] for gi, g in enumerate(groups)]
+                a, b = _chunk_loras(net, members, device)
+                ab3 = group_loras(net, a, b, groups)
+                of = [gi for gi, g in enumerate(groups) for m in g if m < len(eval_c)]
+                extra["acc_k3"], _ = greedy_accuracy(model, tok, lora, hc, eval_docs, ab3, device,
+                                                     cfg.eval_max_new_tokens, adapter_of=of)  # fmt: skip
         net.train()
-        return {"kind": "eval", "step": step, "eval_ce": ce, "acc": acc, **baseline,
+        return {"kind": "eval", "step": step, "eval_ce": ce, "acc": acc, **extra, **baseline,
                 "minutes": trained_s / 60, "samples": answers[:6]}  # fmt: skip
 
     bar = tqdm(total=cfg.steps, initial=step, desc="d2l meta-train", dynamic_ncols=True)
@@ -309,14 +385,20 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
             ts = time.monotonic()
             picked = _batch(step, cfg, len(train_c))
             docs = [train_c[i] for i, _ in picked]
-            rows = []
+            groups = _groups(step, cfg, len(docs), len(hay_c))
+            group_of = {m: gi for gi, g in enumerate(groups) for m in g if m < len(docs)}
+            rows, adapter_rows = [], []
             for j, (i, slot) in enumerate(picked):
                 qas = docs[j]["qa"]
                 chosen = random.Random(f"{cfg.seed}:{slot}").sample(qas, min(cfg.qas_per_doc, len(qas)))
                 rows += [(j, qa) for qa in chosen]
-            ab = _doc_loras(net, docs, device)
-            ce = per_doc_mean(qa_loss(model, lora, hc, ab, rows, device), rows)
-            reg = cfg.l1 * (ab[0].abs().mean() + ab[1].abs().mean())
+                adapter_rows += [(group_of[j], qa) for qa in chosen]
+            hays = sorted({m for g in groups for m in g if m >= len(docs)})
+            a, b = _chunk_loras(net, docs + [hay_c[m - len(docs)] for m in hays], device)
+            remap = {m: len(docs) + h for h, m in enumerate(hays)}
+            ab = group_loras(net, a, b, [[remap.get(m, m) for m in g] for g in groups])
+            ce = per_doc_mean(qa_loss(model, lora, hc, ab, adapter_rows, device), rows)
+            reg = cfg.l1 * (a.abs().mean() + b.abs().mean())
             loss = ce + reg
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}; last checkpoint kept")
@@ -338,7 +420,9 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 rec = evaluate()
                 _append(metrics, rec)
-                bar.write(f"step {step}: held-out acc {rec['acc']:.3f} (base {baseline['acc_base']:.3f}, with doc "
+                k3 = f", 3 docs in one adapter {rec['acc_k3']:.3f}" if "acc_k3" in rec else ""
+                bar.write(f"step {step}: held-out acc {rec['acc']:.3f} (another doc's adapter "
+                          f"{rec['acc_shuffled']:.3f}{k3}; base {baseline['acc_base']:.3f}, with doc "
                           f"{baseline['acc_with_doc']:.3f}) CE {rec['eval_ce']:.3f} (base {baseline['eval_ce_base']:.3f})")
                 if rec["acc"] > best:
                     best = rec["acc"]

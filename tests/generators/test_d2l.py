@@ -188,15 +188,16 @@ def test_partial_forward_matches_the_model_for_each_architecture(arch: str) -> N
     assert a.shape == (2, len(net.config.layers), 8, 48) and b.shape == (2, len(net.config.layers), 32, 8)
 
 
-def test_bias_block_and_standardized_features_round_trip(handle: BaseModelHandle, tiny_dir: Path,
-                                                         tmp_path: Path) -> None:  # fmt: skip
+@pytest.mark.parametrize("options", [{}, {"b_head": "copy", "chunk_gate": True}], ids=["mlp-head", "copy-head-gated"])
+def test_bias_block_and_standardized_features_round_trip(handle: BaseModelHandle, tiny_dir: Path, tmp_path: Path,
+                                                         options: dict[str, Any]) -> None:  # fmt: skip
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     config = HyperConfig.for_model(handle.model, base_model_id=handle.spec, base_content_hash=handle.content_hash,
                                    layers=[0, 1], rank=4, encoder_layers=1, latent_dim=32, n_latents=4, n_heads=2,
-                                   n_blocks=1, use_bias=True, standardize=True)  # fmt: skip
+                                   n_blocks=1, use_bias=True, standardize=True, **options)  # fmt: skip
     net = HyperNet(config).eval()
     fresh = _gen(handle, net).internalize(DOC, chunk_tokens=8)
     base = _logits(handle.model, handle)
@@ -216,3 +217,40 @@ def test_bias_block_and_standardized_features_round_trip(handle: BaseModelHandle
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), folder).eval()
     torch.testing.assert_close(_logits(peft_model, handle), ours, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(ours, base, atol=1e-4)
+
+
+def _copy_net(**options: Any) -> HyperNet:
+    torch.manual_seed(0)
+    config = HyperConfig(base_model_id="m", base_content_hash="0" * 64, hidden_size=16, d_in=24, d_out=16,
+                         layers=[3, 4], rank=2, latent_dim=16, n_latents=2, n_heads=2, n_blocks=1, b_head="copy",
+                         scale_B_init=1.0, **options)  # fmt: skip
+    return HyperNet(config).eval()
+
+
+def test_copy_head_writes_document_directions_into_b() -> None:
+    net = _copy_net()
+    feats = torch.randn(2, 5, 16)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 1:] = False  # document 1 is a single token
+    with torch.no_grad():
+        a, b = net(feats, mask)
+        normed = net.in_norm(feats)
+    assert a.shape == (2, 2, 2, 24) and b.shape == (2, 2, 16, 2)
+    # ptr_out starts as the identity: a one-token document's B columns are that token's (normalised) features
+    want = torch.nn.functional.normalize(normed[1, 0], dim=0)
+    torch.testing.assert_close(b[1].permute(0, 2, 1).reshape(-1, 16), want.expand(4, 16))
+    # and every column of a longer document lies in the span of its tokens
+    basis = normed[0].T  # [16, 5]
+    cols = b[0].permute(0, 2, 1).reshape(-1, 16).T
+    coef = torch.linalg.lstsq(basis, cols).solution
+    torch.testing.assert_close(basis @ coef, cols, atol=1e-4, rtol=1e-4)
+
+
+def test_chunk_gate_can_switch_a_chunk_off() -> None:
+    net = _copy_net(chunk_gate=True)
+    feats = torch.randn(1, 5, 16)
+    with torch.no_grad():
+        _, open_b = net(feats)
+        net.gate.bias.fill_(-60.0)
+        a, shut_b = net(feats)
+    assert open_b.abs().max() > 0.1 and shut_b.abs().max() < 1e-20 and a.abs().max() > 0

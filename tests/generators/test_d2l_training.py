@@ -96,3 +96,51 @@ def test_committed_checkpoint_internalizes_and_registers(store: object) -> None:
     record, result = internalize_to_registry(AdapterRegistry(store), doc, "d2l-smoke", generator=gen)  # type: ignore[arg-type]
     assert result.seconds < 5 and result.chunks == 1 and record.generator == "d2l"
     assert result.nbytes < 4_000_000
+
+
+def test_group_loras_concatenate_along_rank_and_pad_with_no_ops() -> None:
+    import torch
+
+    from agent_sleep.generators.hypernet import HyperConfig, HyperNet
+    from pipelines.d2l.trainer import group_loras
+
+    net = HyperNet(HyperConfig(base_model_id="m", base_content_hash="0" * 64, hidden_size=8, d_in=6, d_out=5,
+                               layers=[0, 1], rank=2, latent_dim=8, n_latents=2, n_heads=2, n_blocks=1,
+                               use_bias=True))  # fmt: skip
+    with torch.no_grad():
+        net.bias_B.normal_()
+    a, b = torch.randn(4, 2, 2, 6), torch.randn(4, 2, 5, 2)
+    ga, gb = group_loras(net, a, b, [[2, 0, 3], [1]])
+    assert ga.shape == (2, 2, 3 * 2 + 2, 6) and gb.shape == (2, 2, 5, 3 * 2 + 2)
+    x = torch.randn(6)
+    for gi, members in enumerate([[2, 0, 3], [1]]):
+        for layer in range(2):
+            want = sum(b[m, layer] @ (a[m, layer] @ x) for m in members) + net.bias_B[layer] @ (net.bias_A[layer] @ x)
+            torch.testing.assert_close(gb[gi, layer] @ (ga[gi, layer] @ x), want)
+
+
+def test_multi_chunk_training_with_filler_chunks_and_copy_head(tmp_path: Path) -> None:
+    handle = load_base_model(str(make_tiny_model_dir(tmp_path)), device="cpu")
+    raw = {
+        "model": "unused",
+        "data": {"n_train": 6, "n_eval": 4, "n_facts": [1, 2], "n_filler": [0, 0], "max_doc_tokens": 48,
+                 "chunk_probs": [0.3, 0.4, 0.3], "n_hay": 3, "p_hay": 1.0, "max_hay": 2},
+        "hyper": {"rank": 4, "first_lora_layer": 1, "encoder_layers": 1, "latent_dim": 32, "n_latents": 4,
+                  "n_heads": 2, "n_blocks": 1, "scale": 40.0, "use_bias": True, "standardize": True,
+                  "b_head": "copy", "chunk_gate": True, "scale_B_init": 0.1},
+        "steps": 6, "docs_per_step": 6, "qas_per_doc": 2, "lr": 0.01, "warmup": 1, "l1": 0.0, "log_every": 1,
+        "ckpt_every": 3, "eval_every": 3, "eval_max_new_tokens": 2,
+    }  # fmt: skip
+    run = tmp_path / "run"
+    summary = train(TrainConfig.model_validate(raw), run, device="cpu", handle=handle, threads=1)
+    assert summary["step"] == 6
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in recs if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [3, 6]
+    assert all(0 <= r["acc_shuffled"] <= 1 and 0 <= r["acc_k3"] <= 1 for r in evals)
+    ce = [r["ce"] for r in recs if r["kind"] == "train"]
+    assert all(c == c and c < 20 for c in ce)  # finite through grouped, padded, gated adapters
+    from agent_sleep.generators.checkpoint import load_checkpoint
+
+    net = load_checkpoint(run / "ckpt" / "best", content_hash=handle.content_hash)
+    assert net.config.b_head == "copy" and net.config.chunk_gate
