@@ -8,6 +8,7 @@ their own chat template. The hypernetwork is trained on exactly this format.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 __all__ = ["answer_ids", "question_prompt"]
@@ -16,9 +17,21 @@ _IM_START = "<|im_start|>"
 _IM_END = "<|im_end|>"
 
 
+_CHATML: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
 def _is_chatml(tokenizer: Any) -> bool:
-    vocab = tokenizer.get_vocab()
-    return _IM_START in vocab and _IM_END in vocab
+    try:
+        return _CHATML[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    vocab = tokenizer.get_vocab()  # builds a 49k-entry dict: remembered per tokenizer (caching calls this per row)
+    found = _IM_START in vocab and _IM_END in vocab
+    try:
+        _CHATML[tokenizer] = found
+    except TypeError:
+        pass
+    return found
 
 
 def question_prompt(tokenizer: Any, question: str, context: str | None = None) -> str:

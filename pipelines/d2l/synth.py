@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "ATTRIBUTES", "VOCAB", "Doc", "doc_id", "entity_name", "make_fact_docs", "make_hay_docs", "make_needle_docs",
+    "ATTRIBUTES", "OPEN_VALUES", "VOCAB", "Doc", "doc_id", "entity_name", "make_fact_docs", "make_hay_docs", "make_needle_docs",
     "read_jsonl", "write_jsonl",
 ]  # fmt: skip
 
@@ -53,6 +53,21 @@ VOCAB: dict[str, list[str]] = {
 }  # fmt: skip
 ATTRIBUTES = tuple(VOCAB)
 
+
+def _letters(rng: random.Random, k: int) -> str:
+    return "".join(rng.choice("ABCDEFGHJKLMNPRSTVWXZ") for _ in range(k))
+
+
+# Open-valued attributes (numbers, prices, times, codes): the value is drawn fresh for every document, so no
+# vocabulary can be memorised and the adapter has to carry the digits themselves, as in ordinary prose
+# (policies, timetables, product sheets). ``vocab_size`` does not apply; chance is ~0.
+OPEN_VALUES: dict[str, Any] = {
+    "staff": lambda rng: str(rng.randint(12, 950)),
+    "price": lambda rng: f"{rng.randint(1, 99)}.{rng.randint(0, 99):02d}",
+    "time": lambda rng: f"{rng.randint(5, 23)}:{rng.choice(['00', '05', '10', '15', '20', '30', '40', '45', '50'])}",
+    "code": lambda rng: f"{_letters(rng, 2)}-{rng.randint(100, 999)}",
+}
+
 # (statement templates, question templates for "qa", paraphrased question templates for "probe_qa").
 _TEMPLATES: dict[str, tuple[list[str], list[str], list[str]]] = {
     "colour": (
@@ -74,6 +89,26 @@ _TEMPLATES: dict[str, tuple[list[str], list[str], list[str]]] = {
         ["{e} was established in {v}.", "{e} opened its doors in {v}.", "Since {v}, {e} has been in business."],
         ["In what year was {e} established?", "When did {e} open its doors?"],
         ["Which year was {e} founded?", "Name the year {e} started."],
+    ),
+    "staff": (
+        ["{e} employs {v} people.", "There are {v} people working at {e}.", "The staff of {e} numbers {v}."],
+        ["How many people work at {e}?", "How many employees does {e} have?"],
+        ["What is the headcount of {e}?", "Name the number of staff at {e}."],
+    ),
+    "price": (
+        ["A visit to {e} costs {v} crowns.", "Entry to {e} is {v} crowns.", "{e} charges {v} crowns per visit."],
+        ["How much does a visit to {e} cost?", "What is the entry price of {e}?"],
+        ["How many crowns is a visit to {e}?", "Name the price of entry to {e}."],
+    ),
+    "time": (
+        ["{e} opens at {v}.", "The doors of {e} open at {v}.", "Every day {e} opens its doors at {v}."],
+        ["At what time does {e} open?", "When do the doors of {e} open?"],
+        ["What is the opening time of {e}?", "Name the time {e} opens."],
+    ),
+    "code": (
+        ["The internal code of {e} is {v}.", "{e} files its orders under code {v}.", "{e} uses the code {v}."],
+        ["What is the internal code of {e}?", "Under which code does {e} file its orders?"],
+        ["Which code does {e} use?", "Name the internal code of {e}."],
     ),
     "product": (
         ["{e} makes {v}.", "The main product of {e} is {v}.", "{e} is known for its {v}."],
@@ -139,9 +174,9 @@ def make_fact_docs(
     different wordings. ``vocab_size`` keeps only the first values of each
     vocabulary. Deterministic in (n, seed, split, options).
     """
-    unknown = [a for a in attributes if a not in VOCAB]
+    unknown = [a for a in attributes if a not in VOCAB and a not in OPEN_VALUES]
     if unknown:
-        raise ValueError(f"unknown attributes {unknown}; choose from {list(VOCAB)}")
+        raise ValueError(f"unknown attributes {unknown}; choose from {[*VOCAB, *OPEN_VALUES]}")
     lo, hi = n_facts
     if not 1 <= lo <= hi <= len(attributes):
         raise ValueError(f"n_facts must be 1 <= lo <= hi <= {len(attributes)}, got {n_facts}")
@@ -151,7 +186,8 @@ def make_fact_docs(
     for _ in range(n):
         entity = rng.choice(names)
         attrs = rng.sample(list(attributes), rng.randint(lo, hi))
-        facts = {a: rng.choice(VOCAB[a][: vocab_size or None]) for a in attrs}
+        facts = {a: OPEN_VALUES[a](rng) if a in OPEN_VALUES else rng.choice(VOCAB[a][: vocab_size or None])
+                 for a in attrs}  # fmt: skip
         sentences = [rng.choice(_TEMPLATES[a][0]).format(e=entity, v=v) for a, v in facts.items()]
         sentences += rng.sample(_FILLER, rng.randint(*n_filler))
         rng.shuffle(sentences)
