@@ -25,7 +25,12 @@ shapes allow) of the attended features. A down_proj LoRA writes into the
 residual stream, where the base model's tied embeddings live, so "copy the
 value token into the answer position" becomes a short path instead of
 something a 2,000-wide head must discover (the CPU runs with the mlp head
-collapsed to a document-independent adapter). ``chunk_gate`` multiplies each
+collapsed to a document-independent adapter). ``a_head="induction"`` adds to
+each A row the learned map of the features of the token *before* the one its
+slot points at: the slot then fires where the model has just produced that
+token and writes the next one, an induction head in weight space, which is
+what multi-token values (prices, times, codes: one token per digit) need.
+``chunk_gate`` multiplies each
 chunk's B by sigmoid(w . mean latent + 2), so a chunk with nothing worth
 keeping (filler, a haystack) can switch itself off; with rank-concatenated
 chunks the deltas of K chunks add up, and ungated filler chunks drown the one
@@ -73,6 +78,8 @@ class HyperConfig(BaseModel):
     scale_B_init: float = Field(0.0, description="experiments only: non-zero breaks the zero-effect start")
     b_head: Literal["mlp", "copy"] = Field(
         "mlp", description="mlp: B from the shared head; copy: B columns point at document tokens (see module doc)")
+    a_head: Literal["mlp", "induction"] = Field(
+        "mlp", description="induction (copy head only): A rows also match the token before the one B copies")
     chunk_gate: bool = Field(False, description="a learned per-chunk gate in (0, 1) on B (chunks with nothing to keep)")
 
     def module_names(self) -> list[str]:
@@ -150,6 +157,11 @@ class HyperNet(nn.Module):
             self.ptr_out = nn.Linear(c.hidden_size, c.d_out, bias=False)
             if c.hidden_size == c.d_out:
                 nn.init.eye_(self.ptr_out.weight)
+            if c.a_head == "induction":
+                self.ptr_a = nn.Linear(c.hidden_size, c.d_in, bias=False)
+                self.ind_gain = nn.Parameter(torch.ones(len(c.layers), c.rank))
+        elif c.a_head != "mlp":
+            raise ValueError("a_head='induction' needs b_head='copy'")
         if c.chunk_gate:
             self.gate = nn.Linear(d, 1)
             nn.init.zeros_(self.gate.weight)
@@ -198,11 +210,16 @@ class HyperNet(nn.Module):
             scores = self.ptr_q(z) @ self.ptr_k(ctx).transpose(1, 2) / math.sqrt(c.latent_dim)  # [N, slots, T]
             if mask is not None:
                 scores = scores.masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
-            b_rows = F.normalize(self.ptr_out(scores.softmax(-1) @ normed), dim=-1)
+            attn = scores.softmax(-1)
+            b_rows = F.normalize(self.ptr_out(attn @ normed), dim=-1)
+            if c.a_head == "induction":
+                before = F.pad(normed[:, :-1], (0, 0, 1, 0))  # position t holds token t-1 (zeros at t = 0)
+                ind = F.normalize(self.ptr_a(attn @ before), dim=-1).view(n, len(c.layers), c.rank, c.d_in)
+                a_rows = a_rows.view(n, len(c.layers), c.rank, c.d_in) + self.ind_gain[None, :, :, None] * ind
         else:
             rows = self.head(F.normalize(z, dim=-1))
             a_rows, b_rows = rows[..., : c.d_in], rows[..., c.d_in :]
-        a = a_rows.view(n, len(c.layers), c.rank, c.d_in) * self.scale_A[None, :, :, None]
+        a = a_rows.reshape(n, len(c.layers), c.rank, c.d_in) * self.scale_A[None, :, :, None]
         b = b_rows.reshape(n, len(c.layers), c.rank, c.d_out) * self.scale_B[None, :, :, None]
         if c.chunk_gate:
             b = b * torch.sigmoid(self.gate(lat.mean(1)))[:, :, None, None]

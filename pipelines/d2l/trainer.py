@@ -60,6 +60,7 @@ class HyperSettings(_Strict):
     standardize: bool = False
     scale_B_init: float = 0.0
     b_head: str = "mlp"
+    a_head: str = "mlp"
     chunk_gate: bool = False
 
 
@@ -284,7 +285,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
                                latent_dim=hs.latent_dim, n_latents=hs.n_latents, n_heads=hs.n_heads,
                                n_blocks=hs.n_blocks, scale=hs.scale, use_bias=hs.use_bias,
                                standardize=hs.standardize, scale_B_init=hs.scale_B_init, b_head=hs.b_head,
-                               chunk_gate=hs.chunk_gate)  # fmt: skip
+                               a_head=hs.a_head, chunk_gate=hs.chunk_gate)  # fmt: skip
     (run_dir / "config.json").write_text(json.dumps({"train": cfg.model_dump(mode="json"), "command": command},
                                                     indent=2))  # fmt: skip
 

@@ -188,7 +188,9 @@ def test_partial_forward_matches_the_model_for_each_architecture(arch: str) -> N
     assert a.shape == (2, len(net.config.layers), 8, 48) and b.shape == (2, len(net.config.layers), 32, 8)
 
 
-@pytest.mark.parametrize("options", [{}, {"b_head": "copy", "chunk_gate": True}], ids=["mlp-head", "copy-head-gated"])
+@pytest.mark.parametrize("options", [{}, {"b_head": "copy", "chunk_gate": True},
+                                     {"b_head": "copy", "a_head": "induction"}],
+                         ids=["mlp-head", "copy-head-gated", "induction-head"])  # fmt: skip
 def test_bias_block_and_standardized_features_round_trip(handle: BaseModelHandle, tiny_dir: Path, tmp_path: Path,
                                                          options: dict[str, Any]) -> None:  # fmt: skip
     from peft import PeftModel
@@ -254,3 +256,20 @@ def test_chunk_gate_can_switch_a_chunk_off() -> None:
         net.gate.bias.fill_(-60.0)
         a, shut_b = net(feats)
     assert open_b.abs().max() > 0.1 and shut_b.abs().max() < 1e-20 and a.abs().max() > 0
+
+
+def test_induction_a_rows_match_the_token_before_the_pointer() -> None:
+    net = _copy_net(a_head="induction")
+    with torch.no_grad():
+        net.head.weight.zero_()  # only the induction part of A remains
+        feats = torch.randn(1, 4, 16)
+        mask = torch.tensor([[True, True, False, False]])  # a two-token document
+        net.ptr_k.weight.zero_()  # uniform attention over the two real tokens
+        a, _ = net(feats, mask)
+        normed = net.in_norm(feats)
+    # token 0 has nothing before it (zeros), so the pooled "previous" feature is half of token 0's
+    want = torch.nn.functional.normalize(net.ptr_a(0.5 * normed[0, 0]), dim=0)
+    torch.testing.assert_close(a[0].reshape(-1, 24), want.expand(4, 24))
+    with pytest.raises(ValueError, match="b_head='copy'"):
+        HyperNet(HyperConfig(base_model_id="m", base_content_hash="0" * 64, hidden_size=16, d_in=24, d_out=16,
+                             layers=[0], a_head="induction"))  # fmt: skip

@@ -38,6 +38,22 @@ def test_synth_is_deterministic_and_split() -> None:
     assert {d["qa"][0]["answer"] for d in easy} <= set(synth.VOCAB["colour"][:4])
 
 
+def test_open_valued_attributes_are_fresh_per_document() -> None:
+    docs = synth.make_fact_docs(30, seed=1, attributes=list(synth.OPEN_VALUES), n_facts=(2, 4), vocab_size=4)
+    values = [qa["answer"] for d in docs for qa in d["qa"]]
+    assert len(set(values)) > 0.9 * len(values)  # not a small vocabulary (vocab_size does not apply)
+    for doc in docs:
+        for qa in doc["qa"]:
+            assert qa["answer"] in doc["text"] and any(ch.isdigit() for ch in qa["answer"])
+    with pytest.raises(ValueError, match="unknown attributes"):
+        synth.make_fact_docs(1, seed=0, attributes=["colour", "shoe size"])
+
+
+def test_hay_documents_have_no_questions() -> None:
+    hay = synth.make_hay_docs(5, seed=2)
+    assert hay == synth.make_hay_docs(5, seed=2) and all(d["qa"] == [] and d["text"] for d in hay)
+
+
 def test_needles_and_jsonl(tmp_path: Path) -> None:
     docs = synth.make_needle_docs(3, seed=1, target_tokens=300)
     assert docs == synth.make_needle_docs(3, seed=1, target_tokens=300)
