@@ -66,6 +66,7 @@ OPEN_VALUES: dict[str, Any] = {
     "price": lambda rng: f"{rng.randint(1, 99)}.{rng.randint(0, 99):02d}",
     "time": lambda rng: f"{rng.randint(5, 23)}:{rng.choice(['00', '05', '10', '15', '20', '30', '40', '45', '50'])}",
     "code": lambda rng: f"{_letters(rng, 2)}-{rng.randint(100, 999)}",
+    "magic": lambda rng: str(rng.randint(1000, 9999)),  # the needle of make_needle_docs, in short documents
 }
 
 # (statement templates, question templates for "qa", paraphrased question templates for "probe_qa").
@@ -109,6 +110,11 @@ _TEMPLATES: dict[str, tuple[list[str], list[str], list[str]]] = {
         ["The internal code of {e} is {v}.", "{e} files its orders under code {v}.", "{e} uses the code {v}."],
         ["What is the internal code of {e}?", "Under which code does {e} file its orders?"],
         ["Which code does {e} use?", "Name the internal code of {e}."],
+    ),
+    "magic": (
+        ["The magic number of {e} is {v}."],
+        ["What is the magic number of {e}?"],
+        ["Which number is the magic number of {e}?"],
     ),
     "product": (
         ["{e} makes {v}.", "The main product of {e} is {v}.", "{e} is known for its {v}."],
@@ -201,7 +207,7 @@ def make_fact_docs(
     return docs
 
 
-def make_hay_docs(n: int, seed: int, n_sentences: tuple[int, int] = (2, 8)) -> list[Doc]:
+def make_hay_docs(n: int, seed: int, n_sentences: tuple[int, int] = (2, 16)) -> list[Doc]:
     """``n`` documents of filler only (no facts, no questions): distractor chunks for multi-chunk training.
 
     Each mixes ``n_sentences`` (inclusive range) haystack and company-filler

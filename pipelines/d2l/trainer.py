@@ -44,6 +44,7 @@ class DataConfig(_Strict):
     n_hay: int = 0  # filler-only documents (no questions) cached as distractor chunks
     p_hay: float = 0.0  # probability that an adapter also gets 1..max_hay distractor chunks
     max_hay: int = 1
+    hay_sentences: tuple[int, int] = (2, 16)
 
 
 class HyperSettings(_Strict):
@@ -305,8 +306,10 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
                          **common)  # fmt: skip
     hay_c: list[CachedDoc] = []
     if d.n_hay:
-        hay_c = build_cache(model, tok, synth.make_hay_docs(d.n_hay, cfg.seed), path=run_dir / "cache" /
-                            f"hay-{cache_key(key=key, n=d.n_hay)}.pt", desc="cache hay", **common)  # fmt: skip
+        hay_docs = synth.make_hay_docs(d.n_hay, cfg.seed, tuple(d.hay_sentences))
+        hay_key = cache_key(key=key, n=d.n_hay, sentences=d.hay_sentences)
+        hay_c = build_cache(model, tok, hay_docs, path=run_dir / "cache" / f"hay-{hay_key}.pt", desc="cache hay",
+                            **common)  # fmt: skip
     lora = RowLora(model, hc.module_names())
     metrics = run_dir / "metrics.jsonl"
     base_file = run_dir / "baseline.json"
