@@ -37,6 +37,7 @@ from agent_sleep.errors import (
     InvalidInputError,
     PayloadTooLargeError,
 )
+from agent_sleep.generators.result import GeneratedAdapter
 from agent_sleep.store.records import check_text
 
 if TYPE_CHECKING:
@@ -74,22 +75,13 @@ def check_document(text: str | bytes) -> str:
 
 
 @dataclass(frozen=True, eq=False)
-class Internalized:
-    """A generated adapter in memory: PEFT-keyed CPU tensors and the ``adapter_config`` to save them with."""
+class Internalized(GeneratedAdapter):
+    """A D2L adapter in memory; ``layers`` keeps the unscaled (A, B) per module for applying it in place."""
 
-    tensors: dict[str, Tensor]
-    lora_config: dict[str, Any]
-    chunks: int
-    rank: int
     tokens: int
-    seconds: float
     document_sha256: str
     scale: float
     layers: dict[str, tuple[Tensor, Tensor]] = field(repr=False)  # module -> (A [R, in], B [out, R]), unscaled
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
 class D2LGenerator:

@@ -48,6 +48,7 @@ from agent_sleep.adapters.lora_config import peft_key, peft_lora_config
 from agent_sleep.adapters.manifest import AdapterManifest, AdapterSources, BaseModelRef, GeneratorInfo
 from agent_sleep.errors import InvalidInputError
 from agent_sleep.generators.prompts import answer_ids, question_prompt
+from agent_sleep.generators.result import GeneratedAdapter
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -84,20 +85,14 @@ class CDSettings(BaseModel):
 
 
 @dataclass(frozen=True, eq=False)
-class DistilledAdapter:
-    """The trained LoRA, shaped like D2L's ``Internalized`` (tensors, lora_config, chunks, rank, seconds, nbytes).
+class DistilledAdapter(GeneratedAdapter):
+    """The trained LoRA (the fields of every generator's result, plus how training went).
 
     ``tensors`` are PEFT-keyed CPU tensors; ``seconds`` is the whole run
     (teacher answers plus training), split into ``teacher_seconds`` and
     ``train_seconds``. ``stopped`` says what ended training.
     """
 
-    tensors: dict[str, Tensor]
-    lora_config: dict[str, Any]
-    chunks: int
-    rank: int
-    seconds: float
-    nbytes: int
     steps: int
     teacher_seconds: float
     train_seconds: float
@@ -431,7 +426,6 @@ def distill(
         chunks=1,
         rank=cfg.rank,
         seconds=time.perf_counter() - started,
-        nbytes=sum(t.numel() * t.element_size() for t in tensors.values()),
         steps=len(losses),
         teacher_seconds=teacher_seconds,
         train_seconds=train_seconds,
