@@ -22,7 +22,10 @@ gold string, case-insensitive"; prompts are D2L's (``generators.prompts``):
   same modules and rank as D2L, trained on the probe questions against the
   teacher's (= condition (c)'s) own greedy answers (``--cd-targets gold`` to
   train on the gold probe answers instead), within ``--cd-budget`` seconds.
-  Also "(b) via ask prompt": the same D2L adapter behind the chat-template
+  Also "(b) other doc": each document's questions asked through the D2L
+  adapter of the *next* document in its set, a control for whether the adapter
+  carries this document or only the answer format and prior; and
+  "(b) via ask prompt": the same D2L adapter behind the chat-template
   prompt ``agent-sleep ask`` sends (SmolLM2's template adds a system prompt the
   hypernetwork never saw in training).
 Also per document: D2L internalisation seconds, seconds of ONE forward pass of
@@ -230,7 +233,8 @@ def run_document(doc: dict[str, Any], runner: Runner, gen: Any, args: argparse.N
         chunk = args.niah_chunk_tokens if doc["set"] == "niah" else args.chunk_tokens
         result, seconds = timed(lambda: gen.internalize(doc["text"], chunk_tokens=chunk), args.repeat if fits else 1)
         folder = gen.write(result, tmp / f"d2l-{doc['set']}-{doc['id']}", sources={"description": doc["id"]})
-        row.update(d2l_s=seconds, d2l_chunks=result.chunks, d2l_rank=result.rank, d2l_mb=adapter_mb(folder))
+        row.update(d2l_s=seconds, d2l_chunks=result.chunks, d2l_rank=result.rank, d2l_mb=adapter_mb(folder),
+                   d2l_folder=str(folder))  # fmt: skip
         stack = runner.stack_from_folder(folder)
         row["answers"]["b"] = score(runner, doc["eval"], stack=stack)
         # The same adapter behind the prompt `agent-sleep ask` builds (chat template, default system prompt).
@@ -249,8 +253,22 @@ def run_document(doc: dict[str, Any], runner: Runner, gen: Any, args: argparse.N
         row.update(cd_s=result.seconds, cd_teacher_s=result.teacher_seconds, cd_steps=result.steps,
                    cd_first_loss=result.first_loss, cd_final_loss=result.final_loss, cd_mb=adapter_mb(folder))  # fmt: skip
         row["answers"]["d"] = score(runner, doc["eval"], stack=runner.stack_from_folder(folder))
-    row["acc"] = {k: (None if v is None else sum(r["hit"] for r in v) / max(1, len(v))) for k, v in row["answers"].items()}
+    _accuracies(row)
     return row
+
+
+def _accuracies(row: dict[str, Any]) -> None:
+    row["acc"] = {k: (None if v is None else sum(r["hit"] for r in v) / max(1, len(v))) for k, v in row["answers"].items()}
+
+
+def score_other_adapters(rows: list[dict[str, Any]], docs: list[dict[str, Any]], runner: Runner) -> None:
+    """Condition "(b) other doc": document i's questions through document i+1's D2L adapter (same set)."""
+    if len(rows) < 2 or "d2l_folder" not in rows[0]:
+        return
+    for i, (row, doc) in enumerate(zip(rows, docs, strict=True)):
+        other = runner.stack_from_folder(Path(rows[(i + 1) % len(rows)]["d2l_folder"]))
+        row["answers"]["b_other"] = score(runner, doc["eval"], stack=other)
+        _accuracies(row)
 
 
 # ---------------------------------------------------------------- summaries
@@ -264,7 +282,7 @@ def _mean(values: list[float | None]) -> float | None:
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Accuracies over questions (not documents), mean timings and sizes over documents."""
     out: dict[str, Any] = {"docs": len(rows), "questions": sum(r["questions"] for r in rows)}
-    for k in (*CONDITIONS, "b_ask"):
+    for k in (*CONDITIONS, "b_ask", "b_other"):
         answered = [a for r in rows if r["answers"].get(k) is not None for a in r["answers"][k]]
         out[f"acc_{k}"] = sum(a["hit"] for a in answered) / len(answered) if answered else None
     a, b, c, d = (out[f"acc_{k}"] for k in CONDITIONS)
@@ -286,14 +304,14 @@ def _f(value: Any, fmt: str = "{:.2f}") -> str:
 def markdown(summary: dict[str, dict[str, Any]], niah: dict[str, dict[str, Any]]) -> str:
     pct = "{:.0%}"
     header = ("| documents | docs / questions | (a) base | (b) D2L | (c) in context | (d) grad CD | gap recovered (b) "
-              "| (b) via ask prompt | D2L s | 1 forward s | D2L / forward | CD s | D2L speedup vs CD | adapter MB "
+              "| (b) other doc | (b) via ask prompt | D2L s | 1 forward s | D2L / forward | CD s | D2L speedup vs CD | adapter MB "
               "| KV cache MB |")  # fmt: skip
-    lines = [header, "|---" * 15 + "|"]
+    lines = [header, "|---" * 16 + "|"]
     for name, s in summary.items():
         lines.append(
             f"| {name} (~{_f(s['tokens'], '{:.0f}')} tok) | {s['docs']} / {s['questions']} | {_f(s['acc_a'], pct)} "
             f"| {_f(s['acc_b'], pct)} | {_f(s['acc_c'], pct)} | {_f(s['acc_d'], pct)} | {_f(s['gap_recovered'], pct)} "
-            f"| {_f(s['acc_b_ask'], pct)} | {_f(s['d2l_s'], '{:.3f}')} | {_f(s['forward_s'], '{:.3f}')} "
+            f"| {_f(s['acc_b_other'], pct)} | {_f(s['acc_b_ask'], pct)} | {_f(s['d2l_s'], '{:.3f}')} | {_f(s['forward_s'], '{:.3f}')} "
             f"| {_f(s['d2l_over_forward'], '{:.2f}x')} "
             f"| {_f(s['cd_s'], '{:.0f}')} | {_f(s['speedup_vs_cd'], '{:.0f}x')} | {_f(s['d2l_mb'])} | {_f(s['kv_mb'])} |"
         )
@@ -433,13 +451,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-d2l-") as tmp_name:
         tmp = Path(tmp_name)
         for name, docs in sets.items():
+            set_rows = []
             for i, doc in enumerate(docs, 1):
                 t0 = time.perf_counter()
                 row = run_document(doc, runner, gen, args, tmp, cd_modules)
-                rows.append(row)
+                set_rows.append(row)
                 accs = " ".join(f"{k}={_f(row['acc'][k], '{:.2f}')}" for k in CONDITIONS)
                 log(f"[{name} {i}/{len(docs)}] {doc['id']}: {row['tokens']} tok, {accs} "
                     f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+            score_other_adapters(set_rows, docs, runner)
+            for row in set_rows:
+                row.pop("d2l_folder", None)  # a temporary folder: gone after the run
+            rows += set_rows
         niah_rows: list[dict[str, Any]] = []
         if args.niah and gen is not None:
             from pipelines.d2l import synth
@@ -450,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
                     nd = {"id": doc["id"], "set": "niah", "text": doc["text"], "eval": doc["qa"], "train": []}
                     row = run_document(nd, runner, gen, args, tmp, cd_modules)
                     row.update(target_tokens=tokens, depth=doc.get("depth"))
+                    row.pop("d2l_folder", None)
                     niah_rows.append(row)
                     log(f"[niah {tokens}] {row['tokens']} tok, {row['d2l_chunks']} chunks: recall "
                         f"{_f(row['acc']['b'])} in {row['d2l_s']:.1f} s ({time.perf_counter() - t0:.0f} s)")  # fmt: skip

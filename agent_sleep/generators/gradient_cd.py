@@ -45,7 +45,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent_sleep.adapters.lora_config import peft_key, peft_lora_config
-from agent_sleep.adapters.manifest import AdapterManifest, AdapterSources, BaseModelRef, GeneratorInfo
+from agent_sleep.adapters.manifest import (
+    AdapterManifest,
+    AdapterSources,
+    BaseModelRef,
+    GeneratorInfo,
+)
 from agent_sleep.errors import InvalidInputError
 from agent_sleep.generators.prompts import answer_ids, question_prompt
 from agent_sleep.generators.result import GeneratedAdapter
