@@ -191,7 +191,8 @@ class HyperNet(nn.Module):
         bias_b = self.bias_B.to(b.dtype)[None].expand(n, -1, -1, -1)
         return torch.cat([a, bias_a], dim=2), torch.cat([b, bias_b], dim=3)
 
-    def forward(self, feats: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def _encode(self, feats: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Normalised features, their projection (the context), the latents and one vector per (layer, rank) slot."""
         c = self.config
         feats = feats.to(self.head.weight.dtype)
         if c.standardize:
@@ -199,12 +200,27 @@ class HyperNet(nn.Module):
         normed = self.in_norm(feats)
         gate, up = self.in_up(normed).chunk(2, dim=-1)
         ctx = self.in_down(F.silu(gate) * up)
-        n = feats.shape[0]
-        lat = self.latents.expand(n, -1, -1)
+        lat = self.latents.expand(feats.shape[0], -1, -1)
         for block in self.blocks:
             lat = block(lat, ctx, mask)
         lat = self.latent_norm(lat)
-        z = self.decoder(self.queries.expand(n, -1, -1), lat, None)
+        z = self.decoder(self.queries.expand(feats.shape[0], -1, -1), lat, None)
+        return normed, ctx, lat, z
+
+    def _gate(self, lat: Tensor) -> Tensor:
+        return torch.sigmoid(self.gate(lat.mean(1)))[:, 0]
+
+    @torch.no_grad()
+    def chunk_gates(self, feats: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Each chunk's gate on B, ``[N]`` (all ones without ``chunk_gate``): how much of it the adapter keeps."""
+        if not self.config.chunk_gate:
+            return torch.ones(feats.shape[0], device=feats.device)
+        return self._gate(self._encode(feats, mask)[2])
+
+    def forward(self, feats: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        c = self.config
+        normed, ctx, lat, z = self._encode(feats, mask)
+        n = feats.shape[0]
         if c.b_head == "copy":
             a_rows = self.head(F.normalize(z, dim=-1))
             scores = self.ptr_q(z) @ self.ptr_k(ctx).transpose(1, 2) / math.sqrt(c.latent_dim)  # [N, slots, T]
@@ -222,5 +238,5 @@ class HyperNet(nn.Module):
         a = a_rows.reshape(n, len(c.layers), c.rank, c.d_in) * self.scale_A[None, :, :, None]
         b = b_rows.reshape(n, len(c.layers), c.rank, c.d_out) * self.scale_B[None, :, :, None]
         if c.chunk_gate:
-            b = b * torch.sigmoid(self.gate(lat.mean(1)))[:, :, None, None]
+            b = b * self._gate(lat)[:, None, None, None]
         return a, b.transpose(-1, -2)

@@ -7,7 +7,8 @@ Greedy answer contains the gold answer, on held-out synthetic documents
 (unseen entities), for: the base model without the document, base + the
 document's D2L adapter, base + *another* document's adapter (shuffled: what
 a document-independent prior alone scores), and the base model with the
-document in context; per attribute too. Adapters go through the generator's
+document in context; per attribute too; with a chunk gate, its mean value on
+the fact documents and on filler-only documents. Adapters go through the generator's
 public path (:meth:`D2LGenerator.internalize`), so this also checks it.
 """
 
@@ -66,6 +67,19 @@ def main(argv: list[str] | None = None) -> int:
         per_attr[attr] = {name: sum(items[i][1]["answer"].lower() in answers[name][i].lower() for i in idx) / len(idx)
                           for name in answers}  # fmt: skip
     out["per_attribute"] = per_attr
+    if hc.chunk_gate:  # how much of a chunk the adapter keeps: facts should stay open, filler should shut
+        from agent_sleep.generators.backbone import hidden_after
+
+        def mean_gate(texts: list[str]) -> float:
+            values = []
+            for text in texts:
+                ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"][:256]])
+                feats = hidden_after(model, ids, torch.ones_like(ids), hc.encoder_layers)
+                values.append(gen.net.chunk_gates(feats.float()).item())
+            return sum(values) / len(values)
+
+        out["gate_fact_docs"] = mean_gate([d["text"] for d in docs])
+        out["gate_filler_docs"] = mean_gate([h["text"] for h in synth.make_hay_docs(len(docs), args.seed + 99)])
     out["samples"] = [{"q": items[i][1]["question"], "gold": items[i][1]["answer"], "d2l": answers["d2l"][i]}
                       for i in range(min(6, len(items)))]  # fmt: skip
     lora.remove()

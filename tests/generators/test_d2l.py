@@ -253,9 +253,12 @@ def test_chunk_gate_can_switch_a_chunk_off() -> None:
     feats = torch.randn(1, 5, 16)
     with torch.no_grad():
         _, open_b = net(feats)
+        opened = net.chunk_gates(feats)
         net.gate.bias.fill_(-60.0)
         a, shut_b = net(feats)
     assert open_b.abs().max() > 0.1 and shut_b.abs().max() < 1e-20 and a.abs().max() > 0
+    torch.testing.assert_close(opened, torch.sigmoid(torch.tensor([2.0])))  # the gate starts mostly open
+    assert net.chunk_gates(feats).item() < 1e-20 and _copy_net().chunk_gates(feats).item() == 1.0
 
 
 def test_induction_a_rows_match_the_token_before_the_pointer() -> None:
