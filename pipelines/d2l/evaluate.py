@@ -1,7 +1,7 @@
 """Held-out evaluation of a D2L checkpoint, with the controls that tell real internalisation from a prior.
 
     .venv/bin/python pipelines/d2l/evaluate.py agent_sleep/generators/checkpoints/d2l-smollm2-135m \
-        --n-docs 48 --seed 1 [--json]
+        --n-docs 48 --seed 1 [--attributes colour,town] [--n-facts 1,2] [--json]
 
 Greedy answer contains the gold answer, on held-out synthetic documents
 (unseen entities), for: the base model without the document, base + the
@@ -38,12 +38,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="held-out seed (training evals use seed+1 = 1)")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--attributes", help="comma-separated attributes (default: the checkpoint's training data)")
+    parser.add_argument("--n-facts", help="LO,HI facts per document (default: the checkpoint's training data)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     gen = D2LGenerator.load(args.checkpoint)
     data = read_checkpoint_config(args.checkpoint).get("training", {}).get("config", {}).get("data", {})
     opts = {k: data[k] for k in ("n_facts", "n_filler", "vocab_size", "attributes") if k in data}
+    if args.attributes:
+        opts["attributes"] = [a.strip() for a in args.attributes.split(",") if a.strip()]
+    if args.n_facts:
+        opts["n_facts"] = [int(v) for v in args.n_facts.split(",")]
     docs = synth.make_fact_docs(args.n_docs, args.seed, "heldout", **{k: tuple(v) if isinstance(v, list) and
                                                                       k != "attributes" else v
                                                                       for k, v in opts.items()})  # fmt: skip
