@@ -149,8 +149,11 @@ class Runner:
             prompt = question_prompt(self.tok, question.strip(), context)
         ids = self.tok(prompt, add_special_tokens=False)["input_ids"]
         step, past, out_ids = torch.tensor([ids], device=self.handle.device), None, []
+        # With the document in context SmolLM2 answers in whole sentences ("The fee is 12% of ..."); a short budget
+        # would cut the answer before the value and understate condition (c), so it gets at least 48 tokens.
+        budget = self.max_new_tokens if context is None else max(48, self.max_new_tokens)
         with torch.inference_mode(), self.hooks.activate(stack):
-            for _ in range(self.max_new_tokens):
+            for _ in range(budget):
                 out = self.handle.model(input_ids=step, use_cache=True, **{self.cache_kwarg: past})
                 past = getattr(out, self.cache_kwarg)
                 token = int(out.logits[0, -1].argmax())

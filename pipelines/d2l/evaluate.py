@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     answers = {}
     for name, ab, ctx in [("base", None, False), ("d2l", (a, b), False), ("d2l_shuffled", (a[shift], b[shift]), False),
                           ("with_document", None, True)]:  # fmt: skip
-        acc, answers[name] = greedy_accuracy(model, tok, lora, hc, docs, ab, "cpu", args.max_new_tokens, ctx)
+        budget = max(32, args.max_new_tokens) if ctx else args.max_new_tokens  # in context it answers in sentences
+        acc, answers[name] = greedy_accuracy(model, tok, lora, hc, docs, ab, "cpu", budget, ctx)
         out[f"acc_{name}"] = acc
     items = [(d, qa) for d in docs for qa in d["qa"]]
     per_attr: dict[str, dict[str, float]] = {}
