@@ -321,7 +321,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
             ce_base = per_doc_mean(qa_loss(model, lora, hc, None, rows, device), rows).item()
         acc_base, _ = greedy_accuracy(model, tok, lora, hc, eval_docs, None, device, cfg.eval_max_new_tokens)
         # With the document in context the base model often answers in a full sentence ("The magic number of X
-        # is 4721."), so it gets more tokens than the adapter conditions (measured on 24 mixed held-out documents: 14.6 % with 12 tokens, 56.2 % with 32).
+        # is 4721."), so it gets more tokens than the adapter conditions (24 mixed held-out documents: 14.6 %
+        # with 12 new tokens, 56.2 % with 32).
         acc_doc, _ = greedy_accuracy(model, tok, lora, hc, eval_docs, None, device,
                                      max(32, cfg.eval_max_new_tokens), True)  # fmt: skip
         baseline = {"eval_ce_base": ce_base, "acc_base": acc_base, "acc_with_doc": acc_doc,
