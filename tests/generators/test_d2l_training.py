@@ -73,17 +73,22 @@ def test_shipped_configs_validate() -> None:
         TrainConfig.load(path)
 
 
+def _tiny_recipe(data: dict | None = None, hyper: dict | None = None, **top: object) -> dict:
+    """A meta-training config for the tiny random Llama (two blocks), with overrides."""
+    return {
+        "model": "unused",
+        "data": {"n_train": 6, "n_eval": 3, "n_facts": [1, 2], "n_filler": [0, 0], "max_doc_tokens": 48,
+                 **(data or {})},
+        "hyper": {"rank": 4, "first_lora_layer": 1, "encoder_layers": 1, "latent_dim": 32, "n_latents": 4,
+                  "n_heads": 2, "n_blocks": 1, "scale": 40.0, "use_bias": True, "standardize": True, **(hyper or {})},
+        "docs_per_step": 6, "qas_per_doc": 2, "lr": 0.01, "warmup": 1, "l1": 0.0, "log_every": 1,
+        "eval_max_new_tokens": 2, **top,
+    }  # fmt: skip
+
+
 def test_few_steps_reduce_the_loss_and_resume_continues(tmp_path: Path) -> None:
     handle = load_base_model(str(make_tiny_model_dir(tmp_path)), device="cpu")
-    raw = {
-        "model": "unused", "data": {"n_train": 6, "n_eval": 3, "n_facts": [1, 2], "n_filler": [0, 0],
-                                    "max_doc_tokens": 48},
-        "hyper": {"rank": 4, "first_lora_layer": 1, "encoder_layers": 1, "latent_dim": 32, "n_latents": 4,
-                  "n_heads": 2, "n_blocks": 1, "scale": 40.0, "use_bias": True,
-                  "standardize": True},
-        "steps": 4, "docs_per_step": 6, "qas_per_doc": 2, "lr": 0.01, "warmup": 1, "l1": 0.0, "log_every": 1,
-        "ckpt_every": 2, "eval_every": 100, "eval_max_new_tokens": 2,
-    }  # fmt: skip
+    raw = _tiny_recipe(steps=4, ckpt_every=2, eval_every=100)
     run = tmp_path / "run"
     first = train(TrainConfig.model_validate(raw), run, device="cpu", handle=handle, threads=1)
     assert first["step"] == 4
@@ -138,16 +143,9 @@ def test_group_loras_concatenate_along_rank_and_pad_with_no_ops() -> None:
 
 def test_multi_chunk_training_with_filler_chunks_and_copy_head(tmp_path: Path) -> None:
     handle = load_base_model(str(make_tiny_model_dir(tmp_path)), device="cpu")
-    raw = {
-        "model": "unused",
-        "data": {"n_train": 6, "n_eval": 4, "n_facts": [1, 2], "n_filler": [0, 0], "max_doc_tokens": 48,
-                 "chunk_probs": [0.3, 0.4, 0.3], "n_hay": 3, "p_hay": 1.0, "max_hay": 2},
-        "hyper": {"rank": 4, "first_lora_layer": 1, "encoder_layers": 1, "latent_dim": 32, "n_latents": 4,
-                  "n_heads": 2, "n_blocks": 1, "scale": 40.0, "use_bias": True, "standardize": True,
-                  "b_head": "copy", "chunk_gate": True, "scale_B_init": 0.1},
-        "steps": 6, "docs_per_step": 6, "qas_per_doc": 2, "lr": 0.01, "warmup": 1, "l1": 0.0, "log_every": 1,
-        "ckpt_every": 3, "eval_every": 3, "eval_max_new_tokens": 2,
-    }  # fmt: skip
+    raw = _tiny_recipe(data={"n_eval": 4, "chunk_probs": [0.3, 0.4, 0.3], "n_hay": 3, "p_hay": 1.0, "max_hay": 2},
+                       hyper={"b_head": "copy", "chunk_gate": True, "scale_B_init": 0.1},
+                       steps=6, ckpt_every=3, eval_every=3)  # fmt: skip
     run = tmp_path / "run"
     summary = train(TrainConfig.model_validate(raw), run, device="cpu", handle=handle, threads=1)
     assert summary["step"] == 6
