@@ -164,24 +164,16 @@ class D2LGenerator:
                     )
                 a_parts.append(a.float().cpu())
                 b_parts.append(b.float().cpu())
-        a_all = torch.cat(a_parts)  # [K, L, r, in]
-        b_all = torch.cat(b_parts)  # [K, L, out, r]
-        k = a_all.shape[0]
-        rank = k * c.rank
-        extra = c.rank if c.use_bias else 0
+        a_all, b_all = torch.cat(a_parts), torch.cat(b_parts)  # [K, L, r, in], [K, L, out, r]
+        with torch.no_grad():  # all chunks along rank (+ the bias block once): [L, R, in], [L, out, R]
+            a_cat, b_cat = self.net.concat_chunks(a_all, b_all)
+        k, rank = a_all.shape[0], a_cat.shape[1]
         layers: dict[str, tuple[Tensor, Tensor]] = {}
         tensors: dict[str, Tensor] = {}
         for li, module in enumerate(c.module_names()):
-            a_cat = a_all[:, li].reshape(rank, c.d_in)
-            b_cat = b_all[:, li].permute(1, 0, 2).reshape(c.d_out, rank)
-            if extra:  # the document-independent bias block, once per adapter (not per chunk)
-                a_cat = torch.cat([a_cat, self.net.bias_A[li].detach().float().cpu()])
-                b_cat = torch.cat([b_cat, self.net.bias_B[li].detach().float().cpu()], dim=1)
-            a_cat, b_cat = a_cat.contiguous(), b_cat.contiguous()
-            layers[module] = (a_cat, b_cat)
-            tensors[f"{_PEFT_PREFIX}{module}.lora_A.weight"] = a_cat
-            tensors[f"{_PEFT_PREFIX}{module}.lora_B.weight"] = b_cat
-        rank += extra
+            layers[module] = (a_cat[li].contiguous(), b_cat[li].contiguous())
+            tensors[f"{_PEFT_PREFIX}{module}.lora_A.weight"] = layers[module][0]
+            tensors[f"{_PEFT_PREFIX}{module}.lora_B.weight"] = layers[module][1]
         lora_config = {"r": rank, "lora_alpha": c.scale * rank, "target_modules": c.module_names(),
                        "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"}  # fmt: skip
         return Internalized(

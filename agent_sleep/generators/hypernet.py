@@ -182,14 +182,19 @@ class HyperNet(nn.Module):
             self.feat_mean.copy_(feats.float().mean(0))
             self.feat_std.copy_(feats.float().std(0).clamp_min(1e-3))
 
-    def with_bias(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-        """Append the bias block along rank to per-document ``a [N, L, R, in]``, ``b [N, L, out, R]`` (if any)."""
+    def concat_chunks(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """One adapter from the LoRAs of K chunks, ``a [K, L, r, in]``, ``b [K, L, out, r]``: concatenated along
+        rank, chunk-major (their deltas add up), plus the bias block once if there is one.
+
+        Returns ``a [L, R, in]``, ``b [L, out, R]`` with R = K*r (+ r). The generator and meta-training both
+        build adapters here, so what is trained is what is shipped.
+        """
+        k, n_layers, r, d_in = a.shape
+        a_cat = a.transpose(0, 1).reshape(n_layers, k * r, d_in)
+        b_cat = b.permute(1, 2, 0, 3).reshape(n_layers, b.shape[2], k * r)
         if not self.config.use_bias:
-            return a, b
-        n = a.shape[0]
-        bias_a = self.bias_A.to(a.dtype)[None].expand(n, -1, -1, -1)
-        bias_b = self.bias_B.to(b.dtype)[None].expand(n, -1, -1, -1)
-        return torch.cat([a, bias_a], dim=2), torch.cat([b, bias_b], dim=3)
+            return a_cat, b_cat
+        return torch.cat([a_cat, self.bias_A.to(a_cat)], dim=1), torch.cat([b_cat, self.bias_B.to(b_cat)], dim=2)
 
     def _encode(self, feats: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Normalised features, their projection (the context), the latents and one vector per (layer, rank) slot."""

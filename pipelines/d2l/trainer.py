@@ -102,20 +102,16 @@ def _chunk_loras(net: HyperNet, docs: list[CachedDoc], device: Any) -> tuple[Ten
 
 
 def group_loras(net: HyperNet, a: Tensor, b: Tensor, groups: list[list[int]]) -> tuple[Tensor, Tensor]:
-    """Concatenate chunk LoRAs along rank per group (as :meth:`D2LGenerator.internalize` does for the chunks of
-    one document), zero-pad to the largest group (exact no-op ranks) and append the bias block once.
+    """One adapter per group of chunk LoRAs (:meth:`HyperNet.concat_chunks`, as the generator does for the chunks
+    of one document), zero-padded along rank to the largest group (padding ranks are exact no-ops).
 
     ``a [M, L, r, in]``, ``b [M, L, out, r]`` -> ``[G, L, R, in]``, ``[G, L, out, R]``.
     """
-    n_layers, r = a.shape[1], a.shape[2]
-    width = max(len(g) for g in groups) * r
-    a_out = a.new_zeros(len(groups), n_layers, width, a.shape[3])
-    b_out = b.new_zeros(len(groups), n_layers, b.shape[2], width)
-    for gi, members in enumerate(groups):
-        k = len(members) * r
-        a_out[gi, :, :k] = a[members].transpose(0, 1).reshape(n_layers, k, a.shape[3])
-        b_out[gi, :, :, :k] = b[members].permute(1, 2, 0, 3).reshape(n_layers, b.shape[2], k)
-    return net.with_bias(a_out, b_out)
+    adapters = [net.concat_chunks(a[members], b[members]) for members in groups]
+    width = max(ga.shape[1] for ga, _ in adapters)
+    a_out = torch.stack([F.pad(ga, (0, 0, 0, width - ga.shape[1])) for ga, _ in adapters])
+    b_out = torch.stack([F.pad(gb, (0, width - gb.shape[2])) for _, gb in adapters])
+    return a_out, b_out
 
 
 def _doc_loras(net: HyperNet, docs: list[CachedDoc], device: Any) -> tuple[Tensor, Tensor]:
