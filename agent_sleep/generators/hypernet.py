@@ -43,14 +43,23 @@ about tokenisation, files or PEFT; see :mod:`agent_sleep.generators.d2l`.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-__all__ = ["HyperConfig", "HyperNet"]
+__all__ = ["HyperConfig", "HyperNet", "HyperOutput"]
+
+
+class HyperOutput(NamedTuple):
+    """Everything one pass emits: the LoRA, and what meta-training can supervise directly."""
+
+    a: Tensor  # [N, L, r, d_in]
+    b: Tensor  # [N, L, d_out, r]
+    pointer: Tensor | None  # [N, L*r, T]: each slot's attention over the chunk's tokens (copy head only)
+    gate: Tensor | None  # [N]: each chunk's gate on B (chunk_gate only)
 
 
 class HyperConfig(BaseModel):
@@ -223,9 +232,15 @@ class HyperNet(nn.Module):
         return self._gate(self._encode(feats, mask)[2])
 
     def forward(self, feats: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        out = self.explain(feats, mask)
+        return out.a, out.b
+
+    def explain(self, feats: Tensor, mask: Tensor | None = None) -> HyperOutput:
+        """The LoRA of each chunk plus its pointer attention and gate (``forward`` keeps only the LoRA)."""
         c = self.config
         normed, ctx, lat, z = self._encode(feats, mask)
         n = feats.shape[0]
+        attn = gate = None
         if c.b_head == "copy":
             a_rows = self.head(F.normalize(z, dim=-1))
             scores = self.ptr_q(z) @ self.ptr_k(ctx).transpose(1, 2) / math.sqrt(c.latent_dim)  # [N, slots, T]
@@ -243,5 +258,6 @@ class HyperNet(nn.Module):
         a = a_rows.reshape(n, len(c.layers), c.rank, c.d_in) * self.scale_A[None, :, :, None]
         b = b_rows.reshape(n, len(c.layers), c.rank, c.d_out) * self.scale_B[None, :, :, None]
         if c.chunk_gate:
-            b = b * self._gate(lat)[:, None, None, None]
-        return a, b.transpose(-1, -2)
+            gate = self._gate(lat)
+            b = b * gate[:, None, None, None]
+        return HyperOutput(a, b.transpose(-1, -2), attn, gate)

@@ -24,9 +24,11 @@ from tqdm import tqdm
 from agent_sleep.generators.backbone import hidden_after
 from agent_sleep.generators.prompts import answer_ids, question_prompt
 
-__all__ = ["CachedDoc", "build_cache", "cache_key", "pad_right"]
+__all__ = ["CachedDoc", "build_cache", "cache_key", "pad_right", "value_positions"]
 
-CachedDoc = dict[str, Any]  # {"id", "feats": [T, H] fp16, "qa": [{"ids", "n_prompt", "hidden", "answer", "question"}]}
+# {"id", "feats": [T, H] fp16, "value_pos": [token positions of stated values],
+#  "qa": [{"ids", "n_prompt", "hidden", "answer", "question"}]}
+CachedDoc = dict[str, Any]
 
 
 def cache_key(**parts: Any) -> str:
@@ -42,6 +44,27 @@ def pad_right(seqs: Sequence[Tensor], value: float = 0.0) -> tuple[Tensor, Tenso
         out[i, : s.shape[0]] = s
         mask[i, : s.shape[0]] = 1
     return out, mask
+
+
+def value_positions(tokenizer: Any, text: str, spans: Sequence[Sequence[int]], max_tokens: int) -> list[int]:
+    """Positions (below ``max_tokens``) of the tokens of ``text`` that overlap any character span ``[start, end)``.
+
+    Uses the fast tokenizer's offsets; otherwise counts the tokens of the text before and through each span.
+    """
+    if not spans:
+        return []
+    if getattr(tokenizer, "is_fast", False):
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        hit = [i for i, (a, b) in enumerate(offsets[:max_tokens]) if any(a < e and s < b for s, e in spans)]
+        return hit
+
+    def count(prefix: str) -> int:
+        return len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+
+    out: set[int] = set()
+    for s, e in spans:
+        out.update(range(count(text[:s]), max(count(text[:s]) + 1, count(text[:e]))))
+    return sorted(i for i in out if i < max_tokens)
 
 
 @torch.no_grad()
@@ -79,7 +102,11 @@ def build_cache(model: Any, tokenizer: Any, docs: Sequence[dict[str, Any]], *, e
     hidden = _hidden(model, [r[2] for r in rows], first_lora_layer, device, batch * 2)
     bar.update()
     bar.close()
-    cached: list[CachedDoc] = [{"id": d["id"], "feats": f, "qa": []} for d, f in zip(docs, feats, strict=True)]
+    cached: list[CachedDoc] = [
+        {"id": d["id"], "feats": f, "qa": [],
+         "value_pos": value_positions(tokenizer, d["text"], list(d.get("spans", {}).values()), max_doc_tokens)}
+        for d, f in zip(docs, feats, strict=True)
+    ]  # fmt: skip
     for (di, qa, ids, n_prompt), h in zip(rows, hidden, strict=True):
         cached[di]["qa"].append({"ids": ids, "n_prompt": n_prompt, "hidden": h, "question": qa["question"],
                                  "answer": qa["answer"]})  # fmt: skip

@@ -171,14 +171,18 @@ def make_fact_docs(
     n_filler: tuple[int, int] = (0, 2),
     vocab_size: int | None = None,
     attributes: Sequence[str] = ATTRIBUTES,
+    n_hay: tuple[int, int] = (0, 0),
 ) -> list[Doc]:
     """``n`` documents about fictional entities, each with one question per stated fact.
 
     A document states ``n_facts`` (inclusive range) attributes of one entity in
     shuffled order, mixed with ``n_filler`` neutral sentences (40-120 tokens at
-    the defaults). ``qa`` and ``probe_qa`` ask about the same facts in
-    different wordings. ``vocab_size`` keeps only the first values of each
-    vocabulary. Deterministic in (n, seed, split, options).
+    the defaults) and ``n_hay`` haystack sentences (a fact buried in unrelated
+    text, like a needle in one chunk of a long document). ``qa`` and
+    ``probe_qa`` ask about the same facts in different wordings; ``spans`` maps
+    each attribute to the character span ``[start, end)`` of its value in
+    ``text``. ``vocab_size`` keeps only the first values of each vocabulary.
+    Deterministic in (n, seed, split, options).
     """
     unknown = [a for a in attributes if a not in VOCAB and a not in OPEN_VALUES]
     if unknown:
@@ -194,16 +198,26 @@ def make_fact_docs(
         attrs = rng.sample(list(attributes), rng.randint(lo, hi))
         facts = {a: OPEN_VALUES[a](rng) if a in OPEN_VALUES else rng.choice(VOCAB[a][: vocab_size or None])
                  for a in attrs}  # fmt: skip
-        sentences = [rng.choice(_TEMPLATES[a][0]).format(e=entity, v=v) for a, v in facts.items()]
-        sentences += rng.sample(_FILLER, rng.randint(*n_filler))
+        stated = []  # (sentence, attribute, offset of the value in the sentence)
+        for a, v in facts.items():
+            template = rng.choice(_TEMPLATES[a][0])
+            stated.append((template.format(e=entity, v=v), a, len(template.split("{v}")[0].format(e=entity))))
+        sentences = stated + [(f, None, 0) for f in rng.sample(_FILLER, rng.randint(*n_filler))]
+        if n_hay[1]:
+            sentences += [(rng.choice(_HAY), None, 0) for _ in range(rng.randint(*n_hay))]
         rng.shuffle(sentences)
-        text = " ".join(sentences)
+        text = " ".join(sentence for sentence, _, _ in sentences)
+        spans, at = {}, 0
+        for sentence, a, offset in sentences:
+            if a is not None:
+                spans[a] = [at + offset, at + offset + len(facts[a])]
+            at += len(sentence) + 1
         qa = [{"question": rng.choice(_TEMPLATES[a][1]).format(e=entity), "answer": v, "attribute": a}
               for a, v in facts.items()]  # fmt: skip
         probe = [{"question": rng.choice(_TEMPLATES[a][2]).format(e=entity), "answer": v, "attribute": a}
                  for a, v in facts.items()]  # fmt: skip
         docs.append({"id": doc_id(text), "kind": "facts", "text": text, "entity": entity, "facts": facts,
-                     "qa": qa, "probe_qa": probe, "split": split})  # fmt: skip
+                     "spans": spans, "qa": qa, "probe_qa": probe, "split": split})  # fmt: skip
     return docs
 
 
@@ -249,11 +263,13 @@ def make_needle_docs(n: int, seed: int, target_tokens: int, tokenizer: Any = Non
         depth = rng.random()
         pos = round(depth * len(hay))
         text = " ".join(hay[:pos] + [needle] + hay[pos:])
+        start = len(" ".join(hay[:pos])) + (1 if pos else 0) + len(needle) - len(number) - 1
         qa = [{"question": f"What is the magic number of {entity}?", "answer": number, "attribute": "magic"}]
         probe = [{"question": f"Which number is the magic number of {entity}?", "answer": number,
                   "attribute": "magic"}]  # fmt: skip
         docs.append({"id": doc_id(text), "kind": "needle", "text": text, "entity": entity, "depth": pos / len(hay),
-                     "qa": qa, "probe_qa": probe, "split": split})  # fmt: skip
+                     "spans": {"magic": [start, start + len(number)]}, "qa": qa, "probe_qa": probe,
+                     "split": split})  # fmt: skip
     return docs
 
 

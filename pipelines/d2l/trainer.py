@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from agent_sleep.generators.backbone import RowLora, logits_at, run_blocks
 from agent_sleep.generators.checkpoint import save_checkpoint
-from agent_sleep.generators.hypernet import HyperConfig, HyperNet
+from agent_sleep.generators.hypernet import HyperConfig, HyperNet, HyperOutput
 from agent_sleep.generators.prompts import question_prompt
 from pipelines.d2l import synth
 from pipelines.d2l.data import CachedDoc, build_cache, cache_key, pad_right
@@ -45,6 +45,7 @@ class DataConfig(_Strict):
     p_hay: float = 0.0  # probability that an adapter also gets 1..max_hay distractor chunks
     max_hay: int = 1
     hay_sentences: tuple[int, int] = (2, 16)
+    fact_hay: tuple[int, int] = (0, 0)  # haystack sentences mixed into each fact document (needle-like chunks)
 
 
 class HyperSettings(_Strict):
@@ -84,6 +85,11 @@ class TrainConfig(_Strict):
     eval_every: int = 100
     eval_max_new_tokens: int = 8
     threads: int = 2
+    # Auxiliary losses on what the synthetic data knows (copy head / chunk gate only). pointer_loss: every slot's
+    # pointer should rest on the tokens of stated values, and every value token should get some slot (each digit
+    # of a number included); gate_loss: binary cross-entropy of the chunk gate, 1 on fact documents, 0 on filler.
+    pointer_loss: float = 0.0
+    gate_loss: float = 0.0
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -95,10 +101,35 @@ class TrainConfig(_Strict):
 # ---------------------------------------------------------------- loss and eval
 
 
-def _chunk_loras(net: HyperNet, docs: list[CachedDoc], device: Any) -> tuple[Tensor, Tensor]:
-    """One LoRA per cached document (one chunk each), without the bias block."""
+def _chunk_loras(net: HyperNet, docs: list[CachedDoc], device: Any) -> HyperOutput:
+    """One LoRA per cached document (one chunk each), without the bias block, with its pointer and gate."""
     feats, mask = pad_right([d["feats"].to(device, torch.float32) for d in docs])
-    return net(feats, mask.bool())
+    return net.explain(feats, mask.bool())
+
+
+def aux_losses(out: HyperOutput, docs: list[CachedDoc], n_fact: int) -> tuple[Tensor, Tensor]:
+    """(pointer loss, gate loss) for chunks ``docs`` whose first ``n_fact`` state facts and the rest are filler.
+
+    Pointer: per fact document, -log of each slot's attention mass on the value tokens (focus) plus -log of the
+    mean attention each value token receives (coverage, so every digit of a number gets slots). Gate: binary
+    cross-entropy towards 1 on fact documents and 0 on filler. Zero where the network has no pointer/gate.
+    """
+    zero = out.a.new_zeros(())
+    ptr = zero
+    if out.pointer is not None:
+        terms = []
+        for i in range(n_fact):
+            pos = docs[i].get("value_pos") or []
+            if pos:
+                p = out.pointer[i][:, pos]  # [slots, P]
+                terms.append(-(p.sum(-1) + 1e-6).log().mean() - (p.mean(0) + 1e-6).log().mean())
+        ptr = torch.stack(terms).mean() if terms else zero
+    gate = zero
+    if out.gate is not None:
+        target = torch.zeros_like(out.gate)
+        target[:n_fact] = 1.0
+        gate = F.binary_cross_entropy(out.gate.clamp(1e-6, 1 - 1e-6), target)
+    return ptr, gate
 
 
 def group_loras(net: HyperNet, a: Tensor, b: Tensor, groups: list[list[int]]) -> tuple[Tensor, Tensor]:
@@ -116,8 +147,8 @@ def group_loras(net: HyperNet, a: Tensor, b: Tensor, groups: list[list[int]]) ->
 
 def _doc_loras(net: HyperNet, docs: list[CachedDoc], device: Any) -> tuple[Tensor, Tensor]:
     """One adapter per document (K = 1), bias block included."""
-    a, b = _chunk_loras(net, docs, device)
-    return group_loras(net, a, b, [[i] for i in range(len(docs))])
+    out = _chunk_loras(net, docs, device)
+    return group_loras(net, out.a, out.b, [[i] for i in range(len(docs))])
 
 
 def qa_loss(model: Any, lora: RowLora, hc: HyperConfig, ab: tuple[Tensor, Tensor] | None,
@@ -288,7 +319,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
 
     d = cfg.data
     opts = {"n_facts": tuple(d.n_facts), "n_filler": tuple(d.n_filler), "vocab_size": d.vocab_size,
-            "attributes": d.attributes}  # fmt: skip
+            "attributes": d.attributes, "n_hay": tuple(d.fact_hay)}  # fmt: skip
     train_docs = synth.make_fact_docs(d.n_train, cfg.seed, "train", **opts)
     eval_docs = synth.make_fact_docs(d.n_eval, cfg.seed + 1, "heldout", **opts)
     key = cache_key(model=handle.content_hash, data=d.model_dump(mode="json"), seed=cfg.seed,
@@ -370,8 +401,11 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
                 members = list(eval_c) + hay_c[: len(groups)] if hay_c else list(eval_c)
                 if hay_c:
                     groups = [g + [len(eval_c) + gi] for gi, g in enumerate(groups)]
-                a, b = _chunk_loras(net, members, device)
-                ab3 = group_loras(net, a, b, groups)
+                out = _chunk_loras(net, members, device)
+                ab3 = group_loras(net, out.a, out.b, groups)
+                if out.gate is not None and hay_c:
+                    extra["gate_fact"] = out.gate[: len(eval_c)].mean().item()
+                    extra["gate_filler"] = out.gate[len(eval_c) :].mean().item()
                 of = [gi for gi, g in enumerate(groups) for m in g if m < len(eval_c)]
                 extra["acc_k3"], _ = greedy_accuracy(model, tok, lora, hc, eval_docs, ab3, device,
                                                      cfg.eval_max_new_tokens, adapter_of=of)  # fmt: skip
@@ -382,6 +416,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
     bar = tqdm(total=cfg.steps, initial=step, desc="d2l meta-train", dynamic_ncols=True)
     net.train()
     window: list[float] = []
+    aux_window: list[tuple[float, float]] = []
     try:
         while step < cfg.steps and not stop["flag"]:
             if max_minutes is not None and time.monotonic() - t0 > max_minutes * 60:
@@ -398,12 +433,17 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
                 rows += [(j, qa) for qa in chosen]
                 adapter_rows += [(group_of[j], qa) for qa in chosen]
             hays = sorted({m for g in groups for m in g if m >= len(docs)})
-            a, b = _chunk_loras(net, docs + [hay_c[m - len(docs)] for m in hays], device)
+            chunks = docs + [hay_c[m - len(docs)] for m in hays]
+            out = _chunk_loras(net, chunks, device)
             remap = {m: len(docs) + h for h, m in enumerate(hays)}
-            ab = group_loras(net, a, b, [[remap.get(m, m) for m in g] for g in groups])
+            ab = group_loras(net, out.a, out.b, [[remap.get(m, m) for m in g] for g in groups])
             ce = per_doc_mean(qa_loss(model, lora, hc, ab, adapter_rows, device), rows)
-            reg = cfg.l1 * (a.abs().mean() + b.abs().mean())
+            reg = cfg.l1 * (out.a.abs().mean() + out.b.abs().mean())
             loss = ce + reg
+            if cfg.pointer_loss or cfg.gate_loss:
+                ptr_l, gate_l = aux_losses(out, chunks, len(docs))
+                loss = loss + cfg.pointer_loss * ptr_l + cfg.gate_loss * gate_l
+                aux_window.append((ptr_l.item(), gate_l.item()))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}; last checkpoint kept")
             opt.zero_grad(set_to_none=True)
@@ -417,10 +457,15 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
             bar.update()
             bar.set_postfix(ce=f"{ce.item():.3f}")
             if step % cfg.log_every == 0:
+                aux = {}
+                if aux_window:
+                    aux = {"pointer_loss": sum(p for p, _ in aux_window) / len(aux_window),
+                           "gate_loss": sum(g for _, g in aux_window) / len(aux_window)}  # fmt: skip
                 _append(metrics, {"kind": "train", "step": step, "ce": sum(window) / len(window), "reg": reg.item(),
-                                  "grad_norm": gnorm, "lr": sched.get_last_lr()[0],
+                                  "grad_norm": gnorm, "lr": sched.get_last_lr()[0], **aux,
                                   "sec_per_step": (time.monotonic() - ts), "minutes": trained_s / 60})  # fmt: skip
                 window.clear()
+                aux_window.clear()
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 rec = evaluate()
                 _append(metrics, rec)

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from agent_sleep.models.loader import load_base_model
 from pipelines.d2l import synth
@@ -159,3 +160,55 @@ def test_multi_chunk_training_with_filler_chunks_and_copy_head(tmp_path: Path) -
 
     net = load_checkpoint(run / "ckpt" / "best", content_hash=handle.content_hash)
     assert net.config.b_head == "copy" and net.config.chunk_gate
+
+
+def test_value_spans_and_token_positions_point_at_the_values(tmp_path: Path) -> None:
+    from pipelines.d2l.data import value_positions
+
+    handle = load_base_model(str(make_tiny_model_dir(tmp_path)), device="cpu")
+    tok = handle.tokenizer
+    docs = synth.make_fact_docs(30, seed=2, attributes=["town", "price", "code"], n_facts=(1, 3), n_hay=(1, 4))
+    docs += synth.make_needle_docs(2, seed=0, target_tokens=200)
+    for doc in docs:
+        spans = list(doc["spans"].values())
+        assert [doc["text"][s:e] for s, e in spans] == [doc["facts"][a] if "facts" in doc else doc["qa"][0]["answer"]
+                                                        for a in doc["spans"]]  # fmt: skip
+        pos = value_positions(tok, doc["text"], spans, 10_000)
+        ids = tok(doc["text"], add_special_tokens=False)["input_ids"]
+        picked = tok.decode([ids[i] for i in pos]).replace(" ", "")
+        for s, e in spans:
+            assert doc["text"][s:e].replace(" ", "") in picked
+        assert value_positions(tok, doc["text"], spans, 3) == [i for i in pos if i < 3]
+    # haystack sentences are optional and leave the default documents unchanged
+    assert synth.make_fact_docs(5, seed=1) == synth.make_fact_docs(5, seed=1, n_hay=(0, 0))
+
+
+def test_aux_losses_supervise_pointer_and_gate(tmp_path: Path) -> None:
+    from pipelines.d2l.trainer import aux_losses
+
+    handle = load_base_model(str(make_tiny_model_dir(tmp_path)), device="cpu")
+    raw = _tiny_recipe(data={"n_eval": 4, "chunk_probs": [0.5, 0.5], "n_hay": 3, "p_hay": 1.0, "fact_hay": [0, 2]},
+                       hyper={"b_head": "copy", "a_head": "induction", "chunk_gate": True, "scale_B_init": 0.1},
+                       steps=8, ckpt_every=4, eval_every=4, pointer_loss=1.0, gate_loss=1.0)  # fmt: skip
+    run = tmp_path / "run"
+    train(TrainConfig.model_validate(raw), run, device="cpu", handle=handle, threads=1)
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    tr = [r for r in recs if r["kind"] == "train"]
+    assert all(math.isfinite(r["pointer_loss"]) and math.isfinite(r["gate_loss"]) for r in tr)
+    assert tr[-1]["pointer_loss"] < tr[0]["pointer_loss"] and tr[-1]["gate_loss"] < tr[0]["gate_loss"]
+    ev = [r for r in recs if r["kind"] == "eval"][-1]
+    assert 0 <= ev["gate_filler"] <= 1 and 0 <= ev["gate_fact"] <= 1
+
+    # the losses themselves: a pointer resting on the value tokens and a gate that is right cost ~nothing
+    from agent_sleep.generators.hypernet import HyperOutput
+
+    a, b = torch.zeros(2, 1, 2, 3), torch.zeros(2, 1, 3, 2)
+    good = torch.zeros(2, 2, 5)
+    good[0, 0, 1] = good[0, 1, 2] = 1.0
+    good[1] = 0.2
+    docs = [{"value_pos": [1, 2]}, {"value_pos": []}]
+    ptr, gate = aux_losses(HyperOutput(a, b, good, torch.tensor([1.0, 0.0])), docs, 1)
+    assert ptr.item() == pytest.approx(2 * math.log(2) * 0.5, abs=1e-3) and gate.item() < 1e-4
+    uniform = torch.full((2, 2, 5), 0.2)
+    worse, bad_gate = aux_losses(HyperOutput(a, b, uniform, torch.tensor([0.1, 0.9])), docs, 1)
+    assert worse > ptr and bad_gate > 1.0
