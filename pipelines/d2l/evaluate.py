@@ -1,10 +1,11 @@
 """Held-out evaluation of a D2L checkpoint, with the controls that tell real internalisation from a prior.
 
     .venv/bin/python pipelines/d2l/evaluate.py agent_sleep/generators/checkpoints/d2l-smollm2-135m \
-        --n-docs 48 --seed 1 [--attributes colour,town] [--n-facts 1,2] [--json]
+        --n-docs 48 --seed 1 [--attributes colour,town] [--n-facts 1,2] [--prose-share 0.5] [--json]
 
 Greedy answer contains the gold answer, on held-out synthetic documents
-(unseen entities), for: the base model without the document, base + the
+(unseen entities; fact documents and, with ``--prose-share``, prose-like ones from
+``pipelines/d2l/prose.py``), for: the base model without the document, base + the
 document's D2L adapter, base + *another* document's adapter (shuffled: what
 a document-independent prior alone scores), and the base model with the
 document in context; per attribute too; with a chunk gate, its mean value on
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from agent_sleep.generators.checkpoint import read_checkpoint_config
     from agent_sleep.generators.d2l import D2LGenerator
     from pipelines.d2l import synth
-    from pipelines.d2l.trainer import greedy_accuracy
+    from pipelines.d2l.trainer import DataConfig, greedy_accuracy, make_docs
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path)
@@ -40,19 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--attributes", help="comma-separated attributes (default: the checkpoint's training data)")
     parser.add_argument("--n-facts", help="LO,HI facts per document (default: the checkpoint's training data)")
+    parser.add_argument("--prose-share", type=float, help="share of prose-like documents (default: the checkpoint's)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     gen = D2LGenerator.load(args.checkpoint)
     data = read_checkpoint_config(args.checkpoint).get("training", {}).get("config", {}).get("data", {})
-    opts = {k: data[k] for k in ("n_facts", "n_filler", "vocab_size", "attributes") if k in data}
     if args.attributes:
-        opts["attributes"] = [a.strip() for a in args.attributes.split(",") if a.strip()]
+        data["attributes"] = [a.strip() for a in args.attributes.split(",") if a.strip()]
     if args.n_facts:
-        opts["n_facts"] = [int(v) for v in args.n_facts.split(",")]
-    docs = synth.make_fact_docs(args.n_docs, args.seed, "heldout", **{k: tuple(v) if isinstance(v, list) and
-                                                                      k != "attributes" else v
-                                                                      for k, v in opts.items()})  # fmt: skip
+        data["n_facts"] = [int(v) for v in args.n_facts.split(",")]
+    if args.prose_share is not None:
+        data["prose_share"] = args.prose_share
+    _, docs = make_docs(DataConfig.model_validate({**data, "n_train": 0}), args.seed - 1, n_eval=args.n_docs)
     results = [gen.internalize(d["text"]) for d in docs]
     a = torch.stack([torch.stack([r.layers[m][0] for m in gen.config.module_names()]) for r in results])
     b = torch.stack([torch.stack([r.layers[m][1] for m in gen.config.module_names()]) for r in results])
@@ -74,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         per_attr[attr] = {name: sum(items[i][1]["answer"].lower() in answers[name][i].lower() for i in idx) / len(idx)
                           for name in answers}  # fmt: skip
     out["per_attribute"] = per_attr
+    out["per_kind"] = {kind: {name: sum(qa["answer"].lower() in answers[name][i].lower()
+                                        for i, (d, qa) in enumerate(items) if d["kind"] == kind) /
+                              sum(d["kind"] == kind for d, _ in items) for name in answers}
+                       for kind in sorted({d["kind"] for d, _ in items})}  # fmt: skip
     if hc.chunk_gate:  # how much of a chunk the adapter keeps: facts should stay open, filler should shut
         from agent_sleep.generators.backbone import hidden_after
 

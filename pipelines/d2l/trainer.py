@@ -21,7 +21,7 @@ from agent_sleep.generators.backbone import RowLora, logits_at, run_blocks
 from agent_sleep.generators.checkpoint import save_checkpoint
 from agent_sleep.generators.hypernet import HyperConfig, HyperNet, HyperOutput
 from agent_sleep.generators.prompts import question_prompt
-from pipelines.d2l import synth
+from pipelines.d2l import prose, synth
 from pipelines.d2l.data import CachedDoc, build_cache, cache_key, pad_right
 
 __all__ = ["TrainConfig", "train"]
@@ -46,6 +46,8 @@ class DataConfig(_Strict):
     max_hay: int = 1
     hay_sentences: tuple[int, int] = (2, 16)
     fact_hay: tuple[int, int] = (0, 0)  # haystack sentences mixed into each fact document (needle-like chunks)
+    prose_share: float = 0.0  # share of training and eval documents that are prose-like (pipelines/d2l/prose.py)
+    prose_facts: tuple[int, int] = (3, 6)
 
 
 class HyperSettings(_Strict):
@@ -254,6 +256,21 @@ def _groups(step: int, cfg: TrainConfig, n_docs: int, n_hay: int) -> list[list[i
     return groups
 
 
+def make_docs(d: DataConfig, seed: int, n_eval: int | None = None) -> tuple[list[synth.Doc], list[synth.Doc]]:
+    """Training and held-out documents of a data config (held-out: seed + 1, unseen entities): fact documents
+    and, for ``prose_share``, prose-like ones."""
+    opts = {"n_facts": tuple(d.n_facts), "n_filler": tuple(d.n_filler), "vocab_size": d.vocab_size,
+            "attributes": d.attributes, "n_hay": tuple(d.fact_hay)}  # fmt: skip
+    out = []
+    for n, s, split in ((d.n_train, seed, "train"), (d.n_eval if n_eval is None else n_eval, seed + 1, "heldout")):
+        n_prose = round(n * d.prose_share)
+        docs = synth.make_fact_docs(n - n_prose, s, split, **opts)
+        if n_prose:
+            docs += prose.make_prose_docs(n_prose, s, split, n_facts=tuple(d.prose_facts))
+        out.append(docs)
+    return out[0], out[1]
+
+
 def _append(path: Path, record: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
@@ -318,10 +335,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
                                                     indent=2))  # fmt: skip
 
     d = cfg.data
-    opts = {"n_facts": tuple(d.n_facts), "n_filler": tuple(d.n_filler), "vocab_size": d.vocab_size,
-            "attributes": d.attributes, "n_hay": tuple(d.fact_hay)}  # fmt: skip
-    train_docs = synth.make_fact_docs(d.n_train, cfg.seed, "train", **opts)
-    eval_docs = synth.make_fact_docs(d.n_eval, cfg.seed + 1, "heldout", **opts)
+    train_docs, eval_docs = make_docs(d, cfg.seed)
     key = cache_key(model=handle.content_hash, data=d.model_dump(mode="json"), seed=cfg.seed,
                     enc=hs.encoder_layers, first=hs.first_lora_layer)  # fmt: skip
     common = {"encoder_layers": hs.encoder_layers, "first_lora_layer": hs.first_lora_layer,

@@ -212,3 +212,22 @@ def test_aux_losses_supervise_pointer_and_gate(tmp_path: Path) -> None:
     uniform = torch.full((2, 2, 5), 0.2)
     worse, bad_gate = aux_losses(HyperOutput(a, b, uniform, torch.tensor([0.1, 0.9])), docs, 1)
     assert worse > ptr and bad_gate > 1.0
+
+
+def test_prose_documents_are_deterministic_split_and_spanned() -> None:
+    from pipelines.d2l import prose
+    from pipelines.d2l.trainer import DataConfig, make_docs
+
+    docs = prose.make_prose_docs(60, seed=4)
+    assert docs == prose.make_prose_docs(60, seed=4) and docs != prose.make_prose_docs(60, seed=5)
+    assert {d["domain"] for d in docs} == set(prose.DOMAINS)
+    for doc in docs:
+        assert 3 <= len(doc["qa"]) == len(doc["probe_qa"]) == len(doc["facts"]) <= 6
+        assert {k: doc["text"][s:e] for k, (s, e) in doc["spans"].items()} == doc["facts"]
+        assert all(qa["answer"] not in qa["question"] for qa in doc["qa"] + doc["probe_qa"])
+    held = prose.make_prose_docs(60, seed=4, split="heldout")
+    assert not {d["entity"] for d in held} & {d["entity"] for d in docs}
+    with pytest.raises(ValueError, match="unknown domains"):
+        prose.make_prose_docs(1, seed=0, domains=["recipes"])
+    train_docs, eval_docs = make_docs(DataConfig(n_train=10, n_eval=4, prose_share=0.5), seed=0)
+    assert [d["kind"] for d in train_docs].count("prose") == 5 and [d["kind"] for d in eval_docs].count("prose") == 2
