@@ -92,6 +92,9 @@ class TrainConfig(_Strict):
     # of a number included); gate_loss: binary cross-entropy of the chunk gate, 1 on fact documents, 0 on filler.
     pointer_loss: float = 0.0
     gate_loss: float = 0.0
+    # Warm start: a D2L checkpoint folder (e.g. another run's ckpt/best) whose weights initialise the network; it
+    # must have this recipe's shape. Only for a fresh run dir (a resumed run continues from its own state).
+    init_from: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -271,6 +274,20 @@ def make_docs(d: DataConfig, seed: int, n_eval: int | None = None) -> tuple[list
     return out[0], out[1]
 
 
+def _warm_start(net: HyperNet, source: Path, content_hash: str) -> None:
+    """Copy the weights of checkpoint ``source`` into ``net``; ConfigError if its shape differs."""
+    from agent_sleep.errors import ConfigError
+    from agent_sleep.generators.checkpoint import load_checkpoint
+
+    src = load_checkpoint(source, content_hash=content_hash)
+    ignore = {"scale_B_init"}  # only decides a fresh network's start
+    mine, theirs = net.config.model_dump(exclude=ignore), src.config.model_dump(exclude=ignore)
+    diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if diff:
+        raise ConfigError(f"init_from {source}: the checkpoint's {diff} differ from this recipe's hyper settings")
+    net.load_state_dict(src.state_dict())
+
+
 def _append(path: Path, record: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
@@ -377,6 +394,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
     step, best, trained_s = 0, -1.0, 0.0
     last = run_dir / "ckpt" / "last.pt"
+    if cfg.init_from and not last.exists():
+        _warm_start(net, Path(cfg.init_from), handle.content_hash)
     if last.exists():
         state = torch.load(last, weights_only=False)
         net.load_state_dict(state["net"])

@@ -231,3 +231,24 @@ def test_prose_documents_are_deterministic_split_and_spanned() -> None:
         prose.make_prose_docs(1, seed=0, domains=["recipes"])
     train_docs, eval_docs = make_docs(DataConfig(n_train=10, n_eval=4, prose_share=0.5), seed=0)
     assert [d["kind"] for d in train_docs].count("prose") == 5 and [d["kind"] for d in eval_docs].count("prose") == 2
+
+
+def test_warm_start_copies_a_checkpoint_and_refuses_another_shape(tmp_path: Path) -> None:
+    from agent_sleep.errors import ConfigError
+    from agent_sleep.generators.checkpoint import load_checkpoint
+
+    handle = load_base_model(str(make_tiny_model_dir(tmp_path)), device="cpu")
+    first = tmp_path / "first"
+    train(TrainConfig.model_validate(_tiny_recipe(steps=2, eval_every=2)), first, device="cpu", handle=handle,
+          threads=1)  # fmt: skip
+    src = load_checkpoint(first / "ckpt" / "best", content_hash=handle.content_hash)
+    warm = tmp_path / "warm"
+    raw = _tiny_recipe(steps=0, eval_every=100, init_from=str(first / "ckpt" / "best"))
+    train(TrainConfig.model_validate(raw), warm, device="cpu", handle=handle, threads=1)
+    state = torch.load(warm / "ckpt" / "last.pt", weights_only=False)["net"]
+    for key, value in src.state_dict().items():
+        torch.testing.assert_close(state[key], value.float(), rtol=1e-3, atol=1e-3)  # fp16 checkpoint
+    with pytest.raises(ConfigError, match="rank"):
+        other = _tiny_recipe(steps=0, init_from=str(first / "ckpt" / "best"))
+        other["hyper"]["rank"] = 2
+        train(TrainConfig.model_validate(other), tmp_path / "other", device="cpu", handle=handle, threads=1)
