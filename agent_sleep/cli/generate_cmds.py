@@ -78,7 +78,7 @@ def cmd_internalize(args: argparse.Namespace) -> int:
     path = Path(args.path).expanduser()
     text = read_document(path)
     generator = _load_generator(args, settings)
-    result = generator.internalize(text, chunk_tokens=args.chunk_tokens)  # raises before anything is stored
+    result = generator.internalize(text, chunk_tokens=args.chunk_tokens, min_gate=args.min_gate)  # raises first
 
     store = ExperienceStore(settings=settings)
     try:
@@ -101,6 +101,7 @@ def cmd_internalize(args: argparse.Namespace) -> int:
         "path": record.path,
         "seconds": round(result.seconds, 4),
         "chunks": result.chunks,
+        "chunks_dropped": result.dropped,
         "rank": result.rank,
         "tokens": result.tokens,
         "adapter_bytes": adapter_bytes,
@@ -113,7 +114,8 @@ def cmd_internalize(args: argparse.Namespace) -> int:
     if args.json:
         print_json(out)
         return 0
-    print(f"internalized {path.name} ({result.tokens} tokens, {result.chunks} chunk(s)) into {record.name} "
+    dropped = f", {result.dropped} filler chunk(s) left out" if result.dropped else ""
+    print(f"internalized {path.name} ({result.tokens} tokens, {result.chunks} chunk(s){dropped}) into {record.name} "
           f"in {result.seconds:.2f} s")  # fmt: skip
     print(f"  path     {record.path}")
     print(f"  rank     {result.rank}   adapter {adapter_bytes / 2**20:.2f} MB")
@@ -134,6 +136,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--name", required=True, help="skill name to register the adapter under (next version)")
     p.add_argument("--chunk-tokens", type=_positive_int, default=256, metavar="N",
                    help="tokens per chunk; each chunk adds rank r to the adapter (default: 256)")
+    p.add_argument("--min-gate", type=float, default=None, metavar="G",
+                   help="leave out chunks whose learned gate is below G, 0 keeps all (default: the checkpoint's)")
     p.add_argument("--agent", help="the agent that owns the document and the skill (deploy it with deploy --agent)")
     p.add_argument("--description", help="skill description (default: 'D2L of FILE')")
     p.add_argument("--checkpoint", metavar="DIR", help="D2L hypernetwork checkpoint (default: the bundled one)")

@@ -7,7 +7,11 @@ are split into chunks of ``chunk_tokens``; each chunk yields a rank-r LoRA
 and the K LoRAs are concatenated along the rank (effective rank r*K, i.e.
 their deltas add up; plus r for the learned bias block when the checkpoint
 has one, ``use_bias``). Chunks are streamed a few at a time, so memory is
-bounded by ``chunk_batch`` chunks plus the growing adapter itself.
+bounded by ``chunk_batch`` chunks plus the growing adapter itself. With a
+chunk gate (``chunk_gate``), chunks whose gate is below ``min_gate`` (default:
+the checkpoint's ``min_gate``, set when meta-training taught the gate to tell
+fact chunks from filler) are left out, so a long document's filler neither
+drowns the chunk that matters nor costs rank; the best chunk is always kept.
 
 The PEFT export sets ``lora_alpha = scale * r_total`` so that
 ``PeftModel.from_pretrained`` applies exactly the in-memory delta
@@ -80,6 +84,7 @@ class Internalized(GeneratedAdapter):
 
     tokens: int
     document_sha256: str
+    dropped: int  # chunks left out because their gate was below min_gate (``chunks`` counts the kept ones)
     scale: float
     layers: dict[str, tuple[Tensor, Tensor]] = field(repr=False)  # module -> (A [R, in], B [out, R]), unscaled
 
@@ -123,8 +128,12 @@ class D2LGenerator:
         return [ids[i : i + chunk_tokens] for i in range(0, len(ids), chunk_tokens)]
 
     def internalize(self, text: str | bytes, *, chunk_tokens: int = 256, chunk_batch: int = 8,
-                    max_chunks: int | None = 1024) -> Internalized:  # fmt: skip
-        """Turn ``text`` into an adapter: one rank-r LoRA per chunk of ``chunk_tokens``, concatenated along rank."""
+                    max_chunks: int | None = 1024, min_gate: float | None = None) -> Internalized:  # fmt: skip
+        """Turn ``text`` into an adapter: one rank-r LoRA per chunk of ``chunk_tokens``, concatenated along rank.
+
+        ``min_gate`` (default: the checkpoint's): leave out chunks whose gate is below it (chunk-gated
+        checkpoints only; the chunk with the highest gate is always kept).
+        """
         import torch
 
         from agent_sleep.generators.backbone import hidden_after
@@ -132,6 +141,9 @@ class D2LGenerator:
         text = check_document(text)
         if not isinstance(chunk_tokens, int) or chunk_tokens < 1:
             raise InvalidInputError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
+        threshold = self.config.min_gate if min_gate is None else min_gate
+        if not 0.0 <= threshold < 1.0:
+            raise InvalidInputError(f"min_gate must be in [0, 1), got {threshold!r}")
         start = time.perf_counter()
         ids = self.handle.tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
@@ -147,6 +159,7 @@ class D2LGenerator:
         device = next(model.parameters()).device
         a_parts: list[Tensor] = []
         b_parts: list[Tensor] = []
+        gates: list[Tensor] = []
         with torch.inference_mode():
             for i in range(0, len(chunks), chunk_batch):  # stream: only chunk_batch chunks of activations at once
                 group = chunks[i : i + chunk_batch]
@@ -157,14 +170,19 @@ class D2LGenerator:
                     input_ids[row, : len(g)] = torch.tensor(g, device=device)
                     mask[row, : len(g)] = 1
                 feats = hidden_after(model, input_ids, mask, c.encoder_layers)
-                a, b = self.net(feats.float(), mask.bool())
+                a, b, _, gate = self.net.explain(feats.float(), mask.bool())
                 if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
                     raise AdapterError(
                         f"the D2L hypernetwork {self.checkpoint} produced non-finite LoRA weights; nothing written"
                     )
                 a_parts.append(a.float().cpu())
                 b_parts.append(b.float().cpu())
+                gates.append(gate.float().cpu() if gate is not None else torch.ones(len(group)))
         a_all, b_all = torch.cat(a_parts), torch.cat(b_parts)  # [K, L, r, in], [K, L, out, r]
+        gate_all = torch.cat(gates)
+        keep = gate_all >= threshold
+        keep[gate_all.argmax()] = True
+        a_all, b_all = a_all[keep], b_all[keep]
         with torch.no_grad():  # all chunks along rank (+ the bias block once): [L, R, in], [L, out, R]
             a_cat, b_cat = self.net.concat_chunks(a_all, b_all)
         k, rank = a_all.shape[0], a_cat.shape[1]
@@ -178,7 +196,7 @@ class D2LGenerator:
                        "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"}  # fmt: skip
         return Internalized(
             tensors=tensors, lora_config=lora_config, chunks=k, rank=rank, tokens=len(ids),
-            seconds=time.perf_counter() - start, scale=c.scale, layers=layers,
+            seconds=time.perf_counter() - start, scale=c.scale, layers=layers, dropped=int((~keep).sum()),
             document_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         )  # fmt: skip
 

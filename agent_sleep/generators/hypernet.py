@@ -90,6 +90,9 @@ class HyperConfig(BaseModel):
     a_head: Literal["mlp", "induction"] = Field(
         "mlp", description="induction (copy head only): A rows also match the token before the one B copies")
     chunk_gate: bool = Field(False, description="a learned per-chunk gate in (0, 1) on B (chunks with nothing to keep)")
+    min_gate: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "the generator drops chunks whose gate is below this (the default a trainer sets when it taught the gate "
+        "to tell fact chunks from filler, gate_loss)"))  # fmt: skip
 
     def module_names(self) -> list[str]:
         """Module paths of the targets inside a ``*ForCausalLM`` (llama/mistral/qwen layout)."""

@@ -280,7 +280,7 @@ def _warm_start(net: HyperNet, source: Path, content_hash: str) -> None:
     from agent_sleep.generators.checkpoint import load_checkpoint
 
     src = load_checkpoint(source, content_hash=content_hash)
-    ignore = {"scale_B_init"}  # only decides a fresh network's start
+    ignore = {"scale_B_init", "min_gate"}  # a fresh network's start; the generator's default pruning
     mine, theirs = net.config.model_dump(exclude=ignore), src.config.model_dump(exclude=ignore)
     diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     if diff:
@@ -347,7 +347,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
                                latent_dim=hs.latent_dim, n_latents=hs.n_latents, n_heads=hs.n_heads,
                                n_blocks=hs.n_blocks, scale=hs.scale, use_bias=hs.use_bias,
                                standardize=hs.standardize, scale_B_init=hs.scale_B_init, b_head=hs.b_head,
-                               a_head=hs.a_head, chunk_gate=hs.chunk_gate)  # fmt: skip
+                               a_head=hs.a_head, chunk_gate=hs.chunk_gate,
+                               min_gate=0.5 if hs.chunk_gate and cfg.gate_loss > 0 else 0.0)  # fmt: skip
     (run_dir / "config.json").write_text(json.dumps({"train": cfg.model_dump(mode="json"), "command": command},
                                                     indent=2))  # fmt: skip
 

@@ -93,6 +93,7 @@ def test_internalize_registers_a_skill_that_ask_and_deploy_use(
     assert {"name", "version", "path", "seconds", "chunks", "rank", "adapter_bytes", "document_sha256"} <= out.keys()
     assert (out["name"], out["version"], out["adapter"]) == ("velmora", 1, "velmora@v1")
     assert out["chunks"] > 1 and out["rank"] == 4 * out["chunks"]  # chunk LoRAs concatenated along rank
+    assert out["chunks_dropped"] == 0  # no chunk gate in this checkpoint
     assert out["adapter_bytes"] > 0 and out["seconds"] > 0
     artifact = read_adapter(out["path"])
     assert artifact.manifest is not None and artifact.manifest.generator.name == "d2l"

@@ -276,3 +276,41 @@ def test_induction_a_rows_match_the_token_before_the_pointer() -> None:
     with pytest.raises(ValueError, match="b_head='copy'"):
         HyperNet(HyperConfig(base_model_id="m", base_content_hash="0" * 64, hidden_size=16, d_in=24, d_out=16,
                              layers=[0], a_head="induction"))  # fmt: skip
+
+
+def test_chunks_below_min_gate_are_left_out(handle: BaseModelHandle) -> None:
+    torch.manual_seed(0)
+    config = HyperConfig.for_model(handle.model, base_model_id=handle.spec, base_content_hash=handle.content_hash,
+                                   layers=[0, 1], rank=4, encoder_layers=1, latent_dim=32, n_latents=4, n_heads=2,
+                                   n_blocks=1, b_head="copy", chunk_gate=True, scale_B_init=1.0,
+                                   min_gate=0.5)  # fmt: skip
+    net = HyperNet(config).eval()
+    with torch.no_grad():  # a gate that depends on the chunk: some chunks open, some shut
+        net.gate.weight.normal_(0, 30.0)
+        net.gate.bias.zero_()
+    gen = _gen(handle, net)
+    every = gen.internalize(DOC, chunk_tokens=4, min_gate=0.0)
+    pruned = gen.internalize(DOC, chunk_tokens=4)  # the checkpoint's min_gate, 0.5
+    ids = handle.tokenizer(DOC, add_special_tokens=False)["input_ids"]
+    gates = []
+    for i in range(0, len(ids), 4):
+        chunk = torch.tensor([ids[i : i + 4]])
+        from agent_sleep.generators.backbone import hidden_after
+
+        gates.append(net.chunk_gates(hidden_after(handle.model, chunk, torch.ones_like(chunk), 1).float()).item())
+    n_open = sum(g >= 0.5 for g in gates)
+    assert 0 < n_open < len(gates)  # the test means something
+    assert (every.chunks, every.dropped) == (len(gates), 0)
+    assert (pruned.chunks, pruned.dropped, pruned.rank) == (n_open, len(gates) - n_open, 4 * n_open)
+    # the kept chunks are exactly the open ones, in order
+    a_every, _ = every.layers["model.layers.1.mlp.down_proj"]
+    a_pruned, _ = pruned.layers["model.layers.1.mlp.down_proj"]
+    keep = [i for i, g in enumerate(gates) if g >= 0.5]
+    torch.testing.assert_close(a_pruned, torch.cat([a_every[4 * i : 4 * i + 4] for i in keep]))
+    # everything shut: the best chunk is still kept
+    with torch.no_grad():
+        net.gate.bias.fill_(-1000.0)
+    shut = gen.internalize(DOC, chunk_tokens=4)
+    assert shut.chunks == 1 and shut.dropped == len(gates) - 1
+    with pytest.raises(InvalidInputError, match="min_gate"):
+        gen.internalize(DOC, min_gate=1.5)
