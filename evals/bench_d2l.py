@@ -236,8 +236,8 @@ def run_document(doc: dict[str, Any], runner: Runner, gen: Any, args: argparse.N
         chunk = args.niah_chunk_tokens if doc["set"] == "niah" else args.chunk_tokens
         result, seconds = timed(lambda: gen.internalize(doc["text"], chunk_tokens=chunk), args.repeat if fits else 1)
         folder = gen.write(result, tmp / f"d2l-{doc['set']}-{doc['id']}", sources={"description": doc["id"]})
-        row.update(d2l_s=seconds, d2l_chunks=result.chunks, d2l_rank=result.rank, d2l_mb=adapter_mb(folder),
-                   d2l_folder=str(folder))  # fmt: skip
+        row.update(d2l_s=seconds, d2l_chunks=result.chunks, d2l_dropped=result.dropped, d2l_rank=result.rank,
+                   d2l_mb=adapter_mb(folder), d2l_folder=str(folder))  # fmt: skip
         stack = runner.stack_from_folder(folder)
         row["answers"]["b"] = score(runner, doc["eval"], stack=stack)
         # The same adapter behind the prompt `agent-sleep ask` builds (chat template, default system prompt).
@@ -291,7 +291,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     a, b, c, d = (out[f"acc_{k}"] for k in CONDITIONS)
     out["gap_recovered"] = (b - a) / (c - a) if None not in (a, b, c) and c - a > 0 else None  # type: ignore[operator]
     out["cd_gap_recovered"] = (d - a) / (c - a) if None not in (a, d, c) and c - a > 0 else None  # type: ignore[operator]
-    for key in ("tokens", "forward_s", "d2l_s", "d2l_chunks", "d2l_mb", "kv_mb", "kv_mb_bf16", "cd_s", "cd_steps"):
+    for key in ("tokens", "forward_s", "d2l_s", "d2l_chunks", "d2l_dropped", "d2l_mb", "kv_mb", "kv_mb_bf16", "cd_s", "cd_steps"):
         out[key] = _mean([r.get(key) for r in rows])
     ratios = [r["d2l_s"] / r["forward_s"] for r in rows if r.get("d2l_s") and r.get("forward_s")]
     out["d2l_over_forward"] = statistics.median(ratios) if ratios else None
@@ -319,12 +319,13 @@ def markdown(summary: dict[str, dict[str, Any]], niah: dict[str, dict[str, Any]]
             f"| {_f(s['cd_s'], '{:.0f}')} | {_f(s['speedup_vs_cd'], '{:.0f}x')} | {_f(s['d2l_mb'])} | {_f(s['kv_mb'])} |"
         )
     if niah:
-        niah_header = ("| needle-in-a-haystack | docs | chunks x tokens | (a) base | (b) D2L recall | (c) in context "
+        niah_header = ("| needle-in-a-haystack | docs | chunks kept / all x tokens | (a) base | (b) D2L recall | (c) in context "
                        "| D2L s | adapter MB | KV cache MB (fp32 / bf16) |")  # fmt: skip
         lines += ["", niah_header, "|---" * 9 + "|"]
         for name, s in niah.items():
             lines.append(
-                f"| {name} | {s['docs']} | {_f(s['d2l_chunks'], '{:.0f}')} x {s.get('chunk_tokens', '?')} "
+                f"| {name} | {s['docs']} | {_f(s['d2l_chunks'], '{:.0f}')} / "
+                f"{_f((s['d2l_chunks'] or 0) + (s['d2l_dropped'] or 0), '{:.0f}')} x {s.get('chunk_tokens', '?')} "
                 f"| {_f(s['acc_a'], pct)} | {_f(s['acc_b'], pct)} | {_f(s['acc_c'], pct)} | {_f(s['d2l_s'], '{:.1f}')} "
                 f"| {_f(s['d2l_mb'])} | {_f(s['kv_mb'], '{:.0f}')} / {_f(s['kv_mb_bf16'], '{:.0f}')} |"
             )
@@ -478,8 +479,8 @@ def main(argv: list[str] | None = None) -> int:
                     row.update(target_tokens=tokens, depth=doc.get("depth"))
                     row.pop("d2l_folder", None)
                     niah_rows.append(row)
-                    log(f"[niah {tokens}] {row['tokens']} tok, {row['d2l_chunks']} chunks: recall "
-                        f"{_f(row['acc']['b'])} in {row['d2l_s']:.1f} s ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+                    log(f"[niah {tokens}] {row['tokens']} tok, {row['d2l_chunks']} chunks kept "
+                        f"({row['d2l_dropped']} left out): recall {_f(row['acc']['b'])} in {row['d2l_s']:.1f} s ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
         elif args.niah:
             log("NIAH skipped: it needs the D2L generator")
 

@@ -69,8 +69,8 @@ def _load_generator(args: argparse.Namespace, settings: Any) -> Any:
 
 
 def cmd_internalize(args: argparse.Namespace) -> int:
-    from agent_sleep.registry import AdapterRegistry
     from agent_sleep.adapters.manifest import check_name
+    from agent_sleep.registry import AdapterRegistry
     from agent_sleep.store import ExperienceStore
 
     settings = settings_from(args)

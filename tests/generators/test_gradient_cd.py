@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent_sleep.adapters import lora_layers, peft_equivalence, prepare_stack, read_adapter, validate_adapter
+from agent_sleep.adapters import (
+    lora_layers,
+    peft_equivalence,
+    prepare_stack,
+    read_adapter,
+    validate_adapter,
+)
 from agent_sleep.adapters.stack import LoraHooks
 from agent_sleep.errors import InvalidInputError
 from agent_sleep.generators import gradient_cd as cd
