@@ -55,10 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (checkpointed) after this wall time")
     parser.add_argument("--steps", type=int, default=None, help="override train.steps")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: config)")
+    parser.add_argument("--init-from", default=None, metavar="CKPT",
+                        help="warm start from this D2L checkpoint folder (override train.init_from; fresh runs only)")
     args = parser.parse_args(argv)
     config = TrainConfig.load(args.config)
     if args.steps is not None:
         config = config.model_copy(update={"steps": args.steps})
+    if args.init_from is not None:
+        config = config.model_copy(update={"init_from": args.init_from})
     summary = train(config, args.run_dir, device=args.device, max_minutes=args.max_minutes, threads=args.threads,
                     command=shlex.join([_interpreter(), *sys.argv]))  # fmt: skip
     print(summary)
