@@ -6,8 +6,10 @@
 Reads ``RUN/ckpt/best`` (fp32, written at the best held-out eval), casts to
 fp16 and writes it with a config that records the training command, steps,
 minutes and held-out accuracy with and without the adapter (and with the
-document in context). Refuses to replace an existing checkpoint whose recorded
-held-out accuracy is higher unless ``--force``.
+document in context). Refuses to replace an existing checkpoint unless
+``--force`` when its recorded held-out accuracy is higher, or when it was
+trained on other data (the two accuracies were measured on different documents
+then; compare both with ``pipelines/d2l/evaluate.py`` on one mix first).
 """
 
 from __future__ import annotations
@@ -44,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     training = dict(config.get("training", {}))
     acc = training.get("eval", {}).get("acc", 0.0)
     if (args.dest / CONFIG_FILE).exists() and not args.force:
-        old = read_checkpoint_config(args.dest).get("training", {}).get("eval", {}).get("acc", -1.0)
+        old_training = read_checkpoint_config(args.dest).get("training", {})
+        old = old_training.get("eval", {}).get("acc", -1.0)
+        if old_training.get("config", {}).get("data") != training.get("config", {}).get("data"):
+            print(f"kept {args.dest}: it was trained on other data, so its held-out accuracy {old:.3f} and this "
+                  f"run's {acc:.3f} are not comparable; compare both with pipelines/d2l/evaluate.py on one mix "
+                  "(--attributes, --n-facts, --prose-share), then use --force")  # fmt: skip
+            return 1
         if old > acc:
             print(f"kept {args.dest}: its held-out accuracy {old:.3f} beats {acc:.3f} (use --force)")
             return 1

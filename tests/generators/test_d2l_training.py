@@ -252,3 +252,24 @@ def test_warm_start_copies_a_checkpoint_and_refuses_another_shape(tmp_path: Path
         other = _tiny_recipe(steps=0, init_from=str(first / "ckpt" / "best"))
         other["hyper"]["rank"] = 2
         train(TrainConfig.model_validate(other), tmp_path / "other", device="cpu", handle=handle, threads=1)
+
+
+def test_export_refuses_to_compare_runs_trained_on_other_data(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    from agent_sleep.generators.checkpoint import read_checkpoint_config
+    from pipelines.d2l import export
+
+    handle = load_base_model(str(make_tiny_model_dir(tmp_path)), device="cpu")
+    runs = {}
+    for name, data in (("a", {}), ("b", {"n_facts": [1, 1]})):
+        runs[name] = tmp_path / name
+        train(TrainConfig.model_validate(_tiny_recipe(data=data, steps=2, eval_every=2)), runs[name], device="cpu",
+              handle=handle, threads=1)  # fmt: skip
+    dest = tmp_path / "ckpt"
+    assert export.main([str(runs["a"]), "--dest", str(dest)]) == 0
+    first = read_checkpoint_config(dest)["version"]
+    assert export.main([str(runs["b"]), "--dest", str(dest)]) == 1
+    assert "trained on other data" in capsys.readouterr().out
+    assert read_checkpoint_config(dest)["version"] == first  # untouched
+    assert export.main([str(runs["b"]), "--dest", str(dest), "--force"]) == 0
+    assert read_checkpoint_config(dest)["training"]["config"]["data"]["n_facts"] == [1, 1]
