@@ -20,7 +20,17 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
-from pipelines.d2l.synth import _CODAS, _ONSETS, Doc, _entities, _letters, doc_id
+from pipelines.d2l.synth import (
+    _CODAS,
+    _ONSETS,
+    Doc,
+    Piece,
+    _entities,
+    _letters,
+    doc_id,
+    join_with_spans,
+    state,
+)
 
 __all__ = ["DOMAINS", "make_prose_docs"]
 
@@ -182,19 +192,11 @@ def make_prose_docs(n: int, seed: int, split: str = "train", *, n_facts: tuple[i
             facts[key] = make(rng)
             while facts[key] in entity:  # an invented town may share the organisation's first word
                 facts[key] = make(rng)
-        body: list[tuple[str, str | None, int]] = []
-        for key, _, statements, _, _ in picked:
-            template = rng.choice(statements)
-            body.append((template.format(v=facts[key], e=entity), key,
-                         len(template.split("{v}")[0].format(e=entity))))  # fmt: skip
+        body: list[Piece] = [state(rng.choice(statements), entity, key, facts[key])
+                             for key, _, statements, _, _ in picked]  # fmt: skip
         body += [(s, None, 0) for s in rng.sample(boiler, rng.randint(0, 2))]
         rng.shuffle(body)
-        title = rng.choice(titles).format(e=entity)
-        text, spans = title + "\n\n", {}
-        for i, (sentence, key, offset) in enumerate(body):
-            if key is not None:
-                spans[key] = [len(text) + offset, len(text) + offset + len(facts[key])]
-            text += sentence + (" " if i < len(body) - 1 else "")
+        text, spans = join_with_spans(body, facts, prefix=rng.choice(titles).format(e=entity) + "\n\n")
         qa = [{"question": rng.choice(q).format(e=entity), "answer": facts[key], "attribute": f"{domain}.{key}"}
               for key, _, _, q, _ in picked]  # fmt: skip
         probe = [{"question": rng.choice(p).format(e=entity), "answer": facts[key],

@@ -23,8 +23,20 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "ATTRIBUTES", "OPEN_VALUES", "VOCAB", "Doc", "doc_id", "entity_name", "make_fact_docs", "make_hay_docs", "make_needle_docs",
-    "read_jsonl", "write_jsonl",
+    "ATTRIBUTES",
+    "OPEN_VALUES",
+    "VOCAB",
+    "Doc",
+    "Piece",
+    "doc_id",
+    "entity_name",
+    "join_with_spans",
+    "make_fact_docs",
+    "make_hay_docs",
+    "make_needle_docs",
+    "read_jsonl",
+    "state",
+    "write_jsonl",
 ]  # fmt: skip
 
 Doc = dict[str, Any]
@@ -157,6 +169,24 @@ def _entities(split: str) -> list[str]:
     return [name for name, held in map(entity_name, range(total)) if held == want_heldout]
 
 
+Piece = tuple[str, str | None, int]  # (sentence, attribute it states or None, offset of the value in it)
+
+
+def state(template: str, entity: str, attribute: str, value: str) -> Piece:
+    """``template`` filled in, as a piece that knows where ``value`` starts in the sentence."""
+    return template.format(e=entity, v=value), attribute, len(template.split("{v}")[0].format(e=entity))
+
+
+def join_with_spans(pieces: Sequence[Piece], values: dict[str, str], prefix: str = "") -> tuple[str, dict[str, list[int]]]:
+    """``prefix`` + the sentences joined by spaces, and each stated value's character span ``[start, end)``."""
+    text, spans = prefix, {}
+    for i, (sentence, attribute, offset) in enumerate(pieces):
+        if attribute is not None:
+            spans[attribute] = [len(text) + offset, len(text) + offset + len(values[attribute])]
+        text += sentence if i == len(pieces) - 1 else sentence + " "
+    return text, spans
+
+
 def doc_id(text: str) -> str:
     """Stable id of a document: the first 16 hex digits of the sha256 of its text."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
@@ -198,20 +228,12 @@ def make_fact_docs(
         attrs = rng.sample(list(attributes), rng.randint(lo, hi))
         facts = {a: OPEN_VALUES[a](rng) if a in OPEN_VALUES else rng.choice(VOCAB[a][: vocab_size or None])
                  for a in attrs}  # fmt: skip
-        stated = []  # (sentence, attribute, offset of the value in the sentence)
-        for a, v in facts.items():
-            template = rng.choice(_TEMPLATES[a][0])
-            stated.append((template.format(e=entity, v=v), a, len(template.split("{v}")[0].format(e=entity))))
-        sentences = stated + [(f, None, 0) for f in rng.sample(_FILLER, rng.randint(*n_filler))]
+        pieces = [state(rng.choice(_TEMPLATES[a][0]), entity, a, v) for a, v in facts.items()]
+        pieces += [(f, None, 0) for f in rng.sample(_FILLER, rng.randint(*n_filler))]
         if n_hay[1]:
-            sentences += [(rng.choice(_HAY), None, 0) for _ in range(rng.randint(*n_hay))]
-        rng.shuffle(sentences)
-        text = " ".join(sentence for sentence, _, _ in sentences)
-        spans, at = {}, 0
-        for sentence, a, offset in sentences:
-            if a is not None:
-                spans[a] = [at + offset, at + offset + len(facts[a])]
-            at += len(sentence) + 1
+            pieces += [(rng.choice(_HAY), None, 0) for _ in range(rng.randint(*n_hay))]
+        rng.shuffle(pieces)
+        text, spans = join_with_spans(pieces, facts)
         qa = [{"question": rng.choice(_TEMPLATES[a][1]).format(e=entity), "answer": v, "attribute": a}
               for a, v in facts.items()]  # fmt: skip
         probe = [{"question": rng.choice(_TEMPLATES[a][2]).format(e=entity), "answer": v, "attribute": a}
