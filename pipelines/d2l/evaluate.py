@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--attributes", help="comma-separated attributes (default: the checkpoint's training data)")
     parser.add_argument("--n-facts", help="LO,HI facts per document (default: the checkpoint's training data)")
+    parser.add_argument("--fact-hay", help="LO,HI haystack sentences per fact document (default: the checkpoint's)")
     parser.add_argument("--prose-share", type=float, help="share of prose-like documents (default: the checkpoint's)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         data["attributes"] = [a.strip() for a in args.attributes.split(",") if a.strip()]
     if args.n_facts:
         data["n_facts"] = [int(v) for v in args.n_facts.split(",")]
+    if args.fact_hay:
+        data["fact_hay"] = [int(v) for v in args.fact_hay.split(",")]
     if args.prose_share is not None:
         data["prose_share"] = args.prose_share
     _, docs = make_docs(DataConfig.model_validate({**data, "n_train": 0}), args.seed - 1, n_eval=args.n_docs)

@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--dest", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--force", action="store_true", help="replace even a checkpoint with better recorded accuracy")
+    parser.add_argument("--min-gate", type=float, default=None,
+                        help="set the generator's default chunk pruning threshold (default: the run's)")
     args = parser.parse_args(argv)
     src = args.run_dir / "ckpt" / "best"
     config = read_checkpoint_config(src)
@@ -57,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {args.dest}: its held-out accuracy {old:.3f} beats {acc:.3f} (use --force)")
             return 1
     net = load_checkpoint(src, content_hash=None)
+    if args.min_gate is not None:  # e.g. a run trained with gate_loss by code that did not record min_gate yet
+        from agent_sleep.generators.hypernet import HyperNet
+
+        state = net.state_dict()
+        net = HyperNet(net.config.model_copy(update={"min_gate": args.min_gate}))
+        net.load_state_dict(state)
     metrics = args.run_dir / "metrics.jsonl"
     curve = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
     training["curve"] = [

@@ -271,5 +271,6 @@ def test_export_refuses_to_compare_runs_trained_on_other_data(tmp_path: Path,
     assert export.main([str(runs["b"]), "--dest", str(dest)]) == 1
     assert "trained on other data" in capsys.readouterr().out
     assert read_checkpoint_config(dest)["version"] == first  # untouched
-    assert export.main([str(runs["b"]), "--dest", str(dest), "--force"]) == 0
-    assert read_checkpoint_config(dest)["training"]["config"]["data"]["n_facts"] == [1, 1]
+    assert export.main([str(runs["b"]), "--dest", str(dest), "--force", "--min-gate", "0.3"]) == 0
+    config = read_checkpoint_config(dest)
+    assert config["training"]["config"]["data"]["n_facts"] == [1, 1] and config["hyper"]["min_gate"] == 0.3
