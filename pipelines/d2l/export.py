@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if r.get("kind") == "eval" or r["step"] % 25 == 0
     ]  # fmt: skip
     training["run_dir"] = str(args.run_dir)
-    version = f"{dt.date.today():%Y.%m.%d}-{config.get('version', 'step0')}"
+    version = f"{dt.date.today():%Y.%m.%d}-{args.run_dir.name}-{config.get('version', 'step0')}"  # unique per run
     save_checkpoint(net, args.dest, version=version, dtype=torch.float16, overwrite=True,
                     extra={"training": training, "exported_at": dt.datetime.now(dt.UTC).isoformat()})  # fmt: skip
     size = (args.dest / WEIGHTS_FILE).stat().st_size
