@@ -55,15 +55,15 @@ def value_positions(tokenizer: Any, text: str, spans: Sequence[Sequence[int]], m
         return []
     if getattr(tokenizer, "is_fast", False):
         offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        hit = [i for i, (a, b) in enumerate(offsets[:max_tokens]) if any(a < e and s < b for s, e in spans)]
-        return hit
+        return [i for i, (a, b) in enumerate(offsets[:max_tokens]) if any(a < e and s < b for s, e in spans)]
 
     def count(prefix: str) -> int:
         return len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
 
     out: set[int] = set()
     for s, e in spans:
-        out.update(range(count(text[:s]), max(count(text[:s]) + 1, count(text[:e]))))
+        first = count(text[:s])
+        out.update(range(first, max(first + 1, count(text[:e]))))
     return sorted(i for i in out if i < max_tokens)
 
 

@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -71,17 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         budget = max(32, args.max_new_tokens) if ctx else args.max_new_tokens  # in context it answers in sentences
         acc, answers[name] = greedy_accuracy(model, tok, lora, hc, docs, ab, "cpu", budget, ctx)
         out[f"acc_{name}"] = acc
-    items = [(d, qa) for d in docs for qa in d["qa"]]
-    per_attr: dict[str, dict[str, float]] = {}
-    for attr in sorted({qa["attribute"] for _, qa in items}):
-        idx = [i for i, (_, qa) in enumerate(items) if qa["attribute"] == attr]
-        per_attr[attr] = {name: sum(items[i][1]["answer"].lower() in answers[name][i].lower() for i in idx) / len(idx)
-                          for name in answers}  # fmt: skip
-    out["per_attribute"] = per_attr
-    out["per_kind"] = {kind: {name: sum(qa["answer"].lower() in answers[name][i].lower()
-                                        for i, (d, qa) in enumerate(items) if d["kind"] == kind) /
-                              sum(d["kind"] == kind for d, _ in items) for name in answers}
-                       for kind in sorted({d["kind"] for d, _ in items})}  # fmt: skip
+    items = [(d, qa) for d in docs for qa in d["qa"]]  # greedy_accuracy's order
+    hits = {name: [qa["answer"].lower() in text.lower() for (_, qa), text in zip(items, texts, strict=True)]
+            for name, texts in answers.items()}  # fmt: skip
+
+    def accuracy_by(key: Any) -> dict[str, dict[str, float]]:
+        groups: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(key(*item), []).append(i)
+        return {g: {name: sum(h[i] for i in idx) / len(idx) for name, h in hits.items()}
+                for g, idx in sorted(groups.items())}  # fmt: skip
+
+    out["per_attribute"] = accuracy_by(lambda d, qa: qa["attribute"])
+    out["per_kind"] = accuracy_by(lambda d, qa: d["kind"])
     if hc.chunk_gate:  # how much of a chunk the adapter keeps: facts should stay open, filler should shut
         from agent_sleep.generators.backbone import hidden_after
 

@@ -279,19 +279,17 @@ def make_needle_docs(n: int, seed: int, target_tokens: int, tokenizer: Any = Non
     for _ in range(n):
         entity = rng.choice(names)
         number = str(rng.randint(1000, 9999))
-        needle = f"The magic number of {entity} is {number}."
-        budget = max(0, target_tokens - _count_tokens(needle, tokenizer))
-        hay = [rng.choice(_HAY) for _ in range(max(1, budget // per_sentence))]
+        needle = state(_TEMPLATES["magic"][0][0], entity, "magic", number)
+        budget = max(0, target_tokens - _count_tokens(needle[0], tokenizer))
+        hay = [(rng.choice(_HAY), None, 0) for _ in range(max(1, budget // per_sentence))]
         depth = rng.random()
         pos = round(depth * len(hay))
-        text = " ".join(hay[:pos] + [needle] + hay[pos:])
-        start = len(" ".join(hay[:pos])) + (1 if pos else 0) + len(needle) - len(number) - 1
+        text, spans = join_with_spans([*hay[:pos], needle, *hay[pos:]], {"magic": number})
         qa = [{"question": f"What is the magic number of {entity}?", "answer": number, "attribute": "magic"}]
         probe = [{"question": f"Which number is the magic number of {entity}?", "answer": number,
                   "attribute": "magic"}]  # fmt: skip
         docs.append({"id": doc_id(text), "kind": "needle", "text": text, "entity": entity, "depth": pos / len(hay),
-                     "spans": {"magic": [start, start + len(number)]}, "qa": qa, "probe_qa": probe,
-                     "split": split})  # fmt: skip
+                     "spans": spans, "qa": qa, "probe_qa": probe, "split": split})  # fmt: skip
     return docs
 
 
