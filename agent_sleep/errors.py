@@ -25,6 +25,9 @@ that cannot be processed and for parts of the system that are unavailable::
     ├── DeploymentError             registry deployments
     │   ├── DeployConflictError     another deploy won the race
     │   └── NothingToRollBackError  no earlier deployment to return to
+    ├── ServingError                the OpenAI-compatible HTTP API
+    │   ├── RequestError            a request rejected with 400 (names the field; also InvalidInputError)
+    │   └── APIError                an HTTP error answered with an OpenAI-style body
     └── MissingDependencyError      optional package missing (names the install)
 """
 
@@ -113,6 +116,40 @@ class DeployConflictError(DeploymentError):
 
 class NothingToRollBackError(DeploymentError):
     """There is no earlier deployment to roll back to."""
+
+
+class ServingError(AgentSleepError):
+    """Problems answering a request of the OpenAI-compatible HTTP API."""
+
+
+class RequestError(ServingError, InvalidInputError):
+    """A request the API rejects with 400; ``param`` names the offending field (``messages[2].role``)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+class APIError(ServingError):
+    """An error answered with an OpenAI-style body ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
+
+    def body(self) -> dict[str, dict[str, str | None]]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 class MissingDependencyError(AgentSleepError, ImportError):

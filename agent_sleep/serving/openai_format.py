@@ -18,22 +18,13 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Huma
 from langchain_core.messages.tool import tool_call
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent_sleep.errors import InvalidInputError
+from agent_sleep.errors import RequestError
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 _FINISH_ALIASES = {
     "stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter",
     "function_call": "tool_calls", "tool_use": "tool_calls", "max_tokens": "length", "MAX_TOKENS": "length",
 }  # fmt: skip
-
-
-class RequestError(InvalidInputError):
-    """A request the API rejects with 400; ``param`` names the offending field (``messages[2].role``)."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-        self.code = code
 
 
 # ---------------------------------------------------------------- request body

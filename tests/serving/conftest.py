@@ -10,6 +10,7 @@ from typing import Any
 
 import openai
 import pytest
+from pydantic import PrivateAttr
 
 from agent_sleep.errors import NotFoundError
 from agent_sleep.models.loader import BaseModelHandle, load_base_model
@@ -25,20 +26,34 @@ WEATHER_TOOL = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
+GATE_TIMEOUT = 30.0
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
 
 
 class SlowScripted(ScriptedChatModel):
-    """A scripted model that takes ``delay`` seconds per token (and can fail after ``fail_after`` tokens)."""
+    """A scripted model that takes ``delay`` seconds per token (and can fail after ``fail_after`` tokens).
+
+    ``gate`` (a ``threading.Event``), when given, holds every token until it is set; ``produced``
+    counts the tokens generated so far, over all calls.
+    """
 
     delay: float = 0.0
     fail_after: int | None = None
+    gate: Any = None
+    _produced: int = PrivateAttr(default=0)
+
+    @property
+    def produced(self) -> int:
+        return self._produced
 
     def _generate_ids(self, handle: BaseModelHandle, input_ids: list[int], params: GenerationParams) -> Iterator[int]:
         for n, token in enumerate(super()._generate_ids(handle, input_ids, params)):
             if self.fail_after is not None and n >= self.fail_after:
                 raise RuntimeError("the model broke mid-generation")
+            if self.gate is not None and not self.gate.wait(GATE_TIMEOUT):
+                raise RuntimeError("the test never opened the gate")
             time.sleep(self.delay)
+            self._produced += 1
             yield token
 
 
@@ -112,7 +127,7 @@ def scripted(handle: BaseModelHandle, *scripts: str, **kw: Any) -> SlowScripted:
     return SlowScripted(model="scripted", handle=handle, scripts=list(scripts), **kw)
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -338,35 +338,41 @@ def test_more_streams_than_workers_do_not_deadlock(models: RecordingResolver, ha
 
 def test_event_loop_stays_responsive_while_generating(client: openai.OpenAI, server: ServerThread,
                                                       models: RecordingResolver, handle: BaseModelHandle) -> None:
-    models.models["slow"] = scripted(handle, "one two three four five six", delay=0.02)
+    # The slow model holds every token until the gate opens: while three generations are
+    # stuck (one inside the model, two waiting for its lock), other routes must still answer.
+    gate = threading.Event()
+    model = scripted(handle, "one two three four five six", gate=gate)
+    models.models["slow"] = model
     slow = [{"role": "user", "content": "take your time"}]
     with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(client.chat.completions.create, model="slow", messages=slow) for _ in range(3)]
-        assert wait_for(lambda: len(models.resolved) >= 3)
-        worst = 0.0
-        while not all(f.done() for f in futures):
-            started = time.perf_counter()
-            assert httpx.get(f"{server.url}/health").status_code == 200
-            assert client.models.list().data
-            worst = max(worst, time.perf_counter() - started)
-            time.sleep(0.02)
+        try:
+            futures = [pool.submit(client.chat.completions.create, model="slow", messages=slow) for _ in range(3)]
+            assert wait_for(lambda: len(models.resolved) >= 3 and len(model.prompts) >= 1)
+            for _ in range(3):
+                assert httpx.get(f"{server.url}/health").status_code == 200
+                assert [m.id for m in client.models.list().data] == ["tiny", "slow"]
+                assert client.models.retrieve("slow").id == "slow"
+            assert not any(f.done() for f in futures) and model.produced == 0  # all answered mid-generation
+        finally:
+            gate.set()
         assert all(f.result().choices[0].message.content == "one two three four five six" for f in futures)
-    assert worst < 0.5, worst
 
 
 def test_client_disconnect_releases_the_model(server: ServerThread, client: openai.OpenAI,
                                               models: RecordingResolver, handle: BaseModelHandle) -> None:
-    # 100 tokens at 20 ms would hold the model lock for 2 s if the server kept generating.
-    models.models["slow"] = scripted(handle, "hello world " * 60, delay=0.02, max_new_tokens=100)
+    # 400 tokens at 20 ms would hold the model lock for 8 s if the server kept generating.
+    model = scripted(handle, "hello world " * 250, delay=0.02, max_new_tokens=400)
+    models.models["slow"] = model
     body = {"model": "slow", "messages": USER, "stream": True}
     with httpx.Client() as http, http.stream("POST", f"{server.base_url}/chat/completions", json=body) as response:
         assert response.status_code == 200
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
-    started = time.perf_counter()
     reply = client.chat.completions.create(model="tiny", messages=USER)  # same handle, same lock
-    assert reply.choices and time.perf_counter() - started < 1.0
+    assert reply.choices
     assert wait_for(lambda: ("slow", "v0") in models.released)
+    # The lock came free because the abandoned stream stopped, not because it ran to its end.
+    assert 0 < model.produced < 400
 
 
 def test_server_thread_lifecycle(models: RecordingResolver) -> None:
@@ -383,13 +389,14 @@ def test_server_thread_lifecycle(models: RecordingResolver) -> None:
     assert not any(t.name == f"agent-sleep-server-{port}" for t in threading.enumerate())
 
 
-def test_keep_alive_requests_are_not_delayed_by_nagle(server: ServerThread, client: openai.OpenAI) -> None:
+def test_keep_alive_connections_disable_nagle(server: ServerThread, client: openai.OpenAI) -> None:
     # A pre-bound socket with proto 0 makes asyncio skip TCP_NODELAY: every keep-alive
-    # request then waits ~40 ms for a delayed ACK. Requests here must take a few ms.
-    client.chat.completions.create(model="tiny", messages=USER, max_tokens=1)
-    timings = []
-    for _ in range(9):
-        started = time.perf_counter()
+    # request then waits ~40 ms for a delayed ACK (measured in evals/, not here). Check the
+    # cause instead: every connection the server accepted has Nagle switched off.
+    for _ in range(3):
         client.models.list()
-        timings.append(time.perf_counter() - started)
-    assert sorted(timings)[4] < 0.03, timings
+    connections = server._server.server_state.connections
+    assert connections
+    for connection in connections:
+        sock = connection.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
