@@ -16,7 +16,8 @@ that cannot be processed and for parts of the system that are unavailable::
     │   ├── SchemaTooNewError          database migrated by a newer agent-sleep
     │   └── SchemaOutdatedError        database needs ``agent-sleep init``
     ├── ModelError                  base models
-    │   └── ModelNotFoundError      model not installed (names the fix)
+    │   ├── ModelNotFoundError      model not installed (names the fix)
+    │   └── UnsupportedModelError   an architecture the generators cannot drive (also a TypeError)
     ├── AdapterError                LoRA adapter artifacts and stacks
     │   ├── AdapterFormatError      missing/half-written folder, bad config, pickle files
     │   ├── TamperedAdapterError    weights do not match the manifest's hash
@@ -28,7 +29,12 @@ that cannot be processed and for parts of the system that are unavailable::
     ├── ServingError                the OpenAI-compatible HTTP API
     │   ├── RequestError            a request rejected with 400 (names the field; also InvalidInputError)
     │   └── APIError                an HTTP error answered with an OpenAI-style body
+    ├── PathExistsError             a file or folder would be overwritten (also a FileExistsError)
     └── MissingDependencyError      optional package missing (names the install)
+
+A class listed under two parents in its definition (``AdapterFormatError`` is
+also an ``InvalidInputError``) is drawn under the first; builtin bases such as
+``ValueError`` keep ``except ValueError`` callers working.
 """
 
 from __future__ import annotations
@@ -84,6 +90,10 @@ class ModelError(AgentSleepError):
 
 class ModelNotFoundError(ModelError):
     """A base model that is not installed; the message names the fix."""
+
+
+class UnsupportedModelError(ModelError, TypeError):
+    """A model whose architecture this code cannot drive (e.g. no ``.model.layers``)."""
 
 
 class AdapterError(AgentSleepError):
@@ -150,6 +160,8 @@ class APIError(ServingError):
 
     def body(self) -> dict[str, dict[str, str | None]]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+class PathExistsError(AgentSleepError, FileExistsError):
+    """Writing would overwrite a file or folder that must not be replaced."""
 
 
 class MissingDependencyError(AgentSleepError, ImportError):

@@ -16,11 +16,8 @@ This module does not decide what is live or whether an adapter is good; see
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +27,14 @@ from pydantic import ValidationError
 
 from agent_sleep.adapters.lora_config import check_lora_config, complete_lora_config, lora_pairs, module_scaling
 from agent_sleep.adapters.manifest import FORMAT_VERSION, AdapterManifest, check_name
-from agent_sleep.errors import AdapterExistsError, AdapterFormatError, InvalidInputError, TamperedAdapterError
-from agent_sleep.models.content_hash import fresh_name
+from agent_sleep.errors import (
+    AdapterExistsError,
+    AdapterFormatError,
+    InvalidInputError,
+    PathExistsError,
+    TamperedAdapterError,
+)
+from agent_sleep.fsutil import atomic_dir
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -81,31 +84,19 @@ class LoraWeights:
 # ---------------------------------------------------------------- writing
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform/filesystem can fsync a directory
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     with path.open("x", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2, sort_keys=True)
         fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _write_weights(path: Path, tensors: Mapping[str, Tensor]) -> str:
-    """Write safetensors, fsync, and return the sha256 of the bytes on disk."""
+    """Write safetensors and return the sha256 of the bytes on disk."""
     from safetensors.torch import save_file
 
     save_file(dict(tensors), str(path), metadata={"format": "pt"})
     digest = hashlib.sha256()
     with path.open("rb") as fh:
-        os.fsync(fh.fileno())
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
@@ -164,25 +155,15 @@ def write_adapter(
             "target_modules": [targets] if isinstance(targets, str) else list(targets),
         }
     )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fresh_name(dest.parent, f".{dest.name}{PART_MARK}")
-    tmp.mkdir()
     try:
-        sha = _write_weights(tmp / WEIGHTS_FILE, clean)
-        _write_json(tmp / CONFIG_FILE, config)
-        _write_json(tmp / MANIFEST_FILE, manifest.model_copy(update={"weights_sha256": sha}).model_dump(mode="json"))
-        _fsync_dir(tmp)
-        try:
-            # rename(2) refuses a non-empty destination, so a concurrent writer of the same version loses.
-            os.rename(tmp, dest)
-        except OSError as exc:
-            if dest.exists():
-                raise AdapterExistsError(f"adapter folder {dest} was created concurrently; not overwritten") from exc
-            raise
-        _fsync_dir(dest.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        # Files are fsynced and the folder renamed into place when the block ends.
+        with atomic_dir(dest, mark=PART_MARK) as tmp:
+            sha = _write_weights(tmp / WEIGHTS_FILE, clean)
+            _write_json(tmp / CONFIG_FILE, config)
+            final = manifest.model_copy(update={"weights_sha256": sha})
+            _write_json(tmp / MANIFEST_FILE, final.model_dump(mode="json"))
+    except PathExistsError as exc:
+        raise AdapterExistsError(f"adapter folder {dest} was created concurrently; not overwritten") from exc
     return dest
 
 

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from agent_sleep.errors import UnsupportedModelError
+
 __all__ = ["RowLora", "causal_mask", "hidden_after", "logits_at", "run_blocks"]
 
 
@@ -39,7 +41,9 @@ def causal_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
 def _inner(model: Any) -> Any:
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "layers"):
-        raise TypeError(f"{type(model).__name__} is not a llama/mistral/qwen-style *ForCausalLM (no .model.layers)")
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is not a llama/mistral/qwen-style *ForCausalLM (no .model.layers)"
+        )
     return inner
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-from agent_sleep.errors import AdapterFormatError, IncompatibleAdapterError
+from agent_sleep.errors import AdapterFormatError, IncompatibleAdapterError, PathExistsError
+from agent_sleep.fsutil import atomic_dir
 from agent_sleep.generators.hypernet import HyperConfig, HyperNet
-from agent_sleep.models.content_hash import fresh_name
 
 __all__ = ["CONFIG_FILE", "FORMAT", "WEIGHTS_FILE", "load_checkpoint", "read_checkpoint_config", "save_checkpoint"]
 
@@ -28,17 +27,17 @@ FORMAT = "agent-sleep-d2l-hypernet"
 
 def save_checkpoint(net: HyperNet, dest: str | Path, *, version: str, dtype: Any = None,
                     extra: dict[str, Any] | None = None, overwrite: bool = False) -> Path:  # fmt: skip
-    """Write ``net`` (cast to ``dtype``, default its own) and its config to folder ``dest`` in one rename."""
+    """Write ``net`` (cast to ``dtype``, default its own) and its config to folder ``dest`` in one rename.
+
+    Raises PathExistsError (a FileExistsError) if ``dest`` exists, unless ``overwrite``.
+    """
     import torch
     from safetensors.torch import save_file
 
     dest = Path(dest)
     if dest.exists() and not overwrite:
-        raise FileExistsError(f"checkpoint folder {dest} already exists")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fresh_name(dest.parent, f".{dest.name}.part-")
-    tmp.mkdir()
-    try:
+        raise PathExistsError(f"checkpoint folder {dest} already exists")
+    with atomic_dir(dest, overwrite=overwrite) as tmp:  # an old dest is swapped out only once tmp is complete
         state = {k: v.detach().to("cpu", dtype=dtype or v.dtype).contiguous() for k, v in net.state_dict().items()}
         bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
         if bad:
@@ -50,16 +49,6 @@ def save_checkpoint(net: HyperNet, dest: str | Path, *, version: str, dtype: Any
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~mask)  # safetensors writes 0600; others must read a shipped file
-        old = None
-        if dest.exists():
-            old = fresh_name(dest.parent, f".{dest.name}.old-")
-            os.rename(dest, old)
-        os.rename(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

@@ -50,6 +50,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from agent_sleep.errors import InvalidInputError
+
 __all__ = ["HyperConfig", "HyperNet", "HyperOutput"]
 
 
@@ -150,7 +152,7 @@ class HyperNet(nn.Module):
         c = config
         d = c.latent_dim
         if d % c.n_heads:
-            raise ValueError(f"latent_dim {d} must be divisible by n_heads {c.n_heads}")
+            raise InvalidInputError(f"latent_dim {d} must be divisible by n_heads {c.n_heads}")
         n_slots = len(c.layers) * c.rank
         self.in_norm = nn.RMSNorm(c.hidden_size)
         self.in_up = nn.Linear(c.hidden_size, 2 * d, bias=False)
@@ -173,7 +175,7 @@ class HyperNet(nn.Module):
                 self.ptr_a = nn.Linear(c.hidden_size, c.d_in, bias=False)
                 self.ind_gain = nn.Parameter(torch.ones(len(c.layers), c.rank))
         elif c.a_head != "mlp":
-            raise ValueError("a_head='induction' needs b_head='copy'")
+            raise InvalidInputError("a_head='induction' needs b_head='copy'")
         if c.chunk_gate:
             self.gate = nn.Linear(d, 1)
             nn.init.zeros_(self.gate.weight)

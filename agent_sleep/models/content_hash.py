@@ -7,16 +7,19 @@ every reload. Importing this module does not import torch.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 from agent_sleep.errors import ModelError
+from agent_sleep.fsutil import atomic_write_json, fresh_name
+
+# The old name, still imported by agent_sleep.models.loader.
+write_json_atomic = atomic_write_json
+
+__all__ = ["SIDECAR", "fresh_name", "model_content_hash", "read_sidecar", "weight_files", "write_json_atomic"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,27 +42,6 @@ def read_sidecar(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def fresh_name(parent: Path, stem: str) -> Path:
-    """A path under ``parent`` that no other process will pick."""
-    # Not tempfile.mkstemp/mkdtemp: those force mode 0600/0700, and the published folder must
-    # keep the usual umask permissions so other users of a shared cache can read it.
-    return parent / f"{stem}{os.getpid()}-{uuid.uuid4().hex[:12]}"
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Replace ``path`` with ``data`` in one rename, so readers never see half a file."""
-    tmp = fresh_name(path.parent, f".{path.name}.tmp-")
-    try:
-        with tmp.open("x", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def model_content_hash(folder: Path) -> str:
@@ -90,7 +72,7 @@ def model_content_hash(folder: Path) -> str:
 
     sidecar["hash_cache"] = {"scheme": _HASH_SCHEME, "key": key, "content_hash": content_hash}
     try:
-        write_json_atomic(folder / SIDECAR, sidecar)
+        atomic_write_json(folder / SIDECAR, sidecar)
     except OSError as exc:  # a read-only folder only costs us the cache
         logger.debug("could not cache content hash in %s: %s", folder, exc)
     return content_hash

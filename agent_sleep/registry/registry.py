@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,9 @@ from agent_sleep.errors import (
     InvalidInputError,
     NotFoundError,
     NothingToRollBackError,
+    PathExistsError,
 )
+from agent_sleep.fsutil import atomic_dir
 from agent_sleep.registry.records import (
     ADAPTER_STATUSES,
     ALIASES,
@@ -59,25 +59,13 @@ _STACK_REF = re.compile(r"^(?P<agent>[^:]+):stack@v(?P<version>\d+)$")
 def _copy_atomic(src: Path, dest: Path, manifest: dict[str, Any]) -> None:
     if dest.exists():
         raise AdapterExistsError(f"{dest} already exists; adapter versions are immutable")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        tmp.mkdir()
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
-            shutil.copyfile(src / name, tmp / name)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-        for f in tmp.iterdir():
-            with f.open("rb") as fh:
-                os.fsync(fh.fileno())
-        os.rename(tmp, dest)  # readers see the whole folder or nothing
-        dir_fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(dest, mark=".tmp-") as tmp:  # readers see the whole folder or nothing
+            for name in ("adapter_config.json", "adapter_model.safetensors"):
+                shutil.copyfile(src / name, tmp / name)
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+    except PathExistsError as exc:
+        raise AdapterExistsError(f"{dest} already exists; adapter versions are immutable") from exc
 
 
 class AdapterRegistry:
