@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 # Public names resolved lazily, so `import agent_sleep` stays cheap.
 _LAZY = {
+    # awake: log what the agent does
     "ExperienceStore": "agent_sleep.store:ExperienceStore",
     "SleepCallbackHandler": "agent_sleep.capture.callback:SleepCallbackHandler",
     "SleepMiddleware": "agent_sleep.capture.middleware:SleepMiddleware",
@@ -24,15 +25,27 @@ _LAZY = {
     "ChatLocalModel": "agent_sleep.runtime.chat_model:ChatLocalModel",
     "load_base_model": "agent_sleep.models.loader:load_base_model",
     "Settings": "agent_sleep.config:Settings",
+    # asleep: turn it into adapters, keep them versioned, serve them live
+    "D2LGenerator": "agent_sleep.generators.d2l:D2LGenerator",
+    "internalize_to_registry": "agent_sleep.generators.d2l:internalize_to_registry",
+    "AdapterManifest": "agent_sleep.adapters:AdapterManifest",
+    "read_adapter": "agent_sleep.adapters:read_adapter",
+    "write_adapter": "agent_sleep.adapters:write_adapter",
+    "AdapterRegistry": "agent_sleep.registry:AdapterRegistry",
+    "LiveRuntime": "agent_sleep.runtime.live:LiveRuntime",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from agent_sleep.adapters import AdapterManifest, read_adapter, write_adapter
     from agent_sleep.capture.callback import SleepCallbackHandler
     from agent_sleep.capture.middleware import SleepMiddleware
     from agent_sleep.capture.recorder import ExperienceRecorder
     from agent_sleep.config import Settings
+    from agent_sleep.generators.d2l import D2LGenerator, internalize_to_registry
     from agent_sleep.models.loader import load_base_model
+    from agent_sleep.registry import AdapterRegistry
     from agent_sleep.runtime.chat_model import ChatLocalModel
+    from agent_sleep.runtime.live import LiveRuntime
     from agent_sleep.store import ExperienceStore
 
 
@@ -46,4 +59,8 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = ["AgentSleepError", "__version__", *_LAZY]
+__all__ = [
+    "AdapterManifest", "AdapterRegistry", "AgentSleepError", "ChatLocalModel", "D2LGenerator", "ExperienceRecorder",
+    "ExperienceStore", "LiveRuntime", "Settings", "SleepCallbackHandler", "SleepMiddleware", "__version__",
+    "internalize_to_registry", "load_base_model", "read_adapter", "write_adapter",
+]  # fmt: skip

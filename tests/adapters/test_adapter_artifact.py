@@ -34,7 +34,7 @@ from agent_sleep.errors import (
     TamperedAdapterError,
 )
 from agent_sleep.models.loader import BaseModelHandle
-from tests.adapters.helpers import manifest_for, random_tensors, write_random
+from tests.helpers_adapters import manifest_for, random_tensors, write_random
 
 
 def _edit_json(path: Path, **changes: object) -> None:
@@ -68,19 +68,12 @@ def test_round_trip_keeps_tensors_config_and_provenance(tmp_path: Path, handle: 
                                  for k in tensors if k.endswith("lora_A.weight"))
 
 
-def test_failed_write_leaves_nothing_visible(
-    tmp_path: Path, handle: BaseModelHandle, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real = artifact_mod._write_json
-
-    def fail_on_manifest(path: Path, data: object) -> None:
-        if path.name == MANIFEST_FILE:
-            raise OSError("disk full")
-        real(path, data)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(artifact_mod, "_write_json", fail_on_manifest)
-    with pytest.raises(OSError, match="disk full"):
-        write_random(tmp_path / "v1", handle)
+def test_failed_write_leaves_nothing_visible(tmp_path: Path, handle: BaseModelHandle) -> None:
+    # The manifest is the last file written: weights and config are already in the temp folder when it fails.
+    unwritable = manifest_for(handle, future_key=object())
+    config = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    with pytest.raises(ValueError, match="serialize"):
+        write_adapter(tmp_path / "v1", random_tensors(handle.model), config, unwritable)
     assert os.listdir(tmp_path) == []  # neither the adapter nor its temp folder
 
 

@@ -21,7 +21,7 @@ from agent_sleep.adapters.artifact import LoraWeights
 from agent_sleep.adapters.lora_config import peft_key
 from agent_sleep.errors import InvalidInputError
 from agent_sleep.models.loader import BaseModelHandle
-from tests.adapters.helpers import logits, manifest_for, max_diff, peft_logits, probe, write_random
+from tests.helpers_adapters import logits, manifest_for, max_diff, peft_logits, probe, write_random
 
 Layers = dict[str, LoraWeights]
 

@@ -13,7 +13,7 @@ from agent_sleep.adapters import LoraHooks, lora_layers, peft_equivalence, prepa
 from agent_sleep.adapters.artifact import LoraWeights
 from agent_sleep.errors import IncompatibleAdapterError, InvalidInputError
 from agent_sleep.models.loader import BaseModelHandle
-from tests.adapters.helpers import logits, max_diff, peft_logits, probe, write_random
+from tests.helpers_adapters import logits, max_diff, peft_logits, probe, write_random
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from agent_sleep.adapters import (
     write_adapter,
 )
 from agent_sleep.models.loader import BaseModelHandle
-from tests.adapters.helpers import logits, manifest_for, probe, random_tensors, write_random
+from tests.helpers_adapters import logits, manifest_for, probe, random_tensors, write_random
 
 ALL_CHECKS = ["base_model", "targets", "finite", "delta_norm", "reload"]
 Q0 = "model.layers.0.self_attn.q_proj"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,14 +22,6 @@ def _one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)  # tiny models: threads cost more than they save
-
-
-@pytest.fixture(autouse=True)
-def _registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Until agent_sleep.cli.main lists the module, test it through the real entry point anyway.
-    modules = cli_main._COMMAND_MODULES
-    if "agent_sleep.cli.generate_cmds" not in modules:
-        monkeypatch.setattr(cli_main, "_COMMAND_MODULES", (*modules, "agent_sleep.cli.generate_cmds"))
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +87,7 @@ def test_internalize_registers_a_skill_that_ask_and_deploy_use(
     assert (out["name"], out["version"], out["adapter"]) == ("velmora", 1, "velmora@v1")
     assert out["chunks"] > 1 and out["rank"] == 4 * out["chunks"]  # chunk LoRAs concatenated along rank
     assert out["chunks_dropped"] == 0  # no chunk gate in this checkpoint
-    assert out["adapter_bytes"] > 0 and out["seconds"] > 0
+    assert out["adapter_bytes"] > 0 and math.isfinite(out["seconds"]) and out["seconds"] > 0
     artifact = read_adapter(out["path"])
     assert artifact.manifest is not None and artifact.manifest.generator.name == "d2l"
     assert artifact.manifest.skill == "velmora" and artifact.manifest.version == 1
@@ -187,7 +180,7 @@ def test_real_internalize_with_the_committed_checkpoint(capsys: pytest.CaptureFi
     # one rank-r block per chunk, plus the document-independent block when the checkpoint has one
     assert out["version"] == 1
     assert out["rank"] == hyper["rank"] * (out["chunks"] + int(bool(hyper.get("use_bias"))))
-    assert out["seconds"] < 30
+    assert math.isfinite(out["seconds"]) and out["seconds"] > 0  # how fast: evals/bench_d2l.py
     assert cli_main.main(["ask", "--adapter", "venue", "What is the Wi-Fi password at Corvid Hall?", "--json",
                           "--max-new-tokens", "16"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["stack"]

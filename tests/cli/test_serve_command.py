@@ -13,7 +13,7 @@ import httpx
 
 from agent_sleep.registry import AdapterRegistry
 from agent_sleep.store import ExperienceStore
-from tests.helpers_adapters import make_adapter_folder
+from tests.helpers_adapters import write_random
 from tests.helpers_models import make_tiny_model_dir
 
 
@@ -32,7 +32,7 @@ def test_serve_process(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = dict(os.environ, AGENT_SLEEP_DATA_DIR=str(data), AGENT_SLEEP_MODEL=str(model_dir))
     registry = AdapterRegistry(ExperienceStore(f"sqlite:///{data / 'experience.sqlite'}"))
-    src = make_adapter_folder(tmp_path / "src", base_hash=load_base_model(str(model_dir)).content_hash)
+    src = write_random(tmp_path / "src", load_base_model(str(model_dir)))
     registry.register(src, "refunds")
     registry.deploy("helpdesk", "refunds@v1")
 

@@ -117,7 +117,8 @@ def test_committed_checkpoint_internalizes_and_registers(store: object) -> None:
     gen = D2LGenerator.load()
     doc = synth.make_fact_docs(1, seed=5, split="heldout")[0]["text"]
     record, result = internalize_to_registry(AdapterRegistry(store), doc, "d2l-smoke", generator=gen)  # type: ignore[arg-type]
-    assert result.seconds < 5 and result.chunks == 1 and record.generator == "d2l"
+    assert result.chunks == 1 and record.generator == "d2l"
+    assert math.isfinite(result.seconds) and result.seconds > 0  # how fast: evals/bench_d2l.py
     assert result.nbytes < 4_000_000
 
 

@@ -18,7 +18,7 @@ from agent_sleep.errors import (
 )
 from agent_sleep.registry import AdapterRegistry
 from agent_sleep.store import ExperienceStore
-from tests.helpers_adapters import BASE_HASH, make_adapter_folder
+from tests.helpers_adapters import BASE_HASH, write_random
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def registry(store: ExperienceStore) -> AdapterRegistry:
 
 
 def _register(registry: AdapterRegistry, tmp_path: Path, skill: str, seed: int = 0) -> str:
-    folder = make_adapter_folder(tmp_path / f"src-{skill}-{seed}", seed=seed)
+    folder = write_random(tmp_path / f"src-{skill}-{seed}", seed=seed)
     return registry.register(folder, skill, description=f"{skill} skill", agent="helpdesk").name
 
 
@@ -43,18 +43,18 @@ def test_register_versions_are_immutable_and_numbered(registry: AdapterRegistry,
 
 
 def test_bad_adapters_are_refused(registry: AdapterRegistry, tmp_path: Path) -> None:
-    folder = make_adapter_folder(tmp_path / "a")
+    folder = write_random(tmp_path / "a")
     with pytest.raises(InvalidInputError, match="invalid adapter/skill name"):
         registry.register(folder, "../evil")
     with pytest.raises(InvalidInputError, match="invalid adapter/skill name"):
         registry.register(folder, "a/b")
     with pytest.raises(AdapterFormatError, match="does not exist"):
         registry.register(tmp_path / "nope", "x")
-    half = make_adapter_folder(tmp_path / "half")
+    half = write_random(tmp_path / "half")
     (half / "adapter_model.safetensors").unlink()
     with pytest.raises(AdapterFormatError, match="missing adapter_model.safetensors"):
         registry.register(half, "x")
-    tampered = make_adapter_folder(tmp_path / "t")
+    tampered = write_random(tmp_path / "t")
     with (tampered / "adapter_model.safetensors").open("r+b") as fh:
         fh.seek(-4, 2)
         fh.write(b"\x00\x01\x02\x03")

@@ -152,9 +152,21 @@ def test_abandoned_stream_releases_the_model(chat: ChatLocalModel, handle: BaseM
 
 
 def test_serialization_and_identity(chat: ChatLocalModel) -> None:
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class Invocations(BaseCallbackHandler):
+        """What tracers (LangSmith, the capture callback) are told about the model on each call."""
+
+        def __init__(self) -> None:
+            self.params: list[dict[str, Any]] = []
+
+        def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
+            self.params.append(kwargs["invocation_params"])
+
     assert "handle" not in chat.model_dump()
-    assert chat._llm_type == "agent-sleep-local"
-    assert chat._identifying_params["model"] == chat.model
+    seen = Invocations()
+    chat.invoke("hello there", max_new_tokens=2, config={"callbacks": [seen]})
+    assert [(p["_type"], p["model"]) for p in seen.params] == [("agent-sleep-local", chat.model)]
     with pytest.raises(ValueError, match="BaseModelHandle"):
         ChatLocalModel(handle=object())
 
