@@ -11,9 +11,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from agent_sleep._version import __version__
 from agent_sleep.errors import AgentSleepError
-
-__version__ = "0.1.0"
 
 # Public names resolved lazily, so `import agent_sleep` stays cheap.
 _LAZY = {

@@ -103,6 +103,17 @@ def bench_switch(rt: Any, names: list[str]) -> dict[str, Any]:
     return res
 
 
+def _decode(chat: Any, pinned: Any, ids: list[int], params: Any) -> int:
+    """Tokens decoded, with the stack bound around each step as ChatLocalModel does."""
+    steps = chat._generate_ids(pinned.handle, list(ids), params)
+    count = 0
+    while True:
+        with pinned.bound():
+            if next(steps, None) is None:
+                return count
+        count += 1
+
+
 def bench_decode(rt: Any, names: list[str], tokens: int) -> dict[str, Any]:
     from agent_sleep.adapters.stack import prepare_stack
 
@@ -112,7 +123,8 @@ def bench_decode(rt: Any, names: list[str], tokens: int) -> dict[str, Any]:
             items = [(x, rt._adapter_layers(x), 1.0) for x in names[:n]]
             stack = prepare_stack(f"d{n}{combine}", items, combine=combine) if n else None
             rt.hooks.ensure(list(stack.layers) if stack else [])
-            handle = rt.pinned_handle(stack)
+            pinned = rt.pinned(stack)
+            handle = pinned.handle
             text = handle.tokenizer.apply_chat_template([{"role": "user", "content": "Tell me about the sea."}],
                                                         add_generation_prompt=True, tokenize=False)
             ids = handle.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -121,9 +133,9 @@ def bench_decode(rt: Any, names: list[str], tokens: int) -> dict[str, Any]:
             chat = ChatLocalModel(handle=handle, max_new_tokens=tokens)
             params = GenerationParams(max_new_tokens=tokens, temperature=0.0, top_p=1.0, repetition_penalty=1.0,
                                       seed=None)
-            list(chat._generate_ids(handle, list(ids), GenerationParams(4, 0.0, 1.0, 1.0, None)))  # warm-up
+            _decode(chat, pinned, ids, GenerationParams(4, 0.0, 1.0, 1.0, None))  # warm-up
             t0 = time.perf_counter()
-            got = sum(1 for _ in chat._generate_ids(handle, list(ids), params))
+            got = _decode(chat, pinned, ids, params)
             res[f"{n}_{combine}"] = got / (time.perf_counter() - t0)
     return res
 
@@ -131,7 +143,7 @@ def bench_decode(rt: Any, names: list[str], tokens: int) -> dict[str, Any]:
 def load_test(rt: Any, names: list[str], swaps: int, tokens: int) -> dict[str, Any]:
     import openai
 
-    from agent_sleep.runtime.resolver import LiveResolver
+    from agent_sleep.serving.live_resolver import LiveResolver
     from agent_sleep.serving.server import ServerThread
 
     agent = "loadtest"

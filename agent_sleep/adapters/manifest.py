@@ -45,7 +45,7 @@ def check_name(name: str) -> str:
 
 
 def _agent_sleep_version() -> str:
-    from agent_sleep import __version__
+    from agent_sleep._version import __version__
 
     return __version__
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from importlib import import_module
 
-from agent_sleep import __version__
+from agent_sleep._version import __version__
 from agent_sleep.errors import AgentSleepError
 
 _COMMAND_MODULES = (

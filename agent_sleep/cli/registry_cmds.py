@@ -102,11 +102,12 @@ def _print_outcome(outcome: Any, as_json: bool) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    from agent_sleep.registry.refs import is_stack_ref, parse_adapter_ref
     from agent_sleep.runtime.deploy import deploy_validated
 
     weights = _parse_weights(args.weight)
-    targets: Any = args.targets[0] if len(args.targets) == 1 and ":stack@" in args.targets[0] else [
-        (t, weights.get(t.split("@")[0], 1.0)) for t in args.targets]
+    targets: Any = args.targets[0] if len(args.targets) == 1 and is_stack_ref(args.targets[0]) else [
+        (ref, weights.get(ref.skill, 1.0)) for ref in map(parse_adapter_ref, args.targets)]
     outcome = deploy_validated(_registry(args), args.agent, targets, actor=args.actor, reason=args.reason or "",
                                validate=not args.no_validate, max_delta_norm=args.max_delta_norm)
     return _print_outcome(outcome, args.json)

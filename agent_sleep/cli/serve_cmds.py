@@ -16,8 +16,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from agent_sleep.models.loader import load_base_model, pull_model, is_default_spec
     from agent_sleep.registry import AdapterRegistry
     from agent_sleep.runtime.live import LiveRuntime
-    from agent_sleep.runtime.resolver import LiveResolver
     from agent_sleep.serving.cli import run_serve
+    from agent_sleep.serving.live_resolver import LiveResolver
     from agent_sleep.store import ExperienceStore
 
     settings = settings_from(args)

@@ -84,10 +84,6 @@ class BaseModelHandle:
     device: str
     dtype: Any
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    # Set on per-request copies by the live runtime: the adapter stack this request
-    # runs on, and the context manager that binds it around each forward pass.
-    stack: Any = field(default=None, repr=False)
-    activate: Callable[[Any], Any] | None = field(default=None, repr=False)
 
 
 # ---------------------------------------------------------------- spec handling

@@ -7,11 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from agent_sleep.registry.refs import parse_adapter_ref
 from agent_sleep.store.records import Record
 
 AdapterStatus = Literal["candidate", "approved", "live", "retired", "rejected", "rolled_back"]
 ADAPTER_STATUSES: tuple[str, ...] = ("candidate", "approved", "live", "retired", "rejected", "rolled_back")
-ALIASES: tuple[str, ...] = ("live", "previous", "candidate")
 
 
 class AdapterVersionRecord(Record):
@@ -50,7 +50,7 @@ class StackRecord(Record):
     id: str
     agent: str
     version: int
-    name: str  # "agent:stack@vN"
+    name: str  # "agent:stack@vN", see registry.refs.StackRef
     items: tuple[StackItem, ...]
     content_hash: str
     created_at: datetime
@@ -62,7 +62,7 @@ class StackRecord(Record):
 
     @property
     def skills(self) -> list[str]:
-        return [i.adapter.split("@", 1)[0] for i in self.items]
+        return [parse_adapter_ref(i.adapter).skill for i in self.items]
 
 
 class DeploymentRecord(Record):

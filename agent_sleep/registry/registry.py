@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+<<<<<<< HEAD
 import re
+=======
+import os
+>>>>>>> h-layers
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,15 +35,19 @@ from agent_sleep.errors import (
     NothingToRollBackError,
     PathExistsError,
 )
+<<<<<<< HEAD
 from agent_sleep.fsutil import atomic_dir
+=======
+from agent_sleep.registry.notify import notify
+>>>>>>> h-layers
 from agent_sleep.registry.records import (
     ADAPTER_STATUSES,
-    ALIASES,
     AdapterVersionRecord,
     DeploymentRecord,
     StackItem,
     StackRecord,
 )
+from agent_sleep.registry.refs import ALIASES, AdapterRef, StackRef, is_stack_ref, parse_adapter_ref, parse_stack_ref
 from agent_sleep.store.models import (
     Agent,
     AdapterAlias,
@@ -50,10 +58,6 @@ from agent_sleep.store.models import (
     utcnow,
 )
 from agent_sleep.store.store import ExperienceStore
-
-NOTIFY_CHANNEL = "agent_sleep_deployments"
-_REF = re.compile(r"^(?P<skill>[^@]+)(?:@(?:v(?P<version>\d+)|(?P<alias>[a-z_]+)))?$")
-_STACK_REF = re.compile(r"^(?P<agent>[^:]+):stack@v(?P<version>\d+)$")
 
 
 def _copy_atomic(src: Path, dest: Path, manifest: dict[str, Any]) -> None:
@@ -128,7 +132,7 @@ class AdapterRegistry:
                 return self._adapter_record(s, row)
         raise AdapterExistsError(f"could not allocate a version for {skill!r}")  # pragma: no cover
 
-    def get(self, ref: str) -> AdapterVersionRecord:
+    def get(self, ref: str | AdapterRef) -> AdapterVersionRecord:
         """``skill@vN``, ``skill@live|previous|candidate``, or ``skill`` (live, else newest usable)."""
         with self.store.session() as s:
             return self._adapter_record(s, self._resolve(s, ref))
@@ -169,7 +173,8 @@ class AdapterRegistry:
                                      "reason": d.reason, "at": d.created_at.isoformat()} for d in deps]}
 
     # -- stacks ------------------------------------------------------------------------------
-    def create_stack(self, agent: str, items: Sequence[tuple[str, float] | StackItem | str]) -> StackRecord:
+    def create_stack(self, agent: str, items: Sequence[tuple[str | AdapterRef, float] | StackItem | str | AdapterRef]
+                     ) -> StackRecord:
         """The stack of these adapter versions (reused when an identical one exists)."""
         with self.store.session() as s:
             return self._stack_record(self._create_stack(s, agent, items))
@@ -177,11 +182,11 @@ class AdapterRegistry:
     def _create_stack(self, s: Session, agent: str, items: Sequence[Any]) -> Stack:
         resolved: list[dict[str, Any]] = []
         for item in items:
-            ref, weight = (item, 1.0) if isinstance(item, str) else \
+            ref, weight = (item, 1.0) if isinstance(item, str | AdapterRef) else \
                 (item.adapter, item.weight) if isinstance(item, StackItem) else item
             row = self._resolve(s, ref)
             resolved.append({"adapter": row.name, "weight": float(weight)})
-        skills = [r["adapter"].split("@")[0] for r in resolved]
+        skills = [parse_adapter_ref(r["adapter"]).skill for r in resolved]
         if len(set(skills)) != len(skills):
             raise InvalidInputError(f"a stack holds each skill once; got {', '.join(r['adapter'] for r in resolved)}")
         digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
@@ -192,13 +197,14 @@ class AdapterRegistry:
             s.add(Agent(name=agent, meta={}, created_at=utcnow()))
             s.flush()
         version = (s.execute(select(func.max(Stack.version)).where(Stack.agent == agent)).scalar() or 0) + 1
-        row = Stack(agent=agent, version=version, name=f"{agent}:stack@v{version}", items={"items": resolved},
+        row = Stack(agent=agent, version=version, name=str(StackRef(agent, version)), items={"items": resolved},
                     content_hash=digest, created_at=utcnow())
         s.add(row)
         s.flush()
         return row
 
-    def get_stack(self, ref: str) -> StackRecord:
+    def get_stack(self, ref: str | StackRef) -> StackRecord:
+        """``agent:stack@vN`` (or a :class:`StackRef`), or a stack id."""
         with self.store.session() as s:
             return self._stack_record(self._resolve_stack(s, ref))
 
@@ -210,22 +216,22 @@ class AdapterRegistry:
             return [self._stack_record(r) for r in s.execute(stmt).scalars()]
 
     # -- deployments -----------------------------------------------------------------------------
-    def deploy(self, agent: str, target: str | Sequence[Any], *, actor: str = "user", reason: str = "",
-               run_id: str | None = None, expected_seq: int | None = None, kind: str = "deploy",
+    def deploy(self, agent: str, target: str | StackRef | AdapterRef | Sequence[Any], *, actor: str = "user",
+               reason: str = "", run_id: str | None = None, expected_seq: int | None = None, kind: str = "deploy",
                previous_id: str | None = None) -> DeploymentRecord:
-        """Make a stack live for ``agent``: a stack ref, a ``skill@vN``, or a list of items.
+        """Make a stack live for ``agent``: a stack ref, an adapter ref (``skill@vN``), or a list of items.
 
         ``expected_seq`` is the deployment sequence number the caller saw as live;
         if another deploy happened since, DeployConflictError is raised and nothing changes.
         """
         try:
             with self.store.session() as s:
-                if isinstance(target, str) and _STACK_REF.match(target):
+                if isinstance(target, StackRef) or is_stack_ref(target):
                     stack = self._resolve_stack(s, target)
                     if stack.agent != agent:
                         raise InvalidInputError(f"stack {target} belongs to agent {stack.agent!r}, not {agent!r}")
                 else:
-                    stack = self._create_stack(s, agent, [target] if isinstance(target, str) else target)
+                    stack = self._create_stack(s, agent, [target] if isinstance(target, str | AdapterRef) else target)
                 current = self._current(s, agent)
                 seq = current.seq if current else 0
                 if expected_seq is not None and expected_seq != seq:
@@ -238,8 +244,7 @@ class AdapterRegistry:
                 s.flush()
                 old = s.get(Stack, current.stack_id) if current else None
                 self._update_statuses(s, old, stack, kind)
-                if self.engine.dialect.name == "postgresql":
-                    s.execute(text("SELECT pg_notify(:c, :a)"), {"c": NOTIFY_CHANNEL, "a": agent})
+                notify(s, agent)
                 return self._deployment_record(s, dep)
         except IntegrityError as exc:
             raise DeployConflictError(f"another deployment for agent {agent!r} won the race; nothing was deployed "
@@ -277,7 +282,7 @@ class AdapterRegistry:
         live = self.live(agent)
         if live is None or skill not in live.stack.skills:
             raise NotFoundError(f"skill {skill!r} is not in the live stack of agent {agent!r}")
-        rest = [(i.adapter, i.weight) for i in live.stack.items if i.adapter.split("@")[0] != skill]
+        rest = [(i.adapter, i.weight) for i in live.stack.items if parse_adapter_ref(i.adapter).skill != skill]
         return self.deploy(agent, rest, actor=actor, reason=reason or f"remove {skill}", kind="remove_skill",
                            expected_seq=live.seq)
 
@@ -346,18 +351,14 @@ class AdapterRegistry:
             row.version_id, row.updated_at = version_id, utcnow()
         s.flush()
 
-    def _resolve(self, s: Session, ref: str) -> AdapterVersion:
-        m = _REF.match(ref.strip()) if isinstance(ref, str) else None
-        if not m:
-            raise InvalidInputError(f"not an adapter reference: {ref!r} (use skill, skill@vN or skill@live)")
-        skill = m.group("skill")
-        if m.group("version"):
+    def _resolve(self, s: Session, ref: str | AdapterRef) -> AdapterVersion:
+        parsed = ref if isinstance(ref, AdapterRef) else parse_adapter_ref(ref)
+        skill = parsed.skill
+        if parsed.version is not None:
             row = s.execute(select(AdapterVersion).where(AdapterVersion.skill == skill,
-                                                         AdapterVersion.version == int(m.group("version")))).scalar()
-        elif m.group("alias"):
-            if m.group("alias") not in ALIASES:
-                raise InvalidInputError(f"unknown alias {m.group('alias')!r} in {ref!r}; aliases: {', '.join(ALIASES)}")
-            alias = s.get(AdapterAlias, (skill, m.group("alias")))
+                                                         AdapterVersion.version == parsed.version)).scalar()
+        elif parsed.alias is not None:
+            alias = s.get(AdapterAlias, (skill, parsed.alias))
             row = s.get(AdapterVersion, alias.version_id) if alias else None
         else:
             alias = s.get(AdapterAlias, (skill, "live"))
@@ -365,13 +366,17 @@ class AdapterRegistry:
                 select(AdapterVersion).where(AdapterVersion.skill == skill, AdapterVersion.status != "rejected")
                 .order_by(AdapterVersion.version.desc()).limit(1)).scalar()
         if row is None:
-            raise NotFoundError(f"no adapter {ref!r} in the registry")
+            raise NotFoundError(f"no adapter {str(ref)!r} in the registry")
         return row
 
-    def _resolve_stack(self, s: Session, ref: str) -> Stack:
-        row = s.execute(select(Stack).where((Stack.name == ref) | (Stack.id == ref))).scalar()
+    def _resolve_stack(self, s: Session, ref: str | StackRef) -> Stack:
+        if isinstance(ref, StackRef) or is_stack_ref(ref):
+            name = str(ref if isinstance(ref, StackRef) else parse_stack_ref(ref))
+            row = s.execute(select(Stack).where(Stack.name == name)).scalar()
+        else:
+            row = s.get(Stack, ref)  # a stack id
         if row is None:
-            raise NotFoundError(f"no stack {ref!r} (stacks are named agent:stack@vN)")
+            raise NotFoundError(f"no stack {str(ref)!r} (stacks are named agent:stack@vN)")
         return row
 
     def _adapter_record(self, s: Session, row: AdapterVersion) -> AdapterVersionRecord:

@@ -1,10 +1,11 @@
 """A LangChain chat model over the local transformers base model.
 
 ``ChatLocalModel`` is what agents talk to while awake. All model access goes
-through two methods, :meth:`ChatLocalModel._handle` (which weights and
-tokenizer) and :meth:`ChatLocalModel._generate_ids` (the token loop), so a
-subclass can put a live adapter stack in front of the base model without
-touching prompt rendering, streaming, stop sequences or tool calls.
+through two methods, :meth:`ChatLocalModel._pin` (which weights, tokenizer and
+adapter stack, fixed once per request as a :class:`PinnedModel`) and
+:meth:`ChatLocalModel._generate_ids` (the token loop), so a subclass can put a
+live adapter stack in front of the base model without touching prompt
+rendering, streaming, stop sequences or tool calls.
 
 Tool calling is prompt-based (see :mod:`agent_sleep.runtime.chat_format`): the
 bound tools' JSON schemas go into the system prompt and the model answers
@@ -20,8 +21,9 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
@@ -47,6 +49,9 @@ from agent_sleep.runtime.chat_format import (
     to_chat_dicts,
     with_tool_prompt,
 )
+
+if TYPE_CHECKING:
+    from agent_sleep.adapters.stack import PreparedStack
 
 _GEN_FIELDS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty", "seed")
 # Passed by agent frameworks for API models; meaningless for a local model.
@@ -84,11 +89,23 @@ def _holdback(text: str, markers: Sequence[str]) -> int:
 # ---------------------------------------------------------------- the chat model
 
 
-def _stack_bound(handle: BaseModelHandle) -> Any:
-    """Bind the request's pinned adapter stack (if any) around one forward pass."""
-    if handle.stack is None or handle.activate is None:
-        return contextlib.nullcontext()
-    return handle.activate(handle.stack)
+@dataclass(frozen=True)
+class PinnedModel:
+    """What one request runs on, fixed when it starts: the shared model and, optionally, an adapter stack.
+
+    ``bind(stack)`` makes ``stack`` apply to the forward passes run inside it, in
+    the calling context only (the live runtime passes ``LoraHooks.activate``).
+    """
+
+    handle: BaseModelHandle
+    stack: PreparedStack | None = None
+    bind: Callable[[PreparedStack], AbstractContextManager[Any]] | None = None
+
+    def bound(self) -> AbstractContextManager[Any]:
+        """The stack bound around one decode step (nothing to bind: a no-op)."""
+        if self.stack is None or self.bind is None:
+            return contextlib.nullcontext()
+        return self.bind(self.stack)
 
 
 class ChatLocalModel(BaseChatModel):
@@ -136,10 +153,14 @@ class ChatLocalModel(BaseChatModel):
     # -- override points ------------------------------------------------------
 
     def _handle(self) -> BaseModelHandle:
-        """The model and tokenizer to run. Override to serve an adapted model."""
+        """The model and tokenizer to run."""
         if self.handle is not None:
             return self.handle
         return load_base_model(self.model, device=self.device)
+
+    def _pin(self) -> PinnedModel:
+        """What one request runs on, called once as it starts. Override to run on an adapter stack."""
+        return PinnedModel(self._handle())
 
     def _generate_ids(self, handle: BaseModelHandle, input_ids: list[int], params: GenerationParams) -> Iterator[int]:
         """Yield new token ids one at a time; the caller stops consuming at EOS or a stop sequence.
@@ -174,9 +195,9 @@ class ChatLocalModel(BaseChatModel):
         all_ids = torch.tensor([input_ids], dtype=torch.long, device=handle.device)
         step_ids, past = all_ids, None
         for _ in range(params.max_new_tokens):
-            # Grad mode and the active adapter stack are per-thread/context state: enter
-            # them per step, never across a yield (a consumer may resume us elsewhere).
-            with torch.inference_mode(), _stack_bound(handle):
+            # Grad mode is per-thread state: enter it per step, never across a yield
+            # (a consumer may resume us on another thread).
+            with torch.inference_mode():
                 out = model(input_ids=step_ids, use_cache=True, **{cache_kwarg: past})
                 past = out.cache if cache_kwarg == "cache" else out.past_key_values
                 logits = processors(all_ids, out.logits[:, -1, :].float())
@@ -234,7 +255,8 @@ class ChatLocalModel(BaseChatModel):
     ) -> Iterator[AIMessageChunk]:
         """The whole call as chunks: text pieces, then one last chunk with tool calls and metadata."""
         params, tools, choice = self._split_kwargs(dict(kwargs))
-        handle = self._handle()
+        pinned = self._pin()
+        handle = pinned.handle
         tokenizer = handle.tokenizer
         stops = [s for s in (stop or []) if s]
         markers = [*stops, TOOL_CALL_OPEN] if tools else stops
@@ -249,7 +271,14 @@ class ChatLocalModel(BaseChatModel):
             params = self._fit_context(handle, input_ids, params)
             text = prefill
             started = time.perf_counter()
-            for token in self._generate_ids(handle, input_ids, params):
+            tokens = self._generate_ids(handle, input_ids, params)
+            while True:
+                # The adapter stack is bound per context: around each step, never across our
+                # own yield (LangChain may resume this generator on another thread).
+                with pinned.bound():
+                    token = next(tokens, None)
+                if token is None:
+                    break
                 produced += 1
                 if token in eos:
                     finish = "stop"
@@ -289,7 +318,7 @@ class ChatLocalModel(BaseChatModel):
                 "model": self.model,
                 "model_name": self.model,
                 "content_hash": handle.content_hash,
-                "stack": getattr(handle.stack, "name", None),
+                "stack": pinned.stack.name if pinned.stack is not None else None,
                 "finish_reason": finish,
                 "seconds": round(seconds, 4),
             },
@@ -343,6 +372,6 @@ class ChatLocalModel(BaseChatModel):
 
 
 __all__ = [
-    "TOOL_CALL_OPEN", "ChatLocalModel", "GenerationParams", "parse_tool_calls", "render_tool_prompt",
+    "TOOL_CALL_OPEN", "ChatLocalModel", "GenerationParams", "PinnedModel", "parse_tool_calls", "render_tool_prompt",
     "supports_tool_role", "to_chat_dicts",
 ]  # fmt: skip

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from agent_sleep.registry.records import DeploymentRecord, StackRecord
+from agent_sleep.registry.refs import AdapterRef, StackRef, is_stack_ref
 
 if TYPE_CHECKING:
     from agent_sleep.models.loader import BaseModelHandle
@@ -79,8 +80,8 @@ def check_stack(registry: AdapterRegistry, stack: StackRecord, handle: BaseModel
     return verdicts
 
 
-def deploy_validated(registry: AdapterRegistry, agent: str, target: str | Sequence[Any], *, actor: str = "user",
-                     reason: str = "", run_id: str | None = None, validate: bool = True,
+def deploy_validated(registry: AdapterRegistry, agent: str, target: str | StackRef | AdapterRef | Sequence[Any], *,
+                     actor: str = "user", reason: str = "", run_id: str | None = None, validate: bool = True,
                      handle: BaseModelHandle | None = None, max_delta_norm: float | None = None,
                      cache: dict[str, AdapterVerdict] | None = None) -> DeployOutcome:
     """Create the stack, validate it against the base model, then deploy it atomically.
@@ -90,10 +91,10 @@ def deploy_validated(registry: AdapterRegistry, agent: str, target: str | Sequen
     """
     live = registry.live(agent)
     seen = live.seq if live else 0
-    if isinstance(target, str) and ":stack@" in target:
+    if isinstance(target, StackRef) or is_stack_ref(target):
         stack = registry.get_stack(target)
     else:
-        stack = registry.create_stack(agent, [target] if isinstance(target, str) else target)
+        stack = registry.create_stack(agent, [target] if isinstance(target, str | AdapterRef) else target)
     verdicts: list[AdapterVerdict] = []
     if validate and stack.items:
         if handle is None:

@@ -9,27 +9,34 @@ request holding it finishes (reference counting is the drain).
 
 The registry in SQL is the source of truth: ``deploy``/``rollback`` write it
 and then switch locally; :meth:`LiveRuntime.sync` (run by :meth:`watch`, about
-every 0.25 s, and at once on PostgreSQL NOTIFY) applies deployments made by
-other processes. The stack that was live before stays prepared ("warm"), so a
-rollback to it needs no disk access.
+every 0.25 s, and at once on PostgreSQL NOTIFY: :mod:`agent_sleep.registry.notify`)
+applies deployments made by other processes. The stack that was live before
+stays prepared ("warm"), so a rollback to it needs no disk access.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from agent_sleep.adapters.stack import LoraHooks, PreparedStack, prepare_stack
 from agent_sleep.errors import NotFoundError
 from agent_sleep.models.loader import BaseModelHandle, load_base_model
 from agent_sleep.registry import AdapterRegistry, DeploymentRecord, StackRecord
+from agent_sleep.registry.notify import listen
+from agent_sleep.registry.refs import AdapterRef, StackRef
+from agent_sleep.runtime.chat_model import PinnedModel
 from agent_sleep.runtime.deploy import AdapterVerdict, DeployOutcome, check_stack, deploy_validated
+
+if TYPE_CHECKING:
+    from agent_sleep.adapters.artifact import LoraWeights
+    from agent_sleep.runtime.live_chat import LiveChatModel
 
 log = logging.getLogger("agent_sleep.runtime")
 
@@ -39,7 +46,7 @@ class LiveState:
     """What is live for one agent: the deployment and its prepared stack."""
 
     deployment: DeploymentRecord
-    stack: Any  # PreparedStack
+    stack: PreparedStack
 
     @property
     def version(self) -> str:
@@ -51,8 +58,6 @@ class LiveRuntime:
 
     def __init__(self, registry: AdapterRegistry, *, model: str | None = None, handle: BaseModelHandle | None = None,
                  validate: bool = True, max_delta_norm: float | None = None, cache_adapters: int = 32) -> None:
-        from agent_sleep.adapters.stack import LoraHooks
-
         self.registry = registry
         settings = registry.store.settings
         self.handle = handle or load_base_model(model or settings.model, settings=settings)
@@ -61,7 +66,7 @@ class LiveRuntime:
         self.max_delta_norm = max_delta_norm  # None: the validation module's default bound
         self._live: dict[str, LiveState] = {}
         self._warm: dict[str, LiveState] = {}  # the state live before the current one, per agent
-        self._layers: OrderedDict[str, Any] = OrderedDict()  # adapter name -> lora layers (LRU)
+        self._layers: OrderedDict[str, Mapping[str, LoraWeights]] = OrderedDict()  # adapter name -> layers (LRU)
         self._cache_size = cache_adapters
         self._verdicts: dict[str, AdapterVerdict] = {}
         self._lock = threading.RLock()  # serialises switches; readers never take it
@@ -76,23 +81,23 @@ class LiveRuntime:
     def agents(self) -> list[str]:
         return sorted(self._live)
 
-    def pin(self, agent: str) -> Any:
-        """The PreparedStack live for ``agent`` right now (None: base model only)."""
+    def pin(self, agent: str) -> PreparedStack | None:
+        """The stack live for ``agent`` right now (None: base model only)."""
         state = self._live.get(agent)
         return state.stack if state else None
 
-    def pinned_handle(self, stack: Any) -> BaseModelHandle:
-        """A handle on the shared model whose generations run on ``stack``."""
-        return dataclasses.replace(self.handle, stack=stack, activate=self.hooks.activate)
+    def pinned(self, stack: PreparedStack | None) -> PinnedModel:
+        """The shared model, for one request whose generations run on ``stack``."""
+        return PinnedModel(self.handle, stack, self.hooks.activate)
 
     @contextmanager
-    def using(self, stack: Any) -> Iterator[None]:
+    def using(self, stack: PreparedStack | None) -> Iterator[None]:
         """Run model calls in this block on ``stack`` (for direct ``model(...)`` use)."""
         with self.hooks.activate(stack):
             yield
 
     # -- preparing stacks ---------------------------------------------------------------------
-    def _adapter_layers(self, name: str) -> Any:
+    def _adapter_layers(self, name: str) -> Mapping[str, LoraWeights]:
         from agent_sleep.adapters.artifact import lora_layers, read_adapter
 
         with self._lock:
@@ -106,22 +111,18 @@ class LiveRuntime:
                 self._layers.popitem(last=False)
         return layers
 
-    def prepare(self, stack: StackRecord) -> Any:
+    def prepare(self, stack: StackRecord) -> PreparedStack:
         """Load (cache or disk) and combine a stack's adapters; does not make it live."""
-        from agent_sleep.adapters.stack import prepare_stack
-
         items = [(i.adapter, self._adapter_layers(i.adapter), i.weight) for i in stack.items]
         prepared = prepare_stack(stack.name, items, dtype=self.handle.dtype, device=self.handle.device)
         self.hooks.ensure(list(prepared.layers))
         return prepared
 
-    def prepare_adapters(self, refs: Sequence[str | tuple[str, float]]) -> Any:
+    def prepare_adapters(self, refs: Sequence[str | AdapterRef | tuple[str | AdapterRef, float]]) -> PreparedStack:
         """A prepared stack of explicit adapters (``skill@vN`` or ``skill``), not tied to an agent."""
-        from agent_sleep.adapters.stack import prepare_stack
-
         items = []
         for ref in refs:
-            name, weight = (ref, 1.0) if isinstance(ref, str) else ref
+            name, weight = (ref, 1.0) if isinstance(ref, str | AdapterRef) else ref
             rec = self.registry.get(name)
             items.append((rec.name, self._adapter_layers(rec.name), float(weight)))
         label = "+".join(n if w == 1.0 else f"{n}*{w:g}" for n, _, w in items) or "base"
@@ -137,8 +138,8 @@ class LiveRuntime:
             self._live[agent] = state  # the switch: one reference assignment
 
     # -- changing what is live ----------------------------------------------------------------
-    def deploy(self, agent: str, target: str | Sequence[Any], *, actor: str = "runtime", reason: str = "",
-               run_id: str | None = None) -> DeployOutcome:
+    def deploy(self, agent: str, target: str | StackRef | AdapterRef | Sequence[Any], *, actor: str = "runtime",
+               reason: str = "", run_id: str | None = None) -> DeployOutcome:
         """Validate, record in the registry, prepare, and switch ``agent`` to the new stack."""
         outcome = deploy_validated(self.registry, agent, target, actor=actor, reason=reason, run_id=run_id,
                                    validate=self.validate, handle=self.handle, max_delta_norm=self.max_delta_norm,
@@ -218,23 +219,26 @@ class LiveRuntime:
             self._watcher = None
 
     def _watch_loop(self, interval: float) -> None:
-        listener = _PgListener(self.registry) if self.registry.engine.dialect.name == "postgresql" else None
-        while not self._stop.is_set():
+        if self.registry.engine.dialect.name == "postgresql":
             try:
-                self.sync()
-            except Exception as exc:  # a flaky database must not kill the watcher
-                self.last_sync_error = str(exc)
-                log.warning("registry sync failed: %s", exc)
-            if listener is not None:
-                listener.wait(interval)
-            else:
-                self._stop.wait(interval)
-        if listener is not None:
-            listener.close()
+                listen(self.registry.engine.url, self._sync_logged, self._stop, interval=interval)
+            except Exception as exc:  # fall back to polling
+                log.info("LISTEN unavailable (%s); polling the registry", exc)
+        while not self._stop.is_set():
+            self._sync_logged()
+            self._stop.wait(interval)
+
+    def _sync_logged(self, _agent: str | None = None) -> None:
+        try:
+            self.sync()
+        except Exception as exc:  # a flaky database must not kill the watcher
+            self.last_sync_error = str(exc)
+            log.warning("registry sync failed: %s", exc)
 
     # -- using it -----------------------------------------------------------------------------
-    def chat_model(self, agent: str | None = None, *, adapters: Sequence[str | tuple[str, float]] | None = None,
-                   **generation: Any) -> Any:
+    def chat_model(self, agent: str | None = None, *,
+                   adapters: Sequence[str | AdapterRef | tuple[str | AdapterRef, float]] | None = None,
+                   **generation: Any) -> LiveChatModel:
         """A LangChain chat model: ``agent``'s live stack per request, or a fixed adapter list."""
         from agent_sleep.runtime.live_chat import LiveChatModel
 
@@ -257,37 +261,3 @@ class LiveRuntime:
             raise NotFoundError(f"agent {agent!r} has no live deployment")
         return state
 
-
-class _PgListener:
-    """LISTEN on the deployment channel; ``wait`` returns early when a NOTIFY arrives."""
-
-    def __init__(self, registry: AdapterRegistry) -> None:
-        self._conn: Any = None
-        try:
-            import psycopg
-
-            from agent_sleep.registry.registry import NOTIFY_CHANNEL
-
-            url = registry.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._conn = psycopg.connect(url, autocommit=True)
-            self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-        except Exception as exc:  # fall back to polling
-            log.info("LISTEN unavailable (%s); polling the registry", exc)
-            self._conn = None
-
-    def wait(self, timeout: float) -> None:
-        if self._conn is None:
-            time.sleep(timeout)
-            return
-        try:
-            for _ in self._conn.notifies(timeout=timeout, stop_after=1):
-                pass
-        except Exception:
-            self.close()
-
-    def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None

@@ -8,25 +8,28 @@ construction. The stack's name is reported in ``response_metadata["stack"]``.
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import Field, InstanceOf
 
-from pydantic import Field
-
+from agent_sleep.adapters.stack import PreparedStack
 from agent_sleep.models.loader import BaseModelHandle
-from agent_sleep.runtime.chat_model import ChatLocalModel
+from agent_sleep.runtime.chat_model import ChatLocalModel, PinnedModel
+from agent_sleep.runtime.live import LiveRuntime
 
 
 class LiveChatModel(ChatLocalModel):
-    runtime: Any = Field(default=None, exclude=True, repr=False)
+    runtime: InstanceOf[LiveRuntime] = Field(exclude=True, repr=False)
     agent: str | None = None
-    pinned: Any = Field(default=None, exclude=True, repr=False)
-    """A PreparedStack to always use; otherwise the agent's live stack per request."""
+    pinned: InstanceOf[PreparedStack] | None = Field(default=None, exclude=True, repr=False)
+    """A stack to always use; otherwise the agent's live stack per request."""
 
     @property
     def _llm_type(self) -> str:
         return "agent-sleep-live"
 
     def _handle(self) -> BaseModelHandle:
+        return self.runtime.handle
+
+    def _pin(self) -> PinnedModel:
         stack = self.pinned if self.pinned is not None else (
             self.runtime.pin(self.agent) if self.agent is not None else None)
-        return self.runtime.pinned_handle(stack)
+        return self.runtime.pinned(stack)

@@ -44,7 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from agent_sleep import __version__
+from agent_sleep._version import __version__
 from agent_sleep.errors import AgentSleepError, APIError, InvalidInputError, NotFoundError, RequestError
 from agent_sleep.serving.openai_format import (
     ChatCompletionRequest,

@@ -17,6 +17,8 @@ from agent_sleep.errors import (
     TamperedAdapterError,
 )
 from agent_sleep.registry import AdapterRegistry
+from agent_sleep.registry.notify import listen
+from agent_sleep.registry.refs import AdapterRef, StackRef
 from agent_sleep.store import ExperienceStore
 from tests.helpers_adapters import BASE_HASH, write_random
 
@@ -109,6 +111,47 @@ def test_stack_rules(registry: AdapterRegistry, tmp_path: Path) -> None:
         registry.get_stack("helpdesk:stack@v9")
     with pytest.raises(InvalidInputError, match="unknown alias"):
         registry.get("refunds@newest")
+    with pytest.raises(InvalidInputError, match="not a stack reference"):
+        registry.get_stack("helpdesk:stack@latest")
+    with pytest.raises(InvalidInputError, match="names a stack, not an adapter"):
+        registry.get("helpdesk:stack@v1")
+
+
+def test_typed_references(registry: AdapterRegistry, tmp_path: Path) -> None:
+    a1 = _register(registry, tmp_path, "refunds")
+    assert registry.get(AdapterRef("refunds", version=1)).name == a1
+    dep = registry.deploy("helpdesk", AdapterRef("refunds"))
+    assert registry.get(AdapterRef("refunds", alias="live")).name == a1
+    assert registry.get_stack(StackRef("helpdesk", 1)) == dep.stack == registry.get_stack(dep.stack.id)
+    assert registry.deploy("helpdesk", StackRef("helpdesk", 1)).stack == dep.stack
+    with pytest.raises(InvalidInputError, match="belongs to agent 'helpdesk'"):
+        registry.deploy("sales", StackRef("helpdesk", 1))
+
+
+def test_a_deploy_wakes_listeners(registry: AdapterRegistry, tmp_path: Path) -> None:
+    if registry.engine.dialect.name != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL only; other databases are polled")
+    a1 = _register(registry, tmp_path, "refunds")
+    heard: list[str] = []
+    listening, stop = threading.Event(), threading.Event()
+
+    def on_wake(agent: str | None) -> None:
+        if agent is None:
+            listening.set()  # the first call comes after LISTEN, then one per quiet interval
+        else:
+            heard.append(agent)
+            stop.set()
+
+    thread = threading.Thread(target=listen, args=(registry.engine.url, on_wake, stop), kwargs={"interval": 0.05})
+    thread.start()
+    try:
+        assert listening.wait(10)
+        registry.deploy("helpdesk", a1)
+        thread.join(10)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert heard == ["helpdesk"] and not thread.is_alive()
 
 
 def test_racing_deploys_one_wins(registry: AdapterRegistry, tmp_path: Path) -> None:

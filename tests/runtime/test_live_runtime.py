@@ -223,7 +223,7 @@ def test_merged_stack_equals_the_stack(runtime: Any, settings: Settings, capsys:
 def test_openai_clients_get_the_live_stack(runtime: Any) -> None:
     import openai
 
-    from agent_sleep.runtime.resolver import LiveResolver
+    from agent_sleep.serving.live_resolver import LiveResolver
     from agent_sleep.serving.server import ServerThread
 
     runtime.deploy("helpdesk", "refunds@v1")
