@@ -11,11 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-<<<<<<< HEAD
-import re
-=======
-import os
->>>>>>> h-layers
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,11 +30,8 @@ from agent_sleep.errors import (
     NothingToRollBackError,
     PathExistsError,
 )
-<<<<<<< HEAD
 from agent_sleep.fsutil import atomic_dir
-=======
 from agent_sleep.registry.notify import notify
->>>>>>> h-layers
 from agent_sleep.registry.records import (
     ADAPTER_STATUSES,
     AdapterVersionRecord,
