@@ -12,7 +12,7 @@ from agent_sleep.errors import NotFoundError
 from agent_sleep.registry import AdapterRegistry
 from agent_sleep.serving.live_resolver import LiveResolver
 from agent_sleep.store import ExperienceStore
-from tests.helpers_adapters import make_adapter_folder
+from tests.helpers_adapters import write_random
 from tests.helpers_models import make_tiny_model_dir
 
 
@@ -31,8 +31,7 @@ def resolver(tiny: tuple[Path, Any], tmp_path: Path, settings: Settings) -> Any:
     folder, handle = tiny
     registry = AdapterRegistry(ExperienceStore(settings=settings.model_copy(update={"model": str(folder)})))
     for skill, seed in (("refunds", 1), ("tone", 2)):
-        registry.register(make_adapter_folder(tmp_path / f"src-{skill}", seed=seed, base_hash=handle.content_hash),
-                          skill)
+        registry.register(write_random(tmp_path / f"src-{skill}", handle, seed=seed), skill)
     return LiveResolver(LiveRuntime(registry, handle=handle, max_delta_norm=1000.0), max_new_tokens=4)
 
 
