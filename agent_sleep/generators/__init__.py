@@ -1,6 +1,9 @@
 """Generators: turn what the agent met (documents, skills) into LoRA adapters.
 
-``d2l`` (Doc-to-LoRA): a trained hypernetwork maps a document to an adapter in
-one forward pass; see :mod:`agent_sleep.generators.d2l`. Torch is imported only
-by the submodules, so importing this package stays light.
+Each is a :class:`~agent_sleep.interfaces.Generator` (``generate`` a request, ``write``
+a PEFT folder), found by name through :mod:`agent_sleep.generators.registry`:
+``d2l`` (Doc-to-LoRA: a trained hypernetwork maps a document to an adapter in one
+forward pass; :mod:`agent_sleep.generators.d2l`) and ``gradient_cd`` (gradient
+context distillation, the baseline; :mod:`agent_sleep.generators.gradient_cd`).
+Torch is imported only by the submodules, so importing this package stays light.
 """

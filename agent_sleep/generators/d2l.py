@@ -21,6 +21,11 @@ EncodingError), documents over ``max_chunks`` (PayloadTooLargeError), a
 checkpoint trained for other base weights (IncompatibleAdapterError) and
 non-finite generated weights (AdapterError).
 
+:class:`D2LGenerator` is a :class:`~agent_sleep.interfaces.Generator` (registry name ``d2l``):
+``generate`` takes a request's one document, ``write`` makes the PEFT folder.
+:func:`internalize_to_registry` registers the result as a *candidate* version;
+only a deploy makes it live.
+
 Not here: training the hypernetwork (``pipelines/d2l``), deciding whether an
 adapter is good (evaluation) or live (registry, runtime).
 """
@@ -31,7 +36,7 @@ import contextlib
 import hashlib
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +54,7 @@ if TYPE_CHECKING:
 
     from agent_sleep.config import Settings
     from agent_sleep.generators.hypernet import HyperNet
+    from agent_sleep.interfaces import GenerationRequest
     from agent_sleep.models.loader import BaseModelHandle
     from agent_sleep.registry.records import AdapterVersionRecord
     from agent_sleep.registry.registry import AdapterRegistry
@@ -90,21 +96,28 @@ class Internalized(GeneratedAdapter):
 
 
 class D2LGenerator:
-    """A loaded hypernetwork bound to its base model; :meth:`load`, then :meth:`internalize` and :meth:`write`."""
+    """A loaded hypernetwork bound to its base model; :meth:`load`, then :meth:`internalize` and :meth:`write`.
+
+    ``chunk_tokens`` and ``min_gate`` are the defaults of :meth:`internalize` (and so of :meth:`generate`).
+    """
 
     name = GENERATOR_NAME
 
-    def __init__(self, net: HyperNet, handle: BaseModelHandle, *, checkpoint: Path, version: str) -> None:
+    def __init__(self, net: HyperNet, handle: BaseModelHandle, *, checkpoint: Path, version: str,
+                 chunk_tokens: int = 256, min_gate: float | None = None) -> None:  # fmt: skip
         self.net = net
         self.handle = handle
         self.checkpoint = checkpoint
         self.version = version
         self.config = net.config
+        self.chunk_tokens = chunk_tokens
+        self.min_gate = min_gate
         self._lora: Any = None
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, *, handle: BaseModelHandle | None = None,
-             settings: Settings | None = None) -> D2LGenerator:  # fmt: skip
+             settings: Settings | None = None, chunk_tokens: int = 256,
+             min_gate: float | None = None) -> D2LGenerator:  # fmt: skip
         """Load a checkpoint (default: the committed SmolLM2 one) for ``handle`` (default: its base model).
 
         IncompatibleAdapterError if the checkpoint was trained for other base weights.
@@ -121,17 +134,26 @@ class D2LGenerator:
 
             handle = load_base_model(config["hyper"]["base_model_id"], settings=settings)
         net = load_checkpoint(path, content_hash=handle.content_hash, device=handle.device)
-        return cls(net, handle, checkpoint=path, version=str(config.get("version", "0")))
+        return cls(net, handle, checkpoint=path, version=str(config.get("version", "0")), chunk_tokens=chunk_tokens,
+                   min_gate=min_gate)  # fmt: skip
 
     # -- generation -------------------------------------------------------------------------------
     def _chunks(self, ids: list[int], chunk_tokens: int) -> list[list[int]]:
         return [ids[i : i + chunk_tokens] for i in range(0, len(ids), chunk_tokens)]
 
-    def internalize(self, text: str | bytes, *, chunk_tokens: int = 256, chunk_batch: int = 8,
+    def generate(self, request: GenerationRequest) -> Internalized:
+        """The request's one document as an adapter (:meth:`internalize` with this generator's defaults).
+
+        D2L reads documents only, in one forward pass: the request's other fields are not used.
+        """
+        return self.internalize(request.single_document(self.name))
+
+    def internalize(self, text: str | bytes, *, chunk_tokens: int | None = None, chunk_batch: int = 8,
                     max_chunks: int | None = 1024, min_gate: float | None = None) -> Internalized:  # fmt: skip
         """Turn ``text`` into an adapter: one rank-r LoRA per chunk of ``chunk_tokens``, concatenated along rank.
 
-        ``min_gate`` (default: the checkpoint's): leave out chunks whose gate is below it (chunk-gated
+        ``chunk_tokens`` defaults to the generator's (256 unless set). ``min_gate`` (default: the
+        generator's, else the checkpoint's): leave out chunks whose gate is below it (chunk-gated
         checkpoints only; the chunk with the highest gate is always kept).
         """
         import torch
@@ -139,8 +161,10 @@ class D2LGenerator:
         from agent_sleep.generators.backbone import hidden_after
 
         text = check_document(text)
+        chunk_tokens = self.chunk_tokens if chunk_tokens is None else chunk_tokens
         if not isinstance(chunk_tokens, int) or chunk_tokens < 1:
             raise InvalidInputError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
+        min_gate = self.min_gate if min_gate is None else min_gate
         threshold = self.config.min_gate if min_gate is None else min_gate
         if not 0.0 <= threshold < 1.0:
             raise InvalidInputError(f"min_gate must be in [0, 1), got {threshold!r}")
@@ -213,7 +237,7 @@ class D2LGenerator:
             yield
 
     # -- output -----------------------------------------------------------------------------------
-    def write(self, internalized: Internalized, dest: str | Path, *, sources: dict[str, Any] | None = None,
+    def write(self, internalized: Internalized, dest: str | Path, *, sources: Mapping[str, Any] | None = None,
               skill: str | None = None) -> Path:  # fmt: skip
         """Write a standard PEFT adapter folder (plus manifest) at ``dest``; see ``adapters.artifact.write_adapter``."""
         from agent_sleep.adapters.artifact import write_adapter
@@ -240,10 +264,15 @@ class D2LGenerator:
         return write_adapter(dest, internalized.tensors, internalized.lora_config, manifest)
 
 
-def internalize_to_registry(registry: AdapterRegistry, text: str | bytes, name: str, *, chunk_tokens: int = 256,
-                            source: str | None = None, generator: D2LGenerator | None = None,
+def internalize_to_registry(registry: AdapterRegistry, text: str | bytes, name: str, *,
+                            chunk_tokens: int | None = None, source: str | None = None,
+                            generator: D2LGenerator | None = None,
                             description: str | None = None) -> tuple[AdapterVersionRecord, Internalized]:  # fmt: skip
-    """Internalise ``text`` and register it as the next version of skill ``name``; nothing registered on error."""
+    """Internalise ``text`` and register it as the next version of skill ``name``; nothing registered on error.
+
+    The version is a *candidate* (status and alias ``candidate``): nothing here makes it live or moves
+    the skill's ``live`` alias; a deploy (``AdapterRegistry.deploy``, ``LiveRuntime.deploy``) does.
+    """
     from agent_sleep.adapters.manifest import check_name
 
     check_name(name)

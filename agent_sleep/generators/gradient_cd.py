@@ -25,8 +25,11 @@ initialisation and scaling are PEFT's (A Kaiming-uniform, B zero,
 
 The training questions must never be the questions an evaluation scores
 (``evals/bench_d2l.py`` trains on each document's probe questions and scores
-separate ones). Not here: deciding whether the result is good (the gate), or
-registering it (:class:`~agent_sleep.registry.AdapterRegistry`).
+separate ones). :class:`GradientCDGenerator` is the same run as a
+:class:`~agent_sleep.interfaces.Generator` (registry name ``gradient_cd``): a
+request's one document and its probes in, the adapter out. Not here: deciding
+whether the result is good (the gate), or registering it
+(:class:`~agent_sleep.registry.AdapterRegistry`).
 """
 
 from __future__ import annotations
@@ -58,10 +61,13 @@ from agent_sleep.generators.result import GeneratedAdapter
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from agent_sleep.config import Settings
+    from agent_sleep.interfaces import GenerationRequest
     from agent_sleep.models.loader import BaseModelHandle
 
 __all__ = [
-    "GENERATOR_NAME", "GENERATOR_VERSION", "CDSettings", "DistilledAdapter", "distill", "write",
+    "GENERATOR_NAME", "GENERATOR_VERSION", "CDSettings", "DistilledAdapter", "GradientCDGenerator", "distill",
+    "write",
 ]  # fmt: skip
 
 GENERATOR_NAME = "gradient_cd"
@@ -449,6 +455,7 @@ def write(
     *,
     handle: BaseModelHandle,
     sources: AdapterSources | Mapping[str, Any] | None = None,
+    skill: str | None = None,
 ) -> Path:
     """Write ``result`` as an adapter folder (PEFT files + manifest, generator ``gradient_cd``) at ``dest``."""
     from agent_sleep.adapters.artifact import write_adapter
@@ -456,6 +463,7 @@ def write(
     if sources is not None and not isinstance(sources, AdapterSources):
         sources = AdapterSources.model_validate(dict(sources))
     manifest = AdapterManifest(
+        skill=skill,
         generator=GeneratorInfo(name=GENERATOR_NAME, version=GENERATOR_VERSION),
         base_model=BaseModelRef(id=handle.spec, content_hash=handle.content_hash),
         sources=sources or AdapterSources(),
@@ -463,3 +471,49 @@ def write(
     )
     config = {**result.lora_config, "base_model_name_or_path": handle.spec}
     return write_adapter(dest, result.tensors, config, manifest)
+
+
+class GradientCDGenerator:
+    """:func:`distill` and :func:`write` bound to one base model, as a :class:`~agent_sleep.interfaces.Generator`.
+
+    ``config`` holds the run's knobs (:class:`CDSettings`); a request's ``budget_seconds``, when set,
+    replaces its ``time_budget_s``. ``targets`` and ``progress`` are :func:`distill`'s.
+    """
+
+    name = GENERATOR_NAME
+    version = GENERATOR_VERSION
+
+    def __init__(self, handle: BaseModelHandle, *, config: CDSettings | None = None, targets: Targets = "teacher",
+                 progress: bool | None = None) -> None:  # fmt: skip
+        if targets not in ("teacher", "gold"):
+            raise InvalidInputError(f"targets must be 'teacher' or 'gold', not {targets!r}")
+        self.handle = handle
+        self.config = config or CDSettings()
+        self.targets: Targets = targets
+        self.progress = progress
+
+    @classmethod
+    def load(cls, *, handle: BaseModelHandle | None = None, settings: Settings | None = None,
+             config: CDSettings | None = None, targets: Targets = "teacher",
+             progress: bool | None = None) -> GradientCDGenerator:  # fmt: skip
+        """A generator on ``handle`` (default: the configured base model, ``settings.model``)."""
+        if handle is None:
+            from agent_sleep.models.loader import load_base_model
+
+            handle = load_base_model(settings=settings)
+        return cls(handle, config=config, targets=targets, progress=progress)
+
+    def generate(self, request: GenerationRequest) -> DistilledAdapter:
+        """Distil the request's one document, training on its probes (their answers too, for ``targets="gold"``)."""
+        document = request.single_document(self.name)
+        config = self.config
+        if request.budget_seconds is not None:
+            config = config.model_copy(update={"time_budget_s": request.budget_seconds})
+        questions = [{"question": p.question, "answer": p.answer} for p in request.probes]
+        return distill(self.handle, document, questions, targets=self.targets, settings=config,
+                       progress=self.progress)  # fmt: skip
+
+    def write(self, result: DistilledAdapter, dest: str | Path, *, sources: Mapping[str, Any] | None = None,
+              skill: str | None = None) -> Path:  # fmt: skip
+        """The adapter folder at ``dest``, as :func:`write` makes it for this generator's base model."""
+        return write(result, dest, handle=self.handle, sources=sources, skill=skill)
