@@ -83,14 +83,14 @@ def runtime(tmp_path: Path, settings: Any) -> Iterator[Any]:
     from agent_sleep.registry import AdapterRegistry
     from agent_sleep.runtime.live import LiveRuntime
     from agent_sleep.store import ExperienceStore
-    from tests.helpers_adapters import make_adapter_folder
+    from tests.helpers_adapters import write_random
     from tests.helpers_models import make_tiny_model_dir
 
     folder = make_tiny_model_dir(tmp_path)
     handle = load_base_model(str(folder))
     registry = AdapterRegistry(ExperienceStore(settings=settings.model_copy(update={"model": str(folder)})))
-    registry.register(make_adapter_folder(tmp_path / "a", seed=1, base_hash=handle.content_hash), "refunds")
-    registry.register(make_adapter_folder(tmp_path / "b", seed=2, base_hash="cd" * 32), "foreign")
+    registry.register(write_random(tmp_path / "a", handle, seed=1), "refunds")
+    registry.register(write_random(tmp_path / "b", handle, seed=2, base_hash="cd" * 32), "foreign")
     rt = LiveRuntime(registry, handle=handle, max_delta_norm=1000.0)
     yield rt
     rt.stop()
