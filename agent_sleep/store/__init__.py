@@ -1,5 +1,6 @@
 """Experience store: agents, episodes, events, feedback, documents and skills in SQL."""
 
+from agent_sleep.store.conversation import ModelCall, model_calls
 from agent_sleep.store.records import (
     DocumentRecord,
     EpisodeQuery,
@@ -7,6 +8,7 @@ from agent_sleep.store.records import (
     EventIn,
     EventRecord,
     FeedbackRecord,
+    normalize_episode_id,
 )
 from agent_sleep.store.store import ExperienceStore
 
@@ -18,4 +20,7 @@ __all__ = [
     "EventRecord",
     "ExperienceStore",
     "FeedbackRecord",
+    "ModelCall",
+    "model_calls",
+    "normalize_episode_id",
 ]
