@@ -5,6 +5,13 @@ to events, enforces the payload cap (capture truncates and marks oversized
 content rather than break the agent) and hands ops to the shared background
 writer. Both the LangChain callback handler and the ``create_agent`` middleware
 are thin layers over it.
+
+What is costly to turn into JSON (a model call's input, a graph's state) is
+queued as a reference and finished on the writer thread
+(:mod:`agent_sleep.capture.deferred`). A run that continues an episode (a
+resumed graph, or a process logging to an episode it did not start) numbers its
+events from 0 and the store places them after the episode's last event
+(:mod:`agent_sleep.store.ops`).
 """
 
 from __future__ import annotations
@@ -19,11 +26,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from agent_sleep.capture.deferred import DEFER, ModelInput
 from agent_sleep.capture.writer import BackgroundWriter, CaptureWarning, shared_writer
 from agent_sleep.config import Settings, get_settings
 from agent_sleep.errors import InvalidInputError
 from agent_sleep.store.models import new_id
 from agent_sleep.store.ops import Op
+from agent_sleep.store.records import normalize_episode_id
 
 _ROLE_TO_KIND = {
     "human": "user_message",
@@ -111,6 +120,8 @@ class ExperienceRecorder:
         self.url = self.settings.resolved_database_url
         self.writer = writer or shared_writer(self.url, Path(self.settings.data_dir), self._open_store)
         self._seq: dict[str, itertools.count[int]] = {}
+        self._cont: dict[str, dict[str, Any]] = {}  # episode key -> continuation (see store.ops)
+        self._cont_value: dict[str, Any] = {}  # a continuation's resume value, sent with its first op
         self._lock = threading.Lock()
 
     def _open_store(self) -> Any:
@@ -121,7 +132,7 @@ class ExperienceRecorder:
     # -- episodes ---------------------------------------------------------------------
     def start_episode(self, *, thread_id: str | None = None, episode_id: str | None = None,
                       metadata: dict[str, Any] | None = None) -> str:
-        eid = episode_id or new_id()
+        eid = normalize_episode_id(episode_id) if episode_id else new_id()
         with self._lock:
             self._seq[eid] = itertools.count()
         self.writer.submit({"op": "episode_start", "id": eid, "agent": self.agent,
@@ -129,30 +140,83 @@ class ExperienceRecorder:
                             "meta": metadata or {}, "ts": time.time()})
         return eid
 
+    def continue_episode(self, run_id: str, *, thread_id: str | None = None, value: Any = None,
+                         metadata: dict[str, Any] | None = None) -> str:
+        """Log run ``run_id`` as the continuation of this agent's newest ``interrupted`` episode on
+        ``thread_id`` (a new episode ``run_id`` when there is none); ``value`` (e.g. the resume value)
+        becomes the content of its ``resume`` event. Returns ``run_id``: log under it as usual, and read
+        the episode under it too (the store resolves it)."""
+        run = normalize_episode_id(run_id)
+        with self._lock:
+            self._seq[run] = itertools.count()
+            self._cont[run] = {"run": run, "agent": self.agent,
+                               "thread_id": None if thread_id is None else str(thread_id)[:256],
+                               "meta": metadata or {}}
+            if value is not None:
+                self._cont_value[run] = value
+        return run
+
     def end_episode(self, episode_id: str, *, status: str = "completed", outcome: str | None = None,
                     error: str | None = None) -> None:
         with self._lock:
             self._seq.pop(episode_id, None)
-        self.writer.submit({"op": "episode_end", "id": episode_id, "status": status, "outcome": outcome,
-                            "error": None if error is None else _clean_text(error)[:10_000], "ts": time.time()})
+            cont = self._cont.pop(episode_id, None)
+        op: Op = {"op": "episode_end", "id": normalize_episode_id(episode_id), "status": status, "outcome": outcome,
+                  "error": None if error is None else _clean_text(error)[:10_000], "ts": time.time()}
+        self.writer.submit(self._continued(op, episode_id, cont))
 
     def is_open(self, episode_id: str) -> bool:
         return episode_id in self._seq
 
     # -- events -------------------------------------------------------------------------
     def log(self, episode_id: str, kind: str, content: str = "", *, name: str | None = None,
-            payload: dict[str, Any] | None = None) -> None:
-        """Queue one event; oversized content is truncated and marked, never refused."""
-        counter = self._seq.get(episode_id)
-        if counter is None:  # an event for an episode we did not start (e.g. after end)
-            with self._lock:
-                counter = self._seq.setdefault(episode_id, itertools.count())
-        self.writer.submit(self._event_op(episode_id, next(counter), kind, content, name, payload or {}))
+            payload: dict[str, Any] | None = None, model_input: ModelInput | None = None) -> None:
+        """Queue one event; oversized content is truncated and marked, never refused.
 
-    def log_messages(self, episode_id: str, messages: Iterable[Any]) -> None:
+        ``model_input``: what the model was given for the call that produced this event; it is
+        serialised and deduplicated on the writer thread (``ExperienceStore.model_calls`` reads it).
+        """
+        counter = self._seq.get(episode_id) or self._counter(episode_id)
+        op = self._event_op(episode_id, next(counter), kind, content, name, payload or {})
+        if model_input is not None:
+            op[DEFER] = {"model_input": model_input, "cap": self.settings.max_payload_bytes}
+        self.writer.submit(self._continued(op, episode_id, self._cont.get(episode_id)))
+
+    def log_json(self, episode_id: str, kind: str, value: Any, *, name: str | None = None,
+                 payload: dict[str, Any] | None = None) -> None:
+        """Queue an event whose content is ``value`` as JSON (a graph's state, an interrupt's payload),
+        serialised on the writer thread. Pass a value the agent will not change afterwards."""
+        counter = self._seq.get(episode_id) or self._counter(episode_id)
+        op = self._event_op(episode_id, next(counter), kind, "", name, payload or {})
+        op[DEFER] = {"json": value, "cap": self.settings.max_payload_bytes}
+        self.writer.submit(self._continued(op, episode_id, self._cont.get(episode_id)))
+
+    def log_messages(self, episode_id: str, messages: Iterable[Any], *,
+                     model_input: ModelInput | None = None) -> None:
+        """Log messages as events; ``model_input`` goes with the first (see :meth:`log`)."""
         for m in messages:
             ev = message_to_event(m)
-            self.log(episode_id, ev["kind"], ev["content"], name=ev.get("name"), payload=ev.get("payload"))
+            self.log(episode_id, ev["kind"], ev["content"], name=ev.get("name"), payload=ev.get("payload"),
+                     model_input=model_input)
+            model_input = None
+
+    def _counter(self, episode_id: str) -> itertools.count[int]:
+        # An episode this recorder did not start (another process started it, or it ended and
+        # more comes): continue it, after its last event, instead of reusing its seqs.
+        with self._lock:
+            counter = self._seq.get(episode_id)
+            if counter is None:
+                counter = self._seq[episode_id] = itertools.count()
+                self._cont[episode_id] = {"run": new_id(), "target": normalize_episode_id(episode_id)}
+        return counter
+
+    def _continued(self, op: Op, episode_id: str, cont: dict[str, Any] | None) -> Op:
+        if cont is not None:
+            op["cont"] = cont
+            if episode_id in self._cont_value:
+                value = self._cont_value.pop(episode_id, None)
+                op.setdefault(DEFER, {"cap": self.settings.max_payload_bytes})["cont_value"] = value
+        return op
 
     def _event_op(self, episode_id: str, seq: int, kind: str, content: str, name: str | None,
                   payload: dict[str, Any]) -> Op:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from agent_sleep.cli.common import print_json, settings_from
 from agent_sleep.errors import ConfigError
+
+# store.records.EPISODE_STATUSES, spelled out so that building the parser imports no SQLAlchemy (a test compares)
+EPISODE_STATUSES = ("running", "completed", "error", "interrupted")
 
 
 def _store(args: argparse.Namespace, migrate: bool = False):  # type: ignore[no-untyped-def]
@@ -51,6 +55,7 @@ def _episode_query(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         agent=args.agent, since=_when(args.since), until=_when(args.until), status=args.status,
         outcome=args.outcome, min_score=args.min_score, max_score=args.max_score,
         unconsolidated=args.unconsolidated, limit=args.limit, newest_first=getattr(args, "newest_first", False),
+        episode_ids=getattr(args, "episode", None) or None,
     )
 
 
@@ -75,16 +80,28 @@ def cmd_episodes_show(args: argparse.Namespace) -> int:
     store = _store(args)
     ep = store.get_episode(args.episode)
     events, feedback = store.events(ep.id), store.feedback(ep.id)
+    calls = store.model_calls(ep.id) if args.model_calls else []
     if args.json:
-        print_json({"episode": ep.model_dump(mode="json"), "events": [e.model_dump(mode="json") for e in events],
-                    "feedback": [f.model_dump(mode="json") for f in feedback]})
+        out = {"episode": ep.model_dump(mode="json"), "events": [e.model_dump(mode="json") for e in events],
+               "feedback": [f.model_dump(mode="json") for f in feedback]}
+        if args.model_calls:
+            out["model_calls"] = [dataclasses.asdict(c) for c in calls]
+        print_json(out)
         return 0
     print(f"episode {ep.id}  agent={ep.agent}  thread={ep.thread_id}  status={ep.status}  outcome={ep.outcome}")
     print(f"started {ep.started_at:%Y-%m-%d %H:%M:%S}  ended {ep.ended_at or '-'}")
     for e in events:
         label = e.kind + (f"[{e.name}]" if e.name else "")
         extra = f"  tool_calls={e.payload['tool_calls']}" if e.payload.get("tool_calls") else ""
+        if isinstance(e.payload.get("model_input"), dict):
+            extra += f"  (model saw {len(e.payload['model_input'].get('messages') or [])} messages)"
         print(f"  {e.seq:>3} {label:28} {e.content[:200]!s}{extra}")
+    for c in calls:
+        print(f"  model call answered at seq {c.seq}: {len(c.messages)} messages, "
+              f"{len(c.tools or [])} tools{'' if c.complete else ' (incomplete)'}")
+        for m in c.messages:
+            content = m.get("data", {}).get("content")
+            print(f"      {m.get('type', '?'):>9}: {str(content)[:160]}")
     for f in feedback:
         print(f"  feedback ({f.source}) score={f.score} label={f.label} comment={f.comment}")
     return 0
@@ -149,12 +166,14 @@ def _query_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent", help="only this agent")
     p.add_argument("--since", help="ISO time or age (30m, 12h, 7d)")
     p.add_argument("--until", help="ISO time or age")
-    p.add_argument("--status", choices=["running", "completed", "error"])
+    p.add_argument("--status", choices=list(EPISODE_STATUSES))
     p.add_argument("--outcome", help="only episodes with this outcome label")
     p.add_argument("--min-score", type=float, help="mean feedback score at least this")
     p.add_argument("--max-score", type=float, help="mean feedback score at most this")
     p.add_argument("--unconsolidated", action="store_true", help="only episodes not yet consolidated")
     p.add_argument("--limit", type=int)
+    p.add_argument("--episode", action="append", metavar="ID",
+                   help="only this episode (repeatable; 32 hex digits or a dashed UUID, any case)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -169,12 +188,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(handler=cmd_episodes_list)
     p = ep_sub.add_parser("show", help="show one episode with its events and feedback")
-    p.add_argument("episode", help="episode id")
+    p.add_argument("episode", help="episode id (32 hex digits or a dashed UUID, any case)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--model-calls", action="store_true",
+                   help="also show the exact input (messages, tools) of every model call")
     p.set_defaults(handler=cmd_episodes_show)
 
     p = sub.add_parser("feedback", help="record feedback (score, label, comment) for an episode")
-    p.add_argument("episode", help="episode id")
+    p.add_argument("episode", help="episode id (32 hex digits or a dashed UUID, any case)")
     p.add_argument("--score", type=float)
     p.add_argument("--label")
     p.add_argument("--comment")

@@ -11,6 +11,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from agent_sleep.store.conversation import ModelCall, model_calls
     from agent_sleep.store.memory import InMemoryExperienceStore
     from agent_sleep.store.records import (
         DocumentRecord,
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
         EventIn,
         EventRecord,
         FeedbackRecord,
+        normalize_episode_id,
     )
     from agent_sleep.store.store import ExperienceStore
 
@@ -31,6 +33,9 @@ _LAZY = {
     "ExperienceStore": "agent_sleep.store.store",
     "FeedbackRecord": "agent_sleep.store.records",
     "InMemoryExperienceStore": "agent_sleep.store.memory",
+    "ModelCall": "agent_sleep.store.conversation",
+    "model_calls": "agent_sleep.store.conversation",
+    "normalize_episode_id": "agent_sleep.store.records",
 }
 
 

@@ -72,7 +72,7 @@ def _episode_ops(obj: dict[str, Any], where: str, max_bytes: int) -> list[Op]:
         ops.append({"op": "event", "id": ev.id or f"{ep['id']}-{ev.seq}", "episode_id": ep["id"], "seq": ev.seq,
                     "kind": ev.kind, "name": ev.name, "content": ev.content, "payload": ev.payload,
                     "ts": (as_utc(ev.created_at) or as_utc(ep["started_at"])).timestamp()})  # type: ignore[union-attr]
-    if ep.get("status") in ("completed", "error"):
+    if ep.get("status") in ("completed", "error", "interrupted"):
         ops.append({"op": "episode_end", "id": ep["id"], "status": ep["status"], "outcome": ep.get("outcome"),
                     "error": ep.get("error"), "ts": as_utc(ep.get("ended_at") or ep["started_at"]).timestamp()})  # type: ignore[union-attr]
     for i, fb in enumerate(obj.get("feedback") or []):

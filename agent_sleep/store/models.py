@@ -56,7 +56,7 @@ class Episode(Base):
     thread_id: Mapped[str | None] = mapped_column(String(256), index=True)
     started_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     ended_at: Mapped[datetime | None]
-    # running | completed | error
+    # running | completed | error | interrupted (String(16): new values need no migration)
     status: Mapped[str] = mapped_column(String(16), default="running")
     # free-form label set by the agent or an evaluator, e.g. "resolved", "escalated"
     outcome: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -78,7 +78,8 @@ class Event(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     episode_id: Mapped[str] = mapped_column(ForeignKey("episodes.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column(Integer)
-    # user_message | assistant_message | system_message | tool_call | tool_result | error | custom
+    # user_message | assistant_message | system_message | tool_call | tool_result | error | custom |
+    # run_input | run_output | interrupt | resume  (records.EventKind)
     kind: Mapped[str] = mapped_column(String(32), index=True)
     name: Mapped[str | None] = mapped_column(String(256))
     content: Mapped[str] = mapped_column(Text, default="")

@@ -8,6 +8,8 @@ frozen copies of rows, safe to pass between threads after the session closed.
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar, get_args
 
@@ -15,11 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent_sleep.errors import EncodingError, InvalidEventError, PayloadTooLargeError
 
+# run_input / run_output: a graph's input and final state when it is not a list of messages;
+# interrupt: what a graph asked a human; resume: where a later run continued the episode (and the answer).
 EventKind = Literal[
-    "user_message", "assistant_message", "system_message", "tool_call", "tool_result", "error", "custom"
+    "user_message", "assistant_message", "system_message", "tool_call", "tool_result", "error", "custom",
+    "run_input", "run_output", "interrupt", "resume",
 ]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
-EpisodeStatus = Literal["running", "completed", "error"]
+EpisodeStatus = Literal["running", "completed", "error", "interrupted"]
+EPISODE_STATUSES: tuple[str, ...] = get_args(EpisodeStatus)
 FeedbackSource = Literal["human", "automatic", "evaluator"]
 
 
@@ -34,6 +40,25 @@ def as_utc(value: datetime | float | str | None) -> datetime | None:
     if value.tzinfo is None:  # SQLite hands back naive datetimes; we only ever store UTC
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
+
+
+_HEX32 = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def normalize_episode_id(value: Any) -> str:
+    """The stored form of an episode id: a UUID in any spelling (dashed, braced, ``urn:uuid:``, any case) or
+    a ``UUID`` object becomes 32 lowercase hex digits, as capture writes them; other ids are kept as given."""
+    if isinstance(value, uuid.UUID):
+        return value.hex
+    text = str(value).strip()
+    if _HEX32.fullmatch(text):
+        return text.lower()
+    if len(text) in (36, 38, 45):  # dashed, {braced}, urn:uuid:dashed
+        try:
+            return uuid.UUID(text).hex
+        except ValueError:
+            pass
+    return text
 
 
 def check_text(value: Any, field: str) -> str:
@@ -191,6 +216,7 @@ class EpisodeQuery(BaseModel):
 
     agent: str | None = None
     thread_id: str | None = None
+    episode_ids: tuple[str, ...] | None = None
     since: datetime | None = None
     until: datetime | None = None
     status: EpisodeStatus | None = None
@@ -202,3 +228,10 @@ class EpisodeQuery(BaseModel):
     unconsolidated: bool = False
     limit: int | None = Field(default=None, gt=0)
     newest_first: bool = False
+
+    @field_validator("episode_ids", mode="before")
+    @classmethod
+    def _ids(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        return tuple(normalize_episode_id(x) for x in ([v] if isinstance(v, (str, uuid.UUID)) else v))

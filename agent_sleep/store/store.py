@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, Select, and_, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -25,6 +25,7 @@ from agent_sleep.store import engine as engine_mod
 from agent_sleep.store.models import Agent, Document, Episode, Event, Feedback, Skill, new_id, utcnow
 from agent_sleep.store.ops import Op, apply_ops
 from agent_sleep.store.records import (
+    EPISODE_STATUSES,
     DocumentRecord,
     EpisodeQuery,
     EpisodeRecord,
@@ -34,8 +35,12 @@ from agent_sleep.store.records import (
     FeedbackRecord,
     as_utc,
     check_text,
+    normalize_episode_id,
     validate,
 )
+
+if TYPE_CHECKING:
+    from agent_sleep.store.conversation import ModelCall
 
 
 class ExperienceStore:
@@ -113,7 +118,7 @@ class ExperienceStore:
         metadata: dict[str, Any] | None = None,
     ) -> str:
         self._check_name(agent, "agent name")
-        eid = episode_id or new_id()
+        eid = normalize_episode_id(episode_id) if episode_id else new_id()
         self.write_ops(
             [{"op": "episode_start", "id": eid, "agent": agent, "thread_id": thread_id,
               "meta": metadata or {}, "ts": time.time()}]
@@ -124,6 +129,7 @@ class ExperienceStore:
         """Validate all events first, then append them after the episode's last one."""
         cap = self.settings.max_payload_bytes
         parsed = [EventIn.parse(e, max_bytes=cap, where=f"event #{i}") for i, e in enumerate(events)]
+        episode_id = self.resolve_episode_id(episode_id)
         auto_seq = all(e.seq is None for e in parsed)
         for attempt in range(8):
             try:
@@ -159,15 +165,16 @@ class ExperienceStore:
 
     def end_episode(self, episode_id: str, *, status: str = "completed", outcome: str | None = None,
                     error: str | None = None) -> None:
-        if status not in ("completed", "error", "running"):
-            raise InvalidEventError(f"status must be completed, error or running, got {status!r}")
-        self._require_episode(episode_id)
+        if status not in EPISODE_STATUSES:
+            raise InvalidEventError(f"status must be one of {', '.join(EPISODE_STATUSES)}, got {status!r}")
+        episode_id = self.resolve_episode_id(episode_id)
         self.write_ops([{"op": "episode_end", "id": episode_id, "status": status, "outcome": outcome,
                          "error": error, "ts": time.time()}])
 
     def record_outcome(self, episode_id: str, outcome: str) -> None:
         """Label how an episode turned out (e.g. "resolved"), at any time later."""
         outcome = check_text(outcome, "outcome")
+        episode_id = self.resolve_episode_id(episode_id)
         with self.session() as s:
             n = s.execute(update(Episode).where(Episode.id == episode_id).values(outcome=outcome)).rowcount
             if not n:
@@ -179,7 +186,7 @@ class ExperienceStore:
         fb = validate(FeedbackIn, {"score": score, "label": label, "comment": comment, "source": source}, "feedback")
         if fb.score is None and fb.label is None and fb.comment is None:
             raise InvalidEventError("feedback needs at least one of score, label or comment")
-        self._require_episode(episode_id)
+        episode_id = self.resolve_episode_id(episode_id)
         fid = new_id()
         self.write_ops([{"op": "feedback", "id": fid, "episode_id": episode_id, **fb.model_dump(), "ts": time.time()}])
         return fid
@@ -223,13 +230,14 @@ class ExperienceStore:
         """Flag episodes as turned into adapters by consolidation run ``run_id``."""
         with self.session() as s:
             return s.execute(
-                update(Episode).where(Episode.id.in_(list(episode_ids)))
+                update(Episode).where(Episode.id.in_([normalize_episode_id(e) for e in episode_ids]))
                 .values(consolidated_at=utcnow(), consolidation_run=run_id)
             ).rowcount
 
     # -- reads --------------------------------------------------------------------
     def get_episode(self, episode_id: str) -> EpisodeRecord:
-        rows = self._episode_rows(select_filter=Episode.id == episode_id)
+        """The episode ``episode_id`` names (any UUID spelling, or the run id of a run that continued it)."""
+        rows = self._episode_rows(select_filter=Episode.id == self.resolve_episode_id(episode_id))
         if not rows:
             raise NotFoundError(f"no episode with id {episode_id!r}")
         return rows[0]
@@ -242,6 +250,9 @@ class ExperienceStore:
             conds.append(Episode.agent == q.agent)
         if q.thread_id is not None:
             conds.append(Episode.thread_id == q.thread_id)
+        if q.episode_ids is not None:
+            with self.session() as s:
+                conds.append(Episode.id.in_([self._resolve(s, e) or e for e in q.episode_ids]))
         if q.since is not None:
             conds.append(Episode.started_at >= as_utc(q.since))
         if q.until is not None:
@@ -295,13 +306,19 @@ class ExperienceStore:
             return out
 
     def events(self, episode_id: str) -> list[EventRecord]:
-        self._require_episode(episode_id)
+        episode_id = self.resolve_episode_id(episode_id)
         with self.session() as s:
             rows = s.execute(select(Event).where(Event.episode_id == episode_id).order_by(Event.seq)).scalars()
             return [EventRecord.model_validate(r) for r in rows]
 
+    def model_calls(self, episode_id: str) -> list[ModelCall]:
+        """Each model call of the episode with the exact messages and tools the model was given."""
+        from agent_sleep.store.conversation import model_calls
+
+        return model_calls(self.events(episode_id))
+
     def feedback(self, episode_id: str) -> list[FeedbackRecord]:
-        self._require_episode(episode_id)
+        episode_id = self.resolve_episode_id(episode_id)
         with self.session() as s:
             rows = s.execute(
                 select(Feedback).where(Feedback.episode_id == episode_id).order_by(Feedback.created_at, Feedback.id)
@@ -333,11 +350,27 @@ class ExperienceStore:
         with self.session() as s:
             return int(s.execute(select(func.count()).select_from(Event)).scalar() or 0)
 
-    # -- helpers ------------------------------------------------------------------
-    def _require_episode(self, episode_id: str) -> None:
+    def resolve_episode_id(self, episode_id: str) -> str:
+        """The stored id of the episode ``episode_id`` names, or NotFoundError naming it.
+
+        Accepts a UUID in any spelling (see ``normalize_episode_id``) and the run id of a run that
+        continued an episode (a resumed graph), whose ``resume`` event carries that id.
+        """
+        norm = normalize_episode_id(episode_id)
         with self.session() as s:
-            if s.get(Episode, episode_id) is None:
-                raise NotFoundError(f"no episode with id {episode_id!r}")
+            found = self._resolve(s, norm)
+            if found is None and norm != str(episode_id):  # an id stored before ids were normalised
+                found = self._resolve(s, str(episode_id))
+        if found is None:
+            raise NotFoundError(f"no episode with id {episode_id!r}")
+        return found
+
+    # -- helpers ------------------------------------------------------------------
+    @staticmethod
+    def _resolve(s: Session, eid: str) -> str | None:
+        if s.get(Episode, eid) is not None:
+            return eid
+        return s.execute(select(Event.episode_id).where(Event.id == eid, Event.kind == "resume")).scalar()
 
     @staticmethod
     def _ensure_agent_row(s: Session, name: str) -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -104,3 +109,56 @@ def test_rejected_ops_go_to_dead_letter(tmp_path: Path) -> None:
     dead = (tmp_path / "spill" / "dead-letter.jsonl").read_text()
     assert "orphan" in dead and "no-such-episode" in dead
     assert [e.content for e in ExperienceStore(url, settings=settings).events(good)] == ["fine"]
+
+
+_KILLED_AGENT = """
+import sys, time
+from pathlib import Path
+from agent_sleep.capture.recorder import ExperienceRecorder
+from agent_sleep.config import Settings
+
+data, url, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+rec = ExperienceRecorder("a", settings=Settings(data_dir=data, database_url=url))
+first = rec.start_episode(thread_id="t")
+for i in range(n // 2):
+    rec.log(first, "user_message", f"early {i}")
+time.sleep(4.0)  # the outage is old news: the writer sleeps in back-off (retries at 3.1 s, 6.3 s)
+second = rec.start_episode(thread_id="t")
+for i in range(n - n // 2):
+    rec.log(second, "user_message", f"late {i}")
+print(first, second, flush=True)
+time.sleep(600)
+"""
+
+
+def test_kill_9_during_an_outage_loses_nothing_logged_a_second_before(tmp_path: Path) -> None:
+    """Events logged while the database is down are on disk within 0.25 s, so kill -9 a second later loses none."""
+    blocker = tmp_path / "db"
+    blocker.write_text("the database folder cannot be created: database down")
+    url = f"sqlite:///{blocker / 'experience.sqlite'}"
+    data = tmp_path / "data"
+    n = 1000
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PYTHONWARNINGS": "ignore"}
+    agent = subprocess.Popen([sys.executable, "-c", _KILLED_AGENT, str(data), url, str(n)],
+                             stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = agent.stdout.readline()  # type: ignore[union-attr]
+        time.sleep(1.0)
+    finally:
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(timeout=30)
+    assert agent.returncode == -signal.SIGKILL
+    first, second = line.split()
+
+    blocker.unlink()  # the database is back; the next process replays what the killed one spilled
+    settings = Settings(data_dir=data, database_url=url)
+    rec = ExperienceRecorder("a", settings=settings)
+    assert rec.flush(timeout=30)
+    store = ExperienceStore(url, settings=settings)
+    early, late = store.events(first), store.events(second)
+    assert [e.content for e in early] == [f"early {i}" for i in range(n // 2)]
+    assert [e.content for e in late] == [f"late {i}" for i in range(n - n // 2)]
+    assert store.count_events() == n  # exactly once
+    assert not list(rec.writer.spill_dir.glob("spill-*.jsonl"))
+    rec.writer.close()
+    store.close()
