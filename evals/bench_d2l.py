@@ -14,7 +14,8 @@ Documents (none used in meta-training):
     (default 32,768 = 4x SmolLM2's 8,192 window), chunked (``--niah N`` docs).
 
 Conditions, all greedy, ``--max-new-tokens`` tokens, scored "answer contains a
-gold string, case-insensitive"; prompts are D2L's (``generators.prompts``):
+gold string, case-insensitive" (``agent_sleep.evaluation.answer_matches``); prompts
+are D2L's (``generators.prompts``):
   (a) base model, question only;  (b) base + the D2L adapter, question only
   (the adapter is written as a PEFT folder and run from disk, as ``ask`` does);
   (c) base model with the document before the question (n/a past the window);
@@ -109,10 +110,6 @@ def synthetic_docs(n: int, seed: int, options: dict[str, Any]) -> list[dict[str,
 def golds(item: dict[str, Any]) -> list[str]:
     answer = item["answer"]
     return [str(a) for a in answer] if isinstance(answer, list) else [str(answer)]
-
-
-def hit(answer: str, gold: list[str]) -> bool:
-    return any(g.lower() in answer.lower() for g in gold)
 
 
 # ---------------------------------------------------------------- model calls
@@ -213,10 +210,13 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[Any, float]:
 
 
 def score(runner: Runner, questions: list[dict[str, Any]], **kwargs: Any) -> list[dict[str, Any]]:
+    from agent_sleep.evaluation.answers import answer_matches
+
     rows = []
     for q in questions:
         answer = runner.answer(q["question"], **kwargs)
-        rows.append({"question": q["question"], "gold": golds(q), "answer": answer, "hit": hit(answer, golds(q))})
+        rows.append({"question": q["question"], "gold": golds(q), "answer": answer,
+                     "hit": answer_matches(answer, golds(q))})
     return rows
 
 

@@ -1,4 +1,7 @@
-"""The D2L meta-training recipe (config, loss, eval, checkpoints); ``meta_train.py`` is its command line."""
+"""The D2L meta-training recipe: config, setup, in-context baseline, held-out eval, checkpoints, the step loop.
+
+``meta_train.py`` is its command line; the loss and the accuracy measure live in :mod:`pipelines.d2l.objective`.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +11,32 @@ import os
 import random
 import signal
 import time
+from copy import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from torch import Tensor
 from tqdm import tqdm
 
-from agent_sleep.generators.backbone import RowLora, logits_at, run_blocks
+from agent_sleep.generators.backbone import RowLora
 from agent_sleep.generators.checkpoint import save_checkpoint
-from agent_sleep.generators.hypernet import HyperConfig, HyperNet, HyperOutput
-from agent_sleep.generators.prompts import question_prompt
+from agent_sleep.generators.hypernet import HyperConfig, HyperNet
 from pipelines.d2l import prose, synth
-from pipelines.d2l.data import CachedDoc, build_cache, cache_key, pad_right
+from pipelines.d2l.data import CachedDoc, build_cache, cache_key
+from pipelines.d2l.objective import (  # aux_losses, group_loras, greedy_accuracy: also imported from here
+    aux_losses,
+    chunk_loras,
+    doc_loras,
+    greedy_accuracy,
+    group_loras,
+    per_doc_mean,
+    qa_loss,
+)
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["DataConfig", "HyperSettings", "TrainConfig", "make_docs", "train"]
 
 
 class _Strict(BaseModel):
@@ -50,22 +62,20 @@ class DataConfig(_Strict):
     prose_facts: tuple[int, int] = (3, 6)
 
 
-class HyperSettings(_Strict):
-    rank: int = 8
-    first_lora_layer: int = 14
-    encoder_layers: int = 8
-    target: str = "mlp.down_proj"
-    latent_dim: int = 256
-    n_latents: int = 32
-    n_heads: int = 4
-    n_blocks: int = 2
-    scale: float = 2.0
-    use_bias: bool = False
-    standardize: bool = False
-    scale_B_init: float = 0.0
-    b_head: str = "mlp"
-    a_head: str = "mlp"
-    chunk_gate: bool = False
+# HyperConfig fields the recipe does not set in its ``hyper`` block: the base model's identity and sizes, the LoRA
+# layers (all from ``first_lora_layer`` up) and the generator's chunk pruning (``min_gate``: set when the recipe
+# teaches the chunk gate, ``gate_loss``). Every other HyperConfig field is a setting, with HyperConfig's default.
+_FROM_MODEL = frozenset({"base_model_id", "base_content_hash", "hidden_size", "d_in", "d_out", "layers", "min_gate"})
+
+HyperSettings = create_model(
+    "HyperSettings",
+    __base__=_Strict,
+    __module__=__name__,
+    __doc__="The ``hyper`` block of a recipe: HyperConfig's own fields (same types and defaults) + first_lora_layer.",
+    first_lora_layer=(int, Field(14, description="LoRA on this layer and every one above it")),
+    **{name: (field.annotation, copy(field)) for name, field in HyperConfig.model_fields.items()
+       if name not in _FROM_MODEL},
+)  # fmt: skip
 
 
 class TrainConfig(_Strict):
@@ -103,125 +113,7 @@ class TrainConfig(_Strict):
         return cls.model_validate(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
 
 
-# ---------------------------------------------------------------- loss and eval
-
-
-def _chunk_loras(net: HyperNet, docs: list[CachedDoc], device: Any) -> HyperOutput:
-    """One LoRA per cached document (one chunk each), without the bias block, with its pointer and gate."""
-    feats, mask = pad_right([d["feats"].to(device, torch.float32) for d in docs])
-    return net.explain(feats, mask.bool())
-
-
-def aux_losses(out: HyperOutput, docs: list[CachedDoc], n_fact: int) -> tuple[Tensor, Tensor]:
-    """(pointer loss, gate loss) for chunks ``docs`` whose first ``n_fact`` state facts and the rest are filler.
-
-    Pointer: per fact document, -log of each slot's attention mass on the value tokens (focus) plus -log of the
-    mean attention each value token receives (coverage, so every digit of a number gets slots). Gate: binary
-    cross-entropy towards 1 on fact documents and 0 on filler. Zero where the network has no pointer/gate.
-    """
-    zero = out.a.new_zeros(())
-    ptr = zero
-    if out.pointer is not None:
-        terms = []
-        for i in range(n_fact):
-            pos = docs[i].get("value_pos") or []
-            if pos:
-                p = out.pointer[i][:, pos]  # [slots, P]
-                terms.append(-(p.sum(-1) + 1e-6).log().mean() - (p.mean(0) + 1e-6).log().mean())
-        ptr = torch.stack(terms).mean() if terms else zero
-    gate = zero
-    if out.gate is not None:
-        target = torch.zeros_like(out.gate)
-        target[:n_fact] = 1.0
-        gate = F.binary_cross_entropy(out.gate.clamp(1e-6, 1 - 1e-6), target)
-    return ptr, gate
-
-
-def group_loras(net: HyperNet, a: Tensor, b: Tensor, groups: list[list[int]]) -> tuple[Tensor, Tensor]:
-    """One adapter per group of chunk LoRAs (:meth:`HyperNet.concat_chunks`, as the generator does for the chunks
-    of one document), zero-padded along rank to the largest group (padding ranks are exact no-ops).
-
-    ``a [M, L, r, in]``, ``b [M, L, out, r]`` -> ``[G, L, R, in]``, ``[G, L, out, R]``.
-    """
-    adapters = [net.concat_chunks(a[members], b[members]) for members in groups]
-    width = max(ga.shape[1] for ga, _ in adapters)
-    a_out = torch.stack([F.pad(ga, (0, 0, 0, width - ga.shape[1])) for ga, _ in adapters])
-    b_out = torch.stack([F.pad(gb, (0, width - gb.shape[2])) for _, gb in adapters])
-    return a_out, b_out
-
-
-def _doc_loras(net: HyperNet, docs: list[CachedDoc], device: Any) -> tuple[Tensor, Tensor]:
-    """One adapter per document (K = 1), bias block included."""
-    out = _chunk_loras(net, docs, device)
-    return group_loras(net, out.a, out.b, [[i] for i in range(len(docs))])
-
-
-def qa_loss(model: Any, lora: RowLora, hc: HyperConfig, ab: tuple[Tensor, Tensor] | None,
-            rows: list[tuple[int, dict[str, Any]]], device: Any) -> Tensor:  # fmt: skip
-    """Per-row mean CE over answer tokens, ``[N]``; ``ab`` None = the base model without an adapter."""
-    h, mask = pad_right([qa["hidden"].to(device, torch.float32) for _, qa in rows])
-    weights = None
-    if ab is not None:
-        idx = torch.tensor([d for d, _ in rows], device=device)
-        weights = {name: (ab[0][idx, i], ab[1][idx, i]) for i, name in enumerate(hc.module_names())}
-    with lora.use(weights, hc.scale):
-        out = run_blocks(model, h, mask, hc.layers[0], model.config.num_hidden_layers)
-    ri, pi, tgt, owner = [], [], [], []
-    for r, (_, qa) in enumerate(rows):
-        for j in range(qa["n_prompt"], len(qa["ids"])):
-            ri.append(r)
-            pi.append(j - 1)
-            tgt.append(int(qa["ids"][j]))
-            owner.append(r)
-    logits = logits_at(model, out, (torch.tensor(ri, device=device), torch.tensor(pi, device=device)))
-    ce = F.cross_entropy(logits.float(), torch.tensor(tgt, device=device), reduction="none")
-    owner_t = torch.tensor(owner, device=device)
-    sums = torch.zeros(len(rows), device=device).index_add(0, owner_t, ce)
-    counts = torch.zeros(len(rows), device=device).index_add(0, owner_t, torch.ones_like(ce))
-    return sums / counts
-
-
-def per_doc_mean(values: Tensor, rows: list[tuple[int, dict[str, Any]]]) -> Tensor:
-    docs = sorted({d for d, _ in rows})
-    return torch.stack([values[[i for i, (d, _) in enumerate(rows) if d == doc]].mean() for doc in docs]).mean()
-
-
-@torch.no_grad()
-def greedy_accuracy(model: Any, tokenizer: Any, lora: RowLora, hc: HyperConfig, docs: list[dict[str, Any]],
-                    ab: tuple[Tensor, Tensor] | None, device: Any, max_new_tokens: int,
-                    with_context: bool = False, batch: int = 32,
-                    adapter_of: list[int] | None = None) -> tuple[float, list[str]]:  # fmt: skip
-    """Share of questions whose greedy answer contains the gold answer (case-insensitive).
-
-    Document ``i``'s questions use adapter ``ab[adapter_of[i]]`` (default: adapter ``i``).
-    """
-    items = [(di, qa) for di, d in enumerate(docs) for qa in d["qa"]]
-    hits, answers = 0, []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in range(0, len(items), batch):
-            chunk = items[start : start + batch]
-            prompts = [question_prompt(tokenizer, qa["question"], docs[di]["text"] if with_context else None)
-                       for di, qa in chunk]  # fmt: skip
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            weights = None
-            if ab is not None:
-                idx = torch.tensor([di if adapter_of is None else adapter_of[di] for di, _ in chunk], device=device)
-                weights = {name: (ab[0][idx, i], ab[1][idx, i]) for i, name in enumerate(hc.module_names())}
-            with lora.use(weights, hc.scale):
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            for (_, qa), text in zip(chunk, texts, strict=True):
-                hits += qa["answer"].lower() in text.lower()
-                answers.append(text.strip())
-    finally:
-        tokenizer.padding_side = side
-    return hits / max(1, len(items)), answers
-
-
-# ---------------------------------------------------------------- the loop
+# ---------------------------------------------------------------- schedule, batches, documents, metrics
 
 
 def _lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -274,20 +166,6 @@ def make_docs(d: DataConfig, seed: int, n_eval: int | None = None) -> tuple[list
     return out[0], out[1]
 
 
-def _warm_start(net: HyperNet, source: Path, content_hash: str) -> None:
-    """Copy the weights of checkpoint ``source`` into ``net``; ConfigError if its shape differs."""
-    from agent_sleep.errors import ConfigError
-    from agent_sleep.generators.checkpoint import load_checkpoint
-
-    src = load_checkpoint(source, content_hash=content_hash)
-    ignore = {"scale_B_init", "min_gate"}  # a fresh network's start; the generator's default pruning
-    mine, theirs = net.config.model_dump(exclude=ignore), src.config.model_dump(exclude=ignore)
-    diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
-    if diff:
-        raise ConfigError(f"init_from {source}: the checkpoint's {diff} differ from this recipe's hyper settings")
-    net.load_state_dict(src.state_dict())
-
-
 def _append(path: Path, record: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
@@ -326,12 +204,49 @@ def plot_metrics(metrics: Path, png: Path) -> None:
     plt.close(fig)
 
 
-def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_minutes: float | None = None,
-          threads: int | None = None, command: str = "", handle: Any = None) -> dict[str, Any]:  # fmt: skip
-    """Run (or resume) meta-training in ``run_dir``; returns a summary dict. ``handle``: a preloaded base model."""
+# ---------------------------------------------------------------- setup
+
+
+def hyper_config(cfg: TrainConfig, handle: Any) -> HyperConfig:
+    """The hypernetwork's shape for the base model of ``handle``: the recipe's ``hyper`` settings, LoRA on every layer
+    from ``first_lora_layer`` up, and chunk pruning at 0.5 when the recipe teaches the chunk gate."""
+    hs = cfg.hyper
+    model = handle.model
+    return HyperConfig.for_model(model, base_model_id=handle.spec, base_content_hash=handle.content_hash,
+                                 layers=list(range(hs.first_lora_layer, model.config.num_hidden_layers)),
+                                 min_gate=0.5 if hs.chunk_gate and cfg.gate_loss > 0 else 0.0,
+                                 **hs.model_dump(exclude={"first_lora_layer"}))  # fmt: skip
+
+
+@dataclass
+class Setup:
+    """What training does not change: the frozen base model (with row-LoRA hooks), the network's shape, the data."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    device: str
+    handle: Any
+    hc: HyperConfig
+    lora: RowLora
+    eval_docs: list[synth.Doc]
+    train_c: list[CachedDoc]
+    eval_c: list[CachedDoc]
+    hay_c: list[CachedDoc]
+
+    @property
+    def model(self) -> Any:
+        return self.handle.model
+
+    @property
+    def tok(self) -> Any:
+        return self.handle.tokenizer
+
+
+def setup(cfg: TrainConfig, run_dir: Path, *, device: str | None, threads: int | None, command: str,
+          handle: Any) -> Setup:  # fmt: skip
+    """Seed, load the base model (unless ``handle``), record the config and build or load the cached data."""
     from agent_sleep.models.loader import load_base_model
 
-    t0 = time.monotonic()
     torch.set_num_threads(threads or cfg.threads)
     torch.manual_seed(cfg.seed)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -340,19 +255,11 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
     handle = handle or load_base_model(cfg.model, device=device, dtype=torch.float32)
     model, tok = handle.model, handle.tokenizer
     model.requires_grad_(False)
-    hs = cfg.hyper
-    hc = HyperConfig.for_model(model, base_model_id=handle.spec, base_content_hash=handle.content_hash,
-                               layers=list(range(hs.first_lora_layer, model.config.num_hidden_layers)),
-                               rank=hs.rank, encoder_layers=hs.encoder_layers, target=hs.target,
-                               latent_dim=hs.latent_dim, n_latents=hs.n_latents, n_heads=hs.n_heads,
-                               n_blocks=hs.n_blocks, scale=hs.scale, use_bias=hs.use_bias,
-                               standardize=hs.standardize, scale_B_init=hs.scale_B_init, b_head=hs.b_head,
-                               a_head=hs.a_head, chunk_gate=hs.chunk_gate,
-                               min_gate=0.5 if hs.chunk_gate and cfg.gate_loss > 0 else 0.0)  # fmt: skip
+    hc = hyper_config(cfg, handle)
     (run_dir / "config.json").write_text(json.dumps({"train": cfg.model_dump(mode="json"), "command": command},
                                                     indent=2))  # fmt: skip
 
-    d = cfg.data
+    d, hs = cfg.data, cfg.hyper
     train_docs, eval_docs = make_docs(d, cfg.seed)
     key = cache_key(model=handle.content_hash, data=d.model_dump(mode="json"), seed=cfg.seed,
                     enc=hs.encoder_layers, first=hs.first_lora_layer)  # fmt: skip
@@ -369,159 +276,286 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
         hay_key = cache_key(key=key, n=d.n_hay, sentences=d.hay_sentences)
         hay_c = build_cache(model, tok, hay_docs, path=run_dir / "cache" / f"hay-{hay_key}.pt", desc="cache hay",
                             **common)  # fmt: skip
-    lora = RowLora(model, hc.module_names())
-    metrics = run_dir / "metrics.jsonl"
-    base_file = run_dir / "baseline.json"
+    return Setup(cfg=cfg, run_dir=run_dir, device=device, handle=handle, hc=hc,
+                 lora=RowLora(model, hc.module_names()), eval_docs=eval_docs, train_c=train_c, eval_c=eval_c,
+                 hay_c=hay_c)  # fmt: skip
+
+
+def in_context_baseline(s: Setup) -> dict[str, Any]:
+    """The base model on the held-out questions: CE and accuracy without the document, accuracy with it in context.
+
+    Computed once per run dir (``baseline.json``); a resumed run reads it back.
+    """
+    base_file = s.run_dir / "baseline.json"
     if base_file.exists():
-        baseline = json.loads(base_file.read_text())
-    else:
-        rows = [(i, qa) for i, doc in enumerate(eval_c) for qa in doc["qa"]]
-        with torch.no_grad():
-            ce_base = per_doc_mean(qa_loss(model, lora, hc, None, rows, device), rows).item()
-        acc_base, _ = greedy_accuracy(model, tok, lora, hc, eval_docs, None, device, cfg.eval_max_new_tokens)
-        # With the document in context the base model often answers in a full sentence ("The magic number of X
-        # is 4721."), so it gets more tokens than the adapter conditions (24 mixed held-out documents: 14.6 %
-        # with 12 new tokens, 56.2 % with 32).
-        acc_doc, _ = greedy_accuracy(model, tok, lora, hc, eval_docs, None, device,
-                                     max(32, cfg.eval_max_new_tokens), True)  # fmt: skip
-        baseline = {"eval_ce_base": ce_base, "acc_base": acc_base, "acc_with_doc": acc_doc,
-                    "n_eval_questions": len(rows)}  # fmt: skip
-        base_file.write_text(json.dumps(baseline, indent=2))
+        return json.loads(base_file.read_text())
+    cfg = s.cfg
+    rows = [(i, qa) for i, doc in enumerate(s.eval_c) for qa in doc["qa"]]
+    with torch.no_grad():
+        ce_base = per_doc_mean(qa_loss(s.model, s.lora, s.hc, None, rows, s.device), rows).item()
+    acc_base, _ = greedy_accuracy(s.model, s.tok, s.lora, s.hc, s.eval_docs, None, s.device, cfg.eval_max_new_tokens)
+    # With the document in context the base model often answers in a full sentence ("The magic number of X
+    # is 4721."), so it gets more tokens than the adapter conditions (24 mixed held-out documents: 14.6 %
+    # with 12 new tokens, 56.2 % with 32).
+    acc_doc, _ = greedy_accuracy(s.model, s.tok, s.lora, s.hc, s.eval_docs, None, s.device,
+                                 max(32, cfg.eval_max_new_tokens), True)  # fmt: skip
+    baseline = {"eval_ce_base": ce_base, "acc_base": acc_base, "acc_with_doc": acc_doc, "n_eval_questions": len(rows)}
+    base_file.write_text(json.dumps(baseline, indent=2))
+    return baseline
 
-    net = HyperNet(hc)
-    net.set_feature_stats(torch.cat([d["feats"] for d in train_c]))  # overwritten by a resumed state
-    net.to(device)
+
+# ---------------------------------------------------------------- state, checkpoints, signals
+
+
+@dataclass
+class TrainState:
+    """What training changes, and what ``ckpt/last.pt`` holds: the network, its optimiser and schedule, progress."""
+
+    net: HyperNet
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    step: int = 0
+    best: float = -1.0  # best held-out accuracy so far (-1: none evaluated)
+    trained_s: float = 0.0  # seconds spent in training steps, over every resume
+
+
+def fresh_state(s: Setup) -> TrainState:
+    """A new network (feature statistics of the training documents), AdamW and warmup + cosine schedule."""
+    cfg = s.cfg
+    net = HyperNet(s.hc)
+    net.set_feature_stats(torch.cat([d["feats"] for d in s.train_c]))  # overwritten by a resumed state
+    net.to(s.device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
-    step, best, trained_s = 0, -1.0, 0.0
-    last = run_dir / "ckpt" / "last.pt"
-    if cfg.init_from and not last.exists():
-        _warm_start(net, Path(cfg.init_from), handle.content_hash)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, cfg))
+    return TrainState(net, opt, sched)
+
+
+def _last_path(run_dir: Path) -> Path:
+    return run_dir / "ckpt" / "last.pt"
+
+
+def _warm_start(net: HyperNet, source: Path, content_hash: str) -> None:
+    """Copy the weights of checkpoint ``source`` into ``net``; ConfigError if its shape differs."""
+    from agent_sleep.errors import ConfigError
+    from agent_sleep.generators.checkpoint import load_checkpoint
+
+    src = load_checkpoint(source, content_hash=content_hash)
+    ignore = {"scale_B_init", "min_gate"}  # a fresh network's start; the generator's default pruning
+    mine, theirs = net.config.model_dump(exclude=ignore), src.config.model_dump(exclude=ignore)
+    diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if diff:
+        raise ConfigError(f"init_from {source}: the checkpoint's {diff} differ from this recipe's hyper settings")
+    net.load_state_dict(src.state_dict())
+
+
+def resume(state: TrainState, s: Setup) -> None:
+    """Continue from the run's ``ckpt/last.pt`` if there is one, else warm-start from ``init_from`` if set."""
+    last = _last_path(s.run_dir)
+    if s.cfg.init_from and not last.exists():
+        _warm_start(state.net, Path(s.cfg.init_from), s.handle.content_hash)
     if last.exists():
-        state = torch.load(last, weights_only=False)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        step, best, trained_s = state["step"], state["best"], state.get("trained_s", 0.0)
+        saved = torch.load(last, weights_only=False)
+        state.net.load_state_dict(saved["net"])
+        state.opt.load_state_dict(saved["opt"])
+        state.sched.load_state_dict(saved["sched"])
+        state.step, state.best, state.trained_s = saved["step"], saved["best"], saved.get("trained_s", 0.0)
 
-    stop = {"flag": False}
 
-    def _on_signal(signum: int, frame: Any) -> None:
-        stop["flag"] = True
+def save_last(state: TrainState, s: Setup) -> None:
+    """Write ``ckpt/last.pt`` atomically (a kill mid-write leaves the previous one)."""
+    last = _last_path(s.run_dir)
+    tmp = last.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"net": state.net.state_dict(), "opt": state.opt.state_dict(), "sched": state.sched.state_dict(),
+                "step": state.step, "best": state.best, "trained_s": state.trained_s,
+                "hyper": s.hc.model_dump(mode="json")}, tmp)  # fmt: skip
+    os.replace(tmp, last)
 
-    old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
-    def save_last() -> None:
-        tmp = last.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
-                    "best": best, "trained_s": trained_s, "hyper": hc.model_dump(mode="json")}, tmp)  # fmt: skip
-        os.replace(tmp, last)
+def save_best(state: TrainState, s: Setup, rec: dict[str, Any], baseline: dict[str, Any], command: str) -> None:
+    """Write ``ckpt/best`` (a loadable D2L checkpoint) with the eval record ``rec`` that made it the best."""
+    save_checkpoint(state.net, s.run_dir / "ckpt" / "best", version=f"step{state.step}", overwrite=True,
+                    extra={"training": {"step": state.step, "minutes": state.trained_s / 60, "command": command,
+                                        "eval": {k: rec[k] for k in ("acc", "eval_ce", *baseline)},
+                                        "config": s.cfg.model_dump(mode="json")}})  # fmt: skip
 
-    def evaluate() -> dict[str, Any]:
-        net.eval()
-        with torch.no_grad():
-            ab = _doc_loras(net, eval_c, device)
-            rows = [(i, qa) for i, doc in enumerate(eval_c) for qa in doc["qa"]]
-            ce = per_doc_mean(qa_loss(model, lora, hc, ab, rows, device), rows).item()
-            acc, answers = greedy_accuracy(model, tok, lora, hc, eval_docs, ab, device, cfg.eval_max_new_tokens)
-            # document dependence: every document's questions asked with the next document's adapter
-            shifted = [(i + 1) % len(eval_docs) for i in range(len(eval_docs))]
-            acc_shuffled, _ = greedy_accuracy(model, tok, lora, hc, eval_docs, ab, device, cfg.eval_max_new_tokens,
-                                              adapter_of=shifted)  # fmt: skip
-            extra: dict[str, Any] = {"acc_shuffled": acc_shuffled}
-            if len(d.chunk_probs) > 1 or hay_c:
-                # multi-chunk: 3 documents (+ 1 filler chunk when there are any) concatenated into one adapter
-                groups = [list(range(i, min(i + 3, len(eval_c)))) for i in range(0, len(eval_c), 3)]
-                members = list(eval_c) + hay_c[: len(groups)] if hay_c else list(eval_c)
-                if hay_c:
-                    groups = [g + [len(eval_c) + gi] for gi, g in enumerate(groups)]
-                out = _chunk_loras(net, members, device)
-                ab3 = group_loras(net, out.a, out.b, groups)
-                if out.gate is not None and hay_c:
-                    extra["gate_fact"] = out.gate[: len(eval_c)].mean().item()
-                    extra["gate_filler"] = out.gate[len(eval_c) :].mean().item()
-                of = [gi for gi, g in enumerate(groups) for m in g if m < len(eval_c)]
-                extra["acc_k3"], _ = greedy_accuracy(model, tok, lora, hc, eval_docs, ab3, device,
-                                                     cfg.eval_max_new_tokens, adapter_of=of)  # fmt: skip
-        net.train()
-        return {"kind": "eval", "step": step, "eval_ce": ce, "acc": acc, **extra, **baseline,
-                "minutes": trained_s / 60, "samples": answers[:6]}  # fmt: skip
 
-    bar = tqdm(total=cfg.steps, initial=step, desc="d2l meta-train", dynamic_ncols=True)
+class StopSignals:
+    """While active, SIGTERM and SIGINT only set ``requested``: the loop finishes its step and checkpoints."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __enter__(self) -> StopSignals:
+        self._old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------- eval and step
+
+
+def evaluate(s: Setup, state: TrainState, baseline: dict[str, Any]) -> dict[str, Any]:
+    """The ``eval`` record of ``metrics.jsonl``: held-out CE and accuracy through each document's adapter, with
+    another document's adapter (document dependence) and, for multi-chunk recipes, with 3 documents in one."""
+    cfg, net, hc, eval_c, hay_c = s.cfg, state.net, s.hc, s.eval_c, s.hay_c
+    model, tok, lora, device, eval_docs = s.model, s.tok, s.lora, s.device, s.eval_docs
+    net.eval()
+    with torch.no_grad():
+        ab = doc_loras(net, eval_c, device)
+        rows = [(i, qa) for i, doc in enumerate(eval_c) for qa in doc["qa"]]
+        ce = per_doc_mean(qa_loss(model, lora, hc, ab, rows, device), rows).item()
+        acc, answers = greedy_accuracy(model, tok, lora, hc, eval_docs, ab, device, cfg.eval_max_new_tokens)
+        # document dependence: every document's questions asked with the next document's adapter
+        shifted = [(i + 1) % len(eval_docs) for i in range(len(eval_docs))]
+        acc_shuffled, _ = greedy_accuracy(model, tok, lora, hc, eval_docs, ab, device, cfg.eval_max_new_tokens,
+                                          adapter_of=shifted)  # fmt: skip
+        extra: dict[str, Any] = {"acc_shuffled": acc_shuffled}
+        if len(cfg.data.chunk_probs) > 1 or hay_c:
+            # multi-chunk: 3 documents (+ 1 filler chunk when there are any) concatenated into one adapter
+            groups = [list(range(i, min(i + 3, len(eval_c)))) for i in range(0, len(eval_c), 3)]
+            members = list(eval_c) + hay_c[: len(groups)] if hay_c else list(eval_c)
+            if hay_c:
+                groups = [g + [len(eval_c) + gi] for gi, g in enumerate(groups)]
+            out = chunk_loras(net, members, device)
+            ab3 = group_loras(net, out.a, out.b, groups)
+            if out.gate is not None and hay_c:
+                extra["gate_fact"] = out.gate[: len(eval_c)].mean().item()
+                extra["gate_filler"] = out.gate[len(eval_c) :].mean().item()
+            of = [gi for gi, g in enumerate(groups) for m in g if m < len(eval_c)]
+            extra["acc_k3"], _ = greedy_accuracy(model, tok, lora, hc, eval_docs, ab3, device,
+                                                 cfg.eval_max_new_tokens, adapter_of=of)  # fmt: skip
     net.train()
+    return {"kind": "eval", "step": state.step, "eval_ce": ce, "acc": acc, **extra, **baseline,
+            "minutes": state.trained_s / 60, "samples": answers[:6]}  # fmt: skip
+
+
+@dataclass
+class StepResult:
+    ce: Tensor  # answer-token CE, per-document mean
+    reg: Tensor  # L1 penalty on the generated A, B
+    grad_norm: float  # before clipping
+    aux: tuple[float, float] | None  # (pointer loss, gate loss) when the recipe weighs them
+
+
+def train_step(s: Setup, state: TrainState) -> StepResult:
+    """One optimiser step on batch ``state.step`` (documents grouped into adapters, hay chunks mixed in); the caller
+    advances ``state.step``. FloatingPointError on a non-finite loss, before the weights change."""
+    cfg, net, hc, train_c, hay_c, device = s.cfg, state.net, s.hc, s.train_c, s.hay_c, s.device
+    picked = _batch(state.step, cfg, len(train_c))
+    docs = [train_c[i] for i, _ in picked]
+    groups = _groups(state.step, cfg, len(docs), len(hay_c))
+    group_of = {m: gi for gi, g in enumerate(groups) for m in g if m < len(docs)}
+    rows, adapter_rows = [], []
+    for j, (_, slot) in enumerate(picked):
+        qas = docs[j]["qa"]
+        chosen = random.Random(f"{cfg.seed}:{slot}").sample(qas, min(cfg.qas_per_doc, len(qas)))
+        rows += [(j, qa) for qa in chosen]
+        adapter_rows += [(group_of[j], qa) for qa in chosen]
+    hays = sorted({m for g in groups for m in g if m >= len(docs)})
+    chunks = docs + [hay_c[m - len(docs)] for m in hays]
+    out = chunk_loras(net, chunks, device)
+    remap = {m: len(docs) + h for h, m in enumerate(hays)}
+    ab = group_loras(net, out.a, out.b, [[remap.get(m, m) for m in g] for g in groups])
+    ce = per_doc_mean(qa_loss(s.model, s.lora, hc, ab, adapter_rows, device), rows)
+    reg = cfg.l1 * (out.a.abs().mean() + out.b.abs().mean())
+    loss = ce + reg
+    aux = None
+    if cfg.pointer_loss or cfg.gate_loss:
+        ptr_l, gate_l = aux_losses(out, chunks, len(docs))
+        loss = loss + cfg.pointer_loss * ptr_l + cfg.gate_loss * gate_l
+        aux = (ptr_l.item(), gate_l.item())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss at step {state.step}; last checkpoint kept")
+    state.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip).item()
+    state.opt.step()
+    state.sched.step()
+    return StepResult(ce, reg, gnorm, aux)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopSignals, *, deadline: float | None,
+              command: str) -> None:  # fmt: skip
+    """Train until ``cfg.steps``, a stop signal or the monotonic ``deadline``; log to ``metrics.jsonl``, evaluate
+    (keeping ``ckpt/best``) and write ``ckpt/last.pt`` on the recipe's schedules."""
+    cfg = s.cfg
+    metrics = s.run_dir / "metrics.jsonl"
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="d2l meta-train", dynamic_ncols=True)
+    state.net.train()
     window: list[float] = []
     aux_window: list[tuple[float, float]] = []
     try:
-        while step < cfg.steps and not stop["flag"]:
-            if max_minutes is not None and time.monotonic() - t0 > max_minutes * 60:
+        while state.step < cfg.steps and not stop.requested:
+            if deadline is not None and time.monotonic() > deadline:
                 break
             ts = time.monotonic()
-            picked = _batch(step, cfg, len(train_c))
-            docs = [train_c[i] for i, _ in picked]
-            groups = _groups(step, cfg, len(docs), len(hay_c))
-            group_of = {m: gi for gi, g in enumerate(groups) for m in g if m < len(docs)}
-            rows, adapter_rows = [], []
-            for j, (i, slot) in enumerate(picked):
-                qas = docs[j]["qa"]
-                chosen = random.Random(f"{cfg.seed}:{slot}").sample(qas, min(cfg.qas_per_doc, len(qas)))
-                rows += [(j, qa) for qa in chosen]
-                adapter_rows += [(group_of[j], qa) for qa in chosen]
-            hays = sorted({m for g in groups for m in g if m >= len(docs)})
-            chunks = docs + [hay_c[m - len(docs)] for m in hays]
-            out = _chunk_loras(net, chunks, device)
-            remap = {m: len(docs) + h for h, m in enumerate(hays)}
-            ab = group_loras(net, out.a, out.b, [[remap.get(m, m) for m in g] for g in groups])
-            ce = per_doc_mean(qa_loss(model, lora, hc, ab, adapter_rows, device), rows)
-            reg = cfg.l1 * (out.a.abs().mean() + out.b.abs().mean())
-            loss = ce + reg
-            if cfg.pointer_loss or cfg.gate_loss:
-                ptr_l, gate_l = aux_losses(out, chunks, len(docs))
-                loss = loss + cfg.pointer_loss * ptr_l + cfg.gate_loss * gate_l
-                aux_window.append((ptr_l.item(), gate_l.item()))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {step}; last checkpoint kept")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip).item()
-            opt.step()
-            sched.step()
-            step += 1
-            trained_s += time.monotonic() - ts
-            window.append(ce.item())
+            res = train_step(s, state)
+            state.step += 1
+            state.trained_s += time.monotonic() - ts
+            window.append(res.ce.item())
+            if res.aux is not None:
+                aux_window.append(res.aux)
             bar.update()
-            bar.set_postfix(ce=f"{ce.item():.3f}")
-            if step % cfg.log_every == 0:
+            bar.set_postfix(ce=f"{res.ce.item():.3f}")
+            if state.step % cfg.log_every == 0:
                 aux = {}
                 if aux_window:
                     aux = {"pointer_loss": sum(p for p, _ in aux_window) / len(aux_window),
                            "gate_loss": sum(g for _, g in aux_window) / len(aux_window)}  # fmt: skip
-                _append(metrics, {"kind": "train", "step": step, "ce": sum(window) / len(window), "reg": reg.item(),
-                                  "grad_norm": gnorm, "lr": sched.get_last_lr()[0], **aux,
-                                  "sec_per_step": (time.monotonic() - ts), "minutes": trained_s / 60})  # fmt: skip
+                _append(metrics, {"kind": "train", "step": state.step, "ce": sum(window) / len(window),
+                                  "reg": res.reg.item(), "grad_norm": res.grad_norm, "lr": state.sched.get_last_lr()[0],
+                                  **aux, "sec_per_step": (time.monotonic() - ts), "minutes": state.trained_s / 60})  # fmt: skip
                 window.clear()
                 aux_window.clear()
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                rec = evaluate()
+            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+                rec = evaluate(s, state, baseline)
                 _append(metrics, rec)
                 k3 = f", 3 docs in one adapter {rec['acc_k3']:.3f}" if "acc_k3" in rec else ""
-                bar.write(f"step {step}: held-out acc {rec['acc']:.3f} (another doc's adapter "
+                bar.write(f"step {state.step}: held-out acc {rec['acc']:.3f} (another doc's adapter "
                           f"{rec['acc_shuffled']:.3f}{k3}; base {baseline['acc_base']:.3f}, with doc "
                           f"{baseline['acc_with_doc']:.3f}) CE {rec['eval_ce']:.3f} (base {baseline['eval_ce_base']:.3f})")
-                if rec["acc"] > best:
-                    best = rec["acc"]
-                    save_checkpoint(net, run_dir / "ckpt" / "best", version=f"step{step}", overwrite=True,
-                                    extra={"training": {"step": step, "minutes": trained_s / 60, "command": command,
-                                                        "eval": {k: rec[k] for k in ("acc", "eval_ce", *baseline)},
-                                                        "config": cfg.model_dump(mode="json")}})  # fmt: skip
-                plot_metrics(metrics, run_dir / "metrics.png")
-            if step % cfg.ckpt_every == 0:
-                save_last()
+                if rec["acc"] > state.best:
+                    state.best = rec["acc"]
+                    save_best(state, s, rec, baseline, command)
+                plot_metrics(metrics, s.run_dir / "metrics.png")
+            if state.step % cfg.ckpt_every == 0:
+                save_last(state, s)
     finally:
-        save_last()
         bar.close()
-        lora.remove()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+
+
+def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_minutes: float | None = None,
+          threads: int | None = None, command: str = "", handle: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Run (or resume) meta-training in ``run_dir``; returns a summary dict. ``handle``: a preloaded base model.
+
+    ``ckpt/last.pt`` is written however the loop ends (steps done, ``max_minutes``, SIGTERM/SIGINT, an error).
+    """
+    t0 = time.monotonic()
+    s = setup(cfg, run_dir, device=device, threads=threads, command=command, handle=handle)
+    try:
+        baseline = in_context_baseline(s)
+        state = fresh_state(s)
+        resume(state, s)
+        with StopSignals() as stop:
+            try:
+                run_steps(s, state, baseline, stop, command=command,
+                          deadline=None if max_minutes is None else t0 + max_minutes * 60)  # fmt: skip
+            finally:
+                save_last(state, s)
+    finally:
+        s.lora.remove()
+    metrics = s.run_dir / "metrics.jsonl"
     if metrics.exists():
-        plot_metrics(metrics, run_dir / "metrics.png")
-    return {"step": step, "best_acc": best, "minutes": trained_s / 60, "stopped": stop["flag"], **baseline}
+        plot_metrics(metrics, s.run_dir / "metrics.png")
+    return {"step": state.step, "best_acc": state.best, "minutes": state.trained_s / 60, "stopped": stop.requested,
+            **baseline}  # fmt: skip

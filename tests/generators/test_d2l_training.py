@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from agent_sleep.generators.hypernet import HyperConfig
 from agent_sleep.models.loader import load_base_model
 from pipelines.d2l import synth
 from pipelines.d2l.trainer import TrainConfig, train
@@ -71,7 +73,28 @@ def test_shipped_configs_validate() -> None:
     assert paths
     for path in paths:
         assert path.read_text().startswith(f"# .venv/bin/python pipelines/d2l/meta_train.py --config {path.relative_to(ROOT)}")
-        TrainConfig.load(path)
+        config = TrainConfig.load(path)
+        # every hyper setting of the recipe reaches the network's config (here with SmolLM2-135M's sizes)
+        hyper = dict(yaml.safe_load(path.read_text())["hyper"])
+        first = hyper.pop("first_lora_layer")
+        hc = HyperConfig(base_model_id="m", base_content_hash="0" * 64, hidden_size=576, d_in=1536, d_out=576,
+                         layers=list(range(first, 30)), **config.hyper.model_dump(exclude={"first_lora_layer"}))  # fmt: skip
+        assert {k: getattr(hc, k) for k in hyper} == hyper and hc.layers[0] == config.hyper.first_lora_layer == first
+
+
+def test_hyper_settings_are_the_hypernetworks_own_fields() -> None:
+    from pydantic import ValidationError
+
+    from pipelines.d2l.trainer import HyperSettings
+
+    from_model = {"base_model_id", "base_content_hash", "hidden_size", "d_in", "d_out", "layers", "min_gate"}
+    assert set(HyperSettings.model_fields) == set(HyperConfig.model_fields) - from_model | {"first_lora_layer"}
+    defaults = HyperSettings()
+    assert all(getattr(defaults, k) == f.default for k, f in HyperConfig.model_fields.items() if k not in from_model)
+    with pytest.raises(ValidationError, match="b_head"):
+        HyperSettings(b_head="pointer")  # HyperConfig's choices, checked when the recipe loads
+    with pytest.raises(ValidationError, match="rnak"):
+        HyperSettings(rnak=4)
 
 
 def _tiny_recipe(data: dict | None = None, hyper: dict | None = None, **top: object) -> dict:
@@ -275,3 +298,17 @@ def test_export_refuses_to_compare_runs_trained_on_other_data(tmp_path: Path,
     assert export.main([str(runs["b"]), "--dest", str(dest), "--force", "--min-gate", "0.3"]) == 0
     config = read_checkpoint_config(dest)
     assert config["training"]["config"]["data"]["n_facts"] == [1, 1] and config["hyper"]["min_gate"] == 0.3
+
+
+def test_stop_signals_only_ask_the_loop_to_stop_and_restore_the_handlers() -> None:
+    import os
+    import signal
+
+    from pipelines.d2l.trainer import StopSignals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)  # handled synchronously in the main thread: no exit
+        assert stop.requested
+    assert signal.getsignal(signal.SIGTERM) is before
