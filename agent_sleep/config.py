@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest event content + payload accepted, in UTF-8 bytes.",
     )
+    max_document_bytes: int = Field(
+        default=10_000_000,
+        gt=0,
+        description="Largest document file read by `documents add` and `internalize`, in bytes.",
+    )
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -1,4 +1,6 @@
-"""Crash-safe writes: a file or a whole folder appears complete in one rename, or not at all.
+"""Crash-safe writes, and bounded reads of files users name.
+
+Writes: a file or a whole folder appears complete in one rename, or not at all.
 
 Files go to a temp file in the same folder, are fsynced and then renamed over
 the target (:func:`atomic_write_bytes`, ``_text``, ``_json``). Folders are
@@ -7,6 +9,14 @@ filled in a hidden temp folder beside the target and published by
 with a dot and carry the pid, so debris from a killed process is easy to spot.
 This module knows nothing about adapters or models; callers name their own
 errors. It imports nothing heavy.
+
+Reads: :func:`open_regular_file` and :func:`read_regular_file` accept only a
+regular file (symlinks are followed, and the file they point to must be
+regular): a folder, FIFO, device or socket is refused with an
+:class:`~agent_sleep.errors.InvalidInputError` naming the path, before a read
+could block or run forever (``/dev/zero``, a pipe nobody writes to).
+:func:`read_regular_file` also stops at a size cap
+(:class:`~agent_sleep.errors.PayloadTooLargeError` naming the cap and the size).
 """
 
 from __future__ import annotations
@@ -15,16 +25,17 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from agent_sleep.errors import PathExistsError
+from agent_sleep.errors import InvalidInputError, PathExistsError, PayloadTooLargeError
 
 __all__ = [
     "atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fresh_name", "fsync_dir",
-    "fsync_file",
+    "fsync_file", "open_regular_file", "read_regular_file",
 ]  # fmt: skip
 
 
@@ -140,3 +151,70 @@ def atomic_dir(dest: str | Path, *, mark: str = ".part-", overwrite: bool = Fals
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ---------------------------------------------------------------- bounded reads
+
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _require_regular(mode: int, path: Path, what: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _NOT_REGULAR if test(mode)), "something else")
+    link = f" (a symlink to {os.path.realpath(path)})" if path.is_symlink() else ""
+    raise InvalidInputError(f"{what} {path}{link} is {kind}, not a regular file")
+
+
+def open_regular_file(path: str | Path, *, what: str = "file") -> BinaryIO:
+    """Open ``path`` for binary reading if it is a regular file; ``what`` names it in errors ("document").
+
+    Symlinks are followed; what they point to must be a regular file. Refused
+    with :class:`~agent_sleep.errors.InvalidInputError` naming the path: a
+    missing file or dangling symlink, a folder, FIFO, device or socket, and a
+    file that cannot be opened (the OS reason is given).
+    """
+    path = Path(path)
+    try:
+        _require_regular(os.stat(path).st_mode, path, what)
+        # O_NONBLOCK: if a FIFO is swapped in after the stat, open() returns at once instead of waiting for
+        # a writer, and the fstat below refuses it. Reads from a regular file ignore the flag.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        dangling = " (a symlink to a missing file)" if path.is_symlink() else ""
+        raise InvalidInputError(f"{what} {path} does not exist{dangling}") from None
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        _require_regular(os.fstat(fd).st_mode, path, what)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_file(path: str | Path, max_bytes: int, *, what: str = "file") -> bytes:
+    """The bytes of the regular file ``path``, never more than ``max_bytes`` read (see :func:`open_regular_file`).
+
+    A file above the cap raises :class:`~agent_sleep.errors.PayloadTooLargeError`
+    naming the cap and the size, without reading it; one that grows past the cap
+    while read (or reports no size, like ``/proc`` files) stops at ``max_bytes + 1``.
+    """
+    path = Path(path)
+    with open_regular_file(path, what=what) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > max_bytes:
+            raise PayloadTooLargeError(f"{what} {path} is {size:,} bytes, above the cap of {max_bytes:,} bytes")
+        try:
+            data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise PayloadTooLargeError(f"{what} {path} has more than {max_bytes:,} bytes, above the cap")
+    return data

@@ -6,10 +6,12 @@ and registers the adapter as the next version of skill NAME. The skill then
 works like any other: ``agent-sleep ask --adapter NAME`` and
 ``agent-sleep deploy NAME@vN --agent A``.
 
-The document is checked before any model loads: a missing file, a folder, an
-empty file, binary or non-UTF-8 bytes exit 1 with the problem named, and
-nothing is stored or registered. So does any failure of the generator (a
-checkpoint for another base model, non-finite weights).
+The document is checked before any model loads: a missing file, a folder, a
+FIFO, device or socket (a symlink is followed to what it points to), a file
+over ``AGENT_SLEEP_MAX_DOCUMENT_BYTES`` (10 MB by default), an empty file,
+binary or non-UTF-8 bytes exit 1 with the problem named, and nothing is
+stored or registered. So does any failure of the generator (a checkpoint for
+another base model, non-finite weights, more than ``--max-chunks`` chunks).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent_sleep.cli.common import print_json, settings_from
-from agent_sleep.errors import InvalidInputError, ModelNotFoundError
+from agent_sleep.cli.common import print_json, read_document_file, settings_from
+from agent_sleep.config import Settings
+from agent_sleep.errors import InvalidInputError, ModelNotFoundError, PayloadTooLargeError
 
 
 def _positive_int(text: str) -> int:
@@ -33,20 +36,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def read_document(path: Path) -> str:
+def read_document(path: Path, settings: Settings) -> str:
     """The file's text, or InvalidInputError naming the file and what is wrong with it."""
     from agent_sleep.generators.d2l import check_document
 
-    if not path.exists():
-        raise InvalidInputError(f"document {path} does not exist")
-    if path.is_dir():
-        raise InvalidInputError(f"document {path} is a folder, not a file")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read document {path}: {exc.strerror}") from None
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]  # a UTF-8 byte-order mark is not part of the text
+    raw = read_document_file(path, settings)
     try:
         return check_document(raw)
     except InvalidInputError as exc:  # EncodingError is one too
@@ -76,9 +70,13 @@ def cmd_internalize(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     check_name(args.name)
     path = Path(args.path).expanduser()
-    text = read_document(path)
+    text = read_document(path, settings)
     generator = _load_generator(args, settings)
-    result = generator.internalize(text, chunk_tokens=args.chunk_tokens, min_gate=args.min_gate)  # raises first
+    try:  # raises before anything is stored or registered
+        result = generator.internalize(text, chunk_tokens=args.chunk_tokens, max_chunks=args.max_chunks,
+                                       min_gate=args.min_gate)  # fmt: skip
+    except PayloadTooLargeError as exc:
+        raise PayloadTooLargeError(f"document {path}: {exc} (options --chunk-tokens, --max-chunks)") from None
 
     store = ExperienceStore(settings=settings)
     try:
@@ -132,10 +130,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Internalise a UTF-8 text document into a LoRA adapter with the D2L hypernetwork and "
         "register it as the next version of skill NAME (usable with ask --adapter and deploy).",
     )
-    p.add_argument("path", metavar="PATH", help="a UTF-8 text file (Markdown, plain text, ...)")
+    p.add_argument("path", metavar="PATH",
+                   help="a UTF-8 text file (Markdown, plain text, ...); a symlink is followed, FIFOs and devices "
+                   "are refused; at most $AGENT_SLEEP_MAX_DOCUMENT_BYTES (default 10 MB)")  # fmt: skip
     p.add_argument("--name", required=True, help="skill name to register the adapter under (next version)")
     p.add_argument("--chunk-tokens", type=_positive_int, default=256, metavar="N",
                    help="tokens per chunk; each chunk adds rank r to the adapter (default: 256)")
+    p.add_argument("--max-chunks", type=_positive_int, default=1024, metavar="K",
+                   help="refuse documents of more than K chunks, i.e. an adapter above rank r*K (default: 1024)")
     p.add_argument("--min-gate", type=float, default=None, metavar="G",
                    help="leave out chunks whose learned gate is below G, 0 keeps all (default: the checkpoint's)")
     p.add_argument("--agent", help="the agent that owns the document and the skill (deploy it with deploy --agent)")

@@ -8,7 +8,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from agent_sleep.cli.common import print_json, settings_from
+from agent_sleep.cli.common import print_json, read_document_file, settings_from
 from agent_sleep.errors import ConfigError
 
 # store.records.EPISODE_STATUSES, spelled out so that building the parser imports no SQLAlchemy (a test compares)
@@ -134,22 +134,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from agent_sleep.store.jsonl import import_jsonl
+    from agent_sleep.store.jsonl import read_import, write_import
 
-    if not Path(args.file).is_file():
-        raise ConfigError(f"no such file: {args.file}")
-    rep = import_jsonl(_store(args, migrate=True), args.file)
+    # The whole file is checked before the database is opened, so a bad file changes nothing.
+    batch = read_import(args.file, max_payload_bytes=settings_from(args).max_payload_bytes)
+    rep = write_import(_store(args, migrate=True), batch)
     print(f"imported {rep.episodes} episodes, {rep.events} events, {rep.feedback} feedback, {rep.documents} documents"
-          " (already present ones skipped)")
+          f"; {rep.skipped} already present, skipped")
     return 0
 
 
 def cmd_docs_add(args: argparse.Namespace) -> int:
+    from agent_sleep.store.records import check_text
+
     path = Path(args.path)
-    if not path.is_file():
-        raise ConfigError(f"no such file: {path}")
-    doc = _store(args, migrate=True).add_document(args.source or str(path), path.read_bytes(), title=args.title,
-                                                  agent=args.agent)
+    text = check_text(read_document_file(path, settings_from(args)), f"document {path}")
+    doc = _store(args, migrate=True).add_document(args.source or str(path), text, title=args.title, agent=args.agent)
     print(f"{doc.source} v{doc.version} sha256:{doc.content_hash[:16]} ({len(doc.content):,} chars)")
     return 0
 
@@ -209,14 +209,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _query_args(p)
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
     p.set_defaults(handler=cmd_export)
-    p = lg_sub.add_parser("import", help="read a JSONL export; all or nothing, existing ids skipped")
+    p = lg_sub.add_parser("import", help="read a JSONL export; all or nothing, existing ids skipped and not counted")
     p.add_argument("file")
     p.set_defaults(handler=cmd_import)
 
     dc = sub.add_parser("documents", help="add and list knowledge documents")
     dc_sub = dc.add_subparsers(dest="documents_command", metavar="ACTION", required=True)
     p = dc_sub.add_parser("add", help="store a document (new content under the same source = new version)")
-    p.add_argument("path")
+    p.add_argument("path", help="a UTF-8 text file; a symlink is followed, FIFOs and devices are refused; "
+                   "at most $AGENT_SLEEP_MAX_DOCUMENT_BYTES (default 10 MB)")  # fmt: skip
     p.add_argument("--source", help="stable name of the source (default: the path)")
     p.add_argument("--title")
     p.add_argument("--agent")

@@ -149,6 +149,21 @@ def test_folder_bad_name_and_bad_chunk_size(env: tuple[Path, Path, Path], tmp_pa
     assert _state() == (0, 0)
 
 
+def test_max_chunks_flag_bounds_the_document(env: tuple[Path, Path, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    argv = ["internalize", str(_doc(tmp_path)), "--name", "x", "--checkpoint", str(env[1]), "--chunk-tokens", "8"]
+    assert cli_main.main([*argv, "--max-chunks", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"document {tmp_path / 'policy.md'}: the document has" in err
+    assert "over max_chunks=1" in err and "--max-chunks" in err
+    assert _state() == (0, 0)
+    assert cli_main.main([*argv, "--max-chunks", "64", "--json"]) == 0
+    assert 1 < json.loads(capsys.readouterr().out)["chunks"] <= 64
+    with pytest.raises(SystemExit) as exc:
+        cli_main.main([*argv, "--max-chunks", "0"])
+    assert exc.value.code == 2
+
+
 def test_missing_or_foreign_checkpoints_are_refused(env: tuple[Path, Path, Path], tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
