@@ -126,7 +126,7 @@ _BAD_LINES = {
     "id too long for its column": (_with(_episode(), "episode.id", "x" * 65), "episode.id: String should have at most 64 characters"),
     "blank agent": (_with(_episode(), "episode.agent", "  "), "episode.agent: must not be blank"),
     "label too long": (_with(_episode(), "feedback.0.label", "l" * 65), "feedback.0.label: String should have at most 64"),
-    "status unknown": (_with(_episode(), "episode.status", "done"), "episode.status: Input should be 'running', 'completed' or 'error'"),
+    "status unknown": (_with(_episode(), "episode.status", "done"), "episode.status: Input should be 'running', 'completed', 'error' or 'interrupted'"),
     "array": ("[1, 2]", "expected a JSON object, got an array"),
     "null": ("null", "expected a JSON object, got null"),
     "nested too deeply": ("[" * 100_000 + "]" * 100_000, "not valid JSON here (nested too deeply)"),
