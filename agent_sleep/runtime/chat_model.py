@@ -8,8 +8,12 @@ live adapter stack in front of the base model without touching prompt
 rendering, streaming, stop sequences or tool calls.
 
 Tool calling is prompt-based (see :mod:`agent_sleep.runtime.chat_format`): the
-bound tools' JSON schemas go into the system prompt and the model answers
-``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``.
+bound tools reach the model through its chat template, or through the system
+prompt when the template has no tools, and the model answers
+``<tool_call>[{"name": ..., "arguments": {...}}]</tool_call>``. Every reply is
+checked before it is returned: a malformed call or stray markup is resampled a
+bounded number of times, then replaced by a plain apology, so the content of an
+``AIMessage`` from this model never holds tool markup.
 """
 
 from __future__ import annotations
@@ -40,14 +44,17 @@ from agent_sleep.config import DEFAULT_MODEL
 from agent_sleep.errors import InvalidInputError
 from agent_sleep.models.loader import BaseModelHandle, load_base_model
 from agent_sleep.runtime.chat_format import (
+    MARKUP_STARTS,
+    TOOL_CALL_CLOSE,
     TOOL_CALL_OPEN,
-    apply_template,
+    ParsedReply,
+    markup_start,
     normalize_tool_choice,
-    parse_tool_calls,
+    parse_reply,
+    render_prompt,
     render_tool_prompt,
-    supports_tool_role,
+    supports_tools,
     to_chat_dicts,
-    with_tool_prompt,
 )
 
 if TYPE_CHECKING:
@@ -56,6 +63,9 @@ if TYPE_CHECKING:
 _GEN_FIELDS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty", "seed")
 # Passed by agent frameworks for API models; meaningless for a local model.
 _IGNORED_KWARGS = frozenset({"parallel_tool_calls", "strict", "ls_structured_output_format", "response_format"})
+RETRY_TEMPERATURE = 0.7
+FALLBACK_REPLY = "Sorry, I could not produce a valid answer to that."
+"""The content of a reply whose every attempt held a malformed tool call or stray tool markup."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,8 @@ class ChatLocalModel(BaseChatModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0)
     seed: int | None = None
+    retries: int = Field(default=2, ge=0)
+    """How often a malformed reply (bad tool call, stray tool markup) is resampled before giving up."""
     device: str | None = None
     handle: Any = Field(default=None, exclude=True, repr=False)
     """An already-loaded :class:`BaseModelHandle`; when set, ``model`` is only a label."""
@@ -240,87 +252,115 @@ class ChatLocalModel(BaseChatModel):
         self, handle: BaseModelHandle, messages: Sequence[BaseMessage], tools: list[dict[str, Any]], choice: str
     ) -> tuple[str, str]:
         """(rendered prompt, prefill). The prefill starts the answer to force a tool call."""
-        chat = to_chat_dicts(messages, tool_role=supports_tool_role(handle.tokenizer))
-        prefill = ""
-        if tools:
-            chat = with_tool_prompt(chat, render_tool_prompt(tools, choice))
-            if choice == "required":
-                prefill = TOOL_CALL_OPEN + '{"name": "'  # the model only has to pick the name
-            elif choice != "auto":
-                prefill = TOOL_CALL_OPEN + json.dumps({"name": choice})[:-1] + ', "arguments": '
-        return apply_template(handle.tokenizer, chat, add_generation_prompt=True), prefill
+        return render_prompt(handle.tokenizer, messages, tools, choice)
+
+    def _retry_params(self, params: GenerationParams, attempt: int) -> GenerationParams:
+        """Decoding for the ``attempt``-th resample: sampled, since greedy would repeat itself, and seeded
+        (so reproducible) unless the call itself sampled without a seed."""
+        if params.temperature > 0 and params.seed is None:
+            return params
+        return dataclasses.replace(
+            params, temperature=params.temperature or RETRY_TEMPERATURE, seed=(params.seed or 0) + attempt
+        )
 
     def _iter_chunks(
         self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> Iterator[AIMessageChunk]:
-        """The whole call as chunks: text pieces, then one last chunk with tool calls and metadata."""
+        """The whole call as chunks: text pieces, then one last chunk with tool calls and metadata.
+
+        Text is streamed up to the first tool markup and held back from there.
+        A reply that :func:`parse_reply` rejects is resampled from that point
+        (``retries`` times); if none is acceptable the last chunk says so in
+        plain words (:data:`FALLBACK_REPLY`) and the reasons go into
+        ``response_metadata["invalid_output"]``: markup never reaches the content.
+        """
         params, tools, choice = self._split_kwargs(dict(kwargs))
         pinned = self._pin()
         handle = pinned.handle
         tokenizer = handle.tokenizer
         stops = [s for s in (stop or []) if s]
-        markers = [*stops, TOOL_CALL_OPEN] if tools else stops
+        markers = [*stops, *MARKUP_STARTS]
         eos = self._eos_ids(handle)
-        generated: list[int] = []
-        text, emitted, finish, produced = "", 0, "length", 0
+        problems: list[str] = []
+        text, emitted, finish, n_in, n_out = "", 0, "length", 0, 0
         # The tokenizer is inside the lock too: a fast tokenizer used from two threads
         # at once can fail with "Already borrowed".
         with handle.lock:
             prompt, prefill = self._prompt(handle, messages, tools, choice)
-            input_ids = tokenizer(prompt + prefill, add_special_tokens=False)["input_ids"]
-            params = self._fit_context(handle, input_ids, params)
-            text = prefill
             started = time.perf_counter()
-            tokens = self._generate_ids(handle, input_ids, params)
-            while True:
-                # The adapter stack is bound per context: around each step, never across our
-                # own yield (LangChain may resume this generator on another thread).
-                with pinned.bound():
-                    token = next(tokens, None)
-                if token is None:
+            for attempt in range(self.retries + 1):
+                # A retry continues after the text already streamed, so the chunks still add up.
+                head = text[:emitted] if emitted else prefill
+                input_ids = tokenizer(prompt + head, add_special_tokens=False)["input_ids"]
+                attempt_params = self._fit_context(
+                    handle, input_ids, params if attempt == 0 else self._retry_params(params, attempt)
+                )
+                n_in += len(input_ids)
+                text, finish, generated = head, "length", []
+                tokens = self._generate_ids(handle, input_ids, attempt_params)
+                while True:
+                    # The adapter stack is bound per context: around each step, never across our
+                    # own yield (LangChain may resume this generator on another thread).
+                    with pinned.bound():
+                        token = next(tokens, None)
+                    if token is None:
+                        break
+                    n_out += 1
+                    if token in eos:
+                        finish = "stop"
+                        break
+                    generated.append(token)
+                    # Decoding the whole tail each step keeps multi-byte characters and merges right.
+                    text = head + tokenizer.decode(
+                        generated, skip_special_tokens=True, clean_up_tokenization_spaces=False
+                    )
+                    cuts = [i for i in (text.find(s, max(0, emitted - len(s))) for s in stops) if i >= 0]
+                    if cuts:
+                        text, finish = text[: min(cuts)], "stop"
+                        break
+                    if prefill and TOOL_CALL_CLOSE in text:  # a forced call is the whole answer
+                        text, finish = text[: text.index(TOOL_CALL_CLOSE) + len(TOOL_CALL_CLOSE)], "stop"
+                        break
+                    visible = markup_start(text)
+                    if visible >= 0 and not tools:
+                        break  # markup without tools is wrong whatever follows
+                    if visible < 0:
+                        visible = len(text) - _holdback(text, markers)
+                        if text[:visible].endswith("\ufffd"):  # a character still missing bytes
+                            visible -= 1
+                    if visible > emitted:
+                        yield AIMessageChunk(content=text[emitted:visible])
+                        emitted = visible
+                parsed = parse_reply(text[emitted:], tools)
+                if not parsed.errors:
                     break
-                produced += 1
-                if token in eos:
-                    finish = "stop"
-                    break
-                generated.append(token)
-                # Decoding the whole tail each step keeps multi-byte characters and merges right.
-                text = prefill + tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-                cuts = [i for i in (text.find(s, max(0, emitted - len(s))) for s in stops) if i >= 0]
-                if cuts:
-                    text, finish = text[: min(cuts)], "stop"
-                    break
-                visible = text.find(TOOL_CALL_OPEN) if tools and TOOL_CALL_OPEN in text else len(text)
-                if visible == len(text):
-                    visible -= _holdback(text, markers)
-                    if text[:visible].endswith("\ufffd"):  # a character still missing bytes
-                        visible -= 1
-                if visible > emitted:
-                    yield AIMessageChunk(content=text[emitted:visible])
-                    emitted = visible
+                problems.append("; ".join(parsed.errors))
         seconds = time.perf_counter() - started
 
-        rest, calls = parse_tool_calls(text[emitted:]) if tools else (text[emitted:], [])
-        if calls:
-            finish = "tool_calls"
+        metadata: dict[str, Any] = {}
+        if parsed.errors:
+            sep = " " if emitted and not text[:emitted][-1].isspace() else ""
+            content, calls, finish = sep + FALLBACK_REPLY, [], "invalid_output"
+            metadata["invalid_output"] = {"errors": problems, "last_output": text[emitted:][:500]}
+        else:
+            content, calls = parsed.text, parsed.calls
+            finish = "tool_calls" if calls else finish
         yield AIMessageChunk(
-            content=rest,
+            content=content,
             tool_call_chunks=[
                 tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
                 for i, c in enumerate(calls)
             ],
-            usage_metadata={
-                "input_tokens": len(input_ids),
-                "output_tokens": produced,
-                "total_tokens": len(input_ids) + produced,
-            },
+            usage_metadata={"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out},
             response_metadata={
                 "model": self.model,
                 "model_name": self.model,
                 "content_hash": handle.content_hash,
                 "stack": pinned.stack.name if pinned.stack is not None else None,
                 "finish_reason": finish,
+                "attempts": attempt + 1,
                 "seconds": round(seconds, 4),
+                **metadata,
             },
             chunk_position="last",
         )
@@ -372,6 +412,6 @@ class ChatLocalModel(BaseChatModel):
 
 
 __all__ = [
-    "TOOL_CALL_OPEN", "ChatLocalModel", "GenerationParams", "PinnedModel", "parse_tool_calls", "render_tool_prompt",
-    "supports_tool_role", "to_chat_dicts",
+    "FALLBACK_REPLY", "TOOL_CALL_OPEN", "ChatLocalModel", "GenerationParams", "ParsedReply", "PinnedModel",
+    "parse_reply", "render_tool_prompt", "supports_tools", "to_chat_dicts",
 ]  # fmt: skip

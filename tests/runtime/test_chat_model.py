@@ -19,11 +19,13 @@ from langchain_core.tools import tool
 
 from agent_sleep.errors import InvalidInputError
 from agent_sleep.models.loader import BaseModelHandle, load_base_model
+from agent_sleep.runtime.chat_format import check_args, has_markup, render_prompt
 from agent_sleep.runtime.chat_model import (
+    FALLBACK_REPLY,
     TOOL_CALL_OPEN,
     ChatLocalModel,
-    parse_tool_calls,
-    supports_tool_role,
+    parse_reply,
+    supports_tools,
     to_chat_dicts,
 )
 from tests.fakes import tool_loop_graph
@@ -34,6 +36,18 @@ from tests.helpers_models import (
 )
 
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+LIST_CALL = '<tool_call>[{"name": "get_weather", "arguments": {"city": "Paris"}}]</tool_call>'
+# A template that renders tools itself (Qwen/Hermes style), for the native path.
+NATIVE = (
+    "{% if tools %}<|im_start|>system\n<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools><|im_end|>\n"
+    "{% endif %}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m.get('tool_calls') %}"
+    "{% for c in m['tool_calls'] %}<tool_call>{{ c['function'] | tojson }}</tool_call>{% endfor %}"
+    "{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather for a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
 
 @tool
@@ -174,66 +188,119 @@ def test_serialization_and_identity(chat: ChatLocalModel) -> None:
 # ---------------------------------------------------------------- messages and templates
 
 
-def test_message_conversion_with_and_without_tool_role() -> None:
-    ai = AIMessage("", tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "c1"}])
-    messages = [SystemMessage("sys"), HumanMessage("weather?"), ai, ToolMessage("sunny", tool_call_id="c1")]
-    with_role = to_chat_dicts(messages, tool_role=True)
-    assert [m["role"] for m in with_role] == ["system", "user", "assistant", "tool"]
-    assert with_role[2]["content"] == CALL
-    assert with_role[3]["name"] == "get_weather" and with_role[3]["tool_call_id"] == "c1"
-    as_user = to_chat_dicts(messages, tool_role=False)
-    assert as_user[3]["role"] == "user"
-    assert "get_weather" in as_user[3]["content"] and "sunny" in as_user[3]["content"]
+def _conversation() -> list[Any]:
+    ai = AIMessage("", tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "call_9f8e7d6c"}])
+    return [SystemMessage("sys"), HumanMessage("weather?"), ai, ToolMessage("sunny", tool_call_id="call_9f8e7d6c")]
 
 
-def test_tool_role_detection() -> None:
-    assert not supports_tool_role(make_tiny_tokenizer())  # generic ChatML: never trained on tool turns
-    aware = (
-        "{% for m in messages %}{% if m['role'] == 'tool' %}<tool_response>{{ m['content'] }}</tool_response>"
-        "{% else %}{{ m['role'] }}: {{ m['content'] }}{% endif %}{% endfor %}"
-    )
-    assert supports_tool_role(make_tiny_tokenizer(chat_template=aware))
-    strict = "{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no tools') }}{% endif %}{% endfor %}"
-    assert not supports_tool_role(make_tiny_tokenizer(chat_template=strict))
+def test_history_without_native_tools_folds_calls_into_results() -> None:
+    chat = to_chat_dicts(_conversation())
+    # The call-only assistant turn is gone: its call is told with its result, in words.
+    assert [m["role"] for m in chat] == ["system", "user", "user"]
+    assert chat[2]["content"] == 'Tool get_weather was called with {"city": "Paris"} and returned:\nsunny'
+    rendered = json.dumps(chat)
+    assert "call_9f8e7d6c" not in rendered and not has_markup(rendered)
+    assert to_chat_dicts([ToolMessage("r", tool_call_id="x", name="t")])[0]["content"] == "Tool t returned:\nr"
+    spoken = AIMessage("Let me look.", tool_calls=[{"name": "get_weather", "args": {}, "id": "c2"}])
+    assert to_chat_dicts([spoken]) == [{"role": "assistant", "content": "Let me look."}]
+
+
+def test_history_with_native_tools_keeps_structure_but_no_ids() -> None:
+    chat = to_chat_dicts(_conversation(), native_tools=True)
+    assert [m["role"] for m in chat] == ["system", "user", "assistant", "tool"]
+    assert chat[2]["tool_calls"] == [{"type": "function", "function": {"name": "get_weather",
+                                                                      "arguments": {"city": "Paris"}}}]
+    assert chat[3] == {"role": "tool", "name": "get_weather", "content": "sunny"}
+    assert "call_9f8e7d6c" not in json.dumps(chat)
+
+
+def test_native_tool_detection() -> None:
+    assert not supports_tools(make_tiny_tokenizer())  # ChatML, like SmolLM2's: ignores tools=
+    assert supports_tools(make_tiny_tokenizer(chat_template=NATIVE))
+    strict = "{% if tools %}{{ raise_exception('no tools') }}{% endif %}{{ messages[0]['content'] }}"
+    assert not supports_tools(make_tiny_tokenizer(chat_template=strict))
+
+
+def test_prompts_carry_no_ids_on_either_path() -> None:
+    for template, tool_turn in [(None, 'Tool get_weather was called with {"city": "Paris"}'),
+                                (NATIVE, "<|im_start|>tool\nsunny")]:
+        tok = make_tiny_tokenizer(chat_template=template) if template else make_tiny_tokenizer()
+        prompt, prefill = render_prompt(tok, _conversation(), [WEATHER], "auto")
+        assert '"name": "get_weather"' in prompt and tool_turn in prompt
+        assert "call_9f8e7d6c" not in prompt and prefill == ""
+    native, prefill = render_prompt(make_tiny_tokenizer(chat_template=NATIVE), [HumanMessage("hi")], [WEATHER],
+                                    "get_weather")
+    assert native.startswith("<|im_start|>system\n<tools>") and "You have access" not in native
+    assert prefill == '<tool_call>{"name": "get_weather", "arguments": '
 
 
 # ---------------------------------------------------------------- tool calls
 
 
-def test_parse_tool_calls_variants() -> None:
-    text, calls = parse_tool_calls(f"Let me check. {CALL}")
-    assert text == "Let me check. "
-    assert [(c["name"], c["args"]) for c in calls] == [("get_weather", {"city": "Paris"})]
-    assert calls[0]["id"].startswith("call_")
+def test_parse_reply_accepts_calls_in_both_shapes() -> None:
+    tools = [WEATHER, {"type": "function", "function": {"name": "b", "parameters": {
+        "type": "object", "properties": {"y": {"type": "integer"}}}}}]
+    for block in (CALL, LIST_CALL):
+        reply = parse_reply(f"Let me check. {block}", tools)
+        assert reply.errors == [] and reply.text == "Let me check. "
+        assert [(c["name"], c["args"]) for c in reply.calls] == [("get_weather", {"city": "Paris"})]
+        assert reply.calls[0]["id"].startswith("call_")
+    two = ('<tool_call>[{"name": "get_weather", "parameters": {"city": "Oslo"}}, '
+           '{"name": "b", "arguments": "{\\"y\\": 2}"}]</tool_call>')
+    reply = parse_reply(two, tools)
+    assert [(c["name"], c["args"]) for c in reply.calls] == [("get_weather", {"city": "Oslo"}), ("b", {"y": 2})]
+    assert reply.calls[0]["id"] != reply.calls[1]["id"]
+    assert parse_reply("<tool_call>[]</tool_call>Sunny.", tools) == parse_reply("Sunny.", tools)  # [] = no call
+    assert parse_reply("no calls here", tools).errors == []
 
-    two = '<tool_call>{"name": "a", "parameters": {"x": 1}}</tool_call>\n<tool_call>{"name": "b", "arguments": "{\\"y\\": 2}"}</tool_call>'
-    _, calls = parse_tool_calls(two)
-    assert [(c["name"], c["args"]) for c in calls] == [("a", {"x": 1}), ("b", {"y": 2})]
-    assert calls[0]["id"] != calls[1]["id"]
 
-    _, calls = parse_tool_calls('<tool_call> {"name": "a", "arguments": {}} trailing junk </tool_call>')
-    assert [c["name"] for c in calls] == ["a"]
-    _, calls = parse_tool_calls('<tool_call>{"name": "cut", "arguments": {"q": 1}}')  # unclosed, JSON complete
-    assert [c["name"] for c in calls] == ["cut"]
+@pytest.mark.parametrize(("reply", "error"), [
+    ('<tool_call>{"name": "get_weather", "arguments": {</tool_call>', "not valid JSON"),
+    ('<tool_call>{"name": "get_weather", "arguments": {}} junk</tool_call>', "not valid JSON"),
+    ('<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}', "unterminated tool call"),
+    ('<tool_call>{"name": "get_wether", "arguments": {"city": "Paris"}}</tool_call>', "unknown tool 'get_wether'"),
+    ('<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>', "misses required 'city'"),
+    ('<tool_call>{"name": "get_weather", "arguments": {"city": 7}}</tool_call>', "arguments.city should be string"),
+    ('<tool_call>{"arguments": {"city": "Paris"}}</tool_call>', "has no name"),
+    ('<tool_call>[1, 2]</tool_call>', "has no name"),
+    ('<tool_call_f10cada1>{"name": "get_weather"}</tool_call_f10cada1>', "stray tool markup '<tool_call_f10cada1>'"),
+    ("The order was shipped.</tool_call>", "stray tool markup"),
+])
+def test_parse_reply_rejects_malformed_calls(reply: str, error: str) -> None:
+    parsed = parse_reply(reply, [WEATHER])
+    assert any(error in e for e in parsed.errors), parsed.errors
 
-    broken = '<tool_call>{"name": "a", "arguments": {</tool_call>'
-    assert parse_tool_calls(broken) == (broken, [])  # kept as text, not silently dropped
-    assert parse_tool_calls("<tool_call>[1, 2]</tool_call>")[1] == []
-    assert parse_tool_calls("no calls here") == ("no calls here", [])
+
+def test_any_call_is_an_error_without_tools() -> None:
+    assert parse_reply(CALL).errors == ["unknown tool 'get_weather' (no tools are bound)"]
+
+
+def test_check_args_follows_the_schema() -> None:
+    schema = {"type": "object", "additionalProperties": False, "required": ["n"], "properties": {
+        "n": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}},
+        "mode": {"enum": ["fast", "slow"]}, "maybe": {"anyOf": [{"type": "string"}, {"type": "null"}]}}}
+    assert check_args({"n": 1, "tags": ["a"], "mode": "fast", "maybe": None}, schema) == []
+    assert check_args({"n": True}, schema) == ["arguments.n should be integer, got true"]
+    assert check_args({"n": 1, "tags": ["a", 2]}, schema) == ["arguments.tags[1] should be string, got 2"]
+    assert check_args({"n": 1, "mode": "medium"}, schema)[0].startswith("arguments.mode should be one of")
+    assert check_args({"n": 1, "maybe": 3}, schema) == ["arguments.maybe matches none of the allowed schemas"]
+    assert check_args({"n": 1, "extra": 0}, schema) == ["arguments has unknown 'extra'"]
+    assert check_args({"x": 1}, {"type": "object", "properties": {}}) == []  # extra keys allowed unless forbidden
 
 
 def test_bound_tools_reach_the_prompt(handle: BaseModelHandle) -> None:
     model = scripted(handle, "ok")
     model.bind_tools([get_weather]).invoke("weather in Paris?")
     prompt = model.prompts[-1]
-    assert '"name": "get_weather"' in prompt and '"city"' in prompt
-    assert '<tool_call>{"name": "get_weather", "arguments": {"city": "..."}}</tool_call>' in prompt  # example
+    # SmolLM2's function-calling format: schemas in <tools>, calls as a JSON list in <tool_call>.
+    assert '<tools>[{"type": "function", "function": {"name": "get_weather"' in prompt and '"city"' in prompt
+    assert '<tool_call>[{"name": "get_weather", "arguments": {"city": "..."}}]</tool_call>' in prompt  # example
     assert "answer directly" in prompt
 
     model.bind_tools([get_weather], tool_choice="any").invoke("weather?")
-    assert model.prompts[-1].endswith('<tool_call>{"name": "')  # prefilled, so the model must write a call
+    assert model.prompts[-1].endswith('<tool_call>[{"name": "')  # prefilled, so the model must write a call
     model.bind_tools([get_weather], tool_choice="get_weather").invoke("weather?")
-    assert model.prompts[-1].endswith('<tool_call>{"name": "get_weather", "arguments": ')
+    assert model.prompts[-1].endswith('<tool_call>[{"name": "get_weather", "arguments": ')
     model.bind_tools([get_weather], tool_choice="none").invoke("weather?")
     assert "get_weather" not in model.prompts[-1]
     with pytest.raises(InvalidInputError, match="tool_choice"):
@@ -246,6 +313,7 @@ def test_tool_calls_from_invoke_and_stream(handle: BaseModelHandle) -> None:
     assert reply.content == "Checking. "
     assert [(c["name"], c["args"]) for c in reply.tool_calls] == [("get_weather", {"city": "Paris"})]
     assert reply.response_metadata["finish_reason"] == "tool_calls"
+    assert reply.response_metadata["attempts"] == 1
 
     chunks, total = collect(model.stream("weather in Paris?"))
     assert total.content == reply.content
@@ -254,17 +322,69 @@ def test_tool_calls_from_invoke_and_stream(handle: BaseModelHandle) -> None:
 
 
 def test_required_call_completes_the_prefill(handle: BaseModelHandle) -> None:
-    model = scripted(handle, 'get_weather", "arguments": {"city": "Oslo"}}</tool_call>')
+    model = scripted(handle, 'get_weather", "arguments": {"city": "Oslo"}}]</tool_call>')
     reply = model.bind_tools([get_weather], tool_choice="required").invoke("weather?")
     assert [(c["name"], c["args"]) for c in reply.tool_calls] == [("get_weather", {"city": "Oslo"})]
 
 
 def test_forced_call_completes_the_prefill(handle: BaseModelHandle) -> None:
-    # With tool_choice=<name> the model only writes the arguments and the closing tag.
-    model = scripted(handle, '{"city": "Rome"}}</tool_call>').bind_tools([get_weather], tool_choice="get_weather")
+    # With tool_choice=<name> the model only writes the arguments and the closing tag; the call is the answer.
+    model = scripted(handle, '{"city": "Rome"}}]</tool_call> and some rambling')
+    model = model.bind_tools([get_weather], tool_choice="get_weather")
     reply = model.invoke("weather?")
     assert [(c["name"], c["args"]) for c in reply.tool_calls] == [("get_weather", {"city": "Rome"})]
     assert reply.content == ""
+
+
+# ---------------------------------------------------------------- malformed replies
+
+
+def test_malformed_call_is_resampled(handle: BaseModelHandle) -> None:
+    bad = '<tool_call>{"name": "get_weather", "arguments": {"town": "Paris"}}</tool_call>'
+    model = scripted(handle, bad, CALL)
+    reply = model.bind_tools([get_weather]).invoke("weather in Paris?")
+    assert [(c["name"], c["args"]) for c in reply.tool_calls] == [("get_weather", {"city": "Paris"})]
+    assert reply.response_metadata["attempts"] == 2 and "invalid_output" not in reply.response_metadata
+    assert model.prompts[0] == model.prompts[1]  # same prompt, resampled; nothing of the bad reply leaks in
+    assert reply.usage_metadata["input_tokens"] == 2 * len(handle.tokenizer(model.prompts[0])["input_ids"])
+
+
+def test_markup_without_tools_is_resampled(handle: BaseModelHandle) -> None:
+    # What SmolLM2 did in the old demo: echo a tool-call tag made from an id it saw in the prompt.
+    model = scripted(handle, "<tool_call_f10cada1>delayed</tool_call_f10cada1>", "It is sunny in Paris.")
+    reply = model.invoke("weather?")
+    assert reply.content == "It is sunny in Paris." and reply.response_metadata["attempts"] == 2
+
+
+def test_retries_continue_after_streamed_text(handle: BaseModelHandle) -> None:
+    scripts = ("Checking now. <tool_call>{oops}</tool_call>", "sunny.")
+    model = scripted(handle, *scripts)
+    chunks, total = collect(model.stream("weather?"))
+    assert total.content == "Checking now. sunny."
+    assert model.prompts[1].endswith("<|im_start|>assistant\nChecking now. ")  # resumed, not restarted
+    assert scripted(handle, *scripts).invoke("weather?").content == total.content  # invoke = sum of the stream
+
+
+def test_giving_up_says_so_without_markup(handle: BaseModelHandle) -> None:
+    bad = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}'  # never closed
+    model = scripted(handle, bad)
+    reply = model.bind_tools([get_weather]).invoke("weather?")
+    assert reply.content == FALLBACK_REPLY and reply.tool_calls == []
+    meta = reply.response_metadata
+    assert meta["finish_reason"] == "invalid_output" and meta["attempts"] == 3  # 1 + retries=2
+    assert len(meta["invalid_output"]["errors"]) == 3 and "unterminated" in meta["invalid_output"]["errors"][0]
+    assert meta["invalid_output"]["last_output"] == bad
+    chunks, total = collect(scripted(handle, "Let me see. " + bad, bad).bind_tools([get_weather]).stream("weather?"))
+    assert total.content == f"Let me see. {FALLBACK_REPLY}" and not any(has_markup(c.content) for c in chunks)
+    assert scripted(handle, bad, retries=0).bind_tools([get_weather]).invoke("w").response_metadata["attempts"] == 1
+
+
+def test_retries_sample_with_their_own_seeds(chat: ChatLocalModel) -> None:
+    params = chat._split_kwargs({})[0]
+    first, second = chat._retry_params(params, 1), chat._retry_params(params, 2)
+    assert first.temperature > 0 and (first.seed, second.seed) == (1, 2)  # greedy would repeat the bad reply
+    sampled = chat._split_kwargs({"temperature": 0.9})[0]
+    assert chat._retry_params(sampled, 1) == sampled  # unseeded sampling stays unseeded
 
 
 def _agent_graph(model: Any) -> Any:
@@ -278,8 +398,9 @@ def test_tool_loop_in_a_langgraph_stategraph(handle: BaseModelHandle) -> None:
     assert kinds == ["HumanMessage", "AIMessage", "ToolMessage", "AIMessage"]
     assert result["messages"][2].content == "sunny in Paris"
     assert result["messages"][-1].content == "It is sunny in Paris."
-    # The tool result went back to the model (as user text: the tiny template has no tool role).
-    assert "sunny in Paris" in model.prompts[-1]
+    # The tool result went back to the model (as user text: the tiny template has no tool role), without its id.
+    assert 'Tool get_weather was called with {"city": "Paris"} and returned:\nsunny in Paris' in model.prompts[-1]
+    assert result["messages"][1].tool_calls[0]["id"] not in model.prompts[-1]
 
 
 def test_streaming_messages_mode_in_langgraph(handle: BaseModelHandle) -> None:
@@ -312,3 +433,15 @@ def test_real_model_knows_paris() -> None:
     assert reply.usage_metadata["output_tokens"] <= 32
     assert len(reply.response_metadata["content_hash"]) == 64
     assert json.dumps(reply.response_metadata)  # plain JSON, ready for the experience log
+
+
+@pytest.mark.model
+def test_real_model_tool_replies_are_checked() -> None:
+    model = ChatLocalModel(max_new_tokens=48)
+    for choice in ("auto", "required", "get_weather"):
+        reply = model.bind_tools([get_weather], tool_choice=choice).invoke("What is the weather in Paris?")
+        assert not has_markup(reply.content), reply.content
+        # Whatever the 135M model writes, only well-formed calls of a bound tool get through.
+        assert all(c["name"] == "get_weather" and isinstance(c["args"].get("city"), str) for c in reply.tool_calls)
+        if reply.response_metadata["finish_reason"] == "invalid_output":
+            assert reply.content == FALLBACK_REPLY and not reply.tool_calls

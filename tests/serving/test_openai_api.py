@@ -146,8 +146,9 @@ def test_tool_call_round_trip(client: openai.OpenAI, models: RecordingResolver, 
     assert second.choices[0].finish_reason == "stop"
     assert second.choices[0].message.content == "It is sunny in Paris." and not second.choices[0].message.tool_calls
     prompt = model.prompts[-1]
-    assert CALL in prompt  # the assistant's call went back in the model's own syntax
-    assert "sunny, 21 C" in prompt  # and so did the tool result
+    # The call went back with its result, in words and without its id (ChatML has no tool turns).
+    assert 'Tool get_weather was called with {"city": "Paris"} and returned:\nsunny, 21 C' in prompt
+    assert call.id not in prompt
 
 
 def test_streamed_tool_call(client: openai.OpenAI, models: RecordingResolver, handle: BaseModelHandle) -> None:
@@ -163,12 +164,12 @@ def test_streamed_tool_call(client: openai.OpenAI, models: RecordingResolver, ha
 
 
 def test_tool_choice(client: openai.OpenAI, models: RecordingResolver, handle: BaseModelHandle) -> None:
-    model = scripted(handle, '{"city": "Rome"}}</tool_call>', "plain answer")
+    model = scripted(handle, '{"city": "Rome"}}]</tool_call>', "plain answer")
     models.models["s"] = model
     forced = client.chat.completions.create(
         model="s", messages=USER, tools=[WEATHER_TOOL],
         tool_choice={"type": "function", "function": {"name": "get_weather"}})
-    assert model.prompts[-1].endswith('<tool_call>{"name": "get_weather", "arguments": ')
+    assert model.prompts[-1].endswith('<tool_call>[{"name": "get_weather", "arguments": ')
     assert json.loads(forced.choices[0].message.tool_calls[0].function.arguments) == {"city": "Rome"}
     assert forced.choices[0].message.content is None
     none = client.chat.completions.create(model="s", messages=USER, tools=[WEATHER_TOOL], tool_choice="none")

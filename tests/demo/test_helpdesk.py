@@ -1,0 +1,70 @@
+"""The packaged helpdesk demo: its automatic check, what it prints, and ``agent-sleep demo`` on the real model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import AIMessage
+
+from agent_sleep.cli.main import main as cli
+from agent_sleep.config import Settings
+from agent_sleep.demo import helpdesk
+from agent_sleep.runtime.chat_model import FALLBACK_REPLY
+from agent_sleep.store import ExperienceStore
+from tests.helpers_models import ScriptedChatModel, make_tiny_model_dir
+
+# What the old demo printed: tool-call tags, some built from the random call ids it had put into the prompt.
+MARKUP = re.compile(r"</?tool|call_[0-9a-f]{8}")
+
+
+def test_grounding_check_never_counts_markup() -> None:
+    question = helpdesk.QUESTIONS[1]  # B2002: "delayed: waiting for stock, new date 3 December"
+    assert helpdesk.grounded(question, AIMessage("It is delayed until 3 December."))
+    assert not helpdesk.grounded(question, AIMessage("It has not arrived."))
+    # The old demo scored this "resolved": the status words are there, inside markup.
+    assert not helpdesk.grounded(question, AIMessage("<tool_call_760c7600_delayed_error_message_3_December_2023>"))
+    gave_up = AIMessage(FALLBACK_REPLY, response_metadata={"invalid_output": {"errors": ["x"]}})
+    assert not helpdesk.grounded(question, gave_up)
+
+
+def test_demo_prints_conversations_and_logs_them(tmp_path: Path) -> None:
+    store = ExperienceStore(settings=Settings(data_dir=tmp_path / "data"))
+    model = ScriptedChatModel(model=str(make_tiny_model_dir(tmp_path)), scripts=[
+        "Your order A1001 was shipped on 25 November.",
+        "<tool_call_f10cada1>delayed</tool_call_f10cada1>",  # markup: resampled...
+        "Sorry, I do not know.",  # ...into an honest, ungrounded answer
+        "C3003 was delivered on 20 November.",
+    ])
+    lines: list[str] = []
+    turns = helpdesk.main(model=model, store=store, echo=lines.append)
+    out = "\n".join(lines)
+    assert [t.outcome for t in turns] == ["resolved", "needs_review", "resolved"]
+    assert [t.answer for t in turns][1] == "Sorry, I do not know."
+    assert 'tool call  lookup_order(order_id="B2002")' in out
+    assert "  result   Order B2002: delayed: waiting for stock, new date 3 December." in out
+    assert f"logged     episode {turns[1].episode_id}: needs_review" in out
+    assert out.endswith("(2 resolved, 1 need review)")
+    assert not MARKUP.search(out)
+    for turn in turns:
+        assert [e.kind for e in store.events(turn.episode_id)] == [
+            "user_message", "tool_call", "tool_result", "assistant_message"]
+        assert store.get_episode(turn.episode_id).outcome == turn.outcome
+
+
+@pytest.mark.model
+def test_demo_command_on_the_real_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    assert cli(["--data-dir", str(data), "demo"]) == 0
+    out = capsys.readouterr().out
+    assert "logged 3 episodes" in out
+    answers = [line.removeprefix("agent      ") for line in out.splitlines() if line.startswith("agent      ")]
+    assert len(answers) == 3 and all(answers)
+    assert not any(MARKUP.search(a) for a in answers), answers
+    assert out.count("tool call  lookup_order(") == 3
+    store = ExperienceStore(settings=Settings(data_dir=data))
+    eps = store.episodes(agent="helpdesk")
+    assert len(eps) == 3 and all(e.status == "completed" and e.n_feedback == 1 for e in eps)
+    # The real model grounds at least one answer in the looked-up order status.
+    assert any(e.outcome == "resolved" for e in eps)
