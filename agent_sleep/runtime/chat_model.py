@@ -21,13 +21,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import copy
 import json
+import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
@@ -63,6 +66,8 @@ if TYPE_CHECKING:
 _GEN_FIELDS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty", "seed")
 # Passed by agent frameworks for API models; meaningless for a local model.
 _IGNORED_KWARGS = frozenset({"parallel_tool_calls", "strict", "ls_structured_output_format", "response_format"})
+CANCEL_KWARG = "cancel_event"
+"""Per-call argument: a ``threading.Event``; once set, generation stops before the next token."""
 RETRY_TEMPERATURE = 0.7
 FALLBACK_REPLY = "Sorry, I could not produce a valid answer to that."
 """The content of a reply whose every attempt held a malformed tool call or stray tool markup."""
@@ -127,6 +132,9 @@ class ChatLocalModel(BaseChatModel):
     not call the same model from inside its own generation (it would wait on
     that lock forever).
     """
+
+    supports_cancel_event: ClassVar[bool] = True
+    """Calls accept ``cancel_event`` (see :data:`CANCEL_KWARG`)."""
 
     model: str = DEFAULT_MODEL
     max_new_tokens: int = Field(default=256, gt=0)
@@ -227,7 +235,7 @@ class ChatLocalModel(BaseChatModel):
         values = {name: kwargs.pop(name, getattr(self, name)) for name in _GEN_FIELDS}
         tools = list(kwargs.pop("tools", None) or [])
         choice = kwargs.pop("tool_choice", None) or "auto"
-        unknown = set(kwargs) - _IGNORED_KWARGS
+        unknown = set(kwargs) - _IGNORED_KWARGS - {CANCEL_KWARG}
         if unknown:
             warnings.warn(f"ChatLocalModel ignores unknown arguments {sorted(unknown)}", stacklevel=4)
         if choice == "none":
@@ -282,6 +290,7 @@ class ChatLocalModel(BaseChatModel):
         markers = [*stops, *MARKUP_STARTS]
         eos = self._eos_ids(handle)
         problems: list[str] = []
+        cancel = kwargs.get(CANCEL_KWARG)
         text, emitted, finish, n_in, n_out = "", 0, "length", 0, 0
         # The tokenizer is inside the lock too: a fast tokenizer used from two threads
         # at once can fail with "Already borrowed".
@@ -309,6 +318,9 @@ class ChatLocalModel(BaseChatModel):
                     if token in eos:
                         finish = "stop"
                         break
+                    if cancel is not None and cancel.is_set():  # the caller gave up: free the lock now
+                        finish = "cancelled"
+                        break
                     generated.append(token)
                     # Decoding the whole tail each step keeps multi-byte characters and merges right.
                     text = head + tokenizer.decode(
@@ -331,6 +343,10 @@ class ChatLocalModel(BaseChatModel):
                     if visible > emitted:
                         yield AIMessageChunk(content=text[emitted:visible])
                         emitted = visible
+                if finish == "cancelled":  # nobody reads the rest: no check, no retry
+                    cut = markup_start(text[emitted:])
+                    parsed = ParsedReply(text=text[emitted:] if cut < 0 else text[emitted:][:cut])
+                    break
                 parsed = parse_reply(text[emitted:], tools)
                 if not parsed.errors:
                     break
@@ -409,9 +425,51 @@ class ChatLocalModel(BaseChatModel):
         choice = normalize_tool_choice(tool_choice, names)
         return super().bind(tools=formatted, tool_choice=choice, **kwargs)
 
+    def check_prompt(
+        self, messages: Sequence[BaseMessage], *, tools: Sequence[Any] = (), tool_choice: Any = None
+    ) -> None:
+        """Raise :class:`InvalidInputError` if the prompt cannot fit the model's context, without the model lock.
+
+        A server calls this before queueing a request, so an oversized prompt is
+        rejected at once instead of being tokenised while others wait for the
+        lock. It renders the prompt like a call would and counts tokens with a
+        private copy of the tokenizer (a fast tokenizer must not be used by two
+        threads at once). A prompt with fewer UTF-8 bytes than the context
+        cannot have more tokens than that, so it is not tokenised at all.
+        """
+        handle = self._handle()
+        limit = getattr(handle.model.config, "max_position_embeddings", None)
+        if limit is None:
+            return
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        choice = normalize_tool_choice(tool_choice, [t["function"]["name"] for t in formatted]) if formatted else "auto"
+        prompt, prefill = self._prompt(handle, messages, formatted if choice != "none" else [], choice)
+        text = prompt + prefill
+        if len(text.encode("utf-8")) < limit:
+            return
+        tokenizer, lock = _private_tokenizer(handle.tokenizer)
+        with lock:
+            count = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if count >= limit:
+            raise InvalidInputError(f"prompt of {count} tokens does not fit the model's context of {limit}")
+
+
+_private_tokenizers: weakref.WeakKeyDictionary[Any, tuple[Any, threading.Lock]] = weakref.WeakKeyDictionary()
+_private_tokenizers_lock = threading.Lock()
+
+
+def _private_tokenizer(tokenizer: Any) -> tuple[Any, threading.Lock]:
+    """A copy of ``tokenizer`` (and a lock for it) that generation never touches."""
+    with _private_tokenizers_lock:
+        entry = _private_tokenizers.get(tokenizer)
+        if entry is None:
+            entry = (copy.deepcopy(tokenizer), threading.Lock())
+            _private_tokenizers[tokenizer] = entry
+        return entry
+
 
 
 __all__ = [
-    "FALLBACK_REPLY", "TOOL_CALL_OPEN", "ChatLocalModel", "GenerationParams", "ParsedReply", "PinnedModel",
+    "CANCEL_KWARG", "FALLBACK_REPLY", "TOOL_CALL_OPEN", "ChatLocalModel", "GenerationParams", "ParsedReply", "PinnedModel",
     "parse_reply", "render_tool_prompt", "supports_tools", "to_chat_dicts",
 ]  # fmt: skip

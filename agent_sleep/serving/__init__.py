@@ -2,8 +2,10 @@
 
 :class:`ModelResolver` decides which LangChain chat model (and which pinned
 version of it) answers a request's ``model`` name; :func:`create_app` builds the
-FastAPI app (``/v1/models``, ``/v1/chat/completions`` with streaming and tools,
-``/health``); :func:`serve` and :class:`ServerThread` run it with uvicorn.
+FastAPI app (``/v1/models``, ``/v1/chat/completions`` with streaming, tools and
+JSON ``response_format``, ``/health``); :class:`APIKeys` limits keys to some
+agents' models and :class:`ServingLimits` caps what one request may ask;
+:func:`serve` and :class:`ServerThread` run it with uvicorn.
 
 Importing this package is light: the resolver types load eagerly, the web
 stack (FastAPI, uvicorn) only when one of its names is first used.
@@ -18,6 +20,8 @@ from agent_sleep.serving.resolver import ModelResolver, ResolvedChat, StaticReso
 
 _LAZY = {
     "APIError": "agent_sleep.serving.app",
+    "APIKeys": "agent_sleep.serving.auth",
+    "ServingLimits": "agent_sleep.serving.limits",
     "create_app": "agent_sleep.serving.app",
     "ServerThread": "agent_sleep.serving.server",
     "serve": "agent_sleep.serving.server",
@@ -27,6 +31,8 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from agent_sleep.serving.app import APIError, create_app
+    from agent_sleep.serving.auth import APIKeys
+    from agent_sleep.serving.limits import ServingLimits
     from agent_sleep.serving.cli import add_serve_arguments, run_serve
     from agent_sleep.serving.server import ServerThread, serve
 
@@ -40,6 +46,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "APIError", "ModelResolver", "ResolvedChat", "ServerThread", "StaticResolver", "add_serve_arguments",
+    "APIError", "APIKeys", "ModelResolver", "ResolvedChat", "ServerThread", "ServingLimits", "StaticResolver",
+    "add_serve_arguments",
     "create_app", "run_serve", "serve",
 ]  # fmt: skip

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage, ToolMessage
-from langchain_core.messages.tool import tool_call
+from langchain_core.messages.tool import tool_call, tool_call_chunk
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent_sleep.errors import RequestError
@@ -60,21 +60,32 @@ class ChatCompletionRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = None
     response_format: dict[str, Any] | None = None
 
-    def check_supported(self) -> None:
-        """Reject valid-looking requests this server cannot honour."""
+    def check_supported(self, *, max_tokens_limit: int | None = None) -> None:
+        """Reject valid-looking requests this server cannot honour (``response_format`` is checked by
+        :func:`agent_sleep.serving.structured.reply_check`)."""
         if self.n is not None and self.n != 1:
             raise RequestError(f"n must be 1 (this server returns one choice per request), got {self.n}", "n")
         if self.logprobs:
             raise RequestError("logprobs are not supported", "logprobs")
-        if self.response_format is not None and self.response_format.get("type", "text") != "text":
-            raise RequestError(
-                f"response_format type {self.response_format.get('type')!r} is not supported (only 'text')",
-                "response_format",
-            )
+        if self.top_logprobs:
+            raise RequestError("top_logprobs is not supported (this server returns no logprobs)", "top_logprobs")
         if self.stream_options is not None and not self.stream:
             raise RequestError("stream_options is only allowed when stream is true", "stream_options")
+        asked = self.max_completion_tokens or self.max_tokens
+        if max_tokens_limit is not None and asked is not None and asked > max_tokens_limit:
+            raise RequestError(
+                f"{self.budget_param} is {asked}, above this server's limit of {max_tokens_limit}",
+                self.budget_param,
+                code="max_tokens_too_large",
+            )
+
+    @property
+    def budget_param(self) -> str:
+        """The field that sets the answer length (``max_completion_tokens`` wins over ``max_tokens``)."""
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
 
     @property
     def stop_list(self) -> list[str] | None:
@@ -231,24 +242,31 @@ def _fields(model: BaseChatModel) -> set[str]:
     return set(getattr(type(model), "model_fields", {}))
 
 
-def call_kwargs(model: BaseChatModel, request: ChatCompletionRequest) -> dict[str, Any]:
+def call_kwargs(
+    model: BaseChatModel, request: ChatCompletionRequest, *, max_tokens_limit: int | None = None
+) -> dict[str, Any]:
     """Per-call overrides the chat model understands.
 
     A parameter the request leaves out keeps the model's own default (so a
-    local model without ``temperature`` in the request decodes greedily). One
-    the model class does not declare is dropped rather than passed blindly.
+    local model without ``temperature`` in the request decodes greedily),
+    except that a default answer length above ``max_tokens_limit`` is lowered
+    to it. One the model class does not declare is dropped rather than passed
+    blindly.
     """
     fields = _fields(model)
     kwargs: dict[str, Any] = {}
+    key = next((k for k in ("max_new_tokens", "max_tokens", "max_completion_tokens") if k in fields), None)
     max_tokens = request.max_completion_tokens or request.max_tokens
-    if max_tokens is not None:
-        key = next((k for k in ("max_new_tokens", "max_tokens", "max_completion_tokens") if k in fields), None)
-        if key is not None:
-            kwargs[key] = max_tokens
-    for key in ("temperature", "top_p", "seed"):
-        value = getattr(request, key)
-        if value is not None and key in fields:
-            kwargs[key] = value
+    if max_tokens is None and key is not None and max_tokens_limit is not None:
+        default = getattr(model, key, None)
+        if not isinstance(default, int) or default > max_tokens_limit:
+            max_tokens = max_tokens_limit
+    if max_tokens is not None and key is not None:
+        kwargs[key] = max_tokens
+    for name in ("temperature", "top_p", "seed"):
+        value = getattr(request, name)
+        if value is not None and name in fields:
+            kwargs[name] = value
     return kwargs
 
 
@@ -284,6 +302,33 @@ def tool_call_dicts(message: AIMessage) -> list[dict[str, Any]]:
         }
         for call in message.tool_calls
     ]
+
+
+def merge_chunks(chunks: list[AIMessageChunk]) -> AIMessage:
+    """One reply from a model's stream chunks (what ``invoke`` would have returned)."""
+    if not chunks:
+        return AIMessage(content="")
+    merged = chunks[0] if len(chunks) == 1 else chunks[0] + chunks[1:]
+    return AIMessage(
+        content=merged.content,
+        tool_calls=merged.tool_calls,
+        invalid_tool_calls=merged.invalid_tool_calls,
+        usage_metadata=merged.usage_metadata,
+        response_metadata=merged.response_metadata,
+    )
+
+
+def message_chunk(message: AIMessage) -> AIMessageChunk:
+    """A finished reply as one stream chunk (text, tool calls, usage and finish reason together)."""
+    return AIMessageChunk(
+        content=message.content,
+        tool_call_chunks=[
+            tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c.get("id"), index=i)
+            for i, c in enumerate(message.tool_calls)
+        ],
+        usage_metadata=message.usage_metadata,
+        response_metadata=message.response_metadata,
+    )
 
 
 def completion_body(
@@ -390,5 +435,5 @@ class ChunkWriter:
 
 __all__ = [
     "ChatCompletionRequest", "ChunkWriter", "RequestError", "StreamOptions", "call_kwargs", "check_tools",
-    "completion_body", "finish_reason", "to_langchain_messages", "usage_dict",
+    "completion_body", "finish_reason", "merge_chunks", "message_chunk", "to_langchain_messages", "usage_dict",
 ]  # fmt: skip

@@ -1,13 +1,22 @@
-"""Running the API with uvicorn: in the foreground (:func:`serve`) or on a background thread (:class:`ServerThread`)."""
+"""Running the API with uvicorn: in the foreground (:func:`serve`) or on a background thread (:class:`ServerThread`).
+
+Both use :func:`make_server`, a uvicorn server that, as soon as shutdown starts
+(Ctrl+C, SIGTERM, ``ServerThread.stop``), stops the app's running generations:
+in-flight requests end at once with a 503 or an error event instead of being
+cancelled mid-await when the graceful timeout runs out (which logs
+``CancelledError`` tracebacks and can leave worker threads generating).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
 import logging
+import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -17,17 +26,34 @@ from agent_sleep.serving.resolver import ModelResolver
 logger = logging.getLogger("agent_sleep.serving")
 
 
-def _app_for(target: Any, api_key: str | None, max_workers: int | None) -> Any:
-    """``target`` itself if it is an ASGI app, else ``create_app(target)`` for a resolver."""
+def _app_for(target: Any, **options: Any) -> Any:
+    """``target`` itself if it is an ASGI app, else ``create_app(target, **options)`` for a resolver."""
+    options = {k: v for k, v in options.items() if v is not None}
     if hasattr(target, "list_models") and hasattr(target, "resolve"):
-        from agent_sleep.serving.app import DEFAULT_MAX_WORKERS, create_app
+        from agent_sleep.serving.app import create_app
 
-        return create_app(target, api_key=api_key, max_workers=max_workers or DEFAULT_MAX_WORKERS)
+        return create_app(target, **options)
     if callable(target):
-        if api_key is not None or max_workers is not None:
-            raise InvalidInputError("api_key/max_workers apply to a resolver; pass them to create_app for an app")
+        if options:
+            raise InvalidInputError(
+                f"{sorted(options)} apply to a resolver; pass them to create_app for an app"
+            )
         return target
     raise InvalidInputError(f"expected a ModelResolver or an ASGI app, got {type(target).__name__}")
+
+
+def make_server(config: Any, app: Any) -> Any:
+    """A ``uvicorn.Server`` for ``config`` that stops ``app``'s generations as soon as shutdown starts."""
+    import uvicorn
+
+    from agent_sleep.serving.app import begin_shutdown
+
+    class _Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            begin_shutdown(app)
+            await super().shutdown(sockets)
+
+    return _Server(config)
 
 
 def _is_loopback(host: str) -> bool:
@@ -45,16 +71,46 @@ def serve(
     port: int = 8000,
     *,
     api_key: str | None = None,
+    api_keys: Any = None,
+    limits: Any = None,
     max_workers: int | None = None,
     log_level: str = "info",
 ) -> None:
-    """Serve ``resolver`` until interrupted (Ctrl+C / SIGTERM shut down gracefully)."""
+    """Serve ``resolver`` until interrupted (Ctrl+C / SIGTERM stop running generations and exit cleanly).
+
+    ``api_keys`` (an :class:`~agent_sleep.serving.auth.APIKeys` or a ``{key:
+    "*" | [names]}`` mapping) and ``limits`` (:class:`~agent_sleep.serving.limits.ServingLimits`)
+    go to :func:`~agent_sleep.serving.app.create_app`.
+    """
     import uvicorn
 
-    if api_key is None and not _is_loopback(host):
+    if api_key is None and api_keys is None and not _is_loopback(host):
         logger.warning("serving on %s without an API key: anyone who can reach the port can use the models", host)
-    app = _app_for(resolver, api_key, max_workers)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    app = _app_for(resolver, api_key=api_key, api_keys=api_keys, limits=limits, max_workers=max_workers)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    try:
+        with _sigterm_returns():
+            make_server(config, app).run()
+    except KeyboardInterrupt:  # uvicorn re-raises a captured Ctrl+C once it has shut down
+        pass
+
+
+@contextlib.contextmanager
+def _sigterm_returns() -> Iterator[None]:
+    """Make a SIGTERM end :func:`serve` normally (exit status 0) after uvicorn's graceful shutdown.
+
+    uvicorn re-raises a captured signal with the handler that was installed
+    before it started; by default that kills the process with status 143
+    before the caller can clean up. A no-op handler lets ``serve`` return.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -82,8 +138,8 @@ class ServerThread:
         with ServerThread(StaticResolver({"m": chat})) as server:
             client = openai.OpenAI(base_url=server.base_url, api_key="x")
 
-    ``target`` is a :class:`ModelResolver` (then ``api_key``/``max_workers``
-    go to :func:`create_app`) or a ready ASGI app.
+    ``target`` is a :class:`ModelResolver` (then ``api_key``, ``api_keys``,
+    ``limits`` and ``max_workers`` go to :func:`create_app`) or a ready ASGI app.
     """
 
     def __init__(
@@ -93,12 +149,14 @@ class ServerThread:
         host: str = "127.0.0.1",
         port: int = 0,
         api_key: str | None = None,
+        api_keys: Any = None,
+        limits: Any = None,
         max_workers: int | None = None,
         log_level: str = "warning",
         startup_timeout: float = 20.0,
         graceful_timeout: float = 3.0,
     ) -> None:
-        self.app = _app_for(target, api_key, max_workers)
+        self.app = _app_for(target, api_key=api_key, api_keys=api_keys, limits=limits, max_workers=max_workers)
         self.host = host
         self._requested_port = port
         self._log_level = log_level
@@ -137,7 +195,7 @@ class ServerThread:
             timeout_graceful_shutdown=max(1, round(self._graceful_timeout)),
             lifespan="on",
         )
-        self._server = uvicorn.Server(config)
+        self._server = make_server(config, self.app)
         self._thread = threading.Thread(target=self._run, name=f"agent-sleep-server-{self.port}", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + self._startup_timeout
@@ -182,4 +240,4 @@ class ServerThread:
         self.stop()
 
 
-__all__ = ["ServerThread", "serve"]
+__all__ = ["ServerThread", "make_server", "serve"]

@@ -24,17 +24,11 @@ from agent_sleep.errors import (
 )
 from agent_sleep.models.loader import BaseModelHandle
 from agent_sleep.serving import ResolvedChat
-from agent_sleep.serving.app import (
-    END,
-    ServingState,
-    StreamPump,
-    as_api_error,
-    check_api_key,
-    complete_chat,
-    list_models,
-    prepare_chat,
-    sse_events,
-)
+from agent_sleep.serving.auth import ALL
+from agent_sleep.serving.app import ServingState, list_models, prepare_chat
+from agent_sleep.serving.auth import check_api_key
+from agent_sleep.serving.generation import CANCELLED, CLIENT_GONE, StreamPump, complete_chat, sse_events
+from agent_sleep.serving.http_errors import as_api_error
 from agent_sleep.serving.openai_format import ChatCompletionRequest, ChunkWriter
 from tests.serving.conftest import WEATHER_TOOL, RecordingResolver, scripted
 
@@ -102,8 +96,8 @@ def test_serving_state_checks_its_arguments_and_serves_a_route(models: Recording
         ServingState.create(models, max_workers=0)
     state = ServingState.create(models, api_key="k", max_workers=1)
     try:
-        assert state.api_key == "k" and state.started > 0
-        body = asyncio.run(list_models(state))  # a route is a plain coroutine function
+        assert state.keys is not None and state.keys.authorize("Bearer k") is ALL and state.started > 0
+        body = asyncio.run(list_models(state, ALL))  # a route is a plain coroutine function
         assert body == {"object": "list", "data": [
             {"id": "tiny", "object": "model", "created": state.started, "owned_by": "agent-sleep"}]}
     finally:
@@ -177,11 +171,24 @@ def test_resolved_name_overrides_the_requested_one(models: RecordingResolver) ->
 # ---------------------------------------------------------------- completing
 
 
+def _complete(resolver: Any, body: ChatCompletionRequest) -> dict[str, Any]:
+    """prepare_chat, start on a one-worker state, complete_chat: the non-streamed route without HTTP."""
+    state = ServingState.create(resolver, max_workers=1)
+
+    async def run() -> dict[str, Any]:
+        call = await prepare_chat(resolver, body)
+        return await complete_chat(state.start(call), call)
+
+    try:
+        return asyncio.run(run())
+    finally:
+        state.executor.shutdown()
+        assert not state.active  # every finished generation left the state's running set
+
+
 def test_complete_chat_answers_and_releases_once(models: RecordingResolver, handle: BaseModelHandle) -> None:
     models.models["s"] = scripted(handle, "Hello.")
-    with ThreadPoolExecutor(1) as pool:
-        call = asyncio.run(prepare_chat(models, request(model="s")))
-        body = asyncio.run(complete_chat(pool, call))
+    body = _complete(models, request(model="s"))
     assert body["object"] == "chat.completion" and body["model"] == "s" and body["system_fingerprint"] == "v0"
     assert body["choices"][0]["message"]["content"] == "Hello." and body["choices"][0]["finish_reason"] == "stop"
     assert models.released == [("s", "v0")]
@@ -189,9 +196,7 @@ def test_complete_chat_answers_and_releases_once(models: RecordingResolver, hand
 
 def test_a_model_without_tools_is_400_naming_tools(models: RecordingResolver) -> None:
     models.models["plain"] = GenericFakeChatModel(messages=iter([AIMessage("hi")]))
-    with ThreadPoolExecutor(1) as pool:
-        call = asyncio.run(prepare_chat(models, request(model="plain", tools=[WEATHER_TOOL])))
-        error = api_error(lambda: asyncio.run(complete_chat(pool, call)))
+    error = api_error(lambda: _complete(models, request(model="plain", tools=[WEATHER_TOOL])))
     assert (error.status, error.param) == (400, "tools") and "'plain' does not support tools" in error.message
     assert models.released == [("plain", "v0")]
 
@@ -280,13 +285,33 @@ def test_stream_pump_cancel_stops_the_model_and_closes_its_stream() -> None:
     async def run() -> list[str]:
         with ThreadPoolExecutor(1) as pool:
             pump = StreamPump(pool, work, lambda: released.append(1))
-            kinds = [(await pump.get())[0]]
+            events = [await pump.get()]
             pump.cancel()
-            while kinds[-1] != END:
-                kinds.append((await pump.get())[0])
-            return kinds
+            while events[-1][0] != CANCELLED:
+                events.append(await pump.get())
+            return events
 
-    kinds = asyncio.run(run())
-    assert kinds[-1] == END and all(k == "chunk" for k in kinds[:-1])
+    events = asyncio.run(run())
+    kinds = [kind for kind, _ in events]
+    assert events[-1] == (CANCELLED, CLIENT_GONE) and all(k == "chunk" for k in kinds[:-1])
     assert work.closed.is_set() and released == [1]
     assert work.produced == len(kinds) - 1  # nothing generated after the last queued chunk
+
+
+def test_the_cancel_protocol_matches_the_local_model() -> None:
+    from agent_sleep.runtime.chat_model import CANCEL_KWARG, ChatLocalModel
+    from agent_sleep.serving import generation
+
+    assert generation.CANCEL_KWARG == CANCEL_KWARG and ChatLocalModel.supports_cancel_event
+    assert not getattr(GenericFakeChatModel, "supports_cancel_event", False)  # other models are not sent the event
+
+
+def test_a_cancelled_local_model_stops_at_the_next_token(handle: BaseModelHandle) -> None:
+    model = scripted(handle, "hello world " * 50, max_new_tokens=200)
+    cancel = threading.Event()
+    chunks = []
+    for chunk in model.stream("hi", cancel_event=cancel):
+        chunks.append(chunk)
+        cancel.set()
+    assert model.produced == 2  # the token in hand when the event was seen, then nothing
+    assert chunks[-1].response_metadata["finish_reason"] == "cancelled"

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool
+from pydantic import BaseModel
 
 from agent_sleep.models.loader import BaseModelHandle
 from agent_sleep.serving import ServerThread
@@ -57,3 +58,24 @@ def test_chat_openai_streaming(server: ServerThread, models: RecordingResolver, 
         total = total + chunk
     assert total.content == "Streaming works fine."
     assert len(chunks) > 2 and total.usage_metadata["output_tokens"] > 0
+
+
+class Weather(BaseModel):
+    """Weather in a city."""
+
+    city: str
+    temperature: int
+
+
+@pytest.mark.parametrize("method", ["json_schema", "json_mode", "function_calling"])
+def test_with_structured_output(server: ServerThread, models: RecordingResolver, handle: BaseModelHandle,
+                                method: str) -> None:
+    # json_schema (the default) sends response_format with the schema, json_mode a json_object,
+    # function_calling a forced tool call: each comes back as a validated Weather.
+    reply = '{"city": "Paris", "temperature": 21}'
+    script = reply + "}</tool_call>" if method == "function_calling" else reply
+    model = scripted(handle, "It is sunny." if method != "function_calling" else "oops", script)
+    models.models["agent"] = model
+    structured = _llm(server).with_structured_output(Weather, method=method)
+    assert structured.invoke("weather in Paris as JSON") == Weather(city="Paris", temperature=21)
+    assert len(model.prompts) == 2  # the first, wrong reply was retried

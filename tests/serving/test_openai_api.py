@@ -236,7 +236,13 @@ BAD_REQUESTS: list[tuple[dict[str, Any], str, str]] = [
      "tool_choice", "'other'"),
     ({"tool_choice": "required"}, "tool_choice", "needs tools"),
     ({"logprobs": True}, "logprobs", "not supported"),
-    ({"response_format": {"type": "json_object"}}, "response_format", "json_object"),
+    ({"top_logprobs": 3}, "top_logprobs", "not supported"),
+    ({"response_format": {"type": "xml"}}, "response_format.type", "'xml' is not supported"),
+    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema", "must be an object"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/Gone"}}}},
+     "response_format.json_schema.schema", "does not resolve"),
+    ({"max_tokens": 100_000}, "max_tokens", "above this server's limit of 2048"),
+    ({"max_completion_tokens": 4096}, "max_completion_tokens", "limit of 2048"),
 ]
 
 
