@@ -64,7 +64,7 @@ def make_tiny_model_dir(tmp_path: Path, *, seed: int = 0, name: str = "tiny-llam
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=1024,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id if pad else None,

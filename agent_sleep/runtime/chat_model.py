@@ -335,7 +335,8 @@ class ChatLocalModel(BaseChatModel):
                         break
                     visible = markup_start(text)
                     if visible >= 0 and not tools:
-                        break  # markup without tools is wrong whatever follows
+                        finish = "markup"  # markup without tools is wrong whatever follows
+                        break
                     if visible < 0:
                         visible = len(text) - _holdback(text, markers)
                         if text[:visible].endswith("\ufffd"):  # a character still missing bytes
@@ -351,10 +352,17 @@ class ChatLocalModel(BaseChatModel):
                 if not parsed.errors:
                     break
                 problems.append("; ".join(parsed.errors))
+                if finish == "length":  # cut off by the token budget: a retry would be cut off too
+                    break
         seconds = time.perf_counter() - started
 
         metadata: dict[str, Any] = {}
-        if parsed.errors:
+        if parsed.errors and finish == "length":
+            # Say what was cut, never the half-written markup: the caller sees finish_reason "length".
+            cut = markup_start(text[emitted:])
+            content, calls = (text[emitted:] if cut < 0 else text[emitted:][:cut]), []
+            metadata["invalid_output"] = {"errors": problems, "last_output": text[emitted:][:500]}
+        elif parsed.errors:
             sep = " " if emitted and not text[:emitted][-1].isspace() else ""
             content, calls, finish = sep + FALLBACK_REPLY, [], "invalid_output"
             metadata["invalid_output"] = {"errors": problems, "last_output": text[emitted:][:500]}

@@ -140,8 +140,8 @@ def test_per_call_overrides_and_unknown_kwargs(chat: ChatLocalModel) -> None:
 
 
 def test_prompt_too_long_is_rejected(chat: ChatLocalModel) -> None:
-    with pytest.raises(InvalidInputError, match="context of 512"):
-        chat.invoke("word " * 600)
+    with pytest.raises(InvalidInputError, match="context of 1024"):
+        chat.invoke("word " * 1200)
 
 
 def test_threads_and_async_share_one_model(chat: ChatLocalModel) -> None:

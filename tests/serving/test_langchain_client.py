@@ -73,7 +73,7 @@ def test_with_structured_output(server: ServerThread, models: RecordingResolver,
     # json_schema (the default) sends response_format with the schema, json_mode a json_object,
     # function_calling a forced tool call: each comes back as a validated Weather.
     reply = '{"city": "Paris", "temperature": 21}'
-    script = reply + "}</tool_call>" if method == "function_calling" else reply
+    script = reply + "}]</tool_call>" if method == "function_calling" else reply
     model = scripted(handle, "It is sunny." if method != "function_calling" else "oops", script)
     models.models["agent"] = model
     structured = _llm(server).with_structured_output(Weather, method=method)

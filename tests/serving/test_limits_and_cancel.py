@@ -40,7 +40,7 @@ def test_abandoned_non_streamed_request_stops_generating(server: ServerThread, c
 def test_abandoned_forced_tool_call_stops_mid_call(server: ServerThread, models: RecordingResolver,
                                                    handle: BaseModelHandle) -> None:
     # A forced call sends no chunk until it is complete, so only the model's own cancel check can stop it.
-    arguments = '{"city": "' + "Paris " * 200 + '"}}</tool_call>'
+    arguments = '{"city": "' + "Paris " * 200 + '"}}]</tool_call>'
     model = scripted(handle, arguments, delay=0.02, max_new_tokens=1000)
     models.models["slow"] = model
     total = len(handle.tokenizer(arguments, add_special_tokens=False)["input_ids"])
@@ -105,12 +105,12 @@ def test_request_body_over_the_cap_is_413_before_parsing(models: RecordingResolv
 
 def test_oversized_prompt_is_rejected_without_the_model_lock(client: openai.OpenAI, models: RecordingResolver,
                                                              handle: BaseModelHandle) -> None:
-    long = [{"role": "user", "content": "hello world " * 400}]  # beyond the tiny model's 512 positions
+    long = [{"role": "user", "content": "hello world " * 800}]  # beyond the tiny model's 1024 positions
     # Hold the model's lock, as a long generation would: the rejection must not wait for it.
     assert handle.lock.acquire(timeout=10)
     try:
         for stream in (False, True):
-            with pytest.raises(openai.BadRequestError, match="does not fit the model's context of 512"):
+            with pytest.raises(openai.BadRequestError, match="does not fit the model's context of 1024"):
                 client.with_options(timeout=10).chat.completions.create(model="tiny", messages=long, stream=stream)
     finally:
         handle.lock.release()

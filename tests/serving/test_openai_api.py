@@ -269,7 +269,7 @@ def test_openai_client_raises_bad_request(client: openai.OpenAI) -> None:
 
 
 def test_prompt_too_long_is_400_streamed_or_not(client: openai.OpenAI, models: RecordingResolver) -> None:
-    long = [{"role": "user", "content": "hello world " * 400}]  # beyond the tiny model's 512 positions
+    long = [{"role": "user", "content": "hello world " * 800}]  # beyond the tiny model's 1024 positions
     for stream in (False, True):
         with pytest.raises(openai.BadRequestError, match="does not fit"):
             client.chat.completions.create(model="tiny", messages=long, stream=stream)

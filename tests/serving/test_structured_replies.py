@@ -112,7 +112,7 @@ def test_json_cut_off_by_max_tokens_is_400_naming_it(client: openai.OpenAI, mode
 @pytest.mark.parametrize("stream", [False, True])
 def test_forced_tool_call_cut_off_is_an_error_not_markup(server: ServerThread, models: RecordingResolver,
                                                          handle: BaseModelHandle, stream: bool) -> None:
-    models.models["s"] = scripted(handle, '{"city": "Rome"}}</tool_call>')
+    models.models["s"] = scripted(handle, '{"city": "Rome"}}]</tool_call>')
     body = {"model": "s", "messages": USER, "tools": [WEATHER_TOOL], "tool_choice": FORCED, "max_tokens": 3,
             "stream": stream}
     response = httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=30)
@@ -124,7 +124,7 @@ def test_forced_tool_call_cut_off_is_an_error_not_markup(server: ServerThread, m
 
 def test_forced_tool_call_is_parsed_streamed_or_not(client: openai.OpenAI, models: RecordingResolver,
                                                     handle: BaseModelHandle) -> None:
-    models.models["s"] = scripted(handle, '{"city": "Rome"}}</tool_call>')
+    models.models["s"] = scripted(handle, '{"city": "Rome"}}]</tool_call>')
     forced = client.chat.completions.create(model="s", messages=USER, tools=[WEATHER_TOOL], tool_choice=FORCED)
     assert json.loads(forced.choices[0].message.tool_calls[0].function.arguments) == {"city": "Rome"}
     _, chunks = stream_text(client.chat.completions.create(
@@ -137,12 +137,12 @@ def test_forced_tool_call_is_parsed_streamed_or_not(client: openai.OpenAI, model
 def test_required_tool_choice_retries_then_fails_without_markup(client: openai.OpenAI, models: RecordingResolver,
                                                                 handle: BaseModelHandle) -> None:
     # 'required' prefills '<tool_call>{"name": "': a reply that is no call name leaves broken markup.
-    model = scripted(handle, "hello there", 'get_weather", "arguments": {"city": "Oslo"}}</tool_call>')
+    model = scripted(handle, "hello there", 'get_weather", "arguments": {"city": "Oslo"}}]</tool_call>')
     models.models["s"] = model
     reply = client.chat.completions.create(model="s", messages=USER, tools=[WEATHER_TOOL], tool_choice="required")
     assert json.loads(reply.choices[0].message.tool_calls[0].function.arguments) == {"city": "Oslo"}
+    # The chat model resamples the broken reply itself (ChatLocalModel.retries) before the server has to ask again.
     assert reply.choices[0].message.content is None and len(model.prompts) == 2
-    assert "no complete tool call" in model.prompts[1]
 
     models.models["s"] = scripted(handle, "hello there")
     with pytest.raises(openai.UnprocessableEntityError) as info:
