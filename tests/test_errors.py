@@ -69,8 +69,8 @@ def test_builtin_bases_keep_old_except_clauses_working() -> None:
 def test_recorder_refuses_a_bad_agent_name_with_a_tree_error() -> None:
     from agent_sleep.capture.recorder import ExperienceRecorder
 
-    for bad in ("", "x" * 129):
-        with pytest.raises(InvalidInputError, match="agent name must be 1-128 characters"):
+    for bad in ("", "x" * 65):
+        with pytest.raises(InvalidInputError, match="invalid agent name .*: use 1-64 characters"):
             ExperienceRecorder(bad)
 
 

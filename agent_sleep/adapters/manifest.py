@@ -20,28 +20,20 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent_sleep.errors import AdapterFormatError
+from agent_sleep.names import check_name as _check_name
 
 __all__ = ["FORMAT_VERSION", "AdapterManifest", "AdapterSources", "BaseModelRef", "GeneratorInfo", "check_name"]
 
 FORMAT_VERSION = 1
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def check_name(name: str) -> str:
     """Return ``name`` if it can name a skill (and a folder); raise AdapterFormatError otherwise.
 
-    1-64 characters from ``[A-Za-z0-9_.-]``, starting with a letter or digit.
-    That rules out path separators, ``..``, hidden names and shell specials, so
-    a name can be used as a folder name on every platform without escaping.
+    The rule is :func:`agent_sleep.names.check_name`'s, the same for agents and skills.
     """
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        shown = name if isinstance(name, str) else type(name).__name__
-        raise AdapterFormatError(
-            f"invalid adapter/skill name {shown!r}: use 1-64 characters from A-Z a-z 0-9 _ . -, "
-            "starting with a letter or digit (no spaces or path separators)"
-        )
-    return name
+    return _check_name(name, "adapter/skill name", error=AdapterFormatError)
 
 
 def _agent_sleep_version() -> str:

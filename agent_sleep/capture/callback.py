@@ -36,6 +36,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from agent_sleep.capture.deferred import ModelInput
 from agent_sleep.capture.recorder import ExperienceRecorder, _text_of
 from agent_sleep.config import Settings
+from agent_sleep.names import check_agent_name
 
 try:  # LangGraph's control-flow exceptions are not errors of the run
     from langgraph.errors import GraphBubbleUp, GraphInterrupt
@@ -104,6 +105,7 @@ class SleepCallbackHandler(BaseCallbackHandler):
 
     def __init__(self, agent: str, *, url: str | None = None, settings: Settings | None = None,
                  recorder: ExperienceRecorder | None = None, metadata: dict[str, Any] | None = None) -> None:
+        check_agent_name(agent)
         self.recorder = recorder or ExperienceRecorder(agent, url=url, settings=settings)
         self.metadata = metadata or {}
         self._root: dict[UUID, UUID] = {}  # run id -> root run id

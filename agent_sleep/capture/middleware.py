@@ -32,6 +32,7 @@ from typing_extensions import NotRequired
 from agent_sleep.capture.deferred import ModelInput
 from agent_sleep.capture.recorder import ExperienceRecorder, _text_of
 from agent_sleep.config import Settings
+from agent_sleep.names import check_agent_name
 
 log = logging.getLogger("agent_sleep.capture")
 
@@ -60,6 +61,7 @@ class SleepMiddleware(AgentMiddleware[SleepState, Any]):
     def __init__(self, agent: str, *, url: str | None = None, settings: Settings | None = None,
                  recorder: ExperienceRecorder | None = None) -> None:
         super().__init__()
+        check_agent_name(agent)
         self.recorder = recorder or ExperienceRecorder(agent, url=url, settings=settings)
         self.last_episode_id: str | None = None
         self._inputs: dict[str, ModelInput] = {}  # episode -> input of its model call in progress

@@ -29,7 +29,7 @@ from typing import Any
 from agent_sleep.capture.deferred import DEFER, ModelInput
 from agent_sleep.capture.writer import BackgroundWriter, CaptureWarning, shared_writer
 from agent_sleep.config import Settings, get_settings
-from agent_sleep.errors import InvalidInputError
+from agent_sleep.names import check_agent_name
 from agent_sleep.store.models import new_id
 from agent_sleep.store.ops import Op
 from agent_sleep.store.records import normalize_episode_id
@@ -113,9 +113,7 @@ class ExperienceRecorder:
 
     def __init__(self, agent: str, *, url: str | None = None, settings: Settings | None = None,
                  writer: BackgroundWriter | None = None) -> None:
-        if not agent or len(agent) > 128:
-            raise InvalidInputError(f"agent name must be 1-128 characters, got {agent!r}")
-        self.agent = agent
+        self.agent = check_agent_name(agent)  # at construction: a bad name must not surface in the writer thread
         self.settings = settings or get_settings(database_url=url)
         self.url = self.settings.resolved_database_url
         self.writer = writer or shared_writer(self.url, Path(self.settings.data_dir), self._open_store)

@@ -16,7 +16,8 @@ from typing import Any
 
 from agent_sleep.cli.common import print_json, settings_from
 from agent_sleep.config import DEFAULT_MODEL, Settings
-from agent_sleep.errors import InvalidInputError
+from agent_sleep.errors import InvalidInputError, NotFoundError
+from agent_sleep.names import did_you_mean
 
 
 def _positive_int(text: str) -> int:
@@ -100,27 +101,53 @@ def _read_text(path: Path) -> str:
         raise InvalidInputError(f"questions file {path} is not UTF-8") from None
 
 
-def _build_chat_model(args: argparse.Namespace, settings: Settings) -> Any:
-    """The chat model ``ask`` talks to. Later options (--agent, --adapter) plug in here."""
+def _build_chat_model(args: argparse.Namespace, settings: Settings) -> tuple[Any, dict[str, Any]]:
+    """The chat model ``ask`` talks to, and what to add to each JSON answer (which agent, which deployment).
+
+    Names are checked before the model loads: an unknown agent or adapter fails fast.
+    """
     from agent_sleep.models.loader import is_default_spec, load_base_model, pull_model
     from agent_sleep.runtime.chat_model import ChatLocalModel
 
+    agent, adapters = getattr(args, "agent", None), getattr(args, "adapter", None)
+    registry = None
+    if agent or adapters:
+        from agent_sleep.registry import AdapterRegistry
+        from agent_sleep.registry.refs import check_one_per_skill
+        from agent_sleep.store import ExperienceStore
+
+        registry = AdapterRegistry(ExperienceStore(settings=settings))
+        if adapters:
+            check_one_per_skill(adapters)
+            for ref in adapters:
+                registry.get(ref)
+        else:
+            _require_agent(registry.store.agents(), agent)
     spec = args.model or settings.model
     if is_default_spec(spec):
         pull_model(spec, settings=settings, progress=_stderr)  # a no-op once converted; otherwise says why we wait
     handle = load_base_model(spec, settings=settings)
-    if getattr(args, "agent", None) or getattr(args, "adapter", None):
-        from agent_sleep.registry import AdapterRegistry
-        from agent_sleep.runtime.live import LiveRuntime
-        from agent_sleep.store import ExperienceStore
+    if registry is None:
+        return ChatLocalModel(model=spec, handle=handle, max_new_tokens=args.max_new_tokens), {}
+    from agent_sleep.runtime.live import LiveRuntime
 
-        runtime = LiveRuntime(AdapterRegistry(ExperienceStore(settings=settings)), handle=handle)
-        if args.adapter:
-            return runtime.chat_model(adapters=args.adapter, max_new_tokens=args.max_new_tokens)
-        if runtime.load(args.agent) is None:
-            _stderr(f"agent {args.agent!r} has no deployment; answering with the base model")
-        return runtime.chat_model(args.agent, max_new_tokens=args.max_new_tokens)
-    return ChatLocalModel(model=spec, handle=handle, max_new_tokens=args.max_new_tokens)
+    runtime = LiveRuntime(registry, handle=handle)
+    if adapters:
+        return runtime.chat_model(adapters=adapters, max_new_tokens=args.max_new_tokens), {}
+    state = runtime.load(agent)
+    if state is None:
+        why = "has no deployment yet" if runtime.last_sync_error is None else \
+            f"has a live stack this model refuses ({runtime.last_sync_error})"
+        _stderr(f"note: agent {agent!r} {why}; answering with the base model")
+    extra = {"agent": agent, "deployment": state.version if state is not None else None}
+    return runtime.chat_model(agent, max_new_tokens=args.max_new_tokens), extra
+
+
+def _require_agent(known: list[str], agent: str) -> None:
+    """An agent ``ask`` may answer as: one the store knows (from capture or a deploy)."""
+    if agent not in known:
+        hint = did_you_mean(agent, known) if known else "; there are no agents yet (capture or deploy creates one)"
+        raise NotFoundError(f"no agent named {agent!r}{hint}")
 
 
 def _answer(chat: Any, question: str, system: str | None) -> dict[str, Any]:
@@ -151,9 +178,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         return 2
     settings = settings_from(args)
     batch = _read_questions(args.questions) if args.questions else None
-    chat = _build_chat_model(args, settings)
+    chat, extra = _build_chat_model(args, settings)
     if batch is None:
-        result = _answer(chat, args.question, args.system)
+        result = {**_answer(chat, args.question, args.system), **extra}
         if args.json:
             print_json(result)
         else:
@@ -161,8 +188,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
         return 0
     for number, item in batch:
         result = _answer(chat, item["question"], item.get("system") or args.system)
-        extra = {"id": item["id"]} if "id" in item else {}
-        print_json({"line": number, **extra, **result})
+        ids = {"id": item["id"]} if "id" in item else {}
+        print_json({"line": number, **ids, **result, **extra})
     return 0
 
 
@@ -187,7 +214,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ask.add_argument("--max-new-tokens", type=_positive_int, default=256, help="longest answer in tokens (default: 256)")
     ask.add_argument("--system", help="system prompt")
     who = ask.add_mutually_exclusive_group()
-    who.add_argument("--agent", help="answer with this agent's live adapter stack")
+    who.add_argument("--agent", help="answer with this agent's live adapter stack (the base model until it has one)")
     who.add_argument("--adapter", action="append", metavar="SKILL[@vN]",
                      help="answer with these adapters (repeatable; default version: live, else newest)")
     ask.add_argument("--json", action="store_true", help="print one JSON object with answer, timing and token counts")

@@ -9,22 +9,25 @@
     refunds@v2+tone     (AdapterRef("refunds", version=2), AdapterRef("tone"))   a request's model name
 
 Parsing checks the form only and raises :class:`InvalidInputError` naming the
-reference and the accepted forms; whether the version exists is the registry's
-question (:class:`NotFoundError`). ``str()`` of a reference is its canonical text.
+reference and the accepted forms; skill and agent names follow :mod:`agent_sleep.names`.
+Whether the version exists is the registry's question (:class:`NotFoundError`).
+``str()`` of a reference is its canonical text. :func:`check_one_per_skill` is the
+rule every stack follows, named or ad hoc: each skill at most once.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeGuard
 
-from agent_sleep.adapters.manifest import check_name
-from agent_sleep.errors import AdapterFormatError, InvalidInputError
+from agent_sleep.errors import InvalidInputError
+from agent_sleep.names import check_name
 
 __all__ = [
-    "ALIASES", "AdapterRef", "StackRef", "is_stack_ref", "parse_adapter_list", "parse_adapter_ref", "parse_ref",
-    "parse_stack_ref",
+    "ALIASES", "AdapterRef", "StackRef", "check_one_per_skill", "is_stack_ref", "parse_adapter_list",
+    "parse_adapter_ref", "parse_ref", "parse_stack_ref",
 ]  # fmt: skip
 
 ALIASES: tuple[str, ...] = ("live", "previous", "candidate")
@@ -71,6 +74,10 @@ def parse_stack_ref(text: object) -> StackRef:
     m = _STACK.fullmatch(text.strip()) if isinstance(text, str) else None
     if m is None:
         raise InvalidInputError(f"not a stack reference: {text!r} ({STACK_FORM})")
+    try:
+        check_name(m["agent"], "agent name")
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"not a stack reference: {text!r} ({STACK_FORM}): {exc}") from None
     return StackRef(agent=m["agent"], version=int(m["version"]))
 
 
@@ -82,8 +89,8 @@ def parse_adapter_ref(text: object) -> AdapterRef:
     if m is None:
         raise InvalidInputError(f"not an adapter reference: {text!r} ({ADAPTER_FORMS})")
     try:
-        check_name(m["skill"])
-    except AdapterFormatError as exc:
+        check_name(m["skill"], "adapter/skill name")
+    except InvalidInputError as exc:
         raise InvalidInputError(f"not an adapter reference: {text!r}: {exc}") from None
     alias = m["alias"]
     if alias is not None and alias not in ALIASES:
@@ -94,6 +101,16 @@ def parse_adapter_ref(text: object) -> AdapterRef:
 def parse_adapter_list(text: str) -> tuple[AdapterRef, ...]:
     """Adapters joined by ``+`` (``refunds@v2+tone``), in order."""
     return tuple(parse_adapter_ref(part) for part in text.split("+"))
+
+
+def check_one_per_skill(refs: Iterable[AdapterRef | str]) -> None:
+    """Refuse a stack that names a skill twice (``refunds@v1+refunds@v2`` would add both deltas)."""
+    parsed = [r if isinstance(r, AdapterRef) else parse_adapter_ref(r) for r in refs]
+    skills = [r.skill for r in parsed]
+    twice = sorted({s for s in skills if skills.count(s) > 1})
+    if twice:
+        raise InvalidInputError(f"a stack holds each skill once; {', '.join(map(repr, twice))} appears more than once "
+                                f"in {'+'.join(map(str, parsed))}")
 
 
 def parse_ref(text: str) -> AdapterRef | StackRef:

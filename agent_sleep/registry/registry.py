@@ -31,6 +31,8 @@ from agent_sleep.errors import (
     PathExistsError,
 )
 from agent_sleep.fsutil import atomic_dir
+from agent_sleep.names import did_you_mean
+from agent_sleep.registry.namespace import claim_agent, claim_skill, missing_adapter, missing_stack
 from agent_sleep.registry.notify import notify
 from agent_sleep.registry.records import (
     ADAPTER_STATUSES,
@@ -39,7 +41,15 @@ from agent_sleep.registry.records import (
     StackItem,
     StackRecord,
 )
-from agent_sleep.registry.refs import ALIASES, AdapterRef, StackRef, is_stack_ref, parse_adapter_ref, parse_stack_ref
+from agent_sleep.registry.refs import (
+    ALIASES,
+    AdapterRef,
+    StackRef,
+    check_one_per_skill,
+    is_stack_ref,
+    parse_adapter_ref,
+    parse_stack_ref,
+)
 from agent_sleep.store.models import (
     Agent,
     AdapterAlias,
@@ -83,8 +93,11 @@ class AdapterRegistry:
         generator = (manifest.get("generator") or {}).get("name") or kind or "custom"
         for attempt in range(5):
             with self.store.session() as s:
+                if agent is not None:
+                    claim_agent(s, agent, base_model=self.store.settings.model)
                 if agent is not None and s.get(Agent, agent) is None:
                     s.add(Agent(name=agent, meta={}, created_at=utcnow()))
+                claim_skill(s, skill, base_model=self.store.settings.model)
                 sk = s.get(Skill, skill)
                 if sk is None:
                     s.add(Skill(name=skill, description=description or (manifest.get("sources") or {}).get("description")
@@ -172,15 +185,14 @@ class AdapterRegistry:
             return self._stack_record(self._create_stack(s, agent, items))
 
     def _create_stack(self, s: Session, agent: str, items: Sequence[Any]) -> Stack:
+        claim_agent(s, agent, base_model=self.store.settings.model)
         resolved: list[dict[str, Any]] = []
         for item in items:
             ref, weight = (item, 1.0) if isinstance(item, str | AdapterRef) else \
                 (item.adapter, item.weight) if isinstance(item, StackItem) else item
             row = self._resolve(s, ref)
             resolved.append({"adapter": row.name, "weight": float(weight)})
-        skills = [parse_adapter_ref(r["adapter"]).skill for r in resolved]
-        if len(set(skills)) != len(skills):
-            raise InvalidInputError(f"a stack holds each skill once; got {', '.join(r['adapter'] for r in resolved)}")
+        check_one_per_skill(r["adapter"] for r in resolved)
         digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
         existing = s.execute(select(Stack).where(Stack.agent == agent, Stack.content_hash == digest)).scalar()
         if existing is not None:
@@ -252,7 +264,8 @@ class AdapterRegistry:
         with self.store.session() as s:
             current = self._current(s, agent)
             if current is None:
-                raise NothingToRollBackError(f"agent {agent!r} has no deployments")
+                raise NothingToRollBackError(f"agent {agent!r} has no deployments"
+                                             + did_you_mean(agent, s.execute(select(Deployment.agent)).scalars()))
             if to is None:
                 if current.previous_id is None:
                     raise NothingToRollBackError(f"agent {agent!r} has nothing earlier than deployment #{current.seq}")
@@ -273,7 +286,8 @@ class AdapterRegistry:
         """Deploy the live stack minus one skill; the other skills keep their versions and weights."""
         live = self.live(agent)
         if live is None or skill not in live.stack.skills:
-            raise NotFoundError(f"skill {skill!r} is not in the live stack of agent {agent!r}")
+            raise NotFoundError(f"skill {skill!r} is not in the live stack of agent {agent!r}"
+                                + did_you_mean(skill, live.stack.skills if live else ()))
         rest = [(i.adapter, i.weight) for i in live.stack.items if parse_adapter_ref(i.adapter).skill != skill]
         return self.deploy(agent, rest, actor=actor, reason=reason or f"remove {skill}", kind="remove_skill",
                            expected_seq=live.seq)
@@ -358,7 +372,7 @@ class AdapterRegistry:
                 select(AdapterVersion).where(AdapterVersion.skill == skill, AdapterVersion.status != "rejected")
                 .order_by(AdapterVersion.version.desc()).limit(1)).scalar()
         if row is None:
-            raise NotFoundError(f"no adapter {str(ref)!r} in the registry")
+            raise NotFoundError(missing_adapter(s, parsed))
         return row
 
     def _resolve_stack(self, s: Session, ref: str | StackRef) -> Stack:
@@ -368,7 +382,8 @@ class AdapterRegistry:
         else:
             row = s.get(Stack, ref)  # a stack id
         if row is None:
-            raise NotFoundError(f"no stack {str(ref)!r} (stacks are named agent:stack@vN)")
+            raise NotFoundError(missing_stack(s, parse_stack_ref(ref) if isinstance(ref, str) and is_stack_ref(ref)
+                                              else ref))
         return row
 
     def _adapter_record(self, s: Session, row: AdapterVersion) -> AdapterVersionRecord:

@@ -30,7 +30,7 @@ from agent_sleep.errors import NotFoundError
 from agent_sleep.models.loader import BaseModelHandle, load_base_model
 from agent_sleep.registry import AdapterRegistry, DeploymentRecord, StackRecord
 from agent_sleep.registry.notify import listen
-from agent_sleep.registry.refs import AdapterRef, StackRef
+from agent_sleep.registry.refs import AdapterRef, StackRef, check_one_per_skill
 from agent_sleep.runtime.chat_model import PinnedModel
 from agent_sleep.runtime.deploy import AdapterVerdict, DeployOutcome, check_stack, deploy_validated
 
@@ -125,6 +125,7 @@ class LiveRuntime:
             name, weight = (ref, 1.0) if isinstance(ref, str | AdapterRef) else ref
             rec = self.registry.get(name)
             items.append((rec.name, self._adapter_layers(rec.name), float(weight)))
+        check_one_per_skill(name for name, _, _ in items)
         label = "+".join(n if w == 1.0 else f"{n}*{w:g}" for n, _, w in items) or "base"
         prepared = prepare_stack(label, items, dtype=self.handle.dtype, device=self.handle.device)
         self.hooks.ensure(list(prepared.layers))

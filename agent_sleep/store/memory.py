@@ -26,6 +26,7 @@ from typing import Any
 
 from agent_sleep.config import Settings, get_settings
 from agent_sleep.errors import InvalidEventError, NotFoundError
+from agent_sleep.names import check_name
 from agent_sleep.store.records import (
     DocumentRecord,
     EpisodeQuery,
@@ -186,6 +187,8 @@ class InMemoryExperienceStore:
             raise InvalidEventError(f"document {source!r} is empty")
         if len(text.encode("utf-8")) > self.settings.max_payload_bytes * 50:
             raise InvalidEventError(f"document {source!r} is larger than {self.settings.max_payload_bytes * 50:,} bytes")
+        if agent is not None:
+            _check_name(agent, "agent name")
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
         meta = _json(metadata or {}, "document metadata")
         with self._lock:
@@ -289,6 +292,4 @@ def _copy(record: Any) -> Any:
 
 
 def _check_name(name: str, what: str) -> None:
-    if not isinstance(name, str) or not name.strip() or len(name) > 128:
-        raise InvalidEventError(f"{what} must be 1-128 characters, got {name!r}")
-    check_text(name, what)
+    check_name(name, what, error=InvalidEventError)

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from agent_sleep.config import Settings, get_settings
 from agent_sleep.errors import DatabaseUnavailableError, InvalidEventError, NotFoundError
+from agent_sleep.names import check_name
 from agent_sleep.store import engine as engine_mod
 from agent_sleep.store.models import Agent, Document, Episode, Event, Feedback, Skill, new_id, utcnow
 from agent_sleep.store.ops import Op, apply_ops
@@ -374,12 +375,11 @@ class ExperienceStore:
 
     @staticmethod
     def _ensure_agent_row(s: Session, name: str) -> None:
+        check_name(name, "agent name", error=InvalidEventError)
         if s.get(Agent, name) is None:
             s.add(Agent(name=name, meta={}, created_at=utcnow()))
             s.flush()
 
     @staticmethod
     def _check_name(name: str, what: str) -> None:
-        if not isinstance(name, str) or not name.strip() or len(name) > 128:
-            raise InvalidEventError(f"{what} must be 1-128 characters, got {name!r}")
-        check_text(name, what)
+        check_name(name, what, error=InvalidEventError)
