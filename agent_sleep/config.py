@@ -22,7 +22,7 @@ from agent_sleep.errors import ConfigError
 DEFAULT_MODEL = "smollm2-135m-instruct"
 ENV_PREFIX = "AGENT_SLEEP_"
 # An empty value of these variables means "not set" (the default applies), as it always has.
-_EMPTY_IS_UNSET = frozenset({"database_url", "cache_dir"})
+_EMPTY_IS_UNSET = frozenset({"database_url", "cache_dir", "artifact_root"})
 
 
 def _default_cache_dir() -> Path:
@@ -50,6 +50,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; default: SQLite file experience.sqlite in data_dir.",
     )
     cache_dir: Path = Field(default_factory=_default_cache_dir)
+    artifact_root: Path | None = Field(
+        default=None,
+        description="Folder of registered adapter versions; default: adapters/ in data_dir. Registry rows "
+        "store paths relative to it, so hosts sharing one database each mount the folders where they like.",
+    )
     model: str = DEFAULT_MODEL
     max_payload_bytes: int = Field(
         default=1_000_000,
@@ -83,6 +88,12 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Only keyword arguments and the process environment: no .env or secrets files.
         return init_settings, _EnvSource(settings_cls)
+
+    @property
+    def resolved_artifact_root(self) -> Path:
+        """``artifact_root`` if set, else ``<data_dir>/adapters``; absolute."""
+        root = self.artifact_root if self.artifact_root is not None else self.data_dir / "adapters"
+        return root.expanduser().resolve()
 
     @property
     def resolved_database_url(self) -> str:

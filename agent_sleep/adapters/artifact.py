@@ -6,6 +6,13 @@ A folder is a standard PEFT LoRA adapter (``adapter_config.json`` and
 (:class:`~agent_sleep.adapters.manifest.AdapterManifest`). Versions are
 immutable: a folder appears whole in one rename and is never overwritten.
 
+A plain PEFT folder (``save_pretrained`` output, no manifest) is adopted by
+:func:`adopt_peft_folder` once its modules are checked against a loaded base
+model. What is registered is checked harder than what is merely read:
+:func:`inspect_adapter` refuses symlinks and special files anywhere in the
+folder and parses the safetensors header (dtypes, byte ranges, LoRA keys and
+shapes), so garbage is refused when it is added, not when it is deployed.
+
 Only plain LoRA on linear layers is accepted: DoRA, ``modules_to_save``,
 trained biases, embedding LoRA, base-modifying initialisations (PiSSA, OLoRA,
 CorDA, LoftQ) and pickle weights are refused with the option named, because the
@@ -18,18 +25,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import stat
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from pydantic import ValidationError
 
 from agent_sleep.adapters.lora_config import check_lora_config, complete_lora_config, lora_pairs, module_scaling
-from agent_sleep.adapters.manifest import FORMAT_VERSION, AdapterManifest, check_name
+from agent_sleep.adapters.manifest import (
+    FORMAT_VERSION,
+    AdapterManifest,
+    AdapterSources,
+    BaseModelRef,
+    GeneratorInfo,
+    check_name,
+)
 from agent_sleep.errors import (
+    AdapterError,
     AdapterExistsError,
     AdapterFormatError,
+    IncompatibleAdapterError,
     InvalidInputError,
     PathExistsError,
     TamperedAdapterError,
@@ -39,10 +59,13 @@ from agent_sleep.fsutil import atomic_dir
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from agent_sleep.models.loader import BaseModelHandle
+
 # AdapterManifest and check_name live in .manifest (no tensors there) and are re-exported here.
 __all__ = [
     "CONFIG_FILE", "MANIFEST_FILE", "PART_MARK", "WEIGHTS_FILE", "AdapterArtifact", "AdapterManifest",
-    "LoraWeights", "check_name", "lora_layers", "read_adapter", "save_peft_adapter", "write_adapter",
+    "LoraWeights", "adopt_peft_folder", "check_name", "copy_plain_file", "inspect_adapter", "lora_layers",
+    "read_adapter", "save_peft_adapter", "write_adapter",
 ]  # fmt: skip
 
 CONFIG_FILE = "adapter_config.json"
@@ -51,6 +74,9 @@ MANIFEST_FILE = "manifest.json"
 PICKLE_FILE = "adapter_model.bin"
 # Temp folders are ".<name>.part-<pid>-<hex>" beside the destination: hidden, and easy to spot as debris.
 PART_MARK = ".part-"
+# safetensors dtypes a LoRA may be stored in, with their sizes in bytes.
+_FLOAT_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 
 
 @dataclass(frozen=True, eq=False)
@@ -256,21 +282,191 @@ def _verify(manifest: AdapterManifest, config: Mapping[str, Any], path: Path, ac
     _check_manifest_matches(manifest, config, path)
 
 
-def inspect_adapter(path: str | Path) -> tuple[dict[str, Any], AdapterManifest]:
+def open_plain_file(path: Path) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file itself: never through a symlink, never a FIFO or device."""
+    # O_NOFOLLOW and fstat on the opened descriptor: nothing can be swapped in between the check and the read.
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if path.is_symlink():
+            raise AdapterFormatError(f"{path} is a symbolic link; an adapter is copied from plain files only") from None
+        raise AdapterFormatError(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise AdapterFormatError(f"{path} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def copy_plain_file(src: Path, dest: Path) -> str:
+    """Copy regular file ``src`` (see :func:`open_plain_file`) to a new file ``dest``, fsynced; its sha256."""
+    digest = hashlib.sha256()
+    with open_plain_file(src) as fin, dest.open("xb") as fout:
+        while chunk := fin.read(1 << 20):
+            digest.update(chunk)
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return digest.hexdigest()
+
+
+def _check_plain_tree(path: Path) -> None:
+    # A symlink (say adapter_model.safetensors -> /etc/passwd) would copy whatever it points at into the
+    # registry; a FIFO would hang the copy. Folders are plain files and subfolders, or they are refused.
+    pending = [path]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                where = Path(entry.path)
+                if entry.is_symlink():
+                    raise AdapterFormatError(
+                        f"{where} is a symbolic link; an adapter folder to register must hold plain files only "
+                        "(copy it first, e.g. cp -rL, to resolve links)"
+                    )
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(where)
+                elif not entry.is_file(follow_symlinks=False):
+                    raise AdapterFormatError(f"{where} is not a regular file (a FIFO, socket or device)")
+
+
+@dataclass(frozen=True)
+class _HeaderTensor:
+    """A tensor as the safetensors header describes it: enough for the key and shape checks of ``lora_pairs``."""
+
+    shape: tuple[int, ...]
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+
+def _parse_header(raw: bytes, data_size: int, where: Path) -> dict[str, _HeaderTensor]:
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise AdapterFormatError(f"{where} is not a safetensors file: its header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise AdapterFormatError(f"{where} is not a safetensors file: its header is not a JSON object")
+    spans: list[tuple[int, int]] = []
+    tensors: dict[str, _HeaderTensor] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        info = info if isinstance(info, dict) else {}
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in _FLOAT_DTYPES:
+            raise AdapterFormatError(
+                f"{where}: tensor {name!r} has dtype {dtype!r}; LoRA weights are {', '.join(_FLOAT_DTYPES)}"
+            )
+        ints = (lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                      for x in v))  # fmt: skip
+        if not ints(shape) or not ints(offsets) or len(offsets) != 2 or not offsets[0] <= offsets[1] <= data_size:
+            raise AdapterFormatError(f"{where}: tensor {name!r} has a malformed shape or byte range in the header")
+        if offsets[1] - offsets[0] != math.prod(shape) * _FLOAT_DTYPES[dtype]:
+            raise AdapterFormatError(f"{where}: tensor {name!r} has {offsets[1] - offsets[0]} bytes for shape {shape}")
+        spans.append((offsets[0], offsets[1]))
+        tensors[name] = _HeaderTensor(tuple(shape))
+    position = 0
+    for begin, end in sorted(spans):  # the data must be covered exactly once, as safetensors requires
+        if begin != position:
+            raise AdapterFormatError(f"{where}: tensors overlap or leave a gap at byte {position} of the data")
+        position = end
+    if position != data_size:
+        raise AdapterFormatError(f"{where}: {data_size - position} bytes after the last tensor")
+    return tensors
+
+
+def _scan_weights(path: Path) -> tuple[str, dict[str, _HeaderTensor]]:
+    """sha256 of the file and its tensors' shapes, from a strict parse of the safetensors header."""
+    digest = hashlib.sha256()
+    with open_plain_file(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        head = fh.read(8)
+        length = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 0 < length <= min(size - 8, _MAX_HEADER):
+            raise AdapterFormatError(f"{path} is not a safetensors file (no valid header length)")
+        raw = fh.read(length)
+        digest.update(head + raw)
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest(), _parse_header(raw, size - 8 - length, path)
+
+
+def inspect_adapter(path: str | Path, *, manifest: AdapterManifest | None = None
+                    ) -> tuple[dict[str, Any], AdapterManifest]:  # fmt: skip
     """(adapter_config, manifest) of a complete, untampered adapter folder, without loading tensors.
 
     The same checks as :func:`read_adapter` with ``verify=True`` (the weights are
-    hashed in a stream), so code that only files adapters away needs no torch.
+    hashed in a stream and their safetensors header is parsed: float dtypes, byte
+    ranges that cover the data exactly, PEFT LoRA keys with shapes and ranks the
+    config agrees with), so code that files adapters away needs no torch. Also
+    refuses symlinks and special files anywhere in the folder, since what passes
+    here gets copied. ``manifest`` stands in for a missing ``manifest.json`` (a
+    plain PEFT folder, see :func:`adopt_peft_folder`).
     """
     path = Path(path)
-    config, manifest = _read_metadata(path, require_manifest=True)
+    _check_folder(path, require_manifest=manifest is None)
+    _check_plain_tree(path)
+    config, found = _read_metadata(path, require_manifest=manifest is None)
+    if manifest is not None and found is not None:
+        raise AdapterFormatError(f"adapter folder {path} has its own {MANIFEST_FILE}; register it as it is")
+    manifest = manifest or found
     assert manifest is not None
-    digest = hashlib.sha256()
-    with (path / WEIGHTS_FILE).open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    _verify(manifest, config, path, digest.hexdigest())
+    sha, shapes = _scan_weights(path / WEIGHTS_FILE)
+    _verify(manifest, config, path, sha)
+    lora_pairs(cast("dict[str, Tensor]", shapes), where=path / WEIGHTS_FILE, config=config)
     return config, manifest
+
+
+def adopt_peft_folder(path: str | Path, handle: BaseModelHandle, *, description: str | None = None) -> AdapterManifest:
+    """The manifest a plain PEFT LoRA folder (``save_pretrained`` output, no ``manifest.json``) gets for ``handle``.
+
+    A PEFT folder names its base model only by ``base_model_name_or_path``, a
+    name; what can be checked is that every module it changes is a Linear of the
+    loaded model whose in/out features fit A and B (IncompatibleAdapterError
+    otherwise). The manifest then records the loaded model (``handle.spec`` and
+    its content hash), generator ``imported``/``peft`` and the original folder in
+    ``sources``. Nothing is written: pass the manifest to
+    ``AdapterRegistry.register(folder, skill, manifest=...)``, which refuses the
+    folder if its weights change in between.
+    """
+    from agent_sleep.adapters.stack import resolve_linear
+
+    path = Path(path)
+    artifact = read_adapter(path, require_manifest=False)
+    if artifact.manifest is not None:
+        raise AdapterFormatError(f"adapter folder {path} already has {MANIFEST_FILE}; register it as it is")
+    problems = []
+    for module, (a, b) in sorted(lora_pairs(artifact.tensors, where=path, config=artifact.lora_config).items()):
+        try:
+            linear = resolve_linear(handle.model, module)
+        except AdapterError as exc:
+            problems.append(str(exc))
+            continue
+        if a.shape[1] != linear.in_features or b.shape[0] != linear.out_features:
+            problems.append(f"{module} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}, but the layer is "
+                            f"{linear.out_features}x{linear.in_features} (out x in)")  # fmt: skip
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise IncompatibleAdapterError(
+            f"adapter folder {path} does not fit base model {handle.spec!r}: {'; '.join(problems[:3])}{more}"
+        )
+    sha, _ = _scan_weights(path / WEIGHTS_FILE)
+    config = artifact.lora_config
+    targets = config["target_modules"]
+    origin = str(path.resolve())
+    return AdapterManifest(
+        generator=GeneratorInfo(name="imported", version="peft", peft_version=config.get("peft_version")),
+        base_model=BaseModelRef(id=handle.spec, content_hash=handle.content_hash),
+        rank=int(config["r"]),
+        lora_alpha=float(config["lora_alpha"]),
+        target_modules=[targets] if isinstance(targets, str) else list(targets),
+        sources=AdapterSources(description=description or f"PEFT adapter imported from {origin}", folder=origin,
+                               base_model_name_or_path=config.get("base_model_name_or_path")),  # fmt: skip
+        weights_sha256=sha,
+    )
 
 
 def read_adapter(path: str | Path, *, verify: bool = True, require_manifest: bool = True) -> AdapterArtifact:

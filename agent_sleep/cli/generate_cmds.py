@@ -6,6 +6,10 @@ and registers the adapter as the next version of skill NAME. The skill then
 works like any other: ``agent-sleep ask --adapter NAME`` and
 ``agent-sleep deploy NAME@vN --agent A``.
 
+Internalising a document into a skill that already holds a version made from
+the same bytes, generator and options registers nothing new: that version is
+reported, with ``"reused": true`` in ``--json``.
+
 The document is checked before any model loads: a missing file, a folder, a
 FIFO, device or socket (a symlink is followed to what it points to), a file
 over ``AGENT_SLEEP_MAX_DOCUMENT_BYTES`` (10 MB by default), an empty file,
@@ -62,8 +66,22 @@ def _load_generator(args: argparse.Namespace, settings: Any) -> Any:
     return D2LGenerator.load(args.checkpoint, handle=handle, settings=settings)
 
 
+def _find_reused(settings: Any, name: str, key: str, generator: Any) -> tuple[Any, Any] | None:
+    """(record, result) of the version of ``name`` this exact internalisation made before, if any."""
+    from agent_sleep.generators.d2l import find_internalized
+    from agent_sleep.registry import AdapterRegistry
+    from agent_sleep.store import ExperienceStore
+
+    store = ExperienceStore(settings=settings)
+    try:
+        return find_internalized(AdapterRegistry(store), name, key, generator=generator)
+    finally:
+        store.close()
+
+
 def cmd_internalize(args: argparse.Namespace) -> int:
     from agent_sleep.adapters.manifest import check_name
+    from agent_sleep.generators.d2l import reuse_key
     from agent_sleep.registry import AdapterRegistry
     from agent_sleep.store import ExperienceStore
 
@@ -72,6 +90,13 @@ def cmd_internalize(args: argparse.Namespace) -> int:
     path = Path(args.path).expanduser()
     text = read_document(path, settings)
     generator = _load_generator(args, settings)
+    key = reuse_key(generator, text, chunk_tokens=args.chunk_tokens, min_gate=args.min_gate)
+    reused = _find_reused(settings, args.name, key, generator)
+    if reused is not None:  # the same document, generator and options: that version, not a copy of it
+        record, result = reused
+        documents = [d for d in record.sources.get("documents", []) if d != result.document_sha256]
+        adapter_bytes = sum(f.stat().st_size for f in Path(record.path).glob("*.safetensors"))
+        return _report(args, path, record, result, documents[0] if documents else None, adapter_bytes, generator)
     try:  # raises before anything is stored or registered
         result = generator.internalize(text, chunk_tokens=args.chunk_tokens, max_chunks=args.max_chunks,
                                        min_gate=args.min_gate)  # fmt: skip
@@ -84,19 +109,24 @@ def cmd_internalize(args: argparse.Namespace) -> int:
                                  metadata={"internalized_as": args.name})  # fmt: skip
         registry = AdapterRegistry(store)
         description = args.description or f"D2L of {path.name}"
-        sources = {"documents": [doc.id], "description": description}
+        sources = {"documents": [doc.id], "description": description, "reuse_key": key}
         with tempfile.TemporaryDirectory(prefix="d2l-") as tmp:
             folder = generator.write(result, Path(tmp) / args.name, sources=sources, skill=args.name)
             adapter_bytes = sum(f.stat().st_size for f in folder.iterdir() if f.name.endswith(".safetensors"))
             record = registry.register(folder, args.name, description=description, kind="d2l", agent=args.agent)
     finally:
         store.close()
+    return _report(args, path, record, result, doc.id, adapter_bytes, generator)
 
+
+def _report(args: argparse.Namespace, path: Path, record: Any, result: Any, document_id: str | None,
+            adapter_bytes: int, generator: Any) -> int:  # fmt: skip
     out = {
         "name": record.skill,
         "version": record.version,
         "adapter": record.name,
         "path": record.path,
+        "reused": result.reused,
         "seconds": round(result.seconds, 4),
         "chunks": result.chunks,
         "chunks_dropped": result.dropped,
@@ -104,7 +134,7 @@ def cmd_internalize(args: argparse.Namespace) -> int:
         "tokens": result.tokens,
         "adapter_bytes": adapter_bytes,
         "document_sha256": result.document_sha256,
-        "document_id": doc.id,
+        "document_id": document_id,
         "generator": f"d2l/{generator.version}",
         "base_model_hash": record.base_model_hash,
         "agent": args.agent,
@@ -112,9 +142,13 @@ def cmd_internalize(args: argparse.Namespace) -> int:
     if args.json:
         print_json(out)
         return 0
-    dropped = f", {result.dropped} filler chunk(s) left out" if result.dropped else ""
-    print(f"internalized {path.name} ({result.tokens} tokens, {result.chunks} chunk(s){dropped}) into {record.name} "
-          f"in {result.seconds:.2f} s")  # fmt: skip
+    if result.reused:
+        print(f"unchanged: {path.name} was internalized into {record.name} before with this generator and options; "
+              "nothing new registered")  # fmt: skip
+    else:
+        dropped = f", {result.dropped} filler chunk(s) left out" if result.dropped else ""
+        print(f"internalized {path.name} ({result.tokens} tokens, {result.chunks} chunk(s){dropped}) into "
+              f"{record.name} in {result.seconds:.2f} s")  # fmt: skip
     print(f"  path     {record.path}")
     print(f"  rank     {result.rank}   adapter {adapter_bytes / 2**20:.2f} MB")
     hint = f"--agent {args.agent}" if args.agent else "--agent AGENT"

@@ -60,8 +60,25 @@ def cmd_adapters_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_adapters_add(args: argparse.Namespace) -> int:
-    rec = _registry(args).register(args.folder, args.skill, description=args.description, agent=args.agent)
-    print(rec.name)
+    from pathlib import Path
+
+    from agent_sleep.adapters.artifact import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, adopt_peft_folder
+
+    folder, manifest = Path(args.folder), None
+    peft_files = (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).exists()
+    if peft_files and not (folder / MANIFEST_FILE).exists() and not (folder / MANIFEST_FILE).is_symlink():
+        # A plain PEFT folder (save_pretrained): check it against the base model, then adopt it with a manifest.
+        from agent_sleep.models.loader import load_base_model
+
+        settings = settings_from(args)
+        handle = load_base_model(args.model or settings.model, settings=settings, device="cpu")
+        manifest = adopt_peft_folder(folder, handle, description=args.description)
+    rec = _registry(args).register(folder, args.skill, description=args.description, agent=args.agent,
+                                   manifest=manifest)  # fmt: skip
+    if args.json:
+        print_json({**rec.model_dump(mode="json"), "imported": manifest is not None})
+    else:
+        print(rec.name)
     return 0
 
 
@@ -155,11 +172,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = ad_sub.add_parser("lineage", help="where a version came from and where it was deployed (JSON)")
     p.add_argument("ref")
     p.set_defaults(handler=cmd_adapters_lineage)
-    p = ad_sub.add_parser("add", help="register a finished adapter folder as the next version of a skill")
+    p = ad_sub.add_parser("add", help="register an adapter folder (with manifest.json, or a plain PEFT "
+                                     "save_pretrained folder) as the next version of a skill")
     p.add_argument("folder")
     p.add_argument("--skill", required=True)
     p.add_argument("--description")
     p.add_argument("--agent")
+    p.add_argument("--model", help="base model a plain PEFT folder (no manifest.json) is checked against and "
+                   "recorded for (default: $AGENT_SLEEP_MODEL or smollm2-135m-instruct)")
+    p.add_argument("--json", action="store_true", help="print the registered version as JSON")
     p.set_defaults(handler=cmd_adapters_add)
 
     st = sub.add_parser("stacks", help="list and show adapter stacks")

@@ -24,7 +24,10 @@ non-finite generated weights (AdapterError).
 :class:`D2LGenerator` is a :class:`~agent_sleep.interfaces.Generator` (registry name ``d2l``):
 ``generate`` takes a request's one document, ``write`` makes the PEFT folder.
 :func:`internalize_to_registry` registers the result as a *candidate* version;
-only a deploy makes it live.
+only a deploy makes it live. Internalising what was internalised before (same
+skill, document bytes, hypernetwork weights and version, base model and
+options: :func:`reuse_key`) returns the existing version instead of a new one
+with identical weights (:func:`find_internalized`).
 
 Not here: training the hypernetwork (``pipelines/d2l``), deciding whether an
 adapter is good (evaluation) or live (registry, runtime).
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -60,7 +64,7 @@ if TYPE_CHECKING:
     from agent_sleep.registry.registry import AdapterRegistry
 
 __all__ = ["DEFAULT_CHECKPOINT", "GENERATOR_NAME", "D2LGenerator", "Internalized", "check_document",
-           "internalize_to_registry"]  # fmt: skip
+           "find_internalized", "internalize_to_registry", "reuse_key"]  # fmt: skip
 
 GENERATOR_NAME = "d2l"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "d2l-smollm2-135m"
@@ -93,6 +97,7 @@ class Internalized(GeneratedAdapter):
     dropped: int  # chunks left out because their gate was below min_gate (``chunks`` counts the kept ones)
     scale: float
     layers: dict[str, tuple[Tensor, Tensor]] = field(repr=False)  # module -> (A [R, in], B [out, R]), unscaled
+    reused: bool = False  # read back from a registered version (find_internalized), not generated now
 
 
 class D2LGenerator:
@@ -256,12 +261,75 @@ class D2LGenerator:
             skill=skill,
             generator=GeneratorInfo(
                 name=GENERATOR_NAME, version=self.version, chunks=internalized.chunks, tokens=internalized.tokens,
-                checkpoint=self.checkpoint.name,
+                checkpoint=self.checkpoint.name, dropped=internalized.dropped,
+                document_sha256=internalized.document_sha256,
             ),
             base_model=BaseModelRef(id=self.config.base_model_id, content_hash=self.config.base_content_hash),
             sources=AdapterSources(documents=docs, **src),
         )
         return write_adapter(dest, internalized.tensors, internalized.lora_config, manifest)
+
+
+def _net_sha256(net: HyperNet) -> str:
+    digest = hashlib.sha256()
+    for key, value in sorted(net.state_dict().items()):
+        t = value.detach().to("cpu").contiguous()
+        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def reuse_key(generator: D2LGenerator, text: str | bytes, *, chunk_tokens: int | None = None,
+              min_gate: float | None = None) -> str:  # fmt: skip
+    """A sha256 naming everything that decides the adapter ``generator.internalize(text, ...)`` makes.
+
+    The document's bytes, the hypernetwork (its version, config and weights: versions alone are not
+    unique, tests and experiments reuse them), the base model's content hash and the effective
+    ``chunk_tokens`` and ``min_gate``. Stored as ``sources.reuse_key`` of each version it registers.
+    """
+    text = check_document(text)
+    gate = generator.min_gate if min_gate is None else min_gate
+    payload = {  # the weights are hashed each time (~10 MB, milliseconds): a training loop may change them
+        "generator": GENERATOR_NAME, "version": generator.version, "hypernet_sha256": _net_sha256(generator.net),
+        "config": generator.config.model_dump(mode="json"), "base_content_hash": generator.handle.content_hash,
+        "document_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "chunk_tokens": generator.chunk_tokens if chunk_tokens is None else chunk_tokens,
+        "min_gate": float(generator.config.min_gate if gate is None else gate),
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def find_internalized(registry: AdapterRegistry, name: str, key: str, *,
+                      generator: D2LGenerator) -> tuple[AdapterVersionRecord, Internalized] | None:  # fmt: skip
+    """The newest version of skill ``name`` registered with reuse ``key``, read back as an :class:`Internalized`.
+
+    None when there is none, or when its folder is missing or damaged here (then a new version is made).
+    The result has ``reused=True``; its ``seconds`` is the time to read it back.
+    """
+    from agent_sleep.adapters.artifact import read_adapter
+    from agent_sleep.adapters.lora_config import lora_pairs
+    from agent_sleep.errors import AdapterError
+
+    start = time.perf_counter()
+    for record in reversed(registry.adapters(skill=name)):
+        if record.generator != GENERATOR_NAME or record.sources.get("reuse_key") != key:
+            continue
+        try:
+            artifact = read_adapter(record.path)
+        except AdapterError:
+            continue
+        info = (artifact.manifest.generator.model_extra or {}) if artifact.manifest is not None else {}
+        if any(info.get(k) is None for k in ("chunks", "tokens", "dropped", "document_sha256")):
+            continue
+        pairs = lora_pairs(artifact.tensors, where=artifact.path, config=artifact.lora_config)
+        result = Internalized(
+            tensors=artifact.tensors, lora_config=artifact.lora_config, chunks=int(info["chunks"]), rank=record.rank,
+            seconds=time.perf_counter() - start, tokens=int(info["tokens"]), dropped=int(info["dropped"]),
+            document_sha256=str(info["document_sha256"]), scale=generator.config.scale, layers=dict(pairs),
+            reused=True,
+        )  # fmt: skip
+        return record, result
+    return None
 
 
 def internalize_to_registry(registry: AdapterRegistry, text: str | bytes, name: str, *,
@@ -272,13 +340,20 @@ def internalize_to_registry(registry: AdapterRegistry, text: str | bytes, name: 
 
     The version is a *candidate* (status and alias ``candidate``): nothing here makes it live or moves
     the skill's ``live`` alias; a deploy (``AdapterRegistry.deploy``, ``LiveRuntime.deploy``) does.
+    If the same document was internalised into ``name`` before with the same generator and options
+    (:func:`reuse_key`), that version is returned instead, with ``result.reused`` True.
     """
     from agent_sleep.adapters.manifest import check_name
 
     check_name(name)
     gen = generator or D2LGenerator.load()
+    key = reuse_key(gen, text, chunk_tokens=chunk_tokens)
+    found = find_internalized(registry, name, key, generator=gen)
+    if found is not None:
+        return found
     result = gen.internalize(text, chunk_tokens=chunk_tokens)
-    sources: dict[str, Any] = {"description": description or (f"D2L of {source}" if source else None)}
+    sources: dict[str, Any] = {"description": description or (f"D2L of {source}" if source else None),
+                               "reuse_key": key}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="d2l-") as tmp:
         folder = gen.write(result, Path(tmp) / name, sources=sources, skill=name)
         record = registry.register(folder, name, description=description, kind=GENERATOR_NAME)

@@ -1,18 +1,45 @@
 """The adapter registry: versions, aliases, stacks and deployments, in SQL.
 
 Lives in the same database as the experience store. Adapter folders are copied
-into ``<data_dir>/adapters/<skill>/v<N>`` when registered and never change
+into ``<artifact root>/<skill>/v<N>`` when registered and never change
 afterwards; rows are the source of truth for status, aliases and lineage.
 History is append-only: a rollback is a new deployment pointing at an earlier
 stack. This module needs no torch; validation and loading live in the runtime.
+
+Paths travel: a row stores ``<skill>/v<N>`` relative to the artifact root
+(``Settings.artifact_root``, default ``<data_dir>/adapters``) and is resolved
+against this process's root when read, so hosts sharing one PostgreSQL registry
+each mount (or sync) the folders wherever they like. Rows written before that
+hold absolute paths; they are read as they are (no migration, since a migration
+cannot know each host's root), and when that path is missing here the same
+``<skill>/v<N>`` under this root is used instead.
+
+A registered copy's ``adapter_config.json`` names its base model so that
+``peft.AutoPeftModelForCausalLM.from_pretrained(folder)`` works: when the
+manifest's base model resolves on this host to weights with the manifest's
+content hash, ``base_model_name_or_path`` is that folder's absolute path (for the
+``smollm2-135m-instruct`` alias, the converted model in the cache dir) or the
+Hugging Face id as given. The trade-off: a path is host-specific, but the alias's
+weights are a dequantised GGUF that no Hub id serves (the Hub's SmolLM2 would
+load, with other weights), so only the path loads the right base, offline; other
+hosts with the same cache layout load it too, and the manifest keeps the alias and
+content hash, which is what agent-sleep itself checks.
+
+Registering claims ``skill@vN`` with the row first, publishes the folder by one
+rename, then commits. A process killed between the rename and the commit leaves
+an orphan folder ``vN`` without a row; the next register of that number adopts
+it when it holds the very same adapter, or moves it aside to
+``.vN.orphan-<pid>-<hex>`` and publishes its own.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +47,24 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from agent_sleep.adapters.artifact import inspect_adapter
-from agent_sleep.adapters.manifest import check_name
+from agent_sleep.adapters.artifact import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    copy_plain_file,
+    inspect_adapter,
+)
+from agent_sleep.adapters.manifest import AdapterManifest, check_name
 from agent_sleep.errors import (
     AdapterExistsError,
+    AgentSleepError,
     DeployConflictError,
     InvalidInputError,
     NotFoundError,
     NothingToRollBackError,
-    PathExistsError,
+    TamperedAdapterError,
 )
-from agent_sleep.fsutil import atomic_dir
+from agent_sleep.fsutil import fresh_name, fsync_dir, fsync_file
 from agent_sleep.names import did_you_mean
 from agent_sleep.registry.namespace import claim_agent, claim_skill, missing_adapter, missing_stack
 from agent_sleep.registry.notify import notify
@@ -62,16 +96,49 @@ from agent_sleep.store.models import (
 from agent_sleep.store.store import ExperienceStore
 
 
-def _copy_atomic(src: Path, dest: Path, manifest: dict[str, Any]) -> None:
-    if dest.exists():
-        raise AdapterExistsError(f"{dest} already exists; adapter versions are immutable")
+logger = logging.getLogger(__name__)
+
+_ATTEMPTS = 5
+_STAGE_MARK = ".tmp-"  # ".incoming.tmp-<pid>-<hex>": a copy being registered (debris if a process was killed)
+_ORPHAN_MARK = ".orphan-"  # ".vN.orphan-<pid>-<hex>": a folder left without a row, moved aside
+# Manifest keys that differ between two registrations of the same adapter (adoption stamps them anew).
+_VOLATILE = {"created_at", "agent_sleep_version"}
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    fsync_file(path)
+
+
+def _same_adapter(orphan: Path, config: Mapping[str, Any], manifest: Mapping[str, Any]) -> bool:
+    """Whether the folder ``orphan`` holds exactly the adapter about to be published (weights, config, manifest)."""
     try:
-        with atomic_dir(dest, mark=".tmp-") as tmp:  # readers see the whole folder or nothing
-            for name in ("adapter_config.json", "adapter_model.safetensors"):
-                shutil.copyfile(src / name, tmp / name)
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-    except PathExistsError as exc:
-        raise AdapterExistsError(f"{dest} already exists; adapter versions are immutable") from exc
+        found_config, found = inspect_adapter(orphan)  # hashes its weights against its own manifest
+    except (AgentSleepError, OSError):
+        return False
+    ours = AdapterManifest.model_validate(manifest).model_dump(mode="json", exclude=_VOLATILE)
+    return found_config == dict(config) and found.model_dump(mode="json", exclude=_VOLATILE) == ours
+
+
+def _publish(stage: Path, dest: Path, config: Mapping[str, Any], manifest: Mapping[str, Any]) -> None:
+    """Rename the staged folder to ``dest``; an orphan already there is adopted if identical, else moved aside."""
+    _write_json(stage / MANIFEST_FILE, manifest)
+    fsync_dir(stage)
+    if dest.exists() or dest.is_symlink():
+        # The caller holds the row for this version, so no live register is publishing here: whatever is at
+        # dest was left by a process that died between its rename and its commit.
+        if _same_adapter(dest, config, manifest):
+            logger.warning("adopting %s, left complete by a register that did not commit", dest)
+            return
+        aside = fresh_name(dest.parent, f".{dest.name}{_ORPHAN_MARK}")
+        os.rename(dest, aside)
+        logger.warning("moved %s aside to %s: a register that did not commit left another adapter there",
+                       dest, aside.name)  # fmt: skip
+    try:
+        os.rename(stage, dest)
+    except OSError as exc:
+        raise AdapterExistsError(f"{dest} appeared while registering; adapter versions are immutable") from exc
+    fsync_dir(dest.parent)
 
 
 class AdapterRegistry:
@@ -80,62 +147,111 @@ class AdapterRegistry:
     def __init__(self, store: ExperienceStore | None = None, *, url: str | None = None) -> None:
         self.store = store or ExperienceStore(url)
         self.engine = self.store.engine
-        self.root = Path(self.store.settings.data_dir) / "adapters"
+        self.root = self.store.settings.resolved_artifact_root
 
     # -- adapter versions ------------------------------------------------------------------
     def register(self, folder: str | Path, skill: str, *, description: str | None = None, kind: str | None = None,
-                 agent: str | None = None, run_id: str | None = None) -> AdapterVersionRecord:
-        """Copy a finished adapter folder in as the next version ``skill@vN`` (status candidate)."""
+                 agent: str | None = None, run_id: str | None = None,
+                 manifest: AdapterManifest | None = None) -> AdapterVersionRecord:
+        """Copy a finished adapter folder in as the next version ``skill@vN`` (status candidate).
+
+        The folder must pass :func:`~agent_sleep.adapters.artifact.inspect_adapter` (plain files
+        only, a well-formed safetensors file whose hash the manifest pins). ``manifest`` is for a
+        plain PEFT folder without ``manifest.json`` (see ``adopt_peft_folder``). The bytes copied
+        are hashed on the way, so what is registered is what was checked.
+        """
         check_name(skill)
         src = Path(folder)
-        config, parsed = inspect_adapter(src)
+        config, parsed = inspect_adapter(src, manifest=manifest)
+        config = self._with_loadable_base(config, parsed)
+        stage: Path | None = None
+        try:
+            for attempt in range(_ATTEMPTS):
+                if stage is None or not stage.exists():  # gone once published by an attempt whose commit failed
+                    stage = self._stage(src, config, parsed, skill)
+                try:
+                    return self._add_version(stage, config, parsed, skill, description=description, kind=kind,
+                                             agent=agent, run_id=run_id)  # fmt: skip
+                except IntegrityError:
+                    if attempt == _ATTEMPTS - 1:
+                        raise AdapterExistsError(f"could not allocate a version for {skill!r}: "
+                                                 "concurrent registers kept taking the next number") from None
+                    # A concurrent register took this number (or created the skill); the next try sees its row.
+        finally:
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _stage(self, src: Path, config: Mapping[str, Any], manifest: AdapterManifest, skill: str) -> Path:
+        """A hidden copy of the adapter beside its future versions, without manifest.json (written at publish)."""
+        parent = self.root / skill
+        parent.mkdir(parents=True, exist_ok=True)
+        stage = fresh_name(parent, f".incoming{_STAGE_MARK}")
+        stage.mkdir()
+        try:
+            sha = copy_plain_file(src / WEIGHTS_FILE, stage / WEIGHTS_FILE)
+            if sha != manifest.weights_sha256:
+                raise TamperedAdapterError(f"{src / WEIGHTS_FILE} changed while it was being registered")
+            _write_json(stage / CONFIG_FILE, config)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        return stage
+
+    def _add_version(self, stage: Path, config: Mapping[str, Any], parsed: AdapterManifest, skill: str, *,
+                     description: str | None, kind: str | None, agent: str | None,
+                     run_id: str | None) -> AdapterVersionRecord:  # fmt: skip
         manifest = parsed.model_dump(mode="json")
         generator = (manifest.get("generator") or {}).get("name") or kind or "custom"
-        for attempt in range(5):
-            with self.store.session() as s:
-                if agent is not None:
-                    claim_agent(s, agent, base_model=self.store.settings.model)
-                if agent is not None and s.get(Agent, agent) is None:
-                    s.add(Agent(name=agent, meta={}, created_at=utcnow()))
-                claim_skill(s, skill, base_model=self.store.settings.model)
-                sk = s.get(Skill, skill)
-                if sk is None:
-                    s.add(Skill(name=skill, description=description or (manifest.get("sources") or {}).get("description")
-                                or "", kind=kind or generator, agent=agent, meta={}, created_at=utcnow()))
-                    s.flush()
-                version = (s.execute(select(func.max(AdapterVersion.version)).where(AdapterVersion.skill == skill))
-                           .scalar() or 0) + 1
-                name = f"{skill}@v{version}"
-                dest = self.root / skill / f"v{version}"
-                final_manifest = {**manifest, "skill": skill, "version": version}
-                sources = dict(manifest.get("sources") or {})
-                if run_id:
-                    sources["run"] = run_id
-                try:
-                    _copy_atomic(src, dest, final_manifest)
-                except AdapterExistsError:
-                    if attempt == 4:
-                        raise
-                    continue  # a concurrent register took this number; the row will tell
-                row = AdapterVersion(
-                    skill=skill, version=version, name=name, path=str(dest.resolve()),
-                    weights_sha256=manifest["weights_sha256"],  # verified above; the copy is byte-exact
-                    base_model_id=str((manifest.get("base_model") or {}).get("id", "")),
-                    base_model_hash=str(manifest["base_model"]["content_hash"]), generator=generator,
-                    rank=int(config.get("r") or manifest.get("rank") or 0),
-                    target_modules={"modules": sorted(config.get("target_modules") or manifest.get("target_modules") or [])},
-                    status="candidate", status_reason=None, sources=sources,
-                    eval_summary=manifest.get("eval_summary") or {}, created_at=utcnow(),
-                )
-                s.add(row)
-                try:
-                    s.flush()
-                except IntegrityError:
-                    shutil.rmtree(dest, ignore_errors=True)
-                    raise
-                self._move_alias(s, skill, "candidate", row.id)
-                return self._adapter_record(s, row)
-        raise AdapterExistsError(f"could not allocate a version for {skill!r}")  # pragma: no cover
+        with self.store.session() as s:
+            if agent is not None:
+                claim_agent(s, agent, base_model=self.store.settings.model)
+            if agent is not None and s.get(Agent, agent) is None:
+                s.add(Agent(name=agent, meta={}, created_at=utcnow()))
+            claim_skill(s, skill, base_model=self.store.settings.model)
+            if s.get(Skill, skill) is None:
+                s.add(Skill(name=skill, description=description or (manifest.get("sources") or {}).get("description")
+                            or "", kind=kind or generator, agent=agent, meta={}, created_at=utcnow()))
+                s.flush()
+            version = (s.execute(select(func.max(AdapterVersion.version)).where(AdapterVersion.skill == skill))
+                       .scalar() or 0) + 1
+            sources = dict(manifest.get("sources") or {})
+            if run_id:
+                sources["run"] = run_id
+            row = AdapterVersion(
+                skill=skill, version=version, name=f"{skill}@v{version}", path=f"{skill}/v{version}",
+                weights_sha256=manifest["weights_sha256"],  # verified, and the staged copy hashed the same
+                base_model_id=str((manifest.get("base_model") or {}).get("id", "")),
+                base_model_hash=str(manifest["base_model"]["content_hash"]), generator=generator,
+                rank=int(config.get("r") or manifest.get("rank") or 0),
+                target_modules={"modules": sorted(config.get("target_modules") or manifest.get("target_modules") or [])},
+                status="candidate", status_reason=None, sources=sources,
+                eval_summary=manifest.get("eval_summary") or {}, created_at=utcnow(),
+            )
+            s.add(row)
+            # Claims skill@vN before anything is on disk: a concurrent register of the same number waits here
+            # until this transaction ends, then fails with IntegrityError and tries the next number.
+            s.flush()
+            self._move_alias(s, skill, "candidate", row.id)
+            record = self._adapter_record(s, row)
+            # Last before the commit, so the window in which a crash leaves an orphan folder is one rename wide.
+            _publish(stage, self.root / skill / f"v{version}", config, {**manifest, "skill": skill, "version": version})
+        return record
+
+    def _with_loadable_base(self, config: Mapping[str, Any], manifest: AdapterManifest) -> dict[str, Any]:
+        """``config`` with ``base_model_name_or_path`` set to what loads the manifest's base weights here, if any."""
+        from agent_sleep.models.loader import is_default_spec, resolve_model
+
+        spec, out = manifest.base_model.id, dict(config)
+        try:
+            resolved = resolve_model(spec, self.store.settings) if spec else None
+        except (AgentSleepError, OSError):
+            resolved = None  # not on this host (or only a label): keep what the folder says
+        if resolved is None or resolved.content_hash != manifest.base_model.content_hash:
+            return out  # never point a loader at other weights that happen to carry the name
+        local = is_default_spec(spec) or Path(spec).expanduser().exists()
+        out["base_model_name_or_path"] = str(resolved.path) if local else spec
+        return out
 
     def get(self, ref: str | AdapterRef) -> AdapterVersionRecord:
         """``skill@vN``, ``skill@live|previous|candidate``, or ``skill`` (live, else newest usable)."""
@@ -386,10 +502,19 @@ class AdapterRegistry:
                                               else ref))
         return row
 
+    def artifact_path(self, stored: str, skill: str, version: int) -> Path:
+        """Where a row's folder is on this host: ``stored`` under the artifact root, or an old absolute path."""
+        path = Path(stored)
+        if not path.is_absolute():
+            return self.root / path
+        moved = self.root / skill / f"v{version}"
+        return moved if not path.exists() and moved.exists() else path
+
     def _adapter_record(self, s: Session, row: AdapterVersion) -> AdapterVersionRecord:
         aliases = tuple(sorted(a.alias for a in s.execute(
             select(AdapterAlias).where(AdapterAlias.version_id == row.id)).scalars()))
-        return AdapterVersionRecord.model_validate(row).model_copy(update={"aliases": aliases})
+        path = str(self.artifact_path(row.path, row.skill, row.version))
+        return AdapterVersionRecord.model_validate(row).model_copy(update={"aliases": aliases, "path": path})
 
     @staticmethod
     def _stack_record(row: Stack) -> StackRecord:

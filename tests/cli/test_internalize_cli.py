@@ -98,8 +98,8 @@ def test_internalize_registers_a_skill_that_ask_and_deploy_use(
     assert artifact.manifest.sources.documents[0] == stored.id
     store.close()
 
-    # The same document again: a new version, human-readable output with the next commands.
-    assert cli_main.main(argv) == 0
+    # The same document with other options: a new version, human-readable output with the next commands.
+    assert cli_main.main([*argv[:-1], "16"]) == 0
     text = capsys.readouterr().out
     assert "velmora@v2" in text and "agent-sleep deploy velmora@v2" in text
 
