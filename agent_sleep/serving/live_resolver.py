@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent_sleep.errors import InvalidInputError, NotFoundError, RequestError
@@ -30,6 +30,7 @@ from agent_sleep.serving.resolver import ResolvedChat
 
 if TYPE_CHECKING:
     from agent_sleep.adapters.stack import PreparedStack
+    from agent_sleep.registry.records import AdapterVersionRecord
     from agent_sleep.runtime.live import LiveRuntime
 
 SERVED_STATUSES = ("live", "approved", "candidate")
@@ -85,7 +86,9 @@ class LiveResolver:
             check_one_per_skill(refs)
         except InvalidInputError as exc:
             raise RequestError(str(exc), param="model") from None
-        concrete = tuple(self.runtime.registry.get(ref).name for ref in refs)
+        records = [self.runtime.registry.get(ref) for ref in refs]
+        _refuse_rejected(records)  # checked per request: a version rejected after it was cached is not served
+        concrete = tuple(rec.name for rec in records)
         return self._cached(concrete, lambda: self.runtime.prepare_adapters(list(concrete)))
 
     def _stack(self, name: str) -> PreparedStack:
@@ -94,7 +97,9 @@ class LiveResolver:
             ref = parse_stack_ref(name)
         except InvalidInputError as exc:
             raise NotFoundError(str(exc)) from None
-        return self._cached((str(ref),), lambda: self.runtime.prepare(self.runtime.registry.get_stack(ref)))
+        stack = self.runtime.registry.get_stack(ref)
+        _refuse_rejected([self.runtime.registry.get(item.adapter) for item in stack.items])
+        return self._cached((str(ref),), lambda: self.runtime.prepare(stack))
 
     def _cached(self, key: tuple[str, ...], prepare: Callable[[], PreparedStack]) -> PreparedStack:
         # Keys are concrete versions (immutable), so an entry never goes stale; only its memory is bounded.
@@ -108,3 +113,10 @@ class LiveResolver:
             while len(self._stacks) > self.cache_size:
                 self._stacks.popitem(last=False)
         return stack
+
+
+def _refuse_rejected(records: Sequence[AdapterVersionRecord]) -> None:
+    for rec in records:
+        if rec.status == "rejected":
+            raise RequestError(f"{rec.name} is rejected ({rec.status_reason}); a rejected version is never served",
+                               param="model")

@@ -151,3 +151,19 @@ def test_the_default_base_model_is_served_under_its_settings_name(settings: Sett
     resolved = resolver.resolve(DEFAULT_MODEL)
     assert resolved.version == f"{DEFAULT_MODEL}#{handle.content_hash[:12]}"
     assert resolved.model.invoke("Say hi").text  # type: ignore[attr-defined]
+
+
+def test_a_version_rejected_after_it_was_served_is_refused(resolver: LiveResolver) -> None:
+    # The resolver caches prepared stacks by concrete version; a rejection must still stop them at once.
+    from agent_sleep.registry.records import Rejection
+
+    assert resolver.resolve("refunds@v1").version == "refunds@v1"
+    stack = resolver.runtime.registry.create_stack("helpdesk", ["tone@v1"])
+    assert resolver.resolve(stack.name).version == stack.name
+    registry = resolver.runtime.registry
+    registry.reject("refunds@v1", "found harmful", Rejection(check="manual", kind="manual"))
+    registry.reject("tone@v1", "found harmful", Rejection(check="manual", kind="manual"))
+    with pytest.raises(InvalidInputError, match="refunds@v1 is rejected"):
+        resolver.resolve("refunds@v1")
+    with pytest.raises(InvalidInputError, match="tone@v1 is rejected"):
+        resolver.resolve(stack.name)
