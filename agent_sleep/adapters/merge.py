@@ -20,6 +20,7 @@ Not here: deciding whether a merge is good (``validation`` and the gate).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,15 @@ __all__ = ["materialize_cat", "merge_linear", "merge_ties"]
 Merged = tuple[dict[str, "Tensor"], dict[str, Any]]
 
 
+def _weights(items: Sequence[StackItem]) -> list[float]:
+    """The items' weights as floats; a NaN or infinite one would poison every merged tensor."""
+    weights = [float(w) for _, _, w in items]
+    for (adapter, _, _), weight in zip(items, weights, strict=True):
+        if not math.isfinite(weight):
+            raise InvalidInputError(f"weight of {adapter!r} must be finite, got {weight}")
+    return weights
+
+
 def _blocks(items: Sequence[StackItem]) -> dict[str, list[tuple[Tensor, Tensor]]]:
     """Module -> [(A, weight*scaling*B)] in float32, in item order; checks that shapes agree."""
     import torch
@@ -44,10 +54,10 @@ def _blocks(items: Sequence[StackItem]) -> dict[str, list[tuple[Tensor, Tensor]]
         raise InvalidInputError("nothing to merge: no adapters given")
     out: dict[str, list[tuple[Tensor, Tensor]]] = {}
     dims: dict[str, tuple[int, int]] = {}
-    for adapter, layers, weight in items:
+    for (adapter, layers, _), weight in zip(items, _weights(items), strict=True):
         for module, lw in layers.items():
             a = lw.A.detach().to(device="cpu", dtype=torch.float32)
-            b = lw.B.detach().to(device="cpu", dtype=torch.float32) * (float(weight) * lw.scaling)
+            b = lw.B.detach().to(device="cpu", dtype=torch.float32) * (weight * lw.scaling)
             shape = (int(b.shape[0]), int(a.shape[1]))
             if dims.setdefault(module, shape) != shape:
                 raise IncompatibleAdapterError(f"adapter {adapter!r} gives {module} another shape than earlier ones")
@@ -135,7 +145,7 @@ def merge_ties(items: Sequence[StackItem], rank: int, density: float = 0.2) -> M
     _check_rank(rank)
     if not 0.0 < density <= 1.0:
         raise InvalidInputError(f"density must be in (0, 1], got {density!r}")
-    weights = [float(w) for _, _, w in items]
+    weights = _weights(items)
     unweighted = [(name, layers, 1.0) for name, layers, _ in items]
     blocks = _blocks(unweighted)
     owners = {module: [i for i, (_, layers, _) in enumerate(items) if module in layers] for module in blocks}

@@ -14,6 +14,11 @@ bit, when none is. So switching what is live is swapping one Python reference
 on one shared model at the same time; and PEFT can still wrap the same model,
 since no module is replaced.
 
+Stack weights a deployment may use are checked by :func:`check_weight`: finite,
+non-zero, at most :data:`MAX_WEIGHT` in size. :func:`prepare_stack` itself is
+plain arithmetic and takes any finite weight (tests and merges use 0 and
+negative ones).
+
 Not here: reading folders (``artifact``), offline merging (``merge``), deciding
 what should be live (the registry and runtime).
 """
@@ -38,13 +43,35 @@ if TYPE_CHECKING:
 
     from agent_sleep.adapters.artifact import LoraWeights
 
-__all__ = ["Combine", "LoraHooks", "PreparedStack", "StackItem", "prepare_stack", "resolve_linear", "strip_lora_hooks"]
+__all__ = [
+    "MAX_WEIGHT", "Combine", "LoraHooks", "PreparedStack", "StackItem", "check_weight", "prepare_stack",
+    "resolve_linear", "strip_lora_hooks",
+]  # fmt: skip
 
 Combine = Literal["cat", "sum"]
 StackItem = tuple[str, "Mapping[str, LoraWeights]", float]
 """(adapter name, its layers from :func:`~agent_sleep.adapters.artifact.lora_layers`, weight)."""
 
 _MARK = "_agent_sleep_lora_hook"
+
+# The largest |weight| of one adapter in a deployed stack. A LoRA is trained at weight 1; a few times
+# that still steers, far beyond it the delta dominates the layer (the stack's combined delta-norm
+# check bounds the effect too). Negative weights subtract a skill (task negation); 0 is refused
+# because a skill that contributes nothing belongs out of the stack (``remove-skill``).
+MAX_WEIGHT = 4.0
+
+
+def check_weight(weight: object, adapter: str = "adapter") -> float:
+    """``weight`` as a float if a stack may use it (finite, non-zero, ``|w| <= MAX_WEIGHT``), else InvalidInputError."""
+    try:
+        value = float(weight)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"weight of {adapter!r} must be a number, got {weight!r}") from None
+    if isinstance(weight, bool) or not math.isfinite(value) or value == 0.0 or abs(value) > MAX_WEIGHT:
+        raise InvalidInputError(
+            f"weight of {adapter!r} must be a finite number with 0 < |weight| <= {MAX_WEIGHT:g}, got {weight!r}"
+        )
+    return value
 
 
 @dataclass(frozen=True, eq=False)

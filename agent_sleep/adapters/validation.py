@@ -10,6 +10,12 @@ one is not run once that one fails. Everything runs through
 validating on a model that other threads are serving is safe: no module is
 replaced, nothing is merged, and the other threads' stacks are untouched.
 
+:func:`validate_stack` checks a weighted stack as it will run: every weight is
+one a stack may use (:func:`~agent_sleep.adapters.stack.check_weight`) and, per
+layer, the weighted *sum* of the adapters' deltas stays within the same bound
+(``stack_delta_norm``). Adapters that each pass at weight 1 can fail it together,
+or at weight 3; a merge of the stack is exactly that sum.
+
 :func:`peft_equivalence` proves, on a private copy of the model, that our
 runtime gives PEFT's logits for a folder (or several, all active at weight 1).
 
@@ -19,21 +25,32 @@ Not here: task quality (lm-eval and the gate decide that).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent_sleep.adapters.artifact import AdapterArtifact, LoraWeights, lora_layers, read_adapter
-from agent_sleep.adapters.stack import LoraHooks, prepare_stack, resolve_linear, strip_lora_hooks
-from agent_sleep.errors import AdapterError
+from agent_sleep.adapters.stack import (
+    MAX_WEIGHT,
+    LoraHooks,
+    StackItem,
+    check_weight,
+    prepare_stack,
+    resolve_linear,
+    strip_lora_hooks,
+)
+from agent_sleep.errors import AdapterError, InvalidInputError
 
 if TYPE_CHECKING:
     from torch import Tensor
 
     from agent_sleep.models.loader import BaseModelHandle
 
-__all__ = ["DEFAULT_MAX_DELTA_NORM", "Check", "ValidationReport", "peft_equivalence", "validate_adapter"]
+__all__ = [
+    "DEFAULT_MAX_DELTA_NORM", "Check", "ValidationReport", "peft_equivalence", "validate_adapter", "validate_stack",
+]  # fmt: skip
 
 # ||scaling * B @ A||_F / ||W||_F per layer. At 1.0 a layer's change is as large as the pretrained
 # weight itself: the adapter no longer adjusts the layer, it replaces it. Fine-tuned LoRAs sit well
@@ -134,17 +151,26 @@ def _check_finite(artifact: AdapterArtifact) -> Check:
     return Check("finite", True, f"all {len(artifact.tensors)} tensors are finite")
 
 
-def _check_norm(layers: Mapping[str, LoraWeights], handle: BaseModelHandle, limit: float) -> Check:
-
+def _worst_ratio(
+    deltas: Iterable[tuple[str, Tensor, Tensor, float]], handle: BaseModelHandle
+) -> tuple[float, str]:
+    """The largest ``|factor| * ||B @ A||_F / ||W||_F`` over ``(module, A, B, factor)``, and its module."""
     worst, worst_module = 0.0, ""
-    for module, lw in layers.items():
-        a, b = lw.A.double(), lw.B.double()
+    for module, a, b, factor in deltas:
+        a, b = a.double(), b.double()
         # ||B A||_F^2 = trace((B^T B)(A A^T)): two r x r products instead of the out x in matrix.
-        delta = abs(lw.scaling) * float(((b.T @ b) * (a @ a.T)).sum().clamp_min(0).sqrt())
+        delta = abs(factor) * float(((b.T @ b) * (a @ a.T)).sum().clamp_min(0).sqrt())
         base = float(resolve_linear(handle.model, module).weight.detach().double().norm())
         ratio = delta / base if base > 0 else float("inf")
+        if not math.isfinite(ratio):
+            ratio = float("inf")  # NaN compares false with everything: count it as the worst
         if ratio > worst or not worst_module:
             worst, worst_module = ratio, module
+    return worst, worst_module
+
+
+def _check_norm(layers: Mapping[str, LoraWeights], handle: BaseModelHandle, limit: float) -> Check:
+    worst, worst_module = _worst_ratio(((m, lw.A, lw.B, lw.scaling) for m, lw in layers.items()), handle)
     detail = f"largest ||delta W|| / ||W|| is {worst:.3g} at {worst_module} (limit {limit:g})"
     return Check("delta_norm", bool(worst <= limit), detail, worst)
 
@@ -198,6 +224,45 @@ def validate_adapter(
     checks.append(_check_norm(layers, handle, max_delta_norm))
     if reload and checks[-1].ok:
         checks.append(_check_reload(artifact, layers, handle, tolerance))
+    return ValidationReport(checks)
+
+
+def validate_stack(
+    items: Sequence[StackItem], handle: BaseModelHandle, *, max_delta_norm: float = DEFAULT_MAX_DELTA_NORM
+) -> ValidationReport:
+    """Check a weighted stack as it will run: ``weights``, then ``stack_delta_norm`` (see the module docstring).
+
+    Meant after :func:`validate_adapter` passed for every adapter (it does not
+    repeat the per-adapter checks). Reads only the model's weight norms.
+    """
+    import torch
+
+    problems = []
+    for adapter, _, weight in items:
+        try:
+            check_weight(weight, adapter)
+        except InvalidInputError as exc:
+            problems.append(str(exc))
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return ValidationReport([Check("weights", False, problems[0] + more, float(len(problems)))])
+    checks = [Check("weights", True, f"{len(items)} weights are finite, non-zero and at most {MAX_WEIGHT:g} in size")]
+    if not items:
+        return ValidationReport([*checks, Check("stack_delta_norm", True, "no adapters: the base model", 0.0)])
+    blocks: dict[str, list[tuple[Tensor, Tensor]]] = {}
+    for _, layers, weight in items:
+        for module, lw in layers.items():
+            blocks.setdefault(module, []).append((lw.A.double(), lw.B.double() * (float(weight) * lw.scaling)))
+    try:
+        # The stack's delta at a layer is sum_i w_i s_i B_i A_i = [B_1 w_1 s_1 | B_2 ...] @ [A_1; A_2; ...].
+        deltas = ((m, torch.cat([a for a, _ in p], dim=0), torch.cat([b for _, b in p], dim=1), 1.0)
+                  for m, p in blocks.items())
+        worst, module = _worst_ratio(deltas, handle)
+    except (AdapterError, RuntimeError) as exc:  # shapes that do not fit each other or the model
+        return ValidationReport([*checks, Check("stack_delta_norm", False, f"cannot combine the adapters: {exc}")])
+    detail = (f"largest ||weighted sum of delta W|| / ||W|| of the {len(items)}-adapter stack is {worst:.3g} "
+              f"at {module} (limit {max_delta_norm:g})")
+    checks.append(Check("stack_delta_norm", bool(worst <= max_delta_norm), detail, worst))
     return ValidationReport(checks)
 
 

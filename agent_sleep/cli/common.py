@@ -197,10 +197,17 @@ _WEIGHT = re.compile(r"[^=]+=.+")
 
 
 def weight_pair(text: str) -> str:
-    """``SKILL=NUMBER`` with a finite number, returned unchanged (the handler splits it)."""
+    """``SKILL=W`` with a weight a stack may use (finite, 0 < |W| <= 4), returned unchanged (the handler splits it)."""
+    from agent_sleep.adapters.stack import check_weight
+    from agent_sleep.errors import InvalidInputError
+
     if not _WEIGHT.fullmatch(text):
         raise argparse.ArgumentTypeError(f"expects SKILL=NUMBER, got {text!r}")
-    finite_float(text.partition("=")[2])
+    skill, _, value = text.partition("=")
+    try:
+        check_weight(value.strip(), skill)
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 

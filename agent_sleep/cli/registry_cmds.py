@@ -1,8 +1,11 @@
 """CLI for the adapter registry: adapters, stacks, deploy, rollback, remove-skill, deployments.
 
-Deploying validates every adapter in the stack against the base model first
-(exit 3 when one is rejected, with the reason); a running agent process picks
-the new deployment up within a second and hot-swaps it.
+Deploying and rolling back validate every adapter in the stack, and the
+weighted stack as a whole, against the base model first (exit 3 when rejected,
+with the reason; nothing changes); a running agent process picks the new
+deployment up within a second and hot-swaps it. ``stacks merge`` validates the
+merged adapter before registering it. ``adapters approve`` lifts a rejection
+(not an integrity failure); ``adapters retire`` takes a version out of use.
 """
 
 from __future__ import annotations
@@ -71,10 +74,28 @@ def cmd_adapters_lineage(args: argparse.Namespace) -> int:
 
     lineage = _registry(args).lineage(args.ref)
     lineage["adapter"] = AdapterVersionRecord.model_validate(lineage["adapter"])  # its times print like all others
-    for dep in lineage["deployments"]:
-        dep["at"] = time_text(dep["at"])
+    for entry in [*lineage.get("status_history", []), *lineage["deployments"]]:
+        entry["at"] = time_text(entry["at"])
     print_json(lineage)
     return 0
+
+
+def _print_status(rec: Any, as_json: bool) -> int:
+    if as_json:
+        print_json(rec)
+    else:
+        print(f"{rec.name} is {rec.status}" + (f": {rec.status_reason}" if rec.status_reason else ""))
+    return 0
+
+
+def cmd_adapters_approve(args: argparse.Namespace) -> int:
+    rec = _registry(args).approve(args.ref, actor=args.actor, reason=args.reason or "")
+    return _print_status(rec, args.json)
+
+
+def cmd_adapters_retire(args: argparse.Namespace) -> int:
+    rec = _registry(args).retire(args.ref, actor=args.actor, reason=args.reason or "")
+    return _print_status(rec, args.json)
 
 
 def cmd_adapters_add(args: argparse.Namespace) -> int:
@@ -124,13 +145,19 @@ def cmd_stacks_show(args: argparse.Namespace) -> int:
 
 
 def _parse_weights(pairs: list[str] | None) -> dict[str, float]:
+    """``--weight SKILL=W`` pairs; each weight must be one a stack may use (finite, 0 < |W| <= 4)."""
+    from agent_sleep.adapters.stack import check_weight
+    from agent_sleep.errors import InvalidInputError
+
     weights: dict[str, float] = {}
     for pair in pairs or []:
-        skill, _, value = pair.partition("=")
+        skill, sep, value = pair.partition("=")
+        if not sep or not skill:
+            raise ConfigError(f"--weight expects SKILL=NUMBER, got {pair!r}")
         try:
-            weights[skill] = float(value)
-        except ValueError:
-            raise ConfigError(f"--weight expects SKILL=NUMBER, got {pair!r}") from None
+            weights[skill] = check_weight(value.strip(), skill)
+        except InvalidInputError as exc:
+            raise ConfigError(f"--weight {pair}: {exc}") from None
     return weights
 
 
@@ -151,18 +178,37 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from agent_sleep.runtime.deploy import deploy_validated
 
     weights = _parse_weights(args.weight)
-    targets: Any = args.targets[0] if len(args.targets) == 1 and is_stack_ref(args.targets[0]) else [
-        (ref, weights.get(ref.skill, 1.0)) for ref in map(parse_adapter_ref, args.targets)]
+    if len(args.targets) == 1 and is_stack_ref(args.targets[0]):
+        if weights:
+            raise ConfigError("--weight applies to adapters; a stack already holds its weights")
+        targets: Any = args.targets[0]
+    else:
+        refs = [parse_adapter_ref(t) for t in args.targets]
+        unknown = sorted(set(weights) - {r.skill for r in refs})
+        if unknown:
+            raise ConfigError(f"--weight names {', '.join(unknown)}, which is not among the adapters deployed")
+        targets = [(ref, weights.get(ref.skill, 1.0)) for ref in refs]
+    _check_bound(args.max_delta_norm)
     outcome = deploy_validated(_registry(args), args.agent, targets, actor=args.actor, reason=args.reason or "",
                                validate=not args.no_validate, max_delta_norm=args.max_delta_norm)
     return _print_outcome(outcome, args.json)
 
 
-def cmd_rollback(args: argparse.Namespace) -> int:
-    from agent_sleep.runtime.deploy import DeployOutcome
+def _check_bound(value: float | None) -> None:
+    import math
 
-    dep = _registry(args).rollback(args.agent, to=args.to, actor=args.actor, reason=args.reason or "rollback")
-    return _print_outcome(DeployOutcome(status="deployed", deployment=dep), args.json)
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"--max-delta-norm must be a positive number, got {value!r}")
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from agent_sleep.runtime.deploy import rollback_validated
+
+    _check_bound(args.max_delta_norm)
+    outcome = rollback_validated(_registry(args), args.agent, to=args.to, actor=args.actor,
+                                 reason=args.reason or "rollback", validate=not args.no_validate,
+                                 max_delta_norm=args.max_delta_norm)
+    return _print_outcome(outcome, args.json)
 
 
 def cmd_remove_skill(args: argparse.Namespace) -> int:
@@ -197,7 +243,7 @@ def _deploy_slow(args: argparse.Namespace) -> str | None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    ad = sub.add_parser("adapters", help="list, show, trace and add registered adapter versions")
+    ad = sub.add_parser("adapters", help="list, show, trace, add, approve and retire registered adapter versions")
     ad_sub = ad.add_subparsers(dest="adapters_command", metavar="ACTION", required=True, title="actions")
     p = ad_sub.add_parser("list", help="list adapter versions")
     p.add_argument("--skill", help="only this skill's versions")
@@ -212,6 +258,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("ref", help="skill@vN, skill@live or skill")
     add_json_flag(p, "the output is always one JSON object; accepted for uniformity")
     p.set_defaults(handler=cmd_adapters_lineage)
+    for action, handler, text in (
+        ("approve", cmd_adapters_approve, "approve a version (lifts a rejection; deploys still validate)"),
+        ("retire", cmd_adapters_retire, "take a version that is not live out of use"),
+    ):
+        p = ad_sub.add_parser(action, help=text)
+        p.add_argument("ref", metavar="SKILL@vN", help="the version")
+        p.add_argument("--reason", help="why, kept in the version's history")
+        p.add_argument("--actor", default="cli", help="who, kept in the version's history (default: cli)")
+        add_json_flag(p, "print the version as one JSON object")
+        p.set_defaults(handler=handler)
     p = ad_sub.add_parser("add", help="register an adapter folder (with manifest.json, or a plain PEFT "
                                      "save_pretrained folder) as the next version of a skill")
     p.add_argument("folder", help="the adapter folder (adapter_config.json + adapter_model.safetensors)")
@@ -242,21 +298,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p.add_argument("--actor", default="cli", help="who, kept in the deployment history (default: cli)")
         add_json_flag(p, "print the outcome (status, reason, deployment) as one JSON object")
 
+    def _validation(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-validate", action="store_true",
+                       help="skip the checks against the base model (a rejected version is still refused)")
+        p.add_argument("--max-delta-norm", type=positive_float, metavar="RATIO",
+                       help="largest allowed ||ΔW||/||W|| of any layer, per adapter and for the weighted stack "
+                            "(default 1.0)")
+
     p = sub.add_parser("deploy", help="validate and make a stack (or skill@vN ...) live for an agent",
                        description="Validate a stack against the base model and make it live for an agent; a "
                        "running runtime hot-swaps it within a second. Exit 3 when validation rejects it.")
     p.add_argument("targets", nargs="+", metavar="STACK|SKILL@vN", help="a stack name, or one or more adapters")
     p.add_argument("--weight", action="append", type=weight_pair, metavar="SKILL=W",
-                   help="per-skill weight (repeatable; default 1)")
-    p.add_argument("--no-validate", action="store_true", help="skip the checks against the base model")
-    p.add_argument("--max-delta-norm", type=positive_float, metavar="RATIO",
-                   help="largest allowed ||ΔW||/||W|| of any layer (default 1.0)")
+                   help="per-skill weight (repeatable; default 1; finite, 0 < |W| <= 4)")
+    _validation(p)
     _common(p)
     p.set_defaults(handler=cmd_deploy, slow=_deploy_slow)
-    p = sub.add_parser("rollback", help="make the previous (or a given) deployment's stack live again")
+    p = sub.add_parser("rollback", help="validate and make the previous (or a given) deployment's stack live again")
     p.add_argument("--to", metavar="DEPLOYMENT", help="deployment id or sequence number")
+    _validation(p)
     _common(p)
-    p.set_defaults(handler=cmd_rollback)
+    p.set_defaults(handler=cmd_rollback, slow=_deploy_slow)
     p = sub.add_parser("remove-skill", help="deploy the live stack without one skill")
     p.add_argument("skill", help="the skill to take out of the agent's live stack")
     _common(p)
@@ -275,15 +337,26 @@ def cmd_stacks_merge(args: argparse.Namespace) -> int:
     from agent_sleep.adapters.artifact import AdapterManifest, lora_layers, read_adapter, write_adapter
     from agent_sleep.adapters.merge import materialize_cat, merge_linear, merge_ties
 
+    from agent_sleep.adapters.stack import check_weight
+    from agent_sleep.errors import InvalidInputError
+
     reg = _registry(args)
     stack = reg.get_stack(args.stack)
     if not stack.items:
         raise ConfigError(f"stack {stack.name} is empty; nothing to merge")
+    _check_bound(args.max_delta_norm)
     records = [reg.get(i.adapter) for i in stack.items]
     hashes = {r.base_model_hash for r in records}
     if len(hashes) != 1:
         raise ConfigError(f"stack {stack.name} mixes adapters for different base models")
-    items = [(r.name, lora_layers(read_adapter(r.path)), i.weight) for r, i in zip(records, stack.items)]
+    rejected = [f"{r.name} ({r.status_reason})" for r in records if r.status == "rejected"]
+    if rejected:
+        raise ConfigError(f"stack {stack.name} holds rejected versions: {', '.join(rejected)}")
+    try:
+        weights = [check_weight(i.weight, i.adapter) for i in stack.items]  # stacks made before weights were checked
+    except InvalidInputError as exc:
+        raise ConfigError(f"stack {stack.name}: {exc}") from None
+    items = [(r.name, lora_layers(read_adapter(r.path)), w) for r, w in zip(records, weights, strict=True)]
     if args.method == "cat":
         tensors, config = materialize_cat(items)
     elif args.method == "linear":
@@ -300,6 +373,20 @@ def cmd_stacks_merge(args: argparse.Namespace) -> int:
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_adapter(Path(tmp) / "merged", tensors, config, manifest)
+        if not args.no_validate:
+            # The merge is what will run: check it as one adapter, under the bound a deploy would use.
+            from agent_sleep.adapters.validation import DEFAULT_MAX_DELTA_NORM, validate_adapter
+            from agent_sleep.models.loader import load_base_model
+
+            settings = reg.store.settings
+            report = validate_adapter(read_adapter(folder), load_base_model(settings.model, settings=settings),
+                                      max_delta_norm=args.max_delta_norm or DEFAULT_MAX_DELTA_NORM)
+            if not report.ok:
+                if args.json:
+                    print_json({"status": "rejected", "reason": report.reason, **report.to_dict()})
+                else:
+                    print(f"rejected: the {args.method} merge of {stack.name}: {report.reason}; nothing registered")
+                return EXIT_REJECTED
         rec = reg.register(folder, args.name, description=manifest.sources.description, agent=stack.agent)
     if args.json:
         print_json(rec)
@@ -316,5 +403,10 @@ def register_merge(stacks_sub: argparse._SubParsersAction) -> None:  # type: ign
                    help="cat: exact, rank = sum of ranks (default); linear/ties: lossy, rank --rank")
     p.add_argument("--rank", type=positive_int, help="rank of a linear/ties merge (default: the largest input rank)")
     p.add_argument("--density", type=fraction, default=0.2, help="TIES: fraction of each delta kept (default 0.2)")
-    add_json_flag(p, "print the registered version as JSON")
-    p.set_defaults(handler=cmd_stacks_merge, slow="merging the stack")
+    p.add_argument("--no-validate", action="store_true",
+                   help="register the merge without checking it on the base model")
+    p.add_argument("--max-delta-norm", type=positive_float, metavar="RATIO",
+                   help="largest allowed ||ΔW||/||W|| of any layer of the merge (default 1.0); exit 3 above it")
+    add_json_flag(p, "print the registered version (or the rejection) as JSON")
+    p.set_defaults(handler=cmd_stacks_merge,
+                   slow=lambda a: "merging the stack" + ("" if a.no_validate else " and validating the merge"))

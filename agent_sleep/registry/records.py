@@ -1,4 +1,4 @@
-"""Typed, detached views of registry rows (adapter versions, stacks, deployments)."""
+"""Typed, detached views of registry rows (adapter versions, stacks, deployments), and why a version is rejected."""
 
 from __future__ import annotations
 
@@ -12,6 +12,38 @@ from agent_sleep.store.records import Record
 
 AdapterStatus = Literal["candidate", "approved", "live", "retired", "rejected", "rolled_back"]
 ADAPTER_STATUSES: tuple[str, ...] = ("candidate", "approved", "live", "retired", "rejected", "rolled_back")
+
+RejectionKind = Literal["policy", "compatibility", "integrity", "manual"]
+
+
+class Rejection(BaseModel):
+    """Why a version was rejected, precisely enough to tell whether a later deploy should look again.
+
+    ``policy``: failed a limit of the deploy (``delta_norm`` under ``policy["max_delta_norm"]``); a
+    deploy under a looser limit validates it again. ``compatibility``: does not fit the base model it
+    was checked on (``base_model``, ``targets``); another base model looks again. ``integrity``: the
+    artifact itself is broken (tampered, unreadable, NaN, does not reload) and ``manual``: rejected by
+    hand, or before rejections were recorded; both stand until ``approve``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")  # stored detail may carry newer keys
+
+    check: str
+    kind: RejectionKind
+    base_model_hash: str | None = None
+    policy: dict[str, float] = {}
+    value: float | None = None
+
+    def applies(self, *, base_model_hash: str, max_delta_norm: float) -> bool:
+        """Whether validating again on this base model under this limit would fail the same way."""
+        if self.kind in ("integrity", "manual"):
+            return True
+        if self.base_model_hash != base_model_hash:
+            return False
+        if self.kind == "policy":
+            limit = self.policy.get("max_delta_norm")
+            return limit is None or max_delta_norm <= limit
+        return True
 
 
 class AdapterVersionRecord(Record):
@@ -28,6 +60,7 @@ class AdapterVersionRecord(Record):
     target_modules: list[str]
     status: str
     status_reason: str | None
+    status_detail: dict[str, Any] | None = None
     sources: dict[str, Any]
     eval_summary: dict[str, Any]
     created_at: datetime
@@ -37,6 +70,28 @@ class AdapterVersionRecord(Record):
     @classmethod
     def _modules(cls, v: Any) -> Any:
         return v.get("modules", []) if isinstance(v, dict) else v
+
+    @property
+    def rejection(self) -> Rejection | None:
+        """Why this version is rejected (None unless it is); without a recorded detail it counts as manual."""
+        if self.status != "rejected":
+            return None
+        detail = self.status_detail or {}
+        if "check" in detail and "kind" in detail:
+            return Rejection.model_validate(detail)
+        return Rejection(check="unknown", kind="manual")
+
+
+class StatusChangeRecord(Record):
+    """One recorded status change of an adapter version."""
+
+    adapter: str
+    from_status: str
+    to_status: str
+    actor: str
+    reason: str
+    detail: dict[str, Any] | None
+    created_at: datetime
 
 
 class StackItem(BaseModel):
@@ -76,3 +131,15 @@ class DeploymentRecord(Record):
     run_id: str | None
     previous_id: str | None
     created_at: datetime
+
+
+class RollbackPlan(BaseModel):
+    """What a rollback would make live, worked out before anything is written (so it can be validated)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    agent: str
+    stack: StackRecord
+    target_seq: int  # the earlier deployment whose stack returns
+    previous_id: str | None  # where the next rollback goes from there (an undo stack, not a toggle)
+    expected_seq: int  # the live deployment this plan was made against

@@ -4,7 +4,14 @@ Lives in the same database as the experience store. Adapter folders are copied
 into ``<artifact root>/<skill>/v<N>`` when registered and never change
 afterwards; rows are the source of truth for status, aliases and lineage.
 History is append-only: a rollback is a new deployment pointing at an earlier
-stack. This module needs no torch; validation and loading live in the runtime.
+stack, and every status change of a version is a row of its own.
+
+Statuses move only along :data:`TRANSITIONS`. A ``rejected`` version is never
+served: rejecting it drops its aliases, aliases never resolve to it, and
+:meth:`AdapterRegistry.deploy` (so rollback too) refuses a stack that holds it.
+It leaves ``rejected`` through :meth:`AdapterRegistry.approve`, or when a
+deploy under a looser policy validates it again (``runtime.deploy``). This
+module needs no torch; validation and loading live in the runtime.
 
 Paths travel: a row stores ``<skill>/v<N>`` relative to the artifact root
 (``Settings.artifact_root``, default ``<data_dir>/adapters``) and is resolved
@@ -55,10 +62,12 @@ from agent_sleep.adapters.artifact import (
     inspect_adapter,
 )
 from agent_sleep.adapters.manifest import AdapterManifest, check_name
+from agent_sleep.adapters.stack import check_weight
 from agent_sleep.errors import (
     AdapterExistsError,
     AgentSleepError,
     DeployConflictError,
+    DeploymentError,
     InvalidInputError,
     NotFoundError,
     NothingToRollBackError,
@@ -72,8 +81,11 @@ from agent_sleep.registry.records import (
     ADAPTER_STATUSES,
     AdapterVersionRecord,
     DeploymentRecord,
+    Rejection,
+    RollbackPlan,
     StackItem,
     StackRecord,
+    StatusChangeRecord,
 )
 from agent_sleep.registry.refs import (
     ALIASES,
@@ -87,6 +99,7 @@ from agent_sleep.registry.refs import (
 from agent_sleep.store.models import (
     Agent,
     AdapterAlias,
+    AdapterStatusChange,
     AdapterVersion,
     Deployment,
     Skill,
@@ -94,6 +107,18 @@ from agent_sleep.store.models import (
     utcnow,
 )
 from agent_sleep.store.store import ExperienceStore
+
+
+# Which status a version may move to from each status (a repeat of the same status is a no-op).
+# ``rejected`` is left only for ``approved``: by hand, or when validation passes under a looser policy.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "candidate": frozenset({"approved", "rejected", "live", "retired"}),
+    "approved": frozenset({"rejected", "live", "retired"}),
+    "live": frozenset({"retired", "rolled_back", "rejected"}),
+    "retired": frozenset({"approved", "rejected", "live"}),
+    "rolled_back": frozenset({"approved", "rejected", "live", "retired"}),
+    "rejected": frozenset({"approved", "rejected"}),
+}
 
 
 logger = logging.getLogger(__name__)
@@ -267,13 +292,71 @@ class AdapterRegistry:
         with self.store.session() as s:
             return [self._adapter_record(s, row) for row in s.execute(stmt).scalars()]
 
-    def set_status(self, ref: str, status: str, reason: str | None = None) -> AdapterVersionRecord:
-        if status not in ADAPTER_STATUSES:
-            raise InvalidInputError(f"status must be one of {', '.join(ADAPTER_STATUSES)}, got {status!r}")
+    def set_status(self, ref: str | AdapterRef, status: str, reason: str | None = None, *, actor: str = "user",
+                   detail: dict[str, Any] | None = None) -> AdapterVersionRecord:
+        """Move a version to ``status`` along :data:`TRANSITIONS` (InvalidInputError otherwise), recorded.
+
+        Prefer :meth:`approve`, :meth:`retire` and :meth:`reject`, which add their own rules; ``live``,
+        ``retired`` and ``rolled_back`` are normally set by deployments.
+        """
         with self.store.session() as s:
             row = self._resolve(s, ref)
-            row.status, row.status_reason = status, reason
+            self._transition(s, row, status, actor=actor, reason=reason or "", detail=detail)
             return self._adapter_record(s, row)
+
+    def reject(self, ref: str | AdapterRef, reason: str, rejection: Rejection, *,
+               actor: str = "user") -> AdapterVersionRecord:
+        """Mark a version rejected, with the check and policy that rejected it; its aliases are dropped."""
+        return self.set_status(ref, "rejected", reason, actor=actor, detail=rejection.model_dump(mode="json"))
+
+    def approve(self, ref: str | AdapterRef, *, actor: str = "user", reason: str = "") -> AdapterVersionRecord:
+        """Approve a version for deployment, lifting a rejection unless the artifact itself failed.
+
+        Approval is not a pass: every deploy still validates under its own policy.
+        Refused for a live version and for one rejected for integrity (tampered,
+        unreadable, NaN), which a fresh ``register`` replaces instead.
+        """
+        with self.store.session() as s:
+            row = self._resolve(s, ref)
+            if row.status == "live":
+                raise InvalidInputError(f"{row.name} is live; it is already past approval")
+            rejection = self._adapter_record(s, row).rejection
+            if rejection is not None and rejection.kind == "integrity":
+                raise InvalidInputError(f"{row.name} failed an integrity check ({row.status_reason}); it cannot be "
+                                        f"approved: register a good copy as a new version")
+            self._transition(s, row, "approved", actor=actor, reason=reason or f"approved by {actor}")
+            return self._adapter_record(s, row)
+
+    def retire(self, ref: str | AdapterRef, *, actor: str = "user", reason: str = "") -> AdapterVersionRecord:
+        """Take a version that is not live out of use: no longer a candidate, nor listed as a servable model.
+
+        Refused while any agent's live stack holds it (deploy without it first) and for
+        a rejected version (that status says more). History is kept; a rollback may still return to it.
+        """
+        with self.store.session() as s:
+            row = self._resolve(s, ref)
+            agents = self._live_agents(s, row.name)
+            if agents:
+                raise DeploymentError(f"{row.name} is live for {', '.join(sorted(agents))}; deploy a stack "
+                                      f"without it (agent-sleep remove-skill) before retiring it")
+            if row.status == "rejected":
+                raise InvalidInputError(f"{row.name} is rejected ({row.status_reason}); a rejected version is out of "
+                                        f"use already")
+            self._transition(s, row, "retired", actor=actor, reason=reason or f"retired by {actor}")
+            alias = s.get(AdapterAlias, (row.skill, "candidate"))
+            if alias is not None and alias.version_id == row.id:
+                s.delete(alias)  # no longer a candidate
+            return self._adapter_record(s, row)
+
+    def status_history(self, ref: str | AdapterRef) -> list[StatusChangeRecord]:
+        """Every recorded status change of a version, oldest first."""
+        with self.store.session() as s:
+            row = self._resolve(s, ref)
+            changes = s.execute(select(AdapterStatusChange).where(AdapterStatusChange.version_id == row.id)
+                                .order_by(AdapterStatusChange.created_at)).scalars()
+            return [StatusChangeRecord(adapter=row.name, from_status=c.from_status, to_status=c.to_status,
+                                       actor=c.actor, reason=c.reason, detail=c.detail, created_at=c.created_at)
+                    for c in changes]
 
     def record_eval(self, ref: str, summary: dict[str, Any]) -> None:
         with self.store.session() as s:
@@ -288,7 +371,11 @@ class AdapterRegistry:
                       if any(i["adapter"] == row.name for i in st.items.get("items", []))]
             deps = list(s.execute(select(Deployment).where(Deployment.stack_id.in_([st.id for st in stacks]))
                                   .order_by(Deployment.created_at)).scalars()) if stacks else []
+            changes = s.execute(select(AdapterStatusChange).where(AdapterStatusChange.version_id == row.id)
+                                .order_by(AdapterStatusChange.created_at)).scalars()
             return {"adapter": self._adapter_record(s, row).model_dump(mode="json"),
+                    "status_history": [{"from": c.from_status, "to": c.to_status, "actor": c.actor,
+                                        "reason": c.reason, "at": c.created_at.isoformat()} for c in changes],
                     "stacks": [st.name for st in stacks],
                     "deployments": [{"id": d.id, "agent": d.agent, "seq": d.seq, "kind": d.kind, "actor": d.actor,
                                      "reason": d.reason, "at": d.created_at.isoformat()} for d in deps]}
@@ -300,15 +387,25 @@ class AdapterRegistry:
         with self.store.session() as s:
             return self._stack_record(self._create_stack(s, agent, items))
 
-    def _create_stack(self, s: Session, agent: str, items: Sequence[Any]) -> Stack:
-        claim_agent(s, agent, base_model=self.store.settings.model)
+    def stack_items(self, items: Sequence[tuple[str | AdapterRef, float] | StackItem | str | AdapterRef]
+                    ) -> tuple[StackItem, ...]:
+        """The concrete versions and checked weights a stack of ``items`` would hold; writes nothing."""
+        with self.store.session() as s:
+            return tuple(StackItem(**r) for r in self._resolve_items(s, items))
+
+    def _resolve_items(self, s: Session, items: Sequence[Any]) -> list[dict[str, Any]]:
         resolved: list[dict[str, Any]] = []
         for item in items:
             ref, weight = (item, 1.0) if isinstance(item, str | AdapterRef) else \
                 (item.adapter, item.weight) if isinstance(item, StackItem) else item
             row = self._resolve(s, ref)
-            resolved.append({"adapter": row.name, "weight": float(weight)})
+            resolved.append({"adapter": row.name, "weight": check_weight(weight, row.name)})
         check_one_per_skill(r["adapter"] for r in resolved)
+        return resolved
+
+    def _create_stack(self, s: Session, agent: str, items: Sequence[Any]) -> Stack:
+        claim_agent(s, agent, base_model=self.store.settings.model)
+        resolved = self._resolve_items(s, items)
         digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
         existing = s.execute(select(Stack).where(Stack.agent == agent, Stack.content_hash == digest)).scalar()
         if existing is not None:
@@ -343,6 +440,8 @@ class AdapterRegistry:
 
         ``expected_seq`` is the deployment sequence number the caller saw as live;
         if another deploy happened since, DeployConflictError is raised and nothing changes.
+        A stack holding a rejected version is refused (DeploymentError). This records;
+        it does not validate: ``agent_sleep.runtime.deploy`` validates first.
         """
         try:
             with self.store.session() as s:
@@ -352,6 +451,7 @@ class AdapterRegistry:
                         raise InvalidInputError(f"stack {target} belongs to agent {stack.agent!r}, not {agent!r}")
                 else:
                     stack = self._create_stack(s, agent, [target] if isinstance(target, str | AdapterRef) else target)
+                self._refuse_rejected(s, stack)
                 current = self._current(s, agent)
                 seq = current.seq if current else 0
                 if expected_seq is not None and expected_seq != seq:
@@ -363,7 +463,7 @@ class AdapterRegistry:
                 s.add(dep)
                 s.flush()
                 old = s.get(Stack, current.stack_id) if current else None
-                self._update_statuses(s, old, stack, kind)
+                self._update_statuses(s, old, stack, kind, actor=actor, reason=f"{kind} #{dep.seq} for {agent}")
                 notify(s, agent)
                 return self._deployment_record(s, dep)
         except IntegrityError as exc:
@@ -377,6 +477,13 @@ class AdapterRegistry:
         Without ``to``, returns to what was live before the current deployment; a
         second rollback steps further back (an undo stack, not a toggle).
         """
+        plan = self.rollback_plan(agent, to=to)
+        return self.deploy(agent, plan.stack.name, actor=actor, reason=reason, kind="rollback",
+                           expected_seq=expected_seq if expected_seq is not None else plan.expected_seq,
+                           previous_id=plan.previous_id)
+
+    def rollback_plan(self, agent: str, *, to: str | None = None) -> RollbackPlan:
+        """What :meth:`rollback` with these arguments would make live; writes nothing (validate it first)."""
         with self.store.session() as s:
             current = self._current(s, agent)
             if current is None:
@@ -393,10 +500,8 @@ class AdapterRegistry:
                     raise NotFoundError(f"no deployment {to!r} for agent {agent!r}")
             stack = s.get(Stack, target.stack_id)
             assert stack is not None
-            seq = current.seq
-        return self.deploy(agent, stack.name, actor=actor, reason=reason, kind="rollback",
-                           expected_seq=expected_seq if expected_seq is not None else seq,
-                           previous_id=target.previous_id)
+            return RollbackPlan(agent=agent, stack=self._stack_record(stack), target_seq=target.seq,
+                                previous_id=target.previous_id, expected_seq=current.seq)
 
     def remove_skill(self, agent: str, skill: str, *, actor: str = "user", reason: str = "") -> DeploymentRecord:
         """Deploy the live stack minus one skill; the other skills keep their versions and weights."""
@@ -438,7 +543,8 @@ class AdapterRegistry:
         return s.execute(select(Deployment).where(Deployment.agent == agent)
                          .order_by(Deployment.seq.desc()).limit(1)).scalar()
 
-    def _update_statuses(self, s: Session, old: Stack | None, new: Stack, kind: str) -> None:
+    def _update_statuses(self, s: Session, old: Stack | None, new: Stack, kind: str, *, actor: str,
+                         reason: str) -> None:
         new_names = {i["adapter"] for i in new.items["items"]}
         old_names = {i["adapter"] for i in old.items["items"]} if old else set()
         for row in s.execute(select(AdapterVersion).where(AdapterVersion.name.in_(new_names | old_names))).scalars():
@@ -448,21 +554,60 @@ class AdapterRegistry:
                     if prev is not None and prev.version_id != row.id:
                         self._move_alias(s, row.skill, "previous", prev.version_id)
                     self._move_alias(s, row.skill, "live", row.id)
-                row.status, row.status_reason = "live", None
-            elif self._live_elsewhere(s, row.name, new.agent):
-                continue
+                self._transition(s, row, "live", actor=actor, reason=reason)
+                row.status_reason = None  # the deployment says why; the history row keeps ``reason``
+            elif row.status != "live" or self._live_agents(s, row.name, besides=new.agent):
+                continue  # still live for another agent, or rejected while it was live: leave it
             else:
-                row.status = "rolled_back" if kind == "rollback" else "retired"
+                self._transition(s, row, "rolled_back" if kind == "rollback" else "retired", actor=actor,
+                                 reason=reason)
+                row.status_reason = None
 
-    def _live_elsewhere(self, s: Session, name: str, agent: str) -> bool:
+    def _live_agents(self, s: Session, name: str, *, besides: str | None = None) -> list[str]:
+        """The agents (other than ``besides``) whose live stack holds version ``name``."""
+        agents = []
         for other in s.execute(select(Deployment.agent).distinct()).scalars():
-            if other == agent:
+            if other == besides:
                 continue
             cur = self._current(s, other)
             st = s.get(Stack, cur.stack_id) if cur else None
             if st and any(i["adapter"] == name for i in st.items["items"]):
-                return True
-        return False
+                agents.append(other)
+        return agents
+
+    def _transition(self, s: Session, row: AdapterVersion, status: str, *, actor: str, reason: str,
+                    detail: dict[str, Any] | None = None) -> None:
+        """Move ``row`` to ``status`` if :data:`TRANSITIONS` allows it, and record the change.
+
+        A rejection drops the version's aliases, so no alias can serve it.
+        """
+        if status not in ADAPTER_STATUSES:
+            raise InvalidInputError(f"status must be one of {', '.join(ADAPTER_STATUSES)}, got {status!r}")
+        if status == row.status and status != "rejected":
+            return  # nothing changes (a second rejection records its newer detail)
+        allowed = TRANSITIONS.get(row.status, frozenset(ADAPTER_STATUSES))
+        if status not in allowed:
+            raise InvalidInputError(f"{row.name} is {row.status}; it cannot become {status} (from {row.status}: "
+                                    f"{', '.join(sorted(allowed)) or 'nothing'})")
+        s.add(AdapterStatusChange(version_id=row.id, from_status=row.status, to_status=status, actor=actor,
+                                  reason=reason, detail=detail, created_at=utcnow()))
+        row.status, row.status_reason, row.status_detail = status, reason or None, detail
+        if status == "rejected":
+            for alias in s.execute(select(AdapterAlias).where(AdapterAlias.version_id == row.id)).scalars():
+                s.delete(alias)
+        s.flush()
+
+    def _refuse_rejected(self, s: Session, stack: Stack) -> None:
+        names = [i["adapter"] for i in stack.items["items"]]
+        if not names:
+            return
+        bad = s.execute(select(AdapterVersion).where(AdapterVersion.name.in_(names),
+                                                     AdapterVersion.status == "rejected")).scalars().all()
+        if bad:
+            what = "; ".join(f"{r.name} ({r.status_reason or 'no reason recorded'})" for r in bad)
+            raise DeploymentError(f"{stack.name} holds rejected versions, nothing was deployed: {what}. A deploy "
+                                  f"under a policy it passes validates it again; `agent-sleep adapters approve` "
+                                  f"lifts a rejection by hand")
 
     def _move_alias(self, s: Session, skill: str, alias: str, version_id: str) -> None:
         assert alias in ALIASES
@@ -482,11 +627,16 @@ class AdapterRegistry:
         elif parsed.alias is not None:
             alias = s.get(AdapterAlias, (skill, parsed.alias))
             row = s.get(AdapterVersion, alias.version_id) if alias else None
+            if row is not None and row.status == "rejected":  # an alias left over from before migration 0003
+                raise NotFoundError(f"{str(ref)!r} points at {row.name}, which is rejected ({row.status_reason}); "
+                                    f"aliases never name a rejected version")
         else:
             alias = s.get(AdapterAlias, (skill, "live"))
-            row = s.get(AdapterVersion, alias.version_id) if alias else s.execute(
-                select(AdapterVersion).where(AdapterVersion.skill == skill, AdapterVersion.status != "rejected")
-                .order_by(AdapterVersion.version.desc()).limit(1)).scalar()
+            row = s.get(AdapterVersion, alias.version_id) if alias else None
+            if row is None or row.status == "rejected":
+                row = s.execute(
+                    select(AdapterVersion).where(AdapterVersion.skill == skill, AdapterVersion.status != "rejected")
+                    .order_by(AdapterVersion.version.desc()).limit(1)).scalar()
         if row is None:
             raise NotFoundError(missing_adapter(s, parsed))
         return row

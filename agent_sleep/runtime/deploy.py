@@ -1,25 +1,47 @@
-"""Validate-then-deploy: nothing goes live unless every adapter in the stack passes.
+"""Validate-then-deploy: nothing goes live unless every adapter, and the stack as it will run, passes.
 
-Used by the CLI (``agent-sleep deploy``, in its own process: it writes the
-registry and running agents pick the change up) and by :class:`LiveRuntime`.
-A rejection is an expected outcome, returned as data and recorded on the
-adapter version (status ``rejected`` with the reason); the live stack is
-untouched.
+Used by the CLI (``agent-sleep deploy`` and ``rollback``, in their own process:
+they write the registry and running agents pick the change up) and by
+:class:`~agent_sleep.runtime.live.LiveRuntime`. :func:`check_stack` validates
+each version (``validate_adapter``), then the weighted stack as one
+(``validate_stack``: weights, and the summed delta per layer under the same
+bound). A rejection is an expected outcome, returned as data; nothing is
+written for it but the rejected version's status, and no stack row is created
+before validation passed.
+
+A version's rejection records the check and the policy that failed it
+(:class:`~agent_sleep.registry.records.Rejection`): a deploy under a looser
+``max_delta_norm`` (or on another base model, for a compatibility failure)
+validates it again instead of refusing outright; a broken artifact (tampered,
+unreadable, NaN) stays rejected. A version that is live stays live when a
+deploy with a stricter policy fails it (the other agent runs it under its
+policy); only an integrity failure demotes it. A stack that fails only as a
+whole (weights, summed delta) rejects the deploy but no version.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from agent_sleep.registry.records import DeploymentRecord, StackRecord
+from agent_sleep.errors import InvalidInputError
+from agent_sleep.registry.records import AdapterVersionRecord, DeploymentRecord, Rejection, StackItem, StackRecord
 from agent_sleep.registry.refs import AdapterRef, StackRef, is_stack_ref
 
 if TYPE_CHECKING:
+    from agent_sleep.adapters.artifact import LoraWeights
     from agent_sleep.models.loader import BaseModelHandle
     from agent_sleep.registry import AdapterRegistry
+
+__all__ = ["AdapterVerdict", "DeployOutcome", "StackVerdict", "check_stack", "deploy_validated", "rollback_validated"]
+
+POLICY_CHECKS = frozenset({"delta_norm"})  # decided by a limit of the deploy
+COMPATIBILITY_CHECKS = frozenset({"base_model", "targets"})  # decided by the base model
+# every other failure (format, finite, reload, an unreadable or tampered folder) is the artifact's own
+
+LayersOf = Callable[[str], "Mapping[str, LoraWeights]"]
 
 
 class AdapterVerdict(BaseModel):
@@ -29,10 +51,30 @@ class AdapterVerdict(BaseModel):
     ok: bool
     reason: str | None = None
     checks: list[dict[str, Any]] = []
+    check: str | None = None  # the failing check (``integrity`` when the folder could not be read)
+
+
+class StackVerdict(BaseModel):
+    """Every version's verdict, then the checks of the stack as a whole (run only when every version passed)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    verdicts: list[AdapterVerdict] = []
+    stack_checks: list[dict[str, Any]] = []
+
+    @property
+    def ok(self) -> bool:
+        return all(v.ok for v in self.verdicts) and all(c["ok"] for c in self.stack_checks)
+
+    @property
+    def reason(self) -> str | None:
+        bad = [f"{v.adapter}: {v.reason}" for v in self.verdicts if not v.ok]
+        bad += [f"stack: {c['name']}: {c['detail']}" for c in self.stack_checks if not c["ok"]]
+        return "; ".join(bad) or None
 
 
 class DeployOutcome(BaseModel):
-    """What a deploy request ended as: ``deployed`` or ``rejected`` (with reasons)."""
+    """What a deploy or rollback request ended as: ``deployed`` or ``rejected`` (with reasons)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -40,72 +82,180 @@ class DeployOutcome(BaseModel):
     deployment: DeploymentRecord | None = None
     reason: str | None = None
     verdicts: list[AdapterVerdict] = []
+    stack_checks: list[dict[str, Any]] = []
 
 
-def check_stack(registry: AdapterRegistry, stack: StackRecord, handle: BaseModelHandle,
-                cache: dict[str, AdapterVerdict] | None = None,
-                max_delta_norm: float | None = None) -> list[AdapterVerdict]:
-    """Validate each adapter of ``stack`` against ``handle``; failures are marked rejected."""
-    from agent_sleep.adapters.artifact import read_adapter
-    from agent_sleep.adapters.validation import DEFAULT_MAX_DELTA_NORM, validate_adapter
+def _bound(max_delta_norm: float | None) -> float:
+    from agent_sleep.adapters.validation import DEFAULT_MAX_DELTA_NORM
+
+    return DEFAULT_MAX_DELTA_NORM if max_delta_norm is None else float(max_delta_norm)
+
+
+def _validate_one(rec: AdapterVersionRecord, handle: BaseModelHandle, bound: float,
+                  layers: dict[str, Mapping[str, LoraWeights]]) -> AdapterVerdict:
+    from agent_sleep.adapters.artifact import lora_layers, read_adapter
+    from agent_sleep.adapters.validation import validate_adapter
     from agent_sleep.errors import AdapterError
 
-    bound = DEFAULT_MAX_DELTA_NORM if max_delta_norm is None else max_delta_norm
+    try:
+        artifact = read_adapter(rec.path)
+        report = validate_adapter(artifact, handle, max_delta_norm=bound)
+    except AdapterError as exc:  # unreadable / tampered on disk: a rejection, not a crash
+        return AdapterVerdict(adapter=rec.name, ok=False, reason=str(exc), check="integrity")
+    if report.ok:
+        layers[rec.name] = lora_layers(artifact)
+    checks = [dict(vars(c)) for c in report.checks]
+    failed = report.failed[0] if report.failed else None
+    return AdapterVerdict(adapter=rec.name, ok=report.ok, reason=report.reason, checks=checks, check=failed)
 
+
+def _rejection(verdict: AdapterVerdict, handle: BaseModelHandle, bound: float) -> Rejection:
+    check = verdict.check or "integrity"
+    value = next((c.get("value") for c in verdict.checks if c.get("name") == check), None)
+    if check in POLICY_CHECKS:
+        return Rejection(check=check, kind="policy", base_model_hash=handle.content_hash,
+                         policy={"max_delta_norm": bound}, value=value)
+    kind = "compatibility" if check in COMPATIBILITY_CHECKS else "integrity"
+    return Rejection(check=check, kind=kind, base_model_hash=handle.content_hash, value=value)
+
+
+def _record(registry: AdapterRegistry, rec: AdapterVersionRecord, verdict: AdapterVerdict, handle: BaseModelHandle,
+            bound: float, actor: str) -> None:
+    if verdict.ok:
+        if rec.status in ("candidate", "rejected"):
+            registry.set_status(rec.name, "approved", f"passed validation (max_delta_norm {bound:g})", actor=actor)
+        return
+    rejection = _rejection(verdict, handle, bound)
+    if rec.status == "live" and rejection.kind != "integrity":
+        return  # live under another deploy's policy or model; this deploy is refused, the version stays
+    registry.reject(rec.name, verdict.reason or rejection.check, rejection, actor=actor)
+
+
+def check_stack(registry: AdapterRegistry, stack: StackRecord | Sequence[StackItem], handle: BaseModelHandle,
+                cache: dict[str, AdapterVerdict] | None = None, max_delta_norm: float | None = None, *,
+                record: bool = True,
+                actor: str = "validation", layers_of: LayersOf | None = None) -> StackVerdict:
+    """Validate each version of ``stack`` against ``handle``, then the weighted stack as a whole.
+
+    ``record``: write the versions' outcomes to the registry (rejected with the check and
+    policy; a pass moves a candidate, or a version whose rejection does not apply here, to
+    approved). A follower that only decides whether to switch passes False.
+    ``cache`` keeps passing verdicts (keyed by version, weights hash, base hash and bound) so a
+    long-lived runtime validates each version once; ``layers_of`` supplies already-loaded layers.
+    """
+    from agent_sleep.adapters.artifact import lora_layers, read_adapter
+    from agent_sleep.adapters.validation import validate_stack
+    from agent_sleep.errors import AdapterError
+
+    bound = _bound(max_delta_norm)
+    items = stack.items if isinstance(stack, StackRecord) else tuple(stack)
+    loaded: dict[str, Mapping[str, LoraWeights]] = {}
     verdicts = []
-    for item in stack.items:
+    for item in items:
         rec = registry.get(item.adapter)
-        key = f"{rec.name}:{rec.weights_sha256}:{handle.content_hash}"
-        if cache is not None and key in cache:
-            verdicts.append(cache[key])
+        rejection = rec.rejection
+        if rejection is not None and rejection.applies(base_model_hash=handle.content_hash, max_delta_norm=bound):
+            verdicts.append(AdapterVerdict(adapter=rec.name, ok=False, check=rejection.check,
+                                           reason=f"rejected earlier: {rec.status_reason}"))
             continue
-        if rec.status == "rejected":
-            verdict = AdapterVerdict(adapter=rec.name, ok=False, reason=f"rejected earlier: {rec.status_reason}")
-        else:
-            try:
-                report = validate_adapter(read_adapter(rec.path), handle, max_delta_norm=bound)
-                verdict = AdapterVerdict(adapter=rec.name, ok=report.ok, reason=report.reason,
-                                         checks=[c.model_dump() if hasattr(c, "model_dump") else dict(vars(c))
-                                                 for c in report.checks])
-            except AdapterError as exc:  # unreadable / tampered on disk: a rejection, not a crash
-                verdict = AdapterVerdict(adapter=rec.name, ok=False, reason=str(exc))
-            if verdict.ok:
-                if rec.status == "candidate":
-                    registry.set_status(rec.name, "approved")
-            else:
-                registry.set_status(rec.name, "rejected", verdict.reason)
-        if cache is not None and verdict.ok:
-            cache[key] = verdict
+        key = f"{rec.name}:{rec.weights_sha256}:{handle.content_hash}:{bound!r}"
+        verdict = cache.get(key) if cache is not None else None
+        if verdict is None:
+            verdict = _validate_one(rec, handle, bound, loaded)
+            if cache is not None and verdict.ok:
+                cache[key] = verdict
+        if record:
+            _record(registry, rec, verdict, handle, bound, actor)
         verdicts.append(verdict)
-    return verdicts
+    if not all(v.ok for v in verdicts) or not items:
+        return StackVerdict(verdicts=verdicts)
+
+    def layers(name: str) -> Mapping[str, LoraWeights]:
+        if name not in loaded:
+            loaded[name] = layers_of(name) if layers_of else lora_layers(read_adapter(registry.get(name).path))
+        return loaded[name]
+
+    try:
+        report = validate_stack([(i.adapter, layers(i.adapter), i.weight) for i in items], handle,
+                                max_delta_norm=bound)
+    except AdapterError as exc:  # a folder that changed since its own check
+        return StackVerdict(verdicts=verdicts, stack_checks=[{"name": "read", "ok": False, "detail": str(exc),
+                                                              "value": None}])
+    return StackVerdict(verdicts=verdicts, stack_checks=[dict(vars(c)) for c in report.checks])
+
+
+def _refused_without_validation(registry: AdapterRegistry, items: Sequence[StackItem]) -> StackVerdict:
+    verdicts = []
+    for item in items:
+        rec = registry.get(item.adapter)
+        if rec.status == "rejected":
+            verdicts.append(AdapterVerdict(adapter=rec.name, ok=False, check="rejected",
+                                           reason=f"rejected earlier: {rec.status_reason} (skipping validation "
+                                                  f"does not lift a rejection)"))
+    return StackVerdict(verdicts=verdicts)
+
+
+def _validated(registry: AdapterRegistry, items: Sequence[StackItem], write: Callable[[], DeploymentRecord], *,
+               validate: bool, handle: BaseModelHandle | None, max_delta_norm: float | None,
+               cache: dict[str, AdapterVerdict] | None, actor: str, layers_of: LayersOf | None) -> DeployOutcome:
+    if not validate:
+        verdict = _refused_without_validation(registry, items)
+    elif items:
+        if handle is None:
+            from agent_sleep.models.loader import load_base_model
+
+            handle = load_base_model(registry.store.settings.model, settings=registry.store.settings)
+        verdict = check_stack(registry, items, handle, cache, max_delta_norm, actor=actor, layers_of=layers_of)
+    else:
+        verdict = StackVerdict()
+    if not verdict.ok:
+        return DeployOutcome(status="rejected", verdicts=verdict.verdicts, stack_checks=verdict.stack_checks,
+                             reason=verdict.reason)
+    return DeployOutcome(status="deployed", deployment=write(), verdicts=verdict.verdicts,
+                         stack_checks=verdict.stack_checks)
 
 
 def deploy_validated(registry: AdapterRegistry, agent: str, target: str | StackRef | AdapterRef | Sequence[Any], *,
                      actor: str = "user", reason: str = "", run_id: str | None = None, validate: bool = True,
                      handle: BaseModelHandle | None = None, max_delta_norm: float | None = None,
-                     cache: dict[str, AdapterVerdict] | None = None) -> DeployOutcome:
-    """Create the stack, validate it against the base model, then deploy it atomically.
+                     cache: dict[str, AdapterVerdict] | None = None, layers_of: LayersOf | None = None
+                     ) -> DeployOutcome:
+    """Validate the stack against the base model, then record it and deploy it atomically.
 
-    ``cache`` keeps passing verdicts (keyed by version, weights hash and base hash) so a
-    long-lived runtime validates each version once.
+    ``target``: a stack, an adapter reference, or a list of adapters / ``(adapter, weight)``.
+    References are resolved to versions first; the stack row is written with the deployment.
+    ``validate=False`` skips the checks but still refuses a rejected version.
     """
     live = registry.live(agent)
     seen = live.seq if live else 0
+    deploy_target: Any
     if isinstance(target, StackRef) or is_stack_ref(target):
         stack = registry.get_stack(target)
+        if stack.agent != agent:
+            raise InvalidInputError(f"stack {stack.name} belongs to agent {stack.agent!r}, not {agent!r}")
+        items, deploy_target = stack.items, stack.name
     else:
-        stack = registry.create_stack(agent, [target] if isinstance(target, str | AdapterRef) else target)
-    verdicts: list[AdapterVerdict] = []
-    if validate and stack.items:
-        if handle is None:
-            from agent_sleep.models.loader import load_base_model
+        items = registry.stack_items([target] if isinstance(target, str | AdapterRef) else target)
+        deploy_target = list(items)
 
-            handle = load_base_model(registry.store.settings.model, settings=registry.store.settings)
-        verdicts = check_stack(registry, stack, handle, cache, max_delta_norm)
-        bad = [v for v in verdicts if not v.ok]
-        if bad:
-            return DeployOutcome(status="rejected", verdicts=verdicts,
-                                 reason="; ".join(f"{v.adapter}: {v.reason}" for v in bad))
-    # expected_seq: a deploy that raced us while we validated wins; we get a conflict error.
-    dep = registry.deploy(agent, stack.name, actor=actor, reason=reason, run_id=run_id, expected_seq=seen)
-    return DeployOutcome(status="deployed", deployment=dep, verdicts=verdicts)
+    def write() -> DeploymentRecord:
+        # expected_seq: a deploy that raced us while we validated wins; we get a conflict error.
+        return registry.deploy(agent, deploy_target, actor=actor, reason=reason, run_id=run_id, expected_seq=seen)
+
+    return _validated(registry, items, write, validate=validate, handle=handle, max_delta_norm=max_delta_norm,
+                      cache=cache, actor=actor, layers_of=layers_of)
+
+
+def rollback_validated(registry: AdapterRegistry, agent: str, *, to: str | None = None, actor: str = "user",
+                       reason: str = "rollback", validate: bool = True, handle: BaseModelHandle | None = None,
+                       max_delta_norm: float | None = None, cache: dict[str, AdapterVerdict] | None = None,
+                       layers_of: LayersOf | None = None) -> DeployOutcome:
+    """:meth:`AdapterRegistry.rollback`, validated like a deploy: a stack that fails is not made live again."""
+    plan = registry.rollback_plan(agent, to=to)
+
+    def write() -> DeploymentRecord:
+        return registry.deploy(agent, plan.stack.name, actor=actor, reason=reason, kind="rollback",
+                               expected_seq=plan.expected_seq, previous_id=plan.previous_id)
+
+    return _validated(registry, plan.stack.items, write, validate=validate, handle=handle,
+                      max_delta_norm=max_delta_norm, cache=cache, actor=actor, layers_of=layers_of)

@@ -7,11 +7,20 @@ new stack live is therefore one reference assignment between requests: no
 request ever sees a mix, and the old stack's tensors are freed when the last
 request holding it finishes (reference counting is the drain).
 
-The registry in SQL is the source of truth: ``deploy``/``rollback`` write it
-and then switch locally; :meth:`LiveRuntime.sync` (run by :meth:`watch`, about
-every 0.25 s, and at once on PostgreSQL NOTIFY: :mod:`agent_sleep.registry.notify`)
-applies deployments made by other processes. The stack that was live before
-stays prepared ("warm"), so a rollback to it needs no disk access.
+The registry in SQL is the source of truth: ``deploy``/``rollback`` validate,
+write it and then switch locally; :meth:`LiveRuntime.sync` (run by
+:meth:`watch`, about every 0.25 s, and at once on PostgreSQL NOTIFY:
+:mod:`agent_sleep.registry.notify`) applies deployments made by other
+processes, after validating them itself. A deployment it refuses is logged
+once and kept as a :class:`Refusal`; it is tried again only after a growing
+pause (5 s, doubling up to 5 min), or at once when a newer deployment comes.
+The stack that was live before stays prepared ("warm"), so a rollback to it
+needs no disk access.
+
+Lifecycle: ``with LiveRuntime(registry) as runtime: runtime.watch(); ...``
+stops the watcher on leaving the block; a watcher still running when the
+interpreter exits is stopped and joined first (it may be inside torch code,
+which must not be running while the process tears down).
 """
 
 from __future__ import annotations
@@ -19,20 +28,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent_sleep.adapters.stack import LoraHooks, PreparedStack, prepare_stack
-from agent_sleep.errors import NotFoundError
+from agent_sleep.adapters.stack import LoraHooks, PreparedStack, check_weight, prepare_stack
+from agent_sleep.errors import AgentSleepError, InvalidInputError, NotFoundError
 from agent_sleep.models.loader import BaseModelHandle, load_base_model
 from agent_sleep.registry import AdapterRegistry, DeploymentRecord, StackRecord
 from agent_sleep.registry.notify import listen
 from agent_sleep.registry.refs import AdapterRef, StackRef, check_one_per_skill
 from agent_sleep.runtime.chat_model import PinnedModel
-from agent_sleep.runtime.deploy import AdapterVerdict, DeployOutcome, check_stack, deploy_validated
+from agent_sleep.runtime.deploy import (
+    AdapterVerdict,
+    DeployOutcome,
+    check_stack,
+    deploy_validated,
+    rollback_validated,
+)
 
 if TYPE_CHECKING:
     from agent_sleep.adapters.artifact import LoraWeights
@@ -53,8 +69,29 @@ class LiveState:
         return f"{self.deployment.stack.name}#{self.deployment.seq}"
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A deployment this runtime would not switch to: why, how often it tried, when it tries again."""
+
+    deployment: DeploymentRecord
+    reason: str
+    attempts: int
+    retry_at: float  # time.monotonic() of the next attempt
+
+
+def _stop_watcher(stop: threading.Event, thread: threading.Thread) -> None:
+    stop.set()
+    if thread is not threading.current_thread():
+        thread.join(timeout=60)  # a validation in progress finishes; then the loop sees the event
+
+
 class LiveRuntime:
-    """Serve several agents from one base model, each on its own live stack."""
+    """Serve several agents from one base model, each on its own live stack.
+
+    A context manager: leaving ``with LiveRuntime(...) as runtime:`` stops the watcher.
+    """
+
+    REFUSAL_BACKOFF = (5.0, 300.0)  # seconds before the first retry of a refused deployment; the most
 
     def __init__(self, registry: AdapterRegistry, *, model: str | None = None, handle: BaseModelHandle | None = None,
                  validate: bool = True, max_delta_norm: float | None = None, cache_adapters: int = 32) -> None:
@@ -71,8 +108,16 @@ class LiveRuntime:
         self._verdicts: dict[str, AdapterVerdict] = {}
         self._lock = threading.RLock()  # serialises switches; readers never take it
         self._watcher: threading.Thread | None = None
+        self._finalizer: weakref.finalize | None = None
         self._stop = threading.Event()
+        self._refused: dict[str, Refusal] = {}
         self.last_sync_error: str | None = None
+
+    def __enter__(self) -> LiveRuntime:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     # -- reading what is live (hot path: no locks) -------------------------------------------
     def live(self, agent: str) -> LiveState | None:
@@ -111,20 +156,33 @@ class LiveRuntime:
                 self._layers.popitem(last=False)
         return layers
 
+    def _refuse_rejected(self, names: Sequence[str]) -> None:
+        for name in names:
+            rec = self.registry.get(name)
+            if rec.status == "rejected":
+                raise InvalidInputError(f"{rec.name} is rejected ({rec.status_reason}); a rejected version is never "
+                                        f"served")
+
     def prepare(self, stack: StackRecord) -> PreparedStack:
-        """Load (cache or disk) and combine a stack's adapters; does not make it live."""
+        """Load (cache or disk) and combine a stack's adapters; does not make it live. Refuses rejected versions."""
+        self._refuse_rejected([i.adapter for i in stack.items])
         items = [(i.adapter, self._adapter_layers(i.adapter), i.weight) for i in stack.items]
         prepared = prepare_stack(stack.name, items, dtype=self.handle.dtype, device=self.handle.device)
         self.hooks.ensure(list(prepared.layers))
         return prepared
 
     def prepare_adapters(self, refs: Sequence[str | AdapterRef | tuple[str | AdapterRef, float]]) -> PreparedStack:
-        """A prepared stack of explicit adapters (``skill@vN`` or ``skill``), not tied to an agent."""
+        """A prepared stack of explicit adapters (``skill@vN`` or ``skill``), not tied to an agent.
+
+        Weights must be ones a stack may use (``check_weight``); a rejected version is refused.
+        """
         items = []
         for ref in refs:
             name, weight = (ref, 1.0) if isinstance(ref, str | AdapterRef) else ref
             rec = self.registry.get(name)
-            items.append((rec.name, self._adapter_layers(rec.name), float(weight)))
+            weight = check_weight(weight, rec.name)
+            self._refuse_rejected([rec.name])
+            items.append((rec.name, self._adapter_layers(rec.name), weight))
         check_one_per_skill(name for name, _, _ in items)
         label = "+".join(n if w == 1.0 else f"{n}*{w:g}" for n, _, w in items) or "base"
         prepared = prepare_stack(label, items, dtype=self.handle.dtype, device=self.handle.device)
@@ -137,6 +195,9 @@ class LiveRuntime:
             if old is not None and old.deployment.stack.id != state.deployment.stack.id:
                 self._warm[agent] = old
             self._live[agent] = state  # the switch: one reference assignment
+            refused = self._refused.get(agent)
+            if refused is not None and refused.deployment.seq <= state.deployment.seq:
+                del self._refused[agent]
 
     # -- changing what is live ----------------------------------------------------------------
     def deploy(self, agent: str, target: str | StackRef | AdapterRef | Sequence[Any], *, actor: str = "runtime",
@@ -144,16 +205,20 @@ class LiveRuntime:
         """Validate, record in the registry, prepare, and switch ``agent`` to the new stack."""
         outcome = deploy_validated(self.registry, agent, target, actor=actor, reason=reason, run_id=run_id,
                                    validate=self.validate, handle=self.handle, max_delta_norm=self.max_delta_norm,
-                                   cache=self._verdicts)
+                                   cache=self._verdicts, layers_of=self._adapter_layers)
         if outcome.deployment is not None:
             self._activate(outcome.deployment)
         return outcome
 
     def rollback(self, agent: str, *, to: str | None = None, actor: str = "runtime",
                  reason: str = "rollback") -> DeployOutcome:
-        dep = self.registry.rollback(agent, to=to, actor=actor, reason=reason)
-        self._activate(dep)
-        return DeployOutcome(status="deployed", deployment=dep)
+        """Validate the earlier stack like a deploy, then make it live again (``rejected``: nothing changed)."""
+        outcome = rollback_validated(self.registry, agent, to=to, actor=actor, reason=reason, validate=self.validate,
+                                     handle=self.handle, max_delta_norm=self.max_delta_norm, cache=self._verdicts,
+                                     layers_of=self._adapter_layers)
+        if outcome.deployment is not None:
+            self._activate(outcome.deployment)
+        return outcome
 
     def remove_skill(self, agent: str, skill: str, *, actor: str = "runtime", reason: str = "") -> DeployOutcome:
         dep = self.registry.remove_skill(agent, skill, actor=actor, reason=reason)
@@ -182,42 +247,92 @@ class LiveRuntime:
         return self._live.get(agent)
 
     def sync(self) -> list[str]:
-        """Apply deployments other processes wrote to the registry; returns agents switched."""
+        """Apply deployments other processes wrote to the registry; returns agents switched.
+
+        A deployment refused before is skipped until its retry time (see :meth:`refusal`).
+        """
+        return self._sync()
+
+    def _sync(self, stop: threading.Event | None = None) -> list[str]:
         changed = []
-        for agent, (seq, _dep_id) in self.registry.live_heads().items():
+        for agent, (seq, dep_id) in self.registry.live_heads().items():
+            if stop is not None and stop.is_set():
+                break  # the watcher is being stopped (maybe at exit): no new validation
             current = self._live.get(agent)
             if current is not None and current.deployment.seq >= seq:
+                continue
+            refused = self._refused.get(agent)
+            if refused is not None and refused.deployment.id == dep_id and time.monotonic() < refused.retry_at:
                 continue
             dep = self.registry.live(agent)
             if dep is not None and self._apply(dep):
                 changed.append(agent)
         return changed
 
+    def refusal(self, agent: str) -> Refusal | None:
+        """The newest deployment of ``agent`` this runtime refused to switch to, if it still stands."""
+        return self._refused.get(agent)
+
     def _apply(self, dep: DeploymentRecord) -> bool:
-        if self.validate and dep.stack.items:
-            bad = [v for v in check_stack(self.registry, dep.stack, self.handle, self._verdicts, self.max_delta_norm) if not v.ok]
-            if bad:
-                # Deployed elsewhere but refused by this model: keep serving what we have.
-                self.last_sync_error = "; ".join(f"{v.adapter}: {v.reason}" for v in bad)
-                log.error("not switching %s to %s: %s", dep.agent, dep.stack.name, self.last_sync_error)
-                return False
-        self._activate(dep)
+        """Validate (not recording anything: the deployer did) and switch; a refusal keeps what is live."""
+        reason = None
+        try:
+            if self.validate and dep.stack.items:
+                verdict = check_stack(self.registry, dep.stack, self.handle, self._verdicts, self.max_delta_norm,
+                                      record=False, layers_of=self._adapter_layers)
+                reason = verdict.reason
+            if reason is None:
+                self._activate(dep)
+        except AgentSleepError as exc:  # e.g. a rejected version or an unreadable folder
+            reason = str(exc)
+        if reason is not None:
+            self._refuse(dep, reason)
+            return False
         return True
 
+    def _refuse(self, dep: DeploymentRecord, reason: str) -> None:
+        """Keep serving what we have; say so once per deployment and reason, then back off."""
+        with self._lock:
+            prev = self._refused.get(dep.agent)
+            again = prev is not None and prev.deployment.id == dep.id
+            attempts = prev.attempts + 1 if again and prev is not None else 1
+            first, most = self.REFUSAL_BACKOFF
+            delay = min(most, first * 2 ** (attempts - 1))
+            self._refused[dep.agent] = Refusal(dep, reason, attempts, time.monotonic() + delay)
+            self.last_sync_error = reason
+        if again and prev is not None and prev.reason == reason:
+            log.debug("still not switching %s to %s (attempt %d): %s", dep.agent, dep.stack.name, attempts, reason)
+        else:
+            log.error("not switching %s to %s #%d: %s (next try in %gs, or at the next deployment)", dep.agent,
+                      dep.stack.name, dep.seq, reason, delay)
+
     def watch(self, interval: float = 0.25) -> None:
-        """Follow the registry from a background thread (LISTEN/NOTIFY on PostgreSQL, else polling)."""
-        if self._watcher is not None:
+        """Follow the registry from a background thread (LISTEN/NOTIFY on PostgreSQL, else polling).
+
+        End it with :meth:`stop` or a ``with`` block; at interpreter exit it is stopped and joined.
+        """
+        if self._watcher is not None and self._watcher.is_alive():
             return
         self._stop.clear()
-        self._watcher = threading.Thread(target=self._watch_loop, args=(interval,), daemon=True,
-                                         name="agent-sleep-runtime-watch")
-        self._watcher.start()
+        thread = threading.Thread(target=self._watch_loop, args=(interval,), daemon=True,
+                                  name="agent-sleep-runtime-watch")
+        self._watcher = thread
+        if self._finalizer is not None:
+            self._finalizer.detach()  # from a watcher that ended on its own
+        # Runs at exit (before the interpreter tears down) or when stop() detaches it. It holds the
+        # event and the thread, not the runtime, so it keeps nothing alive.
+        self._finalizer = weakref.finalize(self, _stop_watcher, self._stop, thread)
+        thread.start()
 
     def stop(self) -> None:
+        """Stop the watcher (waiting for a sync in progress); a no-op when none runs."""
         self._stop.set()
-        if self._watcher is not None:
-            self._watcher.join(timeout=5)
-            self._watcher = None
+        thread, self._watcher = self._watcher, None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=60)
 
     def _watch_loop(self, interval: float) -> None:
         if self.registry.engine.dialect.name == "postgresql":
@@ -231,10 +346,12 @@ class LiveRuntime:
 
     def _sync_logged(self, _agent: str | None = None) -> None:
         try:
-            self.sync()
+            self._sync(self._stop)
         except Exception as exc:  # a flaky database must not kill the watcher
+            # Once per distinct error, not every poll: an outage would otherwise log 4 lines a second.
+            level = logging.DEBUG if str(exc) == self.last_sync_error else logging.WARNING
             self.last_sync_error = str(exc)
-            log.warning("registry sync failed: %s", exc)
+            log.log(level, "registry sync failed: %s", exc)
 
     # -- using it -----------------------------------------------------------------------------
     def chat_model(self, agent: str | None = None, *,

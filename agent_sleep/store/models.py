@@ -161,8 +161,25 @@ class AdapterVersion(Base):
     # candidate | approved | live | retired | rejected | rolled_back
     status: Mapped[str] = mapped_column(String(16), default="candidate", index=True)
     status_reason: Mapped[str | None] = mapped_column(Text)
+    # structured "why" of the status (migration 0003): for rejected, the failing check and the policy
+    status_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     sources: Mapped[dict[str, Any]] = mapped_column(default=dict)
     eval_summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AdapterStatusChange(Base):
+    """One status change of an adapter version (``candidate`` → ``rejected`` …), by whom and why. Never edited."""
+
+    __tablename__ = "adapter_status_changes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    version_id: Mapped[str] = mapped_column(ForeignKey("adapter_versions.id"), index=True)
+    from_status: Mapped[str] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

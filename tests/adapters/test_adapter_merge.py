@@ -119,3 +119,7 @@ def test_merge_arguments_are_checked(sources: list[Path]) -> None:
         merge_ties(items, rank=2, density=0.0)
     with pytest.raises(InvalidInputError, match="nothing to merge"):
         materialize_cat([])
+    for bad in (float("nan"), float("inf")):  # would poison every merged tensor
+        for merge in (materialize_cat, lambda i: merge_linear(i, rank=2), lambda i: merge_ties(i, rank=2)):
+            with pytest.raises(InvalidInputError, match="weight of 'a' must be finite"):
+                merge([("a", items[0][1], bad)])

@@ -112,3 +112,26 @@ def test_plain_peft_folder_without_manifest_skips_the_base_check(tmp_path: Path,
     (folder / "manifest.json").unlink()
     report = validate_adapter(read_adapter(folder, require_manifest=False), handle)
     assert report.ok and "skipped" in report.checks[0].detail
+
+
+def test_a_stack_is_checked_as_it_runs(tmp_path: Path, handle: BaseModelHandle) -> None:
+    from agent_sleep.adapters import lora_layers
+    from agent_sleep.adapters.validation import validate_stack
+
+    a = lora_layers(read_adapter(write_random(tmp_path / "a", handle, seed=1)))
+    b = lora_layers(read_adapter(write_random(tmp_path / "b", handle, seed=2)))
+    alone = next(c.value for c in validate_adapter(read_adapter(tmp_path / "a"), handle).checks
+                 if c.name == "delta_norm")
+    assert alone is not None and 0.3 < alone < 0.7  # passes the default bound of 1.0 on its own
+
+    same = validate_stack([("a", a, 1.0)], handle)
+    assert same.ok and same.checks[-1].value == pytest.approx(alone)  # one adapter at weight 1: its own number
+    twice = validate_stack([("a", a, 2.0)], handle)
+    assert twice.failed == ["stack_delta_norm"] and twice.checks[-1].value == pytest.approx(2 * alone)
+    assert validate_stack([("a", a, 1.0), ("a-again", a, 1.0)], handle).failed == ["stack_delta_norm"]
+    assert validate_stack([("a", a, 1.0), ("a-negated", a, -1.0)], handle).checks[-1].value == pytest.approx(0.0)
+    assert validate_stack([("a", a, 1.0), ("b", b, 1.0)], handle).ok  # independent deltas add up less
+    for bad in (float("nan"), float("inf"), 0.0, 4.5, -1e6):
+        report = validate_stack([("a", a, 1.0), ("b", b, bad)], handle)
+        assert report.failed == ["weights"] and "weight of 'b'" in (report.reason or "")
+    assert validate_stack([], handle).ok

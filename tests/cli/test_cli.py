@@ -12,6 +12,7 @@ import pytest
 
 from agent_sleep.cli.main import build_parser, main
 from agent_sleep.store import ExperienceStore
+from agent_sleep.store.engine import head_revision
 
 
 def _subcommand_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -39,7 +40,7 @@ def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_store_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str], db_url: str) -> None:
     base = ["--data-dir", str(tmp_path / "d"), "--db", db_url]
     assert main([*base, "init"]) == 0
-    assert "schema 0002" in capsys.readouterr().out
+    assert f"schema {head_revision()}" in capsys.readouterr().out
     assert main([*base, "episodes", "list"]) == 0
     assert "no episodes" in capsys.readouterr().out
 

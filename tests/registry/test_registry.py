@@ -11,6 +11,7 @@ import pytest
 from agent_sleep.errors import (
     AdapterFormatError,
     DeployConflictError,
+    DeploymentError,
     InvalidInputError,
     NotFoundError,
     NothingToRollBackError,
@@ -18,6 +19,7 @@ from agent_sleep.errors import (
 )
 from agent_sleep.registry import AdapterRegistry
 from agent_sleep.registry.notify import listen
+from agent_sleep.registry.records import Rejection, StackItem
 from agent_sleep.registry.refs import AdapterRef, StackRef
 from agent_sleep.store import ExperienceStore
 from tests.helpers_adapters import BASE_HASH, write_random
@@ -181,3 +183,99 @@ def test_racing_deploys_one_wins(registry: AdapterRegistry, tmp_path: Path) -> N
         t.join()
     assert sorted(results) == ["conflict", "conflict", "conflict", "won"]
     assert registry.live("helpdesk").seq == 3  # type: ignore[union-attr]
+
+
+def _tamper(registry: AdapterRegistry, ref: str) -> None:
+    with (Path(registry.get(ref).path) / "adapter_model.safetensors").open("r+b") as fh:
+        fh.seek(-4, 2)
+        fh.write(b"\x00\x01\x02\x03")
+
+
+POLICY = Rejection(check="delta_norm", kind="policy", base_model_hash=BASE_HASH, policy={"max_delta_norm": 0.1})
+
+
+def test_weights_are_checked_before_anything_is_written(registry: AdapterRegistry, tmp_path: Path) -> None:
+    a1 = _register(registry, tmp_path, "refunds")
+    for bad in (float("nan"), float("inf"), 0.0, 1e6, -4.5, "x"):
+        with pytest.raises(InvalidInputError, match="weight of 'refunds@v1'"):
+            registry.deploy("helpdesk", [(a1, bad)])
+        with pytest.raises(InvalidInputError, match="weight of 'refunds@v1'"):
+            registry.create_stack("helpdesk", [(a1, bad)])
+    assert registry.stacks() == [] and registry.live("helpdesk") is None
+    assert registry.stack_items([("refunds", -0.5)]) == (StackItem(adapter=a1, weight=-0.5),)
+    assert registry.stacks() == []  # resolving a stack writes nothing
+    assert registry.deploy("helpdesk", [(a1, 4.0)]).stack.items[0].weight == 4.0
+
+
+def test_a_rejected_version_is_never_served_through_an_alias(registry: AdapterRegistry, tmp_path: Path) -> None:
+    a1, a2 = _register(registry, tmp_path, "refunds", 0), _register(registry, tmp_path, "refunds", 1)
+    registry.deploy("helpdesk", a1)
+    registry.deploy("helpdesk", a2)
+    assert registry.get(a1).aliases == ("previous",) and registry.get(a2).aliases == ("candidate", "live")
+    rec = registry.reject(a2, "delta_norm: too large", POLICY, actor="test")
+    assert rec.status == "rejected" and rec.aliases == () and rec.rejection == POLICY
+    for alias in ("refunds@live", "refunds@candidate"):
+        with pytest.raises(NotFoundError):
+            registry.get(alias)
+    assert registry.get("refunds").name == a1  # bare skill: the newest version that is not rejected
+    assert registry.get(a2).name == a2  # an exact version can still be looked at
+    with pytest.raises(DeploymentError, match="holds rejected versions.*refunds@v2"):
+        registry.deploy("helpdesk", a2)
+    with pytest.raises(DeploymentError, match="rejected"):
+        registry.deploy("sales", [a2])
+    assert registry.stacks("sales") == []  # the refused deploy left no stack behind
+    registry.deploy("helpdesk", a1)  # #3 (a1 again)
+    with pytest.raises(DeploymentError, match="rejected"):
+        registry.rollback("helpdesk")  # back to a2's stack: refused, nothing changes
+    assert registry.live("helpdesk").seq == 3  # type: ignore[union-attr]
+    assert registry.get(a2).status == "rejected"
+
+
+def test_status_transitions_are_validated_and_recorded(registry: AdapterRegistry, tmp_path: Path) -> None:
+    a1, b1 = _register(registry, tmp_path, "refunds"), _register(registry, tmp_path, "tone")
+    with pytest.raises(InvalidInputError, match="status must be one of"):
+        registry.set_status(a1, "shiny")
+    registry.reject(a1, "delta_norm: 2.2 > 0.1", POLICY, actor="deployer")
+    with pytest.raises(InvalidInputError, match="is rejected; it cannot become live"):
+        registry.set_status(a1, "live")
+    with pytest.raises(InvalidInputError, match="out of use already"):
+        registry.retire(a1)
+    assert registry.approve(a1, actor="alice", reason="looked at it").status == "approved"
+    assert registry.approve(a1).status == "approved"  # again: nothing changes, nothing recorded
+    registry.deploy("helpdesk", a1)
+    with pytest.raises(InvalidInputError, match="is live"):
+        registry.approve(a1)
+    with pytest.raises(DeploymentError, match="is live for helpdesk"):
+        registry.retire(a1)
+    assert registry.retire(b1, actor="bob").status == "retired"
+    assert registry.get(b1).aliases == ()  # no longer the candidate
+    assert "tone@v1" not in [a.name for a in registry.adapters(status="candidate")]
+    history = [(c.from_status, c.to_status, c.actor) for c in registry.status_history(a1)]
+    assert history == [("candidate", "rejected", "deployer"), ("rejected", "approved", "alice"),
+                       ("approved", "live", "user")]
+    assert registry.status_history(a1)[0].detail == POLICY.model_dump(mode="json")
+    assert [h["to"] for h in registry.lineage(a1)["status_history"]] == ["rejected", "approved", "live"]
+
+    c1 = _register(registry, tmp_path, "billing")
+    _tamper(registry, c1)
+    registry.reject(c1, "tampered", Rejection(check="integrity", kind="integrity"))
+    with pytest.raises(InvalidInputError, match="integrity check"):
+        registry.approve(c1)
+    registry.set_status(c1, "rejected", "by hand")  # no detail: a manual rejection, approve lifts it
+    assert registry.get(c1).rejection == Rejection(check="unknown", kind="manual")
+    assert registry.approve(c1).status == "approved"
+
+
+def test_a_rejection_says_when_to_look_again() -> None:
+    other = "cd" * 32
+    assert POLICY.applies(base_model_hash=BASE_HASH, max_delta_norm=0.1)
+    assert POLICY.applies(base_model_hash=BASE_HASH, max_delta_norm=0.05)  # stricter: fails again for sure
+    assert not POLICY.applies(base_model_hash=BASE_HASH, max_delta_norm=1.0)  # looser: validate again
+    assert not POLICY.applies(base_model_hash=other, max_delta_norm=0.1)  # other weights: other norms
+    compat = Rejection(check="base_model", kind="compatibility", base_model_hash=BASE_HASH)
+    assert compat.applies(base_model_hash=BASE_HASH, max_delta_norm=1e9)
+    assert not compat.applies(base_model_hash=other, max_delta_norm=1.0)
+    broken = Rejection(check="integrity", kind="integrity", base_model_hash=BASE_HASH)
+    assert broken.applies(base_model_hash=other, max_delta_norm=1e9)
+    stored = {**POLICY.model_dump(mode="json"), "from_a_newer_version": 1}  # stored detail tolerates new keys
+    assert Rejection.model_validate(stored) == POLICY

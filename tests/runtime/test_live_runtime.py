@@ -195,28 +195,31 @@ def test_other_process_deploy_is_picked_up(runtime: Any, tiny: tuple[Path, Any],
     assert runtime.live("helpdesk").deployment.stack.items[0].adapter == "tone@v1"  # type: ignore[union-attr]
     assert runtime.sync() == []  # already applied
 
-    done = subprocess.run([*cli, "rollback", "--agent", "helpdesk"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([*cli, "rollback", "--agent", "helpdesk", "--max-delta-norm", "1000"], env=env,
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert runtime.wait_for("helpdesk", seq + 1, timeout=60)
     assert runtime.live("helpdesk").deployment.stack.items[0].adapter == "refunds@v1"  # type: ignore[union-attr]
 
 
-def test_merged_stack_equals_the_stack(runtime: Any, settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+def test_merged_stack_equals_the_stack(runtime: Any, settings: Settings, tiny: tuple[Path, Any],
+                                       capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     from agent_sleep.cli.main import main as cli
 
+    monkeypatch.setenv("AGENT_SLEEP_MODEL", str(tiny[0]))  # merge validates the result on the base model
     out = runtime.deploy("helpdesk", [("refunds@v1", 1.0), ("tone@v1", 0.5)])
     stacked = _logits(runtime, runtime.pin("helpdesk"))
     base = ["--data-dir", str(settings.data_dir), "--db", runtime.registry.store.url]
-    assert cli([*base, "stacks", "merge", out.deployment.stack.name, "--name", "merged", "--json"]) == 0
+    assert cli([*base, "stacks", "merge", out.deployment.stack.name, "--name", "merged", "--json",
+                "--max-delta-norm", "1000"]) == 0
     merged = json.loads(capsys.readouterr().out)
     assert merged["name"] == "merged@v1" and merged["rank"] == 8 and merged["generator"] == "merged"
     runtime.deploy("vllm-style", "merged@v1")
     assert torch.allclose(_logits(runtime, runtime.pin("vllm-style")), stacked, atol=1e-4)
     assert cli([*base, "stacks", "merge", out.deployment.stack.name, "--name", "lossy", "--method", "linear",
-                "--rank", "4"]) == 0
+                "--rank", "4", "--max-delta-norm", "1000"]) == 0
     assert runtime.registry.get("lossy@v1").rank == 4
 
 
