@@ -216,7 +216,7 @@ def weight_pair(text: str) -> str:
 
 @contextmanager
 def status_line(label: str | None, stream: IO[str] | None = None, delay: float | None = None) -> Iterator[None]:
-    """Say on stderr what a slow step is doing, then how long it took: ``label …`` ... ``… done in 2.3 s``.
+    """Say on stderr what a slow step is doing, then how long it took: ``label ...`` then ``... done in 2.3 s``.
 
     Nothing is written for a step that ends within ``delay`` seconds (default
     :data:`STATUS_DELAY_S`), so quick commands and fast failures stay quiet. Never
@@ -231,7 +231,7 @@ def status_line(label: str | None, stream: IO[str] | None = None, delay: float |
 
     def show() -> None:
         with lock:
-            print(f"{label} …", file=out, flush=True)
+            print(f"{label} ...", file=out, flush=True)
             shown[0] = True
 
     timer = threading.Timer(wait, show)
@@ -249,7 +249,7 @@ def status_line(label: str | None, stream: IO[str] | None = None, delay: float |
         with lock:
             if shown[0]:
                 seconds = time.perf_counter() - started
-                print(f"… {'done in' if ok else 'failed after'} {seconds:.1f} s", file=out, flush=True)
+                print(f"... {'done in' if ok else 'failed after'} {seconds:.1f} s", file=out, flush=True)
 
 
 def slow_label(args: argparse.Namespace) -> str | None:

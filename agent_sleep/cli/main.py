@@ -4,7 +4,8 @@ Each ``agent_sleep/cli/*_cmds.py`` module exposes ``register(subparsers)``; its
 handlers take the parsed namespace and return an exit code. Exit codes a cron
 job can act on: 0 ok, 1 error (message on stderr), 2 bad usage (argparse's own
 errors, and :class:`~agent_sleep.cli.common.UsageError`), 3 rejected by
-validation (``deploy``).
+validation (``deploy``). ``main(argv)`` returns the code, for a usage error
+too; only ``--help`` and ``--version`` leave through ``SystemExit(0)``.
 
 Every parser is a :class:`~agent_sleep.cli.common.CommandParser`, so the global
 options work before or after the command, and a command registered with
@@ -53,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage and the problem
+        if exc.code in (0, None):  # --help, --version
+            raise
+        return EXIT_USAGE
     try:
         with status_line(slow_label(args)):
             return int(args.handler(args) or 0)

@@ -32,11 +32,12 @@ NO_JSON = {("serve",), ("demo",), ("log", "export")}
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``agent-sleep ARGV``, whether main returns or argparse exits."""
+    """(exit code, stdout, stderr) of ``agent-sleep ARGV``; only --help leaves main through SystemExit."""
     try:
         code = main(argv)
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+        assert "--help" in argv and exc.code == 0, argv
+        code = 0
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -169,9 +170,11 @@ def test_every_data_command_prints_json_with_one_timestamp_format(world: dict[st
         ["adapters", "lineage", "refunds@v1", "--json"],
         ["stacks", "list", "--json"],
         ["stacks", "show", "helpdesk:stack@v1", "--json"],
-        ["stacks", "merge", "helpdesk:stack@v1", "--name", "merged", "--json"],
-        ["rollback", "--agent", "helpdesk", "--json"],
+        ["stacks", "merge", "helpdesk:stack@v1", "--name", "merged", "--max-delta-norm", "1000", "--json"],
+        ["rollback", "--agent", "helpdesk", "--no-validate", "--json"],
         ["remove-skill", "tone", "--agent", "helpdesk", "--json"],
+        ["adapters", "retire", "tone@v1", "--reason", "replaced", "--json"],
+        ["adapters", "approve", "extra@v1", "--json"],
         ["deployments", "--agent", "helpdesk", "--json"],
         ["log", "import", str(_export(world, capsys)), "--json"],
     ]
@@ -229,6 +232,9 @@ def test_iso_utc_is_the_one_format() -> None:
     ["feedback", "EPISODE", "--score", "good"],
     ["deploy", "refunds@v1", "--agent", "helpdesk", "--weight", "refunds"],
     ["deploy", "refunds@v1", "--agent", "helpdesk", "--weight", "refunds=lots"],
+    ["deploy", "refunds@v1", "--agent", "helpdesk", "--weight", "refunds=0"],
+    ["deploy", "refunds@v1", "--agent", "helpdesk", "--weight", "refunds=5"],
+    ["rollback", "--agent", "helpdesk", "--max-delta-norm", "0"],
     ["deploy", "refunds@v1", "--agent", "helpdesk", "--max-delta-norm", "-1"],
     ["stacks", "merge", "helpdesk:stack@v1", "--name", "m", "--density", "1.5"],
     ["stacks", "merge", "helpdesk:stack@v1", "--name", "m", "--rank", "0"],
@@ -332,13 +338,13 @@ def test_slow_commands_show_a_status_line_on_stderr_only(world: dict[str, Any], 
     monkeypatch.setattr(common, "STATUS_DELAY_S", 0.0)  # as if every step took longer than the delay
     code, out, err = run(["deploy", "refunds@v1", "--agent", "helpdesk", "--max-delta-norm", "1000", "--json"], capsys)
     assert code == 0 and json.loads(out)["status"] == "deployed"
-    assert "validating the stack against the base model …" in err and re.search(r"… done in \d+\.\d s", err)
+    assert "validating the stack against the base model ...\n" in err and re.search(r"\.\.\. done in \d+\.\d s", err)
     code, out, err = run(["deploy", "tone@v1", "--agent", "helpdesk", "--no-validate", "--json"], capsys)
     assert code == 0 and json.loads(out)["status"] == "deployed" and "validating" not in err
     code, out, err = run(["model", "pull", str(world["model"]), "--json"], capsys)
     assert code == 0 and json.loads(out)["path"] == str(world["model"]) and "pulling" in err and "done in" in err
     code, _, err = run(["deploy", "nothing@v1", "--agent", "helpdesk", "--json"], capsys)
-    assert code == 1 and "… failed after" in err
+    assert code == 1 and "... failed after" in err
 
 
 def test_status_line_stays_quiet_for_quick_steps() -> None:
@@ -352,7 +358,7 @@ def test_status_line_stays_quiet_for_quick_steps() -> None:
         import time
 
         time.sleep(0.3)
-    assert stream.getvalue().startswith("thinking …\n… done in 0.")
+    assert stream.getvalue().startswith("thinking ...\n... done in 0.")
 
 
 # ---------------------------------------------------------------- the README
