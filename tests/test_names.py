@@ -164,7 +164,7 @@ def test_cli_deploy_refuses_bad_agent_names(cli_env: Any, bad: str, capsys: pyte
     assert main([*db, "deploy", "refunds@v1", "--agent", bad, "--no-validate"]) == 1
     err = capsys.readouterr().err
     assert "invalid agent name" in err and "Traceback" not in err
-    assert main([*db, "stacks", "list"]) == 0 and capsys.readouterr().out == ""
+    assert main([*db, "stacks", "list"]) == 0 and capsys.readouterr().out == "no stacks yet\n"
 
 
 def test_cli_names_errors_suggest(cli_env: Any, tmp_path: Path, tiny: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,19 +25,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent_sleep.cli.common import print_json, read_document_file, settings_from
+from agent_sleep.cli.common import (
+    add_json_flag,
+    finite_float,
+    positive_int,
+    print_json,
+    read_document_file,
+    settings_from,
+)
 from agent_sleep.config import Settings
 from agent_sleep.errors import InvalidInputError, ModelNotFoundError, PayloadTooLargeError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
 
 
 def read_document(path: Path, settings: Settings) -> str:
@@ -168,18 +165,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="a UTF-8 text file (Markdown, plain text, ...); a symlink is followed, FIFOs and devices "
                    "are refused; at most $AGENT_SLEEP_MAX_DOCUMENT_BYTES (default 10 MB)")  # fmt: skip
     p.add_argument("--name", required=True, help="skill name to register the adapter under (next version)")
-    p.add_argument("--chunk-tokens", type=_positive_int, default=256, metavar="N",
+    p.add_argument("--chunk-tokens", type=positive_int, default=256, metavar="N",
                    help="tokens per chunk; each chunk adds rank r to the adapter (default: 256)")
-    p.add_argument("--max-chunks", type=_positive_int, default=1024, metavar="K",
+    p.add_argument("--max-chunks", type=positive_int, default=1024, metavar="K",
                    help="refuse documents of more than K chunks, i.e. an adapter above rank r*K (default: 1024)")
-    p.add_argument("--min-gate", type=float, default=None, metavar="G",
+    p.add_argument("--min-gate", type=finite_float, default=None, metavar="G",
                    help="leave out chunks whose learned gate is below G, 0 keeps all (default: the checkpoint's)")
     p.add_argument("--agent", help="the agent that owns the document and the skill (deploy it with deploy --agent)")
     p.add_argument("--description", help="skill description (default: 'D2L of FILE')")
     p.add_argument("--checkpoint", metavar="DIR", help="D2L hypernetwork checkpoint (default: the bundled one)")
     p.add_argument("--model", help="base model (default: $AGENT_SLEEP_MODEL or smollm2-135m-instruct)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(handler=cmd_internalize)
+    add_json_flag(p, "print one JSON object")
+    p.set_defaults(handler=cmd_internalize, slow=lambda a: f"internalizing {Path(a.path).name} into {a.name}")
 
 
 __all__ = ["cmd_internalize", "read_document", "register"]

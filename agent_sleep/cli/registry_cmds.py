@@ -13,7 +13,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from agent_sleep.cli.common import print_json, settings_from
+from agent_sleep.cli.common import (
+    add_json_flag,
+    agent_hint,
+    fraction,
+    iso_utc,
+    positive_float,
+    positive_int,
+    print_json,
+    settings_from,
+    time_text,
+    weight_pair,
+)
 from agent_sleep.errors import ConfigError
 
 EXIT_REJECTED = 3
@@ -35,10 +46,10 @@ def cmd_adapters_list(args: argparse.Namespace) -> int:
     rows = _registry(args).adapters(skill=args.skill, status=args.status)
     if args.json:
         for r in rows:
-            print_json(r.model_dump(mode="json"))
+            print_json(r)
         return 0
     if not rows:
-        print("no adapters")
+        print("no adapters match" if args.skill or args.status else "no adapters registered")
         return 0
     print(f"{'ADAPTER':28} {'STATUS':11} {'GEN':7} {'RANK':>4}  {'CREATED (UTC)':16}  ALIASES")
     for r in rows:
@@ -50,21 +61,28 @@ def cmd_adapters_list(args: argparse.Namespace) -> int:
 def cmd_adapters_show(args: argparse.Namespace) -> int:
     r = _registry(args).get(args.ref)
     if args.json:
-        print_json(r.model_dump(mode="json"))
+        print_json(r)
         return 0
     for key, value in r.model_dump(mode="json").items():
-        print(f"{key:16} {value}")
+        print(f"{key:16} {iso_utc(r.created_at) if key == 'created_at' else value}")
     return 0
 
 
 def cmd_adapters_lineage(args: argparse.Namespace) -> int:
-    print_json(_registry(args).lineage(args.ref))
+    """Always JSON (``--json`` is accepted so every data command takes it)."""
+    from agent_sleep.registry.records import AdapterVersionRecord
+
+    lineage = _registry(args).lineage(args.ref)
+    lineage["adapter"] = AdapterVersionRecord.model_validate(lineage["adapter"])  # its times print like all others
+    for entry in [*lineage.get("status_history", []), *lineage["deployments"]]:
+        entry["at"] = time_text(entry["at"])
+    print_json(lineage)
     return 0
 
 
 def _print_status(rec: Any, as_json: bool) -> int:
     if as_json:
-        print_json(rec.model_dump(mode="json"))
+        print_json(rec)
     else:
         print(f"{rec.name} is {rec.status}" + (f": {rec.status_reason}" if rec.status_reason else ""))
     return 0
@@ -97,7 +115,7 @@ def cmd_adapters_add(args: argparse.Namespace) -> int:
     rec = _registry(args).register(folder, args.skill, description=args.description, agent=args.agent,
                                    manifest=manifest)  # fmt: skip
     if args.json:
-        print_json({**rec.model_dump(mode="json"), "imported": manifest is not None})
+        print_json({**rec.model_dump(), "imported": manifest is not None})
     else:
         print(rec.name)
     return 0
@@ -105,14 +123,24 @@ def cmd_adapters_add(args: argparse.Namespace) -> int:
 
 def cmd_stacks_list(args: argparse.Namespace) -> int:
     reg = _registry(args)
-    for st in reg.stacks(args.agent):
+    stacks = reg.stacks(args.agent)
+    if args.json:
+        for st in stacks:
+            print_json(st)
+        return 0
+    if not stacks:
+        print(f"no stacks for agent {args.agent!r}{agent_hint(reg.store, args.agent)}" if args.agent
+              else "no stacks yet")
+        return 0
+    for st in stacks:
         items = _describe(st) or "(empty: base model)"
         print(f"{st.name:32} {st.created_at:%Y-%m-%d %H:%M}  {items}")
     return 0
 
 
 def cmd_stacks_show(args: argparse.Namespace) -> int:
-    print_json(_registry(args).get_stack(args.ref).model_dump(mode="json"))
+    """Always JSON (``--json`` is accepted so every data command takes it)."""
+    print_json(_registry(args).get_stack(args.ref))
     return 0
 
 
@@ -135,7 +163,7 @@ def _parse_weights(pairs: list[str] | None) -> dict[str, float]:
 
 def _print_outcome(outcome: Any, as_json: bool) -> int:
     if as_json:
-        print_json(outcome.model_dump(mode="json"))
+        print_json(outcome)
     elif outcome.status == "rejected":
         print(f"rejected: {outcome.reason}")
     else:
@@ -191,10 +219,14 @@ def cmd_remove_skill(args: argparse.Namespace) -> int:
 
 
 def cmd_deployments(args: argparse.Namespace) -> int:
-    deps = _registry(args).deployments(args.agent)
+    reg = _registry(args)
+    deps = reg.deployments(args.agent)
     if args.json:
         for d in deps:
-            print_json(d.model_dump(mode="json"))
+            print_json(d)
+        return 0
+    if not deps:
+        print(f"no deployments for agent {args.agent!r}{agent_hint(reg.store, args.agent)}")
         return 0
     for d in deps:
         items = _describe(d.stack) or "base model"
@@ -203,85 +235,97 @@ def cmd_deployments(args: argparse.Namespace) -> int:
     return 0
 
 
+_ADAPTER_STATUSES = ["candidate", "approved", "live", "retired", "rejected", "rolled_back"]
+
+
+def _deploy_slow(args: argparse.Namespace) -> str | None:
+    return None if args.no_validate else "validating the stack against the base model"
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    ad = sub.add_parser("adapters", help="list, show and trace registered adapter versions")
-    ad_sub = ad.add_subparsers(dest="adapters_command", metavar="ACTION", required=True)
+    ad = sub.add_parser("adapters", help="list, show, trace, add, approve and retire registered adapter versions")
+    ad_sub = ad.add_subparsers(dest="adapters_command", metavar="ACTION", required=True, title="actions")
     p = ad_sub.add_parser("list", help="list adapter versions")
-    p.add_argument("--skill")
-    p.add_argument("--status", choices=["candidate", "approved", "live", "retired", "rejected", "rolled_back"])
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--skill", help="only this skill's versions")
+    p.add_argument("--status", choices=_ADAPTER_STATUSES, help="only versions in this state")
+    add_json_flag(p, "one JSON object per version and line")
     p.set_defaults(handler=cmd_adapters_list)
     p = ad_sub.add_parser("show", help="show one version (skill@vN, skill@live, or skill)")
-    p.add_argument("ref")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("ref", help="skill@vN, skill@live or skill (its live, else newest, version)")
+    add_json_flag(p, "print the version as one JSON object")
     p.set_defaults(handler=cmd_adapters_show)
     p = ad_sub.add_parser("lineage", help="where a version came from and where it was deployed (JSON)")
-    p.add_argument("ref")
+    p.add_argument("ref", help="skill@vN, skill@live or skill")
+    add_json_flag(p, "the output is always one JSON object; accepted for uniformity")
     p.set_defaults(handler=cmd_adapters_lineage)
     for action, handler, text in (
         ("approve", cmd_adapters_approve, "approve a version (lifts a rejection; deploys still validate)"),
         ("retire", cmd_adapters_retire, "take a version that is not live out of use"),
     ):
         p = ad_sub.add_parser(action, help=text)
-        p.add_argument("ref", metavar="SKILL@vN")
-        p.add_argument("--reason")
-        p.add_argument("--actor", default="cli")
-        p.add_argument("--json", action="store_true")
+        p.add_argument("ref", metavar="SKILL@vN", help="the version")
+        p.add_argument("--reason", help="why, kept in the version's history")
+        p.add_argument("--actor", default="cli", help="who, kept in the version's history (default: cli)")
+        add_json_flag(p, "print the version as one JSON object")
         p.set_defaults(handler=handler)
     p = ad_sub.add_parser("add", help="register an adapter folder (with manifest.json, or a plain PEFT "
                                      "save_pretrained folder) as the next version of a skill")
-    p.add_argument("folder")
-    p.add_argument("--skill", required=True)
-    p.add_argument("--description")
-    p.add_argument("--agent")
+    p.add_argument("folder", help="the adapter folder (adapter_config.json + adapter_model.safetensors)")
+    p.add_argument("--skill", required=True, help="skill name to register the folder under (next version)")
+    p.add_argument("--description", help="what the adapter is for")
+    p.add_argument("--agent", help="the agent the skill belongs to")
     p.add_argument("--model", help="base model a plain PEFT folder (no manifest.json) is checked against and "
                    "recorded for (default: $AGENT_SLEEP_MODEL or smollm2-135m-instruct)")
-    p.add_argument("--json", action="store_true", help="print the registered version as JSON")
+    add_json_flag(p, "print the registered version as JSON")
     p.set_defaults(handler=cmd_adapters_add)
 
-    st = sub.add_parser("stacks", help="list and show adapter stacks")
-    st_sub = st.add_subparsers(dest="stacks_command", metavar="ACTION", required=True)
+    st = sub.add_parser("stacks", help="list, show and merge adapter stacks")
+    st_sub = st.add_subparsers(dest="stacks_command", metavar="ACTION", required=True, title="actions")
     p = st_sub.add_parser("list", help="list stacks")
-    p.add_argument("--agent")
+    p.add_argument("--agent", help="only this agent's stacks")
+    add_json_flag(p, "one JSON object per stack and line")
     p.set_defaults(handler=cmd_stacks_list)
-    p = st_sub.add_parser("show", help="show one stack (agent:stack@vN)")
-    p.add_argument("ref")
+    p = st_sub.add_parser("show", help="show one stack (agent:stack@vN) as JSON")
+    p.add_argument("ref", help="agent:stack@vN")
+    add_json_flag(p, "the output is always one JSON object; accepted for uniformity")
     p.set_defaults(handler=cmd_stacks_show)
     register_merge(st_sub)
 
     def _common(p: argparse.ArgumentParser, agent: bool = True) -> None:
         if agent:
-            p.add_argument("--agent", required=True)
-        p.add_argument("--reason")
-        p.add_argument("--actor", default="cli")
-        p.add_argument("--json", action="store_true")
+            p.add_argument("--agent", required=True, help="the agent whose live stack changes")
+        p.add_argument("--reason", help="why, kept in the deployment history")
+        p.add_argument("--actor", default="cli", help="who, kept in the deployment history (default: cli)")
+        add_json_flag(p, "print the outcome (status, reason, deployment) as one JSON object")
 
     def _validation(p: argparse.ArgumentParser) -> None:
         p.add_argument("--no-validate", action="store_true",
                        help="skip the checks against the base model (a rejected version is still refused)")
-        p.add_argument("--max-delta-norm", type=float, metavar="RATIO",
+        p.add_argument("--max-delta-norm", type=positive_float, metavar="RATIO",
                        help="largest allowed ||ΔW||/||W|| of any layer, per adapter and for the weighted stack "
                             "(default 1.0)")
 
-    p = sub.add_parser("deploy", help="validate and make a stack (or skill@vN ...) live for an agent")
+    p = sub.add_parser("deploy", help="validate and make a stack (or skill@vN ...) live for an agent",
+                       description="Validate a stack against the base model and make it live for an agent; a "
+                       "running runtime hot-swaps it within a second. Exit 3 when validation rejects it.")
     p.add_argument("targets", nargs="+", metavar="STACK|SKILL@vN", help="a stack name, or one or more adapters")
-    p.add_argument("--weight", action="append", metavar="SKILL=W",
-                   help="per-skill weight (default 1; finite, 0 < |W| <= 4)")
+    p.add_argument("--weight", action="append", type=weight_pair, metavar="SKILL=W",
+                   help="per-skill weight (repeatable; default 1; finite, 0 < |W| <= 4)")
     _validation(p)
     _common(p)
-    p.set_defaults(handler=cmd_deploy)
+    p.set_defaults(handler=cmd_deploy, slow=_deploy_slow)
     p = sub.add_parser("rollback", help="validate and make the previous (or a given) deployment's stack live again")
     p.add_argument("--to", metavar="DEPLOYMENT", help="deployment id or sequence number")
     _validation(p)
     _common(p)
-    p.set_defaults(handler=cmd_rollback)
+    p.set_defaults(handler=cmd_rollback, slow=_deploy_slow)
     p = sub.add_parser("remove-skill", help="deploy the live stack without one skill")
-    p.add_argument("skill")
+    p.add_argument("skill", help="the skill to take out of the agent's live stack")
     _common(p)
     p.set_defaults(handler=cmd_remove_skill)
     p = sub.add_parser("deployments", help="an agent's deployment history")
-    p.add_argument("--agent", required=True)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--agent", required=True, help="the agent")
+    add_json_flag(p, "one JSON object per deployment and line")
     p.set_defaults(handler=cmd_deployments)
 
 
@@ -345,7 +389,7 @@ def cmd_stacks_merge(args: argparse.Namespace) -> int:
                 return EXIT_REJECTED
         rec = reg.register(folder, args.name, description=manifest.sources.description, agent=stack.agent)
     if args.json:
-        print_json(rec.model_dump(mode="json"))
+        print_json(rec)
     else:
         print(f"{rec.name}  rank {rec.rank}  {rec.path}")
     return 0
@@ -357,11 +401,12 @@ def register_merge(stacks_sub: argparse._SubParsersAction) -> None:  # type: ign
     p.add_argument("--name", required=True, help="skill name of the merged adapter")
     p.add_argument("--method", choices=["cat", "linear", "ties"], default="cat",
                    help="cat: exact, rank = sum of ranks (default); linear/ties: lossy, rank --rank")
-    p.add_argument("--rank", type=int, help="rank of a linear/ties merge (default: the largest input rank)")
-    p.add_argument("--density", type=float, default=0.2, help="TIES: fraction of each delta kept (default 0.2)")
+    p.add_argument("--rank", type=positive_int, help="rank of a linear/ties merge (default: the largest input rank)")
+    p.add_argument("--density", type=fraction, default=0.2, help="TIES: fraction of each delta kept (default 0.2)")
     p.add_argument("--no-validate", action="store_true",
                    help="register the merge without checking it on the base model")
-    p.add_argument("--max-delta-norm", type=float, metavar="RATIO",
+    p.add_argument("--max-delta-norm", type=positive_float, metavar="RATIO",
                    help="largest allowed ||ΔW||/||W|| of any layer of the merge (default 1.0); exit 3 above it")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=cmd_stacks_merge)
+    add_json_flag(p, "print the registered version (or the rejection) as JSON")
+    p.set_defaults(handler=cmd_stacks_merge,
+                   slow=lambda a: "merging the stack" + ("" if a.no_validate else " and validating the merge"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from agent_sleep.cli.common import settings_from
+from agent_sleep.cli.common import positive_float, positive_int, settings_from
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("serve", help="serve agents' live adapter stacks over an OpenAI-compatible HTTP API")
     add_serve_arguments(p)
     p.add_argument("--model", help="base model (default: $AGENT_SLEEP_MODEL or the bundled SmolLM2)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="default answer length when a request sets none")
-    p.add_argument("--poll", type=float, default=0.25, help="seconds between registry checks (default 0.25)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256,
+                   help="default answer length in tokens when a request sets none (default 256)")
+    p.add_argument("--poll", type=positive_float, default=0.25, help="seconds between registry checks (default 0.25)")
     p.set_defaults(handler=cmd_serve)

@@ -83,7 +83,7 @@ def _tamper(registry: AdapterRegistry, ref: str) -> None:
 def test_weights_must_be_finite_and_sane(cli: Cli, registry: AdapterRegistry, runtime: Any) -> None:
     for bad in ("nan", "inf", "1e6", "0", "-5", "x"):
         code, _, err = cli("deploy", "refunds@v1", "--weight", f"refunds={bad}", "--agent", "helpdesk")
-        assert code == 1 and ("0 < |weight| <= 4" in err or "must be a number" in err), (bad, err)
+        assert code == 2 and ("0 < |weight| <= 4" in err or "must be a number" in err), (bad, err)  # bad usage
     code, _, err = cli("deploy", "refunds@v1", "--weight", "tone=0.5", "--agent", "helpdesk")
     assert code == 1 and "not among the adapters" in err
     assert registry.live("helpdesk") is None and registry.stacks() == []
