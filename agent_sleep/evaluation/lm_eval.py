@@ -84,7 +84,9 @@ class LmEvalEvaluator:
     def evaluate_suites(self, stack: StackRefs, suites: Sequence[str] | None = None) -> dict[str, EvalResult]:
         """Score ``stack`` on several suites (default: all) in one lm-eval call, which batches across them.
 
-        Each result's ``seconds`` is the wall time of that one call.
+        Each result's ``seconds`` is the wall time of that one call. Score the stacks you compare the
+        same way (same suites per call, same batch size): the items sharing a batch change the padding,
+        which can, rarely, flip a greedy reply.
         """
         names = list(self.suites) if suites is None else list(dict.fromkeys(suites))
         if not names:

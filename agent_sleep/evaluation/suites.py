@@ -30,6 +30,7 @@ import os
 import random
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -112,8 +113,8 @@ class Suite(BaseModel):
     @field_validator("items")
     @classmethod
     def _unique_ids(cls, items: tuple[SuiteItem, ...]) -> tuple[SuiteItem, ...]:
-        seen: set[str] = set()
-        dupes = sorted({i.id for i in items if i.id in seen or seen.add(i.id)})  # type: ignore[func-returns-value]
+        counts = Counter(i.id for i in items)
+        dupes = sorted(i for i, n in counts.items() if n > 1)
         if dupes:
             raise ValueError(f"item ids must be unique; repeated: {', '.join(dupes[:5])}")
         return items
@@ -129,10 +130,8 @@ class Suite(BaseModel):
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def kinds(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for item in self.items:
-            counts[item.kind] = counts.get(item.kind, 0) + 1
-        return counts
+        """Items per ``kind``."""
+        return dict(Counter(i.kind for i in self.items))
 
     def sample(self, n: int | None, *, seed: int = 0) -> Suite:
         """``n`` items chosen by ``seed`` and the suite name, in file order (None or n >= len: all).
