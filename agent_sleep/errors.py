@@ -26,6 +26,7 @@ that cannot be processed and for parts of the system that are unavailable::
     ├── DeploymentError             registry deployments
     │   ├── DeployConflictError     another deploy won the race
     │   └── NothingToRollBackError  no earlier deployment to return to
+    ├── EvaluationError             scoring a stack failed (the candidate is not deployed)
     ├── ServingError                the OpenAI-compatible HTTP API
     │   ├── RequestError            a request rejected with 400 (names the field; also InvalidInputError)
     │   └── APIError                an HTTP error answered with an OpenAI-style body
@@ -126,6 +127,13 @@ class DeployConflictError(DeploymentError):
 
 class NothingToRollBackError(DeploymentError):
     """There is no earlier deployment to roll back to."""
+
+
+class EvaluationError(AgentSleepError):
+    """Evaluating a stack failed (lm-eval raised, or returned fewer or other items than asked).
+
+    The cause is chained; a consolidation run treats it as "not deployed", never as a pass.
+    """
 
 
 class ServingError(AgentSleepError):

@@ -26,7 +26,7 @@ reads (``...View`` Protocols), which the owners' record types satisfy. Not here:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
@@ -39,7 +39,7 @@ __all__ = [
     "AdapterWeights", "Decision", "DeployResult", "DeployTarget", "DeploymentView", "DocumentView",
     "EpisodeView", "EvalResult", "Evaluator", "EventView", "ExperienceReader", "FeedbackView", "Gate",
     "GateDecision", "GenerationRequest", "Generator", "Identified", "LiveView", "Probe", "Selection",
-    "Selector", "StackItemView", "StackRefs", "StackView",
+    "Selector", "StackItemView", "StackRefs", "StackView", "SuiteComparison", "SuiteRole",
 ]  # fmt: skip
 
 StackRefs = Sequence[str | tuple[str, float]]
@@ -304,16 +304,26 @@ class Generator(Protocol[R]):
 
 # ---------------------------------------------------------------- evaluating and gating
 
+SuiteRole = Literal["target", "guard", "interference"]
+"""What a suite checks in one run: the skill being learned (``target``), general ability that must
+not drop (``guard``), or skills already live that a new adapter must not break (``interference``)."""
+
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Scores of one stack on one suite (``metrics``: name -> value, the suite says which way is better)."""
+    """Scores of one stack on one suite (``metrics``: name -> value, the suite says which way is better).
+
+    ``scores`` holds one score per item id (1.0 right, 0.0 wrong for the lm-eval suites), so a gate
+    can compare two stacks item by item; ``artifact`` names the file with the raw results, if any.
+    """
 
     suite: str
     stack: tuple[tuple[str, float], ...]  # (adapter, weight); () is the base model
     metrics: Mapping[str, float]
     samples: int
     seconds: float
+    scores: Mapping[str, float] = field(default_factory=dict)
+    artifact: str | None = None
 
 
 @runtime_checkable
@@ -327,11 +337,28 @@ class Evaluator(Protocol):
 
 
 @dataclass(frozen=True)
+class SuiteComparison:
+    """Candidate against baseline on one suite's shared items: means, the mean paired difference and
+    its confidence interval (``ci_low``..``ci_high``), and whether the suite's check passed."""
+
+    suite: str
+    role: SuiteRole
+    n: int
+    candidate: float
+    baseline: float
+    delta: float
+    ci_low: float
+    ci_high: float
+    passed: bool
+
+
+@dataclass(frozen=True)
 class GateDecision:
-    """Whether a candidate may be deployed, and why (every reason, not only the first)."""
+    """Whether a candidate may be deployed, and why (every reason, not only the first), with the numbers."""
 
     status: Literal["admitted", "rejected"]
     reasons: tuple[str, ...] = ()
+    comparisons: tuple[SuiteComparison, ...] = ()
 
     @property
     def admitted(self) -> bool:
