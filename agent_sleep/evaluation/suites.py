@@ -8,7 +8,7 @@ a small Python file beside the YAML whose ``process_results`` calls :func:`score
 is ``TaskManager(include_path=folder, include_defaults=False)``; the ``datasets`` cache goes to a
 folder inside the run (:func:`offline_hf`), so nothing lands in ``~/.cache``.
 
-Scoring rules (``match``), all on the model's whole reply:
+Scoring rules (``match``; :func:`agent_sleep.evaluation.answers.score_answer`), all on the model's whole reply:
 
 * ``contains`` (default): the answer or an alias appears in the reply, ignoring case and runs of
   whitespace, not inside a longer word or number ("4" is not found in "14");
@@ -29,17 +29,16 @@ import json
 import os
 import random
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent_sleep.errors import ConfigError, InvalidInputError, NotFoundError
+from agent_sleep.evaluation.answers import Match, score_answer
 from agent_sleep.fsutil import atomic_write_text
 
 __all__ = [
@@ -50,12 +49,10 @@ __all__ = [
 GUARDS_DIR = Path(__file__).resolve().parents[2] / "evals" / "guards"
 """The shipped guard suites (in a source checkout)."""
 
-Match = Literal["contains", "exact", "regex"]
 METRIC = "accuracy"
 """The one metric each task reports: the mean of per-item scores (1.0 right, 0.0 wrong)."""
 SCORING_MODULE = "agent_sleep_scoring"
 _NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
-_EDGE_PUNCT = " \t\r\n.,!?;:'\"`*()[]{}<>"
 
 
 # ---------------------------------------------------------------- items and suites
@@ -187,36 +184,6 @@ def guard_suites(*, limit: int | None = None, seed: int = 0, folder: str | Path 
 
 
 # ---------------------------------------------------------------- scoring
-
-
-def _normalize(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-
-
-@lru_cache(maxsize=4096)
-def _contains_pattern(reference: str) -> re.Pattern[str]:
-    ref = _normalize(reference)
-    # Word edges only where the reference itself starts/ends with a word character.
-    head = r"(?<!\w)" if re.match(r"\w", ref) else ""
-    tail = r"(?!\w)" if re.search(r"\w$", ref) else ""
-    return re.compile(head + re.escape(ref) + tail)
-
-
-def score_answer(reply: str, references: Sequence[str], match: Match = "contains") -> float:
-    """1.0 when ``reply`` satisfies any reference under the ``match`` rule (see the module doc), else 0.0."""
-    refs = [r for r in references if r and r.strip()]
-    if not refs:
-        raise InvalidInputError("an item needs at least one non-empty reference answer")
-    if match == "contains":
-        text = _normalize(reply)
-        return float(any(_contains_pattern(r).search(text) for r in refs))
-    if match == "exact":
-        text = _normalize(reply).strip(_EDGE_PUNCT)
-        return float(any(text == _normalize(r).strip(_EDGE_PUNCT) for r in refs))
-    if match == "regex":
-        text = reply.strip()
-        return float(any(re.search(r, text) for r in refs))
-    raise InvalidInputError(f"unknown match rule {match!r}; use contains, exact or regex")
 
 
 def process_results(doc: Mapping[str, Any], results: Sequence[str]) -> dict[str, float]:
