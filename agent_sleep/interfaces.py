@@ -14,8 +14,9 @@ unexpected. Implementations today: :class:`~agent_sleep.store.ExperienceStore` (
 :class:`~agent_sleep.store.memory.InMemoryExperienceStore` read experiences;
 :class:`~agent_sleep.generators.d2l.D2LGenerator` and
 :class:`~agent_sleep.generators.gradient_cd.GradientCDGenerator` generate (by name through
-:mod:`agent_sleep.generators.registry`); :class:`~agent_sleep.runtime.live.LiveRuntime` deploys.
-Selectors, evaluators and gates have no implementation yet.
+:mod:`agent_sleep.generators.registry`); :class:`~agent_sleep.evaluation.lm_eval.LmEvalEvaluator`
+evaluates and :class:`~agent_sleep.evaluation.gate.PairedGate` gates;
+:class:`~agent_sleep.runtime.live.LiveRuntime` deploys. Selectors have no implementation yet.
 
 This module is the bottom layer: it imports the standard library, pydantic and
 :mod:`agent_sleep.errors` only, so every other layer may import it. Records that higher layers
