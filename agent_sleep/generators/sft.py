@@ -222,14 +222,9 @@ def _reply(message: Any) -> str:
 
 def _render_prompt(tokenizer: Any, messages: Sequence[Any]) -> str:
     """The runtime's prompt for ``messages`` (no tools offered), ending where the assistant's answer starts."""
-    from agent_sleep.runtime import chat_format
+    from agent_sleep.runtime.chat_format import render_prompt
 
-    render = getattr(chat_format, "render_prompt", None)
-    if render is not None:
-        return str(render(tokenizer, messages, [], "auto")[0])
-    # chat_format before render_prompt existed: the composition ChatLocalModel._prompt made there.
-    chat = chat_format.to_chat_dicts(messages, tool_role=chat_format.supports_tool_role(tokenizer))
-    return str(chat_format.apply_template(tokenizer, chat, add_generation_prompt=True))
+    return render_prompt(tokenizer, messages, [], "auto")[0]
 
 
 def _turn_end(tokenizer: Any) -> str:
