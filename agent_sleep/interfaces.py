@@ -12,8 +12,9 @@ methods (``isinstance`` works, being ``runtime_checkable``). Expected results ar
 (:class:`Selection`, :class:`GateDecision`, a deploy outcome's ``status``); exceptions are for the
 unexpected. Implementations today: :class:`~agent_sleep.store.ExperienceStore` (SQL) and
 :class:`~agent_sleep.store.memory.InMemoryExperienceStore` read experiences;
-:class:`~agent_sleep.generators.d2l.D2LGenerator` and
-:class:`~agent_sleep.generators.gradient_cd.GradientCDGenerator` generate (by name through
+:class:`~agent_sleep.generators.d2l.D2LGenerator`,
+:class:`~agent_sleep.generators.gradient_cd.GradientCDGenerator` and
+:class:`~agent_sleep.generators.sft.SFTGenerator` generate (by name through
 :mod:`agent_sleep.generators.registry`); :class:`~agent_sleep.evaluation.lm_eval.LmEvalEvaluator`
 evaluates and :class:`~agent_sleep.evaluation.gate.PairedGate` gates;
 :class:`~agent_sleep.runtime.live.LiveRuntime` deploys. Selectors have no implementation yet.
@@ -240,7 +241,8 @@ class Probe(BaseModel):
 class GenerationRequest(BaseModel):
     """What a generator turns into an adapter. Each generator reads the fields it needs and says
     which it misses: ``d2l`` one document; ``gradient_cd`` one document and probes to train on;
-    ``sft`` conversations (chat messages ``{"role", "content"}``); ``t2l`` a description.
+    ``sft`` conversations (chat messages ``{"role", "content"}``, assistant ones optionally with
+    ``"tool_calls": [{"name", "arguments"}]``); ``t2l`` a description.
     ``budget_seconds`` caps the time spent training, for generators that train."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -34,33 +34,31 @@ whether the result is good (the gate), or registering it
 
 from __future__ import annotations
 
-import math
-import random
-import re
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent_sleep.adapters.lora_config import peft_key, peft_lora_config
-from agent_sleep.adapters.manifest import (
-    AdapterManifest,
-    AdapterSources,
-    BaseModelRef,
-    GeneratorInfo,
-)
 from agent_sleep.errors import InvalidInputError
+from agent_sleep.generators.lora_training import (
+    cycle_batches,
+    export_lora,
+    first_lora_layer,
+    init_lora,
+    lora_targets,
+    train_lora,
+    write_trained,
+)
 from agent_sleep.generators.prompts import answer_ids, question_prompt
 from agent_sleep.generators.result import GeneratedAdapter
 
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from agent_sleep.adapters.manifest import AdapterSources
     from agent_sleep.config import Settings
     from agent_sleep.interfaces import GenerationRequest
     from agent_sleep.models.loader import BaseModelHandle
@@ -73,7 +71,6 @@ __all__ = [
 GENERATOR_NAME = "gradient_cd"
 GENERATOR_VERSION = "1"
 Targets = Literal["teacher", "gold"]
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 class CDSettings(BaseModel):
@@ -226,51 +223,6 @@ def _normalise(questions: Sequence[str | Mapping[str, Any]], targets: Targets) -
 # ---------------------------------------------------------------- the LoRA in training
 
 
-def _target_modules(handle: BaseModelHandle, names: Sequence[str]) -> dict[str, Any]:
-    from torch import nn
-
-    found = {
-        path: module
-        for path, module in handle.model.named_modules()
-        if isinstance(module, nn.Linear) and any(path == n or path.endswith("." + n) for n in names)
-    }
-    if not found:
-        raise InvalidInputError(f"the model has no linear layers named {list(names)} to put a LoRA on")
-    return found
-
-
-def _init_lora(modules: Mapping[str, Any], cfg: CDSettings, handle: BaseModelHandle) -> dict[str, tuple[Any, Any]]:
-    """PEFT's default LoRA init: A ~ Kaiming-uniform(a=sqrt 5), B = 0 (a no-op at step 0)."""
-    import torch
-
-    g = torch.Generator().manual_seed(cfg.seed)
-    params = {}
-    for path, linear in sorted(modules.items()):
-        a = torch.empty(cfg.rank, linear.in_features)
-        torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=g)
-        b = torch.zeros(linear.out_features, cfg.rank)
-        params[path] = (
-            torch.nn.Parameter(a.to(handle.device)),
-            torch.nn.Parameter(b.to(handle.device)),
-        )
-    return params
-
-
-def _stack(params: Mapping[str, tuple[Any, Any]], scaling: float, rank: int) -> Any:
-    """A PreparedStack over the live parameters (built per step so the graph reaches them)."""
-    from agent_sleep.adapters.stack import PreparedStack
-
-    layers = {path: ((a, b * scaling),) for path, (a, b) in params.items()}
-    return PreparedStack(name="gradient_cd:training", items=(("training", 1.0),), layers=MappingProxyType(layers),
-                         combine="cat", total_rank=rank, nbytes=0)  # fmt: skip
-
-
-def _first_layer(paths: Sequence[str]) -> int:
-    """Index of the lowest decoder block with a LoRA: blocks below it are frozen, so their output is cached."""
-    found = [_LAYER.search(p) for p in paths]
-    return min(int(m.group(1)) for m in found) if all(found) else 0
-
-
 def _cache_hidden(handle: BaseModelHandle, examples: Sequence[_Example], start: int) -> list[_Example]:
     """Each example's hidden states entering block ``start``: computed once, reused by every step."""
     import dataclasses
@@ -323,13 +275,6 @@ def _batch_loss(handle: BaseModelHandle, batch: Sequence[_Example], hooks: Any, 
     return (per_example / counts).mean()
 
 
-def _progress_bar(enabled: bool | None, total: int) -> Any:
-    from tqdm.auto import tqdm
-
-    show = sys.stderr.isatty() if enabled is None else enabled
-    return tqdm(total=total, desc="gradient CD", unit="step", disable=not show, leave=False)
-
-
 # ---------------------------------------------------------------- the run
 
 
@@ -354,10 +299,6 @@ def distill(
     holding that lock. Raises InvalidInputError for an empty document or
     question list, or a document that does not fit the teacher's context.
     """
-    import torch
-
-    from agent_sleep.adapters.stack import LoraHooks
-
     cfg = settings or CDSettings()
     if targets not in ("teacher", "gold"):
         raise InvalidInputError(f"targets must be 'teacher' or 'gold', not {targets!r}")
@@ -377,60 +318,19 @@ def distill(
     teacher_seconds = time.perf_counter() - started
     decoded = tuple(handle.tokenizer.decode(ex.answer, skip_special_tokens=True).strip() for ex in examples)
 
-    modules = _target_modules(handle, cfg.target_modules)
-    start_layer = _first_layer(list(modules))
+    modules = lora_targets(handle, cfg.target_modules)
+    start_layer = first_lora_layer(list(modules))
     examples = _cache_hidden(handle, examples, start_layer)
-    params = _init_lora(modules, cfg, handle)
-    leaves = [p for pair in params.values() for p in pair]
-    scaling = cfg.lora_alpha / cfg.rank
-    optimizer = torch.optim.AdamW(leaves, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    hooks = LoraHooks.attach(handle.model, list(params))
-    order = random.Random(cfg.seed)
-
-    losses: list[float] = []
-    stopped: Literal["max_steps", "time_budget"] = "max_steps"
-    train_start = time.perf_counter()
-    bar = _progress_bar(progress, cfg.max_steps)
-    try:
-        queue: list[_Example] = []
-        for step in range(1, cfg.max_steps + 1):
-            if len(queue) < cfg.batch_size:  # epochs of shuffled examples, batches cut across them
-                epoch = list(examples)
-                order.shuffle(epoch)
-                queue += epoch * max(1, math.ceil(cfg.batch_size / len(epoch)))
-            batch, queue = queue[: cfg.batch_size], queue[cfg.batch_size :]
-            # A cosine decay to 10% over max_steps; with a short time budget most runs stay near lr.
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * (0.55 + 0.45 * math.cos(math.pi * (step - 1) / cfg.max_steps))
-            with handle.lock:
-                loss = _batch_loss(handle, batch, hooks, _stack(params, scaling, cfg.rank), start_layer)
-                # autograd.grad, not backward: no gradient buffers appear on the shared base weights.
-                grads = torch.autograd.grad(loss, leaves)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise InvalidInputError(f"gradient context distillation diverged (loss {value} at step {step})")
-            for p, g in zip(leaves, grads, strict=True):
-                p.grad = g
-            torch.nn.utils.clip_grad_norm_(leaves, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(value)
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if on_step is not None:
-                on_step(step, losses[-1])
-            if time.perf_counter() - train_start >= cfg.time_budget_s and step < cfg.max_steps:
-                stopped = "time_budget"
-                break
-    finally:
-        bar.close()
-    train_seconds = time.perf_counter() - train_start
-
-    tensors: dict[str, Tensor] = {}
-    for path, (a, b) in params.items():
-        tensors[peft_key(path, "A")] = a.detach().to("cpu", torch.float32).contiguous()
-        tensors[peft_key(path, "B")] = b.detach().to("cpu", torch.float32).contiguous()
-    config = peft_lora_config(cfg.rank, cfg.lora_alpha, sorted(set(cfg.target_modules)))
+    params = init_lora(modules, cfg.rank, cfg.seed, handle.device)
+    batches = cycle_batches(examples, cfg.batch_size, cfg.seed)
+    log = train_lora(
+        handle, params, lambda hooks, stack: _batch_loss(handle, next(batches), hooks, stack, start_layer),
+        name=GENERATOR_NAME, label="gradient context distillation", rank=cfg.rank,
+        scaling=cfg.lora_alpha / cfg.rank, lr=cfg.lr, weight_decay=cfg.weight_decay, max_steps=cfg.max_steps,
+        time_budget_s=cfg.time_budget_s, progress=progress, on_step=on_step, clock=time.perf_counter,
+    )  # fmt: skip
+    losses = log.losses
+    tensors, config = export_lora(params, cfg.rank, cfg.lora_alpha, cfg.target_modules)
     return DistilledAdapter(
         tensors=tensors,
         lora_config=config,
@@ -439,11 +339,11 @@ def distill(
         seconds=time.perf_counter() - started,
         steps=len(losses),
         teacher_seconds=teacher_seconds,
-        train_seconds=train_seconds,
+        train_seconds=log.seconds,
         first_loss=losses[0],
         final_loss=sum(losses[-5:]) / len(losses[-5:]),
         targets=targets,
-        stopped=stopped,
+        stopped=log.stopped,  # type: ignore[arg-type]  # gradient_cd never asks for convergence
         answers=decoded,
         settings=cfg,
     )
@@ -458,19 +358,8 @@ def write(
     skill: str | None = None,
 ) -> Path:
     """Write ``result`` as an adapter folder (PEFT files + manifest, generator ``gradient_cd``) at ``dest``."""
-    from agent_sleep.adapters.artifact import write_adapter
-
-    if sources is not None and not isinstance(sources, AdapterSources):
-        sources = AdapterSources.model_validate(dict(sources))
-    manifest = AdapterManifest(
-        skill=skill,
-        generator=GeneratorInfo(name=GENERATOR_NAME, version=GENERATOR_VERSION),
-        base_model=BaseModelRef(id=handle.spec, content_hash=handle.content_hash),
-        sources=sources or AdapterSources(),
-        training=result.summary(),
-    )
-    config = {**result.lora_config, "base_model_name_or_path": handle.spec}
-    return write_adapter(dest, result.tensors, config, manifest)
+    return write_trained(result, dest, handle=handle, generator=GENERATOR_NAME, version=GENERATOR_VERSION,
+                         training=result.summary(), sources=sources, skill=skill)  # fmt: skip
 
 
 class GradientCDGenerator:

@@ -6,9 +6,11 @@ when that generator is asked for, so listing names never loads torch. An unknown
 ConfigError with a "did you mean".
 
 Built in: ``d2l`` (:meth:`D2LGenerator.load <agent_sleep.generators.d2l.D2LGenerator.load>`:
-``checkpoint``, ``handle``, ``settings``, ``chunk_tokens``, ``min_gate``) and ``gradient_cd``
+``checkpoint``, ``handle``, ``settings``, ``chunk_tokens``, ``min_gate``), ``gradient_cd``
 (:meth:`GradientCDGenerator.load <agent_sleep.generators.gradient_cd.GradientCDGenerator.load>`:
-``handle``, ``settings``, ``config``, ``targets``, ``progress``).
+``handle``, ``settings``, ``config``, ``targets``, ``progress``) and ``sft``
+(:meth:`SFTGenerator.load <agent_sleep.generators.sft.SFTGenerator.load>`: ``handle``, ``settings``,
+``config``, ``progress``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = ["available_generators", "generator_factory", "get_generator", "regist
 _TARGETS: dict[str, str | Callable[..., Any]] = {
     "d2l": "agent_sleep.generators.d2l:D2LGenerator.load",
     "gradient_cd": "agent_sleep.generators.gradient_cd:GradientCDGenerator.load",
+    "sft": "agent_sleep.generators.sft:SFTGenerator.load",
 }
 _LOCK = threading.Lock()
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
