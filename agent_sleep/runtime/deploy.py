@@ -85,6 +85,11 @@ class DeployOutcome(BaseModel):
     stack_checks: list[dict[str, Any]] = []
 
 
+
+VerdictCache = dict[str, "AdapterVerdict | StackVerdict"]
+"""Passing verdicts of one long-lived runtime: per version (version, weights hash, base hash, bound) and per
+whole stack (every version's key and weight), so returning to a stack validated before costs no recomputation."""
+
 def _bound(max_delta_norm: float | None) -> float:
     from agent_sleep.adapters.validation import DEFAULT_MAX_DELTA_NORM
 
@@ -132,7 +137,7 @@ def _record(registry: AdapterRegistry, rec: AdapterVersionRecord, verdict: Adapt
 
 
 def check_stack(registry: AdapterRegistry, stack: StackRecord | Sequence[StackItem], handle: BaseModelHandle,
-                cache: dict[str, AdapterVerdict] | None = None, max_delta_norm: float | None = None, *,
+                cache: VerdictCache | None = None, max_delta_norm: float | None = None, *,
                 record: bool = True,
                 actor: str = "validation", layers_of: LayersOf | None = None) -> StackVerdict:
     """Validate each version of ``stack`` against ``handle``, then the weighted stack as a whole.
@@ -151,6 +156,7 @@ def check_stack(registry: AdapterRegistry, stack: StackRecord | Sequence[StackIt
     items = stack.items if isinstance(stack, StackRecord) else tuple(stack)
     loaded: dict[str, Mapping[str, LoraWeights]] = {}
     verdicts = []
+    item_keys: list[str] = []
     for item in items:
         rec = registry.get(item.adapter)
         rejection = rec.rejection
@@ -159,6 +165,7 @@ def check_stack(registry: AdapterRegistry, stack: StackRecord | Sequence[StackIt
                                            reason=f"rejected earlier: {rec.status_reason}"))
             continue
         key = f"{rec.name}:{rec.weights_sha256}:{handle.content_hash}:{bound!r}"
+        item_keys.append(f"{key}*{item.weight!r}")
         verdict = cache.get(key) if cache is not None else None
         if verdict is None:
             verdict = _validate_one(rec, handle, bound, loaded)
@@ -169,6 +176,10 @@ def check_stack(registry: AdapterRegistry, stack: StackRecord | Sequence[StackIt
         verdicts.append(verdict)
     if not all(v.ok for v in verdicts) or not items:
         return StackVerdict(verdicts=verdicts)
+    stack_key = "stack|" + "|".join(item_keys)
+    cached = cache.get(stack_key) if cache is not None else None
+    if isinstance(cached, StackVerdict):
+        return StackVerdict(verdicts=verdicts, stack_checks=cached.stack_checks)
 
     def layers(name: str) -> Mapping[str, LoraWeights]:
         if name not in loaded:
@@ -181,7 +192,10 @@ def check_stack(registry: AdapterRegistry, stack: StackRecord | Sequence[StackIt
     except AdapterError as exc:  # a folder that changed since its own check
         return StackVerdict(verdicts=verdicts, stack_checks=[{"name": "read", "ok": False, "detail": str(exc),
                                                               "value": None}])
-    return StackVerdict(verdicts=verdicts, stack_checks=[dict(vars(c)) for c in report.checks])
+    verdict = StackVerdict(verdicts=verdicts, stack_checks=[dict(vars(c)) for c in report.checks])
+    if cache is not None and verdict.ok:
+        cache[stack_key] = verdict
+    return verdict
 
 
 def _refused_without_validation(registry: AdapterRegistry, items: Sequence[StackItem]) -> StackVerdict:
@@ -197,7 +211,7 @@ def _refused_without_validation(registry: AdapterRegistry, items: Sequence[Stack
 
 def _validated(registry: AdapterRegistry, items: Sequence[StackItem], write: Callable[[], DeploymentRecord], *,
                validate: bool, handle: BaseModelHandle | None, max_delta_norm: float | None,
-               cache: dict[str, AdapterVerdict] | None, actor: str, layers_of: LayersOf | None) -> DeployOutcome:
+               cache: VerdictCache | None, actor: str, layers_of: LayersOf | None) -> DeployOutcome:
     if not validate:
         verdict = _refused_without_validation(registry, items)
     elif items:
@@ -218,7 +232,7 @@ def _validated(registry: AdapterRegistry, items: Sequence[StackItem], write: Cal
 def deploy_validated(registry: AdapterRegistry, agent: str, target: str | StackRef | AdapterRef | Sequence[Any], *,
                      actor: str = "user", reason: str = "", run_id: str | None = None, validate: bool = True,
                      handle: BaseModelHandle | None = None, max_delta_norm: float | None = None,
-                     cache: dict[str, AdapterVerdict] | None = None, layers_of: LayersOf | None = None
+                     cache: VerdictCache | None = None, layers_of: LayersOf | None = None
                      ) -> DeployOutcome:
     """Validate the stack against the base model, then record it and deploy it atomically.
 
@@ -248,7 +262,7 @@ def deploy_validated(registry: AdapterRegistry, agent: str, target: str | StackR
 
 def rollback_validated(registry: AdapterRegistry, agent: str, *, to: str | None = None, actor: str = "user",
                        reason: str = "rollback", validate: bool = True, handle: BaseModelHandle | None = None,
-                       max_delta_norm: float | None = None, cache: dict[str, AdapterVerdict] | None = None,
+                       max_delta_norm: float | None = None, cache: VerdictCache | None = None,
                        layers_of: LayersOf | None = None) -> DeployOutcome:
     """:meth:`AdapterRegistry.rollback`, validated like a deploy: a stack that fails is not made live again."""
     plan = registry.rollback_plan(agent, to=to)

@@ -43,8 +43,8 @@ from agent_sleep.registry.notify import listen
 from agent_sleep.registry.refs import AdapterRef, StackRef, check_one_per_skill
 from agent_sleep.runtime.chat_model import PinnedModel
 from agent_sleep.runtime.deploy import (
-    AdapterVerdict,
     DeployOutcome,
+    VerdictCache,
     check_stack,
     deploy_validated,
     rollback_validated,
@@ -105,7 +105,7 @@ class LiveRuntime:
         self._warm: dict[str, LiveState] = {}  # the state live before the current one, per agent
         self._layers: OrderedDict[str, Mapping[str, LoraWeights]] = OrderedDict()  # adapter name -> layers (LRU)
         self._cache_size = cache_adapters
-        self._verdicts: dict[str, AdapterVerdict] = {}
+        self._verdicts: VerdictCache = {}
         self._lock = threading.RLock()  # serialises switches; readers never take it
         self._watcher: threading.Thread | None = None
         self._finalizer: weakref.finalize | None = None

@@ -260,3 +260,25 @@ def test_exit_while_watching_is_clean(registry: AdapterRegistry, tiny: tuple[Pat
     assert "terminate called" not in done.stderr
     assert done.returncode == 0, done.stderr[-2000:]
     assert "leaving without stop()" in done.stdout
+
+
+def test_returning_to_a_validated_stack_reuses_its_verdict(registry: AdapterRegistry, runtime: Any,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # A long-lived runtime checks each whole stack once per (versions, weights, base model, limit): a rollback to
+    # a stack it already validated costs the status checks and the SQL write, not a second validation.
+    from agent_sleep.adapters import validation
+
+    calls: list[list[str]] = []
+    real = validation.validate_stack
+
+    def counting(items: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append([name for name, _, _ in items])
+        return real(items, *args, **kwargs)
+
+    monkeypatch.setattr(validation, "validate_stack", counting)
+    assert runtime.deploy("helpdesk", ["refunds@v1"]).status == "deployed"
+    assert runtime.deploy("helpdesk", ["refunds@v1", ("tone@v1", 0.5)]).status == "deployed"
+    assert runtime.rollback("helpdesk").status == "deployed"
+    assert runtime.deploy("helpdesk", ["refunds@v1", ("tone@v1", 0.25)]).status == "deployed"  # another weight
+    assert calls == [["refunds@v1"], ["refunds@v1", "tone@v1"], ["refunds@v1", "tone@v1"]]
+    assert registry.live("helpdesk").stack.items[1].weight == 0.25  # type: ignore[union-attr]
