@@ -34,6 +34,7 @@ whether the result is good (the gate), or registering it
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from agent_sleep.generators.lora_training import (
     cycle_batches,
     export_lora,
     first_lora_layer,
+    frozen_hidden,
     init_lora,
     lora_targets,
     train_lora,
@@ -223,24 +225,6 @@ def _normalise(questions: Sequence[str | Mapping[str, Any]], targets: Targets) -
 # ---------------------------------------------------------------- the LoRA in training
 
 
-def _cache_hidden(handle: BaseModelHandle, examples: Sequence[_Example], start: int) -> list[_Example]:
-    """Each example's hidden states entering block ``start``: computed once, reused by every step."""
-    import dataclasses
-
-    import torch
-
-    from agent_sleep.generators.backbone import hidden_after
-
-    out = []
-    # no_grad, not inference_mode: these tensors go into the autograd graph of every step.
-    with handle.lock, torch.no_grad():
-        for ex in examples:
-            ids = torch.tensor([ex.prompt + ex.answer], device=handle.device)
-            hidden = hidden_after(handle.model, ids, torch.ones_like(ids), start)[0]
-            out.append(dataclasses.replace(ex, hidden=hidden))
-    return out
-
-
 def _batch_loss(handle: BaseModelHandle, batch: Sequence[_Example], hooks: Any, stack: Any, start: int) -> Tensor:
     """Mean over examples of the per-token cross-entropy against the soft targets (logits only on answers)."""
     import torch
@@ -320,7 +304,8 @@ def distill(
 
     modules = lora_targets(handle, cfg.target_modules)
     start_layer = first_lora_layer(list(modules))
-    examples = _cache_hidden(handle, examples, start_layer)
+    hidden = frozen_hidden(handle, [ex.prompt + ex.answer for ex in examples], start_layer)
+    examples = [dataclasses.replace(ex, hidden=h) for ex, h in zip(examples, hidden, strict=True)]
     params = init_lora(modules, cfg.rank, cfg.seed, handle.device)
     batches = cycle_batches(examples, cfg.batch_size, cfg.seed)
     log = train_lora(

@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from agent_sleep.models.loader import BaseModelHandle
 
 __all__ = [
-    "LoraParams", "Stopped", "TrainLog", "cycle_batches", "export_lora", "first_lora_layer", "init_lora",
-    "lora_targets", "train_lora", "write_trained",
+    "LoraParams", "Stopped", "TrainLog", "cycle_batches", "export_lora", "first_lora_layer", "frozen_hidden",
+    "init_lora", "lora_targets", "train_lora", "write_trained",
 ]  # fmt: skip
 
 Stopped = Literal["max_steps", "time_budget", "converged"]
@@ -79,6 +79,22 @@ def first_lora_layer(paths: Sequence[str]) -> int:
     """Index of the lowest decoder block with a LoRA: blocks below it are frozen, so their output can be cached."""
     found = [_LAYER.search(p) for p in paths]
     return min(int(m.group(1)) for m in found) if all(found) else 0
+
+
+def frozen_hidden(handle: BaseModelHandle, sequences: Sequence[Sequence[int]], start: int) -> list[Tensor]:
+    """Each token sequence's hidden states entering block ``start`` (the blocks below hold no LoRA, so they
+    are frozen): computed once, reused by every training step."""
+    import torch
+
+    from agent_sleep.generators.backbone import hidden_after
+
+    out = []
+    # no_grad, not inference_mode: these tensors go into the autograd graph of every step.
+    with handle.lock, torch.no_grad():
+        for ids in sequences:
+            batch = torch.tensor([list(ids)], device=handle.device)
+            out.append(hidden_after(handle.model, batch, torch.ones_like(batch), start)[0])
+    return out
 
 
 def cycle_batches(items: Sequence[T], batch_size: int, seed: int) -> Iterator[list[T]]:

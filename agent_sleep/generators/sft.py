@@ -48,6 +48,7 @@ from agent_sleep.generators.lora_training import (
     cycle_batches,
     export_lora,
     first_lora_layer,
+    frozen_hidden,
     init_lora,
     lora_targets,
     train_lora,
@@ -290,21 +291,6 @@ def encode_conversation(
 # ---------------------------------------------------------------- training
 
 
-def _cache_hidden(handle: BaseModelHandle, sequences: Sequence[TrainingSequence], start: int) -> list[Tensor]:
-    """Each sequence's hidden states entering block ``start``: frozen, so computed once for every step."""
-    import torch
-
-    from agent_sleep.generators.backbone import hidden_after
-
-    out = []
-    # no_grad, not inference_mode: these tensors go into the autograd graph of every step.
-    with handle.lock, torch.no_grad():
-        for seq in sequences:
-            ids = torch.tensor([seq.ids], device=handle.device)
-            out.append(hidden_after(handle.model, ids, torch.ones_like(ids), start)[0])
-    return out
-
-
 def _batch_loss(
     handle: BaseModelHandle, batch: Sequence[tuple[TrainingSequence, Tensor]], hooks: Any, stack: Any, start: int
 ) -> Tensor:
@@ -384,7 +370,7 @@ def finetune(
 
     modules = lora_targets(handle, cfg.target_modules)
     start_layer = first_lora_layer(list(modules))
-    examples = list(zip(sequences, _cache_hidden(handle, sequences, start_layer), strict=True))
+    examples = list(zip(sequences, frozen_hidden(handle, [seq.ids for seq in sequences], start_layer), strict=True))
     params = init_lora(modules, cfg.rank, cfg.seed, handle.device)
     batch_size = min(cfg.batch_size, len(examples))  # a batch never holds the same sequence twice
     batches = cycle_batches(examples, batch_size, cfg.seed)
