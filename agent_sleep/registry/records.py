@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from agent_sleep.errors import InvalidInputError
 from agent_sleep.registry.refs import parse_adapter_ref
 from agent_sleep.store.records import Record
 
@@ -143,3 +145,10 @@ class RollbackPlan(BaseModel):
     target_seq: int  # the earlier deployment whose stack returns
     previous_id: str | None  # where the next rollback goes from there (an undo stack, not a toggle)
     expected_seq: int  # the live deployment this plan was made against
+
+
+def refuse_rejected(records: Sequence[AdapterVersionRecord]) -> None:
+    """Raise :class:`InvalidInputError` naming the first rejected version: a rejected version is never served."""
+    for rec in records:
+        if rec.status == "rejected":
+            raise InvalidInputError(f"{rec.name} is rejected ({rec.status_reason}); a rejected version is never served")

@@ -36,10 +36,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent_sleep.adapters.stack import LoraHooks, PreparedStack, check_weight, prepare_stack
-from agent_sleep.errors import AgentSleepError, InvalidInputError, NotFoundError
+from agent_sleep.errors import AgentSleepError, NotFoundError
 from agent_sleep.models.loader import BaseModelHandle, load_base_model
 from agent_sleep.registry import AdapterRegistry, DeploymentRecord, StackRecord
 from agent_sleep.registry.notify import listen
+from agent_sleep.registry.records import refuse_rejected
 from agent_sleep.registry.refs import AdapterRef, StackRef, check_one_per_skill
 from agent_sleep.runtime.chat_model import PinnedModel
 from agent_sleep.runtime.deploy import (
@@ -157,11 +158,7 @@ class LiveRuntime:
         return layers
 
     def _refuse_rejected(self, names: Sequence[str]) -> None:
-        for name in names:
-            rec = self.registry.get(name)
-            if rec.status == "rejected":
-                raise InvalidInputError(f"{rec.name} is rejected ({rec.status_reason}); a rejected version is never "
-                                        f"served")
+        refuse_rejected([self.registry.get(name) for name in names])
 
     def prepare(self, stack: StackRecord) -> PreparedStack:
         """Load (cache or disk) and combine a stack's adapters; does not make it live. Refuses rejected versions."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent_sleep.errors import InvalidInputError, NotFoundError, RequestError
 from agent_sleep.names import did_you_mean
+from agent_sleep.registry.records import refuse_rejected
 from agent_sleep.registry.refs import check_one_per_skill, is_stack_ref, parse_adapter_list, parse_stack_ref
 from agent_sleep.serving.resolver import ResolvedChat
 
@@ -116,7 +117,7 @@ class LiveResolver:
 
 
 def _refuse_rejected(records: Sequence[AdapterVersionRecord]) -> None:
-    for rec in records:
-        if rec.status == "rejected":
-            raise RequestError(f"{rec.name} is rejected ({rec.status_reason}); a rejected version is never served",
-                               param="model")
+    try:
+        refuse_rejected(records)
+    except InvalidInputError as exc:
+        raise RequestError(str(exc), param="model") from None
