@@ -8,7 +8,7 @@ The layers, lowest first (``LAYERS`` below is the one place they are written dow
     registry       registry
     selection      selectors
     stages         generators, runtime, evaluation
-    orchestration  scheduling, reports
+    orchestration  consolidation, scheduling, reports
     serving        serving
     entry points   cli, demo, and the package facade ``agent_sleep/__init__.py``
 
@@ -52,7 +52,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("registry", frozenset({"registry"})),
     ("selection", frozenset({"selectors"})),
     ("stages", frozenset({"generators", "runtime", "evaluation"})),
-    ("orchestration", frozenset({"scheduling", "reports"})),
+    ("orchestration", frozenset({"consolidation", "scheduling", "reports"})),
     ("serving", frozenset({"serving"})),
     ("entry points", frozenset({"cli", "demo", FACADE})),
 )

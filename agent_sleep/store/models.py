@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -100,6 +101,8 @@ class Feedback(Base):
     # human | automatic | evaluator
     source: Mapped[str] = mapped_column(String(16), default="human")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the right answer when the agent was wrong (migration 0004): a consolidation run trains on it
+    correction: Mapped[str | None] = mapped_column(Text)
 
     episode: Mapped[Episode] = relationship(back_populates="feedback")
 
@@ -123,6 +126,7 @@ class Document(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     consolidated_at: Mapped[datetime | None]
+    consolidation_run: Mapped[str | None] = mapped_column(String(64))  # migration 0004
 
 
 class Skill(Base):
@@ -227,4 +231,64 @@ class Deployment(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     run_id: Mapped[str | None] = mapped_column(String(64))
     previous_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# -- consolidation runs (migration 0004) ----------------------------------------------------
+
+
+class ConsolidationRun(Base):
+    """One sleep cycle of an agent: select → generate → evaluate → deploy, and how it ended."""
+
+    __tablename__ = "consolidation_runs"
+    __table_args__ = (Index("ix_consolidation_runs_agent_started", "agent", "started_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    agent: Mapped[str] = mapped_column(ForeignKey("agents.name"))
+    status: Mapped[str] = mapped_column(String(16), default="running", index=True)  # running | finished
+    # promoted | rejected_by_gate | no_signal | failed | skipped_overlap (None while running)
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    stage: Mapped[str | None] = mapped_column(String(32))
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    folder: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    deployed_stack: Mapped[str | None] = mapped_column(String(200))
+    owner: Mapped[str | None] = mapped_column(String(128))
+    heartbeat_at: Mapped[datetime | None]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None]
+
+
+class RunStage(Base):
+    """One stage of a run: its status, attempt count and the result the next stage (or a rerun) reads."""
+
+    __tablename__ = "run_stages"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("consolidation_runs.id", ondelete="CASCADE"), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(32), primary_key=True)  # select | generate | evaluate | deploy
+    status: Mapped[str] = mapped_column(String(16))  # started | done | failed
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None]
+
+
+class SelectionDecision(Base):
+    """Why one episode or document was kept or dropped in a run, by which selector (``runs explain``)."""
+
+    __tablename__ = "selection_decisions"
+    __table_args__ = (Index("ix_selection_decisions_run_item", "run_id", "item_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("consolidation_runs.id", ondelete="CASCADE"))
+    item_kind: Mapped[str] = mapped_column(String(16))  # episode | document
+    item_id: Mapped[str] = mapped_column(String(64))
+    selector: Mapped[str] = mapped_column(String(64))
+    kept: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text)
+    skill: Mapped[str | None] = mapped_column(String(128))
+    role: Mapped[str | None] = mapped_column(String(16))  # train | probe
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,109 @@
+"""The consolidation plan: what one sleep cycle will learn, per skill, each item linked to its sources.
+
+The selection stage writes it (and one :class:`~agent_sleep.interfaces.Decision` per candidate item);
+the generate stage reads ``train`` material, the evaluate stage reads ``probes``. A probe is never
+also trained on: :meth:`ConsolidationPlan.check` refuses a plan where a probe's source episode trains
+the same skill. Every text here is already redacted. The plan is plain JSON (``model_dump(mode="json")``)
+so a run can store it and a rerun can read it back unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent_sleep.errors import InvalidInputError
+
+__all__ = ["ConsolidationPlan", "PlannedConversation", "PlannedDocument", "PlannedProbe", "SkillPlan"]
+
+ItemKind = Literal["episode", "document"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PlannedDocument(_Frozen):
+    """One document version to internalise (``d2l``)."""
+
+    id: str
+    source: str
+    version: int
+    title: str | None = None
+    text: str = Field(min_length=1)
+
+
+class PlannedConversation(_Frozen):
+    """One conversation to train on (``sft``): chat messages ``{"role", "content"}`` (assistant ones may
+    carry ``"tool_calls"``). ``corrected``: a wrong final answer was replaced by the feedback's correction."""
+
+    episode_id: str
+    messages: tuple[dict[str, Any], ...] = Field(min_length=2)
+    corrected: bool = False
+
+
+class PlannedProbe(_Frozen):
+    """A held-out question with its reference answer, and where it came from."""
+
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+    origin: Literal["correction", "feedback", "document"]
+    source_kind: ItemKind
+    source_id: str
+
+
+class SkillPlan(_Frozen):
+    """The material for one skill's next adapter version, and the generator that will make it."""
+
+    skill: str
+    generator: str  # a name in agent_sleep.generators.registry: d2l | sft | gradient_cd | t2l
+    description: str = ""
+    documents: tuple[PlannedDocument, ...] = ()
+    conversations: tuple[PlannedConversation, ...] = ()
+    probes: tuple[PlannedProbe, ...] = ()
+
+    @property
+    def train_sources(self) -> tuple[tuple[ItemKind, str], ...]:
+        return tuple(("document", d.id) for d in self.documents) + tuple(
+            ("episode", c.episode_id) for c in self.conversations
+        )
+
+    @property
+    def has_material(self) -> bool:
+        return bool(self.documents or self.conversations or self.description)
+
+
+class ConsolidationPlan(_Frozen):
+    """Per-skill plans for one agent, plus what the run consumes (marked consolidated when it ends)."""
+
+    agent: str
+    skills: tuple[SkillPlan, ...] = ()
+    episodes: tuple[str, ...] = ()  # every episode the plan uses (train or probe)
+    documents: tuple[str, ...] = ()  # every document version the plan uses
+    stats: dict[str, dict[str, int]] = Field(default_factory=dict)  # selector -> {"kept": n, "dropped": n}
+
+    @property
+    def empty(self) -> bool:
+        return not any(s.has_material for s in self.skills)
+
+    def skill(self, name: str) -> SkillPlan:
+        for s in self.skills:
+            if s.skill == name:
+                return s
+        raise InvalidInputError(f"the plan has no skill {name!r}; it has {[s.skill for s in self.skills]}")
+
+    def check(self) -> ConsolidationPlan:
+        """Refuse a plan that would evaluate a skill on what it trains on, or names a skill twice."""
+        names = [s.skill for s in self.skills]
+        if len(set(names)) != len(names):
+            raise InvalidInputError(f"the plan names a skill more than once: {names}")
+        for s in self.skills:
+            trained = set(s.train_sources)
+            leaked = [p for p in s.probes if (p.source_kind, p.source_id) in trained and p.origin != "document"]
+            if leaked:
+                raise InvalidInputError(
+                    f"skill {s.skill!r}: {len(leaked)} probe(s) come from episodes it also trains on "
+                    f"(first: {leaked[0].source_id})"
+                )
+        return self
