@@ -1,0 +1,91 @@
+"""What flows through the selector chain: one episode or one document, with the text selectors read.
+
+Selectors are pure steps over these frozen values (see :class:`agent_sleep.interfaces.Selector`): a
+filter keeps or drops an item; a transform (redaction) keeps it and hands on a changed copy made with
+:meth:`EpisodeCandidate.replace`. The chain reads candidates from the store in batches
+(:mod:`agent_sleep.selectors.source`), so a selector must not assume it sees every item at once
+unless it says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+__all__ = ["Candidate", "DocumentCandidate", "EpisodeCandidate", "FeedbackItem"]
+
+
+@dataclass(frozen=True)
+class FeedbackItem:
+    """One piece of feedback on an episode (``correction``: the right answer when the agent was wrong)."""
+
+    id: str
+    score: float | None
+    label: str | None
+    comment: str | None
+    correction: str | None
+    source: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class EpisodeCandidate:
+    """An episode as chat messages (``{"role", "content"}``, assistant turns may carry ``"tool_calls"``
+    ``[{"name", "arguments"}]``, tool results ``{"role": "tool", "name", "content"}``) plus its feedback."""
+
+    id: str
+    agent: str
+    started_at: datetime
+    status: str
+    outcome: str | None
+    messages: tuple[dict[str, Any], ...]
+    feedback: tuple[FeedbackItem, ...] = ()
+    consolidated_at: datetime | None = None
+    kind: Literal["episode"] = "episode"
+
+    @property
+    def text(self) -> str:
+        """The conversation as one string (user and assistant turns), for duplicate and novelty checks."""
+        return "\n".join(
+            f"{m['role']}: {m.get('content') or ''}" for m in self.messages if m.get("role") in ("user", "assistant")
+        )
+
+    @property
+    def scores(self) -> tuple[float, ...]:
+        return tuple(f.score for f in self.feedback if f.score is not None)
+
+    @property
+    def mean_score(self) -> float | None:
+        s = self.scores
+        return sum(s) / len(s) if s else None
+
+    @property
+    def corrections(self) -> tuple[FeedbackItem, ...]:
+        return tuple(f for f in self.feedback if f.correction)
+
+    def replace(self, **changes: Any) -> EpisodeCandidate:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class DocumentCandidate:
+    """One document version (a new or changed document in the store is a signal too)."""
+
+    id: str
+    agent: str | None
+    source: str
+    version: int
+    title: str | None
+    text: str
+    created_at: datetime
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    consolidated_at: datetime | None = None
+    kind: Literal["document"] = "document"
+
+    def replace(self, **changes: Any) -> DocumentCandidate:
+        return dataclasses.replace(self, **changes)
+
+
+Candidate = EpisodeCandidate | DocumentCandidate
