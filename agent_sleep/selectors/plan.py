@@ -3,7 +3,7 @@
 The selection stage writes it (and one :class:`~agent_sleep.interfaces.Decision` per candidate item);
 the generate stage reads ``train`` material, the evaluate stage reads ``probes``. A probe is never
 also trained on: :meth:`ConsolidationPlan.check` refuses a plan where a probe's source episode trains
-the same skill. Every text here is already redacted. The plan is plain JSON (``model_dump(mode="json")``)
+any skill. Every text here is already redacted. The plan is plain JSON (``model_dump(mode="json")``)
 so a run can store it and a rerun can read it back unchanged.
 """
 
@@ -94,16 +94,17 @@ class ConsolidationPlan(_Frozen):
         raise InvalidInputError(f"the plan has no skill {name!r}; it has {[s.skill for s in self.skills]}")
 
     def check(self) -> ConsolidationPlan:
-        """Refuse a plan that would evaluate a skill on what it trains on, or names a skill twice."""
+        """Refuse a plan that names a skill twice, or evaluates on an episode that any skill trains on
+        (a stack holds every skill, so a probe trained by one skill would flatter another)."""
         names = [s.skill for s in self.skills]
         if len(set(names)) != len(names):
             raise InvalidInputError(f"the plan names a skill more than once: {names}")
+        trained = {src for s in self.skills for src in s.train_sources if src[0] == "episode"}
         for s in self.skills:
-            trained = set(s.train_sources)
-            leaked = [p for p in s.probes if (p.source_kind, p.source_id) in trained and p.origin != "document"]
+            leaked = [p for p in s.probes if (p.source_kind, p.source_id) in trained]
             if leaked:
                 raise InvalidInputError(
-                    f"skill {s.skill!r}: {len(leaked)} probe(s) come from episodes it also trains on "
+                    f"skill {s.skill!r}: {len(leaked)} probe(s) come from episodes the plan also trains on "
                     f"(first: {leaked[0].source_id})"
                 )
         return self
