@@ -94,15 +94,16 @@ SENSITIVE_KEY: Final = re.compile(rf"(?i){_SECRET_KEY}$")
 """A mapping key whose value is a credential as a whole (``{"password": ...}``, ``DB_PASSWORD``, ``accessToken``);
 use ``.search``."""
 
-_QUOTED_VALUE = r"(?:\"([^\"\n]{1,200})\"|'([^'\n]{1,200})'|([^\s\"',;}\]]{1,300}))"
-_ASSIGN = re.compile(rf"(?i){_SECRET_KEY}(?![A-Za-z0-9])[\"']?\s*(?::|=>|=)\s*{_QUOTED_VALUE}")
+# A value in double quotes (also escaped ones, inside a JSON string), single quotes, or bare.
+_QUOTED_VALUE = r"(?:\\?\"((?:\\(?!\")|[^\"\\\n]){1,200})\\?\"|'([^'\n]{1,200})'|([^\s\"'\\,;}\]]{1,300}))"
+_ASSIGN = re.compile(rf"(?i){_SECRET_KEY}(?![A-Za-z0-9])\\?[\"']?\s*(?::|=>|=)\s*{_QUOTED_VALUE}")
 _CLI_FLAG = re.compile(rf"(?i)--?{_SECRET_KEY}(?:[ =])\s*{_QUOTED_VALUE}")
 _PROSE_PASSWORD = re.compile(
     r"(?i)\b(?:password|passcode|passphrase|pin|pwd)\b(?:\s+(?:is|was|=|:|set to|changed to|reset to|now))+\s*"
     r"[\"'“]?([^\s\"'”]{4,100})"
 )
 _AUTHORIZATION = re.compile(
-    r"(?i)\b(?:authorization|x-api-key|api-key)[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?([^\s\"',;]{8,})"
+    r"(?i)\b(?:authorization|x-api-key|api-key)\\?[\"']?\s*[:=]\s*\\?[\"']?(?:(?:bearer|basic|token|digest)\s+)?([^\s\"'\\,;]{8,})"
 )
 _BEARER = re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{12,}=*)")
 _URL_CREDENTIALS = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^\s:/@]+:([^\s/@]+)@")
