@@ -11,6 +11,11 @@ decision depend on the order and batching of the items, where a selector must gi
 for the same input. Texts longer than the embedder's window (256 tokens for MiniLM) are judged by
 their beginning.
 
+References must be texts of the same shape as the candidates' ``text``: an episode's text carries
+``user:``/``assistant:`` turns, and that framing alone moves MiniLM's cosine a lot (a restatement
+scored 0.95 against a bare reference sentence but 0.77 against the same sentence framed as an
+episode). :meth:`NoveltySelector.from_candidates` builds the references from consolidated candidates.
+
 The default threshold, 0.85, comes from ``evals/novelty_threshold.py`` (30 + 30 + 15 helpdesk pairs,
 MiniLM). As bare texts, paraphrases of one request or fact scored 0.59-0.88 (median 0.78), different
 requests on the same topic 0.22-0.78 (median 0.50), unrelated ones below 0.37; framed as episodes
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -65,6 +70,11 @@ class NoveltySelector:
         self._reference_texts = tuple(p[1] for p in pairs)
         self._references: npt.NDArray[np.float32] | None = None
 
+    @classmethod
+    def from_candidates(cls, embedder: Embedder, consolidated: Iterable[Identified], **kwargs: Any) -> NoveltySelector:
+        """References from already consolidated candidates (episodes, documents): their ids and texts."""
+        return cls(embedder, [(c.id, c.text) for c in consolidated], **kwargs)  # type: ignore[attr-defined]
+
     @property
     def name(self) -> str:
         return self._name
@@ -96,7 +106,8 @@ class NoveltySelector:
             if not isinstance(text, str):
                 raise TypeError(f"NoveltySelector needs items with a text; {type(item).__name__} {item.id!r} has none")
             texts.append(text)
-        sims = self.embedder.embed(texts) @ self.references().T
+        references = self.references()
+        sims = self.embedder.embed(texts) @ references.T
         nearest = sims.argmax(axis=1)
         for item, row, j in zip(batch, sims, nearest, strict=True):
             sim, ref = float(row[j]), self.reference_ids[j]
