@@ -99,7 +99,7 @@ _QUOTED_VALUE = r"(?:\\?\"((?:\\(?!\")|[^\"\\\n]){1,200})\\?\"|'([^'\n]{1,200})'
 _ASSIGN = re.compile(rf"(?i){_SECRET_KEY}(?![A-Za-z0-9])\\?[\"']?\s*(?::|=>|=)\s*{_QUOTED_VALUE}")
 _CLI_FLAG = re.compile(rf"(?i)--?{_SECRET_KEY}(?:[ =])\s*{_QUOTED_VALUE}")
 _PROSE_PASSWORD = re.compile(
-    r"(?i)\b(?:password|passcode|passphrase|pin|pwd)\b(?:\s+(?:is|was|=|:|set to|changed to|reset to|now))+\s*"
+    r"(?i)\b(?:password|passcode|passphrase|pin|pwd)\b(?:\s+(?:is|was|=|:|set to|changed to|reset to|now))*\s+"
     r"[\"'“]?([^\s\"'”]{4,100})"
 )
 _AUTHORIZATION = re.compile(
@@ -199,11 +199,14 @@ def _inside_identifier(text: str, start: int, end: int) -> bool:
 
 
 def _credential_like(value: str) -> bool:
-    """A prose password worth hiding: not a plain lowercase word ("the password is required")."""
+    """A prose password worth hiding: has a digit or a symbol, or odd capitals; not a word written as
+    words are ("the password is required", "Password Manager", "PIN CODE")."""
     v = value.rstrip(".,;:)")
     if len(v) < 4 or _PLACEHOLDER.fullmatch(v):
         return False
-    return not v.isalpha() or not v.islower()
+    if v.isalpha():
+        return not (v.islower() or v.isupper() or (v[0].isupper() and v[1:].islower()))
+    return True
 
 
 def _value_span(m: re.Match[str]) -> tuple[int, int]:
