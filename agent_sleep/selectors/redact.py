@@ -77,7 +77,7 @@ class Redacted:
 # ---------------------------------------------------------------- rules
 
 _EMAIL = re.compile(
-    r"(?<![\w.%+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,63})@"
+    r"(?<![\w.%+@-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,63})@"
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
 )
 _CARD = re.compile(r"(?<![\w.,-])\d(?:[ -]?\d){12,22}(?![\w,-]|\.\d)")
@@ -106,7 +106,8 @@ _AUTHORIZATION = re.compile(
     r"(?i)\b(?:authorization|x-api-key|api-key)\\?[\"']?\s*[:=]\s*\\?[\"']?(?:(?:bearer|basic|token|digest)\s+)?([^\s\"'\\,;]{8,})"
 )
 _BEARER = re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{12,}=*)")
-_URL_CREDENTIALS = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^\s:/@]+:([^\s/@]+)@")
+_URL_CREDENTIALS = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^\s:/]*:([^\s/]+)@[^\s/@]")  # up to the last @
+_URL_AUTHORITY = re.compile(r"://[^\s/:]*:[^\s/]*$")  # inside the password of user:password@
 _PEM = re.compile(
     r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|\Z)"
 )
@@ -188,6 +189,20 @@ def _phone_windows(text: str) -> list[tuple[int, int]]:
             else:
                 windows.append((lo, hi))
     return windows
+
+
+def _path_parts(start: int, token: str) -> list[tuple[int, str]]:
+    """A URL path or file path is judged part by part ("files/9fK2.../view" hides only the id);
+    anything else (base64 may hold slashes) as one token. Parts come with their offsets."""
+    parts = token.split("/")
+    if len(parts) > 1 and any(len(p) >= 2 and p.isalpha() and p.islower() for p in parts):
+        out, pos = [], start
+        for p in parts:
+            out.append((pos, p))
+            pos += len(p) + 1
+        return out
+    stripped = token.strip("/")
+    return [(start + token.index(stripped), stripped)] if stripped else []
 
 
 def _inside_identifier(text: str, start: int, end: int) -> bool:
@@ -302,8 +317,9 @@ class Redactor:
                 yield Finding("secret", start, end, "prose_password")
         if self._entropy_fn is not None:
             for m in _ENTROPY_TOKEN.finditer(text):
-                if self._random_looking(m.group()):
-                    yield Finding("secret", m.start(), m.end(), "entropy")
+                for start, token in _path_parts(m.start(), m.group()):
+                    if self._random_looking(token):
+                        yield Finding("secret", start, start + len(token), "entropy")
 
     def _random_looking(self, token: str) -> bool:
         digits = sum(c.isdigit() for c in token)
@@ -321,7 +337,9 @@ class Redactor:
     def _find_email(text: str) -> Iterator[Finding]:
         if "@" in text:
             for m in _EMAIL.finditer(text):
-                yield Finding("email", m.start(), m.end(), "email")
+                # "scheme://user:pass@word@host": url_credentials takes the password, the host stays.
+                if not _URL_AUTHORITY.search(text, max(0, m.start() - 300), m.start()):
+                    yield Finding("email", m.start(), m.end(), "email")
 
     @staticmethod
     def _find_card(text: str) -> Iterator[Finding]:

@@ -71,6 +71,9 @@ PLANTED: tuple[Planted, ...] = (
             f"-----BEGIN RSA PRIVATE KEY-----\n{_PEM_BODY}\n-----END RSA PRIVATE KEY-----"),  # fmt: skip
     Planted("secret", "Tr0ub4dor&3", "DB_PASSWORD=Tr0ub4dor&3\nDB_HOST=localhost"),
     Planted("secret", "s3cr3t-P@ss", "postgres://admin:s3cr3t-P@ss@db.internal:5432/prod"),
+    Planted("email", "jane.doe@example.com", "sftp://jane.doe@example.com@files.acme.com/upload"),
+    Planted("secret", "Fr33-Upl0ad", "sftp://jane.doe@example.com:Fr33-Upl0ad@files.acme.com/upload"),
+    Planted("secret", "p4ssw0rd", "REDIS_URL=redis://:p4ssw0rd@cache:6379/0"),
     Planted("secret", "Summer2024!", "Sure, my password is Summer2024! can you log in for me?"),
     Planted("secret", "hunter2", '{"username": "alice", "password": "hunter2"}'),
     Planted("secret", "9fK2mQ7xLp3Rt8ZvW4nB6yHc", "session cookie: 9fK2mQ7xLp3Rt8ZvW4nB6yHc (copied from devtools)"),
