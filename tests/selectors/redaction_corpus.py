@@ -149,6 +149,8 @@ LOOKALIKES: tuple[str, ...] = (
     "Use the pass: mountain route in winter.",
     "Page 12 of 300, section 4.2.1, figure 7b.",
     "Build 20240315.3 passed 1532 of 1540 tests.",
+    "Deploy SmolLM2135MInstructModel and watch PaymentGatewayTimeout2024Q3Report.",
+    "Compare iPhone15ProMaxTitanium, GalaxyS24UltraTitaniumGray and RTX4090FoundersEditionGPU.",
     # Held out like the planted items above: none of these 25 was touched on the first run.
     "Meeting on March 5, 2024 at 14:30; call-in code 123 456 789.",
     "Price: €1.299,00 (incl. 19% MwSt.)",
