@@ -123,6 +123,8 @@ class FeedbackView(Protocol):
     def source(self) -> str: ...  # human | automatic | evaluator
     @property
     def created_at(self) -> datetime: ...
+    @property
+    def correction(self) -> str | None: ...  # the right answer, when the agent answered wrong
 
 
 @runtime_checkable
@@ -180,6 +182,10 @@ class ExperienceReader(Protocol):
 
     def mark_consolidated(self, episode_ids: Sequence[str], run_id: str, /) -> int:
         """Flag episodes as consolidated by run ``run_id``; returns how many exist (unknown ids are skipped)."""
+        ...
+
+    def mark_documents_consolidated(self, document_ids: Sequence[str], run_id: str, /) -> int:
+        """Flag document versions as internalised by run ``run_id``; returns how many exist (unknown ids skipped)."""
         ...
 
 

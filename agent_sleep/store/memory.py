@@ -28,6 +28,7 @@ from agent_sleep.config import Settings, get_settings
 from agent_sleep.errors import InvalidEventError, NotFoundError
 from agent_sleep.names import check_name
 from agent_sleep.store.records import (
+    FEEDBACK_NEEDS,
     DocumentRecord,
     EpisodeQuery,
     EpisodeRecord,
@@ -169,10 +170,11 @@ class InMemoryExperienceStore:
             self._require(episode_id).outcome = outcome
 
     def add_feedback(self, episode_id: str, *, score: float | None = None, label: str | None = None,
-                     comment: str | None = None, source: str = "human") -> str:  # fmt: skip
-        fb = validate(FeedbackIn, {"score": score, "label": label, "comment": comment, "source": source}, "feedback")
-        if fb.score is None and fb.label is None and fb.comment is None:
-            raise InvalidEventError("feedback needs at least one of score, label or comment")
+                     comment: str | None = None, source: str = "human", correction: str | None = None) -> str:  # fmt: skip
+        fb = validate(FeedbackIn, {"score": score, "label": label, "comment": comment, "source": source,
+                                   "correction": correction}, "feedback")  # fmt: skip
+        if fb.empty:
+            raise InvalidEventError(FEEDBACK_NEEDS)
         fid = _new_id()
         with self._lock:
             self._require(episode_id).feedback.append(
@@ -213,6 +215,17 @@ class InMemoryExperienceStore:
             for ep in found:
                 ep.consolidated_at, ep.consolidation_run = now, run_id
             return len(found)
+
+    def mark_documents_consolidated(self, document_ids: Sequence[str], run_id: str) -> int:
+        """Flag document versions as internalised by consolidation run ``run_id``; returns how many exist."""
+        wanted = set(document_ids)
+        with self._lock:
+            now, n = _now(), 0
+            for i, d in enumerate(self._documents):
+                if d.id in wanted:
+                    self._documents[i] = d.model_copy(update={"consolidated_at": now, "consolidation_run": run_id})
+                    n += 1
+            return n
 
     # -- reads --------------------------------------------------------------------
     def get_episode(self, episode_id: str) -> EpisodeRecord:

@@ -27,6 +27,7 @@ from agent_sleep.store.models import Agent, Document, Episode, Event, Feedback, 
 from agent_sleep.store.ops import Op, apply_ops
 from agent_sleep.store.records import (
     EPISODE_STATUSES,
+    FEEDBACK_NEEDS,
     DocumentRecord,
     EpisodeQuery,
     EpisodeRecord,
@@ -182,11 +183,14 @@ class ExperienceStore:
                 raise NotFoundError(f"no episode with id {episode_id!r}")
 
     def add_feedback(self, episode_id: str, *, score: float | None = None, label: str | None = None,
-                     comment: str | None = None, source: str = "human") -> str:
-        """Record feedback for an episode; works from any process at any later time."""
-        fb = validate(FeedbackIn, {"score": score, "label": label, "comment": comment, "source": source}, "feedback")
-        if fb.score is None and fb.label is None and fb.comment is None:
-            raise InvalidEventError("feedback needs at least one of score, label or comment")
+                     comment: str | None = None, source: str = "human", correction: str | None = None) -> str:
+        """Record feedback for an episode; works from any process at any later time.
+
+        ``correction``: the right answer when the agent answered wrong (alone, it is valid feedback)."""
+        fb = validate(FeedbackIn, {"score": score, "label": label, "comment": comment, "source": source,
+                                   "correction": correction}, "feedback")  # fmt: skip
+        if fb.empty:
+            raise InvalidEventError(FEEDBACK_NEEDS)
         episode_id = self.resolve_episode_id(episode_id)
         fid = new_id()
         self.write_ops([{"op": "feedback", "id": fid, "episode_id": episode_id, **fb.model_dump(), "ts": time.time()}])
@@ -234,6 +238,18 @@ class ExperienceStore:
                 update(Episode).where(Episode.id.in_([normalize_episode_id(e) for e in episode_ids]))
                 .values(consolidated_at=utcnow(), consolidation_run=run_id)
             ).rowcount
+
+    def mark_documents_consolidated(self, document_ids: Sequence[str], run_id: str) -> int:
+        """Flag document versions as internalised by consolidation run ``run_id``; returns how many exist."""
+        ids = list(dict.fromkeys(document_ids))
+        n = 0
+        with self.session() as s:
+            for start in range(0, len(ids), 500):  # well below every backend's limit on bound parameters
+                n += s.execute(
+                    update(Document).where(Document.id.in_(ids[start : start + 500]))
+                    .values(consolidated_at=utcnow(), consolidation_run=run_id)
+                ).rowcount
+        return n
 
     # -- reads --------------------------------------------------------------------
     def get_episode(self, episode_id: str) -> EpisodeRecord:

@@ -180,6 +180,38 @@ def test_mark_consolidated(store: Any) -> None:
     assert set(_ids(store.episodes(unconsolidated=False))) == {a, b, c}
 
 
+def test_feedback_may_carry_a_correction(store: Any) -> None:
+    eid = _episode(store)
+    store.add_feedback(eid, correction="Refunds take 5 days.")  # a correction alone is feedback
+    time.sleep(0.002)
+    store.add_feedback(eid, score=0.0, comment="wrong", correction="Refunds take 5 business days.")
+    time.sleep(0.002)
+    store.add_feedback(eid, score=1.0)
+    got = store.feedback(eid)
+    assert [(f.score, f.comment, f.correction) for f in got] == [
+        (None, None, "Refunds take 5 days."), (0.0, "wrong", "Refunds take 5 business days."), (1.0, None, None)]
+    assert store.get_episode(eid).n_feedback == 3 and store.get_episode(eid).mean_score == pytest.approx(0.5)
+    with pytest.raises(InvalidEventError, match="correction must not be blank"):
+        store.add_feedback(eid, correction=" \n ")
+    with pytest.raises(EncodingError, match="not valid UTF-8"):
+        store.add_feedback(eid, correction="\ud800")
+    with pytest.raises(InvalidEventError, match="score, label, comment or correction"):
+        store.add_feedback(eid)
+    assert len(store.feedback(eid)) == 3
+
+
+def test_mark_documents_consolidated(store: Any) -> None:
+    a = store.add_document("kb/a.md", "Alpha.", agent="helpdesk")
+    b = store.add_document("kb/b.md", "Beta.", agent="helpdesk")
+    assert store.mark_documents_consolidated([a.id, a.id, "nope"], "run-1") == 1
+    assert _ids(store.documents(unconsolidated=True)) == [b.id]
+    done = store.documents(source="kb/a.md")[0]
+    assert done.consolidation_run == "run-1" and done.consolidated_at is not None
+    a2 = store.add_document("kb/a.md", "Alpha, changed.", agent="helpdesk")  # a new version is a signal again
+    assert _ids(store.documents(unconsolidated=True)) == [b.id, a2.id]
+    assert store.mark_documents_consolidated([], "run-2") == 0
+
+
 def test_documents(store: Any) -> None:
     start = datetime.now(timezone.utc) - timedelta(seconds=1)
     d1 = store.add_document("kb/returns.md", "Returns within 30 days.", title="Returns", agent="helpdesk",
