@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, Select, and_, exists, func, insert, select, update
+from sqlalchemy import Engine, Select, and_, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +23,7 @@ from agent_sleep.config import Settings, get_settings
 from agent_sleep.errors import DatabaseUnavailableError, InvalidEventError, NotFoundError
 from agent_sleep.names import check_name
 from agent_sleep.store import engine as engine_mod
+from agent_sleep.store.batches import DEFAULT_BATCH_SIZE, EpisodeBundle, Turn
 from agent_sleep.store.models import Agent, Document, Episode, Event, Feedback, Skill, new_id, utcnow
 from agent_sleep.store.ops import Op, apply_ops
 from agent_sleep.store.records import (
@@ -321,6 +322,61 @@ class ExperienceStore:
                             "n_feedback": n_fb or 0})
                 out.append(rec)
             return out
+
+    def episode_batches(self, agent: str, *, since: datetime | None = None, until: datetime | None = None,
+                        unconsolidated: bool = True, kinds: Sequence[str] | None = None,
+                        batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[list[EpisodeBundle]]:
+        """``agent``'s episodes, oldest first (ties by id), ``batch_size`` at a time, each with its turns (only
+        ``kinds``, if given) and feedback: three queries per batch, keyset-paged on ``(started_at, id)``.
+
+        Each batch is read in its own short transaction, so episodes logged meanwhile may show up at the end;
+        none is handed out twice."""
+        if batch_size < 1:
+            raise InvalidEventError(f"batch_size must be at least 1, got {batch_size}")
+        ep = Episode.__table__.c
+        base = [ep.agent == agent]
+        if unconsolidated:
+            base.append(ep.consolidated_at.is_(None))
+        if since is not None:
+            base.append(ep.started_at >= as_utc(since))
+        if until is not None:
+            base.append(ep.started_at < as_utc(until))
+        cols = (ep.id, ep.agent, ep.thread_id, ep.started_at, ep.status, ep.outcome, ep.consolidated_at)
+        after: tuple[Any, str] | None = None
+        while True:
+            conds = list(base)
+            if after is not None:
+                conds.append(or_(ep.started_at > after[0], and_(ep.started_at == after[0], ep.id > after[1])))
+            with self.session() as s:
+                rows = s.execute(select(*cols).where(*conds).order_by(ep.started_at, ep.id).limit(batch_size)).all()
+                if not rows:
+                    return
+                ids = [r.id for r in rows]
+                turns = self._turns_of(s, ids, kinds)
+                feedback: dict[str, list[FeedbackRecord]] = {}
+                for f in s.execute(select(Feedback).where(Feedback.episode_id.in_(ids))
+                                   .order_by(Feedback.created_at, Feedback.id)).scalars():  # fmt: skip
+                    feedback.setdefault(f.episode_id, []).append(FeedbackRecord.model_validate(f))
+            yield [EpisodeBundle(id=r.id, agent=r.agent, thread_id=r.thread_id, started_at=as_utc(r.started_at),
+                                 status=r.status, outcome=r.outcome, consolidated_at=as_utc(r.consolidated_at),
+                                 turns=tuple(turns.get(r.id, ())), feedback=tuple(feedback.get(r.id, ())))
+                   for r in rows]  # fmt: skip
+            if len(rows) < batch_size:
+                return
+            after = (rows[-1].started_at, rows[-1].id)
+
+    @staticmethod
+    def _turns_of(s: Session, ids: list[str], kinds: Sequence[str] | None) -> dict[str, list[Turn]]:
+        ev = Event.__table__.c
+        payload = Event.payload  # JSON paths read in SQL: the rest of a payload (a model's input) stays there
+        stmt = select(ev.episode_id, ev.seq, ev.kind, ev.name, ev.content, payload["tool_calls"],
+                      payload["tool_call_id"], payload["args"]).where(ev.episode_id.in_(ids))  # fmt: skip
+        if kinds is not None:
+            stmt = stmt.where(ev.kind.in_(list(kinds)))
+        out: dict[str, list[Turn]] = {}
+        for eid, seq, kind, name, content, calls, call_id, args in s.execute(stmt.order_by(ev.episode_id, ev.seq)):
+            out.setdefault(eid, []).append(Turn(seq, kind, name, content, calls, call_id, args))
+        return out
 
     def events(self, episode_id: str) -> list[EventRecord]:
         episode_id = self.resolve_episode_id(episode_id)

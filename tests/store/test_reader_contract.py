@@ -212,6 +212,43 @@ def test_mark_documents_consolidated(store: Any) -> None:
     assert store.mark_documents_consolidated([], "run-2") == 0
 
 
+def test_episode_batches(store: Any) -> None:
+    made = []
+    for i in range(5):
+        made.append(_episode(store, thread=f"t{i}"))
+        time.sleep(0.002)
+    store.append_events(made[0], [
+        {"kind": "assistant_message", "content": "", "payload": {"tool_calls": [{"id": "c1", "name": "lookup",
+                                                                   "args": {"q": "A1"}}], "model_input": {"x": 1}}},
+        {"kind": "tool_call", "name": "lookup", "payload": {"args": {"q": "A1"}, "tool_call_id": "c1"}},
+        {"kind": "tool_result", "name": "lookup", "content": "shipped", "payload": {"tool_call_id": "c1"}},
+        {"kind": "run_output", "content": "{}"}])  # fmt: skip
+    store.add_feedback(made[1], score=0.0, correction="fixed")
+    _episode(store, "billing")
+    store.mark_consolidated([made[4]], "run-1")
+
+    batches = list(store.episode_batches("helpdesk", batch_size=2))
+    assert [[b.id for b in batch] for batch in batches] == [made[:2], made[2:4]]
+    first = batches[0][0]
+    assert (first.agent, first.thread_id, first.status, first.consolidated_at) == ("helpdesk", "t0", "running", None)
+    assert [(t.seq, t.kind, t.content) for t in first.turns] == [
+        (0, "user_message", "hi"), (1, "assistant_message", "hello"), (2, "assistant_message", ""),
+        (3, "tool_call", ""), (4, "tool_result", "shipped"), (5, "run_output", "{}")]
+    assert first.turns[2].tool_calls == [{"id": "c1", "name": "lookup", "args": {"q": "A1"}}]
+    assert (first.turns[3].args, first.turns[3].tool_call_id, first.turns[3].name) == ({"q": "A1"}, "c1", "lookup")
+    assert first.turns[4].tool_call_id == "c1" and first.turns[0].tool_calls is None
+    assert [f.correction for f in batches[0][1].feedback] == ["fixed"] and first.feedback == ()
+
+    only = list(store.episode_batches("helpdesk", kinds=["user_message", "tool_result"], unconsolidated=False))
+    assert [b.id for b in only[0]] == made and [t.kind for t in only[0][0].turns] == ["user_message", "tool_result"]
+    since = store.get_episode(made[3]).started_at
+    assert [b.id for batch in store.episode_batches("helpdesk", since=since, unconsolidated=False)
+            for b in batch] == made[3:]  # fmt: skip
+    assert list(store.episode_batches("nobody")) == []
+    with pytest.raises(InvalidEventError, match="batch_size"):
+        next(store.episode_batches("helpdesk", batch_size=0))
+
+
 def test_documents(store: Any) -> None:
     start = datetime.now(timezone.utc) - timedelta(seconds=1)
     d1 = store.add_document("kb/returns.md", "Returns within 30 days.", title="Returns", agent="helpdesk",
