@@ -87,7 +87,8 @@ def chat_messages(turns: Iterable[Turn]) -> tuple[dict[str, Any], ...]:
         elif t.kind == "tool_call":
             if t.tool_call_id is not None and str(t.tool_call_id) in called:
                 continue  # the assistant message that made the call already carries it
-            call: dict[str, Any] = {"name": t.name or "tool", "arguments": t.args if t.args is not None else t.content}
+            call: dict[str, Any] = {"name": t.name or "tool",
+                                    "arguments": _arguments(t.args if t.args is not None else t.content)}
             if t.tool_call_id is not None:
                 call["id"] = str(t.tool_call_id)
                 called.add(call["id"])
@@ -119,14 +120,23 @@ def _calls(raw: Any) -> list[dict[str, Any]]:
         name = fn.get("name")
         if not isinstance(name, str) or not name:
             continue
-        args = fn.get("args", fn.get("arguments"))
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except ValueError:
-                pass
-        call: dict[str, Any] = {"name": name, "arguments": {} if args is None else args}
+        call: dict[str, Any] = {"name": name, "arguments": _arguments(fn.get("args", fn.get("arguments")))}
         if c.get("id") is not None:
             call["id"] = str(c["id"])
         out.append(call)
     return out
+
+
+def _arguments(value: Any) -> dict[str, Any]:
+    """Tool-call arguments as a JSON object: a JSON text is parsed; anything else that is not an object
+    (a tool's plain input string) becomes ``{"input": value}``."""
+    if isinstance(value, str):
+        if not value.strip():
+            return {}
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {"input": value}
+    if value is None:
+        return {}
+    return dict(value) if isinstance(value, dict) else {"input": value}
