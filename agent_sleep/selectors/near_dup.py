@@ -8,7 +8,9 @@ An episode whose estimated similarity to a kept one is at least ``threshold`` is
 kept twin. ``exact``: equal after lowercasing and dropping punctuation and whitespace differences.
 
 State grows with the kept episodes of this run (a signature and one bucket entry per band each),
-never with dropped ones. Documents are handed on. Deterministic: hashes are CRC-32 and the
+never with dropped ones. A bucket remembers its first 32 episodes only, so each new episode is compared
+with at most ``32 * bands`` others however alike the stream is (templated conversations share many
+buckets); a twin is then missed only if it shares no band with its original outside full buckets. Documents are handed on. Deterministic: hashes are CRC-32 and the
 permutations come from a fixed seed, so the same stream gives the same decisions in every process.
 """
 
@@ -30,7 +32,7 @@ __all__ = ["NearDupParams", "NearDupSelector"]
 
 _WORD = re.compile(r"\w+")
 _PRIME = (1 << 61) - 1
-_CHUNK = 4096  # signatures are stored in blocks of this many rows
+_BUCKET = 32  # kept episodes one LSH bucket remembers: bounds the comparisons per episode
 _ROWS = 32768  # shingles hashed at once (x num_perm x 8 bytes of scratch memory)
 
 
@@ -104,8 +106,8 @@ class _MinHashIndex:
         self.bands = _bands(params.num_perm, params.threshold)
         self.rows = params.num_perm // self.bands
         self.band_mix = rng.integers(1, 1 << 32, size=self.rows, dtype=np.uint64)
-        self.buckets: dict[int, Any] = {}  # band key -> index of a kept episode, or a list of them
-        self.blocks: list[Any] = []
+        self.buckets: dict[int, list[int]] = {}  # band key -> indexes of kept episodes (at most _BUCKET)
+        self.sigs = np.zeros((0, params.num_perm), dtype=np.uint32)  # row i: signature of kept episode i
         self.ids: list[str] = []
 
     def signatures(self, docs: list[list[str]]) -> Any:
@@ -155,34 +157,30 @@ class _MinHashIndex:
 
     def add(self, item_id: str, sig: Any) -> tuple[str | None, float]:
         """The kept twin of ``sig`` and the estimated similarity, or (None, 0) after keeping it."""
+        np = self.np
         keys = self._band_keys(sig)
-        seen: set[int] = set()
+        found: set[int] = set()
         for key in keys:
-            found = self.buckets.get(key)
-            for idx in (found if isinstance(found, list) else () if found is None else (found,)):
-                if idx in seen:
-                    continue
-                seen.add(idx)
-                similarity = float((self._sig(idx) == sig).mean())
-                if similarity >= self.threshold:
-                    return self.ids[idx], similarity
-        idx = len(self.ids)
+            found.update(self.buckets.get(key, ()))
+        if found:
+            idx = np.fromiter(sorted(found), dtype=np.int64, count=len(found))
+            same = np.count_nonzero(self.sigs[idx] == sig, axis=1)
+            best = int(same.argmax())  # the earliest kept of the most similar
+            similarity = float(same[best]) / len(sig)
+            if similarity >= self.threshold:
+                return self.ids[int(idx[best])], similarity
+        n = len(self.ids)
+        if n == len(self.sigs):
+            grown = np.zeros((max(2 * n, 1024), len(sig)), dtype=np.uint32)
+            grown[:n] = self.sigs
+            self.sigs = grown
+        self.sigs[n] = sig
         self.ids.append(item_id)
-        if idx % _CHUNK == 0:
-            self.blocks.append(self.np.zeros((_CHUNK, len(sig)), dtype=self.np.uint32))
-        self.blocks[-1][idx % _CHUNK] = sig
         for key in keys:
-            found = self.buckets.get(key)
-            if found is None:
-                self.buckets[key] = idx
-            elif isinstance(found, list):
-                found.append(idx)
-            else:
-                self.buckets[key] = [found, idx]
+            bucket = self.buckets.setdefault(key, [])
+            if len(bucket) < _BUCKET:
+                bucket.append(n)
         return None, 0.0
-
-    def _sig(self, idx: int) -> Any:
-        return self.blocks[idx // _CHUNK][idx % _CHUNK]
 
     def _band_keys(self, sig: Any) -> list[int]:
         np = self.np

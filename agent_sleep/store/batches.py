@@ -1,9 +1,9 @@
 """Episodes in batches, with their events and feedback: how a reader of the whole store streams it.
 
 ``ExperienceStore.episode_batches`` and ``InMemoryExperienceStore.episode_batches`` yield lists of
-:class:`EpisodeBundle`, oldest first (ties by id). The SQL store pages by key ``(started_at, id)``
-and reads each batch's events and feedback with one query each, so reading N episodes costs
-about ``3 * N / batch_size`` queries and memory for one batch, never the whole table.
+:class:`EpisodeBundle`, oldest first (ties by id). The SQL store streams one ordered query over the
+episodes and reads each batch's events and feedback with one query each, so reading N episodes costs
+``1 + 2 * N / batch_size`` queries and memory for one batch, never the whole table.
 
 An event comes as a :class:`Turn`: the fields a conversation needs (the payload's ``tool_calls``,
 ``tool_call_id`` and ``args``), never the rest of the payload, which can hold a model call's whole

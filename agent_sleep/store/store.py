@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, Select, and_, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Select, and_, case, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -327,55 +327,60 @@ class ExperienceStore:
                         unconsolidated: bool = True, kinds: Sequence[str] | None = None,
                         batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[list[EpisodeBundle]]:
         """``agent``'s episodes, oldest first (ties by id), ``batch_size`` at a time, each with its turns (only
-        ``kinds``, if given) and feedback: three queries per batch, keyset-paged on ``(started_at, id)``.
+        ``kinds``, if given) and feedback.
 
-        Each batch is read in its own short transaction, so episodes logged meanwhile may show up at the end;
-        none is handed out twice."""
+        One ordered query over the episodes is streamed (a server-side cursor on PostgreSQL; SQLite steps
+        its cursor), so the database sorts once and memory holds one batch; each batch's events and feedback
+        come with one query each. The whole read is one transaction: a consistent snapshot (readers do not
+        block capture's writes: SQLite runs in WAL mode)."""
         if batch_size < 1:
             raise InvalidEventError(f"batch_size must be at least 1, got {batch_size}")
         ep = Episode.__table__.c
-        base = [ep.agent == agent]
+        conds = [ep.agent == agent]
         if unconsolidated:
-            base.append(ep.consolidated_at.is_(None))
+            conds.append(ep.consolidated_at.is_(None))
         if since is not None:
-            base.append(ep.started_at >= as_utc(since))
+            conds.append(ep.started_at >= as_utc(since))
         if until is not None:
-            base.append(ep.started_at < as_utc(until))
-        cols = (ep.id, ep.agent, ep.thread_id, ep.started_at, ep.status, ep.outcome, ep.consolidated_at)
-        after: tuple[Any, str] | None = None
-        while True:
-            conds = list(base)
-            if after is not None:
-                conds.append(or_(ep.started_at > after[0], and_(ep.started_at == after[0], ep.id > after[1])))
-            with self.session() as s:
-                rows = s.execute(select(*cols).where(*conds).order_by(ep.started_at, ep.id).limit(batch_size)).all()
-                if not rows:
-                    return
-                ids = [r.id for r in rows]
-                turns = self._turns_of(s, ids, kinds)
-                feedback: dict[str, list[FeedbackRecord]] = {}
-                for f in s.execute(select(Feedback).where(Feedback.episode_id.in_(ids))
-                                   .order_by(Feedback.created_at, Feedback.id)).scalars():  # fmt: skip
-                    feedback.setdefault(f.episode_id, []).append(FeedbackRecord.model_validate(f))
-            yield [EpisodeBundle(id=r.id, agent=r.agent, thread_id=r.thread_id, started_at=as_utc(r.started_at),
-                                 status=r.status, outcome=r.outcome, consolidated_at=as_utc(r.consolidated_at),
-                                 turns=tuple(turns.get(r.id, ())), feedback=tuple(feedback.get(r.id, ())))
-                   for r in rows]  # fmt: skip
-            if len(rows) < batch_size:
-                return
-            after = (rows[-1].started_at, rows[-1].id)
+            conds.append(ep.started_at < as_utc(until))
+        stmt = (select(ep.id, ep.agent, ep.thread_id, ep.started_at, ep.status, ep.outcome, ep.consolidated_at)
+                .where(*conds).order_by(ep.started_at, ep.id))  # fmt: skip
+        fb = Feedback.__table__
+        try:
+            with self.engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(stmt)
+                for rows in result.partitions():
+                    ids = [r.id for r in rows]
+                    turns = self._turns_of(conn, ids, kinds)
+                    feedback: dict[str, list[FeedbackRecord]] = {}
+                    for f in conn.execute(select(fb).where(fb.c.episode_id.in_(ids))
+                                          .order_by(fb.c.created_at, fb.c.id)):  # fmt: skip
+                        feedback.setdefault(f.episode_id, []).append(FeedbackRecord.model_validate(f))
+                    yield [EpisodeBundle(id=r.id, agent=r.agent, thread_id=r.thread_id,
+                                         started_at=as_utc(r.started_at), status=r.status, outcome=r.outcome,
+                                         consolidated_at=as_utc(r.consolidated_at), turns=tuple(turns.get(r.id, ())),
+                                         feedback=tuple(feedback.get(r.id, ()))) for r in rows]  # fmt: skip
+        except OperationalError as exc:
+            raise DatabaseUnavailableError(f"database {self.safe_url} failed: {exc.orig}") from exc
 
     @staticmethod
-    def _turns_of(s: Session, ids: list[str], kinds: Sequence[str] | None) -> dict[str, list[Turn]]:
+    def _turns_of(conn: Connection, ids: list[str], kinds: Sequence[str] | None) -> dict[str, list[Turn]]:
         ev = Event.__table__.c
-        payload = Event.payload  # JSON paths read in SQL: the rest of a payload (a model's input) stays there
-        stmt = select(ev.episode_id, ev.seq, ev.kind, ev.name, ev.content, payload["tool_calls"],
-                      payload["tool_call_id"], payload["args"]).where(ev.episode_id.in_(ids))  # fmt: skip
-        if kinds is not None:
-            stmt = stmt.where(ev.kind.in_(list(kinds)))
+        payload = Event.payload  # JSON paths read in SQL (the rest of a payload, a model's input, stays there),
+        # and only on the kinds that carry them: fewer JSON values to decode
+        calls = case((ev.kind == "assistant_message", payload["tool_calls"]), else_=None)
+        args = case((ev.kind == "tool_call", payload["args"]), else_=None)
+        call_id = case((ev.kind.in_(("tool_call", "tool_result")), payload["tool_call_id"].as_string()), else_=None)
+        # Other kinds are filtered here, not in SQL: a condition on kind would lead SQLite to its kind index
+        # (every event of the kind) instead of the (episode_id, seq) one. Their content is not read.
+        content = ev.content if kinds is None else case((ev.kind.in_(list(kinds)), ev.content), else_=None)
+        wanted = None if kinds is None else frozenset(kinds)
+        stmt = (select(ev.episode_id, ev.seq, ev.kind, ev.name, content, calls, call_id, args)
+                .where(ev.episode_id.in_(ids)).order_by(ev.episode_id, ev.seq))  # fmt: skip
         out: dict[str, list[Turn]] = {}
-        for eid, seq, kind, name, content, calls, call_id, args in s.execute(stmt.order_by(ev.episode_id, ev.seq)):
-            out.setdefault(eid, []).append(Turn(seq, kind, name, content, calls, call_id, args))
+        for eid, seq, kind, name, text, tool_calls, tool_call_id, arguments in conn.execute(stmt):
+            if wanted is None or kind in wanted:
+                out.setdefault(eid, []).append(Turn(seq, kind, name, text, tool_calls, tool_call_id, arguments))
         return out
 
     def events(self, episode_id: str) -> list[EventRecord]:
