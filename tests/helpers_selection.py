@@ -20,7 +20,8 @@ def feedback(score: float | None = None, label: str | None = None, *, correction
 
 def episode(question: str = "Where is order A1?", answer: str | None = "It shipped on Monday.", *,
             eid: str | None = None, fb: tuple[FeedbackItem, ...] = (), status: str = "completed",
-            outcome: str | None = None, days_ago: float = 1.0, extra: tuple[dict[str, Any], ...] = ()) -> EpisodeCandidate:
+            outcome: str | None = None, days_ago: float = 1.0,
+            extra: tuple[dict[str, Any], ...] = ()) -> EpisodeCandidate:
     messages: list[dict[str, Any]] = [{"role": "user", "content": question}]
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})

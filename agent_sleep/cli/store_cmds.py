@@ -266,7 +266,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        description="Record feedback for an episode, from any process at any later time. Give at "
                        "least one of --score, --label, --comment, --correction or --outcome. A correction is the "
                        "right answer where the agent answered wrong: a consolidation run trains on the "
-                       "conversation with it in place of the wrong answer, or holds it out as a test question.")  # fmt: skip
+                       "conversation with it in place of the wrong answer, or holds it out as a test "
+                       "question.")  # fmt: skip
     p.add_argument("episode", help="episode id (32 hex digits or a dashed UUID, any case)")
     p.add_argument("--score", type=score, metavar="S", help="how good the episode was, from 0 (bad) to 1 (good)")
     p.add_argument("--label", help="a short label, e.g. thumbs_up (at most 64 characters)")

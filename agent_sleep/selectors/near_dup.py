@@ -10,7 +10,8 @@ kept twin. ``exact``: equal after lowercasing and dropping punctuation and white
 State grows with the kept episodes of this run (a signature and one bucket entry per band each),
 never with dropped ones. A bucket remembers its first 32 episodes only, so each new episode is compared
 with at most ``32 * bands`` others however alike the stream is (templated conversations share many
-buckets); a twin is then missed only if it shares no band with its original outside full buckets. Documents are handed on. Deterministic: hashes are CRC-32 and the
+buckets); a twin is then missed only if it shares no band with its original outside full buckets.
+Documents are handed on. Deterministic: hashes are CRC-32 and the
 permutations come from a fixed seed, so the same stream gives the same decisions in every process.
 """
 

@@ -100,7 +100,8 @@ class _Planner:
                                            "skills.per_document is off")  # fmt: skip
         for draft in drafts.values():
             for d in draft.documents:
-                self._keep("document", d.id, f"planned: trains {draft.generator} skill {draft.skill}", draft.skill, "train")
+                self._keep("document", d.id, f"planned: trains {draft.generator} skill {draft.skill}", draft.skill,
+                           "train")
         by_id = {d.id: d for d in documents}
         for draft in drafts.values():
             for d in draft.documents:

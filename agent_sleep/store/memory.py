@@ -171,7 +171,8 @@ class InMemoryExperienceStore:
             self._require(episode_id).outcome = outcome
 
     def add_feedback(self, episode_id: str, *, score: float | None = None, label: str | None = None,
-                     comment: str | None = None, source: str = "human", correction: str | None = None) -> str:  # fmt: skip
+                     comment: str | None = None, source: str = "human",
+                     correction: str | None = None) -> str:  # fmt: skip
         fb = validate(FeedbackIn, {"score": score, "label": label, "comment": comment, "source": source,
                                    "correction": correction}, "feedback")  # fmt: skip
         if fb.empty:
@@ -272,7 +273,8 @@ class InMemoryExperienceStore:
             chosen = sorted(
                 (e for e in self._episodes.values() if e.agent == agent
                  and not (unconsolidated and e.consolidated_at is not None)
-                 and (since_utc is None or e.started_at >= since_utc) and (until_utc is None or e.started_at < until_utc)),
+                 and (since_utc is None or e.started_at >= since_utc)
+                 and (until_utc is None or e.started_at < until_utc)),
                 key=lambda e: (e.started_at, e.id))  # fmt: skip
             ids = [e.id for e in chosen]
         for start in range(0, len(ids), batch_size):

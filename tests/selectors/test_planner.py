@@ -110,7 +110,8 @@ def test_a_full_plan(store: Any) -> None:
     assert _decisions(result, train_id) == [("corrections", True, None, None),
                                             ("planner", True, "helpdesk-dialog", "train")]
     assert _decisions(result, good) == [("planner", True, "helpdesk-dialog", "train")]
-    assert plan.stats["near_dup"] == {"kept": 4, "dropped": 1}  # 3 episodes and the document pass and plan.stats["planner"]["dropped"] == 0
+    assert plan.stats["near_dup"] == {"kept": 4, "dropped": 1}  # 3 episodes and the document pass
+    assert plan.stats["planner"] == {"kept": 4, "dropped": 0}
     bad_probe = [d.reason for d in result.decisions if d.item_kind == "document" and "meta['probes']" in d.reason]
     assert bad_probe == ["1 entries of meta['probes'] are not question/answer texts: left out"]
 

@@ -88,7 +88,8 @@ def test_contradictory_feedback_the_newest_decides() -> None:
     assert kept == ["b", "c"]
     assert "feedback disagrees (mean score 1.00 >= 0.5; labelled 'thumbs_down')" in why["a"][1]
     assert "the newest" in why["a"][1] and "decides" in why["b"][1]
-    assert why["c"] == (True, "labelled 'thumbs_up' (labels disagree: ['thumbs_down', 'thumbs_up']; the newest decides)")
+    assert why["c"] == (True, "labelled 'thumbs_up' (labels disagree: ['thumbs_down', 'thumbs_up']; the newest "
+                              "decides)")
 
 
 def test_corrections_replace_the_final_answer() -> None:
