@@ -161,6 +161,10 @@ class _Planner:
                 self._drop("episode", ep.id, "conversations are not used: skills.dialog is null and no sft skill "
                                              "is declared")
                 continue
+            if ep.corrections and ep.corrected_by is None:
+                self._drop("episode", ep.id, "has a correction, but the chain has no 'corrections' step: its wrong "
+                                             "answer is not trained on")  # fmt: skip
+                continue
             if len(ep.messages) < 2:
                 self._drop("episode", ep.id, f"{len(ep.messages)} message(s): a conversation needs at least 2")
                 continue

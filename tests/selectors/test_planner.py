@@ -181,3 +181,12 @@ def test_budget_caps_the_plan(store: Any) -> None:
     assert sorted(kept) == ["Question 5 about invoice 55?", "Question 6 about invoice 66?",
                             "Question 7 about invoice 77?"]
     assert sum(1 for d in result.decisions if d.selector == "budget" and not d.kept) == 5
+
+
+def test_a_correction_is_never_trained_uncorrected(store: Any) -> None:
+    eid = log_episode(store, "When does it ship?", "Tomorrow.")
+    store.add_feedback(eid, correction="On Friday.")
+    config = parse_selection_config({"chain": ["outcome", "feedback"]})  # no 'corrections' step
+    result = build_plan(store, "helpdesk", config)
+    assert result.plan.empty and [(d.selector, d.kept) for d in result.decisions] == [("planner", False)]
+    assert "no 'corrections' step" in result.decisions[0].reason

@@ -122,3 +122,37 @@ def test_the_memory_store_is_read_in_batches() -> None:
         log_episode(store, f"question {i} about parcel {i * 13}", f"answer {i} with detail {i * 7}")
     result = build_plan(store, "helpdesk", SelectionConfig(batch_size=5))
     assert store.sizes == [5, 5, 5, 5, 3] and len(result.plan.episodes) == 23
+
+
+def test_a_reader_with_only_the_protocol_is_read_through_it() -> None:
+    """A reader without episode_batches (any ExperienceReader) gives the same candidates and plan."""
+    inner = InMemoryExperienceStore()
+    for i in range(7):
+        eid = log_episode(inner, f"question {i} about parcel {i * 13}", f"answer {i} with detail {i * 7}",
+                          events=tuple(CAPTURED[2:5]))
+        inner.add_feedback(eid, score=1.0, correction=f"fixed {i}" if i % 2 else None)
+
+    class ProtocolOnly:
+        def episodes(self, **filters: Any) -> Any:
+            return inner.episodes(**filters)
+
+        def events(self, episode_id: str, /) -> Any:
+            return inner.events(episode_id)
+
+        def feedback(self, episode_id: str, /) -> Any:
+            return inner.feedback(episode_id)
+
+        def documents(self, **kwargs: Any) -> Any:
+            return inner.documents(**kwargs)
+
+        def mark_consolidated(self, episode_ids: Any, run_id: str, /) -> int:
+            return inner.mark_consolidated(episode_ids, run_id)
+
+        def mark_documents_consolidated(self, document_ids: Any, run_id: str, /) -> int:
+            return inner.mark_documents_consolidated(document_ids, run_id)
+
+    reader: Any = ProtocolOnly()
+    slow = [c for batch in episode_candidates(reader, "helpdesk", batch_size=3) for c in batch]
+    fast = [c for batch in episode_candidates(inner, "helpdesk", batch_size=3) for c in batch]
+    assert slow == fast and len(slow) == 7
+    assert build_plan(reader, "helpdesk").plan == build_plan(inner, "helpdesk").plan
