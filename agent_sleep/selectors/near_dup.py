@@ -62,7 +62,10 @@ class NearDupSelector:
         items = list(items)
         episodes = [i for i in items if isinstance(i, EpisodeCandidate)]
         words = {e.id: _WORD.findall(e.text.lower()) for e in episodes}
-        sigs = self._minhash.signatures([words[e.id] for e in episodes]) if self.params.method == "minhash" else None
+        sigs = keys = None
+        if self.params.method == "minhash":
+            sigs = self._minhash.signatures([words[e.id] for e in episodes])
+            keys = self._minhash.band_keys(sigs)
         row = dict(zip((e.id for e in episodes), range(len(episodes))))
         kept: list[Candidate] = []
         decisions: list[Decision] = []
@@ -82,7 +85,7 @@ class NearDupSelector:
                 else:
                     decisions.append(Decision(item.id, False, f"duplicate of episode {twin} (same words)", self.name))
                 continue
-            twin, similarity = self._minhash.add(item.id, sigs[row[item.id]])
+            twin, similarity = self._minhash.add(item.id, sigs[row[item.id]], keys[row[item.id]])  # type: ignore[index]
             if twin is None:
                 kept.append(item)
                 decisions.append(Decision(item.id, True, "no near-duplicate seen before", self.name))
@@ -156,10 +159,10 @@ class _MinHashIndex:
         mins = np.minimum.reduceat(self._permuted(np.concatenate([h for _, h in group])), starts, axis=0)
         out[[n for n, _ in group]] = (mins & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
-    def add(self, item_id: str, sig: Any) -> tuple[str | None, float]:
-        """The kept twin of ``sig`` and the estimated similarity, or (None, 0) after keeping it."""
+    def add(self, item_id: str, sig: Any, keys: list[int]) -> tuple[str | None, float]:
+        """The kept twin of ``sig`` (with LSH bucket ``keys``) and the estimated similarity, or (None, 0)
+        after keeping it."""
         np = self.np
-        keys = self._band_keys(sig)
         found: set[int] = set()
         for key in keys:
             found.update(self.buckets.get(key, ()))
@@ -183,11 +186,14 @@ class _MinHashIndex:
                 bucket.append(n)
         return None, 0.0
 
-    def _band_keys(self, sig: Any) -> list[int]:
+    def band_keys(self, sigs: Any) -> list[list[int]]:
+        """The LSH bucket keys of each signature row: each band's values folded into one number, tagged
+        with the band's index (bands <= num_perm <= 512 < 2**10)."""
         np = self.np
-        bands = sig.astype(np.uint64).reshape(self.bands, self.rows) * self.band_mix[None, :]
-        folded = bands.sum(axis=1, dtype=np.uint64)  # wraps; collisions only cost a comparison
-        return [(int(v) << 10) | i for i, v in enumerate(folded.tolist())]  # bands <= num_perm <= 512 < 2**10
+        bands = sigs.astype(np.uint64).reshape(len(sigs), self.bands, self.rows) * self.band_mix
+        folded = bands.sum(axis=2, dtype=np.uint64)  # wraps; a collision only costs a comparison
+        keyed = (folded << np.uint64(10)) | np.arange(self.bands, dtype=np.uint64)
+        return keyed.tolist()  # type: ignore[no-any-return]
 
 
 def _bands(num_perm: int, threshold: float) -> int:

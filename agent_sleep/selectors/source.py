@@ -79,7 +79,7 @@ def chat_messages(turns: Iterable[Turn]) -> tuple[dict[str, Any], ...]:
     for t in turns:
         if t.kind in _ROLES:
             msg: dict[str, Any] = {"role": _ROLES[t.kind], "content": t.content}
-            calls = _calls(t.tool_calls) if t.kind == "assistant_message" else []
+            calls = _calls(t.tool_calls) if t.tool_calls and t.kind == "assistant_message" else None
             if calls:
                 msg["tool_calls"] = calls
                 called.update(str(c["id"]) for c in calls if "id" in c)
@@ -116,11 +116,12 @@ def _calls(raw: Any) -> list[dict[str, Any]]:
     for c in raw:
         if not isinstance(c, dict):
             continue
-        fn = c.get("function") if isinstance(c.get("function"), dict) else c
+        fn = c["function"] if isinstance(c.get("function"), dict) else c
         name = fn.get("name")
         if not isinstance(name, str) or not name:
             continue
-        call: dict[str, Any] = {"name": name, "arguments": _arguments(fn.get("args", fn.get("arguments")))}
+        args = fn["args"] if "args" in fn else fn.get("arguments")
+        call: dict[str, Any] = {"name": name, "arguments": dict(args) if isinstance(args, dict) else _arguments(args)}
         if c.get("id") is not None:
             call["id"] = str(c["id"])
         out.append(call)

@@ -9,6 +9,7 @@ and users call the typed methods, and the consolidation job reads with
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -367,9 +368,9 @@ class ExperienceStore:
     def _turns_of(conn: Connection, ids: list[str], kinds: Sequence[str] | None) -> dict[str, list[Turn]]:
         ev = Event.__table__.c
         payload = Event.payload  # JSON paths read in SQL (the rest of a payload, a model's input, stays there),
-        # and only on the kinds that carry them: fewer JSON values to decode
-        calls = case((ev.kind == "assistant_message", payload["tool_calls"]), else_=None)
-        args = case((ev.kind == "tool_call", payload["args"]), else_=None)
+        # as text, only on the kinds that carry them, decoded here when present: far fewer JSON values to decode
+        calls = case((ev.kind == "assistant_message", payload["tool_calls"].as_string()), else_=None)
+        args = case((ev.kind == "tool_call", payload["args"].as_string()), else_=None)
         call_id = case((ev.kind.in_(("tool_call", "tool_result")), payload["tool_call_id"].as_string()), else_=None)
         # Other kinds are filtered here, not in SQL: a condition on kind would lead SQLite to its kind index
         # (every event of the kind) instead of the (episode_id, seq) one. Their content is not read.
@@ -380,7 +381,8 @@ class ExperienceStore:
         out: dict[str, list[Turn]] = {}
         for eid, seq, kind, name, text, tool_calls, tool_call_id, arguments in conn.execute(stmt):
             if wanted is None or kind in wanted:
-                out.setdefault(eid, []).append(Turn(seq, kind, name, text, tool_calls, tool_call_id, arguments))
+                out.setdefault(eid, []).append(Turn(seq, kind, name, text, _json_value(tool_calls), tool_call_id,
+                                                    _json_value(arguments)))
         return out
 
     def events(self, episode_id: str) -> list[EventRecord]:
@@ -460,3 +462,14 @@ class ExperienceStore:
     @staticmethod
     def _check_name(name: str, what: str) -> None:
         check_name(name, what, error=InvalidEventError)
+
+
+def _json_value(text: Any) -> Any:
+    """A JSON path read as text (``->>`` / ``json_extract``): objects and arrays come as JSON text, a
+    string as itself (it is not JSON then: kept as it is), numbers as numbers."""
+    if not isinstance(text, str) or not text or text[0] not in "[{":
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
