@@ -98,19 +98,15 @@ class _Planner:
         for doc in unassigned:
             self._drop("document", doc.id, "no skill takes it: no declared skill's globs match its source and "
                                            "skills.per_document is off")  # fmt: skip
-        for draft in drafts.values():
-            for d in draft.documents:
-                self._keep("document", d.id, f"planned: trains {draft.generator} skill {draft.skill}", draft.skill,
-                           "train")
         by_id = {d.id: d for d in documents}
         for draft in drafts.values():
             for d in draft.documents:
                 probes, bad = document_probes(by_id[d.id])
                 draft.probes += probes
-                if bad:
-                    self.decisions.append(ItemDecision("document", d.id, PLANNER, True,
-                                                       f"{bad} entries of meta['probes'] are not question/answer "
-                                                       "texts: left out", draft.skill))  # fmt: skip
+                note = f" ({len(probes)} probe(s) from meta['probes']" if probes or bad else ""
+                note += f"; {bad} entries that are not question/answer texts left out)" if bad else ")" if note else ""
+                self._keep("document", d.id, f"planned: trains {draft.generator} skill {draft.skill}{note}",
+                           draft.skill, "train")
         self._episodes(drafts, dialog, episodes)
         skills = tuple(d.plan() for d in drafts.values() if d.used)
         stats = {**self.chain.stats, PLANNER: {"kept": self.kept, "dropped": self.dropped}}
@@ -140,40 +136,54 @@ class _Planner:
         probes = self._probes(episodes)
         doc_words = {name: set().union(*(words(d.text) for d in draft.documents))
                      for name, draft in drafts.items() if draft.generator in ("d2l", "gradient_cd") and draft.documents}
+        placed: list[tuple[EpisodeCandidate, SkillDraft, PlannedProbe | None, str]] = []  # (episode, skill, probe, why)
         for ep in episodes:
             probe = probes.get(ep.id)
             if probe is not None:
                 skill, share = best_document_skill(probe.answer, doc_words, cfg.min_answer_overlap)
                 where = f"its documents hold {share:.0%} of the answer's words" if skill else \
                     f"no skill's documents hold {cfg.min_answer_overlap:.0%} of the answer's words"
-                target = drafts[skill] if skill else dialog
-                if target is None:
-                    self._drop("episode", ep.id, f"a {probe.origin} probe no skill can take ({where}, and no sft "
-                                                 "skill takes conversations: skills.dialog is null)")
-                    continue
-                target.probes.append(probe)
                 h = probe_hash(ep.id)
                 why = f"hash {h:.3f} < {cfg.fraction:g}" if h < cfg.fraction else "at least one of 2+ is held out"
-                self._keep("episode", ep.id, f"planned: held out as a {probe.origin} probe of skill {target.skill} "
-                                             f"({why}; {where})", target.skill, "probe")
+                target = drafts[skill] if skill else dialog
+                if target is not None:
+                    placed.append((ep, target, probe, f"{why}; {where}"))
+                    continue
+            problem = self._not_trainable(ep, dialog)
+            if problem:
+                self._drop("episode", ep.id, problem)
+            else:
+                assert dialog is not None
+                placed.append((ep, dialog, None, ""))
+        if dialog is not None and not any(p is None for _, s, p, _ in placed if s is dialog):
+            # nothing else trains the dialog skill: its probes would test a skill that is not made; train on them
+            placed = [(ep, s, None, "the only conversations: trained on, not held out")
+                      if s is dialog and not self._not_trainable(ep, dialog) else (ep, s, p, why)
+                      for ep, s, p, why in placed]  # fmt: skip
+        for ep, skill, probe, why in placed:
+            if probe is not None:
+                skill.probes.append(probe)
+                self._keep("episode", ep.id, f"planned: held out as a {probe.origin} probe of skill {skill.skill} "
+                                             f"({why})", skill.skill, "probe")
                 continue
-            if dialog is None:
-                self._drop("episode", ep.id, "conversations are not used: skills.dialog is null and no sft skill "
-                                             "is declared")
-                continue
-            if ep.corrections and ep.corrected_by is None:
-                self._drop("episode", ep.id, "has a correction, but the chain has no 'corrections' step: its wrong "
-                                             "answer is not trained on")  # fmt: skip
-                continue
-            if len(ep.messages) < 2:
-                self._drop("episode", ep.id, f"{len(ep.messages)} message(s): a conversation needs at least 2")
-                continue
-            dialog.conversations.append(PlannedConversation(episode_id=ep.id, messages=ep.messages,
-                                                            corrected=ep.corrected_by is not None))
-            self._keep("episode", ep.id, f"planned: trains sft skill {dialog.skill}"
-                                         + (" (corrected)" if ep.corrected_by else ""), dialog.skill, "train")
+            skill.conversations.append(PlannedConversation(episode_id=ep.id, messages=ep.messages,
+                                                           corrected=ep.corrected_by is not None))
+            note = ", ".join(n for n in ("corrected" if ep.corrected_by else "", why) if n)
+            self._keep("episode", ep.id, f"planned: trains sft skill {skill.skill}" + (f" ({note})" if note else ""),
+                       skill.skill, "train")
         if dialog is not None:
             drafts[dialog.skill] = dialog
+
+    @staticmethod
+    def _not_trainable(ep: EpisodeCandidate, dialog: SkillDraft | None) -> str | None:
+        """Why ``ep`` cannot be a training conversation (None: it can)."""
+        if dialog is None:
+            return "conversations are not used: skills.dialog is null and no sft skill is declared"
+        if ep.corrections and ep.corrected_by is None:
+            return "has a correction, but the chain has no 'corrections' step: its wrong answer is not trained on"
+        if len(ep.messages) < 2:
+            return f"{len(ep.messages)} message(s): a conversation needs at least 2"
+        return None
 
     def _probes(self, episodes: Iterable[EpisodeCandidate]) -> dict[str, PlannedProbe]:
         """The probe of every episode held out: corrected ones, then (if on) confirmed ones."""

@@ -112,8 +112,9 @@ def test_a_full_plan(store: Any) -> None:
     assert _decisions(result, good) == [("planner", True, "helpdesk-dialog", "train")]
     assert plan.stats["near_dup"] == {"kept": 4, "dropped": 1}  # 3 episodes and the document pass
     assert plan.stats["planner"] == {"kept": 4, "dropped": 0}
-    bad_probe = [d.reason for d in result.decisions if d.item_kind == "document" and "meta['probes']" in d.reason]
-    assert bad_probe == ["1 entries of meta['probes'] are not question/answer texts: left out"]
+    assert [d.reason for d in result.decisions if d.item_kind == "document"] == [
+        "planned: trains d2l skill helpdesk-kb-warranty (1 probe(s) from meta['probes']; 1 entries that are not "
+        "question/answer texts left out)"]
 
     again = build_plan(store, "helpdesk", SelectionConfig(), now=datetime.now(timezone.utc))
     assert again.plan == plan  # the same store gives the same plan (held-out episodes by hash of the id)
@@ -190,3 +191,17 @@ def test_a_correction_is_never_trained_uncorrected(store: Any) -> None:
     result = build_plan(store, "helpdesk", config)
     assert result.plan.empty and [(d.selector, d.kept) for d in result.decisions] == [("planner", False)]
     assert "no 'corrections' step" in result.decisions[0].reason
+
+
+def test_a_lone_probe_of_an_untrained_skill_is_trained_on_instead(store: Any) -> None:
+    eid = next(f"ep-{i}" for i in range(1000) if probe_hash(f"ep-{i}") < 0.2)  # one the hash holds out
+    store.start_episode("helpdesk", episode_id=eid)
+    store.append_events(eid, [{"kind": "user_message", "content": "When does it ship?"},
+                              {"kind": "assistant_message", "content": "Tomorrow."}])
+    store.end_episode(eid)
+    store.add_feedback(eid, correction="On Friday.")
+    result = build_plan(store, "helpdesk")
+    dialog = result.plan.skill("helpdesk-dialog")
+    assert [c.episode_id for c in dialog.conversations] == [eid] and dialog.probes == ()
+    assert result.decisions[-1].reason == ("planned: trains sft skill helpdesk-dialog (corrected, the only "
+                                           "conversations: trained on, not held out)")
