@@ -205,3 +205,12 @@ def test_a_lone_probe_of_an_untrained_skill_is_trained_on_instead(store: Any) ->
     assert [c.episode_id for c in dialog.conversations] == [eid] and dialog.probes == ()
     assert result.decisions[-1].reason == ("planned: trains sft skill helpdesk-dialog (corrected, the only "
                                            "conversations: trained on, not held out)")
+
+
+def test_progress_bar_on_request(store: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    for i in range(3):
+        log_episode(store, f"Question {i} about invoice {i * 11}?", f"Answer {i}: invoice {i * 11} is paid.")
+    build_plan(store, "helpdesk")
+    assert capsys.readouterr().err == ""
+    build_plan(store, "helpdesk", progress=True)
+    assert "selecting: 3 episodes" in capsys.readouterr().err
