@@ -17,7 +17,9 @@ unexpected. Implementations today: :class:`~agent_sleep.store.ExperienceStore` (
 :class:`~agent_sleep.generators.sft.SFTGenerator` generate (by name through
 :mod:`agent_sleep.generators.registry`); :class:`~agent_sleep.evaluation.lm_eval.LmEvalEvaluator`
 evaluates and :class:`~agent_sleep.evaluation.gate.PairedGate` gates;
-:class:`~agent_sleep.runtime.live.LiveRuntime` deploys. Selectors have no implementation yet.
+:class:`~agent_sleep.runtime.live.LiveRuntime` deploys. Selectors live in :mod:`agent_sleep.selectors`
+(by name through :mod:`agent_sleep.selectors.registry`; :func:`~agent_sleep.selectors.planner.build_plan`
+runs them as a chain).
 
 This module is the bottom layer: it imports the standard library, pydantic and
 :mod:`agent_sleep.errors` only, so every other layer may import it. Records that higher layers
@@ -123,6 +125,8 @@ class FeedbackView(Protocol):
     def source(self) -> str: ...  # human | automatic | evaluator
     @property
     def created_at(self) -> datetime: ...
+    @property
+    def correction(self) -> str | None: ...  # the right answer, when the agent answered wrong
 
 
 @runtime_checkable
@@ -180,6 +184,10 @@ class ExperienceReader(Protocol):
 
     def mark_consolidated(self, episode_ids: Sequence[str], run_id: str, /) -> int:
         """Flag episodes as consolidated by run ``run_id``; returns how many exist (unknown ids are skipped)."""
+        ...
+
+    def mark_documents_consolidated(self, document_ids: Sequence[str], run_id: str, /) -> int:
+        """Flag document versions as internalised by run ``run_id``; returns how many exist (unknown ids skipped)."""
         ...
 
 

@@ -57,6 +57,7 @@ def test_a_mismatched_implementation_is_reported() -> None:
         "episodes: its own argument 'query' has no default",
         "feedback: takes no positional argument #1 (episode_id)",
         "missing mark_consolidated",
+        "missing mark_documents_consolidated",
     ]
     assert not isinstance(Almost(), ExperienceReader)
 

@@ -43,6 +43,7 @@ class EpisodeCandidate:
     messages: tuple[dict[str, Any], ...]
     feedback: tuple[FeedbackItem, ...] = ()
     consolidated_at: datetime | None = None
+    corrected_by: str | None = None  # the feedback whose correction replaced the final answer in ``messages``
     kind: Literal["episode"] = "episode"
 
     @property
@@ -64,6 +65,26 @@ class EpisodeCandidate:
     @property
     def corrections(self) -> tuple[FeedbackItem, ...]:
         return tuple(f for f in self.feedback if f.correction)
+
+    @property
+    def has_assistant_turn(self) -> bool:
+        return any(m.get("role") == "assistant" for m in self.messages)
+
+    def final_answer(self) -> int | None:
+        """Index of the final answer: the last assistant message with text (None if there is none)."""
+        for i in range(len(self.messages) - 1, -1, -1):
+            m = self.messages[i]
+            if m.get("role") == "assistant" and (m.get("content") or "").strip():
+                return i
+        return None
+
+    def question_before(self, index: int) -> str | None:
+        """The text of the last user message before message ``index`` (None if there is none)."""
+        for i in range(index - 1, -1, -1):
+            m = self.messages[i]
+            if m.get("role") == "user" and (m.get("content") or "").strip():
+                return str(m["content"])
+        return None
 
     def replace(self, **changes: Any) -> EpisodeCandidate:
         return dataclasses.replace(self, **changes)

@@ -37,7 +37,15 @@ from agent_sleep.errors import EncodingError, InvalidEventError
 from agent_sleep.fsutil import open_regular_file
 from agent_sleep.store.models import Document, Episode, Event, Feedback
 from agent_sleep.store.ops import Op, apply_ops, insert_ignore
-from agent_sleep.store.records import EpisodeQuery, EpisodeStatus, EventIn, FeedbackIn, as_utc, check_text
+from agent_sleep.store.records import (
+    FEEDBACK_NEEDS,
+    EpisodeQuery,
+    EpisodeStatus,
+    EventIn,
+    FeedbackIn,
+    as_utc,
+    check_text,
+)
 from agent_sleep.store.store import ExperienceStore
 
 FORMAT_VERSION = 1
@@ -164,8 +172,8 @@ class _Feedback(_Checked, FeedbackIn):
 
     @model_validator(mode="after")
     def _says_something(self) -> _Feedback:
-        if self.score is None and self.label is None and self.comment is None:
-            raise ValueError("feedback needs at least one of score, label or comment")
+        if self.empty:
+            raise ValueError(FEEDBACK_NEEDS)
         return self
 
 
@@ -186,6 +194,7 @@ class _Document(_Checked):
     created_at: datetime
     meta: dict[str, Any] = Field(default_factory=dict)
     consolidated_at: datetime | None = None
+    consolidation_run: str | None = Field(default=None, max_length=64)
 
     check_blank = field_validator("id", "agent")(_not_blank)
 
@@ -303,7 +312,7 @@ def _episode_ops(line: _EpisodeLine, where: str, lineno: int, max_bytes: int, se
         feedback_id = fb.id or _derived_id(f"{ep.id}-fb{i}")
         seen.claim("feedback id", feedback_id, where, lineno, f"feedback.{i}")
         ops.append({"op": "feedback", "id": feedback_id, "episode_id": ep.id, "score": fb.score, "label": fb.label,
-                    "comment": fb.comment, "source": fb.source,
+                    "comment": fb.comment, "correction": fb.correction, "source": fb.source,
                     "ts": fb.created_at.timestamp() if fb.created_at else started})  # fmt: skip
     return ops
 
@@ -314,7 +323,8 @@ def _document_row(line: _DocumentLine, where: str, lineno: int, seen: _FirstSeen
     seen.claim("document version", (doc.source, doc.version), where, lineno)
     return {"id": doc.id, "agent": doc.agent, "source": doc.source, "title": doc.title, "content": doc.content,
             "content_hash": doc.content_hash, "version": doc.version, "created_at": doc.created_at,
-            "metadata": doc.meta, "consolidated_at": doc.consolidated_at}  # fmt: skip
+            "metadata": doc.meta, "consolidated_at": doc.consolidated_at,
+            "consolidation_run": doc.consolidation_run}  # fmt: skip
 
 
 def read_import(path: str | Path, *, max_payload_bytes: int) -> ImportBatch:

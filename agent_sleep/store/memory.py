@@ -19,7 +19,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -27,7 +27,9 @@ from typing import Any
 from agent_sleep.config import Settings, get_settings
 from agent_sleep.errors import InvalidEventError, NotFoundError
 from agent_sleep.names import check_name
+from agent_sleep.store.batches import DEFAULT_BATCH_SIZE, EpisodeBundle, turn_of
 from agent_sleep.store.records import (
+    FEEDBACK_NEEDS,
     DocumentRecord,
     EpisodeQuery,
     EpisodeRecord,
@@ -169,10 +171,12 @@ class InMemoryExperienceStore:
             self._require(episode_id).outcome = outcome
 
     def add_feedback(self, episode_id: str, *, score: float | None = None, label: str | None = None,
-                     comment: str | None = None, source: str = "human") -> str:  # fmt: skip
-        fb = validate(FeedbackIn, {"score": score, "label": label, "comment": comment, "source": source}, "feedback")
-        if fb.score is None and fb.label is None and fb.comment is None:
-            raise InvalidEventError("feedback needs at least one of score, label or comment")
+                     comment: str | None = None, source: str = "human",
+                     correction: str | None = None) -> str:  # fmt: skip
+        fb = validate(FeedbackIn, {"score": score, "label": label, "comment": comment, "source": source,
+                                   "correction": correction}, "feedback")  # fmt: skip
+        if fb.empty:
+            raise InvalidEventError(FEEDBACK_NEEDS)
         fid = _new_id()
         with self._lock:
             self._require(episode_id).feedback.append(
@@ -214,6 +218,17 @@ class InMemoryExperienceStore:
                 ep.consolidated_at, ep.consolidation_run = now, run_id
             return len(found)
 
+    def mark_documents_consolidated(self, document_ids: Sequence[str], run_id: str) -> int:
+        """Flag document versions as internalised by consolidation run ``run_id``; returns how many exist."""
+        wanted = set(document_ids)
+        with self._lock:
+            now, n = _now(), 0
+            for i, d in enumerate(self._documents):
+                if d.id in wanted:
+                    self._documents[i] = d.model_copy(update={"consolidated_at": now, "consolidation_run": run_id})
+                    n += 1
+            return n
+
     # -- reads --------------------------------------------------------------------
     def get_episode(self, episode_id: str) -> EpisodeRecord:
         with self._lock:
@@ -245,6 +260,35 @@ class InMemoryExperienceStore:
         out.sort(key=lambda e: e.id)  # ties on started_at go by id, ascending either way
         out.sort(key=lambda e: e.started_at, reverse=q.newest_first)
         return out[: q.limit] if q.limit else out
+
+    def episode_batches(self, agent: str, *, since: datetime | None = None, until: datetime | None = None,
+                        unconsolidated: bool = True, kinds: Sequence[str] | None = None,
+                        batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[list[EpisodeBundle]]:
+        """``agent``'s episodes, oldest first (ties by id), ``batch_size`` at a time, with turns and feedback
+        (as :meth:`ExperienceStore.episode_batches <agent_sleep.store.ExperienceStore.episode_batches>`)."""
+        if batch_size < 1:
+            raise InvalidEventError(f"batch_size must be at least 1, got {batch_size}")
+        since_utc, until_utc, wanted = as_utc(since), as_utc(until), None if kinds is None else set(kinds)
+        with self._lock:
+            chosen = sorted(
+                (e for e in self._episodes.values() if e.agent == agent
+                 and not (unconsolidated and e.consolidated_at is not None)
+                 and (since_utc is None or e.started_at >= since_utc)
+                 and (until_utc is None or e.started_at < until_utc)),
+                key=lambda e: (e.started_at, e.id))  # fmt: skip
+            ids = [e.id for e in chosen]
+        for start in range(0, len(ids), batch_size):
+            batch = []
+            with self._lock:
+                for eid in ids[start : start + batch_size]:
+                    ep = self._episodes[eid]
+                    events = sorted(ep.events, key=lambda e: e.seq)
+                    batch.append(EpisodeBundle(
+                        id=ep.id, agent=ep.agent, thread_id=ep.thread_id, started_at=ep.started_at, status=ep.status,
+                        outcome=ep.outcome, consolidated_at=ep.consolidated_at,
+                        turns=tuple(turn_of(_copy(e)) for e in events if wanted is None or e.kind in wanted),
+                        feedback=tuple(sorted(ep.feedback, key=lambda f: (f.created_at, f.id)))))  # fmt: skip
+            yield batch
 
     def events(self, episode_id: str) -> list[EventRecord]:
         with self._lock:

@@ -139,17 +139,36 @@ class EventIn(BaseModel):
 
 
 class FeedbackIn(BaseModel):
+    """Feedback on an episode. ``correction``: the right answer when the agent answered wrong (a
+    consolidation run trains on the conversation with it in place of the wrong answer); it may be
+    the only thing given, but not blank."""
+
     model_config = ConfigDict(extra="forbid")
 
     score: float | None = None
     label: str | None = Field(default=None, max_length=64)
     comment: str | None = None
     source: FeedbackSource = "human"
+    correction: str | None = None
 
-    @field_validator("comment", "label", mode="before")
+    @field_validator("comment", "label", "correction", mode="before")
     @classmethod
     def _utf8(cls, v: Any) -> Any:
         return check_text(v, "feedback text") if v is not None else None
+
+    @field_validator("correction", mode="after")
+    @classmethod
+    def _not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("a correction must not be blank")
+        return v
+
+    @property
+    def empty(self) -> bool:
+        return self.score is None and self.label is None and self.comment is None and self.correction is None
+
+
+FEEDBACK_NEEDS = "feedback needs at least one of score, label, comment or correction"
 
 
 class Record(BaseModel):
@@ -180,6 +199,7 @@ class FeedbackRecord(Record):
     comment: str | None
     source: str
     created_at: datetime
+    correction: str | None = None
 
 class EpisodeRecord(Record):
     id: str
@@ -208,6 +228,7 @@ class DocumentRecord(Record):
     created_at: datetime
     meta: dict[str, Any] = Field(default_factory=dict)
     consolidated_at: datetime | None
+    consolidation_run: str | None = None
 
 class EpisodeQuery(BaseModel):
     """What the consolidation job asks for: a window, an agent, outcomes, feedback."""

@@ -9,13 +9,14 @@ and users call the typed methods, and the consolidation job reads with
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, Select, and_, exists, func, insert, select, update
+from sqlalchemy import Connection, Engine, Select, and_, case, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,10 +24,12 @@ from agent_sleep.config import Settings, get_settings
 from agent_sleep.errors import DatabaseUnavailableError, InvalidEventError, NotFoundError
 from agent_sleep.names import check_name
 from agent_sleep.store import engine as engine_mod
+from agent_sleep.store.batches import DEFAULT_BATCH_SIZE, EpisodeBundle, Turn
 from agent_sleep.store.models import Agent, Document, Episode, Event, Feedback, Skill, new_id, utcnow
 from agent_sleep.store.ops import Op, apply_ops
 from agent_sleep.store.records import (
     EPISODE_STATUSES,
+    FEEDBACK_NEEDS,
     DocumentRecord,
     EpisodeQuery,
     EpisodeRecord,
@@ -182,11 +185,14 @@ class ExperienceStore:
                 raise NotFoundError(f"no episode with id {episode_id!r}")
 
     def add_feedback(self, episode_id: str, *, score: float | None = None, label: str | None = None,
-                     comment: str | None = None, source: str = "human") -> str:
-        """Record feedback for an episode; works from any process at any later time."""
-        fb = validate(FeedbackIn, {"score": score, "label": label, "comment": comment, "source": source}, "feedback")
-        if fb.score is None and fb.label is None and fb.comment is None:
-            raise InvalidEventError("feedback needs at least one of score, label or comment")
+                     comment: str | None = None, source: str = "human", correction: str | None = None) -> str:
+        """Record feedback for an episode; works from any process at any later time.
+
+        ``correction``: the right answer when the agent answered wrong (alone, it is valid feedback)."""
+        fb = validate(FeedbackIn, {"score": score, "label": label, "comment": comment, "source": source,
+                                   "correction": correction}, "feedback")  # fmt: skip
+        if fb.empty:
+            raise InvalidEventError(FEEDBACK_NEEDS)
         episode_id = self.resolve_episode_id(episode_id)
         fid = new_id()
         self.write_ops([{"op": "feedback", "id": fid, "episode_id": episode_id, **fb.model_dump(), "ts": time.time()}])
@@ -234,6 +240,18 @@ class ExperienceStore:
                 update(Episode).where(Episode.id.in_([normalize_episode_id(e) for e in episode_ids]))
                 .values(consolidated_at=utcnow(), consolidation_run=run_id)
             ).rowcount
+
+    def mark_documents_consolidated(self, document_ids: Sequence[str], run_id: str) -> int:
+        """Flag document versions as internalised by consolidation run ``run_id``; returns how many exist."""
+        ids = list(dict.fromkeys(document_ids))
+        n = 0
+        with self.session() as s:
+            for start in range(0, len(ids), 500):  # well below every backend's limit on bound parameters
+                n += s.execute(
+                    update(Document).where(Document.id.in_(ids[start : start + 500]))
+                    .values(consolidated_at=utcnow(), consolidation_run=run_id)
+                ).rowcount
+        return n
 
     # -- reads --------------------------------------------------------------------
     def get_episode(self, episode_id: str) -> EpisodeRecord:
@@ -305,6 +323,67 @@ class ExperienceStore:
                             "n_feedback": n_fb or 0})
                 out.append(rec)
             return out
+
+    def episode_batches(self, agent: str, *, since: datetime | None = None, until: datetime | None = None,
+                        unconsolidated: bool = True, kinds: Sequence[str] | None = None,
+                        batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[list[EpisodeBundle]]:
+        """``agent``'s episodes, oldest first (ties by id), ``batch_size`` at a time, each with its turns (only
+        ``kinds``, if given) and feedback.
+
+        One ordered query over the episodes is streamed (a server-side cursor on PostgreSQL; SQLite steps
+        its cursor), so the database sorts once and memory holds one batch; each batch's events and feedback
+        come with one query each. The whole read is one transaction: a consistent snapshot (readers do not
+        block capture's writes: SQLite runs in WAL mode)."""
+        if batch_size < 1:
+            raise InvalidEventError(f"batch_size must be at least 1, got {batch_size}")
+        ep = Episode.__table__.c
+        conds = [ep.agent == agent]
+        if unconsolidated:
+            conds.append(ep.consolidated_at.is_(None))
+        if since is not None:
+            conds.append(ep.started_at >= as_utc(since))
+        if until is not None:
+            conds.append(ep.started_at < as_utc(until))
+        stmt = (select(ep.id, ep.agent, ep.thread_id, ep.started_at, ep.status, ep.outcome, ep.consolidated_at)
+                .where(*conds).order_by(ep.started_at, ep.id))  # fmt: skip
+        fb = Feedback.__table__
+        try:
+            with self.engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(stmt)
+                for rows in result.partitions():
+                    ids = [r.id for r in rows]
+                    turns = self._turns_of(conn, ids, kinds)
+                    feedback: dict[str, list[FeedbackRecord]] = {}
+                    for f in conn.execute(select(fb).where(fb.c.episode_id.in_(ids))
+                                          .order_by(fb.c.created_at, fb.c.id)):  # fmt: skip
+                        feedback.setdefault(f.episode_id, []).append(FeedbackRecord.model_validate(f))
+                    yield [EpisodeBundle(id=r.id, agent=r.agent, thread_id=r.thread_id,
+                                         started_at=as_utc(r.started_at), status=r.status, outcome=r.outcome,
+                                         consolidated_at=as_utc(r.consolidated_at), turns=tuple(turns.get(r.id, ())),
+                                         feedback=tuple(feedback.get(r.id, ()))) for r in rows]  # fmt: skip
+        except OperationalError as exc:
+            raise DatabaseUnavailableError(f"database {self.safe_url} failed: {exc.orig}") from exc
+
+    @staticmethod
+    def _turns_of(conn: Connection, ids: list[str], kinds: Sequence[str] | None) -> dict[str, list[Turn]]:
+        ev = Event.__table__.c
+        payload = Event.payload  # JSON paths read in SQL (the rest of a payload, a model's input, stays there),
+        # as text, only on the kinds that carry them, decoded here when present: far fewer JSON values to decode
+        calls = case((ev.kind == "assistant_message", payload["tool_calls"].as_string()), else_=None)
+        args = case((ev.kind == "tool_call", payload["args"].as_string()), else_=None)
+        call_id = case((ev.kind.in_(("tool_call", "tool_result")), payload["tool_call_id"].as_string()), else_=None)
+        # Other kinds are filtered here, not in SQL: a condition on kind would lead SQLite to its kind index
+        # (every event of the kind) instead of the (episode_id, seq) one. Their content is not read.
+        content = ev.content if kinds is None else case((ev.kind.in_(list(kinds)), ev.content), else_=None)
+        wanted = None if kinds is None else frozenset(kinds)
+        stmt = (select(ev.episode_id, ev.seq, ev.kind, ev.name, content, calls, call_id, args)
+                .where(ev.episode_id.in_(ids)).order_by(ev.episode_id, ev.seq))  # fmt: skip
+        out: dict[str, list[Turn]] = {}
+        for eid, seq, kind, name, text, tool_calls, tool_call_id, arguments in conn.execute(stmt):
+            if wanted is None or kind in wanted:
+                out.setdefault(eid, []).append(Turn(seq, kind, name, text, _json_value(tool_calls), tool_call_id,
+                                                    _json_value(arguments)))
+        return out
 
     def events(self, episode_id: str) -> list[EventRecord]:
         episode_id = self.resolve_episode_id(episode_id)
@@ -383,3 +462,14 @@ class ExperienceStore:
     @staticmethod
     def _check_name(name: str, what: str) -> None:
         check_name(name, what, error=InvalidEventError)
+
+
+def _json_value(text: Any) -> Any:
+    """A JSON path read as text (``->>`` / ``json_extract``): objects and arrays come as JSON text, a
+    string as itself (it is not JSON then: kept as it is), numbers as numbers."""
+    if not isinstance(text, str) or not text or text[0] not in "[{":
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -277,6 +277,21 @@ def test_feedback_scores_from_0_to_1_and_outcome_alone(capsys: pytest.CaptureFix
     assert code == 1 and "no episode with id 'no-such-episode'" in err
 
 
+def test_feedback_carries_a_correction(capsys: pytest.CaptureFixture[str]) -> None:
+    store = ExperienceStore(settings=Settings())
+    eid = store.start_episode("helpdesk")
+    store.append_events(eid, [{"kind": "user_message", "content": "How long do refunds take?"},
+                              {"kind": "assistant_message", "content": "A month."}])
+    code, out, _ = run(["feedback", eid, "--correction", "Refunds take 5 business days.", "--json"], capsys)
+    assert code == 0 and json.loads(out)["correction"] == "Refunds take 5 business days."
+    assert [f.correction for f in store.feedback(eid)] == ["Refunds take 5 business days."]
+    code, out, _ = run(["episodes", "show", eid], capsys)
+    assert code == 0 and "correction: Refunds take 5 business days." in out
+    code, _, err = run(["feedback", eid, "--correction", "   "], capsys)
+    assert code == 2 and "--correction must not be blank" in err
+    assert len(store.feedback(eid)) == 1
+
+
 # ---------------------------------------------------------------- empty lists, typos
 
 

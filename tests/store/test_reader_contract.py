@@ -180,6 +180,75 @@ def test_mark_consolidated(store: Any) -> None:
     assert set(_ids(store.episodes(unconsolidated=False))) == {a, b, c}
 
 
+def test_feedback_may_carry_a_correction(store: Any) -> None:
+    eid = _episode(store)
+    store.add_feedback(eid, correction="Refunds take 5 days.")  # a correction alone is feedback
+    time.sleep(0.002)
+    store.add_feedback(eid, score=0.0, comment="wrong", correction="Refunds take 5 business days.")
+    time.sleep(0.002)
+    store.add_feedback(eid, score=1.0)
+    got = store.feedback(eid)
+    assert [(f.score, f.comment, f.correction) for f in got] == [
+        (None, None, "Refunds take 5 days."), (0.0, "wrong", "Refunds take 5 business days."), (1.0, None, None)]
+    assert store.get_episode(eid).n_feedback == 3 and store.get_episode(eid).mean_score == pytest.approx(0.5)
+    with pytest.raises(InvalidEventError, match="correction must not be blank"):
+        store.add_feedback(eid, correction=" \n ")
+    with pytest.raises(EncodingError, match="not valid UTF-8"):
+        store.add_feedback(eid, correction="\ud800")
+    with pytest.raises(InvalidEventError, match="score, label, comment or correction"):
+        store.add_feedback(eid)
+    assert len(store.feedback(eid)) == 3
+
+
+def test_mark_documents_consolidated(store: Any) -> None:
+    a = store.add_document("kb/a.md", "Alpha.", agent="helpdesk")
+    b = store.add_document("kb/b.md", "Beta.", agent="helpdesk")
+    assert store.mark_documents_consolidated([a.id, a.id, "nope"], "run-1") == 1
+    assert _ids(store.documents(unconsolidated=True)) == [b.id]
+    done = store.documents(source="kb/a.md")[0]
+    assert done.consolidation_run == "run-1" and done.consolidated_at is not None
+    a2 = store.add_document("kb/a.md", "Alpha, changed.", agent="helpdesk")  # a new version is a signal again
+    assert _ids(store.documents(unconsolidated=True)) == [b.id, a2.id]
+    assert store.mark_documents_consolidated([], "run-2") == 0
+
+
+def test_episode_batches(store: Any) -> None:
+    made = []
+    for i in range(5):
+        made.append(_episode(store, thread=f"t{i}"))
+        time.sleep(0.002)
+    store.append_events(made[0], [
+        {"kind": "assistant_message", "content": "", "payload": {"tool_calls": [{"id": "c1", "name": "lookup",
+                                                                   "args": {"q": "A1"}}], "model_input": {"x": 1}}},
+        {"kind": "tool_call", "name": "lookup", "payload": {"args": {"q": "A1"}, "tool_call_id": "c1"}},
+        {"kind": "tool_result", "name": "lookup", "content": "shipped", "payload": {"tool_call_id": "c1"}},
+        {"kind": "run_output", "content": "{}"}])  # fmt: skip
+    store.add_feedback(made[1], score=0.0, correction="fixed")
+    _episode(store, "billing")
+    store.mark_consolidated([made[4]], "run-1")
+
+    batches = list(store.episode_batches("helpdesk", batch_size=2))
+    assert [[b.id for b in batch] for batch in batches] == [made[:2], made[2:4]]
+    first = batches[0][0]
+    assert (first.agent, first.thread_id, first.status, first.consolidated_at) == ("helpdesk", "t0", "running", None)
+    assert [(t.seq, t.kind, t.content) for t in first.turns] == [
+        (0, "user_message", "hi"), (1, "assistant_message", "hello"), (2, "assistant_message", ""),
+        (3, "tool_call", ""), (4, "tool_result", "shipped"), (5, "run_output", "{}")]
+    assert first.turns[2].tool_calls == [{"id": "c1", "name": "lookup", "args": {"q": "A1"}}]
+    assert (first.turns[3].args, first.turns[3].tool_call_id, first.turns[3].name) == ({"q": "A1"}, "c1", "lookup")
+    assert first.turns[4].tool_call_id == "c1" and first.turns[0].tool_calls is None
+    assert [f.correction for f in batches[0][1].feedback] == ["fixed"] and first.feedback == ()
+
+    only = list(store.episode_batches("helpdesk", kinds=["user_message", "tool_result"], unconsolidated=False))
+    assert [b.id for b in only[0]] == made and [t.kind for t in only[0][0].turns] == ["user_message", "tool_result"]
+    since = store.get_episode(made[3]).started_at
+    assert [b.id for batch in store.episode_batches("helpdesk", since=since, unconsolidated=False)
+            for b in batch] == made[3:]  # fmt: skip
+    assert list(store.episode_batches("nobody")) == []
+    with pytest.raises(InvalidEventError, match="batch_size"):
+        next(store.episode_batches("helpdesk", batch_size=0))
+
+
 def test_documents(store: Any) -> None:
     start = datetime.now(timezone.utc) - timedelta(seconds=1)
     d1 = store.add_document("kb/returns.md", "Returns within 30 days.", title="Returns", agent="helpdesk",

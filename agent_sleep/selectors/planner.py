@@ -1,0 +1,211 @@
+"""From the experience store to a consolidation plan: stream candidates, run the chain, assign skills.
+
+:func:`build_plan` reads an agent's new or changed documents, then its unconsolidated episodes in
+batches (:mod:`agent_sleep.selectors.source`), runs each batch through the selector chain
+(:mod:`agent_sleep.selectors.chain`), and puts what comes out into skills
+(:mod:`agent_sleep.selectors.skills`) and held-out probes (:mod:`agent_sleep.selectors.probes`).
+Memory holds one batch, the selectors' state (bounded by ``budget``) and the decisions; never the
+whole store.
+
+It returns the plan and one :class:`ItemDecision` per item per selector that dropped or changed it,
+plus the planner's final decision for every item it placed (``skill`` and ``role``: ``train`` or
+``probe``) or could not place. It writes nothing: the caller stores the decisions and marks what was
+consolidated. No signal is an empty plan (``plan.empty``), never an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from agent_sleep.interfaces import ExperienceReader
+from agent_sleep.errors import ConfigError
+from agent_sleep.names import check_agent_name, check_skill_name
+from agent_sleep.selectors.base import SelectorContext
+from agent_sleep.selectors.candidates import Candidate, DocumentCandidate, EpisodeCandidate
+from agent_sleep.selectors.chain import Chain, ItemDecision
+from agent_sleep.selectors.config import SelectionConfig
+from agent_sleep.selectors.plan import ConsolidationPlan, PlannedConversation, PlannedProbe
+from agent_sleep.selectors.probes import best_document_skill, document_probes, episode_probe, held_out, probe_hash
+from agent_sleep.selectors.skills import SkillDraft, assign_documents, words
+from agent_sleep.selectors.source import document_candidates, episode_candidates
+
+__all__ = ["ItemDecision", "PlanResult", "build_plan"]
+
+PLANNER = "planner"
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """The plan, and every decision to store (``selection_decisions`` rows, in the order they were made)."""
+
+    plan: ConsolidationPlan
+    decisions: tuple[ItemDecision, ...]
+
+
+def build_plan(reader: ExperienceReader, agent: str, config: SelectionConfig | None = None, *,
+               now: datetime | None = None, reference_texts: Sequence[str] | None = None,
+               progress: bool = False) -> PlanResult:  # fmt: skip
+    """The consolidation plan for ``agent``'s unconsolidated experiences in ``reader``.
+
+    ``now``: the time the run treats as now (recency windows; default: the current time).
+    ``reference_texts``: texts already consolidated, for the novelty selector. ``progress``: a
+    progress bar on stderr while episodes are read.
+    """
+    check_agent_name(agent)
+    config = config or SelectionConfig()
+    now = now or datetime.now(timezone.utc)
+    if now.tzinfo is None:  # naive means UTC, as everywhere in the store
+        now = now.replace(tzinfo=timezone.utc)
+    chain = Chain(config.build_chain(SelectorContext(agent, now, tuple(reference_texts or ()))))
+    out: list[Candidate] = list(chain.feed(document_candidates(reader, agent)))
+    bar = _progress_bar(progress)
+    try:
+        for batch in episode_candidates(reader, agent, batch_size=config.batch_size):
+            out += chain.feed(batch)
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()
+    out += chain.finish()
+    documents = [c for c in out if isinstance(c, DocumentCandidate)]
+    episodes = sorted((c for c in out if isinstance(c, EpisodeCandidate)), key=lambda e: (e.started_at, e.id))
+    return _Planner(agent, config, chain).plan(documents, episodes)
+
+
+def _progress_bar(on: bool):  # type: ignore[no-untyped-def]
+    if not on:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(desc="selecting", unit=" episodes")
+
+
+class _Planner:
+    """Puts the chain's output into skills and probes, with a final decision for every item."""
+
+    def __init__(self, agent: str, config: SelectionConfig, chain: Chain) -> None:
+        self.agent, self.config, self.chain = agent, config, chain
+        self.decisions: list[ItemDecision] = list(chain.decisions)
+        self.kept = self.dropped = 0
+
+    def plan(self, documents: list[DocumentCandidate], episodes: list[EpisodeCandidate]) -> PlanResult:
+        dialog = self._dialog()
+        reserved = frozenset({dialog.skill} if dialog else set())
+        drafts, unassigned = assign_documents(self.agent, self.config.skills, documents, reserved=reserved)
+        for doc in unassigned:
+            self._drop("document", doc.id, "no skill takes it: no declared skill's globs match its source and "
+                                           "skills.per_document is off")  # fmt: skip
+        by_id = {d.id: d for d in documents}
+        for draft in drafts.values():
+            for d in draft.documents:
+                probes, bad = document_probes(by_id[d.id])
+                draft.probes += probes
+                note = f" ({len(probes)} probe(s) from meta['probes']" if probes or bad else ""
+                note += f"; {bad} entries that are not question/answer texts left out)" if bad else ")" if note else ""
+                self._keep("document", d.id, f"planned: trains {draft.generator} skill {draft.skill}{note}",
+                           draft.skill, "train")
+        self._episodes(drafts, dialog, episodes)
+        skills = tuple(d.plan() for d in drafts.values() if d.used)
+        stats = {**self.chain.stats, PLANNER: {"kept": self.kept, "dropped": self.dropped}}
+        plan = ConsolidationPlan(
+            agent=self.agent, skills=skills, stats=stats,
+            episodes=tuple(sorted({c.episode_id for s in skills for c in s.conversations}
+                                  | {p.source_id for s in skills for p in s.probes if p.source_kind == "episode"})),
+            documents=tuple(d.id for s in skills for d in s.documents),
+        ).check()  # fmt: skip
+        return PlanResult(plan, tuple(self.decisions))
+
+    def _dialog(self) -> SkillDraft | None:
+        """The sft skill of the kept conversations: the declared one, else ``skills.dialog`` (None: none)."""
+        skills_cfg = self.config.skills
+        sft = next((s for s in skills_cfg.declared if s.generator == "sft"), None)
+        if sft is not None:
+            return SkillDraft(sft.skill_name(self.agent), "sft", sft.description)
+        if skills_cfg.dialog is None:
+            return None
+        name = check_skill_name(skills_cfg.dialog.format(agent=self.agent), error=ConfigError)
+        return SkillDraft(name, "sft", f"How {self.agent} answers: its kept conversations, corrected where it was "
+                                       "wrong")  # fmt: skip
+
+    def _episodes(self, drafts: dict[str, SkillDraft], dialog: SkillDraft | None,
+                  episodes: list[EpisodeCandidate]) -> None:
+        cfg = self.config.probes
+        probes = self._probes(episodes)
+        doc_words = {name: set().union(*(words(d.text) for d in draft.documents))
+                     for name, draft in drafts.items() if draft.generator in ("d2l", "gradient_cd") and draft.documents}
+        placed: list[tuple[EpisodeCandidate, SkillDraft, PlannedProbe | None, str]] = []  # (episode, skill, probe, why)
+        for ep in episodes:
+            probe = probes.get(ep.id)
+            if probe is not None:
+                skill, share = best_document_skill(probe.answer, doc_words, cfg.min_answer_overlap)
+                where = f"its documents hold {share:.0%} of the answer's words" if skill else \
+                    f"no skill's documents hold {cfg.min_answer_overlap:.0%} of the answer's words"
+                h = probe_hash(ep.id)
+                why = f"hash {h:.3f} < {cfg.fraction:g}" if h < cfg.fraction else "at least one of 2+ is held out"
+                target = drafts[skill] if skill else dialog
+                if target is not None:
+                    placed.append((ep, target, probe, f"{why}; {where}"))
+                    continue
+            problem = self._not_trainable(ep, dialog)
+            if problem:
+                self._drop("episode", ep.id, problem)
+            else:
+                assert dialog is not None
+                placed.append((ep, dialog, None, ""))
+        if dialog is not None and not any(p is None for _, s, p, _ in placed if s is dialog):
+            # nothing else trains the dialog skill: its probes would test a skill that is not made; train on them
+            placed = [(ep, s, None, "the only conversations: trained on, not held out")
+                      if s is dialog and not self._not_trainable(ep, dialog) else (ep, s, p, why)
+                      for ep, s, p, why in placed]  # fmt: skip
+        for ep, skill, probe, why in placed:
+            if probe is not None:
+                skill.probes.append(probe)
+                self._keep("episode", ep.id, f"planned: held out as a {probe.origin} probe of skill {skill.skill} "
+                                             f"({why})", skill.skill, "probe")
+                continue
+            skill.conversations.append(PlannedConversation(episode_id=ep.id, messages=ep.messages,
+                                                           corrected=ep.corrected_by is not None))
+            note = ", ".join(n for n in ("corrected" if ep.corrected_by else "", why) if n)
+            self._keep("episode", ep.id, f"planned: trains sft skill {skill.skill}" + (f" ({note})" if note else ""),
+                       skill.skill, "train")
+        if dialog is not None:
+            drafts[dialog.skill] = dialog
+
+    @staticmethod
+    def _not_trainable(ep: EpisodeCandidate, dialog: SkillDraft | None) -> str | None:
+        """Why ``ep`` cannot be a training conversation (None: it can)."""
+        if dialog is None:
+            return "conversations are not used: skills.dialog is null and no sft skill is declared"
+        if ep.corrections and ep.corrected_by is None:
+            return "has a correction, but the chain has no 'corrections' step: its wrong answer is not trained on"
+        if len(ep.messages) < 2:
+            return f"{len(ep.messages)} message(s): a conversation needs at least 2"
+        return None
+
+    def _probes(self, episodes: Iterable[EpisodeCandidate]) -> dict[str, PlannedProbe]:
+        """The probe of every episode held out: corrected ones, then (if on) confirmed ones."""
+        cfg = self.config.probes
+        corrected, confirmed = {}, {}
+        for ep in episodes:
+            if ep.corrected_by is not None:
+                probe = episode_probe(ep, "correction")
+                if probe is not None:
+                    corrected[ep.id] = probe
+            elif cfg.from_feedback and ep.mean_score is not None and ep.mean_score >= cfg.confirm_min_score:
+                probe = episode_probe(ep, "feedback")
+                if probe is not None:
+                    confirmed[ep.id] = probe
+        held = held_out(list(corrected), cfg.fraction, at_least_one=True)
+        held |= held_out(list(confirmed), cfg.fraction, at_least_one=False)
+        return {i: p for pool in (corrected, confirmed) for i, p in pool.items() if i in held}
+
+    def _keep(self, kind: str, item: str, reason: str, skill: str, role: str) -> None:
+        self.kept += 1
+        self.decisions.append(ItemDecision(kind, item, PLANNER, True, reason, skill, role))  # type: ignore[arg-type]
+
+    def _drop(self, kind: str, item: str, reason: str) -> None:
+        self.dropped += 1
+        self.decisions.append(ItemDecision(kind, item, PLANNER, False, reason))  # type: ignore[arg-type]

@@ -1,0 +1,86 @@
+"""Held-out probes: questions with reference answers that evaluate a skill and are never trained on.
+
+Where they come from: a corrected episode (question: the user turn before the corrected answer;
+answer: the correction), an episode whose answer feedback confirmed (mean score at or above
+``confirm_min_score``; answer: the agent's own final answer), and a document's ``meta["probes"]``
+(``[{"question", "answer"}]``). Which episodes are held out is decided by a hash of the episode id
+(:func:`held_out`), so a rerun holds out the same ones, and a pool of two or more gives at least one
+probe and, unless the fraction is 1, keeps at least one for training.
+
+A probe tests the ``d2l`` skill whose documents hold most of its answer's words
+(:func:`best_document_skill`), else the conversations' ``sft`` skill.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Literal
+
+from agent_sleep.selectors.candidates import DocumentCandidate, EpisodeCandidate
+from agent_sleep.selectors.plan import PlannedProbe
+from agent_sleep.selectors.skills import words
+
+__all__ = ["best_document_skill", "document_probes", "episode_probe", "held_out", "probe_hash"]
+
+
+def probe_hash(item_id: str) -> float:
+    """A number in [0, 1) fixed by the id: the episode is held out when it is below the fraction."""
+    return int.from_bytes(hashlib.sha256(f"probe:{item_id}".encode()).digest()[:8], "big") / 2.0**64
+
+
+def held_out(ids: list[str], fraction: float, *, at_least_one: bool) -> set[str]:
+    """The ids to hold out: those whose hash is below ``fraction``; with ``at_least_one`` and two or more
+    ids, never none (the lowest hash) and, below a fraction of 1, never all (the highest hash trains)."""
+    chosen = {i for i in ids if probe_hash(i) < fraction}
+    if at_least_one and fraction > 0 and len(ids) >= 2:
+        if not chosen:
+            chosen = {min(ids, key=probe_hash)}
+        elif fraction < 1 and len(chosen) == len(ids):
+            chosen.discard(max(ids, key=probe_hash))
+    return chosen
+
+
+def episode_probe(episode: EpisodeCandidate, origin: Literal["correction", "feedback"]) -> PlannedProbe | None:
+    """The probe an episode gives: its final answer (corrected, or confirmed) and the question before it."""
+    index = episode.final_answer()
+    if index is None:
+        return None
+    question = episode.question_before(index)
+    answer = str(episode.messages[index].get("content") or "").strip()
+    if not question or not answer:
+        return None
+    return PlannedProbe(question=question.strip(), answer=answer, origin=origin, source_kind="episode",
+                        source_id=episode.id)  # fmt: skip
+
+
+def document_probes(doc: DocumentCandidate) -> tuple[list[PlannedProbe], int]:
+    """The probes in ``doc.meta["probes"]``, and how many entries were not ``{"question", "answer"}`` texts."""
+    raw = doc.meta.get("probes")
+    if not isinstance(raw, list):
+        return [], 0 if raw is None else 1
+    out, bad = [], 0
+    for entry in raw:
+        q, a = (entry.get("question"), entry.get("answer")) if isinstance(entry, Mapping) else (None, None)
+        if isinstance(q, str) and isinstance(a, str) and q.strip() and a.strip():
+            out.append(PlannedProbe(question=q.strip(), answer=a.strip(), origin="document", source_kind="document",
+                                    source_id=doc.id))  # fmt: skip
+        else:
+            bad += 1
+    return out, bad
+
+
+def best_document_skill(answer: str, skill_words: Mapping[str, set[str]], min_share: float) -> tuple[str | None, float]:
+    """The skill whose document words hold the largest share of ``answer``'s words (ties: first name),
+    if that share is at least ``min_share``; else (None, best share)."""
+    wanted = words(answer)
+    if not wanted or not skill_words:
+        return None, 0.0
+    best: tuple[float, str] | None = None
+    for name in sorted(skill_words):
+        share = len(wanted & skill_words[name]) / len(wanted)
+        if best is None or share > best[0]:
+            best = (share, name)
+    assert best is not None
+    return (best[1] if best[0] >= min_share else None), best[0]
+
