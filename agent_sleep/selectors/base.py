@@ -39,7 +39,7 @@ class SelectorContext:
 
     agent: str
     now: datetime
-    reference_texts: tuple[str, ...] = ()
+    reference_texts: tuple[str | tuple[str, str], ...] = ()  # texts, or (id, text) pairs
 
 
 @dataclass(frozen=True)

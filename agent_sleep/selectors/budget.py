@@ -27,7 +27,7 @@ __all__ = ["BudgetParams", "BudgetSelector", "value"]
 
 
 class BudgetParams(SelectorParams):
-    max_episodes: int | None = Field(default=2000, ge=0)
+    max_episodes: int | None = Field(default=500, ge=0)
     max_documents: int | None = Field(default=20, ge=0)
     max_chars: int | None = Field(default=4_000_000, ge=0)
 

@@ -36,7 +36,10 @@ import numpy as np
 
 from agent_sleep.errors import ConfigError
 from agent_sleep.interfaces import Decision, Identified, Selection
-from agent_sleep.selectors.embeddings import Embedder
+from pydantic import Field
+
+from agent_sleep.selectors.base import SelectorContext, SelectorParams
+from agent_sleep.selectors.embeddings import Embedder, MiniLMEmbedder
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -54,6 +57,19 @@ class NoveltySelector:
     A candidate needs ``id`` and ``text`` (episode and document candidates have both).
     ``batch_size``: candidates embedded at a time.
     """
+
+    class Params(SelectorParams):
+        """What a chain config may set under ``novelty``'s ``params:``."""
+
+        threshold: float = Field(default=DEFAULT_THRESHOLD, ge=-1.0, le=1.0)
+        batch_size: int = Field(default=256, ge=1)
+        max_length: int = Field(default=128, ge=8, le=256)  # tokens embedded per text
+
+    @classmethod
+    def from_params(cls, params: NoveltySelector.Params, context: SelectorContext) -> NoveltySelector:
+        """MiniLM over the run's references (``context.reference_texts``: texts or ``(id, text)`` pairs)."""
+        embedder = MiniLMEmbedder(max_length=params.max_length)
+        return cls(embedder, context.reference_texts, threshold=params.threshold, batch_size=params.batch_size)
 
     def __init__(self, embedder: Embedder, reference_texts: Sequence[str] | Sequence[tuple[str, str]] = (), *,
                  threshold: float = DEFAULT_THRESHOLD, name: str = "novelty", batch_size: int = 256) -> None:  # fmt: skip

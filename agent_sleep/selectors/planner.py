@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from agent_sleep.interfaces import ExperienceReader
 from agent_sleep.errors import ConfigError
@@ -29,11 +29,12 @@ from agent_sleep.selectors.config import SelectionConfig
 from agent_sleep.selectors.plan import ConsolidationPlan, PlannedConversation, PlannedProbe
 from agent_sleep.selectors.probes import best_document_skill, document_probes, episode_probe, held_out, probe_hash
 from agent_sleep.selectors.skills import SkillDraft, assign_documents, words
-from agent_sleep.selectors.source import document_candidates, episode_candidates
+from agent_sleep.selectors.source import consolidated_references, document_candidates, episode_candidates
 
 __all__ = ["ItemDecision", "PlanResult", "build_plan"]
 
 PLANNER = "planner"
+REFERENCE_WINDOW = timedelta(days=90)  # novelty compares with what was consolidated this long before now
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,13 @@ class PlanResult:
 
 
 def build_plan(reader: ExperienceReader, agent: str, config: SelectionConfig | None = None, *,
-               now: datetime | None = None, reference_texts: Sequence[str] | None = None,
+               now: datetime | None = None, reference_texts: Sequence[str | tuple[str, str]] | None = None,
                progress: bool = False) -> PlanResult:  # fmt: skip
     """The consolidation plan for ``agent``'s unconsolidated experiences in ``reader``.
 
     ``now``: the time the run treats as now (recency windows; default: the current time).
-    ``reference_texts``: texts already consolidated, for the novelty selector. ``progress``: a
+    ``reference_texts``: texts (or ``(id, text)`` pairs) already consolidated, for the novelty selector;
+    default: :func:`~agent_sleep.selectors.source.consolidated_references` when the chain has ``novelty``. ``progress``: a
     progress bar on stderr while episodes are read.
     """
     check_agent_name(agent)
@@ -58,6 +60,8 @@ def build_plan(reader: ExperienceReader, agent: str, config: SelectionConfig | N
     now = now or datetime.now(timezone.utc)
     if now.tzinfo is None:  # naive means UTC, as everywhere in the store
         now = now.replace(tzinfo=timezone.utc)
+    if reference_texts is None and any(spec.name == "novelty" for spec in config.chain):
+        reference_texts = consolidated_references(reader, agent, since=now - REFERENCE_WINDOW)
     chain = Chain(config.build_chain(SelectorContext(agent, now, tuple(reference_texts or ()))))
     out: list[Candidate] = list(chain.feed(document_candidates(reader, agent)))
     bar = _progress_bar(progress)

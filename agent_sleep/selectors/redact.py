@@ -40,6 +40,7 @@ from typing import Any, Final
 
 from agent_sleep.errors import ConfigError, MissingDependencyError
 from agent_sleep.interfaces import Decision, Selection
+from agent_sleep.selectors.base import SelectorContext, SelectorParams
 from agent_sleep.selectors.candidates import Candidate, DocumentCandidate, EpisodeCandidate, FeedbackItem
 
 __all__ = ["KINDS", "PLACEHOLDERS", "Finding", "RedactSelector", "Redacted", "Redactor"]
@@ -464,9 +465,21 @@ class RedactSelector:
     correction, episode outcome; document title, text, source and meta. Ids and agent names are kept.
     """
 
+    class Params(SelectorParams):
+        """What a chain config may set under ``redact``'s ``params:``."""
+
+        kinds: tuple[str, ...] = KINDS
+        phone_regions: tuple[str, ...] = ("US", "GB")
+        entropy: bool = True
+
     def __init__(self, redactor: Redactor | None = None, *, name: str = "redact") -> None:
         self.redactor = redactor if redactor is not None else Redactor()
         self._name = name
+
+    @classmethod
+    def from_params(cls, params: RedactSelector.Params, context: SelectorContext) -> RedactSelector:
+        del context  # redaction depends on the text only
+        return cls(Redactor(kinds=params.kinds, phone_regions=params.phone_regions, entropy=params.entropy))
 
     @property
     def name(self) -> str:

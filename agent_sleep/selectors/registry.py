@@ -5,7 +5,8 @@ The class has ``Params`` (a frozen pydantic model that refuses unknown keys: wha
 ``params:``) and ``from_params(params, context) -> Selector`` (see :mod:`agent_sleep.selectors.base`).
 An unknown name is a ConfigError with a "did you mean" and the list of known names.
 
-Built in: ``outcome``, ``feedback``, ``corrections``, ``recency``, ``near_dup``, ``budget``.
+Built in: ``redact``, ``outcome``, ``feedback``, ``corrections``, ``recency``, ``near_dup``, ``novelty``,
+``budget``.
 To add one: give the class ``Params`` and ``from_params``, and a line in ``_TARGETS`` below (or call
 :func:`register_selector`).
 """
@@ -28,8 +29,8 @@ from agent_sleep.selectors.base import SelectorContext
 __all__ = ["available_selectors", "build_selector", "params_model", "register_selector", "selector_class"]
 
 _TARGETS: dict[str, str | type] = {
-    # Redaction and novelty (agent_sleep/selectors/redact.py, novelty.py) register here as
-    # "redact" and "novelty"; the default chain (selectors.config.DEFAULT_CHAIN) already names them.
+    "redact": "agent_sleep.selectors.redact:RedactSelector",
+    "novelty": "agent_sleep.selectors.novelty:NoveltySelector",
     "outcome": "agent_sleep.selectors.outcome:OutcomeSelector",
     "feedback": "agent_sleep.selectors.feedback:FeedbackSelector",
     "corrections": "agent_sleep.selectors.corrections:CorrectionsSelector",

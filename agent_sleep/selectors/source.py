@@ -24,7 +24,7 @@ from agent_sleep.interfaces import ExperienceReader, FeedbackView
 from agent_sleep.selectors.candidates import DocumentCandidate, EpisodeCandidate, FeedbackItem
 from agent_sleep.store.batches import DEFAULT_BATCH_SIZE, EpisodeBundle, Turn, turn_of
 
-__all__ = ["CHAT_KINDS", "chat_messages", "document_candidates", "episode_candidates"]
+__all__ = ["CHAT_KINDS", "chat_messages", "consolidated_references", "document_candidates", "episode_candidates"]
 
 CHAT_KINDS = ("user_message", "assistant_message", "system_message", "tool_call", "tool_result")
 _ROLES = {"user_message": "user", "assistant_message": "assistant", "system_message": "system"}
@@ -141,3 +141,26 @@ def _arguments(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     return dict(value) if isinstance(value, dict) else {"input": value}
+
+
+def consolidated_references(reader: ExperienceReader, agent: str, *, since: datetime | None = None,
+                            limit: int = 2000) -> tuple[tuple[str, str], ...]:
+    """What ``agent`` already consolidated, as ``(id, text)`` pairs for the novelty selector: its
+    consolidated documents (latest versions) and its newest ``limit`` consolidated episodes, texts in
+    the same shape as the candidates' (``EpisodeCandidate.text``), so similarities compare like with like."""
+    docs = [(d.id, d.content) for d in reader.documents(agent=agent, latest_only=True) if d.consolidated_at]
+    newest: list[tuple[str, str]] = []
+    batches = getattr(reader, "episode_batches", None)
+    if callable(batches):
+        for batch in batches(agent, since=since, unconsolidated=False, consolidated=True, kinds=CHAT_KINDS):
+            newest += [(c.id, c.text) for c in map(_candidate, batch)]
+            newest = newest[-limit:]
+    else:
+        for ep in reader.episodes(agent=agent, since=since):
+            if ep.consolidated_at is not None:
+                turns = tuple(turn_of(e) for e in reader.events(ep.id) if e.kind in CHAT_KINDS)
+                newest.append((ep.id, "\n".join(
+                    f"{m['role']}: {m.get('content') or ''}" for m in chat_messages(turns)
+                    if m.get("role") in ("user", "assistant"))))
+                newest = newest[-limit:]
+    return tuple(docs + newest)

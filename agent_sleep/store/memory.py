@@ -262,7 +262,8 @@ class InMemoryExperienceStore:
         return out[: q.limit] if q.limit else out
 
     def episode_batches(self, agent: str, *, since: datetime | None = None, until: datetime | None = None,
-                        unconsolidated: bool = True, kinds: Sequence[str] | None = None,
+                        unconsolidated: bool = True, consolidated: bool = False,
+                        kinds: Sequence[str] | None = None,
                         batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[list[EpisodeBundle]]:
         """``agent``'s episodes, oldest first (ties by id), ``batch_size`` at a time, with turns and feedback
         (as :meth:`ExperienceStore.episode_batches <agent_sleep.store.ExperienceStore.episode_batches>`)."""
@@ -273,6 +274,7 @@ class InMemoryExperienceStore:
             chosen = sorted(
                 (e for e in self._episodes.values() if e.agent == agent
                  and not (unconsolidated and e.consolidated_at is not None)
+                 and not (consolidated and e.consolidated_at is None)
                  and (since_utc is None or e.started_at >= since_utc)
                  and (until_utc is None or e.started_at < until_utc)),
                 key=lambda e: (e.started_at, e.id))  # fmt: skip

@@ -325,14 +325,16 @@ class ExperienceStore:
             return out
 
     def episode_batches(self, agent: str, *, since: datetime | None = None, until: datetime | None = None,
-                        unconsolidated: bool = True, kinds: Sequence[str] | None = None,
+                        unconsolidated: bool = True, consolidated: bool = False,
+                        kinds: Sequence[str] | None = None,
                         batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[list[EpisodeBundle]]:
         """``agent``'s episodes, oldest first (ties by id), ``batch_size`` at a time, each with its turns (only
         ``kinds``, if given) and feedback.
 
         One ordered query over the episodes is streamed (a server-side cursor on PostgreSQL; SQLite steps
         its cursor), so the database sorts once and memory holds one batch; each batch's events and feedback
-        come with one query each. The whole read is one transaction: a consistent snapshot (readers do not
+        come with one query each. ``unconsolidated`` keeps only episodes no run has consolidated yet,
+        ``consolidated`` only those a run has (both False: all). The whole read is one transaction: a consistent snapshot (readers do not
         block capture's writes: SQLite runs in WAL mode)."""
         if batch_size < 1:
             raise InvalidEventError(f"batch_size must be at least 1, got {batch_size}")
@@ -340,6 +342,8 @@ class ExperienceStore:
         conds = [ep.agent == agent]
         if unconsolidated:
             conds.append(ep.consolidated_at.is_(None))
+        if consolidated:
+            conds.append(ep.consolidated_at.is_not(None))
         if since is not None:
             conds.append(ep.started_at >= as_utc(since))
         if until is not None:

@@ -25,7 +25,7 @@ SHIPPED = ROOT / "pipelines" / "consolidation" / "selection.yaml"
 def test_defaults() -> None:
     config = SelectionConfig()
     assert [s.name for s in config.chain] == [n for n in DEFAULT_CHAIN if n in available_selectors()]
-    assert [s.name for s in config.chain][-1] == "budget" and config.skills.dialog == "{agent}-dialog"
+    assert [s.name for s in config.chain][-1] == "novelty" and config.skills.dialog == "{agent}-dialog"
     assert config.probes.fraction == 0.2 and config.batch_size == 500
     chain = config.build_chain(SelectorContext("helpdesk", T0))
     assert [s.name for s in chain] == [s.name for s in config.chain]
