@@ -42,7 +42,6 @@ class RunContext:
     @property
     def runtime(self) -> LiveRuntime:
         if self._runtime is None:
-            self.say("loading the base model")
             self._runtime = self.make_runtime()
         return self._runtime
 

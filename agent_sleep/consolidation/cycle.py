@@ -97,7 +97,10 @@ def run_cycle(agent: str, *, config: CycleConfig | None = None, store: Experienc
         def make_runtime() -> LiveRuntime:
             from agent_sleep.runtime.live import LiveRuntime
 
-            return runtime or LiveRuntime(registry, max_delta_norm=config.max_delta_norm)
+            if runtime is not None:
+                return runtime
+            say(f"loading the base model {registry.store.settings.model}")
+            return LiveRuntime(registry, max_delta_norm=config.max_delta_norm)
 
         spent = sum(s.seconds or 0.0 for s in runs.stages(claim.run.id).values() if s.status == "done")
         ctx = RunContext(run_id=claim.run.id, agent=agent, config=config, registry=registry, runs=runs,
