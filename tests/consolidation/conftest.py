@@ -61,10 +61,11 @@ class World:
             self.store.add_feedback(eid, score=score)
         return eid
 
-    def teach(self, skill: str, n: int = 6, *, answer: str | None = None) -> list[str]:
-        """``n`` episodes of one fact (every third becomes a probe with the test planner)."""
+    def teach(self, skill: str, n: int = 6, *, answer: str | None = None, expected: str | None = None) -> list[str]:
+        """``n`` episodes of one fact (every third becomes a probe with the test planner): the agent answered
+        ``answer``, the probes expect ``expected`` (both default to the fact's answer)."""
         question, right = FACTS[skill]
-        return [self.log(question, answer or right, skill=skill, expected=right) for _ in range(n)]
+        return [self.log(question, answer or right, skill=skill, expected=expected or right) for _ in range(n)]
 
 
 def make_world(tmp_path: Path, db_url: str, tiny_model: Path, tiny_handle: Any) -> World:

@@ -53,7 +53,7 @@ def simple_planner(reader: ExperienceReader, agent: str, selection: Mapping[str,
     for ep in reader.episodes(agent=agent, unconsolidated=True, status="completed", until=now):
         messages = _messages(reader, ep.id)
         skill = str(ep.meta.get("skill", "general"))
-        if not any(m["role"] == "user" for m in messages) or not any(m["role"] == "assistant" for m in messages):
+        if not all(any(m["role"] == role and m["content"].strip() for m in messages) for role in ("user", "assistant")):
             decisions.append(Decision("episode", ep.id, "reply", False, "no question and answer in the episode"))
             continue
         decisions.append(Decision("episode", ep.id, "reply", True, "has a question and an answer"))
