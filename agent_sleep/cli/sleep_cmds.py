@@ -136,8 +136,9 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
         stages = runs.stages(run.id)
     finally:
         store.close()
-    if args.json:
-        print_json({"run": run, "stages": list(stages.values())})
+    if args.json:  # the summary as a value, so its times print like every other
+        summary = CycleResult.model_validate(run.summary) if run.summary else {}
+        print_json({"run": {**run.model_dump(exclude={"summary"}), "summary": summary}, "stages": list(stages.values())})
         return 0
     if run.summary:
         _print_result(CycleResult.model_validate(run.summary))

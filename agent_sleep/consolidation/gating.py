@@ -173,7 +173,8 @@ class _Evaluation:
             decided = {"status": decision.status, "reasons": list(decision.reasons),
                        "comparisons": [c.model_dump() for c in SkillResult.deltas(decision)],
                        "stack": [list(i) for i in candidate], "baseline": stack_label(accepted)}  # fmt: skip
-            self.ctx.say(f"evaluate: {adapter} {decision.status}: " + "; ".join(decision.reasons))
+            shown = [r for r in decision.reasons if r.startswith("target")] if decision.admitted else decision.reasons
+            self.ctx.say(f"evaluate: {adapter} {decision.status}: " + "; ".join(shown))
         self.state["skills"][skill] = decided
         if decided["status"] == "admitted":
             self.state["accepted"] = decided["stack"]
