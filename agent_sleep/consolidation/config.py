@@ -60,7 +60,7 @@ class EvaluationSettings(_Forbid):
     guard_limit: int | None = Field(default=16, ge=1)
     """Seeded items per shipped guard suite (three suites: 48 items); None: all 289."""
     guards: Path | None = None
-    """A folder of guard suites (``*.jsonl``) instead of the shipped ``evals/guards``."""
+    """A folder of guard suites (``*.jsonl``) instead of the shipped ``evals/guards`` (relative: to the config file)."""
     interference_limit: int | None = Field(default=16, ge=1)
     """Seeded probes per skill already live for the agent; None: all."""
     min_probes: int = Field(default=2, ge=1)
@@ -139,6 +139,10 @@ def load_cycle_config(path: str | Path | None = None, **overrides: Any) -> Cycle
             raise ConfigError(f"cycle config {path} is not valid YAML{at}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"cycle config {path} must be a mapping of settings, got {type(raw).__name__}")
+        evaluation = raw.get("evaluation")
+        guards = evaluation.get("guards") if isinstance(evaluation, dict) else None
+        if isinstance(guards, str) and not Path(guards).expanduser().is_absolute():  # a folder beside the config
+            raw["evaluation"] = {**evaluation, "guards": str(path.parent / guards)}  # type: ignore[dict-item]
     raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return CycleConfig.model_validate(raw)

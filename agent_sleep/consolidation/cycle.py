@@ -44,6 +44,7 @@ from agent_sleep.consolidation.result import CycleResult, SkillResult, SuiteDelt
 from agent_sleep.consolidation.runs import Claim, Outcome, RunStore
 from agent_sleep.errors import ConfigError, DatabaseUnavailableError
 from agent_sleep.registry import AdapterRegistry
+from agent_sleep.registry.refs import parse_adapter_ref
 from agent_sleep.selectors.plan import ConsolidationPlan
 from agent_sleep.store.models import utcnow
 from agent_sleep.store.store import ExperienceStore
@@ -66,7 +67,8 @@ def run_cycle(agent: str, *, config: CycleConfig | None = None, store: Experienc
     Handles: ``runtime`` (a :class:`~agent_sleep.runtime.live.LiveRuntime`; default: one made on the
     registry when a stage first needs the model), else ``registry``, else ``store`` (default: the
     configured database). ``planner``: the select stage's (default: the selectors' ``build_plan``).
-    ``resume``: a run id (or unique prefix) to continue; a finished run's result is returned as it is.
+    ``resume``: a run id (or unique prefix) to continue; a finished run's result is returned as it is. A
+    resumed run keeps the config it started with (only ``stale_after_seconds`` comes from ``config``).
     ``now``: the time the planner sees. ``progress`` receives one line per step, for a person.
     """
     config = config or CycleConfig()
@@ -94,6 +96,9 @@ def run_cycle(agent: str, *, config: CycleConfig | None = None, store: Experienc
             runs.finish(claim.run.id, "skipped_overlap", summary=result.to_json(), error=claim.run.error)
             return result
 
+        if claim.kind == "resumed":
+            config = _resumed_config(claim, config)
+
         def make_runtime() -> LiveRuntime:
             from agent_sleep.runtime.live import LiveRuntime
 
@@ -113,6 +118,16 @@ def run_cycle(agent: str, *, config: CycleConfig | None = None, store: Experienc
             return _Cycle(ctx, claim, planner, now or utcnow()).run()
     finally:
         owners.release(owner)
+
+
+def _resumed_config(claim: Claim, given: CycleConfig) -> CycleConfig:
+    """The config the run started with (a rerun judges by the same rules); ``given`` if that no longer validates."""
+    try:
+        return CycleConfig.model_validate(claim.run.config)
+    except ValueError as exc:
+        log.warning("run %s: its stored config no longer validates (%s); resuming with the one given", claim.run.id,
+                    exc)
+        return given
 
 
 def _stored(claim: Claim) -> CycleResult:
@@ -238,6 +253,7 @@ class _Cycle:
             fields: dict[str, Any] = {
                 "skill": sp.skill, "generator": sp.generator, "generator_version": g.get("generator_version"),
                 "adapter": g.get("adapter"), "replaces": live.get(sp.skill), "probes": len(sp.probes),
+                "version": parse_adapter_ref(g["adapter"]).version if g.get("adapter") else None,
                 "train_items": len(sp.documents) + len(sp.conversations), "generate_seconds": g.get("generate_seconds"),
             }  # fmt: skip
             if sp.skill in chosen.get("left_out", {}):

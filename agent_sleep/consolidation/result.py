@@ -48,6 +48,7 @@ class SkillResult(_Value):
     generator: str
     generator_version: str | None = None
     adapter: str | None = None  # skill@vN, once registered
+    version: int | None = None  # its N
     replaces: str | None = None  # the version live before, if any
     status: SkillStatus = "pending"
     reasons: list[str] = Field(default_factory=list)

@@ -198,7 +198,8 @@ def test_the_database_going_away_mid_run_leaves_it_resumable(world: World, tmp_p
     assert world.registry.adapters() == []
 
     monkeypatch.setattr(faults, "fault_point", lambda point: None)
-    result = cycle(world)  # the next cycle for the agent takes the run over
+    # The next cycle for the agent takes the run over, with the config the run started with (not this budget).
+    result = cycle(world, config=fast_config(budget_seconds=0.001))
     assert result.run_id == broken.run_id and result.resumed and result.outcome == "promoted"
     assert [a.name for a in world.registry.adapters()] == ["capitals@v1"]
     assert RunStore(world.store).stages(run.id)["generate"].attempt == 2

@@ -59,3 +59,5 @@ def test_overrides_and_defaults(tmp_path: Path) -> None:
     config = load_cycle_config(path, agent="helpdesk", budget_seconds=None)
     assert (config.agent, config.budget_seconds) == ("helpdesk", 60)
     assert config.generator("d2l").budget_seconds is None  # an unnamed generator runs on its defaults
+    path.write_text("evaluation: {guards: my_guards}\n")
+    assert load_cycle_config(path).evaluation.guards == tmp_path / "my_guards"  # relative to the config file
