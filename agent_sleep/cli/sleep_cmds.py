@@ -49,8 +49,10 @@ def _print_result(r: Any) -> None:
     print(head + (f"\n  {r.error}" if r.error else ""))
     for s in r.skills:
         target = next((c for c in s.comparisons if c.role == "target"), None)
-        numbers = (f"target {target.baseline:.2f} -> {target.candidate:.2f} ({target.delta:+.2f}, 95% CI "
-                   f"{target.ci_low:+.2f}..{target.ci_high:+.2f}, n={target.n})") if target else "; ".join(s.reasons)  # fmt: skip
+        numbers = "; ".join(s.reasons)
+        if target is not None:
+            numbers = (f"target {target.baseline:.2f} -> {target.candidate:.2f} ({target.delta:+.2f}, 95% CI "
+                       f"{target.ci_low:+.2f}..{target.ci_high:+.2f}, n={target.n})")
         gen = f"{s.generator} {s.generator_version or ''}".strip()
         print(f"  {s.skill:20} {gen:10} {s.adapter or '-':20} {s.status:9} {numbers}")
     if r.stages:
@@ -121,7 +123,8 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     for r in rows:
         outcome = r.outcome or f"running ({r.stage or 'starting'})"
         seconds = f"{_seconds(r):7.1f}" if r.ended_at else f"{'-':>7}"
-        print(f"{r.id:32}  {r.agent:14} {outcome:22} {r.started_at:%Y-%m-%d %H:%M}  {seconds}  {r.deployed_stack or '-'}")
+        print(f"{r.id:32}  {r.agent:14} {outcome:22} {r.started_at:%Y-%m-%d %H:%M}  {seconds}  "
+              f"{r.deployed_stack or '-'}")
     return 0
 
 
@@ -138,14 +141,16 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
         store.close()
     if args.json:  # the summary as a value, so its times print like every other
         summary = CycleResult.model_validate(run.summary) if run.summary else {}
-        print_json({"run": {**run.model_dump(exclude={"summary"}), "summary": summary}, "stages": list(stages.values())})
+        print_json({"run": {**run.model_dump(exclude={"summary"}), "summary": summary},
+                    "stages": list(stages.values())})
         return 0
     if run.summary:
         _print_result(CycleResult.model_validate(run.summary))
     else:
         print(f"run {run.id} for {run.agent}: {run.outcome or 'running'}" + (f"\n  {run.error}" if run.error else ""))
-    print(f"  started  {iso_utc(run.started_at)}" + (f", ended {iso_utc(run.ended_at)}" if run.ended_at else
-                                                     f", still running (stage {run.stage}, owner {run.owner})"))  # fmt: skip
+    ended = (f", ended {iso_utc(run.ended_at)}" if run.ended_at
+             else f", still running (stage {run.stage}, owner {run.owner})")  # fmt: skip
+    print(f"  started  {iso_utc(run.started_at)}{ended}")
     for name, st in stages.items():
         seconds = f"{st.seconds:.1f} s" if st.seconds is not None else "-"
         print(f"  {name:9} {st.status:8} attempt {st.attempt}  {seconds}" + (f"  {st.error}" if st.error else ""))

@@ -301,8 +301,9 @@ class _Cycle:
         documents = [i for k, i in items if k == "document"]
         store = self.ctx.store
         n_episodes = store.mark_consolidated(episodes, self.ctx.run_id) if episodes else 0
-        # mark_documents_consolidated comes with the selectors' store changes
-        n_documents = store.mark_documents_consolidated(documents, self.ctx.run_id) if documents else 0  # type: ignore[attr-defined]
+        n_documents = 0
+        if documents:  # mark_documents_consolidated comes with the selectors' store changes
+            n_documents = store.mark_documents_consolidated(documents, self.ctx.run_id)  # type: ignore[attr-defined]
         return {"episodes": n_episodes, "documents": n_documents}
 
     def _finish(self, outcome: Outcome, error: str | None = None) -> CycleResult:

@@ -126,7 +126,8 @@ def _validate(ctx: RunContext, record: AdapterVersionRecord) -> str | None:
 
 def _one(ctx: RunContext, skill: SkillPlan, budget: float | None, generators: dict[str, Generator[Any]]
          ) -> dict[str, Any]:  # fmt: skip
-    entry: dict[str, Any] = {"generator": skill.generator, "train_items": len(skill.documents) + len(skill.conversations)}
+    entry: dict[str, Any] = {"generator": skill.generator,
+                             "train_items": len(skill.documents) + len(skill.conversations)}
     try:
         record = registered_for(ctx, skill.skill) or _register(ctx, skill, entry, budget, generators)
     except StoreError:

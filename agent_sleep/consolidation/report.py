@@ -50,7 +50,8 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     """``report.md`` from :func:`report_data`'s value."""
     r = data["result"]
     lines = [f"# Consolidation run {r['run_id']}", "",
-             f"- agent: `{r['agent']}`", f"- outcome: **{r['outcome']}**" + (f": {r['error']}" if r.get("error") else ""),
+             f"- agent: `{r['agent']}`",
+             f"- outcome: **{r['outcome']}**" + (f": {r['error']}" if r.get("error") else ""),
              f"- live before: `{r.get('incumbent_stack') or 'base model'}`",
              f"- deployed: `{r['deployed_stack']}`" if r.get("deployed_stack") else "- deployed: nothing",
              f"- started {r.get('started_at')}, ended {r.get('ended_at')}",

@@ -182,7 +182,7 @@ class RunStore:
 
     def complete_stage(self, run_id: str, stage: str, result: Mapping[str, Any], seconds: float,
                        decisions: Iterable[Mapping[str, Any]] | None = None) -> StageRecord:  # fmt: skip
-        """Mark the stage done with its result; ``decisions`` (selection rows) replace the run's, in the same transaction."""
+        """Mark the stage done with its result; ``decisions`` (selection rows) replace the run's, in one transaction."""
         now = utcnow()
         with self.store.session() as s:
             row = self._stage_row(s, run_id, stage)
@@ -191,7 +191,8 @@ class RunStore:
                 s.execute(delete(SelectionDecision).where(SelectionDecision.run_id == run_id))
                 rows = [{"run_id": run_id, "item_kind": d["item_kind"], "item_id": d["item_id"],
                          "selector": d["selector"], "kept": bool(d["kept"]), "reason": d["reason"],
-                         "skill": d.get("skill"), "role": d.get("role"), "created_at": now} for d in decisions]  # fmt: skip
+                         "skill": d.get("skill"), "role": d.get("role"), "created_at": now}
+                        for d in decisions]  # fmt: skip
                 if rows:
                     s.execute(insert(SelectionDecision), rows)
             s.flush()

@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
 
     # 4. How it ended; the report in the run folder has the per-skill table and the gate's numbers.
-    print(f"{result.outcome}: {result.deployed_stack or 'nothing deployed'}" + (f" ({result.error})" if result.error else ""))
+    print(f"{result.outcome}: {result.deployed_stack or 'nothing deployed'}"
+          + (f" ({result.error})" if result.error else ""))
     for skill in result.skills:
         print(f"  {skill.skill}: {skill.adapter or '-'} {skill.status}")
     if result.folder:

@@ -66,7 +66,8 @@ def test_a_cycle_promotes_what_the_gate_admits_and_records_why(world: World) -> 
     report = json.loads((folder / "report.json").read_text())
     assert report["result"]["outcome"] == "promoted" and report["evaluation"]["accuracy"]["capitals@v1"]
     md = (folder / "report.md").read_text()
-    assert "| capitals | sft 1 | capitals@v1 | - | 4 | 2 | admitted |" in md and "| target_capitals | target | 2 |" in md
+    assert "| capitals | sft 1 | capitals@v1 | - | 4 | 2 | admitted |" in md
+    assert "| target_capitals | target | 2 | 0.000 | 1.000 | +1.000 | +1.000 .. +1.000 | yes |" in md
     assert {p.name for p in (folder / "eval" / "tasks").glob("*.yaml")} >= {"target_capitals.yaml",
                                                                              "guards_general.yaml"}  # fmt: skip
     saved = json.loads((folder / "eval" / "results" / "capitals@v1.json").read_text())

@@ -47,8 +47,8 @@ def test_a_run_killed_at_any_point_finishes_on_the_next_cycle(point: str, backen
                                                               tiny_model: Path, db_url: str) -> None:  # fmt: skip
     world.teach("capitals", 6)
     env = {**os.environ, ENV: point, "PYTHONPATH": str(ROOT)}
-    child = subprocess.run([sys.executable, "-m", "tests.consolidation.child_cycle", str(tmp_path), db_url,
-                            str(tiny_model)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    argv = [sys.executable, "-m", "tests.consolidation.child_cycle", str(tmp_path), db_url, str(tiny_model)]
+    child = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
     runs = RunStore(world.store)
     (killed,) = runs.runs(agent=AGENT)

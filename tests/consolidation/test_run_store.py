@@ -98,7 +98,8 @@ def test_decisions_are_replaced_with_the_stage_and_read_per_item(store: Any) -> 
     rows = [{"item_kind": "episode", "item_id": eid, "selector": "score", "kept": True, "reason": "0.9"},
             {"item_kind": "episode", "item_id": eid, "selector": "split", "kept": True, "reason": "probe",
              "skill": "refunds", "role": "probe"},
-            {"item_kind": "document", "item_id": "d1", "selector": "novelty", "kept": False, "reason": "seen"}]  # fmt: skip
+            {"item_kind": "document", "item_id": "d1", "selector": "novelty", "kept": False,
+             "reason": "seen"}]  # fmt: skip
     runs.begin_stage(run.id, "select")
     runs.complete_stage(run.id, "select", {}, 0.1, decisions=rows[:1])
     runs.complete_stage(run.id, "select", {}, 0.1, decisions=rows)  # a redo replaces, never doubles
