@@ -42,7 +42,7 @@ from agent_sleep.consolidation.planning import Planner, default_planner
 from agent_sleep.consolidation.report import write_report
 from agent_sleep.consolidation.result import CycleResult, SkillResult, SuiteDelta
 from agent_sleep.consolidation.runs import Claim, Outcome, RunStore
-from agent_sleep.errors import ConfigError, DatabaseUnavailableError
+from agent_sleep.errors import AgentSleepError, ConfigError, DatabaseUnavailableError
 from agent_sleep.registry import AdapterRegistry
 from agent_sleep.registry.refs import parse_adapter_ref
 from agent_sleep.selectors.plan import ConsolidationPlan
@@ -74,6 +74,8 @@ def run_cycle(agent: str, *, config: CycleConfig | None = None, store: Experienc
     config = config or CycleConfig()
     if config.agent is not None and config.agent != agent:
         raise ConfigError(f"the cycle config is for agent {config.agent!r}, not {agent!r}")
+    if planner is None and resume is None:
+        planner = default_planner()  # ConfigError now, before a run is recorded, if none is installed
     if registry is None:
         registry = runtime.registry if runtime is not None else AdapterRegistry(store)
     runs = RunStore(registry.store)
@@ -177,7 +179,10 @@ class _Cycle:
             except DatabaseUnavailableError:
                 raise
             except Exception as exc:  # every other error ends the run, recorded as failed
-                log.exception("consolidation run %s failed in %s", self.ctx.run_id, self.current)
+                # An error of ours says what went wrong in its message; anything else may be a bug: keep its traceback.
+                expected = isinstance(exc, AgentSleepError)
+                log.log(logging.INFO if expected else logging.ERROR, "consolidation run %s failed in %s: %s",
+                        self.ctx.run_id, self.current, exc, exc_info=not expected)  # fmt: skip
                 error = f"{self.current or 'finish'}: {type(exc).__name__}: {exc}"
                 if self.current is not None:
                     self.ctx.runs.fail_stage(self.ctx.run_id, self.current, error, self._elapsed())
