@@ -4,7 +4,7 @@ Each ``agent_sleep/cli/*_cmds.py`` module exposes ``register(subparsers)``; its
 handlers take the parsed namespace and return an exit code. Exit codes a cron
 job can act on: 0 ok, 1 error (message on stderr), 2 bad usage (argparse's own
 errors, and :class:`~agent_sleep.cli.common.UsageError`), 3 rejected by
-validation (``deploy``). ``main(argv)`` returns the code, for a usage error
+validation (``deploy``) or by the gate (``sleep``). ``main(argv)`` returns the code, for a usage error
 too; only ``--help`` and ``--version`` leave through ``SystemExit(0)``.
 
 Every parser is a :class:`~agent_sleep.cli.common.CommandParser`, so the global
@@ -32,6 +32,7 @@ _COMMAND_MODULES = (
     "agent_sleep.cli.registry_cmds",
     "agent_sleep.cli.serve_cmds",
     "agent_sleep.cli.generate_cmds",
+    "agent_sleep.cli.sleep_cmds",
     "agent_sleep.cli.demo_cmds",
 )
 

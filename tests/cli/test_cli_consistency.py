@@ -182,8 +182,10 @@ def test_every_data_command_prints_json_with_one_timestamp_format(world: dict[st
     covered = {tuple(argv[:2]) if argv[0] in groups else (argv[0],) for argv in commands}
     for path, parser in _commands().items():
         assert (path in NO_JSON) != any(a.dest == "json" for a in parser._actions), path
-    # ask and internalize print JSON without timestamps; tests/models/test_model_cmds.py and test_internalize_cli
-    assert set(_commands()) - NO_JSON - covered == {("ask",), ("internalize",)}
+    # ask and internalize print JSON without timestamps; tests/models/test_model_cmds.py and test_internalize_cli.
+    # sleep and runs need a consolidation run: tests/consolidation/test_sleep_cli.py checks their JSON and times.
+    assert set(_commands()) - NO_JSON - covered == {("ask",), ("internalize",), ("sleep",), ("runs", "list"),
+                                                    ("runs", "show"), ("runs", "explain")}  # fmt: skip
     stamps = []
     for argv in commands:
         code, out, err = run(argv, capsys)
@@ -307,12 +309,15 @@ def test_empty_lists_say_so(capsys: pytest.CaptureFixture[str]) -> None:
         ("stacks", "list"): "no stacks yet\n",
         ("stacks", "list", "--agent", "helpdesk"): "no stacks for agent 'helpdesk'\n",
         ("documents", "list"): "no documents stored\n",
+        ("runs", "list"): "no consolidation runs yet\n",
+        ("runs", "list", "--agent", "helpdsk"): "no runs for agent 'helpdsk' (no agent named 'helpdsk'; did you mean "
+                                                 "'helpdesk'?)\n",
         ("deployments", "--agent", "helpdsk"): "no deployments for agent 'helpdsk' (no agent named 'helpdsk'; "
                                                "did you mean 'helpdesk'?)\n",
     }  # fmt: skip
     lists = {path for path in _commands() if path[-1] == "list" or path == ("deployments",)}
     assert lists == {("episodes", "list"), ("adapters", "list"), ("stacks", "list"), ("documents", "list"),
-                     ("deployments",)}  # fmt: skip
+                     ("runs", "list"), ("deployments",)}  # fmt: skip
     for argv, line in expected.items():
         code, out, _ = run(list(argv), capsys)
         assert (code, out) == (0, line), argv

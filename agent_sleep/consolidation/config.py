@@ -1,0 +1,151 @@
+"""What one sleep cycle may do, as a user writes it: a YAML file read into :class:`CycleConfig`.
+
+Every field has a default, so an empty file (or no file) is a valid config. Unknown keys and bad
+values are refused, all of them at once, in one :class:`~agent_sleep.errors.ConfigError` naming the
+file and each field (``gate.min_target_gain: Input should be less than or equal to 1``).
+
+``selection`` is handed to the planner as written (the selectors own its schema); ``generators``
+names each generator's time budget and knobs (``sft``'s are :class:`~agent_sleep.generators.sft.SFTSettings`,
+``gradient_cd``'s :class:`~agent_sleep.generators.gradient_cd.CDSettings`, other generators take them
+as loader keyword arguments). Not here: running anything (:mod:`.cycle`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent_sleep.errors import ConfigError
+from agent_sleep.evaluation.gate import GatePolicy
+from agent_sleep.generators.registry import available_generators
+from agent_sleep.names import check_agent_name, did_you_mean
+
+__all__ = ["CycleConfig", "EvaluationSettings", "GeneratorSettings", "generator_settings_class", "load_cycle_config"]
+
+# Generators whose knobs are a pydantic model passed to their loader as ``config=``.
+_SETTINGS_CLASSES = {
+    "sft": "agent_sleep.generators.sft:SFTSettings",
+    "gradient_cd": "agent_sleep.generators.gradient_cd:CDSettings",
+}
+
+
+def generator_settings_class(name: str) -> type[BaseModel] | None:
+    """The settings model of generator ``name`` (None: its settings are loader keyword arguments)."""
+    target = _SETTINGS_CLASSES.get(name)
+    if target is None:
+        return None
+    module, _, attr = target.partition(":")
+    cls: type[BaseModel] = getattr(importlib.import_module(module), attr)
+    return cls
+
+
+class _Forbid(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GeneratorSettings(_Forbid):
+    """One generator's part of a cycle: its training time per skill, and its own knobs."""
+
+    budget_seconds: float | None = Field(default=None, gt=0)
+    """Training time per skill (the run's remaining budget may cut it shorter); None: the generator's default."""
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvaluationSettings(_Forbid):
+    """How big the gate's suites are. Each item costs about a second per stack on a 2-core CPU."""
+
+    guard_limit: int | None = Field(default=16, ge=1)
+    """Seeded items per shipped guard suite (three suites: 48 items); None: all 289."""
+    guards: Path | None = None
+    """A folder of guard suites (``*.jsonl``) instead of the shipped ``evals/guards`` (relative: to the config file)."""
+    interference_limit: int | None = Field(default=16, ge=1)
+    """Seeded probes per skill already live for the agent; None: all."""
+    min_probes: int = Field(default=2, ge=1)
+    """A skill with fewer held-out probes is not trained: nothing could show that it helps."""
+    max_new_tokens: int = Field(default=32, ge=1, le=1024)
+    batch_size: int = Field(default=8, ge=1)
+    seed: int = 0
+
+
+class CycleConfig(_Forbid):
+    """One sleep cycle's settings (see the module docstring)."""
+
+    agent: str | None = None
+    """The agent, when the config is for one (the CLI's ``--agent`` must then agree)."""
+    selection: dict[str, Any] = Field(default_factory=dict)
+    generators: dict[str, GeneratorSettings] = Field(default_factory=dict)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    gate: GatePolicy = Field(default_factory=GatePolicy)
+    budget_seconds: float = Field(default=3600.0, gt=0)
+    """Wall time for the whole run (select to deploy) across resumes; what is not evaluated in time is skipped."""
+    max_delta_norm: float | None = Field(default=None, gt=0)
+    """The validation bound for candidate adapters and the deployed stack, for the runtime a run makes itself
+    (a runtime handed to :func:`~.cycle.run_cycle` keeps its own); None: the validation default."""
+    stale_after_seconds: float = Field(default=300.0, gt=0)
+    """A running run whose owner has not sent a heartbeat for this long is taken over by the next cycle."""
+
+    @field_validator("agent")
+    @classmethod
+    def _agent_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_agent_name(value)
+
+    @field_validator("generators")
+    @classmethod
+    def _known_generators(cls, value: dict[str, GeneratorSettings]) -> dict[str, GeneratorSettings]:
+        known = available_generators()
+        problems = [f"unknown generator {n!r}{did_you_mean(n, known)} (available: {', '.join(known)})"
+                    for n in value if n not in known]  # fmt: skip
+        for name, gen in value.items():
+            settings_cls = generator_settings_class(name) if name in known else None
+            if settings_cls is None:
+                continue
+            try:
+                settings_cls.model_validate(gen.settings)
+            except ValidationError as exc:
+                problems += [f"{name}.settings.{_loc(e)}: {e['msg']}" for e in exc.errors()]
+        if problems:
+            raise ValueError("\n    ".join(problems))
+        return value
+
+    def generator(self, name: str) -> GeneratorSettings:
+        return self.generators.get(name) or GeneratorSettings()
+
+
+def _loc(error: Any) -> str:
+    return ".".join(str(p) for p in error["loc"]) or "value"
+
+
+def load_cycle_config(path: str | Path | None = None, **overrides: Any) -> CycleConfig:
+    """The config in YAML (or JSON) file ``path`` (None: all defaults), with top-level ``overrides`` on top."""
+    raw: Any = {}
+    where = "cycle config"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read cycle config {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        import yaml
+
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"cycle config {path} is not valid YAML{at}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"cycle config {path} must be a mapping of settings, got {type(raw).__name__}")
+        evaluation = raw.get("evaluation")
+        guards = evaluation.get("guards") if isinstance(evaluation, dict) else None
+        if isinstance(guards, str) and not Path(guards).expanduser().is_absolute():  # a folder beside the config
+            raw["evaluation"] = {**evaluation, "guards": str(path.parent / guards)}  # type: ignore[dict-item]
+    raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return CycleConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = [f"  {_loc(e)}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+        raise ConfigError(f"{where} is not a valid cycle config:\n" + "\n".join(problems)) from None

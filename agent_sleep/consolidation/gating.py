@@ -1,0 +1,209 @@
+"""The evaluate stage: every candidate against the stack it would replace, on the same items, greedily.
+
+Suites, written once as lm-eval tasks into ``<run>/eval/`` (the YAML, the JSONL and, per stack scored,
+lm-eval's results and samples JSON under ``results/``):
+
+* ``target_<skill>``: the skill's held-out probes (role ``target`` for that skill);
+* ``guards_*``: the shipped guard suites, ``evaluation.guard_limit`` seeded items each (``guard``);
+* ``live_<skill>``: the stored probes of each skill live for the agent (``interference``).
+
+Greedy and sequential: *accepted* starts as the live stack (or the base model). For each skill in plan
+order, the candidate is accepted plus the new version (replacing that skill's live version, if any),
+gated by :class:`~agent_sleep.evaluation.gate.PairedGate` against accepted's own scores; admitted, it
+becomes accepted, and its target suite counts as interference for the skills after it. Every stack is
+scored once, on every suite, in one lm-eval call (scored alike, so any two can be paired).
+
+Fail closed: an :class:`~agent_sleep.errors.EvaluationError` ends the run, nothing deployed. Progress
+(scores, decisions) is saved after each stack and each decision, so a rerun scores nothing twice; a
+decision is saved before the registry hears of it and the registry's side is redone idempotently, so a
+candidate is rejected once, with the gate's reasons and numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from agent_sleep.consolidation import faults
+from agent_sleep.consolidation.context import RunContext
+from agent_sleep.consolidation.incumbent import Incumbent, incumbent
+from agent_sleep.consolidation.result import SkillResult
+from agent_sleep.evaluation.gate import PairedGate
+from agent_sleep.evaluation.suites import Suite, SuiteItem, guard_suites
+from agent_sleep.interfaces import EvalResult, SuiteRole
+from agent_sleep.registry.records import Rejection
+from agent_sleep.registry.refs import parse_adapter_ref
+from agent_sleep.selectors.plan import ConsolidationPlan
+
+__all__ = ["evaluate", "stack_label"]
+
+Items = list[tuple[str, float]]
+
+
+def stack_label(items: Sequence[tuple[str, float]]) -> str:
+    return "+".join(a if w == 1.0 else f"{a}*{w:g}" for a, w in items) or "base"
+
+
+def _suite_name(prefix: str, skill: str) -> str:
+    name = f"{prefix}_{skill}"
+    return name if len(name) <= 64 else f"{name[:55]}.{hashlib.sha256(skill.encode()).hexdigest()[:8]}"
+
+
+def _suite(name: str, probes: Iterable[tuple[str, str, str]], max_new_tokens: int) -> Suite:
+    items = tuple(SuiteItem(id=f"p{i:03d}", question=q, answer=a, kind=kind) for i, (q, a, kind) in enumerate(probes))
+    return Suite(name=name, items=items, max_gen_toks=max_new_tokens)
+
+
+def _suites(ctx: RunContext, plan: ConsolidationPlan, live: Incumbent, skills: list[str]
+            ) -> tuple[list[Suite], dict[str, dict[str, Any]]]:  # fmt: skip
+    """The run's suites, and per suite its base role, the skill it belongs to and its size."""
+    ev = ctx.config.evaluation
+    suites: list[Suite] = [g.model_copy(update={"max_gen_toks": ev.max_new_tokens})
+                           for g in guard_suites(limit=ev.guard_limit, seed=ev.seed, folder=ev.guards)]  # fmt: skip
+    about = {s.name: {"role": "guard", "skill": None} for s in suites}
+    for skill in live.skills:
+        if skill.probes:
+            suite = _suite(_suite_name("live", skill.skill), ((q, a, "live") for q, a in skill.probes),
+                           ev.max_new_tokens).sample(ev.interference_limit, seed=ev.seed)  # fmt: skip
+            suites.append(suite)
+            about[suite.name] = {"role": "interference", "skill": skill.skill}
+    for name in skills:
+        probes = ((p.question, p.answer, p.origin) for p in plan.skill(name).probes)
+        suite = _suite(_suite_name("target", name), probes, ev.max_new_tokens)
+        suites.append(suite)
+        about[suite.name] = {"role": "target", "skill": name}
+    for s in suites:
+        about[s.name]["items"] = len(s.items)
+    return suites, about
+
+
+def _to_json(r: EvalResult) -> dict[str, Any]:
+    return {"suite": r.suite, "stack": [list(i) for i in r.stack], "metrics": dict(r.metrics), "samples": r.samples,
+            "seconds": round(r.seconds, 3), "scores": dict(r.scores), "artifact": r.artifact}  # fmt: skip
+
+
+def _from_json(d: dict[str, Any]) -> EvalResult:
+    return EvalResult(suite=d["suite"], stack=tuple((str(a), float(w)) for a, w in d["stack"]), metrics=d["metrics"],
+                      samples=int(d["samples"]), seconds=float(d["seconds"]), scores=d["scores"],
+                      artifact=d.get("artifact"))  # fmt: skip
+
+
+def _with(accepted: Items, adapter: str) -> Items:
+    """``accepted`` with ``adapter`` in place of its skill's version, or added at the end."""
+    skill = parse_adapter_ref(adapter).skill
+    out = [(a, w) for a, w in accepted if parse_adapter_ref(a).skill != skill]
+    return [*out, (adapter, 1.0)]
+
+
+class _Evaluation:
+    """One evaluate stage; ``state`` is the stage's (saved) result."""
+
+    def __init__(self, ctx: RunContext, plan: ConsolidationPlan, generated: dict[str, Any], state: dict[str, Any]):
+        self.ctx, self.plan, self.state = ctx, plan, state
+        self.skills = [s for s, e in generated.items() if e.get("status") == "generated"]
+        self.adapters = {s: generated[s]["adapter"] for s in self.skills}
+        if "incumbent" not in state:  # the live stack when evaluation began: a rerun compares with the same
+            state["incumbent"] = incumbent(ctx.registry, ctx.agent).to_json()
+            state["accepted"] = [list(i) for i in Incumbent.from_json(state["incumbent"]).items]
+        self.live = Incumbent.from_json(state["incumbent"])
+        state.setdefault("results", {})
+        state.setdefault("skills", {})
+        self.evaluator: Any = None
+
+    def save(self) -> None:
+        self.ctx.runs.save_progress(self.ctx.run_id, "evaluate", self.state)
+
+    def scores(self, items: Items) -> dict[str, EvalResult]:
+        label = stack_label(items)
+        if label not in self.state["results"]:
+            if self.evaluator is None:
+                from agent_sleep.evaluation.lm_eval import LmEvalEvaluator
+
+                suites, about = _suites(self.ctx, self.plan, self.live, self.skills)
+                self.state["suites"] = about
+                self.evaluator = LmEvalEvaluator(self.ctx.runtime, suites, self.ctx.folder / "eval",
+                                                 batch_size=self.ctx.config.evaluation.batch_size)  # fmt: skip
+            n = sum(s["items"] for s in self.state["suites"].values())
+            self.ctx.say(f"evaluate: {label} on {len(self.state['suites'])} suites ({n} items)")
+            results = self.evaluator.evaluate_suites(items)
+            seconds = next(iter(results.values())).seconds
+            self.ctx.say(f"evaluate: {label} scored in {seconds:.1f} s")
+            self.state["results"][label] = {k: _to_json(v) for k, v in results.items()}
+            self.state.setdefault("stack_seconds", {})[label] = round(seconds, 3)
+            self.save()
+        return {k: _from_json(v) for k, v in self.state["results"][label].items()}
+
+    def roles(self, skill: str) -> dict[str, SuiteRole]:
+        roles: dict[str, SuiteRole] = {}
+        admitted = {s for s, d in self.state["skills"].items() if d["status"] == "admitted"}
+        for name, about in self.state["suites"].items():
+            if about["role"] != "target":
+                roles[name] = about["role"]
+            elif about["skill"] == skill:
+                roles[name] = "target"
+            elif about["skill"] in admitted:
+                roles[name] = "interference"
+        return roles
+
+    def run(self) -> dict[str, Any]:
+        accepted: Items = [(str(a), float(w)) for a, w in self.state["accepted"]]
+        if self.skills:
+            self.scores(accepted)
+            faults.fault_point("evaluate:after_incumbent")
+        for skill in self.skills:
+            decided = self.state["skills"].get(skill)
+            if decided is None:
+                decided = self.decide(skill, accepted)
+            self.tell_registry(skill, decided)
+            if decided["status"] == "admitted":
+                accepted = [(str(a), float(w)) for a, w in decided["stack"]]
+        return self.state
+
+    def decide(self, skill: str, accepted: Items) -> dict[str, Any]:
+        adapter = self.adapters[skill]
+        base_seconds = self.state.get("stack_seconds", {}).get(stack_label(accepted), 0.0)
+        if self.ctx.remaining() < base_seconds:
+            decided: dict[str, Any] = {"status": "skipped", "reasons": ["the run's time budget is spent"],
+                                       "comparisons": [], "stack": []}  # fmt: skip
+        else:
+            candidate = _with(accepted, adapter)
+            decision = PairedGate(self.roles(skill), self.ctx.config.gate).decide(self.scores(candidate),
+                                                                                  self.scores(accepted))  # fmt: skip
+            decided = {"status": decision.status, "reasons": list(decision.reasons),
+                       "comparisons": [c.model_dump() for c in SkillResult.deltas(decision)],
+                       "stack": [list(i) for i in candidate], "baseline": stack_label(accepted)}  # fmt: skip
+            shown = [r for r in decision.reasons if r.startswith("target")] if decision.admitted else decision.reasons
+            self.ctx.say(f"evaluate: {adapter} {decision.status}: " + "; ".join(shown))
+        self.state["skills"][skill] = decided
+        if decided["status"] == "admitted":
+            self.state["accepted"] = decided["stack"]
+        self.save()
+        faults.fault_point("evaluate:after_decision")
+        return decided
+
+    def tell_registry(self, skill: str, decided: dict[str, Any]) -> None:
+        """Store the probes and the gate's verdict with the version; reject it if the gate did (once)."""
+        if decided["status"] not in ("admitted", "rejected"):
+            return
+        adapter, registry = self.adapters[skill], self.ctx.registry
+        probes = [{"question": p.question, "answer": p.answer} for p in self.plan.skill(skill).probes]
+        gate = {"run": self.ctx.run_id, "status": decided["status"], "reasons": decided["reasons"],
+                "comparisons": decided["comparisons"], "baseline": decided.get("baseline")}  # fmt: skip
+        registry.record_eval(adapter, {"probes": probes, "gate": gate})
+        if decided["status"] == "rejected" and registry.get(adapter).status != "rejected":
+            p = self.ctx.config.gate
+            target = next((c["delta"] for c in decided["comparisons"] if c["role"] == "target"), None)
+            rejection = Rejection(check="gate", kind="policy", base_model_hash=self.ctx.runtime.handle.content_hash,
+                                  policy={"min_target_gain": p.min_target_gain, "max_guard_loss": p.max_guard_loss,
+                                          "max_interference_loss": p.max_interference_loss,
+                                          "confidence": p.confidence}, value=target)  # fmt: skip
+            reason = f"rejected by the gate of run {self.ctx.run_id}: " + "; ".join(decided["reasons"])
+            registry.reject(adapter, reason, rejection, actor="consolidation")
+
+
+def evaluate(ctx: RunContext, plan: ConsolidationPlan, generated: dict[str, Any], progress: dict[str, Any]
+             ) -> dict[str, Any]:  # fmt: skip
+    """Gate each generated skill (see the module docstring); ``progress`` is what an earlier attempt saved."""
+    return _Evaluation(ctx, plan, generated, dict(progress)).run()
+

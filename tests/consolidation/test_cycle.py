@@ -1,0 +1,244 @@
+"""One sleep cycle end to end on a tiny random model, real sft, real lm-eval, on SQLite and PostgreSQL:
+what each outcome looks like in the result, the registry, the store, the run tables and the run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import sessionmaker
+
+from agent_sleep.consolidation import faults, owners
+from agent_sleep.consolidation.cycle import run_cycle
+from agent_sleep.consolidation.runs import RunStore
+from agent_sleep.errors import ConfigError
+from tests.consolidation.conftest import AGENT, World, fast_config
+from tests.consolidation.planner import simple_planner
+
+
+def cycle(world: World, **kwargs: Any) -> Any:
+    kwargs.setdefault("config", fast_config())
+    return run_cycle(AGENT, runtime=world.runtime, planner=simple_planner, **kwargs)
+
+
+def test_a_cycle_promotes_what_the_gate_admits_and_records_why(world: World) -> None:
+    taught = world.teach("capitals", 6)
+    low = world.log("What is the capital of France?", "No idea.", skill="capitals", score=0.1)
+    lines: list[str] = []
+    result = cycle(world, progress=lines.append)
+
+    assert result.outcome == "promoted" and result.status == "finished" and result.error is None
+    live = world.registry.live(AGENT)
+    assert live is not None and result.deployed_stack == live.stack.name and live.run_id == result.run_id
+    assert world.runtime.live(AGENT).deployment.seq == live.seq  # the runtime switched, no restart
+    (skill,) = result.skills
+    assert (skill.skill, skill.generator, skill.status, skill.adapter) == ("capitals", "sft", "admitted", "capitals@v1")
+    assert (skill.train_items, skill.probes, skill.generator_version) == (4, 2, "1")
+    roles = {c.suite: c.role for c in skill.comparisons}
+    assert roles == {"target_capitals": "target", "guards_general": "guard", "guards_helpdesk": "guard",
+                     "guards_instructions": "guard"}  # fmt: skip
+    target = next(c for c in skill.comparisons if c.role == "target")
+    assert target.delta > 0 and target.ci_low > 0 and target.n == 2
+    assert list(result.stages) == ["select", "generate", "evaluate", "deploy"]
+    assert result.selection["score"] == {"kept": 6, "dropped": 1}
+    assert any(line.startswith("evaluate: capitals@v1 admitted") for line in lines)
+
+    # The signal is consumed: the taught episodes, not the one the selection dropped.
+    assert result.consumed == {"episodes": 6, "documents": 0}
+    assert {e.id for e in world.store.episodes(agent=AGENT, unconsolidated=True)} == {low}
+    assert {world.store.get_episode(e).consolidation_run for e in taught} == {result.run_id}
+    # The version carries its probes and the gate's numbers, for later runs' interference suites.
+    summary = world.registry.get("capitals@v1").eval_summary
+    assert len(summary["probes"]) == 2 and summary["gate"]["status"] == "admitted"
+
+    # The run tables and the run folder.
+    runs = RunStore(world.store)
+    run = runs.get(result.run_id)
+    assert (run.status, run.outcome, run.deployed_stack, run.summary["outcome"]) == \
+        ("finished", "promoted", live.stack.name, "promoted")  # fmt: skip
+    assert {s: st.status for s, st in runs.stages(run.id).items()} == dict.fromkeys(result.stages, "done")
+    why = {d.item_id: (d.selector, d.kept) for d in runs.decisions(run.id) if not d.kept}
+    assert why == {low: ("score", False)}
+    folder = Path(result.folder)
+    report = json.loads((folder / "report.json").read_text())
+    assert report["result"]["outcome"] == "promoted" and report["evaluation"]["accuracy"]["capitals@v1"]
+    md = (folder / "report.md").read_text()
+    assert "| capitals | sft 1 | capitals@v1 | - | 4 | 2 | admitted |" in md
+    assert "| target_capitals | target | 2 | 0.000 | 1.000 | +1.000 | +1.000 .. +1.000 | yes |" in md
+    assert {p.name for p in (folder / "eval" / "tasks").glob("*.yaml")} >= {"target_capitals.yaml",
+                                                                             "guards_general.yaml"}  # fmt: skip
+    saved = json.loads((folder / "eval" / "results" / "capitals@v1.json").read_text())
+    assert len(saved["samples"]["target_capitals"]) == 2  # lm-eval's samples are kept with the run
+
+    # Nothing new: no signal, nothing trained. Then a new skill is gated against the live one too.
+    quiet = cycle(world)
+    assert quiet.outcome == "no_signal" and quiet.skills == [] and list(quiet.stages) == ["select"]
+    # A new version that forgets what the live one knew is stopped by the interference suite.
+    world.teach("capitals", 6, answer="hello world.", expected="hello world.")
+    second = cycle(world)
+    assert second.outcome == "rejected_by_gate" and second.incumbent_stack == live.stack.name
+    (v2,) = second.skills
+    assert (v2.adapter, v2.replaces, v2.status) == ("capitals@v2", "capitals@v1", "rejected")
+    by_role = {c.role: c for c in v2.comparisons}
+    assert by_role["target"].delta > 0 and by_role["interference"].suite == "live_capitals"
+    assert (by_role["interference"].baseline, by_role["interference"].passed) == (1.0, False)
+    assert [i.adapter for i in world.registry.live(AGENT).stack.items] == ["capitals@v1"]
+    assert result == cycle(world, resume=result.run_id)  # a finished run is handed back as it was
+
+
+def test_wrong_material_is_rejected_by_the_gate_and_consumed(world: World) -> None:
+    taught = world.teach("capitals", 6, answer="hello world.")  # the probes expect "Paris."
+    result = cycle(world)
+    assert result.outcome == "rejected_by_gate" and result.deployed_stack is None
+    (skill,) = result.skills
+    assert skill.status == "rejected" and any("below the required gain" in r for r in skill.reasons)
+    rec = world.registry.get("capitals@v1")
+    assert rec.status == "rejected" and rec.rejection is not None and rec.rejection.check == "gate"
+    assert rec.status_detail["policy"]["min_target_gain"] == 0.05 and "rejected by the gate" in rec.status_reason
+    assert world.registry.live(AGENT) is None
+    assert result.consumed["episodes"] == 6 and not world.store.episodes(agent=AGENT, unconsolidated=True)
+    assert len(taught) == 6
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_empty_and_tiny_experience_sets_have_no_signal(world: World, n: int) -> None:
+    world.store.ensure_agent(AGENT)
+    world.teach("capitals", n) if n else None
+    world.log("hello", "", skill="capitals")  # no answer: dropped
+    result = run_cycle(AGENT, registry=world.registry, planner=simple_planner, config=fast_config())
+    assert result.outcome == "no_signal" and result.consumed == {"episodes": 0, "documents": 0}
+    assert world.registry.adapters() == [] and list(result.stages) == ["select"]
+    assert len(world.store.episodes(agent=AGENT, unconsolidated=True)) == n + 1  # kept for a later cycle
+    if n:
+        (skill,) = result.skills
+        assert skill.status == "skipped" and "held-out probe(s); the gate needs at least 2" in skill.reasons[0]
+        decisions = RunStore(world.store).decisions(result.run_id)
+        assert sum(d.selector == "consolidation" and not d.kept for d in decisions) == n
+
+
+def test_lm_eval_raising_fails_closed(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lm_eval
+
+    real, calls = lm_eval.simple_evaluate, []
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # the candidate's evaluation
+            raise RuntimeError("task target_capitals: dataset generation failed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", flaky)
+    world.teach("capitals", 6)
+    result = cycle(world)
+    assert result.outcome == "failed" and result.deployed_stack is None
+    assert "evaluate: EvaluationError" in result.error and "dataset generation failed" in result.error
+    assert world.registry.live(AGENT) is None and world.registry.get("capitals@v1").status != "live"
+    assert len(world.store.episodes(agent=AGENT, unconsolidated=True)) == 6  # nothing consumed
+    stages = RunStore(world.store).stages(result.run_id)
+    assert stages["evaluate"].status == "failed" and "deploy" not in stages
+    assert RunStore(world.store).get(result.run_id).outcome == "failed"
+    assert (Path(result.folder) / "report.md").read_text().count("**failed**") == 1
+
+
+def test_a_generator_making_non_finite_weights_is_rejected_and_recorded(world: World) -> None:
+    from agent_sleep.generators.registry import _TARGETS, register_generator
+    from agent_sleep.generators.sft import SFTGenerator, SFTSettings
+
+    class Poisoned(SFTGenerator):
+        """TEST CODE: sft whose weights come out NaN, as a diverged run's would."""
+
+        name = "poisoned"
+
+        def generate(self, request: Any) -> Any:
+            result = super().generate(request)
+            for tensor in result.tensors.values():
+                tensor.fill_(float("nan"))
+            return result
+
+    register_generator("poisoned", lambda handle, **_: Poisoned(handle, config=SFTSettings(max_steps=2)))
+    try:
+        world.teach("capitals", 6)
+        result = cycle(world, config=fast_config(selection={"generator": "poisoned"}))
+    finally:
+        _TARGETS.pop("poisoned")
+    assert result.outcome == "rejected_by_gate" and result.deployed_stack is None
+    (skill,) = result.skills
+    assert skill.status == "invalid" and "finite" in skill.reasons[0] and skill.comparisons == []
+    rec = world.registry.get("capitals@v1")
+    assert rec.status == "rejected" and rec.rejection.kind == "integrity" and rec.rejection.check == "finite"
+    assert not (Path(result.folder) / "eval").exists()  # no evaluation time spent on it
+
+
+def _dead_url(world: World, tmp_path: Path) -> str:
+    if world.store.dialect == "postgresql":
+        return "postgresql+psycopg://postgres@127.0.0.1:1/gone"
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    return f"sqlite:///{blocker}/db.sqlite"  # a path under a regular file: cannot be opened
+
+
+def test_the_database_going_away_mid_run_leaves_it_resumable(world: World, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    good = world.store._sessions
+    dead = sessionmaker(create_engine(_dead_url(world, tmp_path)), expire_on_commit=False)
+
+    def outage(point: str) -> None:
+        if point == "generate:after_write":
+            world.store._sessions = dead
+
+    monkeypatch.setattr(faults, "fault_point", outage)
+    world.teach("capitals", 6)
+    broken = cycle(world)
+    assert broken.status == "running" and broken.outcome == "failed" and "unreachable during generate" in broken.error
+    world.store._sessions = good  # the database is back
+    run = RunStore(world.store).get(broken.run_id)
+    assert (run.status, run.stage) == ("running", "generate")
+    assert world.registry.adapters() == []
+
+    monkeypatch.setattr(faults, "fault_point", lambda point: None)
+    # The next cycle for the agent takes the run over, with the config the run started with (not this budget).
+    result = cycle(world, config=fast_config(budget_seconds=0.001))
+    assert result.run_id == broken.run_id and result.resumed and result.outcome == "promoted"
+    assert [a.name for a in world.registry.adapters()] == ["capitals@v1"]
+    assert RunStore(world.store).stages(run.id)["generate"].attempt == 2
+
+
+def test_a_cycle_while_another_is_alive_is_skipped_and_recorded(world: World) -> None:
+    world.teach("capitals", 6)
+    runs = RunStore(world.store)
+    owner = owners.new_owner()  # alive: this process, an active token, a fresh heartbeat
+    try:
+        busy = runs.claim(AGENT, owner=owner, config={}, folder=str, alive=lambda r: True).run
+        skipped = cycle(world)
+        assert skipped.outcome == "skipped_overlap" and busy.id in skipped.error
+        assert runs.get(skipped.run_id).outcome == "skipped_overlap"
+    finally:
+        owners.release(owner)
+    finished = cycle(world)  # the owner is gone: its run is taken over and finished
+    assert finished.run_id == busy.id and finished.outcome == "promoted"
+
+
+def test_the_time_budget_bounds_a_run(world: World) -> None:
+    world.teach("capitals", 6)
+    result = cycle(world, config=fast_config(budget_seconds=0.001))
+    assert result.outcome == "failed" and "time budget" in result.error
+    assert result.skills[0].status == "skipped" and world.registry.adapters() == []
+    assert len(world.store.episodes(agent=AGENT, unconsolidated=True)) == 6
+
+
+def test_a_config_for_another_agent_is_refused(world: World) -> None:
+    with pytest.raises(ConfigError, match="for agent 'billing', not 'helpdesk'"):
+        cycle(world, config=fast_config(agent="billing"))
+    assert RunStore(world.store).runs() == []
+
+
+def test_without_a_planner_no_run_starts(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "agent_sleep.selectors.planner", None)  # as if not installed
+    with pytest.raises(ConfigError, match="no selection planner is installed"):
+        run_cycle(AGENT, runtime=world.runtime, config=fast_config())
+    assert RunStore(world.store).runs() == []

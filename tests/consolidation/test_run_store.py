@@ -1,0 +1,122 @@
+"""The run tables on SQLite and PostgreSQL: claims (new, overlap, take-over, resume), stages with attempts,
+decisions replaced as a whole, finishing, and lookups by id prefix."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from agent_sleep.consolidation.runs import RunRecord, RunStore
+from agent_sleep.errors import InvalidInputError, NotFoundError
+
+
+def _claim(runs: RunStore, owner: str, *, alive: bool = True, resume: str | None = None, agent: str = "helpdesk"
+           ) -> Any:  # fmt: skip
+    return runs.claim(agent, owner=owner, config={"budget_seconds": 60}, folder=lambda rid: f"/runs/{rid}",
+                      alive=lambda _run: alive, resume=resume)  # fmt: skip
+
+
+def test_one_running_run_per_agent_and_a_dead_one_is_taken_over(store: Any) -> None:
+    runs = RunStore(store)
+    first = _claim(runs, "host:1:a")
+    assert first.kind == "new" and first.run.status == "running" and first.run.folder == f"/runs/{first.run.id}"
+    second = _claim(runs, "host:2:b", alive=True)
+    assert second.kind == "skipped" and second.blocking.id == first.run.id
+    assert second.run.outcome == "skipped_overlap" and second.run.status == "finished"
+    assert first.run.id in second.run.error and "stage starting" in second.run.error
+    other_agent = _claim(runs, "host:2:b", agent="billing")
+    assert other_agent.kind == "new"  # agents do not block each other
+    taken = _claim(runs, "host:3:c", alive=False)
+    assert taken.kind == "resumed" and taken.run.id == first.run.id and taken.run.owner == "host:3:c"
+    assert runs.heartbeat(first.run.id, "host:3:c") and not runs.heartbeat(first.run.id, "host:1:a")
+    runs.finish(first.run.id, "no_signal", summary={"x": 1})
+    assert _claim(runs, "host:4:d").kind == "new"  # a finished run blocks nothing
+    assert [r.outcome for r in runs.runs(agent="helpdesk")] == [None, "skipped_overlap", "no_signal"]  # newest first
+
+
+def test_resume_names_one_run(store: Any) -> None:
+    runs = RunStore(store)
+    run = _claim(runs, "h:1:a").run
+    assert _claim(runs, "h:2:b", resume=run.id[:6], alive=True).kind == "skipped"
+    resumed = _claim(runs, "h:2:b", resume=run.id[:6], alive=False)
+    assert (resumed.kind, resumed.run.id) == ("resumed", run.id)
+    runs.finish(run.id, "promoted", summary={"outcome": "promoted"}, deployed_stack="helpdesk:stack@v1")
+    done = _claim(runs, "h:3:c", resume=run.id)
+    assert done.kind == "finished" and done.run.deployed_stack == "helpdesk:stack@v1"
+    with pytest.raises(InvalidInputError, match="belongs to agent 'helpdesk', not 'billing'"):
+        _claim(runs, "h:3:c", resume=run.id, agent="billing")
+    with pytest.raises(NotFoundError, match="no consolidation run 'nope'"):
+        _claim(runs, "h:3:c", resume="nope")
+
+
+def test_concurrent_claims_start_exactly_one_run(store: Any) -> None:
+    runs = RunStore(store)
+    kinds: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def go(n: int) -> None:
+        barrier.wait()
+        kinds.append(_claim(runs, f"h:{n}:x", alive=True).kind)
+
+    threads = [threading.Thread(target=go, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(kinds) == ["new", "skipped", "skipped", "skipped"]
+
+
+def test_stages_keep_progress_count_attempts_and_stay_done(store: Any) -> None:
+    runs = RunStore(store)
+    run = _claim(runs, "h:1:a").run
+    st = runs.begin_stage(run.id, "generate")
+    assert (st.status, st.attempt, st.result) == ("started", 1, {})
+    assert runs.get(run.id).stage == "generate"
+    runs.save_progress(run.id, "generate", {"skills": {"refunds": {"status": "generated"}}})
+    again = runs.begin_stage(run.id, "generate")  # the process died; a rerun begins the stage again
+    assert (again.attempt, again.result) == (2, {"skills": {"refunds": {"status": "generated"}}})
+    runs.fail_stage(run.id, "generate", "boom", 1.5)
+    assert runs.stages(run.id)["generate"].status == "failed"
+    runs.begin_stage(run.id, "generate")
+    done = runs.complete_stage(run.id, "generate", {"skills": {}}, 2.5)
+    assert (done.status, done.attempt, done.seconds) == ("done", 3, 2.5)
+    assert runs.begin_stage(run.id, "generate").attempt == 3  # done stays done
+    runs.begin_stage(run.id, "select")
+    assert list(runs.stages(run.id)) == ["select", "generate"]  # in stage order
+    with pytest.raises(InvalidInputError, match="stage must be one of"):
+        runs.begin_stage(run.id, "sleep")
+    with pytest.raises(NotFoundError, match="has no 'deploy' stage"):
+        runs.save_progress(run.id, "deploy", {})
+
+
+def test_decisions_are_replaced_with_the_stage_and_read_per_item(store: Any) -> None:
+    runs = RunStore(store)
+    run = _claim(runs, "h:1:a").run
+    eid = "0123456789abcdef0123456789abcdef"
+    rows = [{"item_kind": "episode", "item_id": eid, "selector": "score", "kept": True, "reason": "0.9"},
+            {"item_kind": "episode", "item_id": eid, "selector": "split", "kept": True, "reason": "probe",
+             "skill": "refunds", "role": "probe"},
+            {"item_kind": "document", "item_id": "d1", "selector": "novelty", "kept": False,
+             "reason": "seen"}]  # fmt: skip
+    runs.begin_stage(run.id, "select")
+    runs.complete_stage(run.id, "select", {}, 0.1, decisions=rows[:1])
+    runs.complete_stage(run.id, "select", {}, 0.1, decisions=rows)  # a redo replaces, never doubles
+    assert [d.selector for d in runs.decisions(run.id)] == ["score", "split", "novelty"]
+    dashed = f"{eid[:8]}-{eid[8:12]}-{eid[12:16]}-{eid[16:20]}-{eid[20:]}"
+    mine = runs.decisions(run.id, dashed.upper())  # any UUID spelling of an episode id
+    assert [(d.skill, d.role) for d in mine] == [(None, None), ("refunds", "probe")]
+
+
+def test_finish_and_lookup(store: Any) -> None:
+    runs = RunStore(store)
+    run = _claim(runs, "h:1:a").run
+    with pytest.raises(InvalidInputError, match="outcome must be one of"):
+        runs.finish(run.id, "great", summary={})  # type: ignore[arg-type]
+    finished = runs.finish(run.id, "failed", summary={"error": "x"}, error="evaluate: EvaluationError: boom")
+    assert isinstance(finished, RunRecord) and finished.ended_at is not None and finished.status == "finished"
+    assert runs.get(run.id[:8]).id == run.id
+    with pytest.raises(NotFoundError, match=f"did you mean '{run.id}'"):
+        runs.get(run.id[:-1] + ("0" if run.id[-1] != "0" else "1"))
+    assert runs.runs(agent="nobody") == [] and len(runs.runs(limit=1)) == 1
