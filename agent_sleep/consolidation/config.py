@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent_sleep.errors import ConfigError
+from agent_sleep.selectors.config import parse_selection_config
 from agent_sleep.evaluation.gate import GatePolicy
 from agent_sleep.generators.registry import available_generators
 from agent_sleep.names import check_agent_name, did_you_mean
@@ -144,8 +145,17 @@ def load_cycle_config(path: str | Path | None = None, **overrides: Any) -> Cycle
         if isinstance(guards, str) and not Path(guards).expanduser().is_absolute():  # a folder beside the config
             raw["evaluation"] = {**evaluation, "guards": str(path.parent / guards)}  # type: ignore[dict-item]
     raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+    problems: list[str] = []
+    selection = raw.get("selection")
+    if isinstance(selection, dict):  # the selectors' schema, checked now so that every problem shows at once
+        try:
+            parse_selection_config(selection, where="selection")
+        except ConfigError as exc:
+            problems += [f"  selection.{line.strip()}" for line in str(exc).splitlines()[1:]]
     try:
-        return CycleConfig.model_validate(raw)
+        config = CycleConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"  {_loc(e)}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+        problems = [f"  {_loc(e)}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()] + problems
+    if problems:
         raise ConfigError(f"{where} is not a valid cycle config:\n" + "\n".join(problems)) from None
+    return config

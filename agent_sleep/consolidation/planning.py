@@ -12,11 +12,12 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from agent_sleep.errors import ConfigError
 from agent_sleep.interfaces import ExperienceReader
+from agent_sleep.selectors.config import parse_selection_config
 from agent_sleep.selectors.plan import ConsolidationPlan
+from agent_sleep.selectors.planner import build_plan
 
-__all__ = ["PlanDecisionView", "PlanResultView", "Planner", "decision_rows", "default_planner"]
+__all__ = ["PlanDecisionView", "PlanResultView", "Planner", "decision_rows", "default_planner", "selectors_planner"]
 
 
 @runtime_checkable
@@ -55,13 +56,20 @@ class Planner(Protocol):
 
 
 def default_planner() -> Planner:
-    """The selector chain's planner (:func:`agent_sleep.selectors.planner.build_plan`)."""
-    try:
-        from agent_sleep.selectors.planner import build_plan  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        raise ConfigError(f"no selection planner is installed (agent_sleep.selectors.planner.build_plan: {exc}); "
-                          "pass planner= to run_cycle") from None  # fmt: skip
-    return build_plan  # type: ignore[no-any-return,unused-ignore]
+    """The selector chain's planner: the raw ``selection`` config checked as a
+    :class:`~agent_sleep.selectors.config.SelectionConfig`, then
+    :func:`~agent_sleep.selectors.planner.build_plan`."""
+    return selectors_planner
+
+
+def selectors_planner(reader: ExperienceReader, agent: str, selection: Mapping[str, Any], /, *, now: datetime,
+                      reference_texts: Sequence[str]) -> PlanResultView:  # fmt: skip
+    """:func:`~agent_sleep.selectors.planner.build_plan` over ``selection``. Novelty compares with what the
+    agent consolidated before (the planner reads those episodes and documents itself, framed as the
+    candidates are); ``reference_texts`` (the live skills' probes) are not candidates' shape and are unused."""
+    del reference_texts
+    config = parse_selection_config(selection, where="selection")
+    return build_plan(reader, agent, config, now=now)
 
 
 def decision_rows(decisions: Sequence[PlanDecisionView]) -> list[dict[str, Any]]:

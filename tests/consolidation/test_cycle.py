@@ -233,12 +233,3 @@ def test_a_config_for_another_agent_is_refused(world: World) -> None:
     with pytest.raises(ConfigError, match="for agent 'billing', not 'helpdesk'"):
         cycle(world, config=fast_config(agent="billing"))
     assert RunStore(world.store).runs() == []
-
-
-def test_without_a_planner_no_run_starts(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
-    monkeypatch.setitem(sys.modules, "agent_sleep.selectors.planner", None)  # as if not installed
-    with pytest.raises(ConfigError, match="no selection planner is installed"):
-        run_cycle(AGENT, runtime=world.runtime, config=fast_config())
-    assert RunStore(world.store).runs() == []
