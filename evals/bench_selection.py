@@ -12,7 +12,7 @@ The episodes: helpdesk conversations on 12 topics with random order numbers, nam
 to three turns, tool calls with results, and model-input payloads (as capture stores them) on the
 assistant turns; 70% completed, 10% error, 10% interrupted or running; feedback on about 35% (scores,
 labels, 4% corrections); 8% repeat an earlier conversation word for word or nearly; started over the
-last 35 days.
+last 35 days; the oldest tenth is marked consolidated by an earlier run (novelty's references).
 """
 
 from __future__ import annotations
@@ -137,6 +137,14 @@ def populate(path: Path, n: int) -> dict[str, Any]:
     store = ExperienceStore(f"sqlite:///{path}", settings=Settings(data_dir=path.parent))
     for chunk in synthetic_ops(n):
         store.write_ops(chunk)
+    # The oldest tenth was consolidated by an earlier cycle: novelty compares the new episodes with those.
+    from sqlalchemy import text as sql
+
+    with store.engine.begin() as conn:
+        cutoff = conn.execute(sql("SELECT started_at FROM episodes ORDER BY started_at LIMIT 1 OFFSET :k"),
+                              {"k": n // 10}).scalar()  # fmt: skip
+        conn.execute(sql("UPDATE episodes SET consolidated_at = started_at, consolidation_run = 'earlier' "
+                         "WHERE started_at < :cutoff"), {"cutoff": cutoff})  # fmt: skip
     store.add_document("kb/warranty.md", "Every product has a warranty of two years from the date of purchase.",
                        agent="helpdesk", metadata={"probes": [{"question": "How long is the warranty?",
                                                                "answer": "two years"}]})  # fmt: skip

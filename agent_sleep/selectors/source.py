@@ -144,7 +144,7 @@ def _arguments(value: Any) -> dict[str, Any]:
 
 
 def consolidated_references(reader: ExperienceReader, agent: str, *, since: datetime | None = None,
-                            limit: int = 2000) -> tuple[tuple[str, str], ...]:
+                            limit: int = 256) -> tuple[tuple[str, str], ...]:
     """What ``agent`` already consolidated, as ``(id, text)`` pairs for the novelty selector: its
     consolidated documents (latest versions) and its newest ``limit`` consolidated episodes, texts in
     the same shape as the candidates' (``EpisodeCandidate.text``), so similarities compare like with like."""
