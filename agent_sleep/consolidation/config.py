@@ -51,7 +51,8 @@ class GeneratorSettings(_Forbid):
     """One generator's part of a cycle: its training time per skill, and its own knobs."""
 
     budget_seconds: float | None = Field(default=None, gt=0)
-    """Training time per skill (the run's remaining budget may cut it shorter); None: the generator's default."""
+    """Training time per skill (the run's remaining budget may cut it shorter); None: 90 s
+    (:data:`~agent_sleep.consolidation.generation.DEFAULT_TRAINING_SECONDS`)."""
     settings: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 __all__ = ["generate", "registered_for"]
 
 FINAL = frozenset({"generated", "invalid", "failed", "skipped"})
+DEFAULT_TRAINING_SECONDS = 90.0
+"""Training time per skill when the config names none: ~18 sft steps of 8 conversations on a 2-core CPU,
+enough to learn a few dozen corrections; a one-pass generator (d2l) needs a fraction of it."""
 _TRAINING_SHARE = 0.5  # of the run's remaining time, split across the skills still to train
 
 
@@ -154,7 +157,7 @@ def generate(ctx: RunContext, plan: ConsolidationPlan, skills: list[str], progre
             done[name] = {"generator": skill.generator, "status": "skipped", "reason": "the run's time budget is spent",
                           "train_items": len(skill.documents) + len(skill.conversations)}  # fmt: skip
         else:
-            budget = share if configured is None else min(configured, share)
+            budget = min(DEFAULT_TRAINING_SECONDS if configured is None else configured, share)
             ctx.say(f"generate: {name} with {skill.generator} ({len(skill.conversations)} conversation(s), "
                     f"{len(skill.documents)} document(s), at most {budget:.0f} s)")  # fmt: skip
             done[name] = _one(ctx, skill, budget, generators)
