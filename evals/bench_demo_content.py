@@ -41,6 +41,7 @@ def log(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sft-budgets", type=float, nargs="+", default=[60.0, 180.0])
+    parser.add_argument("--sft-lr", type=float, default=None, help="learning rate (default: SFTSettings')")
     parser.add_argument("--guard-limit", type=int, default=16, help="items per guard suite (3 suites)")
     parser.add_argument("--no-guards", action="store_true")
     parser.add_argument("--train-threads", type=int, default=2, help="torch threads while training (timed)")
@@ -110,11 +111,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. sft on the corrected conversations
     conversations = tuple(tuple(c) for c in corrected_conversations(store, day, content))
+    sft_settings = SFTSettings(**({"lr": args.sft_lr} if args.sft_lr else {}))
     result["sft"] = {"conversations": len(conversations), "runs": {}}
     best: tuple[float, str] | None = None
     for budget in args.sft_budgets:
         torch.set_num_threads(args.train_threads)
-        gen = SFTGenerator(runtime.handle, config=SFTSettings(), progress=False)
+        gen = SFTGenerator(runtime.handle, config=sft_settings, progress=False)
         trained = gen.generate(GenerationRequest(conversations=conversations, budget_seconds=budget))
         skill = f"corrections-{int(budget)}s"
         rec = registry.register(gen.write(trained, tmp / "out" / skill, skill=skill), skill)

@@ -36,7 +36,7 @@ from agent_sleep.store import ExperienceStore
 
 __all__ = [
     "DAY_DIR", "Answer", "DayContent", "DayLog", "Row", "accuracy", "as_json", "ask", "compare",
-    "corrected_conversations", "format_table", "held_out", "load_day", "run_day",
+    "corrected_conversations", "format_answer", "format_table", "held_out", "load_day", "main", "run_day",
 ]  # fmt: skip
 
 DAY_DIR = Path(__file__).resolve().parent / "day"
@@ -313,3 +313,49 @@ def as_json(answers: Sequence[Answer]) -> list[Mapping[str, Any]]:
     """The answers as JSON-ready dicts (for reports and benchmark results)."""
     return [{"key": a.key, "fact": a.fact, "question": a.question, "reply": a.reply, "correct": a.correct,
              "tool_calls": list(a.tool_calls)} for a in answers]  # fmt: skip
+
+
+# ---------------------------------------------------------------- printing the day
+
+
+def format_answer(answer: Answer, content: DayContent) -> str:
+    """One of the day's conversations as a person reads it: question, tool calls, answer, feedback."""
+    lines = [f"customer   {answer.question}"]
+    lines += [f"tool call  {call}" for call in answer.tool_calls]
+    lines.append(f"agent      {' '.join(answer.reply.split())}")
+    if answer.key in {q.id for q in content.questions}:
+        lines.append("feedback   correct" if answer.correct
+                     else f"feedback   wrong; correction: {content.correction(answer.key)}")
+    return "\n".join(lines)
+
+
+def main(model: Any = None, store: ExperienceStore | None = None, content: DayContent | None = None,
+         echo: Callable[[str], Any] = print) -> tuple[DayLog, list[Answer]]:
+    """The awake half of the demo, printed: the day, then the held-out rephrasings of what failed,
+    asked of the same model and not logged (the table's "before" column).
+
+    Returns the day's log and those answers; after a sleep, ask the same rephrasings of the new
+    stack (:func:`ask` with ``held_out(content, log.failed_facts)``) and print
+    ``format_table(compare(before, after))``.
+    """
+    from agent_sleep.runtime.chat_model import ChatLocalModel
+
+    content = content or load_day()
+    store = store or ExperienceStore()
+    model = model or ChatLocalModel(max_new_tokens=48)
+    docs = ", ".join(f"{d.title!r}" for d in content.documents)
+    echo(f"A day at the {content.company} helpdesk: a LangGraph agent on "
+         f"{getattr(model, 'model', type(model).__name__)}, logging to {store.safe_url}.\n"
+         f"This morning {content.company} published {docs}. They go into the experience store; "
+         f"the agent has not read them.\n")
+    log = run_day(model, store, content, on_answer=lambda a: echo(format_answer(a, content) + "\n"))
+    right = sum(a.correct for a in log.answers)
+    echo(f"The day: {right} of {len(log.answers)} answers right; {len(log.failed)} corrected by the support "
+         f"lead, all logged to {store.safe_url}.")
+    probes = held_out(content, log.failed_facts)
+    echo(f"\nBefore sleep, {len(probes)} held-out rephrasings of the questions it missed "
+         "(never logged, never trained on):")
+    before = ask(model, probes, content)
+    for answer in before:
+        echo(f"  {'right' if answer.correct else 'wrong'}  {answer.question}\n         -> {' '.join(answer.reply.split())}")
+    return log, before

@@ -51,6 +51,10 @@ QUESTIONS = [
 ]
 SYSTEM_PROMPT = ("You are the customer helpdesk of Halvik, a shop for outdoor gear. Answer in one or two "
                  "short sentences, using the order information when you were given some.")
+ORDER_PROMPT = ("You are a helpful helpdesk assistant. Answer in one or two short sentences "
+                "using the order information you were given.")
+"""The system prompt of the answer after an order lookup (SmolLM2 states the looked-up dates more
+reliably with it than with :data:`SYSTEM_PROMPT`: 3 of 3 order questions right against 1 of 3)."""
 
 
 @tool
@@ -60,12 +64,13 @@ def lookup_order(order_id: str) -> str:
     return f"Order {order_id}: {status}." if status else f"Order {order_id}: not found."
 
 
-def build_agent(model: Any, *, system_prompt: str | None = SYSTEM_PROMPT) -> Any:
+def build_agent(model: Any, *, system_prompt: str | None = SYSTEM_PROMPT,
+                order_prompt: str | None = ORDER_PROMPT) -> Any:
     """The helpdesk graph: route -> (tool) -> answer, with an in-memory checkpointer per thread.
 
-    ``system_prompt=None`` sends no system message (the chat template's default applies).
+    The answer's system message is ``order_prompt`` after an order lookup, else ``system_prompt``
+    (None: no system message, so the chat template's default applies).
     """
-    head = [SystemMessage(system_prompt)] if system_prompt else []
 
     def route(state: MessagesState) -> dict[str, Any]:
         match = ORDER_ID.search(str(state["messages"][-1].content))
@@ -75,6 +80,9 @@ def build_agent(model: Any, *, system_prompt: str | None = SYSTEM_PROMPT) -> Any
         return {"messages": [AIMessage("", tool_calls=[call])]}
 
     def answer(state: MessagesState) -> dict[str, Any]:
+        looked_up = any(isinstance(m, ToolMessage) for m in state["messages"])
+        prompt = order_prompt if looked_up else system_prompt
+        head = [SystemMessage(prompt)] if prompt else []
         return {"messages": [shown(model.invoke([*head, *state["messages"]]))]}
 
     def after_route(state: MessagesState) -> str:
