@@ -30,13 +30,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent_sleep.errors import ConfigError
+from agent_sleep.errors import ConfigError, InvalidInputError
 from agent_sleep.evaluation.answers import score_answer
 from agent_sleep.store import ExperienceStore
 
 __all__ = [
     "DAY_DIR", "Answer", "DayContent", "DayLog", "Row", "accuracy", "as_json", "ask", "compare",
-    "corrected_conversations", "format_answer", "format_table", "held_out", "load_day", "main", "run_day",
+    "corrected_conversations", "format_answer", "format_table", "held_out", "load_day", "main",
+    "replay_conversations", "run_day",
 ]  # fmt: skip
 
 DAY_DIR = Path(__file__).resolve().parent / "day"
@@ -66,8 +67,14 @@ class DayQuestion(_Frozen):
     correction: str = Field(min_length=1)
 
 
+class ReplayItem(_Frozen):
+    question: str = Field(min_length=1)
+    answers: tuple[str, ...] = Field(min_length=1)
+
+
 class DayContent(_Frozen):
-    """Everything the day needs; ``rephrasings`` maps a fact to its held-out questions."""
+    """Everything the day needs; ``rephrasings`` maps a fact to its held-out questions, ``replay``
+    holds ordinary requests handled well before the day (rehearsal material for the night)."""
 
     agent: str
     company: str
@@ -75,6 +82,7 @@ class DayContent(_Frozen):
     facts: dict[str, Fact]
     questions: tuple[DayQuestion, ...]
     rephrasings: dict[str, tuple[str, ...]]
+    replay: tuple[ReplayItem, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> DayContent:
@@ -114,6 +122,9 @@ def load_day(folder: str | Path = DAY_DIR) -> DayContent:
     try:
         day = json.loads((folder / "day.json").read_text(encoding="utf-8"))
         rephrasings = json.loads((folder / "rephrasings.json").read_text(encoding="utf-8"))["rephrasings"]
+        replay_file = folder / "replay.json"
+        if replay_file.exists():
+            day["replay"] = json.loads(replay_file.read_text(encoding="utf-8"))["conversations"]
         day["documents"] = [{**d, "text": (folder / d["file"]).read_text(encoding="utf-8")} for d in day["documents"]]
         return DayContent(**day, rephrasings=rephrasings)
     except (OSError, KeyError, ValueError, ValidationError) as exc:
@@ -263,6 +274,23 @@ def corrected_conversations(store: ExperienceStore, log: DayLog, content: DayCon
     return conversations
 
 
+def replay_conversations(model: Any, content: DayContent) -> list[list[dict[str, Any]]]:
+    """Rehearsal material: each replay request asked of ``model`` as a plain chat (no agent prompt),
+    kept with the model's own reply when that reply is right (it "handled it well").
+
+    Training on these beside the corrections (self-distillation on what already worked) is how
+    the sft night can limit what it overwrites; see ``evals/bench_demo_content.py`` for what it buys.
+    """
+    from langchain_core.messages import HumanMessage
+
+    kept = []
+    for item in content.replay:
+        reply = str(model.invoke([HumanMessage(item.question)]).content).strip()
+        if reply and score_answer(reply, item.answers):
+            kept.append([{"role": "user", "content": item.question}, {"role": "assistant", "content": reply}])
+    return kept
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -279,7 +307,7 @@ class Row:
 def compare(before: Sequence[Answer], after: Sequence[Answer]) -> list[Row]:
     """Pair the answers to the same questions (same order) before and after."""
     if [a.question for a in before] != [a.question for a in after]:
-        raise ValueError("before and after must answer the same questions in the same order")
+        raise InvalidInputError("before and after must answer the same questions in the same order")
     return [Row(b.fact, b.question, b.reply, a.reply, b.correct, a.correct) for b, a in zip(before, after, strict=True)]
 
 

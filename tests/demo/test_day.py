@@ -13,7 +13,7 @@ from agent_sleep.config import Settings
 from agent_sleep.demo import day as day_mod
 from agent_sleep.demo.day import DAY_DIR, Answer, compare, corrected_conversations, format_table, held_out, load_day
 from agent_sleep.demo.helpdesk import SYSTEM_PROMPT, shown
-from agent_sleep.errors import ConfigError
+from agent_sleep.errors import ConfigError, InvalidInputError
 from agent_sleep.runtime.chat_model import FALLBACK_REPLY
 from agent_sleep.store import ExperienceStore
 from tests.helpers_models import ScriptedChatModel, make_tiny_model_dir
@@ -125,5 +125,30 @@ def test_table_counts_right_answers_before_and_after() -> None:
     table = format_table(compare(before, after))
     assert "right before sleep: 1/2 (50%)   right after: 1/2 (50%)" in table
     assert "It costs $64.95." in table
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidInputError):
         compare(before, after[:1])
+
+
+def test_replay_requests_are_not_guard_items() -> None:
+    from agent_sleep.evaluation.suites import guard_suites
+
+    def norm(text: str) -> str:
+        return " ".join(text.lower().split())
+
+    guards = {norm(item.question) for suite in guard_suites() for item in suite.items}
+    replay = load_day().replay
+    assert len(replay) >= 12
+    assert not [r.question for r in replay if norm(r.question) in guards]
+    # nor the guard's own templates
+    assert not [r.question for r in replay if "answer in one short sentence" in norm(r.question)
+                or "help centre note" in norm(r.question) or "repeat this sentence exactly" in norm(r.question)]
+
+
+def test_replay_keeps_only_what_the_model_gets_right(tmp_path: Path) -> None:
+    content = load_day()
+    replies = ["The standard delivery price is $4.99." if "Standard delivery" in r.question else "I am not sure."
+               for r in content.replay]
+    model = ScriptedChatModel(model=str(make_tiny_model_dir(tmp_path)), scripts=replies, max_new_tokens=32)
+    kept = day_mod.replay_conversations(model, content)
+    assert kept == [[{"role": "user", "content": next(r.question for r in content.replay if "Standard" in r.question)},
+                     {"role": "assistant", "content": "The standard delivery price is $4.99."}]]
