@@ -8,12 +8,15 @@ On SmolLM2-135M-Instruct, in a throwaway store and registry (nothing from the co
      got wrong, asked of the base model (no documents in context, nothing logged);
   2. ``sft`` on the corrected conversations (as the store recorded them), once per budget in
      ``--sft-budgets`` (default settings: it stops early once converged): steps, seconds, losses,
-     and the day's failed questions and the rephrasings asked again with the adapter;
-  3. ``d2l`` on each document (one adapter per document), alone and stacked with the best ``sft``;
+     and the day's failed questions and the rephrasings asked again with the adapter; the last
+     budget's adapter also at stack weight 0.5; then ``sft`` on the corrections plus rehearsal
+     (``replay_conversations``: the replay requests the base model gets right, its own replies);
+  3. ``d2l`` on each document (one adapter per document), alone and stacked with ``sft``;
   4. harmful adapters: a d2l adapter at the largest weight a stack may use (4), and ``sft`` trained
      on corrections that all say "escalate to a human";
   5. the guard suites (``guard_suites(limit=--guard-limit)``, lm-eval) for the base model and each
-     stack above: what the gate would see.
+     stack above, what the gate would see, plus ``sft`` at weight 0.03 as a noise floor (an
+     adapter that changes no answer we ask still moves some guard items).
 Writes evals/results/demo_content.json. The rephrasings are frozen content (see
 ``agent_sleep/demo/day/rephrasings.json``); they are never trained on.
 """
@@ -40,7 +43,8 @@ def log(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sft-budgets", type=float, nargs="+", default=[60.0, 180.0])
+    parser.add_argument("--sft-budgets", type=float, nargs="+", default=[30.0, 120.0])
+    parser.add_argument("--replay-budget", type=float, default=240.0)
     parser.add_argument("--sft-lr", type=float, default=None, help="learning rate (default: SFTSettings')")
     parser.add_argument("--guard-limit", type=int, default=16, help="items per guard suite (3 suites)")
     parser.add_argument("--no-guards", action="store_true")
@@ -53,7 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from agent_sleep.config import Settings
-    from agent_sleep.demo.day import accuracy, as_json, ask, corrected_conversations, held_out, load_day, run_day
+    from agent_sleep.demo.day import (
+        accuracy,
+        as_json,
+        ask,
+        corrected_conversations,
+        held_out,
+        load_day,
+        replay_conversations,
+        run_day,
+    )
     from agent_sleep.generators.d2l import D2LGenerator
     from agent_sleep.generators.sft import SFTGenerator, SFTSettings
     from agent_sleep.interfaces import GenerationRequest
@@ -113,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     conversations = tuple(tuple(c) for c in corrected_conversations(store, day, content))
     sft_settings = SFTSettings(**({"lr": args.sft_lr} if args.sft_lr else {}))
     result["sft"] = {"conversations": len(conversations), "runs": {}}
-    best: tuple[float, str] | None = None
+    last = ""
     for budget in args.sft_budgets:
         torch.set_num_threads(args.train_threads)
         gen = SFTGenerator(runtime.handle, config=sft_settings, progress=False)
@@ -126,9 +139,23 @@ def main(argv: list[str] | None = None) -> int:
             f"stopped: {trained.stopped}")
         run.update(measure(f"sft@{int(budget)}s", [rec.name]))
         result["sft"]["runs"][skill] = run
-        score = run["rephrasings"]["accuracy"] or 0.0
-        if best is None or score > best[0]:
-            best = (score, rec.name)
+        last = rec.name
+    result["sft"]["half_weight"] = measure("sft*0.5", [(last, 0.5)])
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    replay = tuple(tuple(c) for c in replay_conversations(chat(), content))
+    replay_seconds = time.perf_counter() - started
+    torch.set_num_threads(args.train_threads)
+    gen = SFTGenerator(runtime.handle, config=sft_settings, progress=False)
+    trained = gen.generate(GenerationRequest(conversations=conversations + replay, budget_seconds=args.replay_budget))
+    rec = registry.register(gen.write(trained, tmp / "out" / "rehearsed", skill="rehearsed"), "rehearsed")
+    log(f"sft + {len(replay)} replayed conversations ({replay_seconds:.1f} s to collect): {trained.steps} steps, "
+        f"{trained.train_seconds:.1f} s, loss {trained.first_loss:.3f} -> {trained.final_loss:.4f}, {trained.stopped}")
+    result["sft_rehearsed"] = {"replayed": len(replay), "of_replay_requests": len(content.replay),
+                               "collect_seconds": round(replay_seconds, 1), "budget_s": args.replay_budget,
+                               **trained.summary(), **measure("sft+rehearsal", [rec.name])}
+    result["sft_rehearsed"]["half_weight"] = measure("sft+rehearsal*0.5", [(rec.name, 0.5)])
 
     # 3. d2l on each document
     d2l = D2LGenerator.load(handle=runtime.handle)
@@ -147,9 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"d2l {doc.id}: {made.tokens} tokens -> rank {made.rank} in {made.seconds:.2f} s; its own facts' "
             f"rephrasings {accuracy(alone)}")
     result["d2l"]["stacked"] = measure("d2l", d2l_names)
-    if best is not None:
-        result["sft+d2l"] = measure("sft+d2l", [best[1], *d2l_names])
-        result["best_sft"] = best[1]
+    result["sft+d2l"] = measure("sft+d2l", [last, *d2l_names])
 
     # 4. harmful adapters
     result["harmful"] = {}
@@ -162,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     result["harmful"]["sft_escalate"] = {"steps": trained.steps, "train_seconds": round(trained.train_seconds, 1),
                                          "stopped": trained.stopped,
                                          **measure("harmful sft escalate", [rec.name], day_questions=False)}
+
+    stacks["noise floor: sft*0.03"] = [(last, 0.03)]
 
     # 5. the guards, as the gate sees them
     if not args.no_guards:
