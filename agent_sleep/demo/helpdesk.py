@@ -1,12 +1,17 @@
 """The helpdesk agent: a LangGraph agent on the local model that logs what it does.
 
-One tool (order lookup). The tool is routed by a small rule, because a
-135M-parameter model cannot be trusted to call tools (with the tools in its
-prompt SmolLM2-135M-Instruct writes prose about the function instead of a
-call); the model then writes the answer from the tool's result. Capture is one
-callback in the run config. After each answer an automatic check records
-feedback, the way a deployment would record a user's thumbs-up or a resolved
-ticket: "resolved" when the answer uses the status that was looked up.
+The helpdesk of Halvik, a (fictional) shop for outdoor gear. One tool (order
+lookup), routed by a small rule, because a 135M-parameter model cannot be
+trusted to call tools (with the tools in its prompt SmolLM2-135M-Instruct
+writes prose about the function instead of a call); the model then writes the
+answer from the tool's result. Any other question the model answers from what
+it knows (its weights and live adapters: the prompt holds no knowledge base).
+The answer node never shows tool markup: a reply holding some, or one the chat
+model gave up on, is replaced by a plain apology (:func:`shown`). Decoding is
+greedy. Capture is one callback in the run config. After each answer an
+automatic check records feedback, the way a deployment would record a user's
+thumbs-up or a resolved ticket: "resolved" when the answer uses the status that
+was looked up. (:mod:`agent_sleep.demo.day` runs a whole day on this agent.)
 
 :func:`run_helpdesk` runs conversations and returns them as data; :func:`main`
 prints them for a person. Nothing here trains or deploys anything.
@@ -29,6 +34,7 @@ from langgraph.prebuilt import ToolNode
 
 from agent_sleep.capture.callback import SleepCallbackHandler
 from agent_sleep.runtime.chat_format import has_markup
+from agent_sleep.runtime.chat_model import FALLBACK_REPLY
 from agent_sleep.store import ExperienceStore
 
 AGENT = "helpdesk"
@@ -43,8 +49,12 @@ QUESTIONS = [
     "Order B2002 has not arrived. What is going on?",
     "Can you check the status of C3003 please?",
 ]
-SYSTEM_PROMPT = ("You are a helpful helpdesk assistant. Answer in one or two short sentences "
-                 "using the order information you were given.")
+SYSTEM_PROMPT = ("You are the customer helpdesk of Halvik, a shop for outdoor gear. Answer in one or two "
+                 "short sentences, using the order information when you were given some.")
+ORDER_PROMPT = ("You are a helpful helpdesk assistant. Answer in one or two short sentences "
+                "using the order information you were given.")
+"""The system prompt of the answer after an order lookup (SmolLM2 states the looked-up dates more
+reliably with it than with :data:`SYSTEM_PROMPT`: 3 of 3 order questions right against 1 of 3)."""
 
 
 @tool
@@ -54,8 +64,13 @@ def lookup_order(order_id: str) -> str:
     return f"Order {order_id}: {status}." if status else f"Order {order_id}: not found."
 
 
-def build_agent(model: Any) -> Any:
-    """The helpdesk graph: route -> (tool) -> answer, with an in-memory checkpointer per thread."""
+def build_agent(model: Any, *, system_prompt: str | None = SYSTEM_PROMPT,
+                order_prompt: str | None = ORDER_PROMPT) -> Any:
+    """The helpdesk graph: route -> (tool) -> answer, with an in-memory checkpointer per thread.
+
+    The answer's system message is ``order_prompt`` after an order lookup, else ``system_prompt``
+    (None: no system message, so the chat template's default applies).
+    """
 
     def route(state: MessagesState) -> dict[str, Any]:
         match = ORDER_ID.search(str(state["messages"][-1].content))
@@ -65,7 +80,10 @@ def build_agent(model: Any) -> Any:
         return {"messages": [AIMessage("", tool_calls=[call])]}
 
     def answer(state: MessagesState) -> dict[str, Any]:
-        return {"messages": [model.invoke([SystemMessage(SYSTEM_PROMPT), *state["messages"]])]}
+        looked_up = any(isinstance(m, ToolMessage) for m in state["messages"])
+        prompt = order_prompt if looked_up else system_prompt
+        head = [SystemMessage(prompt)] if prompt else []
+        return {"messages": [shown(model.invoke([*head, *state["messages"]]))]}
 
     def after_route(state: MessagesState) -> str:
         return "tools" if getattr(state["messages"][-1], "tool_calls", None) else "answer"
@@ -79,6 +97,23 @@ def build_agent(model: Any) -> Any:
     graph.add_edge("tools", "answer")
     graph.add_edge("answer", END)
     return graph.compile(checkpointer=InMemorySaver())
+
+
+def shown(reply: BaseMessage) -> AIMessage:
+    """The reply as the customer sees it: its text only, and never tool markup.
+
+    The answer step offers no tools, so a tool call there is dropped; a reply with markup in its
+    text (a chat model that does not check its output) or one the chat model gave up on
+    (``invalid_output``) becomes :data:`FALLBACK_REPLY`, with the reason kept in the metadata.
+    """
+    text = str(reply.content).strip()
+    metadata = dict(reply.response_metadata)
+    if has_markup(text) or "invalid_output" in metadata or not text:
+        metadata.setdefault("invalid_output", {"errors": ["tool markup or no text in the answer"],
+                                               "last_output": text[:500]})
+        text = FALLBACK_REPLY
+    return AIMessage(text, response_metadata=metadata, usage_metadata=getattr(reply, "usage_metadata", None),
+                     id=reply.id)
 
 
 def grounded(question: str, reply: BaseMessage) -> bool:
