@@ -164,9 +164,16 @@ class _Planner:
             placed = [(ep, s, None, "the only conversations: trained on, not held out")
                       if s is dialog and not self._not_trainable(ep, dialog) else (ep, s, p, why)
                       for ep, s, p, why in placed]  # fmt: skip
+        # A fact corrected in conversations is taught by the dialog skill too (it trains on the other
+        # corrections), so a held-out correction that a document covers tests both skills.
+        dialog_trains = dialog is not None and any(p is None for _, s, p, _ in placed if s is dialog)
         for ep, skill, probe, why in placed:
             if probe is not None:
                 skill.probes.append(probe)
+                if dialog_trains and skill is not dialog and probe.origin == "correction":
+                    assert dialog is not None
+                    dialog.probes.append(probe)
+                    why += f"; also a probe of {dialog.skill}"
                 self._keep("episode", ep.id, f"planned: held out as a {probe.origin} probe of skill {skill.skill} "
                                              f"({why})", skill.skill, "probe")
                 continue
