@@ -59,13 +59,15 @@ def test_demo_command_on_the_real_model(tmp_path: Path, capsys: pytest.CaptureFi
 
     content = load_day()
     data = tmp_path / "data"
-    assert cli(["--data-dir", str(data), "demo"]) == 0
+    assert cli(["--data-dir", str(data), "demo", "--awake-only"]) == 0  # the night: tests/demo/test_night.py
     out = capsys.readouterr().out
     answers = [line.removeprefix("agent      ") for line in out.splitlines() if line.startswith("agent      ")]
     assert len(answers) == len(content.questions) and all(answers)
     assert not MARKUP.search(out), out
     assert out.count("tool call  lookup_order(") == 3
-    store = ExperienceStore(settings=Settings(data_dir=data))
+    (folder,) = (data / "demo").iterdir()  # each demo run gets a fresh data dir under the configured one
+    assert f"--data-dir {folder} runs list" in out
+    store = ExperienceStore(settings=Settings(data_dir=folder))
     eps = store.episodes(agent=content.agent)
     assert len(eps) == len(content.questions)
     assert all(e.status == "completed" and e.n_feedback == 1 for e in eps)
