@@ -100,6 +100,8 @@ def test_a_full_plan(store: Any) -> None:
     # a correction probe tests the d2l skill whose document holds its answer, else the dialog skill
     expected_skill = "helpdesk-kb-warranty" if probe_id == wrong else "helpdesk-dialog"
     assert ("correction", probe_id, expected_skill) in probes
+    # ... and a correction a document covers also tests the dialog skill, which trains on the other corrections
+    assert ("correction", probe_id, "helpdesk-dialog") in probes
     assert set(plan.episodes) == {good, train_id, probe_id}
     assert plan.documents == (docs.documents[0].id,)
 
