@@ -114,7 +114,8 @@ def sleep_and_wake(runtime: Any, content: day.DayContent, log: day.DayLog, befor
              "(the config's is 0.003). The same gate judges it:")
         bad = harmful_night(runtime, agent, result, cfg, echo)
         if bad is not None:
-            echo(f"  -> {bad.outcome}; live stack unchanged: {runtime.registry.live(agent).stack.name if runtime.registry.live(agent) else 'base'}")  # noqa: E501
+            live = runtime.registry.live(agent)
+            echo(f"  -> {bad.outcome}; live stack unchanged: {live.stack.name if live else 'base'}")
             echo("\n".join(_skills_line(bad)))
 
     if result.deployed_stack:

@@ -31,14 +31,18 @@ _ROLES = {"user_message": "user", "assistant_message": "assistant", "system_mess
 
 
 def episode_candidates(reader: ExperienceReader, agent: str, *, since: datetime | None = None,
-                       batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[list[EpisodeCandidate]]:
-    """``agent``'s unconsolidated episodes (started at or after ``since``), ``batch_size`` at a time."""
+                       batch_size: int = DEFAULT_BATCH_SIZE,
+                       consolidated: bool = False) -> Iterator[list[EpisodeCandidate]]:  # fmt: skip
+    """``agent``'s unconsolidated episodes (``consolidated``: only those a run consolidated instead), started
+    at or after ``since``, ``batch_size`` at a time."""
     batches = getattr(reader, "episode_batches", None)
     if callable(batches):
-        for batch in batches(agent, since=since, unconsolidated=True, kinds=CHAT_KINDS, batch_size=batch_size):
+        for batch in batches(agent, since=since, unconsolidated=not consolidated, consolidated=consolidated,
+                             kinds=CHAT_KINDS, batch_size=batch_size):  # fmt: skip
             yield [_candidate(b) for b in batch]
         return
-    records = reader.episodes(agent=agent, unconsolidated=True, since=since)
+    records = [ep for ep in reader.episodes(agent=agent, unconsolidated=not consolidated, since=since)
+               if not consolidated or ep.consolidated_at is not None]  # fmt: skip
     for start in range(0, len(records), batch_size):
         out = []
         for ep in records[start : start + batch_size]:
@@ -150,17 +154,6 @@ def consolidated_references(reader: ExperienceReader, agent: str, *, since: date
     the same shape as the candidates' (``EpisodeCandidate.text``), so similarities compare like with like."""
     docs = [(d.id, d.content) for d in reader.documents(agent=agent, latest_only=True) if d.consolidated_at]
     newest: list[tuple[str, str]] = []
-    batches = getattr(reader, "episode_batches", None)
-    if callable(batches):
-        for batch in batches(agent, since=since, unconsolidated=False, consolidated=True, kinds=CHAT_KINDS):
-            newest += [(c.id, c.text) for c in map(_candidate, batch)]
-            newest = newest[-limit:]
-    else:
-        for ep in reader.episodes(agent=agent, since=since):
-            if ep.consolidated_at is not None:
-                turns = tuple(turn_of(e) for e in reader.events(ep.id) if e.kind in CHAT_KINDS)
-                newest.append((ep.id, "\n".join(
-                    f"{m['role']}: {m.get('content') or ''}" for m in chat_messages(turns)
-                    if m.get("role") in ("user", "assistant"))))
-                newest = newest[-limit:]
+    for batch in episode_candidates(reader, agent, since=since, consolidated=True):
+        newest = (newest + [(c.id, c.text) for c in batch])[-limit:]
     return tuple(docs + newest)
