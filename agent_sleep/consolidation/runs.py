@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from sqlalchemy import delete, insert, select, update
@@ -137,8 +138,11 @@ class RunStore:
                 s.flush()
                 return Claim(self._run(row), "resumed")
             run_id = new_id()
+            run_folder = folder(run_id)
+            if not Path(run_folder).is_absolute():  # a relative folder would follow whichever cwd resumes it
+                raise InvalidInputError(f"a run folder must be an absolute path, not {run_folder!r}")
             row = ConsolidationRun(id=run_id, agent=agent, status="running", outcome=None, stage=None,
-                                   config=dict(config), folder=folder(run_id), summary={}, owner=owner,
+                                   config=dict(config), folder=run_folder, summary={}, owner=owner,
                                    heartbeat_at=now, started_at=now)  # fmt: skip
             s.add(row)
             s.flush()

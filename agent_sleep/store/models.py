@@ -231,6 +231,7 @@ class Deployment(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     run_id: Mapped[str | None] = mapped_column(String(64))
     previous_id: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # migration 0005
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -292,3 +293,54 @@ class SelectionDecision(Base):
     skill: Mapped[str | None] = mapped_column(String(128))
     role: Mapped[str | None] = mapped_column(String(16))  # train | probe
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# -- scheduling (migration 0005) --------------------------------------------------------------
+
+
+class AgentLease(Base):
+    """Who may run an agent's cycle now: the holder of an unexpired lease (``token`` fences stale holders)."""
+
+    __tablename__ = "agent_leases"
+
+    agent: Mapped[str] = mapped_column(ForeignKey("agents.name"), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(128))
+    token: Mapped[int] = mapped_column(Integer, default=0)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    acquired_at: Mapped[datetime | None]
+    renewed_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+
+
+class Schedule(Base):
+    """When an agent sleeps: a cron or interval schedule, or a trigger on new episodes or documents."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    agent: Mapped[str] = mapped_column(ForeignKey("agents.name"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # cron | interval | new_episodes | documents
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    config_path: Mapped[str | None] = mapped_column(Text)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_fired_at: Mapped[datetime | None]
+
+
+class SleepRequest(Base):
+    """A request to run an agent's cycle, from a schedule, a trigger or a person; one run serves many."""
+
+    __tablename__ = "sleep_requests"
+    __table_args__ = (Index("ix_sleep_requests_agent_status", "agent", "status"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    agent: Mapped[str] = mapped_column(ForeignKey("agents.name"))
+    source: Mapped[str] = mapped_column(String(64))  # schedule:<id> | trigger:<kind> | manual
+    reason: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | running | done | coalesced | failed
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    worker: Mapped[str | None] = mapped_column(String(128))
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    detail: Mapped[dict[str, Any] | None] = mapped_column(default=None)

@@ -206,12 +206,13 @@ def test_the_database_going_away_mid_run_leaves_it_resumable(world: World, tmp_p
     assert RunStore(world.store).stages(run.id)["generate"].attempt == 2
 
 
-def test_a_cycle_while_another_is_alive_is_skipped_and_recorded(world: World) -> None:
+def test_a_cycle_while_another_is_alive_is_skipped_and_recorded(world: World, tmp_path: Path) -> None:
     world.teach("capitals", 6)
     runs = RunStore(world.store)
     owner = owners.new_owner()  # alive: this process, an active token, a fresh heartbeat
     try:
-        busy = runs.claim(AGENT, owner=owner, config={}, folder=str, alive=lambda r: True).run
+        busy = runs.claim(AGENT, owner=owner, config={}, folder=lambda rid: str(tmp_path / "runs" / rid),
+                          alive=lambda r: True).run
         skipped = cycle(world)
         assert skipped.outcome == "skipped_overlap" and busy.id in skipped.error
         assert runs.get(skipped.run_id).outcome == "skipped_overlap"
