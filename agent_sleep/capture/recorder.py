@@ -114,6 +114,8 @@ class ExperienceRecorder:
     def __init__(self, agent: str, *, url: str | None = None, settings: Settings | None = None,
                  writer: BackgroundWriter | None = None) -> None:
         self.agent = check_agent_name(agent)  # at construction: a bad name must not surface in the writer thread
+        if settings is not None and url is not None:  # both given: the url names the database
+            settings = settings.model_copy(update={"database_url": url})
         self.settings = settings or get_settings(database_url=url)
         self.url = self.settings.resolved_database_url
         self.writer = writer or shared_writer(self.url, Path(self.settings.data_dir), self._open_store)

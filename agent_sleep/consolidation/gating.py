@@ -50,8 +50,10 @@ def _suite_name(prefix: str, skill: str) -> str:
     return name if len(name) <= 64 else f"{name[:55]}.{hashlib.sha256(skill.encode()).hexdigest()[:8]}"
 
 
-def _suite(name: str, probes: Iterable[tuple[str, str, str]], max_new_tokens: int) -> Suite:
-    items = tuple(SuiteItem(id=f"p{i:03d}", question=q, answer=a, kind=kind) for i, (q, a, kind) in enumerate(probes))
+def _suite(name: str, probes: Iterable[tuple[str, str, str, str | None]], max_new_tokens: int) -> Suite:
+    """Probes ``(question, answer, kind, system prompt)`` as a suite, each asked under its system prompt."""
+    items = tuple(SuiteItem(id=f"p{i:03d}", question=q, answer=a, kind=kind, system=system)
+                  for i, (q, a, kind, system) in enumerate(probes))
     return Suite(name=name, items=items, max_gen_toks=max_new_tokens)
 
 
@@ -64,12 +66,12 @@ def _suites(ctx: RunContext, plan: ConsolidationPlan, live: Incumbent, skills: l
     about = {s.name: {"role": "guard", "skill": None} for s in suites}
     for skill in live.skills:
         if skill.probes:
-            suite = _suite(_suite_name("live", skill.skill), ((q, a, "live") for q, a in skill.probes),
+            suite = _suite(_suite_name("live", skill.skill), ((q, a, "live", system) for q, a, system in skill.probes),
                            ev.max_new_tokens).sample(ev.interference_limit, seed=ev.seed)  # fmt: skip
             suites.append(suite)
             about[suite.name] = {"role": "interference", "skill": skill.skill}
     for name in skills:
-        probes = ((p.question, p.answer, p.origin) for p in plan.skill(name).probes)
+        probes = ((p.question, p.answer, p.origin, p.system) for p in plan.skill(name).probes)
         suite = _suite(_suite_name("target", name), probes, ev.max_new_tokens)
         suites.append(suite)
         about[suite.name] = {"role": "target", "skill": name}
@@ -187,7 +189,8 @@ class _Evaluation:
         if decided["status"] not in ("admitted", "rejected"):
             return
         adapter, registry = self.adapters[skill], self.ctx.registry
-        probes = [{"question": p.question, "answer": p.answer} for p in self.plan.skill(skill).probes]
+        probes = [{"question": p.question, "answer": p.answer, **({"system": p.system} if p.system else {})}
+                  for p in self.plan.skill(skill).probes]
         gate = {"run": self.ctx.run_id, "status": decided["status"], "reasons": decided["reasons"],
                 "comparisons": decided["comparisons"], "baseline": decided.get("baseline")}  # fmt: skip
         registry.record_eval(adapter, {"probes": probes, "gate": gate})

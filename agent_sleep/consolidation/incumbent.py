@@ -21,7 +21,7 @@ class LiveSkill:
     skill: str
     adapter: str  # skill@vN
     weight: float
-    probes: tuple[tuple[str, str], ...]  # (question, answer)
+    probes: tuple[tuple[str, str, str | None], ...]  # (question, answer, system prompt it is asked under)
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Incumbent:
     @property
     def reference_texts(self) -> list[str]:
         """Each live probe as ``question\\nanswer``: what the agent is known to have learned."""
-        return [f"{q}\n{a}" for s in self.skills for q, a in s.probes]
+        return [f"{p[0]}\n{p[1]}" for s in self.skills for p in s.probes]
 
     def to_json(self) -> dict[str, object]:
         return {"seq": self.seq, "stack": self.stack,
@@ -49,7 +49,7 @@ class Incumbent:
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Incumbent:
         skills = tuple(LiveSkill(skill=s["skill"], adapter=s["adapter"], weight=float(s["weight"]),
-                                 probes=tuple((str(q), str(a)) for q, a in s["probes"]))
+                                 probes=tuple(_probe(*p) for p in s["probes"]))
                        for s in data["skills"])  # type: ignore[attr-defined]  # fmt: skip
         return cls(seq=int(data["seq"]), stack=data.get("stack"), skills=skills)  # type: ignore[call-overload,arg-type]
 
@@ -63,8 +63,13 @@ def incumbent(registry: AdapterRegistry, agent: str) -> Incumbent:
     for item in live.stack.items:
         rec = registry.get(item.adapter)
         raw = (rec.eval_summary or {}).get("probes") or []
-        probes = tuple((str(p["question"]), str(p["answer"])) for p in raw
+        probes = tuple(_probe(p["question"], p["answer"], p.get("system")) for p in raw
                        if isinstance(p, dict) and p.get("question") and p.get("answer"))  # fmt: skip
         skills.append(LiveSkill(skill=parse_adapter_ref(rec.name).skill, adapter=rec.name, weight=item.weight,
                                 probes=probes))  # fmt: skip
     return Incumbent(seq=live.seq, stack=live.stack.name, skills=tuple(skills))
+
+
+def _probe(question: object, answer: object, system: object = None) -> tuple[str, str, str | None]:
+    """A stored probe (runs before the system prompt was kept stored two fields)."""
+    return str(question), str(answer), (str(system) if system else None)

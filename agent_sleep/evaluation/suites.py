@@ -59,7 +59,9 @@ _NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 
 
 class SuiteItem(BaseModel):
-    """One question with its reference answer; ``kind`` is a free label used for reporting and counts."""
+    """One question with its reference answer; ``kind`` is a free label used for reporting and counts.
+    ``system``: the system prompt the question is asked under (None: the chat template's default), e.g.
+    the agent's own prompt for a probe taken from its conversations."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -69,6 +71,7 @@ class SuiteItem(BaseModel):
     kind: str = Field(default="qa", min_length=1)
     aliases: tuple[str, ...] = ()
     match: Match = "contains"
+    system: str | None = None
 
     @field_validator("aliases")
     @classmethod
@@ -91,10 +94,14 @@ class SuiteItem(BaseModel):
     def references(self) -> tuple[str, ...]:
         return (self.answer, *self.aliases)
 
-    def doc(self) -> dict[str, Any]:
-        """The JSONL row lm-eval reads (``references`` is never empty, so ``datasets`` infers one type)."""
-        return {"id": self.id, "question": self.question, "answer": self.answer, "references": list(self.references),
-                "kind": self.kind, "match": self.match}  # fmt: skip
+    def doc(self, *, with_system: bool = False) -> dict[str, Any]:
+        """The JSONL row lm-eval reads (``references`` is never empty, so ``datasets`` infers one type).
+        ``with_system``: a ``system`` column ("" for none), for a suite where some item has one."""
+        row = {"id": self.id, "question": self.question, "answer": self.answer, "references": list(self.references),
+               "kind": self.kind, "match": self.match}  # fmt: skip
+        if with_system:
+            row["system"] = self.system or ""
+        return row
 
 
 class Suite(BaseModel):
@@ -121,9 +128,18 @@ class Suite(BaseModel):
         return tuple(i.id for i in self.items)
 
     @property
+    def has_system(self) -> bool:
+        """Whether some item is asked under its own system prompt (the task then reads a ``system`` column)."""
+        return any(i.system for i in self.items)
+
+    def docs(self) -> list[dict[str, Any]]:
+        """The JSONL rows of the suite's task."""
+        return [i.doc(with_system=self.has_system) for i in self.items]
+
+    @property
     def content_hash(self) -> str:
         """sha256 of the items as written for lm-eval (changes whenever a question or answer does)."""
-        text = "\n".join(json.dumps(i.doc(), sort_keys=True) for i in self.items)
+        text = "\n".join(json.dumps(d, sort_keys=True) for d in self.docs())
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def kinds(self) -> dict[str, int]:
@@ -230,6 +246,8 @@ def _task_yaml(suite: Suite, data: Path, cache: Path) -> str:
         "output_type: generate_until",
         "num_fewshot: 0",
         "doc_to_text: question",
+        # lm-eval reads a doc field named by `description` and sends it as the system message ("" sends none)
+        *(["description: system"] if suite.has_system else []),
         "doc_to_target: answer",
         "generation_kwargs:",
         f"  until: {until}",
@@ -262,7 +280,7 @@ def write_tasks(suites: Iterable[Suite], folder: str | Path) -> TaskFiles:
     atomic_write_text(tasks / f"{SCORING_MODULE}.py", _SCORING_SOURCE)
     for suite in suites:
         data = tasks / f"{suite.name}.jsonl"
-        atomic_write_text(data, "".join(json.dumps(i.doc(), ensure_ascii=False) + "\n" for i in suite.items))
+        atomic_write_text(data, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in suite.docs()))
         atomic_write_text(tasks / f"{suite.name}.yaml", _task_yaml(suite, data, hf_home / "datasets"))
     return TaskFiles(tasks=tasks, hf_home=hf_home, suites=suites)
 

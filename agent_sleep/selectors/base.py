@@ -1,7 +1,7 @@
 """What every selector shares: its params model, the run's context, and the episode-filter base class.
 
 A selector (see :class:`agent_sleep.interfaces.Selector`) is a small step the chain calls batch by
-batch. It writes nothing and reads nothing but its input, so the same stream of candidates gives the
+batch. It writes nothing and reads nothing but its input (``prompts`` alone also reads the store), so the same stream of candidates gives the
 same selection. A selector may remember what it saw earlier in the same run (``near_dup`` does) — the
 registry builds a fresh one for every run — and it may *hold* items until the stream ends (``budget``
 does): such a selector also has ``flush() -> Selection``, which the chain calls once at the end; every
@@ -20,7 +20,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from agent_sleep.interfaces import Decision, Selection
+from agent_sleep.interfaces import Decision, ExperienceReader, Selection
 from agent_sleep.selectors.candidates import Candidate, EpisodeCandidate
 
 __all__ = ["EpisodeFilter", "SelectorContext", "SelectorParams", "Verdict"]
@@ -35,11 +35,13 @@ class SelectorParams(BaseModel):
 @dataclass(frozen=True)
 class SelectorContext:
     """What a selector may know about the run besides its params: whose experiences, the time the run
-    treats as now, and texts already consolidated (for novelty checks)."""
+    treats as now, texts already consolidated (for novelty checks), and the store, for the one step
+    that must read more of an episode than a batch carries (``prompts``: the recorded model input)."""
 
     agent: str
     now: datetime
     reference_texts: tuple[str | tuple[str, str], ...] = ()  # texts, or (id, text) pairs
+    reader: ExperienceReader | None = None
 
 
 @dataclass(frozen=True)

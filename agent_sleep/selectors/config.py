@@ -31,9 +31,11 @@ __all__ = [
     "config_problems", "default_chain", "load_selection_config", "parse_selection_config",
 ]  # fmt: skip
 
-DEFAULT_CHAIN = ("recency", "outcome", "feedback", "near_dup", "budget", "redact", "corrections", "novelty")
+DEFAULT_CHAIN = ("recency", "outcome", "feedback", "near_dup", "budget", "prompts", "redact", "corrections",
+                 "novelty")
 """The default order: cheap filters first (they read text in memory only and write nothing but ids and
-reasons), the budget next so that the costly steps see at most ``max_episodes`` items; then redaction,
+reasons), the budget next so that the costly steps see at most ``max_episodes`` items; the system
+prompt each episode's final answer was given (``prompts``, read from the store); then redaction,
 before anything that can reach weights or reports (the corrected conversation, the plan); the
 correction; novelty (MiniLM embeddings, ~50 texts/s on this CPU) last. Redacting everything first
 would cost ~90 s per 100,000 episodes for items the filters drop anyway."""

@@ -44,10 +44,12 @@ class PlannedConversation(_Frozen):
 
 
 class PlannedProbe(_Frozen):
-    """A held-out question with its reference answer, and where it came from."""
+    """A held-out question with its reference answer, and where it came from. ``system``: the system
+    prompt the agent answered it under (the evaluate stage asks it under the same one)."""
 
     question: str = Field(min_length=1)
     answer: str = Field(min_length=1)
+    system: str | None = None
     origin: Literal["correction", "feedback", "document"]
     source_kind: ItemKind
     source_id: str

@@ -62,7 +62,7 @@ def build_plan(reader: ExperienceReader, agent: str, config: SelectionConfig | N
         now = now.replace(tzinfo=timezone.utc)
     if reference_texts is None and any(spec.name == "novelty" for spec in config.chain):
         reference_texts = consolidated_references(reader, agent, since=now - REFERENCE_WINDOW)
-    chain = Chain(config.build_chain(SelectorContext(agent, now, tuple(reference_texts or ()))))
+    chain = Chain(config.build_chain(SelectorContext(agent, now, tuple(reference_texts or ()), reader)))
     out: list[Candidate] = list(chain.feed(document_candidates(reader, agent)))
     bar = _progress_bar(progress)
     try:

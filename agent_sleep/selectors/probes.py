@@ -1,7 +1,7 @@
 """Held-out probes: questions with reference answers that evaluate a skill and are never trained on.
 
 Where they come from: a corrected episode (question: the user turn before the corrected answer;
-answer: the correction), an episode whose answer feedback confirmed (mean score at or above
+answer: the correction; asked under the episode's system prompt, if it starts with one), an episode whose answer feedback confirmed (mean score at or above
 ``confirm_min_score``; answer: the agent's own final answer), and a document's ``meta["probes"]``
 (``[{"question", "answer"}]``). Which episodes are held out is decided by a hash of the episode id
 (:func:`held_out`), so a rerun holds out the same ones, and a pool of two or more gives at least one
@@ -50,8 +50,10 @@ def episode_probe(episode: EpisodeCandidate, origin: Literal["correction", "feed
     answer = str(episode.messages[index].get("content") or "").strip()
     if not question or not answer:
         return None
-    return PlannedProbe(question=question.strip(), answer=answer, origin=origin, source_kind="episode",
-                        source_id=episode.id)  # fmt: skip
+    first = episode.messages[0] if episode.messages else {}
+    system = str(first.get("content") or "").strip() if first.get("role") == "system" else ""
+    return PlannedProbe(question=question.strip(), answer=answer, system=system or None, origin=origin,
+                        source_kind="episode", source_id=episode.id)  # fmt: skip
 
 
 def document_probes(doc: DocumentCandidate) -> tuple[list[PlannedProbe], int]:

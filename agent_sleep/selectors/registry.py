@@ -6,7 +6,7 @@ The class has ``Params`` (a frozen pydantic model that refuses unknown keys: wha
 An unknown name is a ConfigError with a "did you mean" and the list of known names.
 
 Built in: ``redact``, ``outcome``, ``feedback``, ``corrections``, ``recency``, ``near_dup``, ``novelty``,
-``budget``.
+``budget``, ``prompts``.
 To add one: give the class ``Params`` and ``from_params``, and a line in ``_TARGETS`` below (or call
 :func:`register_selector`).
 """
@@ -37,6 +37,7 @@ _TARGETS: dict[str, str | type] = {
     "recency": "agent_sleep.selectors.recency:RecencySelector",
     "near_dup": "agent_sleep.selectors.near_dup:NearDupSelector",
     "budget": "agent_sleep.selectors.budget:BudgetSelector",
+    "prompts": "agent_sleep.selectors.prompts:PromptsSelector",
 }
 _LOCK = threading.Lock()
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

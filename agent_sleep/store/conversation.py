@@ -28,6 +28,8 @@ from typing import Any
 from agent_sleep.store.records import EventRecord
 
 MODEL_INPUT_KEY = "model_input"
+MODEL_CALL_KINDS = ("assistant_message", "error")
+"""The events whose payload can hold a model call's input (the reply, or a failed call's error)."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from agent_sleep.config import Settings, get_settings
 from agent_sleep.errors import InvalidEventError, NotFoundError
 from agent_sleep.names import check_name
 from agent_sleep.store.batches import DEFAULT_BATCH_SIZE, EpisodeBundle, turn_of
+from agent_sleep.store.conversation import ModelCall, model_calls
 from agent_sleep.store.records import (
     FEEDBACK_NEEDS,
     DocumentRecord,
@@ -295,6 +296,22 @@ class InMemoryExperienceStore:
     def events(self, episode_id: str) -> list[EventRecord]:
         with self._lock:
             return [_copy(e) for e in sorted(self._require(episode_id).events, key=lambda e: e.seq)]
+
+    def model_calls(self, episode_id: str) -> list[ModelCall]:
+        """Each model call of the episode with the exact messages and tools the model was given."""
+        return model_calls(self.events(episode_id))
+
+    def model_calls_of(self, episode_ids: Sequence[str]) -> dict[str, list[ModelCall]]:
+        """:meth:`model_calls` of many episodes; an episode with no recorded model call is absent."""
+        out = {}
+        for eid in dict.fromkeys(episode_ids):
+            with self._lock:
+                ep = self._episodes.get(eid)
+                events = [_copy(e) for e in sorted(ep.events, key=lambda e: e.seq)] if ep is not None else []
+            calls = model_calls(events)
+            if calls:
+                out[eid] = calls
+        return out
 
     def feedback(self, episode_id: str) -> list[FeedbackRecord]:
         with self._lock:

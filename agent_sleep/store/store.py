@@ -401,6 +401,22 @@ class ExperienceStore:
 
         return model_calls(self.events(episode_id))
 
+    def model_calls_of(self, episode_ids: Sequence[str], *, chunk: int = 500) -> dict[str, list[ModelCall]]:
+        """:meth:`model_calls` of many episodes (stored ids) with one query per ``chunk`` of them; an
+        episode with no recorded model call is absent."""
+        from agent_sleep.store.conversation import MODEL_CALL_KINDS, model_calls
+
+        ids = list(dict.fromkeys(episode_ids))
+        found: dict[str, list[EventRecord]] = {}
+        with self.session() as s:
+            for start in range(0, len(ids), chunk):
+                rows = s.execute(select(Event).where(Event.episode_id.in_(ids[start : start + chunk]),
+                                                     Event.kind.in_(MODEL_CALL_KINDS))
+                                 .order_by(Event.episode_id, Event.seq)).scalars()  # fmt: skip
+                for r in rows:
+                    found.setdefault(r.episode_id, []).append(EventRecord.model_validate(r))
+        return {eid: calls for eid, events in found.items() if (calls := model_calls(events))}
+
     def feedback(self, episode_id: str) -> list[FeedbackRecord]:
         episode_id = self.resolve_episode_id(episode_id)
         with self.session() as s:

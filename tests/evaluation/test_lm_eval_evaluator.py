@@ -131,3 +131,19 @@ def test_a_model_that_raises_mid_evaluation_fails_closed(runtime: Any, tmp_path:
     assert isinstance(info.value.__cause__, Broken)
     assert runtime.hooks.active is None
     assert not runtime.handle.lock.locked()  # released on the way out
+
+
+def test_an_item_is_asked_under_its_own_system_prompt(runtime: Any, tmp_path: Path) -> None:
+    agent_prompt = "You are the helpdesk of Halvik, a shop for outdoor gear."
+    suite = Suite(name="probes", max_gen_toks=4, items=[
+        SuiteItem(id="agent", question="When do returns close?", answer="30 days", system=agent_prompt),
+        SuiteItem(id="plain", question="What is the capital of France?", answer="Paris")])  # fmt: skip
+    result = LmEvalEvaluator(runtime, [suite], tmp_path, batch_size=2).evaluate([], "probes")
+    samples = {s["doc"]["id"]: s for s in json.loads(Path(result.artifact).read_text())["samples"]["probes"]}
+    prompts = {i: json.dumps(s["arguments"]) for i, s in samples.items()}
+    assert agent_prompt in prompts["agent"] and "When do returns close?" in prompts["agent"]
+    assert agent_prompt not in prompts["plain"]  # the template's own default, as for every suite without one
+    assert samples["plain"]["doc"]["system"] == ""
+    # A suite with no system prompt at all is written exactly as before (same rows, same hash).
+    plain = Suite(name="plain", items=[suite.items[1]])
+    assert not plain.has_system and "system" not in plain.docs()[0]

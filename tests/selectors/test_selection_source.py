@@ -101,9 +101,10 @@ def test_the_sql_store_is_read_in_batches(tmp_path: Path) -> None:
     batches = math.ceil(45 / 10)
     reads = {t: sum(1 for s in statements if s.lstrip().upper().startswith("SELECT") and f"FROM {t}" in s)
              for t in ("episodes", "events", "feedback")}  # fmt: skip
-    # one streamed query for the candidates and one for novelty's references (none consolidated yet), two per batch
-    assert reads == {"episodes": 2, "events": batches, "feedback": batches}
-    assert len(statements) <= 2 * batches + 4  # + the documents queries; nothing per episode
+    # one streamed query for the candidates and one for novelty's references (none consolidated yet), two per batch,
+    # and one for the model calls of what the budget hands on (``prompts``)
+    assert reads == {"episodes": 2, "events": batches + 1, "feedback": batches}
+    assert len(statements) <= 2 * batches + 5  # + the documents queries; nothing per episode
 
 
 def test_the_memory_store_is_read_in_batches() -> None:
