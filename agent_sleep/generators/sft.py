@@ -23,6 +23,13 @@ always kept whole; a sequence whose last reply alone does not fit is skipped. Co
 no assistant reply are skipped; both are counted in the result, and a request with nothing left
 to train on is an InvalidInputError.
 
+**What else changes**: the LoRA moves the model everywhere, not only in the agent's conversations.
+With ``retain_weight`` set, every step adds the KL divergence from the base model's next-token
+distribution to the adapted one along general chat that has nothing to do with the agent
+(:data:`RETAIN_FILE`, the base model's own replies), so the adapter is pushed to change what the
+conversations teach and little else (self-distillation towards the frozen base, as in continual
+learning's "learning without forgetting").
+
 Training is :func:`~agent_sleep.generators.lora_training.train_lora`'s (PEFT-initialised LoRA
 through hooks, AdamW, clipping, step and time budgets); it stops early once every step of the
 last epoch is below ``converged_loss``. Not here: choosing the conversations (selectors), judging
@@ -96,6 +103,36 @@ class SFTSettings(BaseModel):
     """Stop once every step of the last epoch has a loss below this (nats per target token); None: never."""
     max_grad_norm: float = Field(default=1.0, gt=0)
     seed: int = 0
+    retain_weight: float = Field(default=0.0, ge=0)
+    """Weight of the retain term (0: off): the KL divergence from the base model's next-token distribution
+    to the adapted model's, on the retain conversations (default: :data:`RETAIN_FILE`), added to the loss."""
+    retain_batch_size: int = Field(default=4, ge=1)
+
+
+RETAIN_FILE = Path(__file__).resolve().parent / "data" / "retain.jsonl"
+"""General chat prompts with the base model's own replies (``pipelines/sft/build_retain.py``): along
+them the retain term keeps the adapted model where the base model was, outside the agent's prompt."""
+
+
+def load_retain(path: str | Path = RETAIN_FILE) -> list[list[dict[str, Any]]]:
+    """The retain conversations of a JSONL file of ``{"messages": [...]}`` rows."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read the retain conversations {path}: {exc}") from exc
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise InvalidInputError(f"{path}:{n}: not JSON: {exc}") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
+            raise InvalidInputError(f"{path}:{n}: a row must be an object with a 'messages' list")
+        out.append(row["messages"])
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,7 +158,9 @@ class SFTAdapter(GeneratedAdapter):
     ``conversations`` were trained on (``skipped`` had no assistant reply); they made ``sequences``
     sequences with ``target_tokens`` target tokens in all; ``truncated`` sequences were cut from the
     left and ``too_long`` ones skipped. ``stopped`` says what ended training: ``max_steps``,
-    ``time_budget`` or ``converged``.
+    ``time_budget`` or ``converged``. Losses are the cross-entropy on the targets; with the retain
+    term on, ``retain_kl`` is its mean over the last steps (nats per token) and ``retain_sequences``
+    how many retain sequences it used.
     """
 
     steps: int
@@ -136,6 +175,8 @@ class SFTAdapter(GeneratedAdapter):
     truncated: int
     too_long: int
     settings: SFTSettings
+    retain_kl: float | None = None
+    retain_sequences: int = 0
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready training record (stored in the manifest's ``training`` field)."""
@@ -145,7 +186,8 @@ class SFTAdapter(GeneratedAdapter):
             "first_loss": round(self.first_loss, 4), "final_loss": round(self.final_loss, 4),
             "conversations": self.conversations, "skipped": self.skipped, "sequences": self.sequences,
             "target_tokens": self.target_tokens, "truncated": self.truncated, "too_long": self.too_long,
-            "settings": self.settings.model_dump(mode="json"),
+            "retain_kl": None if self.retain_kl is None else round(self.retain_kl, 5),
+            "retain_sequences": self.retain_sequences, "settings": self.settings.model_dump(mode="json"),
         }  # fmt: skip
 
 
@@ -291,10 +333,11 @@ def encode_conversation(
 # ---------------------------------------------------------------- training
 
 
-def _batch_loss(
+def _adapted_logits(
     handle: BaseModelHandle, batch: Sequence[tuple[TrainingSequence, Tensor]], hooks: Any, stack: Any, start: int
-) -> Tensor:
-    """Mean cross-entropy over every target token of the batch (logits computed on target positions only)."""
+) -> tuple[Tensor, Tensor]:
+    """The adapted model's logits at every position that predicts a target token of the batch (in
+    sequence order, then position order), and those target ids."""
     import torch
 
     from agent_sleep.generators.backbone import logits_at, run_blocks
@@ -315,8 +358,47 @@ def _batch_loss(
     with hooks.activate(stack):
         hidden = run_blocks(handle.model, hidden, mask, start, len(handle.model.model.layers))
     index = (torch.tensor(rows, device=handle.device), torch.tensor(cols, device=handle.device))
-    logits = logits_at(handle.model, hidden, index).float()
-    return torch.nn.functional.cross_entropy(logits, torch.tensor(targets, device=handle.device))
+    return logits_at(handle.model, hidden, index).float(), torch.tensor(targets, device=handle.device)
+
+
+def _batch_loss(
+    handle: BaseModelHandle, batch: Sequence[tuple[TrainingSequence, Tensor]], hooks: Any, stack: Any, start: int
+) -> Tensor:
+    """Mean cross-entropy over every target token of the batch (logits computed on target positions only)."""
+    import torch
+
+    logits, targets = _adapted_logits(handle, batch, hooks, stack, start)
+    return torch.nn.functional.cross_entropy(logits, targets)
+
+
+def _base_states(handle: BaseModelHandle, seq: TrainingSequence, cached: Tensor, start: int) -> Tensor:
+    """The base model's last hidden states (before the final norm) at the positions that predict
+    ``seq``'s target tokens: the base distribution there, stored as ``[positions, hidden]``, not vocab-wide."""
+    import torch
+
+    from agent_sleep.generators.backbone import run_blocks
+
+    positions = [t - 1 for t, label in enumerate(seq.labels) if label != IGNORE]
+    with handle.lock, torch.no_grad():
+        mask = torch.ones((1, len(seq.ids)), dtype=torch.long, device=handle.device)
+        hidden = run_blocks(handle.model, cached.unsqueeze(0), mask, start, len(handle.model.model.layers))
+    return hidden[0, positions].detach()
+
+
+def _retain_kl(handle: BaseModelHandle, batch: Sequence[tuple[TrainingSequence, Tensor, Tensor]], hooks: Any,
+               stack: Any, start: int) -> Tensor:  # fmt: skip
+    """KL(base || adapted) of the next-token distributions, averaged over the retain batch's target positions."""
+    import torch
+
+    from agent_sleep.generators.backbone import logits_at
+
+    logits, _ = _adapted_logits(handle, [(seq, cached) for seq, cached, _ in batch], hooks, stack, start)
+    base_hidden = torch.cat([states for _, _, states in batch]).unsqueeze(0)
+    with torch.no_grad():
+        n = base_hidden.shape[1]
+        index = (torch.zeros(n, dtype=torch.long, device=handle.device), torch.arange(n, device=handle.device))
+        base = torch.log_softmax(logits_at(handle.model, base_hidden, index).float(), dim=-1)
+    return torch.nn.functional.kl_div(torch.log_softmax(logits, dim=-1), base, log_target=True, reduction="batchmean")
 
 
 def _converged(threshold: float | None, window: int) -> Callable[[Sequence[float]], bool] | None:
@@ -332,8 +414,14 @@ def finetune(
     settings: SFTSettings | None = None,
     progress: bool | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    retain: Sequence[Sequence[Mapping[str, Any]]] | None = None,
 ) -> SFTAdapter:
     """Train a LoRA on ``conversations``' assistant replies (see the module docstring for the format).
+
+    With ``settings.retain_weight > 0`` each step also takes a batch of ``retain`` conversations
+    (default: :func:`load_retain`) and adds the weighted KL from the base model's next-token
+    distribution to the adapted one on their replies: the adapter learns the conversations while
+    changing the model as little as it can elsewhere.
 
     Training stops at ``settings.max_steps``, once ``settings.time_budget_s`` of training time is
     spent (at least one step always runs), or once converged. ``progress`` shows a bar (default:
@@ -374,16 +462,30 @@ def finetune(
     params = init_lora(modules, cfg.rank, cfg.seed, handle.device)
     batch_size = min(cfg.batch_size, len(examples))  # a batch never holds the same sequence twice
     batches = cycle_batches(examples, batch_size, cfg.seed)
+    kept = _retain_examples(handle, cfg, retain, max_tokens, start_layer)
+    retained = cycle_batches(kept, min(cfg.retain_batch_size, len(kept)), cfg.seed + 1) if kept else None
+    ce: list[float] = []  # the cross-entropy of each step (the loss without the retain term)
+    kl: list[float] = []
+
+    def step_loss(hooks: Any, stack: Any) -> Tensor:
+        loss = _batch_loss(handle, next(batches), hooks, stack, start_layer)
+        ce.append(float(loss.detach()))
+        if retained is None:
+            return loss
+        divergence = _retain_kl(handle, next(retained), hooks, stack, start_layer)
+        kl.append(float(divergence.detach()))
+        return loss + cfg.retain_weight * divergence
+
+    done = _converged(cfg.converged_loss, max(2, math.ceil(len(examples) / batch_size)))
     run = train_lora(
-        handle, params, lambda hooks, stack: _batch_loss(handle, next(batches), hooks, stack, start_layer),
+        handle, params, step_loss,
         name=GENERATOR_NAME, label="sft", rank=cfg.rank, scaling=cfg.lora_alpha / cfg.rank, lr=cfg.lr,
         weight_decay=cfg.weight_decay, max_steps=cfg.max_steps, time_budget_s=cfg.time_budget_s,
-        max_grad_norm=cfg.max_grad_norm,
-        converged=_converged(cfg.converged_loss, max(2, math.ceil(len(examples) / batch_size))),
+        max_grad_norm=cfg.max_grad_norm, converged=None if done is None else (lambda _total: done(ce)),
         progress=progress, on_step=on_step, clock=time.perf_counter,
     )  # fmt: skip
     tensors, config = export_lora(params, cfg.rank, cfg.lora_alpha, cfg.target_modules)
-    losses = run.losses
+    losses = ce[: len(run.losses)]
     return SFTAdapter(
         tensors=tensors,
         lora_config=config,
@@ -402,7 +504,23 @@ def finetune(
         truncated=sum(s.truncated for s in sequences),
         too_long=too_long,
         settings=cfg,
+        retain_kl=sum(kl[-5:]) / len(kl[-5:]) if kl else None,
+        retain_sequences=len(kept),
     )
+
+
+def _retain_examples(handle: BaseModelHandle, cfg: SFTSettings, retain: Sequence[Sequence[Mapping[str, Any]]] | None,
+                     max_tokens: int, start: int) -> list[tuple[TrainingSequence, Tensor, Tensor]]:  # fmt: skip
+    """The retain sequences with their frozen hidden states and the base model's states at their targets."""
+    if cfg.retain_weight <= 0:
+        return []
+    conversations = load_retain() if retain is None else retain
+    sequences = [seq for n, c in enumerate(conversations)
+                 for seq in encode_conversation(handle.tokenizer, c, max_tokens=max_tokens, where=f"retain {n}")[0]]
+    if not sequences:
+        raise InvalidInputError("retain_weight is set, but no retain conversation has an assistant reply to keep")
+    hidden = frozen_hidden(handle, [seq.ids for seq in sequences], start)
+    return [(seq, h, _base_states(handle, seq, h, start)) for seq, h in zip(sequences, hidden, strict=True)]
 
 
 def write(

@@ -319,3 +319,50 @@ def test_real_model_learns_a_helpdesk_fact() -> None:
     print("held out:", held := [_greedy(handle, stack, q) for q in HELD_OUT])
     assert all("7" in a for a in trained), trained
     assert sum("7" in a for a in held) >= 4, held
+
+
+# ---------------------------------------------------------------- the retain term
+
+RETAIN = [[{"role": "user", "content": f"Tell me something about topic {n}."},
+           {"role": "assistant", "content": f"Topic {n} is a fine topic with many sides to it."}] for n in range(6)]
+
+
+def _kl_to_base(handle: BaseModelHandle, conversations: list[Any], stack: Any) -> float:
+    """Mean KL(base || adapted) of the next-token distributions at the reply positions, by plain forwards."""
+    seqs = [s for conv in conversations for s in sft.encode_conversation(handle.tokenizer, conv)[0]]
+    total = count = 0.0
+    hooks = LoraHooks.attach(handle.model)
+    with torch.inference_mode():
+        for seq in seqs:
+            ids = torch.tensor([seq.ids])
+            at = [t - 1 for t, label in enumerate(seq.labels) if label != sft.IGNORE]
+            base = torch.log_softmax(handle.model(ids).logits[0, at].float(), -1)
+            with hooks.activate(stack):
+                adapted = torch.log_softmax(handle.model(ids).logits[0, at].float(), -1)
+            total += float((base.exp() * (base - adapted)).sum())
+            count += len(at)
+    return total / count
+
+
+def test_the_retain_term_keeps_the_model_near_the_base_elsewhere(handle: BaseModelHandle) -> None:
+    plain = sft.finetune(handle, [WEATHER, CAPITAL], settings=FAST)
+    kept = sft.finetune(handle, [WEATHER, CAPITAL], retain=RETAIN,
+                        settings=FAST.model_copy(update={"retain_weight": 5.0}))  # fmt: skip
+    assert plain.retain_kl is None and plain.retain_sequences == 0
+    assert kept.retain_sequences == len(RETAIN) and kept.retain_kl is not None and kept.retain_kl >= 0
+    assert kept.summary()["retain_kl"] == round(kept.retain_kl, 5)
+    drift = {"plain": _kl_to_base(handle, RETAIN, _in_memory_stack(plain)),
+             "kept": _kl_to_base(handle, RETAIN, _in_memory_stack(kept))}
+    assert drift["kept"] < 0.5 * drift["plain"], drift
+    # and the conversations are still learned
+    seqs = [s for conv in (WEATHER, CAPITAL) for s in sft.encode_conversation(handle.tokenizer, conv)[0]]
+    assert _hf_loss(handle, seqs, _in_memory_stack(kept)) < _hf_loss(handle, seqs) - 0.3
+
+
+def test_the_shipped_retain_set_loads_and_bad_rows_are_named(tmp_path: Path) -> None:
+    shipped = sft.load_retain()
+    assert len(shipped) >= 60 and all(c[-1]["role"] == "assistant" and c[-1]["content"] for c in shipped)
+    bad = tmp_path / "retain.jsonl"
+    bad.write_text('{"messages": []}\n{"nope": 1}\n')
+    with pytest.raises(InvalidInputError, match=r"retain.jsonl:2: a row must be an object with a 'messages' list"):
+        sft.load_retain(bad)

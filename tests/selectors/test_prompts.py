@@ -90,3 +90,27 @@ def test_without_a_recorded_prompt_the_conversation_is_used_as_logged(tmp_path: 
         assert all(c.messages[0]["role"] == "user" for c in skill.conversations)
         assert all(p.system is None for p in skill.probes)
         assert not [d for d in result.decisions if d.selector == "prompts"]  # kept unchanged: no decision row
+
+
+def _call(kind: str, reply: str, first: dict[str, Any] | None, *, complete: bool = True) -> Any:
+    from agent_sleep.store.conversation import ModelCall
+
+    messages = [first] if first else []
+    messages.append({"type": "human", "data": {"content": "hi"}})
+    return ModelCall(seq=0, event_id="e", kind=kind, messages=messages, tools=None, tool_choice=None, prompt=None,
+                     reply=reply, complete=complete)  # fmt: skip
+
+
+def test_the_final_answers_call_decides() -> None:
+    from agent_sleep.selectors.prompts import system_prompt_of
+
+    def sys(text: str) -> dict[str, Any]:
+        return {"type": "system", "data": {"content": text}}
+
+    router, answer = _call("assistant_message", "", sys("route")), _call("assistant_message", "Fine.", sys("answer"))
+    assert system_prompt_of([]) is None
+    assert system_prompt_of([answer, router]) == "answer"  # the last call that replied with text
+    assert system_prompt_of([router]) == "route"  # none replied with text: the last call
+    assert system_prompt_of([_call("assistant_message", "x", None)]) is None  # no system message first
+    assert system_prompt_of([_call("assistant_message", "x", sys("cut"), complete=False)]) is None
+    assert system_prompt_of([_call("assistant_message", "x", sys("   "))]) is None

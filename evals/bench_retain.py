@@ -1,0 +1,99 @@
+"""What the sft retain term buys: the helpdesk's corrections learned, the guards kept.
+
+To run:  HF_HUB_OFFLINE=1 .venv/bin/python evals/bench_retain.py [--weights 0 1 4] [--budget 120]
+
+On SmolLM2-135M-Instruct in a throwaway store: the demo's day (``agent_sleep.demo.day.run_day``), then
+``sft`` on the corrected conversations as the model saw them (its system prompt first, as the
+selectors' ``prompts`` step gives them), once per retain weight (``SFTSettings.retain_weight``; 0 is
+plain sft), each adapter scored on
+  * the held-out rephrasings of the facts the agent got wrong (never trained on), asked of the
+    helpdesk agent (its system prompt, no documents in context), and
+  * the guard suites as the gate sees them (``guard_suites(limit=16)``: 48 items, lm-eval).
+The retain set (``agent_sleep/generators/data/retain.jsonl``) shares no question with the guards.
+Writes evals/results/retain.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 4.0])
+    parser.add_argument("--budget", type=float, default=120.0, help="sft time budget per adapter (s)")
+    parser.add_argument("--guard-limit", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "evals" / "results" / "retain.json")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from agent_sleep.config import Settings
+    from agent_sleep.demo.day import accuracy, ask, corrected_conversations, held_out, load_day, run_day
+    from agent_sleep.evaluation.lm_eval import LmEvalEvaluator
+    from agent_sleep.evaluation.suites import guard_suites
+    from agent_sleep.generators.sft import SFTGenerator, SFTSettings
+    from agent_sleep.interfaces import GenerationRequest
+    from agent_sleep.registry import AdapterRegistry
+    from agent_sleep.runtime.live import LiveRuntime
+    from agent_sleep.store import ExperienceStore
+
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-retain-"))
+    store = ExperienceStore(settings=Settings(data_dir=tmp / "data"))
+    registry = AdapterRegistry(store)
+    runtime = LiveRuntime(registry, validate=False)
+    content = load_day()
+
+    def chat(adapters: list[Any] | None = None) -> Any:
+        return runtime.chat_model(adapters=adapters or None, max_new_tokens=48)
+
+    day = run_day(chat(), store, content)
+    probes = held_out(content, day.failed_facts)
+    conversations = tuple(tuple(c) for c in corrected_conversations(store, day, content))
+    log(f"day: {accuracy(day.answers)}; {len(conversations)} corrected conversations; {len(probes)} rephrasings")
+    evaluator = LmEvalEvaluator(runtime, guard_suites(limit=args.guard_limit), tmp / "eval")
+
+    def guards(adapters: list[Any]) -> dict[str, Any]:
+        scores = evaluator.evaluate_suites(adapters)
+        right = sum(sum(r.scores.values()) for r in scores.values())
+        return {"right": right, "of": sum(len(r.scores) for r in scores.values()),
+                "per_suite": {n: round(r.metrics["accuracy"], 4) for n, r in scores.items()}}
+
+    result: dict[str, Any] = {"budget_s": args.budget, "conversations": len(conversations), "rephrasings": len(probes),
+                              "base": {"rephrasings": accuracy(ask(chat(), probes, content)), "guards": guards([])},
+                              "variants": {}}  # fmt: skip
+    log(f"base: {result['base']}")
+    for weight in args.weights:
+        gen = SFTGenerator(runtime.handle, config=SFTSettings(retain_weight=weight), progress=False)
+        trained = gen.generate(GenerationRequest(conversations=conversations, budget_seconds=args.budget))
+        skill = f"retain-{weight:g}".replace(".", "p")
+        rec = registry.register(gen.write(trained, tmp / "out" / skill, skill=skill), skill)
+        row = {"training": trained.summary(), "rephrasings": accuracy(ask(chat([rec.name]), probes, content)),
+               "guards": guards([rec.name])}
+        result["variants"][f"{weight:g}"] = row
+        log(f"retain_weight {weight:g}: {trained.steps} steps ({trained.stopped}), ce {trained.final_loss:.4f}, "
+            f"kl {trained.retain_kl}; rephrasings {row['rephrasings']}; guards {row['guards']['right']:g}/"
+            f"{row['guards']['of']} {row['guards']['per_suite']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
