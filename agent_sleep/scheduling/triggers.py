@@ -8,8 +8,9 @@ table whenever it changes (:meth:`Timers.sync`). APScheduler only says *when*: i
 into an APScheduler job store, so there is no second source of truth, no job module to keep importable
 and no shared job table two schedulers could fight over. Slots missed while no scheduler ran are
 caught up once: a job whose first slot after ``last_fired_at`` (or after the schedule's creation) is
-already past starts due now, and with ``coalesce`` APScheduler hands over all the missed slots at once;
-one request covers them (its reason says how many).
+already past starts due now; APScheduler (``coalesce`` off, no misfire grace) hands the executor every
+missed slot in one call, and the executor coalesces them: one request, for the newest slot, whose
+reason says how many it covers.
 
 **Polled triggers.** ``new_episodes`` and ``documents`` schedules are checked every poll
 (:func:`check_trigger`): the unconsolidated episodes (not still running) or documents of the agent
@@ -91,7 +92,7 @@ class Timers:
         self._jobs: dict[str, ScheduleRecord] = {}
         self._scheduler = BackgroundScheduler(
             timezone=UTC, executors={"default": _FireExecutor(self._fired)},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            job_defaults={"coalesce": False, "max_instances": 1, "misfire_grace_time": None},
         )  # fmt: skip
 
     def start(self) -> None:
