@@ -204,6 +204,10 @@ class LeaseKeeper:
                           f"{time.monotonic() - self._last_ok:.0f} s (lease {self.leases.seconds:g} s)")  # fmt: skip
         return self._lost
 
+    def mark_lost(self, why: str) -> None:
+        """Another part of the holder learnt the lease is gone (a fenced write failed)."""
+        self._lost = self._lost or why
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             started = time.monotonic()

@@ -155,7 +155,7 @@ class SchedulerService:
 
     def _refresh(self, schedules: list[ScheduleRecord]) -> None:
         seen = tuple((s.id, s.kind, tuple(sorted(s.spec.items())), s.config_path) for s in schedules)
-        if seen == self._seen:
+        if seen == self._seen and not self.timers.retry_pending:
             return
         self._seen = seen
         for line in self.timers.sync(schedules):

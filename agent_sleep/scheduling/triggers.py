@@ -10,7 +10,8 @@ and no shared job table two schedulers could fight over. Slots missed while no s
 caught up once: a job whose first slot after ``last_fired_at`` (or after the schedule's creation) is
 already past starts due now; APScheduler (``coalesce`` off, no misfire grace) hands the executor every
 missed slot in one call, and the executor coalesces them: one request, for the newest slot, whose
-reason says how many it covers.
+reason says how many it covers. A firing that fails (the database is away) is caught up the same way
+once a poll succeeds again: the job is re-added from ``last_fired_at``.
 
 **Polled triggers.** ``new_episodes`` and ``documents`` schedules are checked every poll
 (:func:`check_trigger`): the unconsolidated episodes (not still running) or documents of the agent
@@ -90,6 +91,7 @@ class Timers:
         self._on_due = on_due
         self._lock = threading.Lock()
         self._jobs: dict[str, ScheduleRecord] = {}
+        self._failed: set[str] = set()  # schedules whose firing failed: the next sync re-adds them to catch up
         self._scheduler = BackgroundScheduler(
             timezone=UTC, executors={"default": _FireExecutor(self._fired)},
             job_defaults={"coalesce": False, "max_instances": 1, "misfire_grace_time": None},
@@ -114,9 +116,10 @@ class Timers:
                 lines.append(f"timer removed: schedule {sid} for {gone.agent} ({describe(gone.kind, gone.spec)})")
             for sid, sched in wanted.items():
                 old = self._jobs.get(sid)
-                if old is not None and (old.kind, old.spec) == (sched.kind, sched.spec):
+                if old is not None and (old.kind, old.spec) == (sched.kind, sched.spec) and sid not in self._failed:
                     self._jobs[sid] = sched
                     continue
+                self._failed.discard(sid)
                 trigger = timer_trigger(sched)
                 kwargs: dict[str, Any] = {}
                 catch_up = _first_missed(trigger, sched)
@@ -124,10 +127,16 @@ class Timers:
                     kwargs["next_run_time"] = catch_up
                 self._scheduler.add_job(_noop, trigger, id=sid, replace_existing=True, **kwargs)
                 self._jobs[sid] = sched
-                what = "changed" if old is not None else "added"
+                what = "added" if old is None else ("changed" if (old.kind, old.spec) != (sched.kind, sched.spec)
+                                                    else "re-added after a failed firing")
                 lines.append(f"timer {what}: schedule {sid} for {sched.agent}, {describe(sched.kind, sched.spec)}"
                              + (f"; a slot at {catch_up:%Y-%m-%d %H:%M:%S} was missed: due now" if catch_up else ""))
         return lines
+
+    @property
+    def retry_pending(self) -> bool:
+        """A firing failed (the database was away): the next :meth:`sync` re-adds its job to catch the slot up."""
+        return bool(self._failed)
 
     def next_fire(self, schedule_id: str) -> datetime | None:
         job = self._scheduler.get_job(schedule_id)
@@ -146,7 +155,10 @@ class Timers:
         try:
             self._on_due(Due(sched, slot, reason, {"slots": len(run_times)}))
         except Exception as exc:  # noqa: BLE001 - the scheduler thread must survive a database outage
-            log.warning("schedule %s: firing its %s slot failed: %s", sched.id, slot.isoformat(), exc)
+            with self._lock:
+                self._failed.add(job_id)
+            log.warning("schedule %s: firing its %s slot failed (caught up at the next poll): %s", sched.id,
+                        slot.isoformat(), exc)  # fmt: skip
 
 
 def _first_missed(trigger: BaseTrigger, schedule: ScheduleRecord) -> datetime | None:

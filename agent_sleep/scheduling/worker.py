@@ -83,7 +83,7 @@ class _LeaseGuard:
     def claimed(self, run_id: str) -> None:
         self.run_id = run_id
         if not self.worker.leases.set_run(self.lease, run_id):
-            self.keeper._lost = f"the lease on {self.lease.agent!r} was taken over before run {run_id} started"
+            self.keeper.mark_lost(f"the lease on {self.lease.agent!r} was taken over before run {run_id} started")
         self.worker.requests.attach([r.id for r in self.taken], run_id)
 
     def holds(self) -> str | None:

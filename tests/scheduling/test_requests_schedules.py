@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from agent_sleep.errors import ConfigError, NotFoundError
+from agent_sleep.errors import ConfigError, DatabaseUnavailableError, NotFoundError
 from agent_sleep.scheduling.requests import RequestStore
 from agent_sleep.scheduling.schedules import ScheduleStore, check_spec
 from agent_sleep.scheduling.triggers import Due, Timers, check_trigger
@@ -149,3 +149,38 @@ def test_slots_missed_while_no_scheduler_ran_are_caught_up_once(store: Any) -> N
     assert "was missed: due now" in lines[0]
     assert len(fired) == 1 and fired[0].detail["slots"] in (10, 11)  # one request for all of them
     assert "earlier missed slot(s) coalesced" in fired[0].reason
+
+
+def test_a_slot_whose_firing_failed_is_caught_up_once_the_database_is_back(store: Any) -> None:
+    schedules = ScheduleStore(store)
+    schedules.add(AGENT, "interval", {"seconds": 2})
+    calls: list[Due] = []
+
+    def on_due(due: Due) -> None:
+        calls.append(due)
+        if len(calls) == 1:
+            raise DatabaseUnavailableError("the database went away")
+        schedules.fire(due.schedule, due.fired_at, reason=due.reason, detail=due.detail)
+
+    timers = Timers(on_due)
+    timers.start()
+    try:
+        timers.sync(schedules.list())
+        _until(lambda: calls)
+        assert timers.retry_pending
+        lines = timers.sync(schedules.list())  # the service's next poll
+        assert "re-added after a failed firing" in lines[0]
+        _until(lambda: len(calls) >= 2)
+    finally:
+        timers.stop()
+    (req,) = RequestStore(store).list()
+    assert req.detail["fired_at"] == calls[1].fired_at.isoformat() and not timers.retry_pending
+    # The failed slot is covered: fired again itself, or coalesced into a later one that counts it.
+    assert calls[1].fired_at == calls[0].fired_at or calls[1].detail["slots"] >= 2
+
+
+def _until(cond: Any, timeout: float = 6) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert cond()
