@@ -7,6 +7,10 @@ was rejected (by the gate or by validation); 1 the run failed (nothing was deplo
 why) or could not start. A run left unfinished (killed, or the database went away) is taken over by the
 next ``sleep`` for the agent, or continued with ``--resume RUN``.
 
+``sleep --agent A --enqueue [--config FILE]`` runs nothing: it writes a pending request for the scheduler
+(``agent-sleep scheduler``, any process on the same database) and prints the request's id; the
+scheduler's next run for the agent serves it, coalesced with whatever else waits.
+
 ``runs explain RUN [ITEM]`` answers "why was this episode (or document) used, or not": every selector's
 decision about it in that run, and whether the run marked it consolidated.
 """
@@ -71,12 +75,16 @@ def cmd_sleep(args: argparse.Namespace) -> int:
         raise UsageError("name the agent: --agent A (or agent: in the config file)")
     if config.agent is not None and config.agent != agent:
         raise UsageError(f"--agent {agent} disagrees with the config file's agent {config.agent!r}")
+    if args.enqueue and args.resume:
+        raise UsageError("--enqueue asks the scheduler for the next run; it cannot --resume a given one")
     store = _store(args)
     try:
         known = store.agents()
         if agent not in known:  # a typo must not start (and record) a run for a new, empty agent
             raise NotFoundError(f"no agent named {agent!r}{did_you_mean(agent, known)} (an agent appears once it has "
                                 "logged an episode)")  # fmt: skip
+        if args.enqueue:
+            return _enqueue(store, agent, args)
         result = run_cycle(agent, config=config, store=store, resume=args.resume,
                            progress=lambda line: print(line, file=sys.stderr, flush=True))  # fmt: skip
     finally:
@@ -90,6 +98,27 @@ def cmd_sleep(args: argparse.Namespace) -> int:
     return EXIT_CODES[result.outcome]
 
 
+def _enqueue(store: Any, agent: str, args: argparse.Namespace) -> int:
+    import getpass
+    import socket
+    from pathlib import Path
+
+    from agent_sleep.scheduling.requests import RequestStore
+
+    config = str(Path(args.config).expanduser().resolve()) if args.config else None
+    try:
+        who = f"{getpass.getuser()}@{socket.gethostname()}"
+    except (KeyError, OSError):
+        who = socket.gethostname()
+    req = RequestStore(store).enqueue(agent, source="manual", reason=f"agent-sleep sleep --enqueue by {who}",
+                                      detail={"config": config} if config else None)  # fmt: skip
+    if args.json:
+        print_json(req)
+    else:
+        print(req.id)
+    return 0
+
+
 # ---------------------------------------------------------------- runs
 
 
@@ -100,7 +129,8 @@ def _seconds(run: Any) -> float | None:
 def _listed(run: Any) -> dict[str, Any]:
     return {"id": run.id, "agent": run.agent, "status": run.status, "outcome": run.outcome, "stage": run.stage,
             "deployed_stack": run.deployed_stack, "error": run.error, "folder": run.folder,
-            "started_at": run.started_at, "ended_at": run.ended_at, "seconds": _seconds(run)}  # fmt: skip
+            "owner": run.owner, "started_at": run.started_at, "ended_at": run.ended_at,
+            "seconds": _seconds(run)}  # fmt: skip
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
@@ -119,11 +149,12 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
             return 0
     finally:
         store.close()
-    print(f"{'RUN':32}  {'AGENT':14} {'OUTCOME':22} {'STARTED (UTC)':16}  {'SECONDS':>7}  DEPLOYED")
+    print(f"{'RUN':32}  {'AGENT':14} {'OUTCOME':22} {'STARTED (UTC)':16}  {'SECONDS':>7}  {'OWNER':24} DEPLOYED")
     for r in rows:
         outcome = r.outcome or f"running ({r.stage or 'starting'})"
         seconds = f"{_seconds(r):7.1f}" if r.ended_at else f"{'-':>7}"
-        print(f"{r.id:32}  {r.agent:14} {outcome:22} {r.started_at:%Y-%m-%d %H:%M}  {seconds}  "
+        owner = r.owner.rsplit(":", 1)[0] if r.owner else "-"  # host:pid of the process that ran it last
+        print(f"{r.id:32}  {r.agent:14} {outcome:22} {r.started_at:%Y-%m-%d %H:%M}  {seconds}  {owner:24} "
               f"{r.deployed_stack or '-'}")
     return 0
 
@@ -231,7 +262,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--agent", help="the agent to consolidate (default: the config file's agent)")
     p.add_argument("--config", metavar="FILE", help="cycle config in YAML (see pipelines/sleep/cycle.yaml)")
     p.add_argument("--resume", metavar="RUN", help="continue this unfinished run (an id or unique prefix)")
-    add_json_flag(p, "print the run's result as one JSON object")
+    p.add_argument("--enqueue", action="store_true",
+                   help="run nothing here: queue a request for the scheduler and print its id")  # fmt: skip
+    add_json_flag(p, "print the run's result (with --enqueue: the request) as one JSON object")
     p.set_defaults(handler=cmd_sleep)
 
     runs = sub.add_parser("runs", help="consolidation runs: list, show, explain",

@@ -21,6 +21,12 @@ invalid, or admitted and deployed) are marked consolidated by this run as it end
 If the database itself goes away mid-run nothing can be recorded: the run is left ``running`` (its
 stages saved so far), :func:`run_cycle` returns a result with ``status="running"``, and the next
 cycle for the agent (or ``resume=``) takes the run over and finishes it.
+
+A caller that holds the right to run the agent elsewhere (the scheduler's per-agent lease, see
+:mod:`agent_sleep.scheduling.leases`) passes a :class:`RunGuard`: it hears the run's id as soon as the run
+is claimed, and before each stage that still has to run it is asked whether this process may go on. A
+"no" (the lease was lost, or the process is shutting down) stops the run at that stage boundary, left
+``running`` for whoever holds the lease next, exactly as a database outage leaves it.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent_sleep.consolidation import deployment, faults, gating, generation, owners, selection
 from agent_sleep.consolidation.config import CycleConfig
@@ -52,16 +58,30 @@ from agent_sleep.store.store import ExperienceStore
 if TYPE_CHECKING:
     from agent_sleep.runtime.live import LiveRuntime
 
-__all__ = ["run_cycle"]
+__all__ = ["RunGuard", "run_cycle"]
 
 log = logging.getLogger("agent_sleep.consolidation")
 JUDGED = frozenset({"rejected", "invalid"})  # statuses whose material a run consumes (admitted: once deployed)
 
 
+class RunGuard(Protocol):
+    """Who else may drive the agent's runs (see the module docstring); the scheduler's lease is one."""
+
+    def claimed(self, run_id: str) -> None:
+        """The run this call drives (new or resumed), before any stage runs."""
+
+    def holds(self) -> str | None:
+        """None while this process may go on; else why it must stop (checked before each stage that runs)."""
+
+
+class _Stopped(Exception):
+    """The guard said stop: the run is left ``running`` for the next holder."""
+
+
 def run_cycle(agent: str, *, config: CycleConfig | None = None, store: ExperienceStore | None = None,
               registry: AdapterRegistry | None = None, runtime: LiveRuntime | None = None,
               planner: Planner | None = None, resume: str | None = None, now: datetime | None = None,
-              progress: Callable[[str], None] | None = None) -> CycleResult:  # fmt: skip
+              progress: Callable[[str], None] | None = None, guard: RunGuard | None = None) -> CycleResult:  # fmt: skip
     """Run (or resume) one sleep cycle for ``agent`` and return how it ended (see the module docstring).
 
     Handles: ``runtime`` (a :class:`~agent_sleep.runtime.live.LiveRuntime`; default: one made on the
@@ -70,6 +90,7 @@ def run_cycle(agent: str, *, config: CycleConfig | None = None, store: Experienc
     ``resume``: a run id (or unique prefix) to continue; a finished run's result is returned as it is. A
     resumed run keeps the config it started with (only ``stale_after_seconds`` comes from ``config``).
     ``now``: the time the planner sees. ``progress`` receives one line per step, for a person.
+    ``guard``: told the run's id once claimed, asked before each stage (see the module docstring).
     """
     config = config or CycleConfig()
     if config.agent is not None and config.agent != agent:
@@ -100,6 +121,8 @@ def run_cycle(agent: str, *, config: CycleConfig | None = None, store: Experienc
 
         if claim.kind == "resumed":
             config = _resumed_config(claim, config)
+        if guard is not None:
+            guard.claimed(claim.run.id)
 
         def make_runtime() -> LiveRuntime:
             from agent_sleep.runtime.live import LiveRuntime
@@ -117,7 +140,7 @@ def run_cycle(agent: str, *, config: CycleConfig | None = None, store: Experienc
         verb = "resuming" if claim.kind == "resumed" else "starting"
         say(f"{verb} run {ctx.run_id} for {agent} (folder {ctx.folder})")
         with _heartbeat(runs, ctx.run_id, owner, interval=min(30.0, config.stale_after_seconds / 4)):
-            return _Cycle(ctx, claim, planner, now or utcnow()).run()
+            return _Cycle(ctx, claim, planner, now or utcnow(), guard).run()
     finally:
         owners.release(owner)
 
@@ -166,8 +189,9 @@ def _heartbeat(runs: RunStore, run_id: str, owner: str, *, interval: float) -> I
 class _Cycle:
     """The stages of one claimed run, and how it ends."""
 
-    def __init__(self, ctx: RunContext, claim: Claim, planner: Planner | None, now: datetime) -> None:
-        self.ctx, self.claim, self.planner, self.now = ctx, claim, planner, now
+    def __init__(self, ctx: RunContext, claim: Claim, planner: Planner | None, now: datetime,
+                 guard: RunGuard | None = None) -> None:  # fmt: skip
+        self.ctx, self.claim, self.planner, self.now, self.guard = ctx, claim, planner, now, guard
         self.results: dict[str, dict[str, Any]] = {}
         self.seconds: dict[str, float] = {}
         self.current: str | None = None
@@ -176,7 +200,7 @@ class _Cycle:
         try:
             try:
                 return self._stages()
-            except DatabaseUnavailableError:
+            except (DatabaseUnavailableError, _Stopped):
                 raise
             except Exception as exc:  # every other error ends the run, recorded as failed
                 # An error of ours says what went wrong in its message; anything else may be a bug: keep its traceback.
@@ -194,12 +218,22 @@ class _Cycle:
             return CycleResult(run_id=self.ctx.run_id, agent=self.ctx.agent, outcome="failed", status="running",
                                resumed=self.claim.kind == "resumed", error=error, folder=str(self.ctx.folder),
                                stages=self.seconds, started_at=self.claim.run.started_at)  # fmt: skip
+        except _Stopped as exc:
+            error = (f"stopped before {exc}. Run {self.ctx.run_id} is left to resume: the next holder of "
+                     f"{self.ctx.agent!r} takes it over")
+            self.ctx.say(error)
+            return CycleResult(run_id=self.ctx.run_id, agent=self.ctx.agent, outcome="failed", status="running",
+                               resumed=self.claim.kind == "resumed", error=error, folder=str(self.ctx.folder),
+                               stages=self.seconds, started_at=self.claim.run.started_at)  # fmt: skip
 
     # -- stages ----------------------------------------------------------------------------------
     def _elapsed(self) -> float:
         return time.perf_counter() - self._t0
 
     def _stage(self, name: str, fn: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+        why = self.guard.holds() if self.guard is not None else None
+        if why is not None:
+            raise _Stopped(f"{name}: {why}")
         rec = self.ctx.runs.begin_stage(self.ctx.run_id, name)
         if rec.status == "done":
             self.results[name], self.seconds[name] = rec.result, rec.seconds or 0.0

@@ -157,6 +157,18 @@ class RunStore:
                           .values(heartbeat_at=utcnow())).rowcount  # fmt: skip
         return bool(n)
 
+    def orphan(self, run_id: str) -> bool:
+        """Declare a running run's owner gone, so the next claim takes the run over at once; False if not running.
+
+        For a caller that knows better than heartbeats (the scheduler: the agent's lease of the process that
+        drove the run has ended). Owner and heartbeat are cleared, so the old owner's heartbeats fail from now on.
+        """
+        with self.store.session() as s:
+            n = s.execute(update(ConsolidationRun).where(ConsolidationRun.id == run_id,
+                                                         ConsolidationRun.status == "running")
+                          .values(owner=None, heartbeat_at=None)).rowcount  # fmt: skip
+        return bool(n)
+
     # -- stages ------------------------------------------------------------------------------------
     def begin_stage(self, run_id: str, stage: str) -> StageRecord:
         """The stage's row, now ``started`` (attempt + 1, progress kept); a ``done`` one is returned unchanged."""

@@ -1,0 +1,139 @@
+"""The scheduler's settings, as a user writes them: a YAML file read into :class:`SchedulerConfig`.
+
+```yaml
+poll_seconds: 5          # how often triggers and pending requests are checked
+lease_seconds: 60        # a worker that stops renewing loses the agent after this long
+workers: 1               # agents served at the same time by this process
+agents:
+  helpdesk:
+    config: cycle.yaml   # the cycle config of this agent's runs (relative: to this file)
+    schedules:
+      - cron: "0 3 * * *"
+      - every: 3600
+      - after_episodes: 50
+      - on_documents: true
+```
+
+Every field has a default; an empty file is valid (the schedules then come from the table only).
+Unknown keys, bad values, a bad crontab, a missing or invalid cycle config: all of them are listed
+in one :class:`~agent_sleep.errors.ConfigError` naming the file and each place. The schedules a file
+declares are added to the ``schedules`` table when a scheduler starts (once, with stable ids:
+:meth:`~.schedules.ScheduleStore.add`); the table stays the source of truth, so removing an entry from
+the file does not remove the row (``agent-sleep schedule remove`` does).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent_sleep.errors import ConfigError
+from agent_sleep.names import check_agent_name
+from agent_sleep.scheduling.schedules import check_spec
+
+__all__ = ["AgentEntry", "ScheduleEntry", "SchedulerConfig", "load_scheduler_config"]
+
+
+class _Forbid(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ScheduleEntry(_Forbid):
+    """Exactly one of: ``cron``, ``every`` (seconds), ``after_episodes``, ``on_documents: true``."""
+
+    cron: str | None = None
+    every: float | None = None
+    after_episodes: int | None = None
+    on_documents: bool | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ScheduleEntry:
+        given = [k for k in ("cron", "every", "after_episodes", "on_documents") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of cron, every, after_episodes, on_documents"
+                             + (f" (got {', '.join(given)})" if given else ""))  # fmt: skip
+        problems = check_spec(*self.kind_spec())
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def kind_spec(self) -> tuple[str, dict[str, Any]]:
+        if self.cron is not None:
+            return "cron", {"cron": self.cron}
+        if self.every is not None:
+            return "interval", {"seconds": self.every}
+        if self.after_episodes is not None:
+            return "new_episodes", {"min_episodes": self.after_episodes}
+        return "documents", {}
+
+
+class AgentEntry(_Forbid):
+    config: Path | None = None
+    """The cycle config (YAML) of this agent's runs; None: the defaults."""
+    schedules: list[ScheduleEntry] = Field(default_factory=list)
+
+
+class SchedulerConfig(_Forbid):
+    poll_seconds: float = Field(default=5.0, gt=0, le=3600)
+    lease_seconds: float = Field(default=60.0, ge=1, le=86400)
+    workers: int = Field(default=1, ge=1, le=64)
+    agents: dict[str, AgentEntry] = Field(default_factory=dict)
+
+    @field_validator("agents")
+    @classmethod
+    def _names(cls, value: dict[str, AgentEntry]) -> dict[str, AgentEntry]:
+        for name in value:
+            check_agent_name(name)
+        return value
+
+
+def _loc(error: Any) -> str:
+    return ".".join(str(p) for p in error["loc"]) or "value"
+
+
+def load_scheduler_config(path: str | Path | None = None, **overrides: Any) -> SchedulerConfig:
+    """The config in YAML file ``path`` (None: defaults), with top-level ``overrides`` (None values ignored)."""
+    raw: Any = {}
+    where = "scheduler config"
+    base = Path.cwd()
+    if path is not None:
+        import yaml
+
+        path = Path(path)
+        where, base = str(path), path.resolve().parent
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read scheduler config {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"scheduler config {path} is not valid YAML{at}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"scheduler config {path} must be a mapping of settings, got {type(raw).__name__}")
+    raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+    problems: list[str] = []
+    agents = raw.get("agents")
+    if isinstance(agents, dict):  # cycle config paths are relative to this file; each must load
+        from agent_sleep.consolidation.config import load_cycle_config
+
+        for name, entry in agents.items():
+            cfg = entry.get("config") if isinstance(entry, dict) else None
+            if not isinstance(cfg, str):
+                continue
+            full = Path(cfg).expanduser()
+            full = full if full.is_absolute() else base / full
+            entry["config"] = str(full)
+            try:
+                load_cycle_config(full)
+            except ConfigError as exc:
+                problems.append(f"  agents.{name}.config: {str(exc).strip()}")
+    try:
+        config = SchedulerConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = [f"  {_loc(e)}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()] + problems
+    if problems:
+        raise ConfigError(f"{where} is not a valid scheduler config:\n" + "\n".join(problems)) from None
+    return config
