@@ -1,13 +1,17 @@
 """One check of an agent's live deployment: read the two samples, test each signal, decide. Writes nothing.
 
-The samples (see :mod:`agent_sleep.guard` for the tests and why):
+The samples, per signal (see :mod:`agent_sleep.guard` for the tests and why):
 
 * **after**: the agent's episodes that started at or after the live deployment's time and before
-  ``now``, oldest first, at most ``max_episodes`` with the signal;
-* **before**: its episodes that started before the deployment, while the previous deployment's
-  stack was live (after the previous deployment's time; with no previous deployment, the base
-  model's episodes), newest first, at most ``max_episodes``; with ``window: same_length`` only
-  those that started within ``now - deployed_at`` before the deployment.
+  ``now``, oldest first, at most ``max_episodes``, cut to the newest *look* they reach
+  (:func:`looks`: ``min_episodes``, doubling, ``max_episodes``; 30, 60, 100 by default). A check
+  between two looks compares what the last look compared, so the verdict changes only at looks and
+  however often a scheduler calls, a deployment gets at most ``len(looks)`` chances to be wrongly
+  rolled back; :func:`decide` splits ``alpha`` among them;
+* **before**: its episodes that started before the deployment while the previous deployment's stack
+  was live (after the previous deployment's time; with no previous deployment, the base model's
+  episodes), newest first, at most ``max_episodes``. With ``window: same_length``, only those that
+  started at most as long before the deploy as the after sample's last episode started after it.
 
 An episode's ``score`` is the mean of its feedback scores (episodes without a scored feedback are
 not in the score sample); its ``success`` is whether its outcome is one of ``success_outcomes``
@@ -23,7 +27,7 @@ and says so. An agent without deployments gets ``keep`` with no deployment named
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select
@@ -39,7 +43,7 @@ if TYPE_CHECKING:
     from agent_sleep.registry import AdapterRegistry, DeploymentRecord
     from agent_sleep.store import ExperienceStore
 
-__all__ = ["Decision", "GuardCheck", "SignalTest", "check_agent", "decide", "registry_of"]
+__all__ = ["Decision", "GuardCheck", "SignalTest", "check_agent", "decide", "look_size", "looks", "registry_of"]
 
 Decision = Literal["keep", "rollback", "insufficient_data"]
 SignalOutcome = Literal["drop", "no_drop", "insufficient_data"]
@@ -50,8 +54,8 @@ class SignalTest(BaseModel):
     """One signal compared across the deploy: the two samples' size and mean, the test and what it found.
 
     ``mean_*`` is the mean score for ``score``, the success rate for ``success``; ``drop`` is
-    ``mean_before - mean_after`` (positive: worse after). ``alpha`` is the level this signal was
-    held to (the check's alpha shared among the signals tested). ``statistic`` is None when the test
+    ``mean_before - mean_after`` (positive: worse after). ``alpha`` is the level this test was held
+    to (the check's alpha shared among looks and signals tested). ``statistic`` is None when the test
     did not run, or when neither side varies (then the means decide).
     """
 
@@ -70,6 +74,7 @@ class SignalTest(BaseModel):
     alpha: float | None = None
     outcome: SignalOutcome
     note: str
+    before_since: datetime | None = None  # where this signal's before window starts (None: no lower bound)
 
 
 class GuardCheck(BaseModel):
@@ -85,7 +90,7 @@ class GuardCheck(BaseModel):
     previous_stack: str | None = None  # None: the base model served before (or nothing was deployed)
     deployed_at: datetime | None = None
     checked_at: datetime
-    before_since: datetime | None = None  # the before window: [before_since, deployed_at); None: no lower bound
+    before_since: datetime | None = None  # the previous deployment's time (None: none); windows: per signal
     signals: tuple[SignalTest, ...] = ()
     decision: Decision
     reason: str
@@ -96,6 +101,20 @@ class GuardCheck(BaseModel):
 
 
 # ---------------------------------------------------------------- deciding
+
+
+def looks(config: OnlineGuardConfig) -> tuple[int, ...]:
+    """The after-sample sizes at which a signal is tested: ``min_episodes``, doubling, then ``max_episodes``."""
+    out, n = [], config.min_episodes
+    while n < config.max_episodes:
+        out.append(n)
+        n *= 2
+    return (*out, config.max_episodes)
+
+
+def look_size(n_available: int, config: OnlineGuardConfig) -> int:
+    """The after-sample size a check uses: the largest look not above ``n_available`` (0: none reached)."""
+    return max((n for n in looks(config) if n <= n_available), default=0)
 
 
 def _sample_note(signal: str, n_before: int, n_after: int, need: int) -> str:
@@ -117,19 +136,24 @@ def _describe(t: SignalTest) -> str:
 
 def decide(before: dict[str, list[float]], after: dict[str, list[float]],
            config: OnlineGuardConfig) -> tuple[tuple[SignalTest, ...], Decision, str]:
-    """Test each configured signal on the two samples (``score`` values, ``success`` 0/1 values); the decision.
+    """Test each configured signal on the two samples; the decision and its reason.
 
-    A signal is tested when both sides have ``min_episodes`` values; the tested signals share
-    ``alpha`` (Bonferroni). A signal drops when its one-sided p-value is at most its share of alpha
-    *and* the drop is at least ``min_drop``. Any drop: ``rollback``; none tested:
-    ``insufficient_data``; else ``keep``.
+    ``before[signal]``: the previous stack's values, newest first; ``after[signal]``: the new
+    stack's, oldest first (``score``: per-episode mean scores, ``success``: 0/1). Each side is cut
+    to ``max_episodes`` and the after side to its look (:func:`look_size`): a signal is tested once
+    its after sample has reached ``min_episodes`` and the before sample holds that many too. Every
+    test is held to ``alpha / (looks x signals tested)`` (Bonferroni over both), so a stack that is
+    no worse is rolled back with probability at most ``alpha`` however often it is checked. A signal
+    drops when its one-sided p-value is at most that level *and* the drop is at least ``min_drop``.
+    Any drop: ``rollback``; no signal tested: ``insufficient_data``; else ``keep``.
     """
-    testable = [s for s in config.signals
-                if len(before.get(s, ())) >= config.min_episodes and len(after.get(s, ())) >= config.min_episodes]
-    level = config.alpha / len(testable) if testable else None
+    cut_before = {s: list(before.get(s, ()))[: config.max_episodes] for s in config.signals}
+    cut_after = {s: list(after.get(s, ()))[: look_size(len(after.get(s, ())), config)] for s in config.signals}
+    testable = [s for s in config.signals if cut_after[s] and len(cut_before[s]) >= config.min_episodes]
+    level = config.alpha / (len(looks(config)) * len(testable)) if testable else None
     tests: list[SignalTest] = []
     for signal in config.signals:
-        b, a = before.get(signal, []), after.get(signal, [])
+        b, a = cut_before[signal], cut_after[signal] or list(after.get(signal, ()))
         mb = sum(b) / len(b) if b else None
         ma = sum(a) / len(a) if a else None
         base = {"signal": signal, "test": TESTS[signal], "n_before": len(b), "mean_before": mb, "n_after": len(a),
@@ -176,41 +200,59 @@ def registry_of(source: ExperienceStore | AdapterRegistry) -> AdapterRegistry:
     return source if isinstance(source, AdapterRegistry) else AdapterRegistry(source)
 
 
-def _scores(store: ExperienceStore, agent: str, since: datetime | None, until: datetime, *, newest: bool,
-            limit: int) -> list[float]:
+def _values(store: ExperienceStore, agent: str, signal: str, config: OnlineGuardConfig, since: datetime | None,
+            until: datetime, *, newest: bool) -> list[tuple[datetime, float]]:
+    """(started_at, value) of ``agent``'s episodes with ``signal`` that started in ``[since, until)``: the
+    newest or oldest ``max_episodes``, in that order. One grouped query."""
     started = Episode.started_at
-    stmt = (select(Episode.id, started, func.avg(Feedback.score))
-            .join(Feedback, Feedback.episode_id == Episode.id)
-            .where(Episode.agent == agent, Feedback.score.is_not(None), started < until)
-            .group_by(Episode.id, started)
-            .order_by(started.desc() if newest else started, Episode.id).limit(limit))  # fmt: skip
+    if signal == "score":
+        stmt = (select(started, func.avg(Feedback.score))
+                .join(Feedback, Feedback.episode_id == Episode.id)
+                .where(Episode.agent == agent, Feedback.score.is_not(None), started < until)
+                .group_by(Episode.id, started))  # fmt: skip
+    else:
+        stmt = select(started, Episode.outcome).where(Episode.agent == agent, Episode.outcome.is_not(None),
+                                                      started < until)
     if since is not None:
         stmt = stmt.where(started >= since)
+    stmt = stmt.order_by(started.desc() if newest else started, Episode.id).limit(config.max_episodes)
+    labels = config.success_outcomes
     with store.session() as s:
-        return [float(mean) for _, _, mean in s.execute(stmt)]
+        rows = s.execute(stmt).all()
+    if signal == "score":
+        return [(_utc(at), float(v)) for at, v in rows]
+    return [(_utc(at), 1.0 if v in labels else 0.0) for at, v in rows]
 
 
-def _successes(store: ExperienceStore, agent: str, since: datetime | None, until: datetime, *, newest: bool,
-               limit: int, labels: tuple[str, ...]) -> list[float]:
-    started = Episode.started_at
-    stmt = (select(Episode.outcome)
-            .where(Episode.agent == agent, Episode.outcome.is_not(None), started < until)
-            .order_by(started.desc() if newest else started, Episode.id).limit(limit))  # fmt: skip
-    if since is not None:
-        stmt = stmt.where(started >= since)
-    with store.session() as s:
-        return [1.0 if outcome in labels else 0.0 for outcome in s.execute(stmt).scalars()]
-
-
-def _sample(store: ExperienceStore, agent: str, config: OnlineGuardConfig, since: datetime | None, until: datetime,
-            *, newest: bool) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    if "score" in config.signals:
-        out["score"] = _scores(store, agent, since, until, newest=newest, limit=config.max_episodes)
-    if "success" in config.signals:
-        out["success"] = _successes(store, agent, since, until, newest=newest, limit=config.max_episodes,
-                                    labels=config.success_outcomes)
+def _utc(value: datetime) -> datetime:
+    out = as_utc(value)
+    assert out is not None
     return out
+
+
+def _samples(store: ExperienceStore, agent: str, config: OnlineGuardConfig, deployed_at: datetime,
+             previous_at: datetime | None, checked_at: datetime
+             ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, datetime | None]]:
+    """(before, after, the start of each signal's before window) for :func:`decide`.
+
+    ``same_length``: the before window reaches as far before the deploy as the after sample (at its
+    look) reaches after it, so a check at the same look always compares the same episodes.
+    """
+    before: dict[str, list[float]] = {}
+    after: dict[str, list[float]] = {}
+    since: dict[str, datetime | None] = {}
+    for signal in config.signals:
+        rows = _values(store, agent, signal, config, deployed_at, checked_at, newest=False)
+        rows = rows[: look_size(len(rows), config) or len(rows)]
+        after[signal] = [v for _, v in rows]
+        lower = previous_at
+        if config.window == "same_length":
+            span = (rows[-1][0] - deployed_at) if rows else timedelta(0)
+            start = deployed_at - span
+            lower = start if lower is None else max(lower, start)
+        since[signal] = lower
+        before[signal] = [v for _, v in _values(store, agent, signal, config, lower, deployed_at, newest=True)]
+    return before, after, since
 
 
 def check_agent(source: ExperienceStore | AdapterRegistry, agent: str, config: OnlineGuardConfig | None = None, *,
@@ -240,22 +282,18 @@ def check_agent(source: ExperienceStore | AdapterRegistry, agent: str, config: O
     if checked_at <= deployed_at:
         return GuardCheck(**head, decision="insufficient_data",
                           reason=f"the check's time {checked_at.isoformat()} is not after the deploy")
-    after = _sample(store, agent, config, deployed_at, checked_at, newest=False)
-    before = _sample(store, agent, config, head["before_since"], deployed_at, newest=True)
+    previous_at = as_utc(previous.created_at) if previous is not None else None
+    before, after, since = _samples(store, agent, config, deployed_at, previous_at, checked_at)
     signals, decision, reason = decide(before, after, config)
+    signals = tuple(t.model_copy(update={"before_since": since.get(t.signal)}) for t in signals)
     return GuardCheck(**head, signals=signals, decision=decision, reason=reason)
 
 
 def _head(live: DeploymentRecord, previous: DeploymentRecord | None, checked_at: datetime,
-          config: OnlineGuardConfig) -> dict[str, object]:
-    """The fields of a check that name what is compared: the deployment, the one before, the before window."""
-    deployed_at = as_utc(live.created_at)
-    assert deployed_at is not None
-    since = as_utc(previous.created_at) if previous is not None else None
-    if config.window == "same_length":
-        start = deployed_at - max(checked_at - deployed_at, timedelta(0))
-        since = start if since is None else max(since, start)
+          config: OnlineGuardConfig) -> dict[str, Any]:
+    """The fields of a check that name what is compared: the deployment and the one before it."""
     return {"agent": live.agent, "deployment_id": live.id, "deployment_seq": live.seq, "stack": live.stack.name,
             "previous_deployment_id": previous.id if previous else None,
-            "previous_stack": previous.stack.name if previous else None, "deployed_at": deployed_at,
-            "checked_at": checked_at, "before_since": since, "config": config}
+            "previous_stack": previous.stack.name if previous else None, "deployed_at": as_utc(live.created_at),
+            "checked_at": checked_at, "before_since": as_utc(previous.created_at) if previous else None,
+            "config": config}

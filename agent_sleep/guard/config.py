@@ -35,19 +35,21 @@ class OnlineGuardConfig(BaseModel):
     """``score``: per-episode mean feedback score (Welch t test); ``success``: the rate of episodes whose
     outcome is in ``success_outcomes`` among those with an outcome (two-proportion z test)."""
     alpha: float = Field(default=0.05, gt=0.0, lt=0.5)
-    """The false-rollback rate one check allows for the whole family of signals (each signal tested is
-    held to ``alpha / number of signals tested``, Bonferroni)."""
+    """The chance that a deployment which is no worse gets rolled back, over all its checks: each test is
+    held to ``alpha / (looks x signals tested)`` (Bonferroni)."""
     min_episodes: int = Field(default=30, ge=2)
-    """Episodes with the signal needed on each side before the signal is tested."""
+    """Episodes with the signal needed on each side before the signal is tested: the first look."""
     max_episodes: int = Field(default=100, ge=2)
-    """Episodes with the signal used on each side at most: after the deploy its oldest, before it its newest.
-    Once the new stack has served this many, later checks see the same sample and give the same verdict."""
+    """Episodes with the signal used on each side at most (after the deploy its oldest, before it its
+    newest): the last look. Looks double from ``min_episodes`` (30, 60, 100); ``min_episodes ==
+    max_episodes`` makes one look, a fixed-sample test at the full ``alpha``."""
     min_drop: float = Field(default=0.05, ge=0.0)
     """A drop smaller than this (in score units; for ``success``, in rate) never rolls back, however
     significant: the effect must matter, not only be detectable."""
     window: Literal["episodes", "same_length"] = "episodes"
     """Which episodes of the previous stack are compared. ``episodes``: the newest ``max_episodes`` it served;
-    ``same_length``: only those that started within as long before the deploy as the new stack has been live."""
+    ``same_length``: of those, only the ones that started at most as long before the deploy as the after
+    sample's last episode started after it (the same stretch of time on both sides)."""
     success_outcomes: tuple[str, ...] = ("success", "resolved")
     """Outcome labels that count as a success; any other outcome counts as a failure."""
 

@@ -70,17 +70,18 @@ def _beta_cf(a: float, b: float, x: float) -> float:
     return h
 
 
-def _betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function ``I_x(a, b)`` for ``0 <= x <= 1``."""
+def _betainc(a: float, b: float, x: float, y: float) -> float:
+    """The regularised incomplete beta function ``I_x(a, b)`` for ``0 <= x <= 1``; ``y = 1 - x``, passed in
+    because the caller can compute it without cancellation (``x`` is close to 1 for large df)."""
     if x <= 0.0:
         return 0.0
-    if x >= 1.0:
+    if y <= 0.0:
         return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(y)
     front = math.exp(log_front)
     if x < (a + 1.0) / (a + b + 2.0):
         return front * _beta_cf(a, b, x) / a
-    return 1.0 - front * _beta_cf(b, a, 1.0 - x) / b
+    return 1.0 - front * _beta_cf(b, a, y) / b
 
 
 def student_t_cdf(t: float, df: float) -> float:
@@ -89,7 +90,7 @@ def student_t_cdf(t: float, df: float) -> float:
         raise ValueError(f"student_t_cdf needs df > 0 and a number t, got t={t!r}, df={df!r}")
     if math.isinf(t):
         return 0.0 if t < 0 else 1.0
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))  # P(T <= -|t|)
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t), t * t / (df + t * t))  # P(T <= -|t|)
     return tail if t < 0 else 1.0 - tail
 
 

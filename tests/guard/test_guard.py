@@ -40,7 +40,7 @@ def _journal(registry: AdapterRegistry) -> list[dict]:
 
 
 def test_a_clear_drop_rolls_back_with_the_numbers_recorded(registry: AdapterRegistry, tmp_path: Path) -> None:
-    d1, d2 = history(registry, tmp_path, before=(0.75, 0.8), after=(0.45, 0.4))
+    d1, d2 = history(registry, tmp_path, before=(0.75, 0.8), after=(0.45, 0.4), n_after=70)
     outcome = enforce(registry, AGENT, ON, now=NOW)
 
     check = outcome.check
@@ -48,17 +48,17 @@ def test_a_clear_drop_rolls_back_with_the_numbers_recorded(registry: AdapterRegi
     assert (check.deployment_id, check.stack, check.previous_stack) == (d2.id, d2.stack.name, d1.stack.name)
     score, success = check.signal("score"), check.signal("success")
     assert score is not None and success is not None
-    assert (score.n_before, score.n_after, success.n_before, success.n_after) == (50, 50, 50, 50)
+    assert (score.n_before, score.n_after, success.n_before, success.n_after) == (50, 60, 50, 60)  # look 60
     assert score.mean_before > 0.7 and score.mean_after < 0.5 and score.outcome == "drop"
     assert score.p_value is not None and score.p_value < 1e-6 and score.statistic is not None and score.statistic < -5
-    assert score.alpha == pytest.approx(0.025)  # two signals tested share alpha 0.05
+    assert score.alpha == pytest.approx(0.05 / 6)  # three looks (30, 60, 100) x two signals share alpha 0.05
     assert success.outcome == "drop" and success.test == "two_proportion_z"
 
     rb = outcome.rollback
     assert rb is not None and registry.live(AGENT) == rb
     assert (rb.kind, rb.actor, rb.seq, rb.stack.id) == ("rollback", GUARD_ACTOR, 3, d1.stack.id)
     assert rb.reason.startswith("online guard: significant drop: score ")
-    assert f"{score.mean_before:.3f} -> {score.mean_after:.3f}" in rb.reason and "n 50 vs 50" in rb.reason
+    assert f"{score.mean_before:.3f} -> {score.mean_after:.3f}" in rb.reason and "n 50 vs 60" in rb.reason
     assert rb.detail is not None
     assert GuardCheck.model_validate(rb.detail[DETAIL_KEY]) == check  # the whole check, as stored
     assert registry.deployment(rb.id).detail == rb.detail
@@ -113,7 +113,7 @@ def test_one_signal_short_of_data_is_reported_and_the_other_decides(registry: Ad
     assert check.decision == "rollback"
     success = check.signal("success")
     assert success is not None and success.outcome == "insufficient_data" and success.n_before == 0
-    assert check.signal("score").alpha == pytest.approx(0.05)  # type: ignore[union-attr]  # the only one tested
+    assert check.signal("score").alpha == pytest.approx(0.05 / 3)  # type: ignore[union-attr]  # the only one tested
 
 
 def test_the_guard_is_off_by_default(registry: AdapterRegistry, tmp_path: Path) -> None:
@@ -147,34 +147,44 @@ def test_the_before_sample_is_the_previous_stacks_only(registry: AdapterRegistry
     names = register(registry, tmp_path)
     log_episodes(registry.store, T0 - timedelta(days=1), [0.0] * 40)  # before v1: not v1's traffic
     deploy_at(registry, names[0], T0)
-    log_episodes(registry.store, T0 + timedelta(hours=1), [0.5] * 35 + [0.6] * 35)
+    log_episodes(registry.store, T0 + timedelta(hours=1), [0.5, 0.6] * 35)
     deploy_at(registry, names[1], T1)
-    log_episodes(registry.store, T1 + timedelta(hours=1), [0.5] * 35 + [0.6] * 35)
+    log_episodes(registry.store, T1 + timedelta(hours=1), [0.5, 0.6] * 35)
     log_episodes(registry.store, NOW + timedelta(hours=1), [0.0] * 40)  # after the check's time
     check = check_agent(registry, AGENT, ON, now=NOW)
     score = check.signal("score")
-    assert score is not None and (score.n_before, score.n_after) == (70, 70)
+    assert score is not None and (score.n_before, score.n_after) == (70, 60)  # after: its oldest 60 (a look)
     assert score.mean_before == pytest.approx(0.55) and score.mean_after == pytest.approx(0.55)
-    assert check.decision == "keep" and check.before_since == T0
+    assert check.decision == "keep" and check.before_since == T0 and score.before_since == T0
 
 
 def test_same_length_window_and_the_sample_cap(registry: AdapterRegistry, tmp_path: Path) -> None:
     names = register(registry, tmp_path)
     deploy_at(registry, names[0], T0)
     log_episodes(registry.store, T0 + timedelta(hours=1), [0.2] * 40)  # early in v1's day
-    log_episodes(registry.store, T1 - timedelta(hours=2), [0.8] * 40)  # the two hours before the deploy
+    log_episodes(registry.store, T1 - timedelta(minutes=120), [0.8] * 40)  # T1-120 .. T1-81 min
     deploy_at(registry, names[1], T1)
-    log_episodes(registry.store, T1 + timedelta(minutes=1), [0.8] * 40 + [0.1] * 60)
-    now = T1 + timedelta(hours=2, minutes=30)
-    same = check_agent(registry, AGENT, OnlineGuardConfig(window="same_length", signals=("score",)), now=now)
-    assert same.before_since == T1 - timedelta(hours=2, minutes=30)
-    assert same.signal("score").n_before == 40  # type: ignore[union-attr]  # only the last two hours' episodes
-    capped = check_agent(registry, AGENT, OnlineGuardConfig(max_episodes=40, min_episodes=30, signals=("score",)),
-                         now=now)
+    log_episodes(registry.store, T1, [0.8] * 30, step=timedelta(minutes=4))  # T1 .. T1+116 min
+    same = check_agent(registry, AGENT, OnlineGuardConfig(window="same_length", signals=("score",)), now=NOW)
+    score = same.signal("score")
+    assert score is not None and score.before_since == T1 - timedelta(minutes=116)
+    assert (score.n_before, score.mean_before) == (36, pytest.approx(0.8))  # T1-116 .. T1-81 min only
+    capped = check_agent(registry, AGENT, OnlineGuardConfig(max_episodes=40, signals=("score",)), now=NOW)
     score = capped.signal("score")
-    assert score is not None and (score.n_before, score.n_after) == (40, 40)
-    assert score.mean_before == pytest.approx(0.8) and score.mean_after == pytest.approx(0.8)  # newest / oldest 40
+    assert score is not None and (score.n_before, score.n_after) == (40, 30)
+    assert score.mean_before == pytest.approx(0.8) and score.before_since == T0  # the newest 40 before
     assert capped.decision == "keep"
+
+
+def test_checks_between_looks_compare_the_same_episodes(registry: AdapterRegistry, tmp_path: Path) -> None:
+    history(registry, tmp_path, before=(0.7, 0.7), after=(0.6, 0.6), n_after=45)
+    first = check_agent(registry, AGENT, ON, now=NOW)
+    log_episodes(registry.store, T1 + timedelta(hours=3), [0.0] * 10, ["escalated"] * 10)  # 55 now: no new look
+    second = check_agent(registry, AGENT, ON, now=NOW)
+    assert [t.n_after for t in first.signals] == [30, 30] and second.signals == first.signals
+    log_episodes(registry.store, T1 + timedelta(hours=4), [0.0] * 5, ["escalated"] * 5)  # 60: the second look
+    third = check_agent(registry, AGENT, ON, now=NOW)
+    assert [t.n_after for t in third.signals] == [60, 60] and third.decision == "rollback"
 
 
 def test_a_check_of_an_agent_without_deployments(registry: AdapterRegistry, tmp_path: Path) -> None:
