@@ -271,7 +271,10 @@ def check_agent(source: ExperienceStore | AdapterRegistry, agent: str, config: O
         return GuardCheck(agent=agent, deployment_id=None, deployment_seq=None, stack=None, checked_at=checked_at,
                           decision="keep", reason=f"agent {agent!r} has no deployment: nothing to guard",
                           config=config)
-    previous = registry.deployment(live.previous_id) if live.previous_id else None
+    if live.kind == "rollback":  # its previous_id is where the next rollback goes, not what it replaced
+        previous = next((d for d in registry.deployments(agent) if d.seq == live.seq - 1), None)
+    else:
+        previous = registry.deployment(live.previous_id) if live.previous_id else None
     head = _head(live, previous, checked_at, config)
     if live.kind == "rollback":
         return GuardCheck(**head, decision="keep", reason=(
