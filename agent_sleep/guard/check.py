@@ -171,7 +171,8 @@ def decide(before: dict[str, list[float]], after: dict[str, list[float]],
         significant = result.p_value <= level
         if significant and drop >= config.min_drop:
             outcome: SignalOutcome = "drop"
-            note = f"{signal} dropped by {drop:.3g} (at least {config.min_drop:g}), p {result.p_value:.2g} <= {level:.3g}"
+            note = (f"{signal} dropped by {drop:.3g} (at least {config.min_drop:g}), "
+                    f"p {result.p_value:.2g} <= {level:.3g}")
         elif significant:
             outcome = "no_drop"
             note = f"{signal} dropped by {drop:.3g}: significant, but less than min_drop {config.min_drop:g}"

@@ -68,7 +68,8 @@ def roll_back(registry: AdapterRegistry, check: GuardCheck) -> DeploymentRecord:
     Raises DeployConflictError (nothing changed) when another deployment is live by now.
     """
     if check.decision != "rollback" or check.deployment_seq is None:
-        raise InvalidInputError(f"check of {check.agent!r} decided {check.decision!r}; only a rollback verdict rolls back")
+        raise InvalidInputError(f"check of {check.agent!r} decided {check.decision!r}; only a rollback verdict "
+                                "rolls back")
     agent, seq = check.agent, check.deployment_seq
     live = registry.live(agent)
     if live is None or live.id != check.deployment_id:

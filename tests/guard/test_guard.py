@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_sleep.errors import DeployConflictError, NotFoundError
+from agent_sleep.errors import DeployConflictError, DeploymentError, NotFoundError
 from agent_sleep.guard import (
     DETAIL_KEY,
     GUARD_ACTOR,
@@ -22,6 +22,7 @@ from agent_sleep.guard import (
     roll_back,
 )
 from agent_sleep.registry import AdapterRegistry
+from agent_sleep.registry.records import Rejection
 from agent_sleep.store import ExperienceStore
 from tests.guard.helpers import AGENT, NOW, T0, T1, deploy_at, history, log_episodes, register
 
@@ -125,7 +126,8 @@ def test_the_guard_is_off_by_default(registry: AdapterRegistry, tmp_path: Path) 
     assert [e["action"] for e in _journal(registry)] == ["disabled"]  # shadow mode: recorded, not acted on
 
     dry = enforce(registry, AGENT, ON, now=NOW, dry_run=True)
-    assert dry.action == "dry_run" and dry.journal is None and registry.live(AGENT).id == d2.id  # type: ignore[union-attr]
+    assert dry.action == "dry_run" and dry.journal is None
+    assert registry.live(AGENT).id == d2.id  # type: ignore[union-attr]
     assert len(_journal(registry)) == 1
 
 
@@ -193,6 +195,16 @@ def test_a_check_of_an_agent_without_deployments(registry: AdapterRegistry, tmp_
     assert check.decision == "keep" and check.deployment_id is None and "no deployment" in check.reason
     with pytest.raises(NotFoundError, match="no agent named 'helpdsk'; did you mean 'helpdesk'"):
         check_agent(registry, "helpdsk", ON)
+
+
+def test_a_rollback_the_registry_refuses_is_journaled_and_raised(registry: AdapterRegistry, tmp_path: Path) -> None:
+    d1, d2 = history(registry, tmp_path, before=(0.75, 0.8), after=(0.45, 0.4))
+    registry.reject(d1.stack.items[0].adapter, "leaks a secret", Rejection(check="manual", kind="manual"))
+    with pytest.raises(DeploymentError, match="holds rejected versions, nothing was deployed"):
+        enforce(registry, AGENT, ON, now=NOW)
+    assert registry.live(AGENT).id == d2.id  # type: ignore[union-attr]
+    [entry] = _journal(registry)
+    assert entry["action"] == "failed" and "leaks a secret" in entry["error"]
 
 
 # ---------------------------------------------------------------- races with a manual deploy
