@@ -16,11 +16,14 @@ and every running :class:`~agent_sleep.runtime.live.LiveRuntime` validates a dep
 switches to it.
 
 Every check :func:`enforce` makes is appended to the agent's journal (:mod:`.journal`), rollbacks
-and conflicts included; ``dry_run`` writes nothing at all.
+and conflicts included, except a check that repeats the last one recorded (same deployment, action
+and numbers); ``dry_run`` writes nothing at all.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -119,7 +122,8 @@ def enforce(source: ExperienceStore | AdapterRegistry, agent: str, config: Onlin
             append_journal(path, _entry(GuardOutcome(check=check, action=failed), error=str(exc)))
             raise
     outcome = GuardOutcome(check=check, action=action, rollback=rollback, journal=str(path))
-    append_journal(path, _entry(outcome))
+    entry = _entry(outcome)
+    append_journal(path, entry, key=None if rollback else _key(entry))
     return outcome
 
 
@@ -127,3 +131,10 @@ def _entry(outcome: GuardOutcome, *, error: str | None = None) -> dict[str, Any]
     return {"at": utcnow().isoformat(), "action": outcome.action,
             "rollback_id": outcome.rollback.id if outcome.rollback else None, "error": error,
             "check": outcome.check.model_dump(mode="json")}
+
+
+def _key(entry: dict[str, Any]) -> str:
+    """What makes a check news: the deployment, the decision, the action and the numbers (not the time)."""
+    check = entry["check"]
+    what = [check["deployment_id"], check["decision"], entry["action"], check["config"], check["signals"]]
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]

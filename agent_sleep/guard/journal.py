@@ -8,6 +8,11 @@ its decision, is appended to ``<data_dir>/guard/<agent>.jsonl``. The trade-off: 
 by several hosts, each host's journal holds the checks that host made; the rollbacks, the only checks
 that changed anything, are in the shared database.
 
+A scheduler may check every minute; between two looks (:func:`~agent_sleep.guard.check.looks`) a
+check repeats the last one, so :func:`~agent_sleep.guard.enforce` passes a key (the deployment, the
+action and the numbers) and a record whose key equals the last record's is not written again: the
+journal grows by a line when something changed, not by a line per call.
+
 Appending is crash-safe without rewriting the file: each record is one ``write`` of one line under an
 exclusive ``flock`` (where the platform has it), fsynced. A process killed mid-write leaves at most a
 torn last line: the next writer starts on a new line, and :func:`read_journal` skips (and counts) lines
@@ -50,21 +55,45 @@ def _locked(fd: int) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def append_journal(path: str | Path, record: dict[str, Any]) -> None:
-    """Append ``record`` as one JSON line to ``path`` (created with its folder), fsynced."""
+_TAIL = 65536  # bytes read back to find the last record (a check is a few kB)
+
+
+def _last_record(fd: int, size: int) -> dict[str, Any] | None:
+    tail = os.pread(fd, min(size, _TAIL), max(0, size - _TAIL))
+    for raw in reversed(tail.split(b"\n")):
+        if raw.strip():
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                return None
+            return value if isinstance(value, dict) else None
+    return None
+
+
+def append_journal(path: str | Path, record: dict[str, Any], *, key: str | None = None) -> bool:
+    """Append ``record`` as one JSON line to ``path`` (created with its folder), fsynced; True if written.
+
+    ``key``: stored with the record as ``"key"``; when the last record has the same key, nothing is
+    written (a scheduler checking every minute adds a line when the verdict or its numbers change).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if key is not None:
+        record = {**record, "key": key}
     line = (json.dumps(record, sort_keys=True, allow_nan=False, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)  # read: the last byte
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)  # read: the last line
     try:
         with _locked(fd):
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn line from a killed writer: start afresh
                 line = b"\n" + line
+            elif size and key is not None and (_last_record(fd, size) or {}).get("key") == key:
+                return False
             view = memoryview(line)
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
+            return True
     finally:
         os.close(fd)
 

@@ -82,6 +82,11 @@ def test_no_drop_keeps(registry: AdapterRegistry, tmp_path: Path) -> None:
     assert all(t.outcome == "no_drop" and t.p_value is not None and t.p_value > 0.5 for t in outcome.check.signals)
     assert registry.live(AGENT).id == d2.id  # type: ignore[union-attr]
     assert [e["check"]["decision"] for e in _journal(registry)] == ["keep"]
+    enforce(registry, AGENT, ON, now=NOW + timedelta(hours=1))  # the same verdict on the same numbers ...
+    assert len(_journal(registry)) == 1  # ... is not journaled again
+    log_episodes(registry.store, T1 + timedelta(hours=5), [0.7] * 50, ["resolved"] * 50)  # 100: the last look
+    assert enforce(registry, AGENT, ON, now=NOW).check.signals[0].n_after == 100
+    assert [e["check"]["signals"][0]["n_after"] for e in _journal(registry)] == [30, 100]
 
 
 def test_a_small_drop_keeps_however_significant(registry: AdapterRegistry, tmp_path: Path) -> None:
