@@ -8,7 +8,7 @@ The layers, lowest first (``LAYERS`` below is the one place they are written dow
     registry       registry
     selection      selectors
     stages         generators, runtime, evaluation
-    orchestration  consolidation, scheduling, reports
+    orchestration  consolidation, scheduling, reports, guard
     serving        serving
     entry points   cli, demo, and the package facade ``agent_sleep/__init__.py``
 
@@ -25,6 +25,8 @@ Choices made here:
   (possibly through the runtime's chat model) and deploy may call its gate.
 * ``scheduling`` (starts consolidation runs) and ``reports`` (read run records) sit
   just below ``serving``: they drive and read the stages, and a server may show them.
+  ``guard`` (the online guard: live feedback after a deploy, automatic rollback) sits
+  with them: it reads the store and writes the registry, and the scheduler calls it.
 * The facade ``agent_sleep/__init__.py`` re-exports names from several layers, so it
   is an entry point: library modules never import ``agent_sleep`` itself (the
   version lives in ``agent_sleep/_version.py``).
@@ -52,7 +54,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("registry", frozenset({"registry"})),
     ("selection", frozenset({"selectors"})),
     ("stages", frozenset({"generators", "runtime", "evaluation"})),
-    ("orchestration", frozenset({"consolidation", "scheduling", "reports"})),
+    ("orchestration", frozenset({"consolidation", "scheduling", "reports", "guard"})),
     ("serving", frozenset({"serving"})),
     ("entry points", frozenset({"cli", "demo", FACADE})),
 )

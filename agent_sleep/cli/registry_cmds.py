@@ -219,6 +219,9 @@ def cmd_remove_skill(args: argparse.Namespace) -> int:
 
 
 def cmd_deployments(args: argparse.Namespace) -> int:
+    """The history, oldest first; a guard rollback also shows the numbers its check recorded (``detail``)."""
+    from agent_sleep.cli.guard_cmds import deployment_detail_lines
+
     reg = _registry(args)
     deps = reg.deployments(args.agent)
     if args.json:
@@ -232,6 +235,8 @@ def cmd_deployments(args: argparse.Namespace) -> int:
         items = _describe(d.stack) or "base model"
         print(f"#{d.seq:<3} {d.created_at:%Y-%m-%d %H:%M:%S}  {d.kind:12} {d.stack.name:28} by {d.actor}: "
               f"{d.reason}  [{items}]  id={d.id}")
+        for line in deployment_detail_lines(d.detail):
+            print(f"     {line}")
     return 0
 
 

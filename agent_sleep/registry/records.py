@@ -132,6 +132,7 @@ class DeploymentRecord(Record):
     reason: str
     run_id: str | None
     previous_id: str | None
+    detail: dict[str, Any] | None = None  # the numbers behind it (e.g. the online guard's check), migration 0005
     created_at: datetime
 
 

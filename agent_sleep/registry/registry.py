@@ -435,11 +435,13 @@ class AdapterRegistry:
     # -- deployments -----------------------------------------------------------------------------
     def deploy(self, agent: str, target: str | StackRef | AdapterRef | Sequence[Any], *, actor: str = "user",
                reason: str = "", run_id: str | None = None, expected_seq: int | None = None, kind: str = "deploy",
-               previous_id: str | None = None) -> DeploymentRecord:
+               previous_id: str | None = None, detail: Mapping[str, Any] | None = None) -> DeploymentRecord:
         """Make a stack live for ``agent``: a stack ref, an adapter ref (``skill@vN``), or a list of items.
 
         ``expected_seq`` is the deployment sequence number the caller saw as live;
         if another deploy happened since, DeployConflictError is raised and nothing changes.
+        ``detail``: the numbers behind the deployment, kept with it as JSON (e.g. the online
+        guard's test that rolled a stack back); the row is never edited afterwards.
         A stack holding a rejected version is refused (DeploymentError). This records;
         it does not validate: ``agent_sleep.runtime.deploy`` validates first.
         """
@@ -458,7 +460,7 @@ class AdapterRegistry:
                     raise DeployConflictError(f"agent {agent!r} changed while deploying: live deployment is #{seq}, "
                                               f"expected #{expected_seq}; nothing was deployed")
                 dep = Deployment(agent=agent, seq=seq + 1, stack_id=stack.id, kind=kind, actor=actor, reason=reason,
-                                 run_id=run_id, created_at=utcnow(),
+                                 run_id=run_id, created_at=utcnow(), detail=_json_detail(detail),
                                  previous_id=previous_id if kind == "rollback" else (current.id if current else None))
                 s.add(dep)
                 s.flush()
@@ -471,16 +473,18 @@ class AdapterRegistry:
                                       f"({exc.orig})") from None
 
     def rollback(self, agent: str, *, to: str | None = None, actor: str = "user", reason: str = "rollback",
-                 expected_seq: int | None = None) -> DeploymentRecord:
+                 expected_seq: int | None = None, detail: Mapping[str, Any] | None = None) -> DeploymentRecord:
         """Make an earlier stack live again, as a new deployment.
 
         Without ``to``, returns to what was live before the current deployment; a
-        second rollback steps further back (an undo stack, not a toggle).
+        second rollback steps further back (an undo stack, not a toggle). ``expected_seq``:
+        roll back only if deployment #``expected_seq`` is still the live one (else
+        DeployConflictError, nothing changes). ``detail``: as for :meth:`deploy`.
         """
         plan = self.rollback_plan(agent, to=to)
         return self.deploy(agent, plan.stack.name, actor=actor, reason=reason, kind="rollback",
                            expected_seq=expected_seq if expected_seq is not None else plan.expected_seq,
-                           previous_id=plan.previous_id)
+                           previous_id=plan.previous_id, detail=detail)
 
     def rollback_plan(self, agent: str, *, to: str | None = None) -> RollbackPlan:
         """What :meth:`rollback` with these arguments would make live; writes nothing (validate it first)."""
@@ -675,7 +679,17 @@ class AdapterRegistry:
         assert stack is not None
         return DeploymentRecord(id=row.id, agent=row.agent, seq=row.seq, stack=self._stack_record(stack), kind=row.kind,
                                 actor=row.actor, reason=row.reason, run_id=row.run_id, previous_id=row.previous_id,
-                                created_at=row.created_at)
+                                detail=row.detail, created_at=row.created_at)
+
+
+def _json_detail(detail: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``detail`` as plain JSON values (checked here, so a value JSON cannot hold fails before anything is written)."""
+    if detail is None:
+        return None
+    try:
+        return json.loads(json.dumps(dict(detail), allow_nan=False, default=str))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"a deployment's detail must be JSON (finite numbers, string keys): {exc}") from None
 
 
 def _int_or(value: str) -> int:

@@ -232,13 +232,14 @@ def _validated(registry: AdapterRegistry, items: Sequence[StackItem], write: Cal
 def deploy_validated(registry: AdapterRegistry, agent: str, target: str | StackRef | AdapterRef | Sequence[Any], *,
                      actor: str = "user", reason: str = "", run_id: str | None = None, validate: bool = True,
                      handle: BaseModelHandle | None = None, max_delta_norm: float | None = None,
-                     cache: VerdictCache | None = None, layers_of: LayersOf | None = None
-                     ) -> DeployOutcome:
+                     cache: VerdictCache | None = None, layers_of: LayersOf | None = None,
+                     detail: Mapping[str, Any] | None = None) -> DeployOutcome:
     """Validate the stack against the base model, then record it and deploy it atomically.
 
     ``target``: a stack, an adapter reference, or a list of adapters / ``(adapter, weight)``.
     References are resolved to versions first; the stack row is written with the deployment.
-    ``validate=False`` skips the checks but still refuses a rejected version.
+    ``validate=False`` skips the checks but still refuses a rejected version. ``detail`` is kept
+    with the deployment (:meth:`~agent_sleep.registry.AdapterRegistry.deploy`).
     """
     live = registry.live(agent)
     seen = live.seq if live else 0
@@ -254,7 +255,8 @@ def deploy_validated(registry: AdapterRegistry, agent: str, target: str | StackR
 
     def write() -> DeploymentRecord:
         # expected_seq: a deploy that raced us while we validated wins; we get a conflict error.
-        return registry.deploy(agent, deploy_target, actor=actor, reason=reason, run_id=run_id, expected_seq=seen)
+        return registry.deploy(agent, deploy_target, actor=actor, reason=reason, run_id=run_id, expected_seq=seen,
+                               detail=detail)
 
     return _validated(registry, items, write, validate=validate, handle=handle, max_delta_norm=max_delta_norm,
                       cache=cache, actor=actor, layers_of=layers_of)
@@ -263,13 +265,19 @@ def deploy_validated(registry: AdapterRegistry, agent: str, target: str | StackR
 def rollback_validated(registry: AdapterRegistry, agent: str, *, to: str | None = None, actor: str = "user",
                        reason: str = "rollback", validate: bool = True, handle: BaseModelHandle | None = None,
                        max_delta_norm: float | None = None, cache: VerdictCache | None = None,
-                       layers_of: LayersOf | None = None) -> DeployOutcome:
-    """:meth:`AdapterRegistry.rollback`, validated like a deploy: a stack that fails is not made live again."""
+                       layers_of: LayersOf | None = None, expected_seq: int | None = None,
+                       detail: Mapping[str, Any] | None = None) -> DeployOutcome:
+    """:meth:`AdapterRegistry.rollback`, validated like a deploy: a stack that fails is not made live again.
+
+    ``expected_seq``: roll back only while deployment #``expected_seq`` is live (else DeployConflictError);
+    ``detail`` is kept with the rollback's deployment.
+    """
     plan = registry.rollback_plan(agent, to=to)
 
     def write() -> DeploymentRecord:
         return registry.deploy(agent, plan.stack.name, actor=actor, reason=reason, kind="rollback",
-                               expected_seq=plan.expected_seq, previous_id=plan.previous_id)
+                               expected_seq=plan.expected_seq if expected_seq is None else expected_seq,
+                               previous_id=plan.previous_id, detail=detail)
 
     return _validated(registry, plan.stack.items, write, validate=validate, handle=handle,
                       max_delta_norm=max_delta_norm, cache=cache, actor=actor, layers_of=layers_of)

@@ -198,21 +198,26 @@ class LiveRuntime:
 
     # -- changing what is live ----------------------------------------------------------------
     def deploy(self, agent: str, target: str | StackRef | AdapterRef | Sequence[Any], *, actor: str = "runtime",
-               reason: str = "", run_id: str | None = None) -> DeployOutcome:
+               reason: str = "", run_id: str | None = None, detail: Mapping[str, Any] | None = None
+               ) -> DeployOutcome:
         """Validate, record in the registry, prepare, and switch ``agent`` to the new stack."""
         outcome = deploy_validated(self.registry, agent, target, actor=actor, reason=reason, run_id=run_id,
                                    validate=self.validate, handle=self.handle, max_delta_norm=self.max_delta_norm,
-                                   cache=self._verdicts, layers_of=self._adapter_layers)
+                                   cache=self._verdicts, layers_of=self._adapter_layers, detail=detail)
         if outcome.deployment is not None:
             self._activate(outcome.deployment)
         return outcome
 
     def rollback(self, agent: str, *, to: str | None = None, actor: str = "runtime",
-                 reason: str = "rollback") -> DeployOutcome:
-        """Validate the earlier stack like a deploy, then make it live again (``rejected``: nothing changed)."""
+                 reason: str = "rollback", expected_seq: int | None = None,
+                 detail: Mapping[str, Any] | None = None) -> DeployOutcome:
+        """Validate the earlier stack like a deploy, then make it live again (``rejected``: nothing changed).
+
+        ``expected_seq``: only while deployment #``expected_seq`` is live (else DeployConflictError).
+        """
         outcome = rollback_validated(self.registry, agent, to=to, actor=actor, reason=reason, validate=self.validate,
                                      handle=self.handle, max_delta_norm=self.max_delta_norm, cache=self._verdicts,
-                                     layers_of=self._adapter_layers)
+                                     layers_of=self._adapter_layers, expected_seq=expected_seq, detail=detail)
         if outcome.deployment is not None:
             self._activate(outcome.deployment)
         return outcome

@@ -176,6 +176,8 @@ def test_every_data_command_prints_json_with_one_timestamp_format(world: dict[st
         ["adapters", "retire", "tone@v1", "--reason", "replaced", "--json"],
         ["adapters", "approve", "extra@v1", "--json"],
         ["deployments", "--agent", "helpdesk", "--json"],
+        ["guard", "check", "--agent", "helpdesk", "--json"],
+        ["guard", "history", "--agent", "helpdesk", "--json"],
         ["log", "import", str(_export(world, capsys)), "--json"],
     ]
     groups = {path[0] for path in _commands() if len(path) == 2}

@@ -279,3 +279,19 @@ def test_a_rejection_says_when_to_look_again() -> None:
     assert broken.applies(base_model_hash=other, max_delta_norm=1e9)
     stored = {**POLICY.model_dump(mode="json"), "from_a_newer_version": 1}  # stored detail tolerates new keys
     assert Rejection.model_validate(stored) == POLICY
+
+
+def test_a_deployment_keeps_its_detail(registry: AdapterRegistry, tmp_path: Path) -> None:
+    a1, b1 = _register(registry, tmp_path, "refunds"), _register(registry, tmp_path, "tone")
+    d1 = registry.deploy("helpdesk", a1)
+    assert d1.detail is None
+    d2 = registry.deploy("helpdesk", b1, detail={"gate": {"delta": 0.25, "n": 16}})
+    assert d2.detail == {"gate": {"delta": 0.25, "n": 16}} == registry.deployment(d2.id).detail
+    with pytest.raises(InvalidInputError, match="detail must be JSON"):
+        registry.rollback("helpdesk", detail={"p": float("nan")})
+    assert registry.live("helpdesk") == registry.deployment(d2.id)  # nothing written
+    with pytest.raises(DeployConflictError, match="expected #1"):
+        registry.rollback("helpdesk", expected_seq=1, detail={"why": "stale"})
+    r = registry.rollback("helpdesk", expected_seq=2, detail={"why": "numbers"})
+    assert (r.kind, r.detail, r.stack.id) == ("rollback", {"why": "numbers"}, d1.stack.id)
+    assert [d.detail for d in registry.deployments("helpdesk")] == [None, d2.detail, {"why": "numbers"}]
