@@ -106,6 +106,9 @@ def cmd_schedule_remove(args: argparse.Namespace) -> int:
         rec = ScheduleStore(store).remove(args.schedule)
     finally:
         store.close()
+    if args.json:
+        print_json({**rec.model_dump(), "when": _when(rec), "removed": True})
+        return 0
     print(f"removed schedule {rec.id} ({rec.agent}, {_when(rec)})")
     return 0
 
@@ -150,6 +153,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(handler=cmd_schedule_add)
     p = ssub.add_parser("remove", help="remove a schedule (its requests stay)")
     p.add_argument("schedule", metavar="ID", help="schedule id (or a unique prefix of at least 4 characters)")
+    add_json_flag(p, "print the removed schedule as one JSON object")
     p.set_defaults(handler=cmd_schedule_remove)
 
 

@@ -28,7 +28,7 @@ from tests.helpers_models import make_tiny_model_dir
 README = Path(__file__).resolve().parents[2] / "README.md"
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00")
 # Commands that print no data of their own: a server, the demo, and export (whose output is JSONL already).
-NO_JSON = {("serve",), ("demo",), ("log", "export")}
+NO_JSON = {("serve",), ("demo",), ("log", "export"), ("scheduler",)}  # long-running or file output
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -178,6 +178,8 @@ def test_every_data_command_prints_json_with_one_timestamp_format(world: dict[st
         ["deployments", "--agent", "helpdesk", "--json"],
         ["guard", "check", "--agent", "helpdesk", "--json"],
         ["guard", "history", "--agent", "helpdesk", "--json"],
+        ["schedule", "add", "--agent", "helpdesk", "--every", "3600", "--json"],
+        ["schedule", "list", "--json"],
         ["log", "import", str(_export(world, capsys)), "--json"],
     ]
     groups = {path[0] for path in _commands() if len(path) == 2}
@@ -186,8 +188,10 @@ def test_every_data_command_prints_json_with_one_timestamp_format(world: dict[st
         assert (path in NO_JSON) != any(a.dest == "json" for a in parser._actions), path
     # ask and internalize print JSON without timestamps; tests/models/test_model_cmds.py and test_internalize_cli.
     # sleep and runs need a consolidation run: tests/consolidation/test_sleep_cli.py checks their JSON and times.
+    # schedule remove needs the id schedule add printed: tests/scheduling/ checks it.
     assert set(_commands()) - NO_JSON - covered == {("ask",), ("internalize",), ("sleep",), ("runs", "list"),
-                                                    ("runs", "show"), ("runs", "explain")}  # fmt: skip
+                                                    ("runs", "show"), ("runs", "explain"),
+                                                    ("schedule", "remove")}  # fmt: skip
     stamps = []
     for argv in commands:
         code, out, err = run(argv, capsys)
@@ -312,6 +316,7 @@ def test_empty_lists_say_so(capsys: pytest.CaptureFixture[str]) -> None:
         ("stacks", "list", "--agent", "helpdesk"): "no stacks for agent 'helpdesk'\n",
         ("documents", "list"): "no documents stored\n",
         ("runs", "list"): "no consolidation runs yet\n",
+        ("schedule", "list"): "no schedules\n",
         ("runs", "list", "--agent", "helpdsk"): "no runs for agent 'helpdsk' (no agent named 'helpdsk'; did you mean "
                                                  "'helpdesk'?)\n",
         ("deployments", "--agent", "helpdsk"): "no deployments for agent 'helpdsk' (no agent named 'helpdsk'; "
@@ -319,7 +324,7 @@ def test_empty_lists_say_so(capsys: pytest.CaptureFixture[str]) -> None:
     }  # fmt: skip
     lists = {path for path in _commands() if path[-1] == "list" or path == ("deployments",)}
     assert lists == {("episodes", "list"), ("adapters", "list"), ("stacks", "list"), ("documents", "list"),
-                     ("runs", "list"), ("deployments",)}  # fmt: skip
+                     ("runs", "list"), ("schedule", "list"), ("deployments",)}  # fmt: skip
     for argv, line in expected.items():
         code, out, _ = run(list(argv), capsys)
         assert (code, out) == (0, line), argv

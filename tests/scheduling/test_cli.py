@@ -61,6 +61,10 @@ def test_schedules_are_added_listed_and_removed(data: Any, tmp_path: Path, capsy
     code, out, _ = run(["schedule", "remove", cron_id[:8]], capsys)
     assert code == 0 and f"removed schedule {cron_id}" in out
     assert cron_id not in run(["schedule", "list"], capsys)[1]
+    other = next(r["id"] for r in rows if r["kind"] == "new_episodes")
+    code, out, _ = run(["schedule", "remove", other, "--json"], capsys)
+    assert code == 0 and json.loads(out) | {"id": other, "removed": True} == json.loads(out)
+    assert run(["schedule", "list"], capsys)[1] == "no schedules\n"
 
 
 def test_sleep_enqueue_writes_a_pending_request_that_a_worker_serves(data: Any, tmp_path: Path,
