@@ -33,6 +33,7 @@ _COMMAND_MODULES = (
     "agent_sleep.cli.serve_cmds",
     "agent_sleep.cli.generate_cmds",
     "agent_sleep.cli.sleep_cmds",
+    "agent_sleep.cli.report_cmds",
     "agent_sleep.cli.demo_cmds",
 )
 

@@ -133,6 +133,7 @@ class DeploymentRecord(Record):
     run_id: str | None
     previous_id: str | None
     created_at: datetime
+    detail: dict[str, Any] | None = None  # structured why (migration 0005), e.g. what made a guard roll back
 
 
 class RollbackPlan(BaseModel):

@@ -675,7 +675,7 @@ class AdapterRegistry:
         assert stack is not None
         return DeploymentRecord(id=row.id, agent=row.agent, seq=row.seq, stack=self._stack_record(stack), kind=row.kind,
                                 actor=row.actor, reason=row.reason, run_id=row.run_id, previous_id=row.previous_id,
-                                created_at=row.created_at)
+                                created_at=row.created_at, detail=row.detail)
 
 
 def _int_or(value: str) -> int:
