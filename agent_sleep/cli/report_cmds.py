@@ -21,8 +21,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from agent_sleep.reports import collect_report, format_for, render
     from agent_sleep.store import ExperienceStore
 
+    if args.json and args.format not in (None, "json"):
+        raise UsageError(f"--json and --format {args.format} disagree; give one")
     try:
-        fmt = args.format or format_for(args.output)
+        fmt = "json" if args.json else args.format or format_for(args.output)
     except InvalidInputError as exc:
         raise UsageError(str(exc)) from None
     store = ExperienceStore(settings=settings_from(args))
@@ -53,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--agent", help="only this agent (default: every agent with runs or deployments)")
     p.add_argument("--run", metavar="RUN", help="only this run (an id or unique prefix of at least 4 characters)")
     p.add_argument("--format", choices=FORMATS, help="html, md or json (default: from -o's suffix, else md)")
+    p.add_argument("--json", action="store_true", help="the report as one JSON object (same as --format json)")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write to FILE (replaced atomically)")
     p.set_defaults(handler=cmd_report, slow="building the report")
 

@@ -121,9 +121,10 @@ def _agent_report(agent: str, history: list[RunRecord], cycles: Mapping[str, int
         ))  # fmt: skip
         gate += deltas
         guards += _guard_rows(r, cycle, judged)
-    events = [DeploymentEvent(seq=d.seq, at=d.created_at, kind=d.kind, stack=d.stack.name, stack_version=d.stack.version,
-                              adapters=[i.adapter for i in d.stack.items], actor=d.actor, reason=d.reason,
-                              run_id=d.run_id, cycle=cycles.get(d.run_id or ""), detail=d.detail)
+    events = [DeploymentEvent(seq=d.seq, at=d.created_at, kind=d.kind, stack=d.stack.name,
+                              stack_version=d.stack.version, adapters=[i.adapter for i in d.stack.items],
+                              actor=d.actor, reason=d.reason, run_id=d.run_id, cycle=cycles.get(d.run_id or ""),
+                              detail=d.detail)
               for d in deployments]  # fmt: skip
     return AgentReport(agent=agent, runs=points, gate=gate, guards=guards, deployments=events)
 

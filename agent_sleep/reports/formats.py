@@ -1,7 +1,7 @@
 """The three ways a report is written, and which one a file name asks for.
 
-``json`` is the :class:`~.model.Report` dumped as it is (computed sections included, times in ISO 8601
-UTC); ``md`` and ``html`` render the same model (:mod:`.markdown`, :mod:`.page`). Only ``html`` loads
+``json`` is the :class:`~.model.Report` dumped as it is, on one line (computed sections included, times
+in ISO 8601 UTC to the second); ``md`` and ``html`` render the same model (:mod:`.markdown`, :mod:`.page`). Only ``html`` loads
 matplotlib, so the other two stay quick.
 """
 
@@ -34,7 +34,7 @@ def format_for(path: str | Path | None, default: Format = "md") -> Format:
 def render(report: Report, fmt: str) -> str:
     """``report`` as text in ``fmt`` (one of :data:`FORMATS`)."""
     if fmt == "json":
-        return report.model_dump_json(indent=2) + "\n"
+        return report.model_dump_json() + "\n"  # one line: the CLI's "--json is one JSON object"
     if fmt == "md":
         from agent_sleep.reports.markdown import render_markdown
 

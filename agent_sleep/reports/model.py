@@ -7,16 +7,17 @@ per-skill series, outcome counts and selection totals are derived from them (``c
 are in the JSON too, and cannot disagree with the rows they come from).
 
 Every ``cycle`` is the run's number among the agent's runs, oldest first (1, 2, …); it is the x axis
-of the plots and ties the rows of one run together across sections.
+of the plots and ties the rows of one run together across sections. Times are UTC to the second and dump
+as the CLI writes every time (``2026-11-29T06:58:11+00:00``), so a dump reads back equal.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, computed_field, field_validator
+from pydantic import BaseModel, ConfigDict, PlainSerializer, computed_field, field_validator
 
 from agent_sleep.store.records import as_utc
 
@@ -30,13 +31,17 @@ GateSource = Literal["summary", "stage"]
 result (a run still going, or one whose summary no longer validates)."""
 
 
+Time = Annotated[datetime, PlainSerializer(lambda v: v.isoformat(timespec="seconds"), when_used="json")]
+
+
 class _Value(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")  # ignore: a dump (with its computed fields) reads back
 
     @field_validator("*", mode="after")
     @classmethod
     def _utc(cls, v: Any) -> Any:
-        return as_utc(v) if isinstance(v, datetime) else v
+        utc = as_utc(v) if isinstance(v, datetime) else None
+        return utc.replace(microsecond=0) if utc is not None else v
 
 
 class StageTime(_Value):
@@ -57,8 +62,8 @@ class RunPoint(_Value):
 
     cycle: int
     run_id: str
-    started_at: datetime
-    ended_at: datetime | None
+    started_at: Time
+    ended_at: Time | None
     status: str  # running | finished
     outcome: str | None  # promoted | rejected_by_gate | no_signal | failed | skipped_overlap (None: running)
     seconds: float | None  # wall time, start to end
@@ -75,7 +80,7 @@ class GateDelta(_Value):
 
     cycle: int
     run_id: str
-    at: datetime
+    at: Time
     skill: str
     adapter: str | None
     verdict: str  # the skill's verdict in that run
@@ -103,7 +108,7 @@ class GuardScore(_Value):
 
     cycle: int
     run_id: str
-    at: datetime
+    at: Time
     suite: str
     stack: str  # the stack's label: adapters joined by "+", or "base"
     stack_role: Literal["live", "candidate"]
@@ -117,7 +122,7 @@ class DeploymentEvent(_Value):
     """One deployment of the agent: a stack became live (``kind``: deploy, rollback, remove_skill)."""
 
     seq: int
-    at: datetime
+    at: Time
     kind: str
     stack: str
     stack_version: int
@@ -185,7 +190,7 @@ class Report(_Value):
     """The report: the agents in scope (``agent``/``run``: the filters asked for), each with its history."""
 
     schema_version: int = 1
-    generated_at: datetime
+    generated_at: Time
     database: str  # the database URL, password hidden
     agent: str | None
     run: str | None

@@ -34,7 +34,8 @@ padding-bottom:3px}
 height:auto}figcaption{color:#57606a;font-size:12px}
 table{border-collapse:collapse;font-size:12.5px;margin:6px 0 10px}th,td{border:1px solid #d0d7de;padding:3px 7px;
 text-align:left;vertical-align:top}th{background:#f0f2f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.rollback td{background:#fdecea;font-weight:600}tr.failed td{color:#b42318}code{font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
+tr.rollback td{background:#fdecea;font-weight:600}tr.failed td{color:#b42318}
+code{font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 .none{color:#57606a;font-style:italic}details{margin:4px 0 10px}summary{cursor:pointer;color:#0969da}
 .empty{background:#fff;border:1px dashed #8c959f;border-radius:8px;padding:28px;margin:28px 0;text-align:center}
 .empty h2{margin-top:0}
@@ -171,7 +172,8 @@ def render_html(report: Report) -> str:
             f"<header><h1>agent-sleep: consolidation report</h1><p>{escape(scope)} · database "
             f"{escape(report.database)} · generated {escape(text.when(report.generated_at))} UTC</p></header><main>")
     if report.empty:
-        message = "".join(_c(part) if i % 2 else escape(part) for i, part in enumerate(empty_message(report).split("`")))
+        parts = empty_message(report).split("`")  # `code` spans in our own sentence
+        message = "".join(_c(part) if i % 2 else escape(part) for i, part in enumerate(parts))
         return head + (f'<div class="empty" id="empty"><h2>Nothing to report yet</h2><p>{message}</p></div>'
                        "</main></body></html>\n")
     nav = ""

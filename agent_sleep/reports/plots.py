@@ -30,7 +30,8 @@ OUTCOME_COLORS = {"promoted": "#2ca02c", "rejected_by_gate": "#d62728", "no_sign
 STAGE_COLORS = {"select": "#9edae5", "generate": "#1f77b4", "evaluate": "#ff7f0e", "deploy": "#2ca02c"}
 KIND_STYLE = {"deploy": ("^", "#2ca02c"), "rollback": ("X", "#d62728"), "remove_skill": ("v", "#ff7f0e")}
 _RC = {"svg.hashsalt": "agent-sleep-report", "svg.fonttype": "path", "font.size": 8.5, "axes.titlesize": 10,
-       "axes.spines.top": False, "axes.spines.right": False, "legend.fontsize": 7.5, "legend.frameon": False}  # fmt: skip
+       "axes.spines.top": False, "axes.spines.right": False, "legend.fontsize": 7.5,
+       "legend.frameon": False}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,7 @@ def test_every_data_command_prints_json_with_one_timestamp_format(world: dict[st
         ["adapters", "retire", "tone@v1", "--reason", "replaced", "--json"],
         ["adapters", "approve", "extra@v1", "--json"],
         ["deployments", "--agent", "helpdesk", "--json"],
+        ["report", "--agent", "helpdesk", "--json"],
         ["log", "import", str(_export(world, capsys)), "--json"],
     ]
     groups = {path[0] for path in _commands() if len(path) == 2}

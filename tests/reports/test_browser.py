@@ -1,13 +1,14 @@
 """The HTML report in a real browser: headless Chromium loads it offline, with no console error, no request
 besides the page itself, and every plot decoded, sized and drawn (not blank) in the screenshot.
 
-Skipped when no Chromium is installed (``scripts/bootstrap.py`` installs Debian's ``chromium`` when it runs
-as root); ``AGENT_SLEEP_TEST_REQUIRE_CHROMIUM=1`` (set by ``.ci/run``) turns the skip into a failure.
+Skipped when no Chromium is installed (``scripts/bootstrap.py test`` installs Debian's ``chromium`` when it
+runs as root, so CI runs it); ``AGENT_SLEEP_TEST_REQUIRE_CHROMIUM=1`` turns the skip into a failure.
 ``AGENT_SLEEP_REPORT_SCREENSHOT=DIR`` keeps the screenshots there, to look at.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from pathlib import Path
@@ -63,8 +64,9 @@ def test_an_empty_history_is_a_page_that_says_so(tmp_path: Path) -> None:
     assert "Nothing to report yet" in view.text and "agent-sleep sleep --agent A" in view.text
 
 
-BLANK_SVG = ("data:image/svg+xml;base64,PHN2ZyB4bWxucz0iaHR0cDovL3d3dy53My5vcmcvMjAwMC9zdmciIHdpZHRoPSI0MDAiIGhlaWdodD0i"
-             "MzAwIj48cmVjdCB3aWR0aD0iNDAwIiBoZWlnaHQ9IjMwMCIgZmlsbD0id2hpdGUiLz48L3N2Zz4=")  # a white 400x300 square
+BLANK_SVG = "data:image/svg+xml;base64," + base64.b64encode(
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="400" height="300"><rect width="400" height="300" fill="white"/>'
+    b"</svg>").decode()  # a white square: decodes, has a size, shows nothing
 
 
 def test_the_checks_catch_a_broken_page(tmp_path: Path) -> None:

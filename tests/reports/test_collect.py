@@ -55,7 +55,8 @@ def test_the_report_reads_every_cycle_from_the_run_tables_and_the_registry(world
     # Gate deltas: every comparison of every judged skill, with its interval, from the run summaries.
     expected = [(c.run_id, s.skill, d.suite, d.role, d.delta, d.ci_low, d.ci_high, d.passed)
                 for c in cycles for s in c.skills for d in s.comparisons]  # fmt: skip
-    assert [(g.run_id, g.skill, g.suite, g.role, g.delta, g.ci_low, g.ci_high, g.passed) for g in agent.gate] == expected
+    got = [(g.run_id, g.skill, g.suite, g.role, g.delta, g.ci_low, g.ci_high, g.passed) for g in agent.gate]
+    assert got == expected
     assert {g.source for g in agent.gate} == {"summary"}
     assert {g.role for g in agent.gate} == {"target", "guard", "interference"}
     series = {s.skill: [(p.cycle, p.adapter, p.verdict) for p in s.points] for s in agent.skills}
@@ -83,7 +84,8 @@ def test_the_report_reads_every_cycle_from_the_run_tables_and_the_registry(world
     assert [(d.seq, d.kind, d.stack, d.cycle, d.rollback) for d in agent.deployments] == [
         (1, "deploy", "helpdesk:stack@v1", 1, False), (2, "remove_skill", "helpdesk:stack@v2", None, False),
         (3, "deploy", "helpdesk:stack@v3", 4, False), (4, "rollback", "helpdesk:stack@v2", None, True)]
-    assert [(d.actor, d.reason, d.at) for d in agent.deployments] == [(d.actor, d.reason, d.created_at) for d in deps]
+    assert [(d.actor, d.reason, d.at) for d in agent.deployments] == \
+        [(d.actor, d.reason, d.created_at.replace(microsecond=0)) for d in deps]  # fmt: skip
     assert (agent.deployments[-1].actor, agent.deployments[-1].reason) == (ROLLBACK_ACTOR, ROLLBACK_REASON)
     assert agent.deployments[2].adapters == ["weather@v2"] and agent.deployments[1].adapters == []
     assert agent.live_stack == world.registry.live(AGENT).stack.name == "helpdesk:stack@v2"

@@ -81,7 +81,7 @@ def test_json_is_the_model_dumped_and_reads_back(report: Report) -> None:
     agent = data["agents"][0]
     assert {"runs", "gate", "guards", "deployments", "skills", "selection", "outcomes", "live_stack"} <= set(agent)
     assert data["agents"][0]["deployments"][-1]["rollback"] is True and data["empty"] is False
-    assert data["generated_at"].endswith("Z") or data["generated_at"].endswith("+00:00")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", data["generated_at"]) and text.count("\n") == 1
 
 
 def test_markdown_and_html_show_the_same_cells(report: Report) -> None:
@@ -152,6 +152,8 @@ def test_the_cli_writes_each_format(history: Any, tmp_path: Path, capsys: pytest
     assert main(["report", *where, "--agent", AGENT, "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["agent"] == AGENT and len(data["agents"][0]["runs"]) == 5
+    assert main(["report", *where, "--json"]) == 0 and json.loads(capsys.readouterr().out)["agents"]
+    assert main(["report", *where, "--json", "--format", "md"]) == 2 and "disagree" in capsys.readouterr().err
     assert main(["report", *where]) == 0 and capsys.readouterr().out.startswith("# agent-sleep")
     assert main(["report", *where, "-o", str(tmp_path / "r.txt")]) == 2
     assert "name it .html, .md or .json" in capsys.readouterr().err
