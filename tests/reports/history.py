@@ -6,7 +6,8 @@ the live runtime. Nothing is written to the database by hand.
 
 Steps: ``teach:SKILL`` (six right answers: usually admitted unless already known), ``wrong:SKILL``
 (six answers the probes disagree with: rejected), ``quiet`` (nothing new: no_signal), ``rollback``
-(validated, with an actor and a reason full of markup), ``remove:SKILL``.
+(validated, with an actor and a reason full of markup), ``remove:SKILL``. ``teach`` and ``wrong`` also log
+one badly scored answer, which the planner's ``score`` selector drops.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ def seed_history(world: World, steps: Iterable[str], *, say: Callable[[str], Non
     out: list[Any] = []
     for step in steps:
         kind, _, skill = step.partition(":")
-        if kind == "teach":
-            world.teach(skill, 6)
-        elif kind == "wrong":
-            right = FACTS[skill][1]
-            world.teach(skill, 6, answer="Paris." if right != "Paris." else "hello world.")  # probes expect ``right``
+        if kind in ("teach", "wrong"):
+            question, right = FACTS[skill]
+            # "wrong": the answers disagree with what the probes expect (``right``)
+            world.teach(skill, 6, answer=None if kind == "teach" else "Paris." if right != "Paris." else "hello world.")
+            world.log(question, "I do not know.", skill=skill, score=0.1)
         if kind in ("teach", "wrong", "quiet"):
             result = run_cycle(AGENT, runtime=world.runtime, planner=simple_planner, config=fast_config())
             what = result.outcome

@@ -130,12 +130,12 @@ def test_an_empty_report_says_there_is_nothing_yet(tmp_path: Path) -> None:
 
 
 def test_a_section_without_data_says_so_instead_of_an_empty_plot(history: Any) -> None:
-    # Cycle 2 had nothing new to look at: no decisions, no gate, no guard scores, no deployment.
+    # Cycle 2 had nothing to learn (it only dropped the badly scored answer): no gate, guard scores or deployment.
     run = [r for r in RunStore(history.store).runs(agent=AGENT) if r.outcome == "no_signal"][0]
     page = render(collect_report(history.store, run=run.id), "html")
-    assert re.findall(r'data-plot="(\w+)"', page) == ["runs"]
+    assert re.findall(r'data-plot="(\w+)"', page) == ["runs", "selection"]
     for words in ("No skill has been through the gate yet.", "No gate decisions yet.", "No guard scores yet.",
-                  "No deployments yet", "No selection decisions recorded."):  # fmt: skip
+                  "No deployments yet: the agent runs on the base model."):  # fmt: skip
         assert words in page
 
 
