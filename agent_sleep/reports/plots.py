@@ -114,10 +114,13 @@ def skills_plot(agent: AgentReport) -> Plot | None:
     if not series:
         return None
     fig, (ax,) = _figure()
+    busy = max(len(s.points) for s in series) > 20  # many cycles: thin lines, the marks carry the verdicts
     for s, color in zip(series, _palette(len(series)), strict=True):
         xs = [p.cycle for p in s.points]
-        ax.plot(xs, [p.baseline for p in s.points], linestyle="--", color=color, alpha=0.6, linewidth=1)
-        ax.plot(xs, [p.candidate for p in s.points], color=color, linewidth=1.4, label=s.skill)
+        ax.plot(xs, [p.baseline for p in s.points], linestyle="--", color=color, alpha=0.5 if busy else 0.6,
+                linewidth=0.8 if busy else 1)  # fmt: skip
+        ax.plot(xs, [p.candidate for p in s.points], color=color, linewidth=0.9 if busy else 1.4,
+                alpha=0.6 if busy else 1.0, label=s.skill)  # fmt: skip
         ok = [p for p in s.points if p.verdict == "admitted"]
         no = [p for p in s.points if p.verdict != "admitted"]
         ax.scatter([p.cycle for p in ok], [p.candidate for p in ok], color=color, marker="o", s=26, zorder=3)
@@ -221,11 +224,12 @@ def timeline_plot(agent: AgentReport, now: datetime) -> Plot | None:
         ax.scatter([d.at for d in others], [d.stack_version for d in others], marker="D", color="#9467bd", s=30,
                    zorder=3, label="other")  # fmt: skip
     top = max(ys)
-    for d in deps:
-        if d.rollback:
-            actor = d.actor if len(d.actor) <= 24 else d.actor[:23] + "…"
-            ax.annotate(f"rollback #{d.seq}\nby {actor}", (d.at, d.stack_version), xytext=(6, 10),
-                        textcoords="offset points", fontsize=7, color="#d62728")  # fmt: skip
+    rollbacks = [d for d in deps if d.rollback]
+    for d in rollbacks:  # who rolled back, while there is room to say it; the table below has every one
+        actor = d.actor if len(d.actor) <= 24 else d.actor[:23] + "…"
+        label = f"rollback #{d.seq}\nby {actor}" if len(rollbacks) <= 4 else f"#{d.seq}"
+        ax.annotate(label, (d.at, d.stack_version), xytext=(5, -14 if len(rollbacks) > 4 else 10),
+                    textcoords="offset points", fontsize=7, color="#d62728")  # fmt: skip
     if agent.runs:
         for outcome, color in OUTCOME_COLORS.items():
             sel = [r.started_at for r in agent.runs if (r.outcome or "running") == outcome]
