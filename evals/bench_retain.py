@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 4.0])
     parser.add_argument("--steps", type=int, default=40, help="sft max_steps per adapter (it may converge sooner)")
     parser.add_argument("--budget", type=float, default=1200.0, help="sft time budget per adapter (s): a safety net")
+    parser.add_argument("--retain-batch", type=int, default=4, help="retain sequences per step")
+    parser.add_argument("--stack-weights", type=float, nargs="+", default=[1.0],
+                        help="each adapter is also asked and scored at these stack weights")
     parser.add_argument("--guard-limit", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "evals" / "results" / "retain.json")
@@ -77,20 +80,23 @@ def main(argv: list[str] | None = None) -> int:
                 "per_suite": {n: round(r.metrics["accuracy"], 4) for n, r in scores.items()}}
 
     result: dict[str, Any] = {"max_steps": args.steps, "budget_s": args.budget, "conversations": len(conversations), "rephrasings": len(probes),
-                              "base": {"rephrasings": accuracy(ask(chat(), probes, content)), "guards": guards([])},
+                              "retain_batch": args.retain_batch, "base": {"rephrasings": accuracy(ask(chat(), probes, content)), "guards": guards([])},
                               "variants": {}}  # fmt: skip
     log(f"base: {result['base']}")
     for weight in args.weights:
-        gen = SFTGenerator(runtime.handle, config=SFTSettings(retain_weight=weight, max_steps=args.steps), progress=False)
+        gen = SFTGenerator(runtime.handle, config=SFTSettings(retain_weight=weight, max_steps=args.steps,
+                                                                  retain_batch_size=args.retain_batch), progress=False)
         trained = gen.generate(GenerationRequest(conversations=conversations, budget_seconds=args.budget))
         skill = f"retain-{weight:g}".replace(".", "p")
         rec = registry.register(gen.write(trained, tmp / "out" / skill, skill=skill), skill)
-        row = {"training": trained.summary(), "rephrasings": accuracy(ask(chat([rec.name]), probes, content)),
-               "guards": guards([rec.name])}
-        result["variants"][f"{weight:g}"] = row
-        log(f"retain_weight {weight:g}: {trained.steps} steps ({trained.stopped}), ce {trained.final_loss:.4f}, "
-            f"kl {trained.retain_kl}; rephrasings {row['rephrasings']}; guards {row['guards']['right']:g}/"
-            f"{row['guards']['of']} {row['guards']['per_suite']}")
+        for at in args.stack_weights:
+            stack = [(rec.name, at)]
+            row = {"training": trained.summary(), "stack_weight": at,
+                   "rephrasings": accuracy(ask(chat(stack), probes, content)), "guards": guards(stack)}
+            result["variants"][f"{weight:g}" + ("" if at == 1.0 else f"@{at:g}")] = row
+            log(f"retain_weight {weight:g} at stack weight {at:g}: {trained.steps} steps ({trained.stopped}), "
+                f"ce {trained.final_loss:.4f}, kl {trained.retain_kl}; rephrasings {row['rephrasings']}; "
+                f"guards {row['guards']['right']:g}/{row['guards']['of']} {row['guards']['per_suite']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     log(f"wrote {args.out}")

@@ -70,6 +70,19 @@ class EvaluationSettings(_Forbid):
     max_new_tokens: int = Field(default=32, ge=1, le=1024)
     batch_size: int = Field(default=8, ge=1)
     seed: int = 0
+    candidate_weights: tuple[float, ...] = Field(default=(1.0,), min_length=1, max_length=4)
+    """The stack weights a new version is tried at, in order, until the gate admits one (each costs one
+    more scoring of the stack). A LoRA learned to convergence on a few conversations often does its job at
+    half strength and disturbs much less; see ``evals/bench_retain.py``."""
+
+    @field_validator("candidate_weights")
+    @classmethod
+    def _weights(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < w <= 4 for w in value):
+            raise ValueError("each candidate weight must be in (0, 4]")
+        if len(set(value)) != len(value):
+            raise ValueError("candidate weights must not repeat")
+        return value
 
 
 class CycleConfig(_Forbid):

@@ -300,7 +300,7 @@ class _Cycle:
             elif g.get("status") in ("invalid", "failed", "skipped"):
                 fields.update(status=g["status"], reasons=[g.get("reason") or g["status"]])
             elif e is not None:
-                fields.update(status=e["status"], reasons=e["reasons"],
+                fields.update(status=e["status"], reasons=e["reasons"], weight=e.get("weight"),
                               comparisons=[SuiteDelta.model_validate(c) for c in e["comparisons"]])  # fmt: skip
             out.append(SkillResult.model_validate(fields))
         return out

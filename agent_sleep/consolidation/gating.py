@@ -91,11 +91,11 @@ def _from_json(d: dict[str, Any]) -> EvalResult:
                       artifact=d.get("artifact"))  # fmt: skip
 
 
-def _with(accepted: Items, adapter: str) -> Items:
-    """``accepted`` with ``adapter`` in place of its skill's version, or added at the end."""
+def _with(accepted: Items, adapter: str, weight: float = 1.0) -> Items:
+    """``accepted`` with ``adapter`` (at ``weight``) in place of its skill's version, or added at the end."""
     skill = parse_adapter_ref(adapter).skill
     out = [(a, w) for a, w in accepted if parse_adapter_ref(a).skill != skill]
-    return [*out, (adapter, 1.0)]
+    return [*out, (adapter, weight)]
 
 
 class _Evaluation:
@@ -169,14 +169,25 @@ class _Evaluation:
             decided: dict[str, Any] = {"status": "skipped", "reasons": ["the run's time budget is spent"],
                                        "comparisons": [], "stack": []}  # fmt: skip
         else:
-            candidate = _with(accepted, adapter)
-            decision = PairedGate(self.roles(skill), self.ctx.config.gate).decide(self.scores(candidate),
-                                                                                  self.scores(accepted))  # fmt: skip
-            decided = {"status": decision.status, "reasons": list(decision.reasons),
-                       "comparisons": [c.model_dump() for c in SkillResult.deltas(decision)],
-                       "stack": [list(i) for i in candidate], "baseline": stack_label(accepted)}  # fmt: skip
-            shown = [r for r in decision.reasons if r.startswith("target")] if decision.admitted else decision.reasons
-            self.ctx.say(f"evaluate: {adapter} {decision.status}: " + "; ".join(shown))
+            tried: list[dict[str, Any]] = []
+            for weight in self.ctx.config.evaluation.candidate_weights:
+                if tried and self.ctx.remaining() < base_seconds:
+                    break  # no time to score another weight: the last verdict stands
+                candidate = _with(accepted, adapter, weight)
+                decision = PairedGate(self.roles(skill), self.ctx.config.gate).decide(self.scores(candidate),
+                                                                                      self.scores(accepted))  # fmt: skip
+                decided = {"status": decision.status, "reasons": list(decision.reasons),
+                           "comparisons": [c.model_dump() for c in SkillResult.deltas(decision)],
+                           "stack": [list(i) for i in candidate], "baseline": stack_label(accepted),
+                           "weight": weight}  # fmt: skip
+                tried.append({"weight": weight, "status": decision.status, "reasons": list(decision.reasons)})
+                shown = [r for r in decision.reasons if r.startswith("target")] if decision.admitted else \
+                    decision.reasons
+                at = "" if weight == 1.0 else f" at weight {weight:g}"
+                self.ctx.say(f"evaluate: {adapter}{at} {decision.status}: " + "; ".join(shown))
+                if decision.admitted:
+                    break
+            decided["tried"] = tried
         self.state["skills"][skill] = decided
         if decided["status"] == "admitted":
             self.state["accepted"] = decided["stack"]

@@ -66,7 +66,8 @@ def render_markdown(data: Mapping[str, Any]) -> str:
             lines.append(f"| {s['skill']} | {gen} | {s.get('adapter') or '-'} | {s.get('replaces') or '-'} | "
                          f"{s['train_items']} | {s['probes']} | {s['status']} |")  # fmt: skip
         for s in r["skills"]:
-            lines += ["", f"### {s['skill']}: {s['status']}", ""]
+            at = f" at stack weight {s['weight']:g}" if s.get("weight") not in (None, 1.0) else ""
+            lines += ["", f"### {s['skill']}: {s['status']}{at}", ""]
             if s["comparisons"]:
                 lines += ["| suite | role | n | baseline | candidate | change | 95% CI | passed |",
                           "|---|---|---:|---:|---:|---:|---|---|"]  # fmt: skip

@@ -53,6 +53,7 @@ class SkillResult(_Value):
     status: SkillStatus = "pending"
     reasons: list[str] = Field(default_factory=list)
     comparisons: list[SuiteDelta] = Field(default_factory=list)
+    weight: float | None = None  # the stack weight the gate's last verdict was for (evaluation.candidate_weights)
     train_items: int = 0  # conversations + documents trained on
     probes: int = 0
     generate_seconds: float | None = None

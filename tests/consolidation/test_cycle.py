@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
@@ -234,3 +235,30 @@ def test_a_config_for_another_agent_is_refused(world: World) -> None:
     with pytest.raises(ConfigError, match="for agent 'billing', not 'helpdesk'"):
         cycle(world, config=fast_config(agent="billing"))
     assert RunStore(world.store).runs() == []
+
+
+def test_candidate_weights_are_tried_in_order_until_one_is_admitted(world: World) -> None:
+    world.teach("capitals", 6, answer="hello world.")  # wrong material: no weight can help
+    result = cycle(world, config=fast_config(evaluation={"guard_limit": 3, "max_new_tokens": 8,
+                                                         "candidate_weights": [1.0, 0.5]}))  # fmt: skip
+    (skill,) = result.skills
+    assert skill.status == "rejected" and skill.weight == 0.5
+    evaluate = RunStore(world.store).stages(result.run_id)["evaluate"].result
+    decided = evaluate["skills"]["capitals"]
+    assert [t["weight"] for t in decided["tried"]] == [1.0, 0.5] and decided["stack"] == [["capitals@v1", 0.5]]
+    assert {"capitals@v1", "capitals@v1*0.5"} <= set(evaluate["results"])  # each weight scored once
+    assert "at stack weight 0.5" in (Path(result.folder) / "report.md").read_text()
+
+    world.teach("capitals", 6)  # right material: admitted at the first weight, nothing else scored
+    result = cycle(world, config=fast_config(evaluation={"guard_limit": 3, "max_new_tokens": 8,
+                                                         "candidate_weights": [1.0, 0.5]}))  # fmt: skip
+    (skill,) = result.skills
+    assert (skill.status, skill.weight) == ("admitted", 1.0) and result.deployed_stack is not None
+    decided = RunStore(world.store).stages(result.run_id)["evaluate"].result["skills"]["capitals"]
+    assert [t["weight"] for t in decided["tried"]] == [1.0]
+
+
+@pytest.mark.parametrize("weights", [[], [0.0], [1.0, 1.0], [5.0]])
+def test_bad_candidate_weights_are_refused(weights: list[float]) -> None:
+    with pytest.raises(ValidationError, match="candidate_weights"):
+        fast_config(evaluation={"candidate_weights": weights})
