@@ -159,7 +159,10 @@ def test_serve_follows_a_scheduler_on_one_database_and_requests_in_flight_keep_t
         # ...and the streamed answer is exactly what the old stack says, asked by name, and not the new one's.
         old = _ask(base, f"{AGENT}:stack@v1", LONG)
         assert old["system_fingerprint"] == f"{AGENT}:stack@v1"
-        assert streamed == old["choices"][0]["message"]["content"] and len(streamed) > 1000
+        said = old["choices"][0]["message"]["content"]
+        apart = next((i for i, (a, b) in enumerate(zip(streamed, said, strict=False)) if a != b), None)
+        assert streamed == said, f"the streamed answer left the old stack's text at character {apart} of {len(said)}"
+        assert len(streamed) > 1000
         fresh = new["choices"][0]["message"]["content"]
         assert fresh and not streamed.startswith(fresh)
         served = serve_log.read_text()
