@@ -136,3 +136,24 @@ def test_the_online_guard_section_inline_or_a_file_and_every_problem_at_once(tmp
                  "agents.helpdesk.online_guard.enable: Extra inputs", "agents.ops.online_guard: cannot read",
                  "missing.yaml"):  # fmt: skip
         assert part in text, (part, text)
+
+
+def test_agent_sleep_scheduler_once_runs_the_guard_of_its_config(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from agent_sleep.cli.main import main
+    from agent_sleep.store import ExperienceStore
+
+    store = ExperienceStore()  # the test's AGENT_SLEEP_DATA_DIR, as the command finds it
+    try:
+        registry = AdapterRegistry(store)
+        d1, _ = history(registry, tmp_path, before=(0.75, 0.8), after=(0.45, 0.4), n_after=70)
+        path = tmp_path / "scheduler.yaml"
+        path.write_text("agents:\n  helpdesk:\n    online_guard: {enabled: true}\n")
+        assert main(["scheduler", "--config", str(path), "--once", "--guard-every-seconds", "60"]) == 0
+        err = capsys.readouterr().err
+        assert "online guard every 60 s: helpdesk (rolls back)" in err
+        assert "guard helpdesk: rolled back deployment #2" in err
+        live = registry.live(AGENT)
+        assert live is not None and live.actor == GUARD_ACTOR and live.stack.id == d1.stack.id
+    finally:
+        store.close()
