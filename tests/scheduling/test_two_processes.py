@@ -113,8 +113,8 @@ def test_serve_follows_a_scheduler_on_one_database_and_requests_in_flight_keep_t
         assert server.poll() is None, logs()
         assert _ask(base, AGENT, 1)["system_fingerprint"] == OLD
 
-        enqueue = subprocess.run([sys.executable, "-m", "agent_sleep.cli.main", "sleep", "--agent", AGENT,
-                                  "--enqueue"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        enqueue = subprocess.run([sys.executable, "-m", "agent_sleep.cli.main", "sleep", "--agent", AGENT, "--enqueue"],
+                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
         assert enqueue.returncode == 0, enqueue.stderr
         runs = RunStore(store)
         run = _wait(lambda: next((r for r in runs.runs(agent=AGENT) if r.stage == "evaluate"), None), 60,
