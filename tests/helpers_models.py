@@ -50,8 +50,15 @@ def make_tiny_tokenizer(*, pad: bool = True, chat_template: str = CHATML) -> Any
     return fast
 
 
-def make_tiny_model_dir(tmp_path: Path, *, seed: int = 0, name: str = "tiny-llama", pad: bool = True) -> Path:
-    """Save a random tiny LlamaForCausalLM plus tokenizer under ``tmp_path / name``."""
+def make_tiny_model_dir(tmp_path: Path, *, seed: int = 0, name: str = "tiny-llama", pad: bool = True,
+                        init_std: float = 0.02, max_positions: int = 1024) -> Path:
+    """Save a random tiny LlamaForCausalLM plus tokenizer under ``tmp_path / name``.
+
+    ``init_std``: the weights' standard deviation. At the default (transformers' 0.02) greedy decoding
+    repeats one token whatever adapter is active; at 0.2 the logits are peaked enough that greedy text
+    is long, varied and different on every adapter stack (tests that tell stacks apart by their text).
+    ``max_positions``: the context length (a longer one allows a longer answer).
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -64,7 +71,8 @@ def make_tiny_model_dir(tmp_path: Path, *, seed: int = 0, name: str = "tiny-llam
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=1024,
+        max_position_embeddings=max_positions,
+        initializer_range=init_std,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id if pad else None,

@@ -1,11 +1,11 @@
 """CLI for the scheduler: ``scheduler`` runs it; ``schedule list|add|remove`` edit the schedule table.
 
 ``agent-sleep scheduler [--config FILE] [--workers N] [--once]`` runs until SIGTERM (exit 0), one log
-line per decision on stderr (see :mod:`agent_sleep.scheduling.service`). ``schedule add --agent A``
-with one of ``--cron "0 3 * * *"``, ``--every SECONDS``, ``--after-episodes N``, ``--on-documents``
-(and ``--config FILE``: the cycle config of the runs it causes) prints the new schedule's id; running
-schedulers pick it up at their next poll. ``sleep --agent A --enqueue`` (in :mod:`.sleep_cmds`) asks the
-scheduler for a run from any process.
+line per decision on stderr (see :mod:`agent_sleep.scheduling.service`; the online guard's too).
+``schedule add --agent A`` with one of ``--cron "0 3 * * *"``, ``--every SECONDS``, ``--after-episodes N``,
+``--on-documents`` (and ``--config FILE``: the cycle config of the runs it causes) prints the new
+schedule's id; running schedulers pick it up at their next poll. ``sleep --agent A --enqueue`` (in
+:mod:`.sleep_cmds`) asks the scheduler for a run from any process.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from agent_sleep.scheduling.service import SchedulerService
 
     config = load_scheduler_config(args.config, workers=args.workers, poll_seconds=args.poll_seconds,
-                                   lease_seconds=args.lease_seconds)  # fmt: skip
+                                   lease_seconds=args.lease_seconds,
+                                   guard_every_seconds=args.guard_every_seconds)  # fmt: skip
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logger = logging.getLogger("agent_sleep.scheduling")
@@ -122,11 +123,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "stops at its next stage boundary, resumable, and the process exits 0.",
     )  # fmt: skip
     p.add_argument("--config", metavar="FILE", help="scheduler config in YAML (poll_seconds, lease_seconds, "
-                                                     "workers, agents and their schedules)")  # fmt: skip
+                                                     "workers, guard_every_seconds, agents: their schedules and "
+                                                     "online_guard)")  # fmt: skip
     p.add_argument("--workers", type=positive_int, metavar="N", help="agents served at once by this process")
     p.add_argument("--poll-seconds", type=positive_float, metavar="S", help="how often to check triggers and requests")
     p.add_argument("--lease-seconds", type=positive_float, metavar="S",
                    help="how long an agent's lease lasts without renewal")  # fmt: skip
+    p.add_argument("--guard-every-seconds", type=positive_float, metavar="S",
+                   help="how often the online guard checks each agent with an online_guard section in the config "
+                        "(default 300)")  # fmt: skip
     p.add_argument("--role", choices=("all", "timers", "worker"), default="all",
                    help="timers: only fire schedules and triggers; worker: only serve requests; all: both (default)")
     p.add_argument("--once", action="store_true", help="one poll: fire what is due, serve what waits, then exit")

@@ -3,11 +3,18 @@
 Loads the base model once, makes every agent's live stack ready, follows the
 registry (deployments and rollbacks by other processes are hot-swapped within
 a second) and answers ``/v1/chat/completions`` and ``/v1/models``.
+
+The runtime's lines (``agent_sleep`` loggers: what each agent serves, every
+switch to a deployment made elsewhere, a deployment it refuses) go to stderr
+at ``--log-level``, next to uvicorn's, so a server beside ``agent-sleep
+scheduler`` on one database says when a promoted run reached it.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 
 from agent_sleep.cli.common import positive_float, positive_int, settings_from
 
@@ -22,16 +29,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     spec = args.model or settings.model
-    if is_default_spec(spec):
-        pull_model(spec, settings=settings)
-    runtime = LiveRuntime(AdapterRegistry(ExperienceStore(settings=settings)),
-                          handle=load_base_model(spec, settings=settings))
-    runtime.sync()
-    runtime.watch(interval=args.poll)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("agent_sleep")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(getattr(logging, str(getattr(args, "log_level", "info")).upper(), logging.INFO))
     try:
-        return run_serve(args, LiveResolver(runtime, max_new_tokens=args.max_new_tokens))
+        if is_default_spec(spec):
+            pull_model(spec, settings=settings)
+        runtime = LiveRuntime(AdapterRegistry(ExperienceStore(settings=settings)),
+                              handle=load_base_model(spec, settings=settings))
+        runtime.sync()
+        runtime.watch(interval=args.poll)
+        try:
+            return run_serve(args, LiveResolver(runtime, max_new_tokens=args.max_new_tokens))
+        finally:
+            runtime.stop()
     finally:
-        runtime.stop()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

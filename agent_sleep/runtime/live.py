@@ -15,7 +15,9 @@ processes, after validating them itself. A deployment it refuses is logged
 once and kept as a :class:`Refusal`; it is tried again only after a growing
 pause (5 s, doubling up to 5 min), or at once when a newer deployment comes.
 The stack that was live before stays prepared ("warm"), so a rollback to it
-needs no disk access.
+needs no disk access. Every switch is logged at INFO on ``agent_sleep.runtime``
+(``helpdesk: switched to helpdesk:stack@v2#2 (deploy by consolidation, run R)
+from helpdesk:stack@v1#1; ...``); ``agent-sleep serve`` prints these lines.
 
 Lifecycle: ``with LiveRuntime(registry) as runtime: runtime.watch(); ...``
 stops the watcher on leaving the block; a watcher still running when the
@@ -195,6 +197,13 @@ class LiveRuntime:
             refused = self._refused.get(agent)
             if refused is not None and refused.deployment.seq <= state.deployment.seq:
                 del self._refused[agent]
+        dep = state.deployment
+        how = f"{dep.kind} by {dep.actor}" + (f", run {dep.run_id}" if dep.run_id else "")
+        if old is None:
+            log.info("%s: serving %s (%s)", agent, state.version, how)
+        else:
+            log.info("%s: switched to %s (%s) from %s; requests in flight finish on the stack they started with",
+                     agent, state.version, how, old.version)
 
     # -- changing what is live ----------------------------------------------------------------
     def deploy(self, agent: str, target: str | StackRef | AdapterRef | Sequence[Any], *, actor: str = "runtime",

@@ -4,6 +4,7 @@
 poll_seconds: 5          # how often triggers and pending requests are checked
 lease_seconds: 60        # a worker that stops renewing loses the agent after this long
 workers: 1               # agents served at the same time by this process
+guard_every_seconds: 300 # how often the online guard checks each agent that has an online_guard section
 agents:
   helpdesk:
     config: cycle.yaml   # the cycle config of this agent's runs (relative: to this file)
@@ -12,11 +13,18 @@ agents:
       - every: 3600
       - after_episodes: 50
       - on_documents: true
+    online_guard:        # the online guard's settings (agent_sleep.guard.OnlineGuardConfig), or a file name
+      enabled: true      # false (the default): checked and journaled, never rolled back
+      min_episodes: 30
 ```
 
 Every field has a default; an empty file is valid (the schedules then come from the table only).
-Unknown keys, bad values, a bad crontab, a missing or invalid cycle config: all of them are listed
-in one :class:`~agent_sleep.errors.ConfigError` naming the file and each place. The schedules a file
+An agent without ``online_guard`` is not checked by the scheduler at all; with the section (even an
+empty one: the guard's defaults, rollbacks off) its live deployment is checked every
+``guard_every_seconds`` (:mod:`.guarding`). ``online_guard: guard.yaml`` reads the guard's settings
+from that file (relative to this one), the same file ``agent-sleep guard check --config`` takes.
+Unknown keys, bad values, a bad crontab, a missing or invalid cycle or guard config: all of them are
+listed in one :class:`~agent_sleep.errors.ConfigError` naming the file and each place. The schedules a file
 declares are added to the ``schedules`` table when a scheduler starts (once, with stable ids:
 :meth:`~.schedules.ScheduleStore.add`); the table stays the source of truth, so removing an entry from
 the file does not remove the row (``agent-sleep schedule remove`` does).
@@ -30,6 +38,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent_sleep.errors import ConfigError
+from agent_sleep.guard.config import OnlineGuardConfig
 from agent_sleep.names import check_agent_name
 from agent_sleep.scheduling.schedules import check_spec
 
@@ -73,12 +82,16 @@ class AgentEntry(_Forbid):
     config: Path | None = None
     """The cycle config (YAML) of this agent's runs; None: the defaults."""
     schedules: list[ScheduleEntry] = Field(default_factory=list)
+    online_guard: OnlineGuardConfig | None = None
+    """The online guard's settings for this agent; None: the scheduler does not check it."""
 
 
 class SchedulerConfig(_Forbid):
     poll_seconds: float = Field(default=5.0, gt=0, le=3600)
     lease_seconds: float = Field(default=60.0, ge=1, le=86400)
     workers: int = Field(default=1, ge=1, le=64)
+    guard_every_seconds: float = Field(default=300.0, gt=0, le=86400)
+    """How often each agent with an ``online_guard`` section is checked (a busy agent: at the next poll after)."""
     agents: dict[str, AgentEntry] = Field(default_factory=dict)
 
     @field_validator("agents")
@@ -91,6 +104,11 @@ class SchedulerConfig(_Forbid):
 
 def _loc(error: Any) -> str:
     return ".".join(str(p) for p in error["loc"]) or "value"
+
+
+def _relative(base: Path, name: str) -> Path:
+    full = Path(name).expanduser()
+    return full if full.is_absolute() else base / full
 
 
 def load_scheduler_config(path: str | Path | None = None, **overrides: Any) -> SchedulerConfig:
@@ -116,20 +134,30 @@ def load_scheduler_config(path: str | Path | None = None, **overrides: Any) -> S
     raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
     problems: list[str] = []
     agents = raw.get("agents")
-    if isinstance(agents, dict):  # cycle config paths are relative to this file; each must load
+    if isinstance(agents, dict):  # cycle and guard config paths are relative to this file; each must load
         from agent_sleep.consolidation.config import load_cycle_config
+        from agent_sleep.guard.config import load_guard_config
 
+        agents = raw["agents"] = {name: dict(entry) if isinstance(entry, dict) else entry
+                                  for name, entry in agents.items()}  # fmt: skip
         for name, entry in agents.items():
-            cfg = entry.get("config") if isinstance(entry, dict) else None
-            if not isinstance(cfg, str):
+            if not isinstance(entry, dict):
                 continue
-            full = Path(cfg).expanduser()
-            full = full if full.is_absolute() else base / full
-            entry["config"] = str(full)
-            try:
-                load_cycle_config(full)
-            except ConfigError as exc:
-                problems.append(f"  agents.{name}.config: {str(exc).strip()}")
+            cfg = entry.get("config")
+            if isinstance(cfg, str):
+                full = _relative(base, cfg)
+                entry["config"] = str(full)
+                try:
+                    load_cycle_config(full)
+                except ConfigError as exc:
+                    problems.append(f"  agents.{name}.config: {str(exc).strip()}")
+            guard = entry.get("online_guard")
+            if isinstance(guard, str):
+                try:
+                    entry["online_guard"] = load_guard_config(_relative(base, guard)).model_dump()
+                except ConfigError as exc:
+                    entry.pop("online_guard")
+                    problems.append(f"  agents.{name}.online_guard: {str(exc).strip()}")
     try:
         config = SchedulerConfig.model_validate(raw)
     except ValidationError as exc:

@@ -8,10 +8,13 @@ request, however many schedulers see it. Every ``poll_seconds`` the service
 1. reloads the ``schedules`` table (the source of truth) and, when it changed, rebuilds the timers
    (:class:`~.triggers.Timers`, APScheduler with its in-memory job store: it only fires timers);
 2. checks the ``new_episodes`` and ``documents`` triggers, firing those that are due;
-3. hands each agent with open requests (or with a run its last holder left unfinished) to a free
+3. runs the online guard (:mod:`.guarding`) for each agent whose config has an ``online_guard:`` section,
+   every ``guard_every_seconds``, under the agent's lease and only while no cycle of the agent runs (one
+   busy now is checked at a later poll), on the polling thread (a check is a few small queries);
+4. hands each agent with open requests (or with a run its last holder left unfinished) to a free
    worker thread (``workers`` of them), which serves it (:class:`~.worker.Worker`).
 
-``role`` splits the work: ``timers`` processes only do 1-2, ``worker`` processes only 3 (say, one small
+``role`` splits the work: ``timers`` processes only do 1-2, ``worker`` processes only 3-4 (say, one small
 scheduler and a worker per GPU machine); ``all`` (the default) does everything.
 
 Every decision is logged as one line (``agent-sleep.scheduling`` logger): why a run started, resumed or
@@ -32,12 +35,14 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 from agent_sleep.errors import AgentSleepError
 from agent_sleep.scheduling.config import SchedulerConfig
+from agent_sleep.scheduling.guarding import Guarded, guard_agent
 from agent_sleep.scheduling.leases import LeaseStore
 from agent_sleep.scheduling.requests import RequestStore
 from agent_sleep.scheduling.schedules import ScheduleRecord, ScheduleStore, describe
@@ -76,6 +81,9 @@ class SchedulerService:
         self._inflight: dict[str, Future[Served]] = {}
         self._seen: tuple[Any, ...] | None = None
         self.served: list[Served] = []  # what this process's workers did, in order (for tests and --once)
+        self.guards = {a: e.online_guard for a, e in self.config.agents.items() if e.online_guard is not None}
+        self._guard_due: dict[str, float] = {}  # agent -> time.monotonic() of its next check (absent: now)
+        self.guarded: list[Guarded] = []  # the guard checks this process made, in order (for tests and --once)
 
     # -- lines ---------------------------------------------------------------------------------------
     def say(self, line: str, *, key: str | None = None) -> None:
@@ -99,6 +107,10 @@ class SchedulerService:
             self.timers.start()
         self.say(f"started ({self.role}): {self.config.workers} worker(s), poll every {self.config.poll_seconds:g} s, "
                  f"lease {self.config.lease_seconds:g} s, database {self.store.safe_url}")  # fmt: skip
+        if self.guards and self.role != "timers":
+            which = ", ".join(f"{a} ({'rolls back' if c.enabled else 'journal only'})"
+                              for a, c in sorted(self.guards.items()))  # fmt: skip
+            self.say(f"online guard every {self.config.guard_every_seconds:g} s: {which}")
 
     def stop(self) -> None:
         """Stop taking work (see the module docstring); :meth:`run` then returns."""
@@ -147,6 +159,8 @@ class SchedulerService:
                         if due is not None:
                             self._due(due)
             if serve and self.role != "timers":
+                self._reap()
+                self._guard()
                 self._dispatch()
         except AgentSleepError as exc:
             self.say(f"poll failed: {exc}; trying again in {self.config.poll_seconds:g} s", key="poll")
@@ -170,6 +184,28 @@ class SchedulerService:
         else:
             self.say(f"schedule {sched.id} for {sched.agent}: {due.reason}: request {req.id} enqueued",
                      key=f"fire:{sched.id}")  # fmt: skip
+
+    def _guard(self) -> None:
+        """Check each guarded agent that is due and has no cycle running in this process (see :mod:`.guarding`)."""
+        for agent, config in sorted(self.guards.items()):
+            now = time.monotonic()
+            if self.stopping.is_set():
+                return
+            if now < self._guard_due.get(agent, 0.0):
+                continue
+            if agent in self._inflight:
+                self.say(f"guard {agent}: not checked while its cycle runs in this process; trying again at the next "
+                         "poll", key=f"guard:{agent}")  # fmt: skip
+                continue
+            try:
+                done = guard_agent(self.worker, agent, config)
+            except Exception as exc:  # noqa: BLE001 - a guard bug must not end the scheduler
+                log.exception("guarding %s failed", agent)
+                done = Guarded(agent, "error", f"guard {agent}: check failed: {type(exc).__name__}: {exc}")
+            self.guarded.append(done)
+            if done.action not in ("held", "busy"):  # a cycle runs: again at the next poll
+                self._guard_due[agent] = time.monotonic() + self.config.guard_every_seconds
+            self.say(done.line, key=None if done.action in ("rolled_back", "conflict") else f"guard:{agent}")
 
     def _dispatch(self) -> None:
         self._reap()

@@ -134,7 +134,7 @@ class Worker:
         agent = lease.agent
         try:
             resume, note = self._left_behind(lease)
-            busy = self._busy_elsewhere(agent, resume)
+            busy = self.busy_elsewhere(agent, resume)
             if busy is not None:
                 return Served(agent, "busy", f"{agent}: not run: {busy}")
             taken = self.requests.take(agent, worker=lease.owner)
@@ -196,7 +196,7 @@ class Worker:
         return run.id, (f"resuming run {run.id} left at stage {run.stage or 'start'} by "
                         f"{lease.previous_owner or 'a holder'} {how}")
 
-    def _busy_elsewhere(self, agent: str, resume: str | None) -> str | None:
+    def busy_elsewhere(self, agent: str, resume: str | None = None) -> str | None:
         """A running run of the agent the lease does not name, whose owner looks alive (started by hand)."""
         now = utcnow()
         for run in self.runs.runs(agent=agent, limit=20):

@@ -1,10 +1,12 @@
 """TEST CODE: a scheduler process for the multi-process tests, with an injectable cycle.
 
-    python -m tests.scheduling.child_service DB_URL DATA_DIR [--role R] [--cycle fake|real] [--model DIR]
-        [--poll S] [--lease S] [--workers N] [--stage-seconds LOW,HIGH] [--stages N]
+    python -m tests.scheduling.child_service DB_URL DATA_DIR [--role R] [--cycle fake|real|deploy] [--model DIR]
+        [--poll S] [--lease S] [--workers N] [--stage-seconds LOW,HIGH] [--stages N] [--gate FILE] [--seed N]
 
 ``--cycle fake``: :func:`tests.scheduling.fake_cycle.fake_cycle`; ``real``: ``run_cycle`` on the tiny model
-given by ``--model`` with the consolidation tests' planner and fast config. Decision lines go to stdout.
+given by ``--model`` with the consolidation tests' planner and fast config; ``deploy``:
+:func:`tests.scheduling.deploy_cycle.deploying_cycle` on that model (a random adapter of seed ``--seed``,
+deployed once ``--gate`` exists). Decision lines go to stdout.
 """
 
 from __future__ import annotations
@@ -38,6 +40,27 @@ def _real_cycle(model_dir: str) -> Any:
     return cycle
 
 
+def _deploy_cycle(model_dir: str, gate: str | None, seed: int) -> Any:
+    import torch
+
+    torch.set_num_threads(1)
+    from agent_sleep.models.loader import load_base_model
+    from agent_sleep.registry import AdapterRegistry
+    from agent_sleep.runtime.live import LiveRuntime
+    from tests.scheduling.deploy_cycle import deploying_cycle
+
+    handle = load_base_model(model_dir)
+    runtimes: dict[int, Any] = {}
+
+    def cycle(agent: str, *, store: Any, **kwargs: Any) -> Any:
+        if id(store) not in runtimes:
+            runtimes[id(store)] = LiveRuntime(AdapterRegistry(store), handle=handle)
+        return deploying_cycle(agent, store=store, runtime=runtimes[id(store)], seed=seed,
+                               gate=Path(gate) if gate else None, **kwargs)
+
+    return cycle
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("db_url")
@@ -50,6 +73,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--stage-seconds", default="0.005,0.02")
     p.add_argument("--stages", type=int, default=3)
+    p.add_argument("--gate")
+    p.add_argument("--seed", type=int, default=2)
     args = p.parse_args(argv)
 
     from agent_sleep.config import Settings
@@ -60,6 +85,8 @@ def main(argv: list[str]) -> int:
 
     if args.cycle == "real":
         cycle = _real_cycle(args.model)
+    elif args.cycle == "deploy":
+        cycle = _deploy_cycle(args.model, args.gate, args.seed)
     else:
         low, high = (float(x) for x in args.stage_seconds.split(","))
         cycle = functools.partial(fake_cycle, stage_seconds=(low, high), stages=args.stages)
@@ -68,6 +95,8 @@ def main(argv: list[str]) -> int:
     config = SchedulerConfig(poll_seconds=args.poll, lease_seconds=args.lease, workers=args.workers)
     service = SchedulerService(store, config, cycle=cycle, role=args.role,
                                say=lambda line: print(line, flush=True))
+    if args.cycle == "deploy":  # its stage lines say when the test may open the gate
+        service.worker.progress = lambda line: print(line, flush=True)
     code = service.run()
     store.close()
     return code
