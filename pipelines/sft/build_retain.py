@@ -7,7 +7,8 @@ agent's own prompt, the model should answer as it did before the night. This scr
 
 The prompts are deliberately *not* the guard suites' (``evals/guards``): other kinds of request
 (explanations, advice, short writing, definitions, notes from schools, kitchens and timetables
-rather than help centres), written separately, and checked here to share no question with them.
+rather than help centres; format requests of other kinds than the guards' yes/no, repeat, first-word,
+list and one-word items), written separately, and checked here to share no question with them.
 The replies are the base model's, so the KL is taken along text the model itself would write.
 
 To run:  PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python pipelines/sft/build_retain.py
@@ -100,6 +101,22 @@ PROMPTS: dict[str, list[str]] = {
         "Make this friendlier: 'Your request is denied.'",
         "Summarise in one sentence: 'The meeting was moved from Monday to Wednesday because the room was booked.'",
     ],
+    "format": [
+        "Reply in capital letters: what do cows drink?",
+        "Answer with a single number: how many fingers are on one hand?",
+        "Say only OK.",
+        "Reply with exactly two words: describe the sea.",
+        "Answer in one word: what colour is snow?",
+        "Give your answer as a number only: what is ten minus four?",
+        "Write the word 'apple' backwards, nothing else.",
+        "Answer true or false: the Sun is a star.",
+        "Reply with only the letter A, B or C: which is a fruit? A) chair B) banana C) road",
+        "Answer in at most five words: why do we sleep?",
+        "Reply with a single emoji-free word: the opposite of 'up'.",
+        "Respond only with the name of the month that comes after March.",
+        "Give just the number: how many wheels does a bicycle have?",
+        "Answer in lowercase letters only: what is the largest planet?",
+    ],
     "context": [
         "School notice: The science fair starts at 10 am in the gym.\nWhere is the science fair?",
         "Recipe note: Bake the bread for 35 minutes at 200 degrees.\nHow long should the bread bake?",
@@ -130,10 +147,15 @@ def main() -> int:
     torch.set_num_threads(1)
     handle = load_base_model()
     chat = ChatLocalModel(handle=handle, max_new_tokens=32)
+    built = {}  # replies already in the file, by prompt: a rebuild only asks for new prompts
+    if OUT.exists():
+        for line in OUT.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            built[row["messages"][0]["content"]] = row["messages"][1]["content"]
     rows = []
     for kind, prompts in PROMPTS.items():
         for n, prompt in enumerate(prompts):
-            reply = str(chat.invoke([HumanMessage(prompt)]).content).strip()
+            reply = built.get(prompt) or str(chat.invoke([HumanMessage(prompt)]).content).strip()
             if not reply:
                 continue
             rows.append({"id": f"{kind}-{n:02d}", "kind": kind,
