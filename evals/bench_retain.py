@@ -1,6 +1,7 @@
 """What the sft retain term buys: the helpdesk's corrections learned, the guards kept.
 
-To run:  HF_HUB_OFFLINE=1 .venv/bin/python evals/bench_retain.py [--weights 0 1 4] [--budget 120]
+To run:  HF_HUB_OFFLINE=1 .venv/bin/python evals/bench_retain.py [--weights 0 1 4] [--stack-weights 1 0.5]
+         [--variant 'attn={"retain_weight": 1, "target_modules": ["q_proj", "v_proj"]}'] [--out FILE]
 
 On SmolLM2-135M-Instruct in a throwaway store: the demo's day (``agent_sleep.demo.day.run_day``), then
 ``sft`` on the corrected conversations as the model saw them (its system prompt first, as the
@@ -34,12 +35,14 @@ def log(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 4.0])
+    parser.add_argument("--weights", type=float, nargs="*", default=[0.0, 1.0, 4.0])
     parser.add_argument("--steps", type=int, default=40, help="sft max_steps per adapter (it may converge sooner)")
     parser.add_argument("--budget", type=float, default=1200.0, help="sft time budget per adapter (s): a safety net")
     parser.add_argument("--retain-batch", type=int, default=4, help="retain sequences per step")
     parser.add_argument("--stack-weights", type=float, nargs="+", default=[1.0],
                         help="each adapter is also asked and scored at these stack weights")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                        help='more SFTSettings to try, e.g. attn=\'{"retain_weight": 1, "target_modules": ["q_proj"]}\'')
     parser.add_argument("--guard-limit", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "evals" / "results" / "retain.json")
@@ -83,18 +86,23 @@ def main(argv: list[str] | None = None) -> int:
                               "retain_batch": args.retain_batch, "base": {"rephrasings": accuracy(ask(chat(), probes, content)), "guards": guards([])},
                               "variants": {}}  # fmt: skip
     log(f"base: {result['base']}")
-    for weight in args.weights:
-        gen = SFTGenerator(runtime.handle, config=SFTSettings(retain_weight=weight, max_steps=args.steps,
-                                                                  retain_batch_size=args.retain_batch), progress=False)
+    variants = [(f"{w:g}", {"retain_weight": w}) for w in args.weights]
+    for spec in args.variant:
+        name, _, raw = spec.partition("=")
+        variants.append((name, json.loads(raw)))
+    for label, knobs in variants:
+        settings = SFTSettings(**{"max_steps": args.steps, "retain_batch_size": args.retain_batch, **knobs})
+        weight = settings.retain_weight
+        gen = SFTGenerator(runtime.handle, config=settings, progress=False)
         trained = gen.generate(GenerationRequest(conversations=conversations, budget_seconds=args.budget))
-        skill = f"retain-{weight:g}".replace(".", "p")
+        skill = "v-" + "".join(c if c.isalnum() else "-" for c in label)
         rec = registry.register(gen.write(trained, tmp / "out" / skill, skill=skill), skill)
         for at in args.stack_weights:
             stack = [(rec.name, at)]
             row = {"training": trained.summary(), "stack_weight": at,
                    "rephrasings": accuracy(ask(chat(stack), probes, content)), "guards": guards(stack)}
-            result["variants"][f"{weight:g}" + ("" if at == 1.0 else f"@{at:g}")] = row
-            log(f"retain_weight {weight:g} at stack weight {at:g}: {trained.steps} steps ({trained.stopped}), "
+            result["variants"][label + ("" if at == 1.0 else f"@{at:g}")] = row
+            log(f"{label} (retain_weight {weight:g}) at stack weight {at:g}: {trained.steps} steps ({trained.stopped}), "
                 f"ce {trained.final_loss:.4f}, kl {trained.retain_kl}; rephrasings {row['rephrasings']}; "
                 f"guards {row['guards']['right']:g}/{row['guards']['of']} {row['guards']['per_suite']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
