@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if is_default_spec(spec):
             pull_model(spec, settings=settings)
         runtime = LiveRuntime(AdapterRegistry(ExperienceStore(settings=settings)),
-                              handle=load_base_model(spec, settings=settings))
+                              handle=load_base_model(spec, settings=settings), max_delta_norm=args.max_delta_norm)
         runtime.sync()
         runtime.watch(interval=args.poll)
         try:
@@ -60,4 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--max-new-tokens", type=positive_int, default=256,
                    help="default answer length in tokens when a request sets none (default 256)")
     p.add_argument("--poll", type=positive_float, default=0.25, help="seconds between registry checks (default 0.25)")
+    p.add_argument("--max-delta-norm", type=positive_float, metavar="RATIO",
+                   help="largest ||ΔW||/||W|| of any layer a stack may have to be served (default 1.0); use the bound "
+                        "the deployments were validated with")  # fmt: skip
     p.set_defaults(handler=cmd_serve)

@@ -64,3 +64,37 @@ def test_serve_process(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_serve_takes_the_bound_its_stacks_were_validated_with(tmp_path: Path) -> None:
+    """A stack deployed with a looser ``--max-delta-norm`` is served by a server started with the same bound
+    (without it, the server refuses the stack and answers with the base model)."""
+    from agent_sleep.models.loader import load_base_model
+
+    model_dir = make_tiny_model_dir(tmp_path)
+    data = tmp_path / "data"
+    env = dict(os.environ, AGENT_SLEEP_DATA_DIR=str(data), AGENT_SLEEP_MODEL=str(model_dir))
+    registry = AdapterRegistry(ExperienceStore(f"sqlite:///{data / 'experience.sqlite'}"))
+    registry.register(write_random(tmp_path / "loud", load_base_model(str(model_dir)), seed=1, std=0.5), "loud")
+    registry.deploy("helpdesk", "loud@v1")  # ||ΔW||/||W|| far above the default bound of 1
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "agent_sleep.cli.main", "serve", "--port", str(port),
+                             "--max-new-tokens", "4", "--log-level", "warning", "--max-delta-norm", "1000"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            raise AssertionError("server did not come up")
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
+                           json={"model": "helpdesk", "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+        assert reply.status_code == 200 and reply.json()["system_fingerprint"] == "helpdesk:stack@v1#1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
