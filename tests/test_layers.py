@@ -2,7 +2,7 @@
 
 The layers, lowest first (``LAYERS`` below is the one place they are written down)::
 
-    foundation     _version, errors, config, fsutil, interfaces, names
+    foundation     _version, errors, config, config_files, fsutil, interfaces, names
     storage        store, models
     artifacts      capture, adapters
     registry       registry
@@ -48,7 +48,7 @@ PACKAGE = "agent_sleep"
 FACADE = "__init__"  # the key of agent_sleep/__init__.py in LAYERS
 
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("foundation", frozenset({"_version", "errors", "config", "fsutil", "interfaces", "names"})),
+    ("foundation", frozenset({"_version", "errors", "config", "config_files", "fsutil", "interfaces", "names"})),
     ("storage", frozenset({"store", "models"})),
     ("artifacts", frozenset({"capture", "adapters"})),
     ("registry", frozenset({"registry"})),

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agent_sleep.config_files import error_location, read_yaml_mapping, validation_problems
 from agent_sleep.errors import ConfigError
 from agent_sleep.selectors.config import parse_selection_config
 from agent_sleep.evaluation.gate import GatePolicy
@@ -120,17 +121,13 @@ class CycleConfig(_Forbid):
             try:
                 settings_cls.model_validate(gen.settings)
             except ValidationError as exc:
-                problems += [f"{name}.settings.{_loc(e)}: {e['msg']}" for e in exc.errors()]
+                problems += [f"{name}.settings.{error_location(e)}: {e['msg']}" for e in exc.errors()]
         if problems:
             raise ValueError("\n    ".join(problems))
         return value
 
     def generator(self, name: str) -> GeneratorSettings:
         return self.generators.get(name) or GeneratorSettings()
-
-
-def _loc(error: Any) -> str:
-    return ".".join(str(p) for p in error["loc"]) or "value"
 
 
 def load_cycle_config(path: str | Path | None = None, **overrides: Any) -> CycleConfig:
@@ -140,20 +137,7 @@ def load_cycle_config(path: str | Path | None = None, **overrides: Any) -> Cycle
     if path is not None:
         path = Path(path)
         where = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read cycle config {path}: {getattr(exc, 'strerror', None) or exc}") from None
-        import yaml
-
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            raise ConfigError(f"cycle config {path} is not valid YAML{at}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"cycle config {path} must be a mapping of settings, got {type(raw).__name__}")
+        raw = read_yaml_mapping(path, "cycle config")
         evaluation = raw.get("evaluation")
         guards = evaluation.get("guards") if isinstance(evaluation, dict) else None
         if isinstance(guards, str) and not Path(guards).expanduser().is_absolute():  # a folder beside the config
@@ -169,7 +153,7 @@ def load_cycle_config(path: str | Path | None = None, **overrides: Any) -> Cycle
     try:
         config = CycleConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"  {_loc(e)}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()] + problems
+        problems = validation_problems(exc) + problems
     if problems:
         raise ConfigError(f"{where} is not a valid cycle config:\n" + "\n".join(problems)) from None
     return config

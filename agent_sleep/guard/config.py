@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent_sleep.config_files import read_yaml_mapping, validation_problems
 from agent_sleep.errors import ConfigError
 
 __all__ = ["GUARD_SIGNALS", "OnlineGuardConfig", "load_guard_config"]
@@ -76,10 +77,6 @@ class OnlineGuardConfig(BaseModel):
         return self
 
 
-def _loc(error: Any) -> str:
-    return ".".join(str(p) for p in error["loc"]) or "value"
-
-
 def load_guard_config(path: str | Path | None = None, **overrides: Any) -> OnlineGuardConfig:
     """The config in YAML (or JSON) file ``path`` (None: all defaults), with ``overrides`` (not None) on top."""
     raw: Any = {}
@@ -87,21 +84,7 @@ def load_guard_config(path: str | Path | None = None, **overrides: Any) -> Onlin
     if path is not None:
         path = Path(path)
         where = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read online guard config {path}: {getattr(exc, 'strerror', None) or exc}"
-                              ) from None
-        import yaml
-
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            raise ConfigError(f"online guard config {path} is not valid YAML{at}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"online guard config {path} must be a mapping of settings, got {type(raw).__name__}")
+        raw = read_yaml_mapping(path, "online guard config")
         if SECTION in raw:
             raw = raw[SECTION] or {}
             where = f"{path} ({SECTION})"
@@ -111,5 +94,5 @@ def load_guard_config(path: str | Path | None = None, **overrides: Any) -> Onlin
     try:
         return OnlineGuardConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"  {_loc(e)}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
-        raise ConfigError(f"{where} is not a valid online guard config:\n" + "\n".join(problems)) from None
+        raise ConfigError(f"{where} is not a valid online guard config:\n" + "\n".join(validation_problems(exc))
+                          ) from None

@@ -37,6 +37,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent_sleep.config_files import read_yaml_mapping, validation_problems
 from agent_sleep.errors import ConfigError
 from agent_sleep.guard.config import OnlineGuardConfig
 from agent_sleep.names import check_agent_name
@@ -102,10 +103,6 @@ class SchedulerConfig(_Forbid):
         return value
 
 
-def _loc(error: Any) -> str:
-    return ".".join(str(p) for p in error["loc"]) or "value"
-
-
 def _relative(base: Path, name: str) -> Path:
     full = Path(name).expanduser()
     return full if full.is_absolute() else base / full
@@ -117,20 +114,9 @@ def load_scheduler_config(path: str | Path | None = None, **overrides: Any) -> S
     where = "scheduler config"
     base = Path.cwd()
     if path is not None:
-        import yaml
-
         path = Path(path)
         where, base = str(path), path.resolve().parent
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read scheduler config {path}: {getattr(exc, 'strerror', None) or exc}") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            raise ConfigError(f"scheduler config {path} is not valid YAML{at}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"scheduler config {path} must be a mapping of settings, got {type(raw).__name__}")
+        raw = read_yaml_mapping(path, "scheduler config")
     raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
     problems: list[str] = []
     agents = raw.get("agents")
@@ -161,7 +147,7 @@ def load_scheduler_config(path: str | Path | None = None, **overrides: Any) -> S
     try:
         config = SchedulerConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"  {_loc(e)}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()] + problems
+        problems = validation_problems(exc) + problems
     if problems:
         raise ConfigError(f"{where} is not a valid scheduler config:\n" + "\n".join(problems)) from None
     return config
