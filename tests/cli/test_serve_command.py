@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,6 +25,29 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextmanager
+def _server(env: dict[str, str], *extra: str) -> Iterator[int]:
+    """``agent-sleep serve`` in a subprocess on a free port (4-token answers), up and answering; its port."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "agent_sleep.cli.main", "serve", "--port", str(port),
+                             "--max-new-tokens", "4", "--log-level", "warning", *extra], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            raise AssertionError("server did not come up")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
 def test_serve_process(tmp_path: Path) -> None:
     import openai
 
@@ -36,20 +61,7 @@ def test_serve_process(tmp_path: Path) -> None:
     registry.register(src, "refunds")
     registry.deploy("helpdesk", "refunds@v1")
 
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "agent_sleep.cli.main", "serve", "--port", str(port),
-                             "--max-new-tokens", "4", "--log-level", "warning"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        else:
-            raise AssertionError("server did not come up")
+    with _server(env) as port:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         reply = client.chat.completions.create(model="helpdesk", messages=[{"role": "user", "content": "hi"}])
         assert reply.system_fingerprint == "helpdesk:stack@v1#1"
@@ -61,9 +73,6 @@ def test_serve_process(tmp_path: Path) -> None:
                 break
             time.sleep(0.1)
         assert reply.system_fingerprint == "helpdesk:stack@v2#2"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def test_serve_takes_the_bound_its_stacks_were_validated_with(tmp_path: Path) -> None:
@@ -78,23 +87,7 @@ def test_serve_takes_the_bound_its_stacks_were_validated_with(tmp_path: Path) ->
     registry.register(write_random(tmp_path / "loud", load_base_model(str(model_dir)), seed=1, std=0.5), "loud")
     registry.deploy("helpdesk", "loud@v1")  # ||ΔW||/||W|| far above the default bound of 1
 
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "agent_sleep.cli.main", "serve", "--port", str(port),
-                             "--max-new-tokens", "4", "--log-level", "warning", "--max-delta-norm", "1000"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        else:
-            raise AssertionError("server did not come up")
+    with _server(env, "--max-delta-norm", "1000") as port:
         reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
                            json={"model": "helpdesk", "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
         assert reply.status_code == 200 and reply.json()["system_fingerprint"] == "helpdesk:stack@v1#1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
