@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from agent_sleep.interfaces import Selection
-from agent_sleep.selectors.base import EpisodeFilter, SelectorParams, Verdict
+from agent_sleep.selectors.base import EpisodeFilter, SelectorContext, SelectorParams, Verdict
 from agent_sleep.selectors.candidates import Candidate, EpisodeCandidate
 
 __all__ = ["PromptsParams", "PromptsSelector", "system_prompt_of"]
@@ -58,7 +58,9 @@ class PromptsSelector(EpisodeFilter):
     Params = PromptsParams
     params: PromptsParams
 
-    _calls: dict[str, list[Any]] = {}
+    def __init__(self, params: SelectorParams, context: SelectorContext) -> None:
+        super().__init__(params, context)
+        self._calls: dict[str, list[Any]] = {}  # the model calls of the batch being judged, by episode id
 
     def select(self, items: Iterable[Candidate], /) -> Selection[Candidate]:
         items = list(items)
