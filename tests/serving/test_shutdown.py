@@ -54,20 +54,24 @@ from agent_sleep.serving import StaticResolver
 from agent_sleep.serving.server import serve
 from tests.serving.conftest import SlowScripted
 
+def say(line):  # one write per line: print() writes its parts separately, and two threads interleave them
+    sys.stdout.write(line + "\\n")
+    sys.stdout.flush()
+
 class Announcing(StaticResolver):
     def resolve(self, name):
-        print("resolved", name, flush=True)
+        say(f"resolved {name}")
         return super().resolve(name)
 
 class Slow(SlowScripted):
     def _generate_ids(self, handle, input_ids, params):
-        print("generating", flush=True)
+        say("generating")
         yield from super()._generate_ids(handle, input_ids, params)
 
 handle = load_base_model(sys.argv[1], device="cpu")
 slow = Slow(model="slow", handle=handle, scripts=["hello world " * 250], delay=0.02, max_new_tokens=400)
 serve(Announcing({"slow": slow}), port=int(sys.argv[2]), log_level="info")
-print("serve returned", flush=True)
+say("serve returned")
 """
 
 
