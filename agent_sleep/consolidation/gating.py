@@ -50,10 +50,21 @@ def _suite_name(prefix: str, skill: str) -> str:
     return name if len(name) <= 64 else f"{name[:55]}.{hashlib.sha256(skill.encode()).hexdigest()[:8]}"
 
 
+SHORT_ANSWER_WORDS = 3
+"""A probe answer of at most this many words ("64.95", "4 years") must appear in the reply (``contains``);
+a longer one, a correction or a confirmed reply written as a sentence, is scored by its key terms
+(``keywords``: the numbers, codes and names the question does not give away, half of them at least)."""
+
+
+def probe_item(index: int, question: str, answer: str, kind: str, system: str | None) -> SuiteItem:
+    """One probe as a suite item, scored as :data:`SHORT_ANSWER_WORDS` says."""
+    match = "keywords" if len(answer.split()) > SHORT_ANSWER_WORDS else "contains"
+    return SuiteItem(id=f"p{index:03d}", question=question, answer=answer, kind=kind, system=system, match=match)
+
+
 def _suite(name: str, probes: Iterable[tuple[str, str, str, str | None]], max_new_tokens: int) -> Suite:
     """Probes ``(question, answer, kind, system prompt)`` as a suite, each asked under its system prompt."""
-    items = tuple(SuiteItem(id=f"p{i:03d}", question=q, answer=a, kind=kind, system=system)
-                  for i, (q, a, kind, system) in enumerate(probes))
+    items = tuple(probe_item(i, q, a, kind, system) for i, (q, a, kind, system) in enumerate(probes))
     return Suite(name=name, items=items, max_gen_toks=max_new_tokens)
 
 

@@ -15,7 +15,10 @@ Scoring rules (``match``; :func:`agent_sleep.evaluation.answers.score_answer`), 
 * ``exact``: the reply is the answer or an alias, ignoring case and surrounding punctuation
   ("Banana." for "banana"), for "reply with only ..." instructions;
 * ``regex``: the answer (or an alias) is a Python pattern searched in the stripped reply, case
-  sensitive unless it says ``(?i)``, for format rules ("three comma-separated items").
+  sensitive unless it says ``(?i)``, for format rules ("three comma-separated items");
+* ``keywords``: the reply holds at least half of the item's ``keywords`` (each as ``contains`` finds it),
+  for a free-text answer such as a correction; when an item gives none they are the answer's
+  :func:`~agent_sleep.evaluation.answers.key_terms` (numbers, codes, names the question does not give away).
 
 Not here: running the model (:mod:`agent_sleep.evaluation.lm_eval`), comparing stacks
 (:mod:`agent_sleep.evaluation.gate`).
@@ -38,7 +41,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent_sleep.errors import ConfigError, InvalidInputError, NotFoundError
-from agent_sleep.evaluation.answers import Match, score_answer
+from agent_sleep.evaluation.answers import Match, key_terms, score_answer
 from agent_sleep.fsutil import atomic_write_text
 
 __all__ = [
@@ -72,6 +75,8 @@ class SuiteItem(BaseModel):
     aliases: tuple[str, ...] = ()
     match: Match = "contains"
     system: str | None = None
+    keywords: tuple[str, ...] = ()
+    """The terms ``match="keywords"`` looks for (None given: :func:`~agent_sleep.evaluation.answers.key_terms`)."""
 
     @field_validator("aliases")
     @classmethod
@@ -79,6 +84,16 @@ class SuiteItem(BaseModel):
         if any(not a.strip() for a in value):
             raise ValueError("aliases must be non-empty strings")
         return value
+
+    @model_validator(mode="after")
+    def _keywords(self) -> SuiteItem:
+        if self.match == "keywords" and not self.keywords:
+            object.__setattr__(self, "keywords", key_terms(self.answer, self.question))
+        elif self.match != "keywords" and self.keywords:
+            raise ValueError("keywords are only read with match 'keywords'")
+        if any(not k.strip() for k in self.keywords):
+            raise ValueError("keywords must be non-empty strings")
+        return self
 
     @model_validator(mode="after")
     def _patterns_compile(self) -> SuiteItem:
@@ -92,7 +107,8 @@ class SuiteItem(BaseModel):
 
     @property
     def references(self) -> tuple[str, ...]:
-        return (self.answer, *self.aliases)
+        """What the reply is scored against: the key terms under ``keywords``, else the answer and its aliases."""
+        return self.keywords if self.match == "keywords" else (self.answer, *self.aliases)
 
     def doc(self, *, with_system: bool = False) -> dict[str, Any]:
         """The JSONL row lm-eval reads (``references`` is never empty, so ``datasets`` infers one type).

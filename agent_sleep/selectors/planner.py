@@ -21,13 +21,14 @@ from datetime import datetime, timedelta, timezone
 
 from agent_sleep.interfaces import ExperienceReader
 from agent_sleep.errors import ConfigError
+from agent_sleep.evaluation.answers import term_set
 from agent_sleep.names import check_agent_name, check_skill_name
 from agent_sleep.selectors.base import SelectorContext
 from agent_sleep.selectors.candidates import Candidate, DocumentCandidate, EpisodeCandidate
 from agent_sleep.selectors.chain import Chain, ItemDecision
 from agent_sleep.selectors.config import SelectionConfig
 from agent_sleep.selectors.plan import ConsolidationPlan, PlannedConversation, PlannedProbe
-from agent_sleep.selectors.probes import best_document_skill, document_probes, episode_probe, held_out, probe_hash
+from agent_sleep.selectors.probes import best_document_skill, document_probes, episode_probe, held_out_taught, probe_hash
 from agent_sleep.selectors.skills import SkillDraft, assign_documents, words
 from agent_sleep.selectors.source import consolidated_references, document_candidates, episode_candidates
 
@@ -137,7 +138,11 @@ class _Planner:
     def _episodes(self, drafts: dict[str, SkillDraft], dialog: SkillDraft | None,
                   episodes: list[EpisodeCandidate]) -> None:
         cfg = self.config.probes
-        probes = self._probes(episodes)
+        doc_terms: set[str] = set()
+        for draft in drafts.values():
+            for d in draft.documents:
+                doc_terms |= term_set(d.text)
+        probes, not_held = self._probes(episodes, doc_terms)
         doc_words = {name: set().union(*(words(d.text) for d in draft.documents))
                      for name, draft in drafts.items() if draft.generator in ("d2l", "gradient_cd") and draft.documents}
         placed: list[tuple[EpisodeCandidate, SkillDraft, PlannedProbe | None, str]] = []  # (episode, skill, probe, why)
@@ -148,7 +153,8 @@ class _Planner:
                 where = f"its documents hold {share:.0%} of the answer's words" if skill else \
                     f"no skill's documents hold {cfg.min_answer_overlap:.0%} of the answer's words"
                 h = probe_hash(ep.id)
-                why = f"hash {h:.3f} < {cfg.fraction:g}" if h < cfg.fraction else "at least one of 2+ is held out"
+                why = (f"hash {h:.3f} < {cfg.fraction:g}" if h < cfg.fraction else
+                       "in place of one that nothing else teaches" if not_held else "at least one of 2+ is held out")
                 target = drafts[skill] if skill else dialog
                 if target is not None:
                     placed.append((ep, target, probe, f"{why}; {where}"))
@@ -158,7 +164,7 @@ class _Planner:
                 self._drop("episode", ep.id, problem)
             else:
                 assert dialog is not None
-                placed.append((ep, dialog, None, ""))
+                placed.append((ep, dialog, None, not_held.get(ep.id, "")))
         if dialog is not None and not any(p is None for _, s, p, _ in placed if s is dialog):
             # nothing else trains the dialog skill: its probes would test a skill that is not made; train on them
             placed = [(ep, s, None, "the only conversations: trained on, not held out")
@@ -196,8 +202,10 @@ class _Planner:
             return f"{len(ep.messages)} message(s): a conversation needs at least 2"
         return None
 
-    def _probes(self, episodes: Iterable[EpisodeCandidate]) -> dict[str, PlannedProbe]:
-        """The probe of every episode held out: corrected ones, then (if on) confirmed ones."""
+    def _probes(self, episodes: Iterable[EpisodeCandidate], doc_terms: set[str]
+                ) -> tuple[dict[str, PlannedProbe], dict[str, str]]:  # fmt: skip
+        """The probe of every episode held out (corrected ones, then, if on, confirmed ones), and why each
+        episode the hash picked but nothing else teaches was not held out."""
         cfg = self.config.probes
         corrected, confirmed = {}, {}
         for ep in episodes:
@@ -209,9 +217,19 @@ class _Planner:
                 probe = episode_probe(ep, "feedback")
                 if probe is not None:
                     confirmed[ep.id] = probe
-        held = held_out(list(corrected), cfg.fraction, at_least_one=True)
-        held |= held_out(list(confirmed), cfg.fraction, at_least_one=False)
-        return {i: p for pool in (corrected, confirmed) for i, p in pool.items() if i in held}
+        teachers = {}
+        for ep in episodes:
+            index = ep.final_answer()
+            if index is not None:
+                teachers[ep.id] = str(ep.messages[index].get("content") or "")
+        held, not_held = held_out_taught(corrected, cfg.fraction, at_least_one=True, teachers=teachers,
+                                         taught_elsewhere=doc_terms)  # fmt: skip
+        held_confirmed, skipped = held_out_taught(
+            confirmed, cfg.fraction, at_least_one=False, taught_elsewhere=doc_terms,
+            teachers={i: t for i, t in teachers.items() if i not in held})  # fmt: skip
+        held |= held_confirmed
+        not_held.update(skipped)
+        return {i: p for pool in (corrected, confirmed) for i, p in pool.items() if i in held}, not_held
 
     def _keep(self, kind: str, item: str, reason: str, skill: str, role: str) -> None:
         self.kept += 1

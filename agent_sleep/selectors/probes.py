@@ -9,6 +9,13 @@ probe and, unless the fraction is 1, keeps at least one for training.
 
 A probe tests the ``d2l`` skill whose documents hold most of its answer's words
 (:func:`best_document_skill`), else the conversations' ``sft`` skill.
+
+Only a *taught* answer is held out (:func:`held_out_taught`): its key terms (the numbers, codes and names
+the gate scores a sentence answer by, :func:`~agent_sleep.evaluation.answers.key_terms`) must be in the
+material that still trains - another kept conversation's final answer or a document. A correction that
+nothing else teaches ("your order A1001 arrives on 29 November", said once) could not show that a skill
+learned anything: held out it is a probe no adapter can pass, so it trains instead, and the next taught
+episode by hash is held out in its place.
 """
 
 from __future__ import annotations
@@ -17,11 +24,12 @@ import hashlib
 from collections.abc import Mapping
 from typing import Literal
 
+from agent_sleep.evaluation.answers import key_terms, keywords_needed, term_set
 from agent_sleep.selectors.candidates import DocumentCandidate, EpisodeCandidate
 from agent_sleep.selectors.plan import PlannedProbe
 from agent_sleep.selectors.skills import words
 
-__all__ = ["best_document_skill", "document_probes", "episode_probe", "held_out", "probe_hash"]
+__all__ = ["best_document_skill", "document_probes", "episode_probe", "held_out", "held_out_taught", "probe_hash"]
 
 
 def probe_hash(item_id: str) -> float:
@@ -39,6 +47,44 @@ def held_out(ids: list[str], fraction: float, *, at_least_one: bool) -> set[str]
         elif fraction < 1 and len(chosen) == len(ids):
             chosen.discard(max(ids, key=probe_hash))
     return chosen
+
+
+def held_out_taught(pool: Mapping[str, PlannedProbe], fraction: float, *, at_least_one: bool,
+                    teachers: Mapping[str, str], taught_elsewhere: set[str] = frozenset()  # type: ignore[assignment]
+                    ) -> tuple[set[str], dict[str, str]]:  # fmt: skip
+    """The ids of ``pool`` to hold out, and why each one that :func:`held_out` would pick was not.
+
+    As many as :func:`held_out` picks, taken in hash order among the *taught* ones: a probe is taught when
+    at least half its key terms are in ``taught_elsewhere`` (document terms) or in the final answer
+    (``teachers``: episode id -> text) of an episode that is not held out; every probe already held must
+    stay taught when the next one is held (two corrections of one fact: one is held, the other trains).
+    """
+    wanted = len(held_out(list(pool), fraction, at_least_one=at_least_one))
+    picked_by_hash = held_out(list(pool), fraction, at_least_one=at_least_one)
+    terms = {i: {t.casefold() for t in key_terms(p.answer, p.question)} for i, p in pool.items()}
+    teach = {i: term_set(text) for i, text in teachers.items()}
+    counts: dict[str, int] = {}
+    for words_of in teach.values():
+        for t in words_of:
+            counts[t] = counts.get(t, 0) + 1
+
+    def taught(i: str, removed: set[str]) -> bool:
+        found = sum(1 for t in terms[i] if t in taught_elsewhere or counts.get(t, 0) - sum(
+            1 for r in removed if t in teach.get(r, ())) > 0)
+        return found >= keywords_needed(len(terms[i]))
+
+    held: set[str] = set()
+    skipped: dict[str, str] = {}
+    for i in sorted(pool, key=probe_hash):
+        if len(held) >= wanted:
+            break
+        trial = held | {i}
+        if all(taught(j, trial) for j in trial):
+            held = trial
+        elif i in picked_by_hash:
+            skipped[i] = (f"not held out: no other kept conversation or document teaches its answer (key terms "
+                          f"{', '.join(sorted(terms[i]))}), so no adapter could pass it as a probe")  # fmt: skip
+    return held, skipped
 
 
 def episode_probe(episode: EpisodeCandidate, origin: Literal["correction", "feedback"]) -> PlannedProbe | None:

@@ -85,10 +85,9 @@ def test_a_full_plan(store: Any) -> None:
                                                              ("helpdesk-dialog", "sft")]
     docs = plan.skill("helpdesk-kb-warranty")
     assert [d.text for d in docs.documents] == [WARRANTY] and "Warranty (kb/warranty.md)" in docs.description
-    # two corrected episodes: one is held out (at least one of two), the other trains with the correction
-    held = held_out([wrong, fixed], 0.2, at_least_one=True)
-    assert len(held) == 1
-    probe_id, train_id = (wrong, fixed) if wrong in held else (fixed, wrong)
+    # two corrected episodes, one held out (at least one of two): the one whose answer the warranty document
+    # teaches; nothing else teaches "within 5 days", so that one trains (held out, no adapter could pass it)
+    probe_id, train_id = wrong, fixed
     dialog = plan.skill("helpdesk-dialog")
     assert {c.episode_id for c in dialog.conversations} == {good, train_id}
     trained = next(c for c in dialog.conversations if c.episode_id == train_id)
@@ -123,20 +122,44 @@ def test_a_full_plan(store: Any) -> None:
 
 
 def test_probes_are_never_trained_on(store: Any) -> None:
-    ids = []
-    for i in range(12):
-        eid = log_episode(store, f"What is the code for region {i}?", f"It is {i * 3}.")
-        store.add_feedback(eid, correction=f"The code for region {i} is R-{i:02d}.")
+    ids, region = [], {}
+    for i in range(12):  # six regions, each corrected twice (other wording, same code)
+        r = i % 6
+        asked = f"What is the code for region {r}?" if i < 6 else f"Which code does region {r} use?"
+        eid = log_episode(store, asked, f"It is {i * 3}.")
+        store.add_feedback(eid, correction=f"The code for region {r} is R-{r:02d}." if i < 6 else f"Region {r} uses R-{r:02d}.")
         ids.append(eid)
-    plan = build_plan(store, "helpdesk", parse_selection_config({"probes": {"fraction": 0.5}})).plan
+        region[eid] = r
+    result = build_plan(store, "helpdesk", parse_selection_config({"probes": {"fraction": 0.5}}))
+    plan = result.plan
     probes = {p.source_id for s in plan.skills for p in s.probes}
     trained = {c.episode_id for s in plan.skills for c in s.conversations}
     assert probes and trained and not probes & trained and probes | trained == set(ids)
-    assert probes == {i for i in ids if probe_hash(i) < 0.5} or len(probes) == 1
+    # every probe's code is taught by the other correction of its region, which trains
+    assert all(any(region[t] == region[p] for t in trained) for p in probes)
+    assert len(probes) == min(6, len({i for i in ids if probe_hash(i) < 0.5}) or 1)
     with pytest.raises(InvalidInputError, match="probe"):  # the plan refuses a leak
         plan.model_copy(update={"skills": (plan.skills[0].model_copy(update={"probes": (
             plan.skills[0].probes + (next(p for s in plan.skills for p in s.probes).model_copy(
                 update={"source_id": next(iter(trained))}),))}),) + plan.skills[1:]}).check()
+
+
+def test_a_correction_nothing_else_teaches_trains_instead_of_probing(store: Any) -> None:
+    ids = []
+    for i in range(8):  # eight regions, each corrected once: no held-out probe could be learned
+        eid = log_episode(store, f"What is the code for region {i}?", f"It is {i * 3}.")
+        store.add_feedback(eid, correction=f"The code for region {i} is R-{i:02d}.")
+        ids.append(eid)
+    result = build_plan(store, "helpdesk", parse_selection_config({"probes": {"fraction": 0.5}}))
+    assert not any(s.probes for s in result.plan.skills)
+    assert {c.episode_id for s in result.plan.skills for c in s.conversations} == set(ids)
+    reasons = [d.reason for d in result.decisions if d.selector == "planner"]
+    assert any("nothing else teaches" in r or "no other kept conversation or document teaches" in r for r in reasons)
+    # a document that holds the code teaches it: that correction can be held out
+    store.add_document("kb/regions.md", "Region codes: region 3 uses R-03, region 5 uses R-05.", agent="helpdesk")
+    taught = build_plan(store, "helpdesk", parse_selection_config({"probes": {"fraction": 0.5}})).plan
+    probed = {p.source_id for s in taught.skills for p in s.probes}
+    assert probed and probed <= {ids[3], ids[5]}
 
 
 def test_declared_skills_and_switches(store: Any) -> None:
@@ -205,8 +228,9 @@ def test_a_lone_probe_of_an_untrained_skill_is_trained_on_instead(store: Any) ->
     result = build_plan(store, "helpdesk")
     dialog = result.plan.skill("helpdesk-dialog")
     assert [c.episode_id for c in dialog.conversations] == [eid] and dialog.probes == ()
-    assert result.decisions[-1].reason == ("planned: trains sft skill helpdesk-dialog (corrected, the only "
-                                           "conversations: trained on, not held out)")
+    assert result.decisions[-1].reason == (
+        "planned: trains sft skill helpdesk-dialog (corrected, not held out: no other kept conversation or document "
+        "teaches its answer (key terms friday), so no adapter could pass it as a probe)")
 
 
 def test_progress_bar_on_request(store: Any, capsys: pytest.CaptureFixture[str]) -> None:

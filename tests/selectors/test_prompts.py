@@ -48,7 +48,7 @@ def _agent(model: Any) -> Any:
 
 
 def _day(store: ExperienceStore) -> list[str]:
-    """The agent answers every question wrongly; each answer gets a correction."""
+    """The agent answers every question wrongly; each answer gets a correction (each taught twice)."""
     model = RecordingChatModel(replies=[AIMessage("I do not know.")])
     agent = _agent(model)
     capture = SleepCallbackHandler("helpdesk", url=store.url, settings=store.settings)
@@ -58,7 +58,7 @@ def _day(store: ExperienceStore) -> list[str]:
         agent.invoke({"messages": [("user", question)]}, config={"run_id": run_id, "callbacks": [capture]})
         capture.flush()
         ids.append(capture.episode_id_for(run_id))
-        store.add_feedback(ids[-1], score=0.0, label="wrong", correction=f"Answer number {i}.", source="human")
+        store.add_feedback(ids[-1], score=0.0, label="wrong", correction=f"Answer number {i // 2}.", source="human")
         store.record_outcome(ids[-1], "corrected")
     assert model.seen and isinstance(model.seen[0][0][0], SystemMessage)
     return ids
