@@ -48,7 +48,6 @@ from agent_sleep.consolidation.context import RunContext
 from agent_sleep.consolidation.incumbent import incumbent
 from agent_sleep.consolidation.planning import Planner, default_planner
 from agent_sleep.consolidation.report import write_report
-from agent_sleep.consolidation.generation import candidates_of
 from agent_sleep.consolidation.result import CandidateResult, CycleResult, SkillResult, SuiteDelta
 from agent_sleep.consolidation.runs import Claim, Outcome, RunStore
 from agent_sleep.errors import AgentSleepError, ConfigError, DatabaseUnavailableError
@@ -160,7 +159,7 @@ def _resumed_config(claim: Claim, given: CycleConfig) -> CycleConfig:
 
 def _candidates(sp: SkillPlan, made: dict[str, Any], judged: dict[str, Any] | None) -> list[CandidateResult]:
     """Each candidate generator of a skill: what the generate stage made and what the gate said of it."""
-    by_gen = {c["generator"]: c for c in candidates_of(made)}
+    by_gen = {c["generator"]: c for c in generation.candidates_of(made)}
     verdicts = {v["generator"]: v for v in (judged or {}).get("candidates") or []}
     if judged is not None and not verdicts and len(sp.generators) == 1:  # saved before candidates existed
         verdicts = {sp.generator: judged}
@@ -177,7 +176,8 @@ def _candidates(sp: SkillPlan, made: dict[str, Any], judged: dict[str, Any] | No
         elif v is not None:
             fields.update(status=v["status"], reasons=v["reasons"], weight=v.get("weight"),
                           comparisons=[SuiteDelta.model_validate(c) for c in v["comparisons"]],
-                          target_gain=gating.target_gain(v), guard_loss=gating.guard_loss(v) if v["comparisons"] else None)
+                          target_gain=gating.target_gain(v),
+                          guard_loss=gating.guard_loss(v) if v["comparisons"] else None)
         out.append(CandidateResult.model_validate(fields))
     return out
 
@@ -317,16 +317,17 @@ class _Cycle:
         for sp in plan.skills:
             g, e = made.get(sp.skill) or {}, (judged.get("skills") or {}).get(sp.skill)
             candidates = _candidates(sp, g, e)
-            if len(sp.generators) == 1:
-                lead = g
-            else:  # the winner's, if any (a candidate's entry in the generate stage's result)
-                lead = next((c for c in candidates_of(g) if e is not None and c["generator"] == e.get("winner")), {})
+            lead = g  # one candidate: its entry; several: the winner's, if any
+            if len(sp.generators) > 1:
+                winner = (e or {}).get("winner")
+                lead = next((c for c in generation.candidates_of(g) if winner and c["generator"] == winner), {})
             fields: dict[str, Any] = {
                 "skill": sp.skill, "generator": lead.get("generator") or sp.generator,
                 "generator_version": lead.get("generator_version"), "adapter": lead.get("adapter"),
                 "replaces": live.get(sp.skill), "probes": len(sp.probes),
                 "version": parse_adapter_ref(lead["adapter"]).version if lead.get("adapter") else None,
-                "train_items": len(sp.documents) + len(sp.conversations), "generate_seconds": lead.get("generate_seconds"),
+                "train_items": len(sp.documents) + len(sp.conversations),
+                "generate_seconds": lead.get("generate_seconds"),
                 "candidates": candidates, "winner": (e or {}).get("winner"), "why": (e or {}).get("why"),
             }  # fmt: skip
             if sp.skill in chosen.get("left_out", {}):

@@ -20,7 +20,8 @@ once, on every suite, in one lm-eval call (scored alike, so any two can be paire
 The skill's decision holds the winner's verdict (status, reasons, comparisons, stack, weight) plus
 ``candidates`` (every candidate's verdict, in order), ``winner`` (its generator, or None) and ``why``
 (a sentence saying why it won, or why none did). Rejected candidates are rejected in the registry; an
-admitted one that lost stays a candidate version whose eval summary names the winner.
+admitted one that lost keeps the status validation gave it (``approved``, not live), and its eval summary
+names the winner.
 
 Fail closed: an :class:`~agent_sleep.errors.EvaluationError` ends the run, nothing deployed. Progress
 (scores, each candidate's verdict, decisions) is saved after each stack, each verdict and each decision,
@@ -130,7 +131,8 @@ def pick_winner(verdicts: Sequence[dict[str, Any]]) -> tuple[dict[str, Any] | No
     if not admitted:
         if len(verdicts) == 1:
             return None, f"the candidate was {verdicts[0]['status']}"
-        return None, "no candidate was admitted (" + ", ".join(f"{v['generator']} {v['status']}" for v in verdicts) + ")"
+        judged = ", ".join(f"{v['generator']} {v['status']}" for v in verdicts)
+        return None, f"no candidate was admitted ({judged})"
     best = min(admitted, key=_rank)  # min keeps the first of equals: the order breaks the last tie
     gain, loss = target_gain(best) or 0.0, guard_loss(best)
     if len(verdicts) == 1:

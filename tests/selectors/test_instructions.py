@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -101,7 +102,8 @@ def test_a_description_alone_makes_a_t2l_skill_whose_probes_stay_held_out(store:
     dialog = build_plan(store, "helpdesk").plan.skill("helpdesk-dialog")
     # Without the description the lone probe would be trained on (test_planner); with it, t2l makes the skill.
     assert (dialog.generator, dialog.generators, dialog.conversations) == ("t2l", ("t2l",), ())
-    assert [p.source_id for p in dialog.probes] == [eid] and dialog.description == "Say that payment is due on delivery."
+    assert [p.source_id for p in dialog.probes] == [eid]
+    assert dialog.description == "Say that payment is due on delivery."
 
 
 def test_declared_candidates_and_no_dialog(store: Any) -> None:
@@ -160,3 +162,19 @@ def test_skill_config_problems_are_listed_at_once() -> None:
     with pytest.raises(ConfigError, match="skills declared twice: \\['d'\\]; at most one sft skill"):
         parse_selection_config({"skills": {"declared": [{"name": "d", "generator": "sft"},
                                                         {"name": "d", "generator": "sft"}]}})
+
+
+def test_the_documented_skill_examples_validate() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    examples = []
+    for name in ("pipelines/consolidation/selection.yaml", "pipelines/sleep/cycle.yaml"):
+        lines = (root / name).read_text(encoding="utf-8").splitlines()
+        # "#   - {name: ..., generator: ...}   # a comment": the mapping after the dash
+        examples += [yaml.safe_load(line.split("- ", 1)[1].split("  #", 1)[0])
+                     for line in lines if line.lstrip("# ").startswith("- {name:")]
+    assert len(examples) >= 4
+    for spec in examples:
+        skills = parse_selection_config({"skills": {"declared": [spec]}}).skills.declared
+        assert skills[0].name == spec["name"]
