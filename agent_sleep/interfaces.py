@@ -127,6 +127,8 @@ class FeedbackView(Protocol):
     def created_at(self) -> datetime: ...
     @property
     def correction(self) -> str | None: ...  # the right answer, when the agent answered wrong
+    @property
+    def instruction(self) -> str | None: ...  # how the agent should behave from now on, in every conversation
 
 
 @runtime_checkable

@@ -59,6 +59,13 @@ def _print_result(r: Any) -> None:
                        f"{target.ci_low:+.2f}..{target.ci_high:+.2f}, n={target.n})")
         gen = f"{s.generator} {s.generator_version or ''}".strip()
         print(f"  {s.skill:20} {gen:10} {s.adapter or '-':20} {s.status:9} {numbers}")
+        if len(s.candidates) > 1:
+            for c in s.candidates:
+                target = next((x for x in c.comparisons if x.role == "target"), None)
+                said = (f"target {target.delta:+.2f} (95% CI {target.ci_low:+.2f}..{target.ci_high:+.2f}), worst guard "
+                        f"{-(c.guard_loss or 0.0):+.2f}" if target is not None else "; ".join(c.reasons))  # fmt: skip
+                print(f"    {'*' if c.chosen else ' '} {c.generator:16} {c.adapter or '-':20} {c.status:9} {said}")
+            print(f"    winner: {s.winner} ({s.why})" if s.winner else f"    winner: none ({s.why})")
     if r.stages:
         print("  stages   " + ", ".join(f"{name} {sec:.1f} s" for name, sec in r.stages.items()))
     if r.folder:
@@ -195,7 +202,8 @@ def _fate(decisions: list[Any]) -> tuple[bool, str]:
         return False, f"dropped by {dropped.selector}: {dropped.reason}"
     assigned = next((d for d in reversed(decisions) if d.role), None)
     if assigned is not None:
-        what = "held-out probe" if assigned.role == "probe" else "trained on"
+        what = {"probe": "held-out probe", "instruction": "instruction in the description"}.get(assigned.role,
+                                                                                                "trained on")
         return True, f"{what} for skill {assigned.skill!r} ({assigned.selector}: {assigned.reason})"
     return True, "kept by every selector, but not assigned to a skill"
 

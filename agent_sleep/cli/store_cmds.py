@@ -3,7 +3,7 @@
 Bad arguments are usage errors (exit 2) caught before the database opens: a
 time that is neither ISO 8601 nor an age, a ``--limit`` below 1, a feedback
 ``--score`` outside [0, 1] (0 bad, 1 good; NaN and infinities refused), a
-``feedback`` with nothing to record, a blank ``--correction``.
+``feedback`` with nothing to record, a blank ``--correction`` or ``--instruction``.
 """
 
 from __future__ import annotations
@@ -127,27 +127,33 @@ def cmd_episodes_show(args: argparse.Namespace) -> int:
             print(f"      {m.get('type', '?'):>9}: {str(content)[:160]}")
     for f in feedback:
         print(f"  feedback ({f.source}) score={f.score} label={f.label} comment={f.comment}"
-              + (f"\n    correction: {f.correction[:400]}" if f.correction else ""))
+              + (f"\n    correction: {f.correction[:400]}" if f.correction else "")
+              + (f"\n    instruction: {f.instruction[:400]}" if f.instruction else ""))
     return 0
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    given = (args.score, args.label, args.comment, args.correction)
+    given = (args.score, args.label, args.comment, args.correction, args.instruction)
     if all(v is None for v in given) and not args.outcome:
-        raise UsageError("nothing to record: give --score, --label, --comment, --correction and/or --outcome")
+        raise UsageError("nothing to record: give --score, --label, --comment, --correction, --instruction and/or "
+                         "--outcome")
     if args.correction is not None and not args.correction.strip():
         raise UsageError("--correction must not be blank: give the right answer")
+    if args.instruction is not None and not args.instruction.strip():
+        raise UsageError("--instruction must not be blank: say how the agent should behave from now on")
     store = _store(args)
     episode_id = store.resolve_episode_id(args.episode)  # any spelling; an unknown id fails before any write
     fid = None
     if any(v is not None for v in given):
         fid = store.add_feedback(episode_id, score=args.score, label=args.label, comment=args.comment,
-                                 source=args.source, correction=args.correction)  # fmt: skip
+                                 source=args.source, correction=args.correction,
+                                 instruction=args.instruction)  # fmt: skip
     if args.outcome:
         store.record_outcome(episode_id, args.outcome)
     if args.json:
         print_json({"feedback_id": fid, "episode_id": episode_id, "score": args.score, "label": args.label,
-                    "comment": args.comment, "correction": args.correction, "source": args.source if fid else None,
+                    "comment": args.comment, "correction": args.correction, "instruction": args.instruction,
+                    "source": args.source if fid else None,
                     "outcome": args.outcome})
     elif fid is not None:
         print(fid)
@@ -262,17 +268,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="also show the exact input (messages, tools) of every model call")
     p.set_defaults(handler=cmd_episodes_show)
 
-    p = sub.add_parser("feedback", help="record feedback (score, label, comment, correction) or an outcome",
-                       description="Record feedback for an episode, from any process at any later time. Give at "
-                       "least one of --score, --label, --comment, --correction or --outcome. A correction is the "
-                       "right answer where the agent answered wrong: a consolidation run trains on the "
-                       "conversation with it in place of the wrong answer, or holds it out as a test "
-                       "question.")  # fmt: skip
+    p = sub.add_parser("feedback", help="record feedback (score, label, comment, correction, instruction) or an "
+                       "outcome", description="Record feedback for an episode, from any process at any later time. "
+                       "Give at least one of --score, --label, --comment, --correction, --instruction or --outcome. "
+                       "A correction is the right answer where the agent answered wrong: a consolidation run trains "
+                       "on the conversation with it in place of the wrong answer, or holds it out as a test "
+                       "question. An instruction is how the agent should behave from now on, in every "
+                       "conversation: a consolidation run makes it part of the description of the agent's dialog "
+                       "skill, which t2l turns into an adapter (compared by the gate with sft on the same "
+                       "test questions).")  # fmt: skip
     p.add_argument("episode", help="episode id (32 hex digits or a dashed UUID, any case)")
     p.add_argument("--score", type=score, metavar="S", help="how good the episode was, from 0 (bad) to 1 (good)")
     p.add_argument("--label", help="a short label, e.g. thumbs_up (at most 64 characters)")
     p.add_argument("--comment", help="free text")
     p.add_argument("--correction", metavar="TEXT", help="the right answer, where the agent's final answer was wrong")
+    p.add_argument("--instruction", metavar="TEXT",
+                   help="how the agent should behave from now on, e.g. 'always ask for the order number first'")
     p.add_argument("--outcome", help="also set the episode's outcome label, e.g. resolved")
     p.add_argument("--source", choices=["human", "automatic", "evaluator"], default="human",
                    help="who gave the feedback (default: human)")

@@ -6,8 +6,10 @@ by a dead process, the one named by ``resume``, or a recorded ``skipped_overlap`
 is alive), then runs each stage that is not ``done`` yet, keeping a heartbeat while it works:
 
 * **select** (:mod:`.selection`): the planner's plan and one decision row per item;
-* **generate** (:mod:`.generation`): one registered, validated candidate per skill;
-* **evaluate** (:mod:`.gating`): the greedy gate on lm-eval scores, fail closed;
+* **generate** (:mod:`.generation`): one registered, validated candidate version per skill and candidate
+  generator (``sft`` and ``t2l`` for a skill with conversations and a description);
+* **evaluate** (:mod:`.gating`): the greedy gate on lm-eval scores, fail closed; of a skill's candidates,
+  the admitted one with the highest target gain goes on (the result says which were tried and why one won);
 * **deploy** (:mod:`.deployment`): the accepted stack, once.
 
 The run then ends with one outcome, always recorded: ``promoted`` (a new stack is live),
@@ -46,12 +48,12 @@ from agent_sleep.consolidation.context import RunContext
 from agent_sleep.consolidation.incumbent import incumbent
 from agent_sleep.consolidation.planning import Planner, default_planner
 from agent_sleep.consolidation.report import write_report
-from agent_sleep.consolidation.result import CycleResult, SkillResult, SuiteDelta
+from agent_sleep.consolidation.result import CandidateResult, CycleResult, SkillResult, SuiteDelta
 from agent_sleep.consolidation.runs import Claim, Outcome, RunStore
 from agent_sleep.errors import AgentSleepError, ConfigError, DatabaseUnavailableError
 from agent_sleep.registry import AdapterRegistry
 from agent_sleep.registry.refs import parse_adapter_ref
-from agent_sleep.selectors.plan import ConsolidationPlan
+from agent_sleep.selectors.plan import ConsolidationPlan, SkillPlan
 from agent_sleep.store.models import utcnow
 from agent_sleep.store.store import ExperienceStore
 
@@ -153,6 +155,31 @@ def _resumed_config(claim: Claim, given: CycleConfig) -> CycleConfig:
         log.warning("run %s: its stored config no longer validates (%s); resuming with the one given", claim.run.id,
                     exc)
         return given
+
+
+def _candidates(sp: SkillPlan, made: dict[str, Any], judged: dict[str, Any] | None) -> list[CandidateResult]:
+    """Each candidate generator of a skill: what the generate stage made and what the gate said of it."""
+    by_gen = {c["generator"]: c for c in generation.candidates_of(made)}
+    verdicts = {v["generator"]: v for v in (judged or {}).get("candidates") or []}
+    if judged is not None and not verdicts and len(sp.generators) == 1:  # saved before candidates existed
+        verdicts = {sp.generator: judged}
+    out = []
+    for gen in sp.generators:
+        m, v = by_gen.get(gen) or {}, verdicts.get(gen)
+        fields: dict[str, Any] = {
+            "generator": gen, "generator_version": m.get("generator_version"), "adapter": m.get("adapter"),
+            "version": parse_adapter_ref(m["adapter"]).version if m.get("adapter") else None,
+            "generate_seconds": m.get("generate_seconds"), "chosen": (judged or {}).get("winner") == gen,
+        }  # fmt: skip
+        if m.get("status") in ("invalid", "failed", "skipped"):
+            fields.update(status=m["status"], reasons=[m.get("reason") or m["status"]])
+        elif v is not None:
+            fields.update(status=v["status"], reasons=v["reasons"], weight=v.get("weight"),
+                          comparisons=[SuiteDelta.model_validate(c) for c in v["comparisons"]],
+                          target_gain=gating.target_gain(v),
+                          guard_loss=gating.guard_loss(v) if v["comparisons"] else None)
+        out.append(CandidateResult.model_validate(fields))
+    return out
 
 
 def _stored(claim: Claim) -> CycleResult:
@@ -289,14 +316,22 @@ class _Cycle:
         out = []
         for sp in plan.skills:
             g, e = made.get(sp.skill) or {}, (judged.get("skills") or {}).get(sp.skill)
+            candidates = _candidates(sp, g, e)
+            lead = g  # one candidate: its entry; several: the winner's, if any
+            if len(sp.generators) > 1:
+                winner = (e or {}).get("winner")
+                lead = next((c for c in generation.candidates_of(g) if winner and c["generator"] == winner), {})
             fields: dict[str, Any] = {
-                "skill": sp.skill, "generator": sp.generator, "generator_version": g.get("generator_version"),
-                "adapter": g.get("adapter"), "replaces": live.get(sp.skill), "probes": len(sp.probes),
-                "version": parse_adapter_ref(g["adapter"]).version if g.get("adapter") else None,
-                "train_items": len(sp.documents) + len(sp.conversations), "generate_seconds": g.get("generate_seconds"),
+                "skill": sp.skill, "generator": lead.get("generator") or sp.generator,
+                "generator_version": lead.get("generator_version"), "adapter": lead.get("adapter"),
+                "replaces": live.get(sp.skill), "probes": len(sp.probes),
+                "version": parse_adapter_ref(lead["adapter"]).version if lead.get("adapter") else None,
+                "train_items": len(sp.documents) + len(sp.conversations),
+                "generate_seconds": lead.get("generate_seconds"),
+                "candidates": candidates, "winner": (e or {}).get("winner"), "why": (e or {}).get("why"),
             }  # fmt: skip
             if sp.skill in chosen.get("left_out", {}):
-                fields.update(status="skipped", reasons=[chosen["left_out"][sp.skill]])
+                fields.update(status="skipped", reasons=[chosen["left_out"][sp.skill]], candidates=[])
             elif g.get("status") in ("invalid", "failed", "skipped"):
                 fields.update(status=g["status"], reasons=[g.get("reason") or g["status"]])
             elif e is not None:
@@ -336,6 +371,7 @@ class _Cycle:
             if sp.skill in used:
                 items.update(dict.fromkeys(sp.train_sources))
                 items.update(dict.fromkeys((p.source_kind, p.source_id) for p in sp.probes))
+                items.update(dict.fromkeys(("episode", e) for e in sp.instruction_episodes))
         episodes = [i for k, i in items if k == "episode"]
         documents = [i for k, i in items if k == "document"]
         store = self.ctx.store

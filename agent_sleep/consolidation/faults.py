@@ -19,7 +19,9 @@ POINTS = (
     "select:after_plan",  # the plan is made, the stage not yet done
     "generate:after_write",  # an adapter folder is written in the run folder, not registered
     "generate:after_register",  # registered, the skill's progress not saved
+    "generate:after_candidate",  # a candidate's progress is saved, the next candidate not started
     "evaluate:after_incumbent",  # the live stack is scored, no candidate yet
+    "evaluate:after_candidate",  # a candidate's verdict is saved, the next candidate not judged, no winner yet
     "evaluate:after_decision",  # a skill's gate decision is saved, the registry not yet told
     "deploy:after_deploy",  # the stack is live, the stage not yet done
     "finish:after_mark",  # episodes are marked consolidated, the run not yet finished

@@ -8,15 +8,25 @@ lm-eval's results and samples JSON under ``results/``):
 * ``live_<skill>``: the stored probes of each skill live for the agent (``interference``).
 
 Greedy and sequential: *accepted* starts as the live stack (or the base model). For each skill in plan
-order, the candidate is accepted plus the new version (replacing that skill's live version, if any),
-gated by :class:`~agent_sleep.evaluation.gate.PairedGate` against accepted's own scores; admitted, it
-becomes accepted, and its target suite counts as interference for the skills after it. Every stack is
-scored once, on every suite, in one lm-eval call (scored alike, so any two can be paired).
+order, each candidate version (one per candidate generator, in order; each at the
+``evaluation.candidate_weights`` in turn until one is admitted) is accepted plus that version
+(replacing that skill's live version, if any), gated by :class:`~agent_sleep.evaluation.gate.PairedGate`
+against accepted's own scores, on the same items. Among the admitted candidates the winner
+(:func:`pick_winner`) is the one with the highest target gain; a tie goes to the smaller guard loss
+(the largest drop on a guard suite), then to the first in order. The winner's stack becomes accepted,
+and the skill's target suite counts as interference for the skills after it. Every stack is scored
+once, on every suite, in one lm-eval call (scored alike, so any two can be paired).
+
+The skill's decision holds the winner's verdict (status, reasons, comparisons, stack, weight) plus
+``candidates`` (every candidate's verdict, in order), ``winner`` (its generator, or None) and ``why``
+(a sentence saying why it won, or why none did). Rejected candidates are rejected in the registry; an
+admitted one that lost keeps the status validation gave it (``approved``, not live), and its eval summary
+names the winner.
 
 Fail closed: an :class:`~agent_sleep.errors.EvaluationError` ends the run, nothing deployed. Progress
-(scores, decisions) is saved after each stack and each decision, so a rerun scores nothing twice; a
-decision is saved before the registry hears of it and the registry's side is redone idempotently, so a
-candidate is rejected once, with the gate's reasons and numbers.
+(scores, each candidate's verdict, decisions) is saved after each stack, each verdict and each decision,
+so a rerun scores nothing twice; a decision is saved before the registry hears of it and the registry's
+side is redone idempotently, so a candidate is rejected once, with the gate's reasons and numbers.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from typing import Any
 
 from agent_sleep.consolidation import faults
 from agent_sleep.consolidation.context import RunContext
+from agent_sleep.consolidation.generation import candidates_of
 from agent_sleep.consolidation.incumbent import Incumbent, incumbent
 from agent_sleep.consolidation.result import SkillResult
 from agent_sleep.evaluation.gate import PairedGate
@@ -36,7 +47,7 @@ from agent_sleep.registry.records import Rejection
 from agent_sleep.registry.refs import parse_adapter_ref
 from agent_sleep.selectors.plan import ConsolidationPlan
 
-__all__ = ["evaluate", "stack_label"]
+__all__ = ["evaluate", "guard_loss", "pick_winner", "stack_label", "target_gain"]
 
 Items = list[tuple[str, float]]
 
@@ -109,19 +120,66 @@ def _with(accepted: Items, adapter: str, weight: float = 1.0) -> Items:
     return [*out, (adapter, weight)]
 
 
+def target_gain(verdict: dict[str, Any]) -> float | None:
+    """The change on the skill's own probes (None: no target comparison)."""
+    return next((float(c["delta"]) for c in verdict.get("comparisons") or [] if c["role"] == "target"), None)
+
+
+def guard_loss(verdict: dict[str, Any]) -> float:
+    """The largest drop on a guard suite (negative when every guard suite improved; 0 without any)."""
+    return max((-float(c["delta"]) for c in verdict.get("comparisons") or [] if c["role"] == "guard"), default=0.0)
+
+
+def _rank(verdict: dict[str, Any]) -> tuple[float, float]:
+    # rounded: two candidates right on the same items differ by float noise only
+    return round(-(target_gain(verdict) or 0.0), 9), round(guard_loss(verdict), 9)
+
+
+def pick_winner(verdicts: Sequence[dict[str, Any]]) -> tuple[dict[str, Any] | None, str]:
+    """The admitted verdict with the highest target gain (ties: the smaller guard loss, then the first in
+    order), and a sentence saying why it won or why none did."""
+    admitted = [v for v in verdicts if v["status"] == "admitted"]
+    if not admitted:
+        if len(verdicts) == 1:
+            return None, f"the candidate was {verdicts[0]['status']}"
+        judged = ", ".join(f"{v['generator']} {v['status']}" for v in verdicts)
+        return None, f"no candidate was admitted ({judged})"
+    best = min(admitted, key=_rank)  # min keeps the first of equals: the order breaks the last tie
+    gain, loss = target_gain(best) or 0.0, guard_loss(best)
+    if len(verdicts) == 1:
+        return best, "the only candidate, admitted"
+    others = [v for v in verdicts if v is not best]
+    if len(admitted) == 1:
+        return best, (f"the only admitted candidate (target {gain:+.3f}); "
+                      + ", ".join(f"{v['generator']} {v['status']}" for v in others))
+    runner = min((v for v in admitted if v is not best), key=_rank)
+    r_gain, r_loss = target_gain(runner) or 0.0, guard_loss(runner)
+    if _rank(best)[0] < _rank(runner)[0]:
+        why = f"highest target gain: {gain:+.3f} against {r_gain:+.3f} for {runner['generator']}"
+    elif _rank(best)[1] < _rank(runner)[1]:
+        why = (f"same target gain as {runner['generator']} ({gain:+.3f}); smaller guard loss: {loss:.3f} "
+               f"against {r_loss:.3f}")
+    else:
+        why = (f"same target gain ({gain:+.3f}) and guard loss ({loss:.3f}) as {runner['generator']}; first in "
+               "order")
+    return best, why
+
+
 class _Evaluation:
     """One evaluate stage; ``state`` is the stage's (saved) result."""
 
     def __init__(self, ctx: RunContext, plan: ConsolidationPlan, generated: dict[str, Any], state: dict[str, Any]):
         self.ctx, self.plan, self.state = ctx, plan, state
         self.skills = [s for s, e in generated.items() if e.get("status") == "generated"]
-        self.adapters = {s: generated[s]["adapter"] for s in self.skills}
+        self.candidates = {s: [(str(c["generator"]), str(c["adapter"])) for c in candidates_of(generated[s])
+                               if c.get("status") == "generated"] for s in self.skills}  # fmt: skip
         if "incumbent" not in state:  # the live stack when evaluation began: a rerun compares with the same
             state["incumbent"] = incumbent(ctx.registry, ctx.agent).to_json()
             state["accepted"] = [list(i) for i in Incumbent.from_json(state["incumbent"]).items]
         self.live = Incumbent.from_json(state["incumbent"])
         state.setdefault("results", {})
         state.setdefault("skills", {})
+        state.setdefault("candidates", {})
         self.evaluator: Any = None
 
     def save(self) -> None:
@@ -174,31 +232,35 @@ class _Evaluation:
         return self.state
 
     def decide(self, skill: str, accepted: Items) -> dict[str, Any]:
-        adapter = self.adapters[skill]
+        """Judge each candidate of ``skill`` against ``accepted`` (verdicts saved one by one), then pick the winner."""
         base_seconds = self.state.get("stack_seconds", {}).get(stack_label(accepted), 0.0)
-        if self.ctx.remaining() < base_seconds:
-            decided: dict[str, Any] = {"status": "skipped", "reasons": ["the run's time budget is spent"],
-                                       "comparisons": [], "stack": []}  # fmt: skip
+        verdicts: dict[str, Any] = self.state["candidates"].setdefault(skill, {})
+        for generator, adapter in self.candidates[skill]:
+            if generator in verdicts:
+                continue
+            if self.ctx.remaining() < base_seconds:
+                verdicts[generator] = {"generator": generator, "adapter": adapter, "status": "skipped",
+                                       "reasons": ["the run's time budget is spent"], "comparisons": [], "stack": [],
+                                       "tried": []}  # fmt: skip
+            else:
+                verdicts[generator] = self.judge(skill, generator, adapter, accepted)
+            self.save()
+            faults.fault_point("evaluate:after_candidate")
+        ordered = [verdicts[g] for g, _ in self.candidates[skill]]
+        winner, why = pick_winner(ordered)
+        if winner is not None:
+            decided: dict[str, Any] = dict(winner)
+        elif len(ordered) == 1:
+            decided = dict(ordered[0])
         else:
-            tried: list[dict[str, Any]] = []
-            for weight in self.ctx.config.evaluation.candidate_weights:
-                if tried and self.ctx.remaining() < base_seconds:
-                    break  # no time to score another weight: the last verdict stands
-                candidate = _with(accepted, adapter, weight)
-                decision = PairedGate(self.roles(skill), self.ctx.config.gate).decide(self.scores(candidate),
-                                                                                      self.scores(accepted))  # fmt: skip
-                decided = {"status": decision.status, "reasons": list(decision.reasons),
-                           "comparisons": [c.model_dump() for c in SkillResult.deltas(decision)],
-                           "stack": [list(i) for i in candidate], "baseline": stack_label(accepted),
-                           "weight": weight}  # fmt: skip
-                tried.append({"weight": weight, "status": decision.status, "reasons": list(decision.reasons)})
-                shown = [r for r in decision.reasons if r.startswith("target")] if decision.admitted else \
-                    decision.reasons
-                at = "" if weight == 1.0 else f" at weight {weight:g}"
-                self.ctx.say(f"evaluate: {adapter}{at} {decision.status}: " + "; ".join(shown))
-                if decision.admitted:
-                    break
-            decided["tried"] = tried
+            statuses = {v["status"] for v in ordered}
+            decided = {"status": "rejected" if "rejected" in statuses else "skipped", "comparisons": [], "stack": [],
+                       "baseline": stack_label(accepted), "weight": None,
+                       "reasons": [f"{v['generator']}: {r}" for v in ordered for r in v["reasons"]]}  # fmt: skip
+        decided.update(candidates=ordered, winner=winner["generator"] if winner else None, why=why)
+        if len(ordered) > 1:
+            self.ctx.say(f"evaluate: {skill}: " + (f"{winner['adapter']} ({winner['generator']}) wins: {why}"
+                                                   if winner else why))  # fmt: skip
         self.state["skills"][skill] = decided
         if decided["status"] == "admitted":
             self.state["accepted"] = decided["stack"]
@@ -206,25 +268,64 @@ class _Evaluation:
         faults.fault_point("evaluate:after_decision")
         return decided
 
+    def judge(self, skill: str, generator: str, adapter: str, accepted: Items) -> dict[str, Any]:
+        """One candidate's verdict: its version at each candidate weight in turn until the gate admits one."""
+        base_seconds = self.state.get("stack_seconds", {}).get(stack_label(accepted), 0.0)
+        tried: list[dict[str, Any]] = []
+        verdict: dict[str, Any] = {}
+        for weight in self.ctx.config.evaluation.candidate_weights:
+            if tried and self.ctx.remaining() < base_seconds:
+                break  # no time to score another weight: the last verdict stands
+            candidate = _with(accepted, adapter, weight)
+            decision = PairedGate(self.roles(skill), self.ctx.config.gate).decide(self.scores(candidate),
+                                                                                  self.scores(accepted))  # fmt: skip
+            verdict = {"generator": generator, "adapter": adapter, "status": decision.status,
+                       "reasons": list(decision.reasons),
+                       "comparisons": [c.model_dump() for c in SkillResult.deltas(decision)],
+                       "stack": [list(i) for i in candidate], "baseline": stack_label(accepted),
+                       "weight": weight}  # fmt: skip
+            tried.append({"weight": weight, "status": decision.status, "reasons": list(decision.reasons)})
+            shown = [r for r in decision.reasons if r.startswith("target")] if decision.admitted else \
+                decision.reasons
+            at = "" if weight == 1.0 else f" at weight {weight:g}"
+            self.ctx.say(f"evaluate: {adapter}{at} {decision.status}: " + "; ".join(shown))
+            if decision.admitted:
+                break
+        verdict["tried"] = tried
+        return verdict
+
+    def _verdicts(self, skill: str, decided: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each candidate's verdict (a decision saved before candidates existed is its one candidate's)."""
+        if "candidates" in decided:
+            return list(decided["candidates"])
+        generator, adapter = self.candidates[skill][0]
+        return [{**decided, "generator": generator, "adapter": adapter}]
+
     def tell_registry(self, skill: str, decided: dict[str, Any]) -> None:
-        """Store the probes and the gate's verdict with the version; reject it if the gate did (once)."""
-        if decided["status"] not in ("admitted", "rejected"):
-            return
-        adapter, registry = self.adapters[skill], self.ctx.registry
+        """Store the probes and the gate's verdict with each judged version; reject those the gate did (once)."""
+        registry = self.ctx.registry
         probes = [{"question": p.question, "answer": p.answer, **({"system": p.system} if p.system else {})}
                   for p in self.plan.skill(skill).probes]
-        gate = {"run": self.ctx.run_id, "status": decided["status"], "reasons": decided["reasons"],
-                "comparisons": decided["comparisons"], "baseline": decided.get("baseline")}  # fmt: skip
-        registry.record_eval(adapter, {"probes": probes, "gate": gate})
-        if decided["status"] == "rejected" and registry.get(adapter).status != "rejected":
-            p = self.ctx.config.gate
-            target = next((c["delta"] for c in decided["comparisons"] if c["role"] == "target"), None)
-            rejection = Rejection(check="gate", kind="policy", base_model_hash=self.ctx.runtime.handle.content_hash,
-                                  policy={"min_target_gain": p.min_target_gain, "max_guard_loss": p.max_guard_loss,
-                                          "max_interference_loss": p.max_interference_loss,
-                                          "confidence": p.confidence}, value=target)  # fmt: skip
-            reason = f"rejected by the gate of run {self.ctx.run_id}: " + "; ".join(decided["reasons"])
-            registry.reject(adapter, reason, rejection, actor="consolidation")
+        verdicts = self._verdicts(skill, decided)
+        winner = next((v["adapter"] for v in verdicts if v["generator"] == decided.get("winner")), None)
+        for v in verdicts:
+            if v["status"] not in ("admitted", "rejected"):
+                continue
+            adapter = v["adapter"]
+            gate = {"run": self.ctx.run_id, "status": v["status"], "reasons": v["reasons"],
+                    "comparisons": v["comparisons"], "baseline": v.get("baseline")}  # fmt: skip
+            if len(verdicts) > 1:
+                gate.update(generator=v["generator"], chosen=adapter == winner, winner=winner, why=decided.get("why"))
+            registry.record_eval(adapter, {"probes": probes, "gate": gate})
+            if v["status"] == "rejected" and registry.get(adapter).status != "rejected":
+                p = self.ctx.config.gate
+                target = next((c["delta"] for c in v["comparisons"] if c["role"] == "target"), None)
+                rejection = Rejection(check="gate", kind="policy", base_model_hash=self.ctx.runtime.handle.content_hash,
+                                      policy={"min_target_gain": p.min_target_gain, "max_guard_loss": p.max_guard_loss,
+                                              "max_interference_loss": p.max_interference_loss,
+                                              "confidence": p.confidence}, value=target)  # fmt: skip
+                reason = f"rejected by the gate of run {self.ctx.run_id}: " + "; ".join(v["reasons"])
+                registry.reject(adapter, reason, rejection, actor="consolidation")
 
 
 def evaluate(ctx: RunContext, plan: ConsolidationPlan, generated: dict[str, Any], progress: dict[str, Any]

@@ -2,7 +2,9 @@
 
 ``report.json`` holds everything (the :class:`~.result.CycleResult`, the plan, every stack's accuracy per
 suite, the stage rows); ``report.md`` is the same for a person: a per-skill table, each suite's baseline
-→ candidate with the change and its confidence interval, selection counts per selector, the deployment
+→ candidate with the change and its confidence interval (for a skill tried with several generators: a
+row per candidate with its verdict, target change and worst guard change, which one won and why, then
+each candidate's suites), selection counts per selector, the deployment
 and the seconds per stage. Both are replaced atomically each time a run ends (a resumed run rewrites them).
 The lm-eval task files and raw results sit beside them under ``eval/``.
 """
@@ -46,6 +48,38 @@ def _pct(value: float) -> str:
     return f"{value:.3f}"
 
 
+def _comparisons(comparisons: list[dict[str, Any]]) -> list[str]:
+    if not comparisons:
+        return []
+    return ["| suite | role | n | baseline | candidate | change | 95% CI | passed |",
+            "|---|---|---:|---:|---:|---:|---|---|",
+            *(f"| {c['suite']} | {c['role']} | {c['n']} | {_pct(c['baseline'])} | {_pct(c['candidate'])} | "
+              f"{c['delta']:+.3f} | {c['ci_low']:+.3f} .. {c['ci_high']:+.3f} | {'yes' if c['passed'] else 'no'} |"
+              for c in comparisons), ""]  # fmt: skip
+
+
+def _candidates(skill: Mapping[str, Any], candidates: list[dict[str, Any]]) -> list[str]:
+    """A skill tried with several generators: one row each, the winner and why, then each one's suites."""
+    lines = ["| generator | adapter | verdict | weight | target change (95% CI) | worst guard change | chosen |",
+             "|---|---|---|---:|---|---:|---|"]  # fmt: skip
+    for c in candidates:
+        target = next((x for x in c["comparisons"] if x["role"] == "target"), None)
+        change = f"{target['delta']:+.3f} ({target['ci_low']:+.3f} .. {target['ci_high']:+.3f})" if target else "-"
+        guard = f"{-c['guard_loss']:+.3f}" if c.get("guard_loss") is not None else "-"
+        weight = f"{c['weight']:g}" if c.get("weight") is not None else "-"
+        gen = c["generator"] + (f" {c['generator_version']}" if c.get("generator_version") else "")
+        lines.append(f"| {gen} | {c.get('adapter') or '-'} | {c['status']} | {weight} | {change} | {guard} | "
+                     f"{'**yes**' if c.get('chosen') else 'no'} |")  # fmt: skip
+    winner = skill.get("winner")
+    lines += ["", f"- winner: **{winner}** ({skill.get('adapter')}): {skill.get('why')}" if winner
+              else f"- winner: none: {skill.get('why') or '; '.join(skill['reasons'])}"]  # fmt: skip
+    for c in candidates:
+        lines += ["", f"#### {skill['skill']} with {c['generator']}: {c['status']}", ""]
+        lines += _comparisons(c["comparisons"])
+        lines += [f"- {reason}" for reason in c["reasons"]]
+    return lines
+
+
 def render_markdown(data: Mapping[str, Any]) -> str:
     """``report.md`` from :func:`report_data`'s value."""
     r = data["result"]
@@ -68,13 +102,11 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         for s in r["skills"]:
             at = f" at stack weight {s['weight']:g}" if s.get("weight") not in (None, 1.0) else ""
             lines += ["", f"### {s['skill']}: {s['status']}{at}", ""]
-            if s["comparisons"]:
-                lines += ["| suite | role | n | baseline | candidate | change | 95% CI | passed |",
-                          "|---|---|---:|---:|---:|---:|---|---|"]  # fmt: skip
-                lines += [f"| {c['suite']} | {c['role']} | {c['n']} | {_pct(c['baseline'])} | {_pct(c['candidate'])} | "
-                          f"{c['delta']:+.3f} | {c['ci_low']:+.3f} .. {c['ci_high']:+.3f} | "
-                          f"{'yes' if c['passed'] else 'no'} |" for c in s["comparisons"]]  # fmt: skip
-                lines.append("")
+            candidates = s.get("candidates") or []
+            if len(candidates) > 1:
+                lines += _candidates(s, candidates)
+                continue
+            lines += _comparisons(s["comparisons"])
             lines += [f"- {reason}" for reason in s["reasons"]]
     else:
         lines.append("No skill had material to learn from.")

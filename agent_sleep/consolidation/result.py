@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent_sleep.consolidation.runs import Outcome
 from agent_sleep.interfaces import GateDecision
 
-__all__ = ["CycleResult", "SkillResult", "SkillStatus", "SuiteDelta"]
+__all__ = ["CandidateResult", "CycleResult", "SkillResult", "SkillStatus", "SuiteDelta"]
 
 SkillStatus = Literal["admitted", "rejected", "invalid", "failed", "skipped", "pending"]
 """``admitted``/``rejected`` by the gate; ``invalid``: the adapter failed validation (NaN, too large) and
@@ -41,8 +41,33 @@ class SuiteDelta(_Value):
     passed: bool
 
 
+class CandidateResult(_Value):
+    """One candidate generator of a skill: the version it made and what the gate said of it.
+
+    ``target_gain``: the change on the skill's probes; ``guard_loss``: the largest drop on a guard suite
+    (how the winner is picked among admitted candidates); ``chosen``: this one went into the stack."""
+
+    generator: str
+    generator_version: str | None = None
+    adapter: str | None = None
+    version: int | None = None
+    status: SkillStatus = "pending"
+    reasons: list[str] = Field(default_factory=list)
+    comparisons: list[SuiteDelta] = Field(default_factory=list)
+    weight: float | None = None
+    target_gain: float | None = None
+    guard_loss: float | None = None
+    chosen: bool = False
+    generate_seconds: float | None = None
+
+
 class SkillResult(_Value):
-    """One skill of the run: the adapter made for it and what the gate said."""
+    """One skill of the run: the adapter made for it and what the gate said.
+
+    With several candidate generators, ``candidates`` holds each one's version and verdict (in the order
+    tried), ``winner`` the generator whose version went into the stack (None: none was admitted) and
+    ``why`` the reason; ``generator``, ``adapter`` and the verdict fields are the winner's (with no winner,
+    ``status`` and ``reasons`` sum the candidates up and ``adapter`` is None)."""
 
     skill: str
     generator: str
@@ -57,6 +82,9 @@ class SkillResult(_Value):
     train_items: int = 0  # conversations + documents trained on
     probes: int = 0
     generate_seconds: float | None = None
+    candidates: list[CandidateResult] = Field(default_factory=list)
+    winner: str | None = None
+    why: str | None = None
 
     @staticmethod
     def deltas(decision: GateDecision) -> list[SuiteDelta]:

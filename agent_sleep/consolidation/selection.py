@@ -1,9 +1,10 @@
 """The select stage: ask the planner for a plan, keep the skills that can be trained and judged.
 
-A skill is trained only when it has material, a generator this install knows, and at least
-``evaluation.min_probes`` held-out probes (without them the gate could not show that it helps). A
-skill left out gets one more decision row per item it would have used (selector ``consolidation``),
-so ``runs explain`` says why those items were not used. The stage's result is the whole plan (a rerun
+A skill is trained only when it has material, at least one candidate generator this install knows
+(an unknown one among several is that candidate's ``failed`` in the generate stage; the others go on),
+and at least ``evaluation.min_probes`` held-out probes (without them the gate could not show that it
+helps). A skill left out gets one more decision row per item it would have used (selector
+``consolidation``; its feedback instructions too), so ``runs explain`` says why those items were not used. The stage's result is the whole plan (a rerun
 reads it back unchanged), the names of the skills to train, and why the others were left out.
 """
 
@@ -29,8 +30,11 @@ def skipped_reason(skill: SkillPlan, config: CycleConfig) -> str | None:
     """Why this skill is not trained in this run, or None."""
     if not skill.has_material:
         return "no material to train on"
-    if skill.generator not in available_generators():
-        return f"generator {skill.generator!r} is not installed (available: {', '.join(available_generators())})"
+    known = available_generators()
+    if not any(g in known for g in skill.generators):
+        names = ", ".join(repr(g) for g in skill.generators)
+        return f"generator {names} is not installed (available: {', '.join(known)})" if len(skill.generators) == 1 \
+            else f"none of the candidate generators {names} is installed (available: {', '.join(known)})"
     need = config.evaluation.min_probes
     if len(skill.probes) < need:
         return f"{len(skill.probes)} held-out probe(s); the gate needs at least {need} to show that the skill helps"
@@ -55,6 +59,7 @@ def select(reader: ExperienceReader, agent: str, config: CycleConfig, planner: P
         left_out[skill.skill] = reason
         items = [(kind, item, "train") for kind, item in skill.train_sources]
         items += [(p.source_kind, p.source_id, "probe") for p in skill.probes]
+        items += [("feedback", i.feedback_id, "instruction") for i in skill.instructions]
         rows += [{"item_kind": kind, "item_id": item, "selector": SELECTOR, "kept": False, "skill": skill.skill,
                   "role": role, "reason": f"skill {skill.skill!r} not trained: {reason}"}
                  for kind, item, role in dict.fromkeys(items)]  # fmt: skip

@@ -54,7 +54,13 @@ class Verdict:
 
 
 class EpisodeFilter:
-    """A selector that judges episodes one at a time and hands documents on untouched."""
+    """A selector that judges episodes one at a time and hands documents on untouched.
+
+    An episode used for its feedback's instruction only (``instruction_only``) is handed on untouched: its
+    conversation is not used whatever a filter would say. An episode a filter drops whose feedback carries
+    an instruction is handed on in that form instead (:meth:`EpisodeCandidate.keep_instructions`): an
+    instruction says how to behave in every conversation, so a bad score or a failed outcome of the one it
+    came with does not void it."""
 
     name: ClassVar[str]
     Params: ClassVar[type[SelectorParams]]
@@ -78,8 +84,18 @@ class EpisodeFilter:
                 kept.append(item)
                 decisions.append(Decision(item.id, True, "not an episode: handed on", self.name))
                 continue
+            if item.instruction_only is not None:
+                kept.append(item)
+                decisions.append(Decision(item.id, True, "used for its instruction only: not judged", self.name))
+                continue
             verdict = self.judge(item)
             if verdict.kept:
                 kept.append(verdict.item if verdict.item is not None else item)
-            decisions.append(Decision(item.id, verdict.kept, verdict.reason, self.name))
+                decisions.append(Decision(item.id, True, verdict.reason, self.name))
+                continue
+            instead = item.keep_instructions(verdict.reason)
+            if instead is not None:
+                kept.append(instead[0])
+            decisions.append(Decision(item.id, instead is not None, instead[1] if instead else verdict.reason,
+                                      self.name))  # fmt: skip
         return Selection(tuple(kept), tuple(decisions))

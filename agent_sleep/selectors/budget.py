@@ -2,7 +2,7 @@
 per run, the most valuable first.
 
 Value order, best first: documents (newest first) before episodes; among episodes, corrected ones
-first, then by mean feedback score (unrated counts as 0.5), then newest first, then by id. The
+(and those whose feedback carries an instruction) first, then by mean feedback score (unrated counts as 0.5), then newest first, then by id. The
 selector holds what it keeps in two heaps and, whenever a cap is exceeded, drops the least valuable
 held item (for a count cap, of that kind), so the result is the best items in that order up to the
 first that would break a cap, whatever the batch size. Memory is bounded by the caps; time is
@@ -37,7 +37,8 @@ def value(item: Candidate) -> tuple[Any, ...]:
     if isinstance(item, DocumentCandidate):
         return (1, 0, 0.0, item.created_at.timestamp(), item.id)
     score = item.mean_score
-    return (0, int(item.corrected_by is not None or bool(item.corrections)), 0.5 if score is None else score,
+    return (0, int(item.corrected_by is not None or bool(item.corrections) or bool(item.instructions)),
+            0.5 if score is None else score,
             item.started_at.timestamp(), item.id)  # fmt: skip
 
 

@@ -19,7 +19,8 @@ __all__ = ["Candidate", "DocumentCandidate", "EpisodeCandidate", "FeedbackItem"]
 
 @dataclass(frozen=True)
 class FeedbackItem:
-    """One piece of feedback on an episode (``correction``: the right answer when the agent was wrong)."""
+    """One piece of feedback on an episode (``correction``: the right answer when the agent was wrong;
+    ``instruction``: how the agent should behave from now on, in every conversation)."""
 
     id: str
     score: float | None
@@ -28,12 +29,18 @@ class FeedbackItem:
     correction: str | None
     source: str
     created_at: datetime
+    instruction: str | None = None
 
 
 @dataclass(frozen=True)
 class EpisodeCandidate:
     """An episode as chat messages (``{"role", "content"}``, assistant turns may carry ``"tool_calls"``
-    ``[{"name", "arguments"}]``, tool results ``{"role": "tool", "name", "content"}``) plus its feedback."""
+    ``[{"name", "arguments"}]``, tool results ``{"role": "tool", "name", "content"}``) plus its feedback.
+
+    ``instruction_only``: why the conversation itself is not used (a selector would have dropped it) while
+    its feedback's instructions still are: a filter that drops an episode whose feedback carries an
+    instruction keeps it in this form instead (see :meth:`keep_instructions`), and the planner reads only
+    the instructions of such an episode, never trains on or probes its conversation."""
 
     id: str
     agent: str
@@ -44,6 +51,7 @@ class EpisodeCandidate:
     feedback: tuple[FeedbackItem, ...] = ()
     consolidated_at: datetime | None = None
     corrected_by: str | None = None  # the feedback whose correction replaced the final answer in ``messages``
+    instruction_only: str | None = None
     kind: Literal["episode"] = "episode"
 
     @property
@@ -65,6 +73,22 @@ class EpisodeCandidate:
     @property
     def corrections(self) -> tuple[FeedbackItem, ...]:
         return tuple(f for f in self.feedback if f.correction)
+
+    @property
+    def instructions(self) -> tuple[FeedbackItem, ...]:
+        """The feedback that says how the agent should behave from now on, oldest first."""
+        return tuple(sorted((f for f in self.feedback if f.instruction and f.instruction.strip()),
+                            key=lambda f: (f.created_at, f.id)))  # fmt: skip
+
+    def keep_instructions(self, why: str) -> tuple[EpisodeCandidate, str] | None:
+        """When a selector would drop this episode for ``why``: the instruction-only copy to hand on instead,
+        and the reason to record; None when the episode carries no instruction (drop it)."""
+        if not self.instructions:
+            return None
+        if self.instruction_only is not None:
+            return self, f"{why}; already used for its instruction only"
+        return (self.replace(instruction_only=why),
+                f"{why}; kept for its feedback's instruction only (the conversation is not trained on or held out)")
 
     @property
     def has_assistant_turn(self) -> bool:

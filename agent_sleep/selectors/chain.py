@@ -23,17 +23,19 @@ __all__ = ["Chain", "ItemDecision"]
 
 @dataclass(frozen=True)
 class ItemDecision:
-    """One row of ``selection_decisions``: what ``selector`` did with one episode or document, and why.
+    """One row of ``selection_decisions``: what ``selector`` did with one episode, document or feedback
+    instruction, and why.
 
-    ``skill`` and ``role`` (``train`` or ``probe``) are set on the planner's final decision for an item."""
+    ``skill`` and ``role`` (``train``, ``probe`` or, for a feedback instruction in a skill's description,
+    ``instruction``) are set on the planner's final decision for an item."""
 
-    item_kind: Literal["episode", "document"]
+    item_kind: Literal["episode", "document", "feedback"]
     item_id: str
     selector: str
     kept: bool
     reason: str
     skill: str | None = None
-    role: Literal["train", "probe"] | None = None
+    role: Literal["train", "probe", "instruction"] | None = None
 
 
 class Chain:

@@ -7,8 +7,18 @@ reads a YAML file; :func:`parse_selection_config` takes the mapping (e.g. a sect
 
 Skills, by default: one ``d2l`` skill per new or changed document source, named ``{agent}-{slug}``
 (``kb/returns.md`` -> ``helpdesk-kb-returns``), and one ``sft`` skill ``{agent}-dialog`` for the kept
-conversations. Declared skills take the documents whose source matches one of their globs (the first
-declared match wins), or, for an ``sft`` skill, the conversations.
+conversations, whose description is the instructions of the kept feedback (``agent-sleep feedback
+--instruction``). Declared skills take the documents whose source matches one of their globs (the first
+declared match wins), or, for an ``sft`` skill, the conversations; a ``t2l`` skill learns its
+``description`` alone and is tested on the dialog skill's held-out probes (copies of them: the dialog
+skill trains on none of them, the t2l skill on its description only, so no probe is trained on; without
+a dialog skill, or with too few of its probes, it is not trained).
+
+``candidates`` (on a declared skill) names the generators a run tries on the same material and probes;
+the gate judges each and the better admitted one goes live. Unset, the planner's rule applies: ``[sft,
+t2l]`` for a skill with conversations and a description (the dialog skill once feedback gave an
+instruction, or a declared sft skill with a description), ``[t2l]`` for a description alone, else the
+skill's ``generator``. A candidate the material cannot feed (t2l without a description) is left out.
 """
 
 from __future__ import annotations
@@ -86,7 +96,9 @@ def default_chain() -> tuple[SelectorSpec, ...]:
     return tuple(SelectorSpec(name=n) for n in DEFAULT_CHAIN if n in known)
 
 
-GeneratorName = Literal["d2l", "gradient_cd", "sft"]
+GeneratorName = Literal["d2l", "gradient_cd", "sft", "t2l"]
+_FEEDS: dict[str, str] = {"sft": "conversations", "d2l": "documents", "gradient_cd": "documents", "t2l": "description"}
+"""What each generator learns from; a skill's material must feed every candidate."""
 
 
 def _skill_name_template(value: str) -> str:
@@ -101,12 +113,15 @@ def _skill_name_template(value: str) -> str:
 
 class SkillSpec(_Frozen):
     """A skill a user declares: its generator, a description, and the document sources it learns from
-    (glob patterns, ``*`` crossing ``/``) or, for ``sft``, the kept conversations."""
+    (glob patterns, ``*`` crossing ``/``), or, for ``sft``, the kept conversations, or, for ``t2l``, the
+    description alone. ``candidates``: the generators to try on the same material and probes (see the
+    module docstring; None: the planner's rule)."""
 
     name: str  # may use {agent}
     generator: GeneratorName
     description: str = ""
     documents: tuple[str, ...] = ()
+    candidates: tuple[GeneratorName, ...] | None = None
 
     @field_validator("name")
     @classmethod
@@ -115,11 +130,47 @@ class SkillSpec(_Frozen):
 
     @model_validator(mode="after")
     def _material(self) -> SkillSpec:
+        problems = []
         if self.generator == "sft" and self.documents:
-            raise ValueError("an sft skill trains on the kept conversations, not on documents: drop 'documents'")
-        if self.generator != "sft" and not self.documents:
-            raise ValueError(f"a {self.generator} skill learns documents: give 'documents' (source globs)")
+            problems.append("an sft skill trains on the kept conversations, not on documents: drop 'documents'")
+        if self.generator == "t2l":
+            if self.documents:
+                problems.append("a t2l skill learns its description, not documents: drop 'documents'")
+            if not self.description.strip():
+                problems.append("a t2l skill learns its description: give 'description'")
+        elif self.generator != "sft" and not self.documents:
+            problems.append(f"a {self.generator} skill learns documents: give 'documents' (source globs)")
+        if self.candidates is not None:
+            problems += self._candidate_problems(self.candidates)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def _candidate_problems(self, candidates: tuple[str, ...]) -> list[str]:
+        problems = []
+        if not candidates:
+            problems.append("candidates: name at least one generator (or leave it out for the default rule)")
+        twice = sorted({c for c in candidates if candidates.count(c) > 1})
+        if twice:
+            problems.append(f"candidates: each generator once; twice: {twice}")
+        if candidates and self.generator not in candidates:
+            problems.append(f"candidates: must include the skill's generator {self.generator!r}")
+        material = {"sft": "conversations", "t2l": "description"}.get(self.generator, "documents")
+        for c in dict.fromkeys(candidates):
+            needs = _FEEDS[c]
+            # an sft skill's description may come from feedback instructions, so t2l fits it
+            fits = needs == material or needs == "description" and (material == "conversations"
+                                                                   or bool(self.description.strip()))
+            if not fits:
+                problems.append(f"candidates: {c} learns from {needs}; a {self.generator} skill has {material}")
+        return problems
+
+    @property
+    def tried(self) -> tuple[str, ...] | None:
+        """The candidates in the order tried: the skill's generator first, then the others as written."""
+        if self.candidates is None:
+            return None
+        return (self.generator, *(c for c in self.candidates if c != self.generator))
 
     def skill_name(self, agent: str) -> str:
         return check_name(self.name.format(agent=agent), "skill name", error=ConfigError)
@@ -139,10 +190,11 @@ class SkillsConfig(_Frozen):
     def _one_each(self) -> SkillsConfig:
         names = [s.name for s in self.declared]
         twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"skills declared twice: {twice}")
+        problems = [f"skills declared twice: {twice}"] if twice else []
         if sum(s.generator == "sft" for s in self.declared) > 1:
-            raise ValueError("at most one sft skill: the kept conversations go to one skill")
+            problems.append("at most one sft skill: the kept conversations go to one skill")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 

@@ -4,7 +4,9 @@ An episode's verdict comes from its mean score (good: ``>= min_score``) and from
 newest feedback with a label in ``good_labels`` or ``bad_labels``). When the two disagree, the newest
 feedback that carries either decides, and the reason says so. An episode with a correction is kept
 whatever its scores say: a wrong answer with the right one beside it is what ``corrections`` trains
-on. Episodes nobody rated are kept unless ``keep_unrated`` is false.
+on. Episodes nobody rated are kept unless ``keep_unrated`` is false. A bad episode whose feedback carries
+an instruction is handed on for the instruction only (see :class:`~agent_sleep.selectors.base.EpisodeFilter`):
+its conversation is not trained on, its instruction still describes how the agent should behave.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ runs; a MinHash signature of ``num_perm`` values estimates the Jaccard similarit
 shingle sets, and locality-sensitive hashing (bands of the signature as bucket keys) finds which
 earlier episodes to compare with, so each episode costs the same however many came before.
 An episode whose estimated similarity to a kept one is at least ``threshold`` is dropped, naming its
-kept twin. ``exact``: equal after lowercasing and dropping punctuation and whitespace differences.
+kept twin (one whose feedback carries an instruction is handed on for the instruction only; an episode
+used for its instruction only is never compared). ``exact``: equal after lowercasing and dropping punctuation and whitespace differences.
 
 State grows with the kept episodes of this run (a signature and one bucket entry per band each),
 never with dropped ones. A bucket remembers its first 32 episodes only, so each new episode is compared
@@ -60,7 +61,7 @@ class NearDupSelector:
 
     def select(self, items: Iterable[Candidate], /) -> Selection[Candidate]:
         items = list(items)
-        episodes = [i for i in items if isinstance(i, EpisodeCandidate)]
+        episodes = [i for i in items if isinstance(i, EpisodeCandidate) and i.instruction_only is None]
         words = {e.id: _WORD.findall(e.text.lower()) for e in episodes}
         sigs = keys = None
         if self.params.method == "minhash":
@@ -74,6 +75,10 @@ class NearDupSelector:
                 kept.append(item)
                 decisions.append(Decision(item.id, True, "not an episode: handed on", self.name))
                 continue
+            if item.instruction_only is not None:  # its conversation is not used: no twin of anything
+                kept.append(item)
+                decisions.append(Decision(item.id, True, "used for its instruction only: not compared", self.name))
+                continue
             ws = words[item.id]
             if sigs is None or len(ws) < self.params.shingle:  # too short to shingle: exact match only
                 key = hashlib.blake2b(" ".join(ws).encode(), digest_size=16).digest()
@@ -83,16 +88,23 @@ class NearDupSelector:
                     kept.append(item)
                     decisions.append(Decision(item.id, True, "no duplicate seen before", self.name))
                 else:
-                    decisions.append(Decision(item.id, False, f"duplicate of episode {twin} (same words)", self.name))
+                    self._drop(item, f"duplicate of episode {twin} (same words)", kept, decisions)
                 continue
             twin, similarity = self._minhash.add(item.id, sigs[row[item.id]], keys[row[item.id]])  # type: ignore[index]
             if twin is None:
                 kept.append(item)
                 decisions.append(Decision(item.id, True, "no near-duplicate seen before", self.name))
             else:
-                decisions.append(Decision(item.id, False, f"near-duplicate of episode {twin} (estimated "
-                                          f"similarity {similarity:.2f} >= {self.params.threshold:g})", self.name))
+                self._drop(item, f"near-duplicate of episode {twin} (estimated similarity {similarity:.2f} >= "
+                                 f"{self.params.threshold:g})", kept, decisions)  # fmt: skip
         return Selection(tuple(kept), tuple(decisions))
+
+    def _drop(self, item: EpisodeCandidate, why: str, kept: list[Candidate], decisions: list[Decision]) -> None:
+        """Drop a twin, or hand on its instruction-only copy when its feedback carries an instruction."""
+        instead = item.keep_instructions(why)
+        if instead is not None:
+            kept.append(instead[0])
+        decisions.append(Decision(item.id, instead is not None, instead[1] if instead else why, self.name))
 
 
 class _MinHashIndex:

@@ -3,7 +3,9 @@
 :class:`NoveltySelector` embeds the reference texts once (what earlier runs consolidated: documents,
 episodes, corrections), then embeds candidates batch by batch as the chain streams them, and drops a
 candidate whose highest cosine similarity to any reference is at or above ``threshold``. Each decision
-says the similarity and which reference was nearest.
+says the similarity and which reference was nearest. A known conversation whose feedback carries an
+instruction is handed on for the instruction only (the instruction is the news); an episode used for
+its instruction only is not compared.
 
 It compares against the references only, never against earlier candidates in the same stream:
 repeats within one run are the duplicate selector's job, and comparing within the stream would make a
@@ -116,6 +118,12 @@ class NoveltySelector:
             for item in batch:
                 yield item, True, "novel: nothing consolidated to compare with"
             return
+        aside = [i for i in batch if getattr(i, "instruction_only", None) is not None]
+        for item in aside:  # its conversation is not used: nothing to compare
+            yield item, True, "used for its instruction only: not compared"
+        batch = [i for i in batch if getattr(i, "instruction_only", None) is None]
+        if not batch:
+            return
         texts = []
         for item in batch:
             text = getattr(item, "text", None)
@@ -128,7 +136,13 @@ class NoveltySelector:
         for item, row, j in zip(batch, sims, nearest, strict=True):
             sim, ref = float(row[j]), self.reference_ids[j]
             if sim >= self.threshold:
-                yield item, False, f"already consolidated: cosine {sim:.3f} >= {self.threshold:.2f} to reference {ref}"
+                why = f"already consolidated: cosine {sim:.3f} >= {self.threshold:.2f} to reference {ref}"
+                keep = getattr(item, "keep_instructions", None)
+                instead = keep(why) if callable(keep) else None
+                if instead is not None:  # a new instruction on a known conversation is still news
+                    yield instead[0], True, instead[1]  # type: ignore[misc]
+                else:
+                    yield item, False, why
             else:
                 yield item, True, f"novel: max cosine {sim:.3f} < {self.threshold:.2f} (nearest reference {ref})"
 

@@ -9,7 +9,15 @@ whole store.
 
 It returns the plan and one :class:`ItemDecision` per item per selector that dropped or changed it,
 plus the planner's final decision for every item it placed (``skill`` and ``role``: ``train`` or
-``probe``) or could not place. It writes nothing: the caller stores the decisions and marks what was
+``probe``) or could not place, and one per feedback instruction (item kind ``feedback``, role
+``instruction``) saying which skill's description it went into, or why not.
+
+Instructions (``agent-sleep feedback --instruction``): those of every episode the chain handed on,
+oldest first, the same text (ignoring case, spacing and a final full stop) used once, become the lines
+of the dialog skill's description, after a declared one. An episode whose feedback gives an
+instruction is never held out as a probe (t2l trains on the description); one the chain handed on for
+its instruction only (``instruction_only``) is neither trained on nor probed. A declared ``t2l`` skill
+is tested on copies of the dialog skill's probes. It writes nothing: the caller stores the decisions and marks what was
 consolidated. No signal is an empty plan (``plan.empty``), never an exception.
 """
 
@@ -27,7 +35,7 @@ from agent_sleep.selectors.base import SelectorContext
 from agent_sleep.selectors.candidates import Candidate, DocumentCandidate, EpisodeCandidate
 from agent_sleep.selectors.chain import Chain, ItemDecision
 from agent_sleep.selectors.config import SelectionConfig
-from agent_sleep.selectors.plan import ConsolidationPlan, PlannedConversation, PlannedProbe
+from agent_sleep.selectors.plan import ConsolidationPlan, PlannedConversation, PlannedInstruction, PlannedProbe
 from agent_sleep.selectors.probes import best_document_skill, document_probes, episode_probe, held_out_taught, probe_hash
 from agent_sleep.selectors.skills import SkillDraft, assign_documents, words
 from agent_sleep.selectors.source import consolidated_references, document_candidates, episode_candidates
@@ -98,7 +106,8 @@ class _Planner:
 
     def plan(self, documents: list[DocumentCandidate], episodes: list[EpisodeCandidate]) -> PlanResult:
         dialog = self._dialog()
-        reserved = frozenset({dialog.skill} if dialog else set())
+        described = {s.skill_name(self.agent) for s in self.config.skills.declared if s.generator == "t2l"}
+        reserved = frozenset(described | ({dialog.skill} if dialog else set()))
         drafts, unassigned = assign_documents(self.agent, self.config.skills, documents, reserved=reserved)
         for doc in unassigned:
             self._drop("document", doc.id, "no skill takes it: no declared skill's globs match its source and "
@@ -112,13 +121,16 @@ class _Planner:
                 note += f"; {bad} entries that are not question/answer texts left out)" if bad else ")" if note else ""
                 self._keep("document", d.id, f"planned: trains {draft.generator} skill {draft.skill}{note}",
                            draft.skill, "train")
+        self._instructions(dialog, episodes)
         self._episodes(drafts, dialog, episodes)
+        self._described(drafts, dialog)
         skills = tuple(d.plan() for d in drafts.values() if d.used)
         stats = {**self.chain.stats, PLANNER: {"kept": self.kept, "dropped": self.dropped}}
         plan = ConsolidationPlan(
             agent=self.agent, skills=skills, stats=stats,
             episodes=tuple(sorted({c.episode_id for s in skills for c in s.conversations}
-                                  | {p.source_id for s in skills for p in s.probes if p.source_kind == "episode"})),
+                                  | {p.source_id for s in skills for p in s.probes if p.source_kind == "episode"}
+                                  | {e for s in skills for e in s.instruction_episodes})),
             documents=tuple(d.id for s in skills for d in s.documents),
         ).check()  # fmt: skip
         return PlanResult(plan, tuple(self.decisions))
@@ -128,20 +140,68 @@ class _Planner:
         skills_cfg = self.config.skills
         sft = next((s for s in skills_cfg.declared if s.generator == "sft"), None)
         if sft is not None:
-            return SkillDraft(sft.skill_name(self.agent), "sft", sft.description)
+            return SkillDraft(sft.skill_name(self.agent), "sft", sft.description, declared_candidates=sft.tried)
         if skills_cfg.dialog is None:
             return None
         name = check_skill_name(skills_cfg.dialog.format(agent=self.agent), error=ConfigError)
-        return SkillDraft(name, "sft", f"How {self.agent} answers: its kept conversations, corrected where it was "
-                                       "wrong")  # fmt: skip
+        return SkillDraft(name, "sft")  # described only by feedback instructions, if any
+
+    def _instructions(self, dialog: SkillDraft | None, episodes: list[EpisodeCandidate]) -> None:
+        """The instructions of the kept feedback into ``dialog``'s description, each use a decision."""
+        given = sorted(((f, ep.id) for ep in episodes for f in ep.instructions),
+                       key=lambda pair: (pair[0].created_at, pair[0].id))  # fmt: skip
+        first: dict[str, str] = {}
+        for f, episode in given:
+            text = str(f.instruction).strip()
+            if dialog is None:
+                self._drop("feedback", f.id, "instruction not used: no skill takes instructions (skills.dialog is "
+                                             "null and no sft skill is declared)")  # fmt: skip
+                continue
+            key = " ".join(text.split()).rstrip(".!").casefold()
+            if key in first:
+                self._keep("feedback", f.id, f"instruction of episode {episode}: the same as feedback {first[key]}'s, "
+                                             f"used once in the description of skill {dialog.skill}",
+                           dialog.skill, "instruction")  # fmt: skip
+                continue
+            first[key] = f.id
+            dialog.instructions.append(PlannedInstruction(feedback_id=f.id, episode_id=episode, text=text))
+            self._keep("feedback", f.id, f"instruction of episode {episode}: line {len(dialog.instructions)} of the "
+                                         f"description of skill {dialog.skill} (t2l's material)",
+                       dialog.skill, "instruction")  # fmt: skip
+
+    def _described(self, drafts: dict[str, SkillDraft], dialog: SkillDraft | None) -> None:
+        """Declared t2l skills: their description, tested on copies of the dialog skill's probes."""
+        for spec in self.config.skills.declared:
+            if spec.generator != "t2l":
+                continue
+            name = spec.skill_name(self.agent)
+            draft = drafts[name] = SkillDraft(name, "t2l", spec.description, declared_candidates=spec.tried)
+            if dialog is None or dialog.skill not in drafts:
+                continue
+            for probe in dialog.probes:
+                if probe.source_kind == "episode":
+                    draft.probes.append(probe)
+                    self._keep("episode", probe.source_id, f"also a held-out probe of t2l skill {name} (a described "
+                                                           f"skill is tested on {dialog.skill}'s probes)",
+                               name, "probe")  # fmt: skip
 
     def _episodes(self, drafts: dict[str, SkillDraft], dialog: SkillDraft | None,
                   episodes: list[EpisodeCandidate]) -> None:
         cfg = self.config.probes
-        doc_terms: set[str] = set()
+        for ep in episodes:
+            if ep.instruction_only is not None:
+                why = "its feedback's instruction is used" if dialog is not None else "no skill takes instructions"
+                self._drop("episode", ep.id, f"conversation not used ({ep.instruction_only}); {why}")
+        episodes = [ep for ep in episodes if ep.instruction_only is None]
+        doc_terms: set[str] = set()  # what teaches besides conversations: documents and descriptions (t2l)
         for draft in drafts.values():
             for d in draft.documents:
                 doc_terms |= term_set(d.text)
+        if dialog is not None:
+            doc_terms |= term_set(dialog.full_description)
+        for spec in self.config.skills.declared:
+            if spec.generator == "t2l":
+                doc_terms |= term_set(spec.description)
         probes, not_held = self._probes(episodes, doc_terms)
         doc_words = {name: set().union(*(words(d.text) for d in draft.documents))
                      for name, draft in drafts.items() if draft.generator in ("d2l", "gradient_cd") and draft.documents}
@@ -165,8 +225,10 @@ class _Planner:
             else:
                 assert dialog is not None
                 placed.append((ep, dialog, None, not_held.get(ep.id, "")))
-        if dialog is not None and not any(p is None for _, s, p, _ in placed if s is dialog):
+        if dialog is not None and not dialog.full_description and not any(p is None for _, s, p, _ in placed
+                                                                          if s is dialog):
             # nothing else trains the dialog skill: its probes would test a skill that is not made; train on them
+            # (with a description, t2l makes it from that alone: the probes stay held out)
             placed = [(ep, s, None, "the only conversations: trained on, not held out")
                       if s is dialog and not self._not_trainable(ep, dialog) else (ep, s, p, why)
                       for ep, s, p, why in placed]  # fmt: skip
@@ -209,6 +271,8 @@ class _Planner:
         cfg = self.config.probes
         corrected, confirmed = {}, {}
         for ep in episodes:
+            if ep.instructions:  # its instruction is in a description t2l trains on: never a probe
+                continue
             if ep.corrected_by is not None:
                 probe = episode_probe(ep, "correction")
                 if probe is not None:
@@ -231,7 +295,7 @@ class _Planner:
         not_held.update(skipped)
         return {i: p for pool in (corrected, confirmed) for i, p in pool.items() if i in held}, not_held
 
-    def _keep(self, kind: str, item: str, reason: str, skill: str, role: str) -> None:
+    def _keep(self, kind: str, item: str, reason: str, skill: str, role: str) -> None:  # role: train|probe|instruction
         self.kept += 1
         self.decisions.append(ItemDecision(kind, item, PLANNER, True, reason, skill, role))  # type: ignore[arg-type]
 

@@ -461,8 +461,8 @@ def _merge(spans: list[Finding]) -> tuple[Finding, ...]:
 
 class RedactSelector:
     """Keeps every candidate and hands on a redacted copy: message contents, tool-call arguments and
-    tool results (every string in each message but its ``role``), feedback label, comment and
-    correction, episode outcome; document title, text, source and meta. Ids and agent names are kept.
+    tool results (every string in each message but its ``role``), feedback label, comment, correction
+    and instruction, episode outcome; document title, text, source and meta. Ids and agent names are kept.
     """
 
     class Params(SelectorParams):
@@ -512,7 +512,8 @@ class RedactSelector:
     def _feedback(self, f: FeedbackItem, counts: Counter[str]) -> FeedbackItem:
         rv = self.redactor.redact_value
         return FeedbackItem(id=f.id, score=f.score, label=rv(f.label, counts), comment=rv(f.comment, counts),
-                            correction=rv(f.correction, counts), source=f.source, created_at=f.created_at)  # fmt: skip
+                            correction=rv(f.correction, counts), source=f.source, created_at=f.created_at,
+                            instruction=rv(f.instruction, counts))  # fmt: skip
 
 
 def _reason(counts: Counter[str]) -> str:

@@ -1,4 +1,5 @@
-"""Which skill learns what: documents to ``d2l`` skills, conversations to the ``sft`` skill.
+"""Which skill learns what: documents to ``d2l`` skills, conversations (and feedback instructions) to the
+``sft`` skill, a declared ``t2l`` skill its description.
 
 A document goes to the first declared skill whose globs match its source; otherwise, with
 ``per_document`` on, to a skill of its own named ``{agent}-{slug}`` (the slug is the source's path
@@ -19,7 +20,7 @@ from pathlib import PurePosixPath
 from agent_sleep.names import MAX_NAME_LENGTH
 from agent_sleep.selectors.candidates import DocumentCandidate
 from agent_sleep.selectors.config import SkillsConfig
-from agent_sleep.selectors.plan import PlannedConversation, PlannedDocument, PlannedProbe, SkillPlan
+from agent_sleep.selectors.plan import PlannedConversation, PlannedDocument, PlannedInstruction, PlannedProbe, SkillPlan
 
 __all__ = ["SkillDraft", "assign_documents", "document_skill_name", "words"]
 
@@ -28,7 +29,8 @@ _WORD = re.compile(r"\w+")
 
 @dataclass
 class SkillDraft:
-    """A skill's material while the plan is being put together."""
+    """A skill's material while the plan is being put together. ``declared_candidates``: the generators a
+    user named for it (None: :meth:`candidates` applies the default rule)."""
 
     skill: str
     generator: str
@@ -36,15 +38,40 @@ class SkillDraft:
     documents: list[PlannedDocument] = field(default_factory=list)
     conversations: list[PlannedConversation] = field(default_factory=list)
     probes: list[PlannedProbe] = field(default_factory=list)
+    instructions: list[PlannedInstruction] = field(default_factory=list)
+    declared_candidates: tuple[str, ...] | None = None
+
+    @property
+    def full_description(self) -> str:
+        """The declared description, then each instruction, one a line."""
+        return "\n".join(t for t in (self.description.strip(), *(i.text for i in self.instructions)) if t)
+
+    def candidates(self) -> tuple[str, ...]:
+        """The generators to try, first the one that leads: the declared ones the material can feed, else
+        ``(sft, t2l)`` for conversations and a description, ``(t2l,)`` for a description alone, else
+        ``(generator,)``."""
+        described = bool(self.full_description)
+        if self.declared_candidates is not None:
+            feeds = {"sft": bool(self.conversations), "t2l": described, "d2l": bool(self.documents),
+                     "gradient_cd": bool(self.documents)}  # fmt: skip
+            usable = tuple(c for c in self.declared_candidates if feeds.get(c, True))
+            return usable or self.declared_candidates
+        if described and self.conversations and not self.documents:
+            return ("sft", "t2l")
+        if described and not self.conversations and not self.documents:
+            return ("t2l",)
+        return (self.generator,)
 
     def plan(self) -> SkillPlan:
-        return SkillPlan(skill=self.skill, generator=self.generator, description=self.description,
+        candidates = self.candidates()
+        return SkillPlan(skill=self.skill, generator=candidates[0], description=self.full_description,
                          documents=tuple(self.documents), conversations=tuple(self.conversations),
-                         probes=tuple(self.probes))  # fmt: skip
+                         probes=tuple(self.probes), instructions=tuple(self.instructions),
+                         candidates=candidates if len(candidates) > 1 else ())  # fmt: skip
 
     @property
     def used(self) -> bool:
-        return bool(self.documents or self.conversations or self.probes)
+        return bool(self.documents or self.conversations or self.probes or self.instructions)
 
 
 def _slug(source: str) -> str:
@@ -69,13 +96,14 @@ def assign_documents(agent: str, config: SkillsConfig, documents: list[DocumentC
     """Skill drafts holding the documents, and the documents no skill takes (``reserved``: names other
     skills of the plan have; a document skill of the same name is hashed)."""
     drafts: dict[str, SkillDraft] = {}
-    declared = [(s, s.skill_name(agent)) for s in config.declared if s.generator != "sft"]
+    declared = [(s, s.skill_name(agent)) for s in config.declared if s.documents]
     own: dict[str, list[DocumentCandidate]] = {}
     unassigned = []
     for doc in documents:
         spec = next(((s, n) for s, n in declared if any(fnmatch.fnmatchcase(doc.source, g) for g in s.documents)), None)
         if spec is not None:
-            draft = drafts.setdefault(spec[1], SkillDraft(spec[1], spec[0].generator, spec[0].description))
+            draft = drafts.setdefault(spec[1], SkillDraft(spec[1], spec[0].generator, spec[0].description,
+                                                          declared_candidates=spec[0].tried))
             draft.documents.append(_planned(doc))
         elif config.per_document:
             own.setdefault(document_skill_name(agent, doc.source), []).append(doc)

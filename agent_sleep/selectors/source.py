@@ -72,7 +72,8 @@ def _candidate(b: EpisodeBundle) -> EpisodeCandidate:
 
 def _feedback(f: FeedbackView) -> FeedbackItem:
     return FeedbackItem(id=f.id, score=f.score, label=f.label, comment=f.comment,
-                        correction=getattr(f, "correction", None), source=f.source, created_at=f.created_at)
+                        correction=getattr(f, "correction", None), source=f.source, created_at=f.created_at,
+                        instruction=getattr(f, "instruction", None))  # a reader of an older schema has none
 
 
 def chat_messages(turns: Iterable[Turn]) -> tuple[dict[str, Any], ...]:

@@ -312,7 +312,8 @@ def _episode_ops(line: _EpisodeLine, where: str, lineno: int, max_bytes: int, se
         feedback_id = fb.id or _derived_id(f"{ep.id}-fb{i}")
         seen.claim("feedback id", feedback_id, where, lineno, f"feedback.{i}")
         ops.append({"op": "feedback", "id": feedback_id, "episode_id": ep.id, "score": fb.score, "label": fb.label,
-                    "comment": fb.comment, "correction": fb.correction, "source": fb.source,
+                    "comment": fb.comment, "correction": fb.correction, "instruction": fb.instruction,
+                    "source": fb.source,
                     "ts": fb.created_at.timestamp() if fb.created_at else started})  # fmt: skip
     return ops
 

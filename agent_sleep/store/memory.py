@@ -173,9 +173,9 @@ class InMemoryExperienceStore:
 
     def add_feedback(self, episode_id: str, *, score: float | None = None, label: str | None = None,
                      comment: str | None = None, source: str = "human",
-                     correction: str | None = None) -> str:  # fmt: skip
+                     correction: str | None = None, instruction: str | None = None) -> str:  # fmt: skip
         fb = validate(FeedbackIn, {"score": score, "label": label, "comment": comment, "source": source,
-                                   "correction": correction}, "feedback")  # fmt: skip
+                                   "correction": correction, "instruction": instruction}, "feedback")  # fmt: skip
         if fb.empty:
             raise InvalidEventError(FEEDBACK_NEEDS)
         fid = _new_id()

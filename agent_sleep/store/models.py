@@ -103,6 +103,8 @@ class Feedback(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # the right answer when the agent was wrong (migration 0004): a consolidation run trains on it
     correction: Mapped[str | None] = mapped_column(Text)
+    # how the agent should behave from now on (migration 0006): the description of its dialog skill
+    instruction: Mapped[str | None] = mapped_column(Text)
 
     episode: Mapped[Episode] = relationship(back_populates="feedback")
 

@@ -8,7 +8,8 @@ applying the same op twice is a no-op (inserts ignore duplicates).
     {"op": "episode_start", "id", "agent", "thread_id"?, "meta"?, "ts"}
     {"op": "event", "id", "episode_id", "seq", "kind", "name"?, "content", "payload"?, "ts"}
     {"op": "episode_end", "id", "status", "outcome"?, "error"?, "ts"}
-    {"op": "feedback", "id", "episode_id", "score"?, "label"?, "comment"?, "correction"?, "source", "ts"}
+    {"op": "feedback", "id", "episode_id", "score"?, "label"?, "comment"?, "correction"?, "instruction"?, "source",
+     "ts"}
 
 An ``event`` or ``episode_end`` op may carry ``"cont": {"run", "target"?, "agent"?, "thread_id"?,
 "value"?, "meta"?}``: it belongs to a later run (``run``, e.g. a graph resumed with
@@ -192,7 +193,7 @@ def _apply_in_groups(conn: Connection, ops: Iterable[Op]) -> int:
             {
                 "id": o["id"], "episode_id": o["episode_id"], "score": o.get("score"), "label": o.get("label"),
                 "comment": o.get("comment"), "source": o.get("source", "human"), "created_at": as_utc(o["ts"]),
-                "correction": o.get("correction"),
+                "correction": o.get("correction"), "instruction": o.get("instruction"),
             }
             for o in groups["feedback"]
         ],

@@ -13,7 +13,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from agent_sleep.errors import EncodingError, InvalidEventError, PayloadTooLargeError
 
@@ -140,8 +140,10 @@ class EventIn(BaseModel):
 
 class FeedbackIn(BaseModel):
     """Feedback on an episode. ``correction``: the right answer when the agent answered wrong (a
-    consolidation run trains on the conversation with it in place of the wrong answer); it may be
-    the only thing given, but not blank."""
+    consolidation run trains on the conversation with it in place of the wrong answer).
+    ``instruction``: how the agent should behave from now on ("always ask for the order number
+    first"), for every later conversation, not only this one (a consolidation run makes it part of
+    the description of the agent's dialog skill). Either may be the only thing given, but not blank."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -150,25 +152,27 @@ class FeedbackIn(BaseModel):
     comment: str | None = None
     source: FeedbackSource = "human"
     correction: str | None = None
+    instruction: str | None = None
 
-    @field_validator("comment", "label", "correction", mode="before")
+    @field_validator("comment", "label", "correction", "instruction", mode="before")
     @classmethod
     def _utf8(cls, v: Any) -> Any:
         return check_text(v, "feedback text") if v is not None else None
 
-    @field_validator("correction", mode="after")
+    @field_validator("correction", "instruction", mode="after")
     @classmethod
-    def _not_blank(cls, v: str | None) -> str | None:
+    def _not_blank(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None and not v.strip():
-            raise ValueError("a correction must not be blank")
+            raise ValueError(f"a{'n' if info.field_name == 'instruction' else ''} {info.field_name} must not be blank")
         return v
 
     @property
     def empty(self) -> bool:
-        return self.score is None and self.label is None and self.comment is None and self.correction is None
+        return (self.score is None and self.label is None and self.comment is None and self.correction is None
+                and self.instruction is None)
 
 
-FEEDBACK_NEEDS = "feedback needs at least one of score, label, comment or correction"
+FEEDBACK_NEEDS = "feedback needs at least one of score, label, comment, correction or instruction"
 
 
 class Record(BaseModel):
@@ -200,6 +204,7 @@ class FeedbackRecord(Record):
     source: str
     created_at: datetime
     correction: str | None = None
+    instruction: str | None = None
 
 class EpisodeRecord(Record):
     id: str

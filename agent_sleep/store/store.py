@@ -185,12 +185,15 @@ class ExperienceStore:
                 raise NotFoundError(f"no episode with id {episode_id!r}")
 
     def add_feedback(self, episode_id: str, *, score: float | None = None, label: str | None = None,
-                     comment: str | None = None, source: str = "human", correction: str | None = None) -> str:
+                     comment: str | None = None, source: str = "human", correction: str | None = None,
+                     instruction: str | None = None) -> str:
         """Record feedback for an episode; works from any process at any later time.
 
-        ``correction``: the right answer when the agent answered wrong (alone, it is valid feedback)."""
+        ``correction``: the right answer when the agent answered wrong. ``instruction``: how the agent
+        should behave from now on, in every conversation ("always ask for the order number first").
+        Each alone is valid feedback."""
         fb = validate(FeedbackIn, {"score": score, "label": label, "comment": comment, "source": source,
-                                   "correction": correction}, "feedback")  # fmt: skip
+                                   "correction": correction, "instruction": instruction}, "feedback")  # fmt: skip
         if fb.empty:
             raise InvalidEventError(FEEDBACK_NEEDS)
         episode_id = self.resolve_episode_id(episode_id)

@@ -89,10 +89,38 @@ def world(tmp_path: Path, db_url: str, tiny_model: Path, tiny_handle: Any) -> It
     w.store.close()
 
 
+FROZEN = "sft_frozen"
+SEEDED = "sft_seed1"
+SFT_SETTINGS = {"max_steps": 60, "lr": 0.02, "batch_size": 4, "converged_loss": 0.05}
+
+
+def register_test_generators() -> None:
+    """TEST CODE: two more real sft generators to stand as candidates beside ``sft``: ``sft_frozen`` takes one
+    step at a negligible rate (it cannot learn: the weaker candidate), ``sft_seed1`` is ``sft`` with another
+    seed (as good as ``sft``). The cycle's test planner names them in ``selection["candidates"]``."""
+    from agent_sleep.generators.registry import register_generator
+    from agent_sleep.generators.sft import SFTGenerator, SFTSettings
+
+    register_generator(FROZEN, lambda handle, **_: SFTGenerator(handle, config=SFTSettings(max_steps=1, lr=1e-9),
+                                                                 progress=False), replace=True)  # fmt: skip
+    register_generator(SEEDED, lambda handle, **_: SFTGenerator(handle, config=SFTSettings(**SFT_SETTINGS, seed=1),
+                                                                 progress=False), replace=True)  # fmt: skip
+
+
+@pytest.fixture
+def test_generators() -> Iterator[None]:
+    from agent_sleep.generators.registry import _TARGETS
+
+    register_test_generators()
+    yield
+    for name in (FROZEN, SEEDED):
+        _TARGETS.pop(name, None)
+
+
 def fast_config(**overrides: Any) -> CycleConfig:
     """A config sized for the tiny model: small guard samples, a short training run."""
     raw: dict[str, Any] = {
-        "generators": {"sft": {"settings": {"max_steps": 60, "lr": 0.02, "batch_size": 4, "converged_loss": 0.05}}},
+        "generators": {"sft": {"settings": dict(SFT_SETTINGS)}},
         "evaluation": {"guard_limit": 3, "max_new_tokens": 8, "batch_size": 8},
         "gate": {"resamples": 200},
         "budget_seconds": 600,

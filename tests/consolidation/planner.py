@@ -6,7 +6,8 @@ It reads the store as the real chain does and keeps simple rules, each recorded 
 * ``score``: its mean feedback score must be at least ``selection["min_score"]`` (default 0.5);
 * ``split``: per skill (episode metadata ``"skill"``, default ``"general"``), every third kept episode
   becomes a held-out probe (question: its first user message; answer: metadata ``"answer"`` or its last
-  reply), the others are trained on with generator ``selection["generator"]`` (default ``sft``).
+  reply), the others are trained on with generator ``selection["generator"]`` (default ``sft``), or with
+  each of ``selection["candidates"]`` in turn (the first leads).
 
 The plan is checked by :meth:`ConsolidationPlan.check` like any other.
 """
@@ -47,7 +48,8 @@ def _messages(reader: ExperienceReader, episode_id: str) -> list[dict[str, Any]]
 def simple_planner(reader: ExperienceReader, agent: str, selection: Mapping[str, Any], /, *, now: datetime,
                  reference_texts: Sequence[str]) -> PlanResult:  # fmt: skip
     min_score = float(selection.get("min_score", 0.5))
-    generator = str(selection.get("generator", "sft"))
+    candidates = tuple(str(c) for c in selection.get("candidates") or ())
+    generator = candidates[0] if candidates else str(selection.get("generator", "sft"))
     decisions: list[Decision] = []
     kept: dict[str, list[tuple[Any, list[dict[str, Any]]]]] = {}
     for ep in reader.episodes(agent=agent, unconsolidated=True, status="completed", until=now):
@@ -77,7 +79,7 @@ def simple_planner(reader: ExperienceReader, agent: str, selection: Mapping[str,
                 train.append(PlannedConversation(episode_id=ep.id, messages=tuple(messages)))
                 decisions.append(Decision("episode", ep.id, "split", True, "trained on", skill, "train"))
         skills.append(SkillPlan(skill=skill, generator=generator, description=f"{skill} (test planner)",
-                                conversations=tuple(train), probes=tuple(probes)))
+                                conversations=tuple(train), probes=tuple(probes), candidates=candidates))
     episodes = tuple(ep.id for items in kept.values() for ep, _ in items)
     plan = ConsolidationPlan(agent=agent, skills=tuple(skills), episodes=episodes).check()
     return PlanResult(plan=plan, decisions=tuple(decisions))

@@ -45,7 +45,7 @@ def test_every_problem_is_listed_at_once_with_its_path() -> None:
                   "outcome", {"name": "recency", "params": {"days": 0}}],
         "skils": {},
         "probes": {"fraction": 2},
-        "skills": {"declared": [{"name": "a b", "generator": "t2l"}, {"name": "{agnt}-x", "generator": "d2l"},
+        "skills": {"declared": [{"name": "a b", "generator": "t3l"}, {"name": "{agnt}-x", "generator": "d2l"},
                                 {"name": "faq", "generator": "d2l"}, {"name": "talk", "generator": "sft",
                                                                        "documents": ["*.md"]}]},
     }  # fmt: skip
@@ -62,7 +62,7 @@ def test_every_problem_is_listed_at_once_with_its_path() -> None:
         "skils: unknown key; did you mean 'skills'?",
         "probes.fraction: Input should be less than or equal to 1",
         "skills.declared[0].name: invalid skill name 'a b'",
-        "skills.declared[0].generator: Input should be 'd2l', 'gradient_cd' or 'sft'",
+        "skills.declared[0].generator: Input should be 'd2l', 'gradient_cd', 'sft' or 't2l'",
         "skills.declared[1].name: bad placeholder 'agnt' (the only placeholder is {agent})",
         "skills.declared[2]: a d2l skill learns documents: give 'documents' (source globs)",
         "skills.declared[3]: an sft skill trains on the kept conversations, not on documents",

@@ -31,6 +31,7 @@ def _fill(store: ExperienceStore) -> str:
 def test_corrections_and_consolidated_documents_round_trip(store: ExperienceStore, tmp_path: Path) -> None:
     eid = _fill(store)
     store.add_feedback(eid, correction="It ships on Monday.")
+    store.add_feedback(eid, instruction="Always ask for the order number first.")
     doc = store.documents()[0]
     store.mark_documents_consolidated([doc.id], "run-7")
     path = tmp_path / "log.jsonl"
@@ -38,7 +39,8 @@ def test_corrections_and_consolidated_documents_round_trip(store: ExperienceStor
         export_jsonl(store, fh)
     target = ExperienceStore(f"sqlite:///{tmp_path / 'copy.sqlite'}", settings=Settings(data_dir=tmp_path))
     import_jsonl(target, path)
-    assert [f.correction for f in target.feedback(eid)] == [None, "It ships on Monday."]
+    assert [f.correction for f in target.feedback(eid)] == [None, "It ships on Monday.", None]
+    assert [f.instruction for f in target.feedback(eid)] == [None, None, "Always ask for the order number first."]
     assert target.documents()[0].consolidation_run == "run-7" and target.documents()[0].consolidated_at is not None
     lines = path.read_text(encoding="utf-8").splitlines()
     obj = json.loads(lines[0])
@@ -138,7 +140,7 @@ _BAD_LINES = {
     "seq above INTEGER": (_with(_episode(), "events.0.seq", 2**40), "events.0.seq: Input should be less than or equal to 2147483647"),
     "seq not an integer": (_with(_episode(), "events.0.seq", True), "events.0.seq: Input should be a valid integer"),
     "feedback saying nothing": (_with(_episode(), "feedback.0", {"source": "human"}),
-                                "feedback.0: feedback needs at least one of score, label, comment or correction"),
+                                "feedback.0: feedback needs at least one of score, label, comment, correction or instruction"),
     "event null": (_with(_episode(), "events", [None]), "events.0: Input should be a valid dictionary"),
     "events not a list": (_with(_episode(), "events", 5), "events: Input should be a valid list"),
     "episode null": (_with(_episode(), "episode", None), "episode: Field required"),

@@ -195,9 +195,31 @@ def test_feedback_may_carry_a_correction(store: Any) -> None:
         store.add_feedback(eid, correction=" \n ")
     with pytest.raises(EncodingError, match="not valid UTF-8"):
         store.add_feedback(eid, correction="\ud800")
-    with pytest.raises(InvalidEventError, match="score, label, comment or correction"):
+    with pytest.raises(InvalidEventError, match="score, label, comment, correction or instruction"):
         store.add_feedback(eid)
     assert len(store.feedback(eid)) == 3
+
+
+def test_feedback_may_carry_an_instruction(store: Any) -> None:
+    eid = _episode(store)
+    fid = store.add_feedback(eid, instruction="Always ask for the order number first.")  # alone, it is feedback
+    time.sleep(0.002)
+    store.add_feedback(eid, score=0.0, correction="Order A1 shipped.", instruction="Never guess a date.")
+    got = store.feedback(eid)
+    assert [(f.id, f.score, f.correction, f.instruction) for f in got] == [
+        (fid, None, None, "Always ask for the order number first."), (got[1].id, 0.0, "Order A1 shipped.",
+                                                                      "Never guess a date.")]  # fmt: skip
+    assert store.get_episode(eid).n_feedback == 2
+    with pytest.raises(InvalidEventError, match="an instruction must not be blank"):
+        store.add_feedback(eid, instruction="  ")
+    with pytest.raises(EncodingError, match="not valid UTF-8"):
+        store.add_feedback(eid, instruction="\ud800")
+    batches = getattr(store, "episode_batches", None)
+    if callable(batches):  # what the selectors read
+        (bundle,) = next(iter(batches("helpdesk", kinds=("user_message",))))
+        assert [f.instruction for f in bundle.feedback] == ["Always ask for the order number first.",
+                                                            "Never guess a date."]
+    assert len(store.feedback(eid)) == 2
 
 
 def test_mark_documents_consolidated(store: Any) -> None:
