@@ -70,9 +70,10 @@ def test_instructions_of_kept_feedback_describe_the_dialog_skill(store: Any) -> 
 
 def test_a_declared_t2l_skill_learns_its_description_and_shares_the_dialog_probes(store: Any) -> None:
     ids = []
-    for i in range(6):
-        eid = log_episode(store, f"What is the code for region {i}?", f"It is {i * 3}.")
-        store.add_feedback(eid, correction=f"The code for region {i} is R-{i:02d}.")
+    for i in range(6):  # three regions, each corrected twice: a held-out one is taught by its twin
+        asked = f"What is the code for region {i % 3}?" if i < 3 else f"Which code does region {i % 3} use?"
+        eid = log_episode(store, asked, f"It is {i * 3}.")
+        store.add_feedback(eid, correction=f"The code for region {i % 3} is R-{i % 3:02d}.")
         ids.append(eid)
     config = parse_selection_config({"skills": {"declared": [
         {"name": "{agent}-greeting", "generator": "t2l", "description": "Greet the customer by name."}]},
@@ -93,14 +94,15 @@ def test_a_declared_t2l_skill_learns_its_description_and_shares_the_dialog_probe
 def test_a_description_alone_makes_a_t2l_skill_whose_probes_stay_held_out(store: Any) -> None:
     eid = next(f"ep-{i}" for i in range(1000) if probe_hash(f"ep-{i}") < 0.2)  # one the hash holds out
     store.start_episode("helpdesk", episode_id=eid)
-    store.append_events(eid, [{"kind": "user_message", "content": "When does it ship?"},
-                              {"kind": "assistant_message", "content": "Tomorrow."}])
+    store.append_events(eid, [{"kind": "user_message", "content": "Can I pay next month?"},
+                              {"kind": "assistant_message", "content": "Yes, any time."}])
     store.end_episode(eid)
-    store.add_feedback(eid, correction="On Friday.")
+    store.add_feedback(eid, correction="No: payment is due on delivery.")
     bad = log_episode(store, "Can I pay later?", "Sure, whenever.")
     _instruct(store, bad, "Say that payment is due on delivery.", score=0.0)
     dialog = build_plan(store, "helpdesk").plan.skill("helpdesk-dialog")
-    # Without the description the lone probe would be trained on (test_planner); with it, t2l makes the skill.
+    # Without the description the lone probe would be trained on (test_planner); with it, t2l makes the skill,
+    # and the description teaches the probe's answer (payment, delivery), so it stays held out.
     assert (dialog.generator, dialog.generators, dialog.conversations) == ("t2l", ("t2l",), ())
     assert [p.source_id for p in dialog.probes] == [eid]
     assert dialog.description == "Say that payment is due on delivery."
