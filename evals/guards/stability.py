@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--apply", action="store_true", help="drop every item a perturbation flipped")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the gate's seeded sample of this many items per suite (guard_suites(limit=N))")
     args = parser.parse_args(argv)
+    if args.apply and args.limit is not None:
+        parser.error("--apply rewrites the whole files: measure every item (no --limit)")
 
     import torch
 
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from agent_sleep.store import ExperienceStore
 
     torch.set_num_threads(args.threads)
-    suites = load_suites(HERE, prefix="guards_")
+    suites = [s.sample(args.limit) for s in load_suites(HERE, prefix="guards_")]
     tmp = Path(tempfile.mkdtemp(prefix="guard-stability-"))
     store = ExperienceStore(settings=Settings(data_dir=tmp / "data"))
     registry = AdapterRegistry(store)
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(len(s.items) for s in suites)
     report = {
         "command": "HF_HUB_OFFLINE=1 .venv/bin/python evals/guards/stability.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "model_content_hash": runtime.handle.content_hash, "seeds": args.seeds, "norm": args.norm,
+        "model_content_hash": runtime.handle.content_hash, "seeds": args.seeds, "norm": args.norm, "limit": args.limit,
         "items": total, "flipped": len(flips), "seconds": round(time.perf_counter() - started, 1),
         "per_suite": {s.name: {"items": len(s.items), "flipped": sum(1 for i in s.items if i.id in flips)}
                       for s in suites},
@@ -118,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text("".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in kept),
                             encoding="utf-8")  # fmt: skip
         report["applied"] = True
-    (HERE / "stability.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    out = HERE / ("stability.json" if args.limit is None else f"stability_limit{args.limit}.json")
+    out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in report.items() if k != "flips"}, indent=1))
     return 0
 
