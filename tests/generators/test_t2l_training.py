@@ -169,3 +169,33 @@ def test_a_few_steps_reduce_the_loss_and_make_the_adapter_depend_on_the_descript
     diffs = [(one.layers[m][1] - two.layers[m][1]).norm().item() for m in one.layers]
     assert all(torch.count_nonzero(b) > 0 for _, b in one.layers.values())  # trained: no longer the no-op start
     assert min(diffs) > 0  # and the description changes every module's B
+
+
+def test_export_refuses_a_description_blind_checkpoint_and_a_worse_one(tmp_path: Path) -> None:
+    from agent_sleep.generators.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
+    from agent_sleep.generators.t2l_net import T2L_FORMAT
+    from pipelines.t2l import export
+    from tests.generators.test_t2l import tiny_net
+
+    handle = load_base_model(str(make_tiny_model_dir(tmp_path)), device="cpu")
+    net = tiny_net(handle, live=True)
+    run, dest = tmp_path / "run", tmp_path / "dest"
+
+    def best(margin: float, exact: float) -> None:
+        ev = {"seen/margin": margin, "seen/exact": exact, "unseen_task/exact": exact}
+        save_checkpoint(net, run / "ckpt" / "best", version="step9", overwrite=True, fmt=T2L_FORMAT,
+                        extra={"training": {"eval": ev}})  # fmt: skip
+
+    best(0.0, 0.5)  # follows no description better than another task's: refused
+    assert export.main([str(run), "--dest", str(dest)]) == 1 and not dest.exists()
+    best(0.2, 0.5)
+    assert export.main([str(run), "--dest", str(dest)]) == 0
+    exported = load_checkpoint(dest, content_hash=handle.content_hash, fmt=T2L_FORMAT)
+    assert all(torch.equal(v.half().float(), exported.state_dict()[k]) for k, v in net.state_dict().items())
+    from safetensors.torch import load_file
+
+    assert {v.dtype for v in load_file(str(dest / "hypernet.safetensors")).values()} == {torch.float16}
+    best(0.3, 0.4)  # a lower recorded score does not replace it, unless forced
+    assert export.main([str(run), "--dest", str(dest)]) == 1
+    assert export.main([str(run), "--dest", str(dest), "--force"]) == 0
+    assert read_checkpoint_config(dest, fmt=T2L_FORMAT)["training"]["eval"]["seen/exact"] == 0.4
