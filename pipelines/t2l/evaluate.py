@@ -33,25 +33,21 @@ import torch
 from agent_sleep.generators.backbone import RowLora
 from agent_sleep.generators.t2l import DEFAULT_CHECKPOINT, T2LGenerator
 from pipelines.t2l.objective import answer_scores, generate_replies
-from pipelines.t2l.tasks import Example, build_suite
+from pipelines.t2l.tasks import build_suite, shuffle_shift
 
 __all__ = ["CONDITIONS", "score_checkpoint"]
 
 CONDITIONS = ("t2l", "shuffled", "base", "instr")
 
 
-def _shift(examples: list[Example]) -> int:
-    n = len(examples)
-    for shift in [n // 2, *range(1, n)]:
-        if all(examples[i].task.id != examples[(i + shift) % n].task.id for i in range(n)):
-            return shift
-    return n // 2
-
-
 def score_checkpoint(gen: T2LGenerator, *, n: dict[str, int], generate: bool = True, max_new_tokens: int = 32,
-                     conditions: tuple[str, ...] = CONDITIONS, chunk: int = 32,
-                     seed: int | None = None) -> dict[str, Any]:  # fmt: skip
-    """``{"split/condition/exact": share, "split/condition/comply": share, ..., "groups": {...}}`` for ``gen``."""
+                     conditions: tuple[str, ...] = CONDITIONS, chunk: int = 32, seed: int | None = None,
+                     salt: str = "evaluate") -> dict[str, Any]:  # fmt: skip
+    """``{"split/condition/exact": share, "split/condition/comply": share, ..., "groups": {...}}`` for ``gen``.
+
+    ``salt`` picks the examples (held-out templates and inputs always); the default differs from the trainer's
+    eval set, which chose ``ckpt/best``, so these numbers carry no selection bias.
+    """
     from agent_sleep.generators.checkpoint import read_checkpoint_config
     from agent_sleep.generators.t2l_net import T2L_FORMAT
 
@@ -65,10 +61,10 @@ def score_checkpoint(gen: T2LGenerator, *, n: dict[str, int], generate: bool = T
     out: dict[str, Any] = {"groups": {}}
     try:
         for split, count in n.items():
-            examples = suite.eval_examples(split, count)
+            examples = suite.eval_examples(split, count, salt=salt)
             texts = [ex.description for ex in examples]
             emb = gen.embed(texts).to(device)
-            shift = _shift(examples)
+            shift = shuffle_shift(examples)
             with torch.no_grad():
                 own = gen.net(emb)
                 other = gen.net(emb.roll(-shift, dims=0))

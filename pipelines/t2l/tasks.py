@@ -24,7 +24,7 @@ from agent_sleep.generators.t2l import normalize_description
 from pipelines.t2l.families import FAMILIES, Family
 from pipelines.t2l.inputs import Item, phrase_items, qa_items, split_inputs
 
-__all__ = ["SYSTEM_PROMPTS", "Example", "Suite", "Task", "build_suite"]
+__all__ = ["SYSTEM_PROMPTS", "Example", "Suite", "Task", "build_suite", "shuffle_shift"]
 
 HELD_FAMILIES = ("tag", "join")
 HELD_COMPOSITIONS = ("upper+json",)
@@ -194,3 +194,13 @@ def build_suite(seed: int = 0, heldout_share: float = 0.15) -> Suite:
     train_qa, held_qa = split_inputs(qa_items(), seed)
     train_tx, held_tx = split_inputs(phrase_items(seed=seed), seed)
     return Suite(tasks, split, {"qa": train_qa, "text": train_tx}, {"qa": held_qa, "text": held_tx}, seed)
+
+
+def shuffle_shift(examples: list[Example]) -> int:
+    """An offset ``k`` such that example ``(i + k) % n`` is always another task than example ``i``: the shuffled-
+    description control pairs each example with that example's description (``n // 2`` when it works)."""
+    n = len(examples)
+    for shift in [n // 2, *range(1, n)]:
+        if all(examples[i].task.id != examples[(i + shift) % n].task.id for i in range(n)):
+            return shift
+    return n // 2

@@ -26,7 +26,7 @@ from agent_sleep.generators.t2l import embed_descriptions
 from agent_sleep.generators.t2l_net import T2L_FORMAT, T2LConfig, T2LNet
 from pipelines.d2l.data import cache_key
 from pipelines.t2l.objective import answer_scores, l2_penalty
-from pipelines.t2l.tasks import Example, Suite, build_suite
+from pipelines.t2l.tasks import Example, Suite, build_suite, shuffle_shift
 from pipelines.training import StopSignals, append_jsonl, lr_factor
 
 __all__ = ["SPLITS", "HyperSettings", "TrainConfig", "train"]
@@ -111,15 +111,6 @@ def hyper_config(cfg: TrainConfig, handle: Any) -> T2LConfig:
     return T2LConfig.for_model(handle.model, base_model_id=handle.spec, base_content_hash=handle.content_hash,
                                layers=list(range(hs.first_lora_layer, n_layers)), emb_dim=emb_dim,
                                **hs.model_dump(exclude={"first_lora_layer"}))  # fmt: skip
-
-
-def _shift_for(examples: list[Example]) -> int:
-    """An offset that pairs every example with another task's description (for the shuffled control)."""
-    n = len(examples)
-    for shift in [n // 2, *range(1, n)]:
-        if all(examples[i].task.id != examples[(i + shift) % n].task.id for i in range(n)):
-            return shift
-    return n // 2
 
 
 def setup(cfg: TrainConfig, run_dir: Path, *, device: str | None, threads: int | None, command: str,
@@ -249,7 +240,7 @@ def evaluate(s: Setup, state: TrainState, baseline: dict[str, Any]) -> dict[str,
         for split, examples in s.evals.items():
             own = state.net(s.embed(examples))
             rec[f"{split}/exact"], rec[f"{split}/ce"] = _scores(s, examples, own)
-            shuffled = state.net(s.embed(examples, shift=_shift_for(examples)))
+            shuffled = state.net(s.embed(examples, shift=shuffle_shift(examples)))
             rec[f"{split}/shuffled_exact"], rec[f"{split}/shuffled_ce"] = _scores(s, examples, shuffled)
             rec[f"{split}/margin"] = rec[f"{split}/exact"] - rec[f"{split}/shuffled_exact"]
             b = torch.cat([bb.flatten(1) for _, bb in own.values()], dim=1)
