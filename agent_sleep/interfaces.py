@@ -12,7 +12,7 @@ methods (``isinstance`` works, being ``runtime_checkable``). Expected results ar
 (:class:`Selection`, :class:`GateDecision`, a deploy outcome's ``status``); exceptions are for the
 unexpected. Implementations today: :class:`~agent_sleep.store.ExperienceStore` (SQL) and
 :class:`~agent_sleep.store.memory.InMemoryExperienceStore` read experiences;
-:class:`~agent_sleep.generators.d2l.D2LGenerator`,
+:class:`~agent_sleep.generators.d2l.D2LGenerator`, :class:`~agent_sleep.generators.t2l.T2LGenerator`,
 :class:`~agent_sleep.generators.gradient_cd.GradientCDGenerator` and
 :class:`~agent_sleep.generators.sft.SFTGenerator` generate (by name through
 :mod:`agent_sleep.generators.registry`); :class:`~agent_sleep.evaluation.lm_eval.LmEvalEvaluator`

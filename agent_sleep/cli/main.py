@@ -32,6 +32,7 @@ _COMMAND_MODULES = (
     "agent_sleep.cli.registry_cmds",
     "agent_sleep.cli.serve_cmds",
     "agent_sleep.cli.generate_cmds",
+    "agent_sleep.cli.skill_cmds",
     "agent_sleep.cli.sleep_cmds",
     "agent_sleep.cli.schedule_cmds",
     "agent_sleep.cli.guard_cmds",

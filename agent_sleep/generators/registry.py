@@ -6,7 +6,9 @@ when that generator is asked for, so listing names never loads torch. An unknown
 ConfigError with a "did you mean".
 
 Built in: ``d2l`` (:meth:`D2LGenerator.load <agent_sleep.generators.d2l.D2LGenerator.load>`:
-``checkpoint``, ``handle``, ``settings``, ``chunk_tokens``, ``min_gate``), ``gradient_cd``
+``checkpoint``, ``handle``, ``settings``, ``chunk_tokens``, ``min_gate``), ``t2l``
+(:meth:`T2LGenerator.load <agent_sleep.generators.t2l.T2LGenerator.load>`: ``checkpoint``, ``handle``,
+``settings``), ``gradient_cd``
 (:meth:`GradientCDGenerator.load <agent_sleep.generators.gradient_cd.GradientCDGenerator.load>`:
 ``handle``, ``settings``, ``config``, ``targets``, ``progress``) and ``sft``
 (:meth:`SFTGenerator.load <agent_sleep.generators.sft.SFTGenerator.load>`: ``handle``, ``settings``,
@@ -31,6 +33,7 @@ _TARGETS: dict[str, str | Callable[..., Any]] = {
     "d2l": "agent_sleep.generators.d2l:D2LGenerator.load",
     "gradient_cd": "agent_sleep.generators.gradient_cd:GradientCDGenerator.load",
     "sft": "agent_sleep.generators.sft:SFTGenerator.load",
+    "t2l": "agent_sleep.generators.t2l:T2LGenerator.load",
 }
 _LOCK = threading.Lock()
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

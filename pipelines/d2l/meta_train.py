@@ -29,7 +29,6 @@ The recipe itself lives in :mod:`pipelines.d2l.trainer`; this file is the CLI.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -38,13 +37,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pipelines.d2l.trainer import TrainConfig, train
-
-
-def _interpreter() -> str:
-    """The Python that runs this, relative to the working directory when inside it (e.g. ``.venv/bin/python``)."""
-    exe = os.path.abspath(sys.executable)
-    rel = os.path.relpath(exe)
-    return exe if rel.startswith("..") else rel
+from pipelines.training import interpreter as _interpreter
 
 
 def main(argv: list[str] | None = None) -> int:

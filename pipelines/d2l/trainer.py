@@ -6,10 +6,8 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
-import signal
 import time
 from copy import copy
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from pipelines.d2l.objective import (  # aux_losses, group_loras, greedy_accurac
     per_doc_mean,
     qa_loss,
 )
+from pipelines.training import StopSignals, append_jsonl, lr_factor  # StopSignals: also imported from here
 
 __all__ = ["DataConfig", "HyperSettings", "TrainConfig", "make_docs", "train"]
 
@@ -117,11 +116,7 @@ class TrainConfig(_Strict):
 
 
 def _lr_factor(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    floor = cfg.min_lr / cfg.lr
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return lr_factor(step, warmup=cfg.warmup, steps=cfg.steps, lr=cfg.lr, min_lr=cfg.min_lr)
 
 
 def _batch(step: int, cfg: TrainConfig, n: int) -> list[tuple[int, int]]:
@@ -164,11 +159,6 @@ def make_docs(d: DataConfig, seed: int, n_eval: int | None = None) -> tuple[list
             docs += prose.make_prose_docs(n_prose, s, split, n_facts=tuple(d.prose_facts))
         out.append(docs)
     return out[0], out[1]
-
-
-def _append(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
 
 
 def plot_metrics(metrics: Path, png: Path) -> None:
@@ -379,25 +369,6 @@ def save_best(state: TrainState, s: Setup, rec: dict[str, Any], baseline: dict[s
                                         "config": s.cfg.model_dump(mode="json")}})  # fmt: skip
 
 
-class StopSignals:
-    """While active, SIGTERM and SIGINT only set ``requested``: the loop finishes its step and checkpoints."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def __enter__(self) -> StopSignals:
-        self._old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
 # ---------------------------------------------------------------- eval and step
 
 
@@ -512,14 +483,16 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
                 if aux_window:
                     aux = {"pointer_loss": sum(p for p, _ in aux_window) / len(aux_window),
                            "gate_loss": sum(g for _, g in aux_window) / len(aux_window)}  # fmt: skip
-                _append(metrics, {"kind": "train", "step": state.step, "ce": sum(window) / len(window),
-                                  "reg": res.reg.item(), "grad_norm": res.grad_norm, "lr": state.sched.get_last_lr()[0],
-                                  **aux, "sec_per_step": (time.monotonic() - ts), "minutes": state.trained_s / 60})  # fmt: skip
+                append_jsonl(metrics, {"kind": "train", "step": state.step, "ce": sum(window) / len(window),
+                                       "reg": res.reg.item(), "grad_norm": res.grad_norm,
+                                       "lr": state.sched.get_last_lr()[0], **aux,
+                                       "sec_per_step": (time.monotonic() - ts),
+                                       "minutes": state.trained_s / 60})  # fmt: skip
                 window.clear()
                 aux_window.clear()
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
                 rec = evaluate(s, state, baseline)
-                _append(metrics, rec)
+                append_jsonl(metrics, rec)
                 k3 = f", 3 docs in one adapter {rec['acc_k3']:.3f}" if "acc_k3" in rec else ""
                 bar.write(f"step {state.step}: held-out acc {rec['acc']:.3f} (another doc's adapter "
                           f"{rec['acc_shuffled']:.3f}{k3}; base {baseline['acc_base']:.3f}, with doc "

@@ -187,11 +187,12 @@ def test_every_data_command_prints_json_with_one_timestamp_format(world: dict[st
     covered = {tuple(argv[:2]) if argv[0] in groups else (argv[0],) for argv in commands}
     for path, parser in _commands().items():
         assert (path in NO_JSON) != any(a.dest == "json" for a in parser._actions), path
-    # ask and internalize print JSON without timestamps; tests/models/test_model_cmds.py and test_internalize_cli.
+    # ask, internalize and skill create print JSON without timestamps; tests/models/test_model_cmds.py,
+    # test_internalize_cli and test_skill_cli check them.
     # sleep and runs need a consolidation run: tests/consolidation/test_sleep_cli.py checks their JSON and times.
     # schedule remove needs the id schedule add printed: tests/scheduling/ checks it.
-    assert set(_commands()) - NO_JSON - covered == {("ask",), ("internalize",), ("sleep",), ("runs", "list"),
-                                                    ("runs", "show"), ("runs", "explain"),
+    assert set(_commands()) - NO_JSON - covered == {("ask",), ("internalize",), ("skill", "create"), ("sleep",),
+                                                    ("runs", "list"), ("runs", "show"), ("runs", "explain"),
                                                     ("schedule", "remove")}  # fmt: skip
     stamps = []
     for argv in commands:

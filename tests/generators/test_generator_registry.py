@@ -59,12 +59,12 @@ def d2l_checkpoint(handle: BaseModelHandle, tmp_path_factory: pytest.TempPathFac
 
 
 def test_names_and_did_you_mean() -> None:
-    assert available_generators() == ["d2l", "gradient_cd", "sft"]
+    assert available_generators() == ["d2l", "gradient_cd", "sft", "t2l"]
     with pytest.raises(ConfigError, match=r"unknown generator 'gradient-cd'; did you mean 'gradient_cd'\?"):
         get_generator("gradient-cd")
     with pytest.raises(ConfigError, match=r"unknown generator 'D2L'; did you mean 'd2l'\?"):
         generator_factory("D2L")
-    with pytest.raises(ConfigError, match=r"unknown generator 'magic' \(available: d2l, gradient_cd, sft\)$"):
+    with pytest.raises(ConfigError, match=r"unknown generator 'magic' \(available: d2l, gradient_cd, sft, t2l\)$"):
         get_generator("magic")
 
 
@@ -72,7 +72,7 @@ def test_listing_names_imports_no_generator() -> None:
     code = ("import sys\nfrom agent_sleep.generators.registry import available_generators\n"
             "assert available_generators()\n"
             "print(sorted(m for m in ('torch', 'agent_sleep.generators.d2l', 'agent_sleep.generators.gradient_cd',"
-            " 'agent_sleep.generators.sft')"
+            " 'agent_sleep.generators.sft', 'agent_sleep.generators.t2l')"
             " if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -94,7 +94,7 @@ def test_register_refuses_duplicates_bad_names_and_broken_targets(monkeypatch: p
     with pytest.raises(ConfigError, match="built a CDSettings, which lacks the Generator methods"):
         get_generator("not_a_generator")
     register_generator("cd_gold", lambda **kw: cd.GradientCDGenerator(handle, targets="gold", **kw))
-    assert available_generators() == ["cd_gold", "d2l", "gradient_cd", "missing", "not_a_generator", "sft"]
+    assert available_generators() == ["cd_gold", "d2l", "gradient_cd", "missing", "not_a_generator", "sft", "t2l"]
     assert get_generator("cd_gold", config=FAST).targets == "gold"
 
 
