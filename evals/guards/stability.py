@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text("".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in kept),
                             encoding="utf-8")  # fmt: skip
         report["applied"] = True
-    out = HERE / ("stability.json" if args.limit is None else f"stability_limit{args.limit}.json")
+    out = HERE / ("stability.json" if args.limit is None else f"stability_limit{args.limit}_norm{args.norm:g}.json")
     out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in report.items() if k != "flips"}, indent=1))
     return 0
