@@ -48,7 +48,8 @@ PACKAGE = "agent_sleep"
 FACADE = "__init__"  # the key of agent_sleep/__init__.py in LAYERS
 
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("foundation", frozenset({"_version", "errors", "config", "config_files", "fsutil", "interfaces", "names"})),
+    ("foundation", frozenset({"_version", "errors", "config", "config_files", "fsutil", "interfaces", "key_terms",
+                             "names"})),
     ("storage", frozenset({"store", "models"})),
     ("artifacts", frozenset({"capture", "adapters"})),
     ("registry", frozenset({"registry"})),

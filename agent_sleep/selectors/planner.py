@@ -29,7 +29,7 @@ from datetime import datetime, timedelta, timezone
 
 from agent_sleep.interfaces import ExperienceReader
 from agent_sleep.errors import ConfigError
-from agent_sleep.evaluation.answers import term_set
+from agent_sleep.key_terms import term_set
 from agent_sleep.names import check_agent_name, check_skill_name
 from agent_sleep.selectors.base import SelectorContext
 from agent_sleep.selectors.candidates import Candidate, DocumentCandidate, EpisodeCandidate

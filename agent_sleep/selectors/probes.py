@@ -24,7 +24,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Literal
 
-from agent_sleep.evaluation.answers import key_terms, keywords_needed, term_set
+from agent_sleep.key_terms import key_terms, keywords_needed, term_set
 from agent_sleep.selectors.candidates import DocumentCandidate, EpisodeCandidate
 from agent_sleep.selectors.plan import PlannedProbe
 from agent_sleep.selectors.skills import words
