@@ -275,3 +275,13 @@ def read_document_file(path: Path, settings: Settings) -> bytes:
     except PayloadTooLargeError as exc:
         raise PayloadTooLargeError(f"{exc} (AGENT_SLEEP_MAX_DOCUMENT_BYTES / Settings.max_document_bytes)") from None
     return raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw  # a byte-order mark is not part of the text
+
+
+def print_adapter_next_steps(record: Any, rank: int, nbytes: int, agent: str | None, question: str) -> None:
+    """The lines ``internalize`` and ``skill create`` print after registering an adapter: where it is, its size,
+    and the commands that try and deploy it."""
+    print(f"  path     {record.path}")
+    print(f"  rank     {rank}   adapter {nbytes / 2**20:.2f} MB")
+    hint = f"--agent {agent}" if agent else "--agent AGENT"
+    print(f"  try it   agent-sleep ask --adapter {record.name} '{question}'")
+    print(f"  deploy   agent-sleep deploy {record.name} {hint}")

@@ -29,6 +29,7 @@ from agent_sleep.cli.common import (
     add_json_flag,
     finite_float,
     positive_int,
+    print_adapter_next_steps,
     print_json,
     read_document_file,
     settings_from,
@@ -146,11 +147,7 @@ def _report(args: argparse.Namespace, path: Path, record: Any, result: Any, docu
         dropped = f", {result.dropped} filler chunk(s) left out" if result.dropped else ""
         print(f"internalized {path.name} ({result.tokens} tokens, {result.chunks} chunk(s){dropped}) into "
               f"{record.name} in {result.seconds:.2f} s")  # fmt: skip
-    print(f"  path     {record.path}")
-    print(f"  rank     {result.rank}   adapter {adapter_bytes / 2**20:.2f} MB")
-    hint = f"--agent {args.agent}" if args.agent else "--agent AGENT"
-    print(f"  try it   agent-sleep ask --adapter {record.name} 'a question about the document'")
-    print(f"  deploy   agent-sleep deploy {record.name} {hint}")
+    print_adapter_next_steps(record, result.rank, adapter_bytes, args.agent, "a question about the document")
     return 0
 
 

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent_sleep.cli.common import add_json_flag, print_json, settings_from
+from agent_sleep.cli.common import add_json_flag, print_adapter_next_steps, print_json, settings_from
 from agent_sleep.errors import ModelNotFoundError
 
 
@@ -74,11 +74,7 @@ def cmd_skill_create(args: argparse.Namespace) -> int:
         print_json(out)
         return 0
     print(f"created skill {record.name} from its description in {adapter.seconds:.2f} s")
-    print(f"  path     {record.path}")
-    print(f"  rank     {adapter.rank}   adapter {adapter_bytes / 2**20:.2f} MB")
-    hint = f"--agent {args.agent}" if args.agent else "--agent AGENT"
-    print(f"  try it   agent-sleep ask --adapter {record.name} 'a question'")
-    print(f"  deploy   agent-sleep deploy {record.name} {hint}")
+    print_adapter_next_steps(record, adapter.rank, adapter_bytes, args.agent, "a question")
     return 0
 
 

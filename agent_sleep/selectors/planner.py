@@ -269,8 +269,11 @@ class _Planner:
         """The probe of every episode held out (corrected ones, then, if on, confirmed ones), and why each
         episode the hash picked but nothing else teaches was not held out."""
         cfg = self.config.probes
-        corrected, confirmed = {}, {}
+        corrected, confirmed, teachers = {}, {}, {}
         for ep in episodes:
+            index = ep.final_answer()
+            if index is not None:
+                teachers[ep.id] = str(ep.messages[index].get("content") or "")
             if ep.instructions:  # its instruction is in a description t2l trains on: never a probe
                 continue
             if ep.corrected_by is not None:
@@ -281,11 +284,6 @@ class _Planner:
                 probe = episode_probe(ep, "feedback")
                 if probe is not None:
                     confirmed[ep.id] = probe
-        teachers = {}
-        for ep in episodes:
-            index = ep.final_answer()
-            if index is not None:
-                teachers[ep.id] = str(ep.messages[index].get("content") or "")
         held, not_held = held_out_taught(corrected, cfg.fraction, at_least_one=True, teachers=teachers,
                                          taught_elsewhere=doc_terms)  # fmt: skip
         held_confirmed, skipped = held_out_taught(

@@ -59,8 +59,8 @@ def held_out_taught(pool: Mapping[str, PlannedProbe], fraction: float, *, at_lea
     (``teachers``: episode id -> text) of an episode that is not held out; every probe already held must
     stay taught when the next one is held (two corrections of one fact: one is held, the other trains).
     """
-    wanted = len(held_out(list(pool), fraction, at_least_one=at_least_one))
     picked_by_hash = held_out(list(pool), fraction, at_least_one=at_least_one)
+    wanted = len(picked_by_hash)
     terms = {i: {t.casefold() for t in key_terms(p.answer, p.question)} for i, p in pool.items()}
     teach = {i: term_set(text) for i, text in teachers.items()}
     counts: dict[str, int] = {}
