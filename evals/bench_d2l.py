@@ -1,17 +1,24 @@
 """Doc-to-LoRA benchmark: quality and speed on held-out documents, and needle-in-a-haystack past the window.
 
 To run:  .venv/bin/python evals/bench_d2l.py [--limit 3] [--skip-gradient] [--niah 1] [--synthetic 16]
+         [--docs evals/docs --docs evals/docs_heldout] [--no-d2l]
 
 Documents (none used in meta-training):
   * ``handwritten``: ``evals/docs/*.md``, ordinary prose about fictional things
     (policy, product sheet, runbook, timetable, ...). ``evals/docs/questions.jsonl``
     holds per document ``eval`` questions (scored) and ``probe`` questions
-    (paraphrases, the only questions gradient CD trains on).
+    (paraphrases, the only questions gradient CD trains on). ``--docs DIR``
+    (repeatable) reads another folder of the same layout instead, e.g.
+    ``evals/docs_heldout`` (26 pages in other domains and layouts, never used
+    for training or tuning); its set is named after the folder.
   * ``synthetic``: held-out fact documents from ``pipelines/d2l/synth.py``
     (unseen entities; the vocabularies the checkpoint was trained with), scored
     on ``qa``; CD trains on ``probe_qa``.
   * ``niah``: needle-in-a-haystack documents of ``--niah-tokens`` tokens
     (default 32,768 = 4x SmolLM2's 8,192 window), chunked (``--niah N`` docs).
+
+``--no-d2l`` measures only the reference conditions (a), (c) and, unless
+``--skip-gradient``, (d): (b) is reported as n/a, as without a checkpoint.
 
 Conditions, all greedy, ``--max-new-tokens`` tokens, scored "answer contains a
 gold string, case-insensitive" (``agent_sleep.evaluation.answer_matches``); prompts
@@ -65,15 +72,23 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------- documents
 
 
-def handwritten_docs() -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in (DOCS / "questions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+def set_name(folder: Path) -> str:
+    """The set a folder of hand-written pages is reported as: ``handwritten`` for ``evals/docs``, else its name."""
+    return "handwritten" if folder.resolve() == DOCS.resolve() else folder.name
+
+
+def handwritten_docs(folder: Path = DOCS) -> list[dict[str, Any]]:
+    """The pages of ``folder`` (``*.md`` except the README) with their ``eval`` and ``probe`` questions."""
+    lines = (folder / "questions.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
     docs = []
-    for path in sorted(DOCS.glob("*.md")):
+    name = set_name(folder)
+    for path in sorted(folder.glob("*.md")):
         if path.name.lower() == "readme.md":
             continue
         mine = [r for r in rows if r["doc"] == path.stem]
         docs.append({
-            "id": path.stem, "set": "handwritten", "text": path.read_text(encoding="utf-8"),
+            "id": path.stem, "set": name, "text": path.read_text(encoding="utf-8"),
             "eval": [r for r in mine if r["split"] == "eval"], "train": [r for r in mine if r["split"] == "probe"],
         })  # fmt: skip
     return docs
@@ -397,7 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=None, help="at most N documents per set (quick runs)")
     parser.add_argument("--synthetic", type=int, default=16, help="held-out synthetic fact documents (0: none)")
-    parser.add_argument("--no-handwritten", action="store_true", help="skip the evals/docs documents")
+    parser.add_argument("--no-handwritten", action="store_true", help="skip the hand-written documents")
+    parser.add_argument("--docs", type=Path, action="append", default=None, metavar="DIR",
+                        help="a folder of hand-written pages + questions.jsonl (repeatable; default: evals/docs)")
+    parser.add_argument("--no-d2l", action="store_true", help="do not load the D2L generator: (b) is n/a")
     parser.add_argument("--niah", type=int, default=1, help="needle documents per length (0: skip; slow on CPU)")
     parser.add_argument("--niah-tokens", default="32768", help="comma-separated haystack lengths in tokens")
     parser.add_argument("--niah-chunk-tokens", type=int, default=None, help="D2L chunk for NIAH (default: --chunk-tokens)")
@@ -430,14 +448,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     handle = load_base_model(args.model)
     runner = Runner(handle, args.max_new_tokens)
-    gen, d2l_status = load_d2l(args, handle)
+    gen, d2l_status = (None, "D2L not measured (--no-d2l)") if args.no_d2l else load_d2l(args, handle)
     log(("" if gen is not None else "WARNING: ") + d2l_status + ("" if gen is not None else "; (b) is reported as n/a"))
     cd_modules: tuple[str, ...] = tuple(gen.config.module_names()) if gen is not None else ("down_proj",)
     args.cd_rank = args.cd_rank or (gen.config.rank if gen is not None else 8)
 
     sets: dict[str, list[dict[str, Any]]] = {}
     if not args.no_handwritten:
-        sets["handwritten"] = handwritten_docs()[: args.limit]
+        for folder in args.docs or [DOCS]:
+            sets[set_name(folder)] = handwritten_docs(folder)[: args.limit]
     options: dict[str, Any] = {}
     if args.synthetic:
         try:
@@ -481,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                     niah_rows.append(row)
                     log(f"[niah {tokens}] {row['tokens']} tok, {row['d2l_chunks']} chunks kept "
                         f"({row['d2l_dropped']} left out): recall {_f(row['acc']['b'])} in {row['d2l_s']:.1f} s ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
-        elif args.niah:
+        elif args.niah and not args.no_d2l:
             log("NIAH skipped: it needs the D2L generator")
 
     summary = {name: summarise([r for r in rows if r["set"] == name]) for name in sets}

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, create_model, model_serializer
 from torch import Tensor
 from tqdm import tqdm
 
 from agent_sleep.generators.backbone import RowLora
 from agent_sleep.generators.checkpoint import save_checkpoint
 from agent_sleep.generators.hypernet import HyperConfig, HyperNet
-from pipelines.d2l import prose, synth
+from pipelines.d2l import pages, prose, synth
 from pipelines.d2l.data import CachedDoc, build_cache, cache_key
 from pipelines.d2l.objective import (  # aux_losses, group_loras, greedy_accuracy: also imported from here
     aux_losses,
@@ -42,7 +42,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataConfig(_Strict):
+class _Quiet(_Strict):
+    """A config whose ``_QUIET`` fields are left out of its dump while they hold their defaults.
+
+    Fields added after runs and checkpoints were recorded: an older recipe dumps (run config, cache keys,
+    checkpoint metadata, export's "trained on the same data" check) exactly as before they existed.
+    """
+
+    _QUIET: frozenset[str] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _leave_out_quiet_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
+        out = handler(self)
+        for name in self._QUIET:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                out.pop(name, None)
+        return out
+
+
+class DataConfig(_Quiet):
     n_train: int = 800
     n_eval: int = 48
     n_facts: tuple[int, int] = (1, 3)
@@ -59,6 +77,12 @@ class DataConfig(_Strict):
     fact_hay: tuple[int, int] = (0, 0)  # haystack sentences mixed into each fact document (needle-like chunks)
     prose_share: float = 0.0  # share of training and eval documents that are prose-like (pipelines/d2l/prose.py)
     prose_facts: tuple[int, int] = (3, 6)
+    # share of documents that are realistic pages (pipelines/d2l/pages.py: many domains and layouts, 150-600 tokens)
+    pages_share: float = 0.0
+    pages_facts: tuple[int, int] = (6, 8)
+    pages_tokens: tuple[int, int] = (150, 600)
+
+    _QUIET = frozenset({"pages_share", "pages_facts", "pages_tokens"})
 
 
 # HyperConfig fields the recipe does not set in its ``hyper`` block: the base model's identity and sizes, the LoRA
@@ -148,15 +172,17 @@ def _groups(step: int, cfg: TrainConfig, n_docs: int, n_hay: int) -> list[list[i
 
 def make_docs(d: DataConfig, seed: int, n_eval: int | None = None) -> tuple[list[synth.Doc], list[synth.Doc]]:
     """Training and held-out documents of a data config (held-out: seed + 1, unseen entities): fact documents
-    and, for ``prose_share``, prose-like ones."""
+    and, for ``prose_share``, prose-like ones and, for ``pages_share``, realistic pages."""
     opts = {"n_facts": tuple(d.n_facts), "n_filler": tuple(d.n_filler), "vocab_size": d.vocab_size,
             "attributes": d.attributes, "n_hay": tuple(d.fact_hay)}  # fmt: skip
     out = []
     for n, s, split in ((d.n_train, seed, "train"), (d.n_eval if n_eval is None else n_eval, seed + 1, "heldout")):
-        n_prose = round(n * d.prose_share)
-        docs = synth.make_fact_docs(n - n_prose, s, split, **opts)
+        n_prose, n_pages = round(n * d.prose_share), round(n * d.pages_share)
+        docs = synth.make_fact_docs(n - n_prose - n_pages, s, split, **opts)
         if n_prose:
             docs += prose.make_prose_docs(n_prose, s, split, n_facts=tuple(d.prose_facts))
+        if n_pages:
+            docs += pages.make_pages(n_pages, s, split, n_facts=tuple(d.pages_facts), tokens=tuple(d.pages_tokens))
         out.append(docs)
     return out[0], out[1]
 
