@@ -1,7 +1,9 @@
 """What D2L meta-training optimises and how it measures it, on cached documents and questions.
 
 The loss: cross-entropy of the gold answer tokens under the base model + a generated adapter, without the document
-(:func:`qa_loss`, averaged per document by :func:`per_doc_mean`), plus the auxiliary pointer and gate losses. The
+(:func:`qa_loss`, averaged per document by :func:`per_doc_mean`), plus the auxiliary pointer and gate losses, and
+optionally amortised context distillation (:func:`cd_loss`: a top-k KL towards the base model *with* the document
+in its prompt, cached by :mod:`pipelines.d2l.teacher`). The
 measure: greedy answers scored by :func:`agent_sleep.evaluation.answer_matches` (:func:`greedy_accuracy`). Adapters
 are built as the generator builds them (:meth:`HyperNet.concat_chunks`). The loop, data and checkpoints live in
 :mod:`pipelines.d2l.trainer`.
@@ -21,7 +23,8 @@ from agent_sleep.generators.hypernet import HyperConfig, HyperNet, HyperOutput
 from agent_sleep.generators.prompts import question_prompt
 from pipelines.d2l.data import CachedDoc, pad_right
 
-__all__ = ["aux_losses", "chunk_loras", "doc_loras", "greedy_accuracy", "group_loras", "per_doc_mean", "qa_loss"]
+__all__ = ["answer_logits", "aux_losses", "cd_loss", "chunk_loras", "doc_loras", "greedy_accuracy", "group_loras",
+           "per_doc_mean", "qa_loss", "row_mean", "topk_kl"]
 
 
 def chunk_loras(net: HyperNet, docs: list[CachedDoc], device: Any) -> HyperOutput:
@@ -74,9 +77,10 @@ def doc_loras(net: HyperNet, docs: list[CachedDoc], device: Any) -> tuple[Tensor
     return group_loras(net, out.a, out.b, [[i] for i in range(len(docs))])
 
 
-def qa_loss(model: Any, lora: RowLora, hc: HyperConfig, ab: tuple[Tensor, Tensor] | None,
-            rows: list[tuple[int, dict[str, Any]]], device: Any) -> Tensor:  # fmt: skip
-    """Per-row mean CE over answer tokens, ``[N]``; ``ab`` None = the base model without an adapter."""
+def answer_logits(model: Any, lora: RowLora, hc: HyperConfig, ab: tuple[Tensor, Tensor] | None,
+                  rows: list[tuple[int, dict[str, Any]]], device: Any) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """The student's logits at every answer position of ``rows`` ``[P, V]``, the answer token ids ``[P]`` and the
+    row each position belongs to ``[P]``; ``ab`` None = the base model without an adapter."""
     h, mask = pad_right([qa["hidden"].to(device, torch.float32) for _, qa in rows])
     weights = None
     if ab is not None:
@@ -92,11 +96,54 @@ def qa_loss(model: Any, lora: RowLora, hc: HyperConfig, ab: tuple[Tensor, Tensor
             tgt.append(int(qa["ids"][j]))
             owner.append(r)
     logits = logits_at(model, out, (torch.tensor(ri, device=device), torch.tensor(pi, device=device)))
-    ce = F.cross_entropy(logits.float(), torch.tensor(tgt, device=device), reduction="none")
-    owner_t = torch.tensor(owner, device=device)
-    sums = torch.zeros(len(rows), device=device).index_add(0, owner_t, ce)
-    counts = torch.zeros(len(rows), device=device).index_add(0, owner_t, torch.ones_like(ce))
+    return logits, torch.tensor(tgt, device=device), torch.tensor(owner, device=device)
+
+
+def row_mean(values: Tensor, owner: Tensor, n_rows: int) -> Tensor:
+    """Mean of per-position ``values`` over the positions of each row, ``[n_rows]``."""
+    sums = torch.zeros(n_rows, device=values.device).index_add(0, owner, values)
+    counts = torch.zeros(n_rows, device=values.device).index_add(0, owner, torch.ones_like(values))
     return sums / counts
+
+
+def qa_loss(model: Any, lora: RowLora, hc: HyperConfig, ab: tuple[Tensor, Tensor] | None,
+            rows: list[tuple[int, dict[str, Any]]], device: Any) -> Tensor:  # fmt: skip
+    """Per-row mean CE over answer tokens, ``[N]``; ``ab`` None = the base model without an adapter."""
+    logits, tgt, owner = answer_logits(model, lora, hc, ab, rows, device)
+    return row_mean(F.cross_entropy(logits.float(), tgt, reduction="none"), owner, len(rows))
+
+
+def topk_kl(student_logits: Tensor, teacher_logp: Tensor, teacher_idx: Tensor) -> Tensor:
+    """Per-position KL(teacher || student) over the teacher's top-k tokens plus one bucket for all other tokens.
+
+    ``student_logits [P, V]``, ``teacher_logp`` and ``teacher_idx`` ``[P, k]``. The student is normalised over
+    the whole vocabulary; the teacher's remaining mass ``1 - sum(top-k)`` is compared with the student's mass
+    outside those k tokens, so the value is >= 0 and 0 exactly when the two agree on the k tokens (Sakana's
+    top-k truncated distillation, made a divergence: same gradient as its cross-entropy on the k tokens).
+    """
+    s_logp = F.log_softmax(student_logits.float(), dim=-1)
+    idx = teacher_idx.long()
+    s_top = s_logp.gather(1, idx)
+    t_logp = teacher_logp.float()
+    p = t_logp.exp()
+    top = (p * (t_logp - s_top)).sum(-1)
+    s_rest = s_logp.scatter(1, idx, float("-inf")).logsumexp(-1)
+    p_rest = (1.0 - p.sum(-1)).clamp_min(0.0)
+    rest = torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(1e-12).log() - s_rest), torch.zeros_like(p_rest))
+    return top + rest
+
+
+def cd_loss(model: Any, lora: RowLora, hc: HyperConfig, ab: tuple[Tensor, Tensor] | None,
+            rows: list[tuple[int, dict[str, Any]]], device: Any) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(per-row mean top-k KL towards the cached teacher, per-row mean gold-answer CE), both ``[N]``, from one
+    student pass; every row's question needs its ``teacher`` entry (:func:`pipelines.d2l.teacher.teacher_topk`)."""
+    logits, tgt, owner = answer_logits(model, lora, hc, ab, rows, device)
+    t_logp = torch.cat([qa["teacher"]["logp"] for _, qa in rows]).to(device)
+    t_idx = torch.cat([qa["teacher"]["idx"] for _, qa in rows]).to(device)
+    if t_logp.shape[0] != logits.shape[0]:
+        raise ValueError(f"teacher covers {t_logp.shape[0]} answer tokens, the student {logits.shape[0]}")
+    kl = row_mean(topk_kl(logits, t_logp, t_idx), owner, len(rows))
+    return kl, row_mean(F.cross_entropy(logits.float(), tgt, reduction="none"), owner, len(rows))
 
 
 def per_doc_mean(values: Tensor, rows: list[tuple[int, dict[str, Any]]]) -> Tensor:

@@ -26,6 +26,7 @@ from pipelines.d2l import pages, prose, synth
 from pipelines.d2l.data import CachedDoc, build_cache, cache_key
 from pipelines.d2l.objective import (  # aux_losses, group_loras, greedy_accuracy: also imported from here
     aux_losses,
+    cd_loss,
     chunk_loras,
     doc_loras,
     greedy_accuracy,
@@ -101,7 +102,7 @@ HyperSettings = create_model(
 )  # fmt: skip
 
 
-class TrainConfig(_Strict):
+class TrainConfig(_Quiet):
     model: str = "smollm2-135m-instruct"
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -128,6 +129,17 @@ class TrainConfig(_Strict):
     # Warm start: a D2L checkpoint folder (e.g. another run's ckpt/best) whose weights initialise the network; it
     # must have this recipe's shape. Only for a fresh run dir (a resumed run continues from its own state).
     init_from: str | None = None
+    # Amortised context distillation (pipelines/d2l/teacher.py): the student (base + generated adapter, question
+    # only) is pulled towards the base model with the document in its prompt, a top-k KL on the gold answer's
+    # tokens (objective.topk_kl), weighted cd_loss; ce_weight weighs the gold-answer cross-entropy beside it. The
+    # teacher's top-k is computed once per training document and question and kept in cd_cache (default:
+    # RUN_DIR/teacher), one file per document named by a content hash: resumable and shareable between runs.
+    cd_loss: float = 0.0
+    cd_top_k: int = Field(16, ge=1)
+    cd_cache: str | None = None
+    ce_weight: float = 1.0
+
+    _QUIET = frozenset({"cd_loss", "cd_top_k", "cd_cache", "ce_weight"})
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -286,6 +298,10 @@ def setup(cfg: TrainConfig, run_dir: Path, *, device: str | None, threads: int |
                           desc="cache train", **common)  # fmt: skip
     eval_c = build_cache(model, tok, eval_docs, path=run_dir / "cache" / f"eval-{key}.pt", desc="cache eval",
                          **common)  # fmt: skip
+    if cfg.cd_loss:
+        attach_teacher(train_c, train_docs, handle, qa_keys=qa_keys, top_k=cfg.cd_top_k,
+                       max_doc_tokens=d.max_doc_tokens, device=device,
+                       folder=Path(cfg.cd_cache) if cfg.cd_cache else run_dir / "teacher")  # fmt: skip
     hay_c: list[CachedDoc] = []
     if d.n_hay:
         hay_docs = synth.make_hay_docs(d.n_hay, cfg.seed, tuple(d.hay_sentences))
@@ -295,6 +311,21 @@ def setup(cfg: TrainConfig, run_dir: Path, *, device: str | None, threads: int |
     return Setup(cfg=cfg, run_dir=run_dir, device=device, handle=handle, hc=hc,
                  lora=RowLora(model, hc.module_names()), eval_docs=eval_docs, train_c=train_c, eval_c=eval_c,
                  hay_c=hay_c)  # fmt: skip
+
+
+def attach_teacher(cached: list[CachedDoc], docs: list[synth.Doc], handle: Any, *, qa_keys: tuple[str, ...],
+                   top_k: int, max_doc_tokens: int, device: str, folder: Path) -> None:  # fmt: skip
+    """Give every cached question of ``docs`` its ``teacher`` top-k (computed once, kept in ``folder``)."""
+    from pipelines.d2l.teacher import build_teacher_cache
+
+    teachers = build_teacher_cache(handle.model, handle.tokenizer, docs, model_hash=handle.content_hash,
+                                   folder=folder, top_k=top_k, qa_keys=qa_keys, max_doc_tokens=max_doc_tokens,
+                                   device=device, desc="teacher top-k")  # fmt: skip
+    for doc, entries in zip(cached, teachers, strict=True):
+        for qa, teacher in zip(doc["qa"], entries, strict=True):
+            if teacher["logp"].shape[0] != len(qa["ids"]) - qa["n_prompt"]:
+                raise ValueError(f"document {doc['id']}: the teacher's answer tokens differ from the student's")
+            qa["teacher"] = teacher
 
 
 def in_context_baseline(s: Setup) -> dict[str, Any]:
@@ -439,6 +470,7 @@ class StepResult:
     reg: Tensor  # L1 penalty on the generated A, B
     grad_norm: float  # before clipping
     aux: tuple[float, float] | None  # (pointer loss, gate loss) when the recipe weighs them
+    cd: float | None = None  # context-distillation KL (per-document mean) when the recipe weighs it
 
 
 def train_step(s: Setup, state: TrainState) -> StepResult:
@@ -460,9 +492,16 @@ def train_step(s: Setup, state: TrainState) -> StepResult:
     out = chunk_loras(net, chunks, device)
     remap = {m: len(docs) + h for h, m in enumerate(hays)}
     ab = group_loras(net, out.a, out.b, [[remap.get(m, m) for m in g] for g in groups])
-    ce = per_doc_mean(qa_loss(s.model, s.lora, hc, ab, adapter_rows, device), rows)
+    kl = None
+    if cfg.cd_loss:
+        kl_rows, ce_rows = cd_loss(s.model, s.lora, hc, ab, adapter_rows, device)
+        kl, ce = per_doc_mean(kl_rows, rows), per_doc_mean(ce_rows, rows)
+    else:
+        ce = per_doc_mean(qa_loss(s.model, s.lora, hc, ab, adapter_rows, device), rows)
     reg = cfg.l1 * (out.a.abs().mean() + out.b.abs().mean())
-    loss = ce + reg
+    loss = (ce if cfg.ce_weight == 1.0 else cfg.ce_weight * ce) + reg
+    if kl is not None:
+        loss = loss + cfg.cd_loss * kl
     aux = None
     if cfg.pointer_loss or cfg.gate_loss:
         ptr_l, gate_l = aux_losses(out, chunks, len(docs))
@@ -475,7 +514,7 @@ def train_step(s: Setup, state: TrainState) -> StepResult:
     gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip).item()
     state.opt.step()
     state.sched.step()
-    return StepResult(ce, reg, gnorm, aux)
+    return StepResult(ce, reg, gnorm, aux, None if kl is None else kl.item())
 
 
 # ---------------------------------------------------------------- the loop
@@ -491,6 +530,7 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
     state.net.train()
     window: list[float] = []
     aux_window: list[tuple[float, float]] = []
+    cd_window: list[float] = []
     try:
         while state.step < cfg.steps and not stop.requested:
             if deadline is not None and time.monotonic() > deadline:
@@ -502,6 +542,8 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
             window.append(res.ce.item())
             if res.aux is not None:
                 aux_window.append(res.aux)
+            if res.cd is not None:
+                cd_window.append(res.cd)
             bar.update()
             bar.set_postfix(ce=f"{res.ce.item():.3f}")
             if state.step % cfg.log_every == 0:
@@ -509,6 +551,8 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
                 if aux_window:
                     aux = {"pointer_loss": sum(p for p, _ in aux_window) / len(aux_window),
                            "gate_loss": sum(g for _, g in aux_window) / len(aux_window)}  # fmt: skip
+                if cd_window:
+                    aux["cd_kl"] = sum(cd_window) / len(cd_window)
                 append_jsonl(metrics, {"kind": "train", "step": state.step, "ce": sum(window) / len(window),
                                        "reg": res.reg.item(), "grad_norm": res.grad_norm,
                                        "lr": state.sched.get_last_lr()[0], **aux,
@@ -516,6 +560,7 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
                                        "minutes": state.trained_s / 60})  # fmt: skip
                 window.clear()
                 aux_window.clear()
+                cd_window.clear()
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
                 rec = evaluate(s, state, baseline)
                 append_jsonl(metrics, rec)
