@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="each adapter is also asked and scored at these stack weights")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                         help='more SFTSettings to try, e.g. attn=\'{"retain_weight": 1, "target_modules": ["q_proj"]}\'')
-    parser.add_argument("--guard-limit", type=int, default=16)
+    parser.add_argument("--guard-limit", type=int, default=16, help="seeded items per guard suite; 0: every item")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "evals" / "results" / "retain.json")
     args = parser.parse_args(argv)
@@ -74,13 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     probes = held_out(content, day.failed_facts)
     conversations = tuple(tuple(c) for c in corrected_conversations(store, day, content))
     log(f"day: {accuracy(day.answers)}; {len(conversations)} corrected conversations; {len(probes)} rephrasings")
-    evaluator = LmEvalEvaluator(runtime, guard_suites(limit=args.guard_limit), tmp / "eval")
+    evaluator = LmEvalEvaluator(runtime, guard_suites(limit=args.guard_limit or None), tmp / "eval")
 
     def guards(adapters: list[Any]) -> dict[str, Any]:
         scores = evaluator.evaluate_suites(adapters)
         right = sum(sum(r.scores.values()) for r in scores.values())
+        lost = []  # each item this stack gets wrong, with its reply: what the damage looks like
+        for name, r in scores.items():
+            samples = json.loads(Path(str(r.artifact)).read_text(encoding="utf-8"))["samples"][name]
+            replies = {s["doc"]["id"]: (s["doc"]["question"], s["resps"][0][0]) for s in samples}
+            lost += [{"id": i, "question": replies[i][0], "reply": replies[i][1]} for i, v in r.scores.items() if v < 1.0]
         return {"right": right, "of": sum(len(r.scores) for r in scores.values()),
-                "per_suite": {n: round(r.metrics["accuracy"], 4) for n, r in scores.items()}}
+                "per_suite": {n: round(r.metrics["accuracy"], 4) for n, r in scores.items()}, "wrong": lost}
 
     result: dict[str, Any] = {"max_steps": args.steps, "budget_s": args.budget, "conversations": len(conversations), "rephrasings": len(probes),
                               "retain_batch": args.retain_batch, "base": {"rephrasings": accuracy(ask(chat(), probes, content)), "guards": guards([])},
@@ -105,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{label} (retain_weight {weight:g}) at stack weight {at:g}: {trained.steps} steps ({trained.stopped}), "
                 f"ce {trained.final_loss:.4f}, kl {trained.retain_kl}; rephrasings {row['rephrasings']}; "
                 f"guards {row['guards']['right']:g}/{row['guards']['of']} {row['guards']['per_suite']}")
+            for w in row["guards"]["wrong"][:12]:
+                log(f"    wrong {w['id']}: {w['reply'][:90]!r}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     log(f"wrote {args.out}")

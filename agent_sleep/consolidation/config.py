@@ -61,7 +61,7 @@ class EvaluationSettings(_Forbid):
     """How big the gate's suites are. Each item costs about a second per stack on a 2-core CPU."""
 
     guard_limit: int | None = Field(default=16, ge=1)
-    """Seeded items per shipped guard suite (three suites: 48 items); None: all 289."""
+    """Seeded items per shipped guard suite (three suites: 48 items); None: all 256."""
     guards: Path | None = None
     """A folder of guard suites (``*.jsonl``) instead of the shipped ``evals/guards`` (relative: to the config file)."""
     interference_limit: int | None = Field(default=16, ge=1)

@@ -11,8 +11,8 @@ ability makes the gate reject adapters for noise.
 To run:  HF_HUB_OFFLINE=1 .venv/bin/python evals/guards/stability.py [--seeds 2] [--norm 0.15] [--apply]
 
 Writes ``evals/guards/stability.json`` (per item: flips of how many perturbations, and each perturbed
-reply). ``--apply`` rewrites the guard files without the items any perturbation flipped (the dropped ids
-are listed in ``stability.json``), so the gate's seeded samples come from the stable items.
+reply). ``--apply`` rewrites the guard files without the items any perturbation flipped or the base model
+itself now gets wrong (the dropped ids are listed in ``stability.json``), so the gate's seeded samples come from the stable items.
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2, help="random adapters to score every item under")
     parser.add_argument("--norm", type=float, default=0.15, help="each random adapter's delta_norm")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first-seed .. first-seed+seeds-1 (fresh seeds check a filtered set's residual noise)")
+    parser.add_argument("--out", type=Path, default=None, help="the report's path (default: next to this script)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--apply", action="store_true", help="drop every item a perturbation flipped")
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     base = evaluator.evaluate_suites([])
     flips: dict[str, list[dict[str, Any]]] = {}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         folder = random_adapter(runtime.handle, tmp / "adapters" / f"noise{seed}", seed=seed, norm=args.norm)
         rec = registry.register(folder, f"noise{seed}")
         scored = evaluator.evaluate_suites([(rec.name, 1.0)])
@@ -106,10 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed {seed}: {sum(1 for v in flips.values() if any(f['seed'] == seed for f in v))} items flipped "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
     total = sum(len(s.items) for s in suites)
+    base_wrong = sorted(i for r in base.values() for i, score in r.scores.items() if score < 1.0)
     report = {
         "command": "HF_HUB_OFFLINE=1 .venv/bin/python evals/guards/stability.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model_content_hash": runtime.handle.content_hash, "seeds": args.seeds, "norm": args.norm, "limit": args.limit,
-        "items": total, "flipped": len(flips), "seconds": round(time.perf_counter() - started, 1),
+        "items": total, "flipped": len(flips), "base_wrong": base_wrong, "seconds": round(time.perf_counter() - started, 1),
         "per_suite": {s.name: {"items": len(s.items), "flipped": sum(1 for i in s.items if i.id in flips)}
                       for s in suites},
         "flips": flips,
@@ -118,11 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         for suite in suites:
             path = HERE / f"{suite.name.removeprefix('guards_')}.jsonl"
             rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            kept = [r for r in rows if r["id"] not in flips]
+            kept = [r for r in rows if r["id"] not in flips and r["id"] not in base_wrong]
             path.write_text("".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in kept),
                             encoding="utf-8")  # fmt: skip
         report["applied"] = True
-    out = HERE / ("stability.json" if args.limit is None else f"stability_limit{args.limit}_norm{args.norm:g}.json")
+    out = args.out or HERE / ("stability.json" if args.limit is None else f"stability_limit{args.limit}_norm{args.norm:g}.json")
     out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in report.items() if k != "flips"}, indent=1))
     return 0
