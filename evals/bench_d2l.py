@@ -243,9 +243,13 @@ def run_document(doc: dict[str, Any], runner: Runner, gen: Any, args: argparse.N
     row: dict[str, Any] = {"id": doc["id"], "set": doc["set"], "tokens": len(ids), "questions": len(doc["eval"]),
                            "kv_mb": runner.kv_mb(len(ids)), "kv_mb_bf16": runner.kv_mb(len(ids), 2)}  # fmt: skip
     fits = runner.window == 0 or len(ids) + 64 <= runner.window
-    row["forward_s"] = runner.forward_seconds(ids, args.repeat) if fits else None
-    row["answers"] = {"a": score(runner, doc["eval"])}
-    row["answers"]["c"] = score(runner, doc["eval"], context=doc["text"]) if fits else None
+    if args.d2l_only:  # checkpoint comparisons: (a) and (c) do not depend on the checkpoint
+        row["forward_s"] = None
+        row["answers"] = {"a": None, "c": None}
+    else:
+        row["forward_s"] = runner.forward_seconds(ids, args.repeat) if fits else None
+        row["answers"] = {"a": score(runner, doc["eval"])}
+        row["answers"]["c"] = score(runner, doc["eval"], context=doc["text"]) if fits else None
 
     if gen is not None:
         chunk = args.niah_chunk_tokens if doc["set"] == "niah" else args.chunk_tokens
@@ -260,7 +264,7 @@ def run_document(doc: dict[str, Any], runner: Runner, gen: Any, args: argparse.N
     else:
         row["answers"]["b"] = row["answers"]["b_ask"] = None
 
-    if args.skip_gradient or not fits or not doc["train"]:
+    if args.skip_gradient or args.d2l_only or not fits or not doc["train"]:
         row["answers"]["d"] = None
     else:
         settings = cd.CDSettings(rank=args.cd_rank, lr=args.cd_lr, max_steps=args.cd_steps, time_budget_s=args.cd_budget,
@@ -416,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, action="append", default=None, metavar="DIR",
                         help="a folder of hand-written pages + questions.jsonl (repeatable; default: evals/docs)")
     parser.add_argument("--no-d2l", action="store_true", help="do not load the D2L generator: (b) is n/a")
+    parser.add_argument("--d2l-only", action="store_true",
+                        help="only the D2L conditions (b, other doc, ask prompt): compare checkpoints; (a), (c), (d) n/a")
     parser.add_argument("--niah", type=int, default=1, help="needle documents per length (0: skip; slow on CPU)")
     parser.add_argument("--niah-tokens", default="32768", help="comma-separated haystack lengths in tokens")
     parser.add_argument("--niah-chunk-tokens", type=int, default=None, help="D2L chunk for NIAH (default: --chunk-tokens)")

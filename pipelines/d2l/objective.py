@@ -135,14 +135,28 @@ def topk_kl(student_logits: Tensor, teacher_logp: Tensor, teacher_idx: Tensor) -
 
 def cd_loss(model: Any, lora: RowLora, hc: HyperConfig, ab: tuple[Tensor, Tensor] | None,
             rows: list[tuple[int, dict[str, Any]]], device: Any) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """(per-row mean top-k KL towards the cached teacher, per-row mean gold-answer CE), both ``[N]``, from one
-    student pass; every row's question needs its ``teacher`` entry (:func:`pipelines.d2l.teacher.teacher_topk`)."""
+    """(per-row mean top-k KL towards the cached teacher, per-row mean answer-token CE), both ``[N]``, from one
+    student pass over each row's ``ids`` (the gold answer, or the teacher's own answer in generated mode). A row
+    needs its ``teacher`` entry (:func:`pipelines.d2l.teacher.teacher_topk` / ``teacher_generate``); a row whose
+    ``teacher`` is None (generated mode, a question the teacher got wrong) gets KL 0 and only its CE counts."""
     logits, tgt, owner = answer_logits(model, lora, hc, ab, rows, device)
-    t_logp = torch.cat([qa["teacher"]["logp"] for _, qa in rows]).to(device)
-    t_idx = torch.cat([qa["teacher"]["idx"] for _, qa in rows]).to(device)
-    if t_logp.shape[0] != logits.shape[0]:
-        raise ValueError(f"teacher covers {t_logp.shape[0]} answer tokens, the student {logits.shape[0]}")
-    kl = row_mean(topk_kl(logits, t_logp, t_idx), owner, len(rows))
+    with_teacher = [qa.get("teacher") is not None for _, qa in rows]
+    if not any(with_teacher):
+        zero = logits.new_zeros(len(rows))
+        return zero, row_mean(F.cross_entropy(logits.float(), tgt, reduction="none"), owner, len(rows))
+    t_logp = torch.cat([qa["teacher"]["logp"] for _, qa in rows if qa.get("teacher") is not None]).to(device)
+    t_idx = torch.cat([qa["teacher"]["idx"] for _, qa in rows if qa.get("teacher") is not None]).to(device)
+    if all(with_teacher):
+        if t_logp.shape[0] != logits.shape[0]:
+            raise ValueError(f"teacher covers {t_logp.shape[0]} answer tokens, the student {logits.shape[0]}")
+        per_pos = topk_kl(logits, t_logp, t_idx)
+    else:
+        sel = torch.tensor(with_teacher, device=device)[owner]
+        if t_logp.shape[0] != int(sel.sum()):
+            raise ValueError(f"teacher covers {t_logp.shape[0]} answer tokens, the student {int(sel.sum())}")
+        per_pos = torch.zeros(logits.shape[0], device=logits.device)
+        per_pos = per_pos.masked_scatter(sel, topk_kl(logits[sel], t_logp, t_idx))
+    kl = row_mean(per_pos, owner, len(rows))
     return kl, row_mean(F.cross_entropy(logits.float(), tgt, reduction="none"), owner, len(rows))
 
 

@@ -30,9 +30,11 @@ from tqdm import tqdm
 
 from agent_sleep.generators.prompts import answer_ids, question_prompt
 
-__all__ = ["TEACHER_VERSION", "Teacher", "build_teacher_cache", "teacher_key", "teacher_sequence", "teacher_topk"]
+__all__ = ["GENERATED_VERSION", "TEACHER_VERSION", "GeneratedTeacher", "Teacher", "build_teacher_cache",
+           "stop_ids", "teacher_generate", "teacher_key", "teacher_sequence", "teacher_topk"]
 
 TEACHER_VERSION = 1
+GENERATED_VERSION = 1
 
 
 class Teacher(TypedDict):
@@ -40,6 +42,18 @@ class Teacher(TypedDict):
 
     logp: Tensor  # float16 log-probabilities, descending
     idx: Tensor  # int32 token ids
+
+
+class GeneratedTeacher(Teacher):
+    """The teacher's own greedy answer: its tokens ``[n]`` (end-of-turn included when it stopped) and text."""
+
+    ids: Tensor  # int32
+    text: str
+
+
+def stop_ids(tokenizer: Any) -> set[int]:
+    """Token ids that end an answer: the end-of-turn token of D2L's prompt format and the tokenizer's eos."""
+    return {tokenizer.eos_token_id, *answer_ids(tokenizer, "")[-1:]} - {None}
 
 
 def _doc_for_teacher(tokenizer: Any, text: str, max_doc_tokens: int | None) -> str:
@@ -55,8 +69,16 @@ def teacher_sequence(tokenizer: Any, doc: str, question: str, answer: str) -> tu
     return list(prompt) + answer_ids(tokenizer, answer), len(prompt)
 
 
-def teacher_key(*, model_hash: str, doc: str, qas: Sequence[tuple[str, str]], top_k: int) -> str:
-    parts = {"v": TEACHER_VERSION, "model": model_hash, "doc": doc, "qas": [list(q) for q in qas], "k": top_k}
+def teacher_key(*, model_hash: str, doc: str, qas: Sequence[tuple[str, str]], top_k: int,
+                max_new_tokens: int | None = None) -> str:  # fmt: skip
+    """Gold mode (``max_new_tokens`` None): the questions and gold answers; generated mode: the questions only (the
+    answers are the teacher's) and the answer budget."""
+    if max_new_tokens is None:
+        parts: dict[str, Any] = {"v": TEACHER_VERSION, "model": model_hash, "doc": doc, "qas": [list(q) for q in qas],
+                                 "k": top_k}  # fmt: skip
+    else:
+        parts = {"v": GENERATED_VERSION, "mode": "generated", "model": model_hash, "doc": doc,
+                 "questions": [q for q, _ in qas], "k": top_k, "max_new": max_new_tokens}  # fmt: skip
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -113,12 +135,96 @@ def teacher_topk(model: Any, seqs: Sequence[tuple[list[int], int]], top_k: int, 
     return result
 
 
+def _common_prefix(seqs: Sequence[Sequence[int]], limit: int) -> int:
+    prefix, first = 0, seqs[0]
+    while prefix < limit and all(ids[prefix] == first[prefix] for ids in seqs):
+        prefix += 1
+    return prefix
+
+
+@torch.no_grad()
+def teacher_generate(model: Any, prompts: Sequence[list[int]], *, top_k: int, max_new_tokens: int,
+                     stop: set[int], device: Any, batch: int = 16, pad_id: int = 0) -> list[dict[str, Tensor]]:  # fmt: skip
+    """Greedy answers to ``prompts`` (token ids) with the top-``top_k`` log-probabilities at each answer token.
+
+    Per prompt: ``{"ids" [n] int32, "logp" [n, k] float16, "idx" [n, k] int32}``, ``n <= max_new_tokens``; the
+    answer ends with its stop token when one came. The prefix all prompts share runs once (its KV cache is repeated
+    over the batch); the rest of each prompt is left-padded up to the batch's longest, with the padding masked out
+    and the positions continuing the prefix, so every row reads exactly its own prompt (the tests compare the
+    answers and top-k with unbatched full passes).
+    """
+    if not prompts:
+        return []
+    prefix = _common_prefix(prompts, min(len(p) for p in prompts) - 1) if len(prompts) > 1 else 0
+    kwarg = _cache_kwarg(model)
+    past = None
+    if prefix:
+        past = getattr(model(input_ids=torch.tensor([prompts[0][:prefix]], device=device), use_cache=True), kwarg)
+    result: list[dict[str, Tensor]] = []
+    for start in range(0, len(prompts), batch):
+        part = prompts[start : start + batch]
+        n = len(part)
+        lens = [len(p) - prefix for p in part]
+        width = max(lens)
+        ids_t = torch.full((n, width), pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros(n, prefix + width, dtype=torch.long, device=device)
+        mask[:, :prefix] = 1
+        pos = torch.full((n, width), prefix, dtype=torch.long, device=device)
+        for r, (p, m) in enumerate(zip(part, lens, strict=True)):
+            ids_t[r, width - m :] = torch.tensor(p[prefix:], device=device)
+            mask[r, prefix + width - m :] = 1
+            pos[r, width - m :] = torch.arange(prefix, prefix + m, device=device)
+        kwargs: dict[str, Any] = {"input_ids": ids_t, "attention_mask": mask, "position_ids": pos, "use_cache": True}
+        if past is not None:
+            import copy
+
+            cache = copy.deepcopy(past)
+            cache.batch_repeat_interleave(n)
+            kwargs[kwarg] = cache
+        out = model(**kwargs)
+        cache = getattr(out, kwarg)
+        logits = out.logits[:, -1]
+        next_pos = torch.tensor([prefix + m for m in lens], device=device)
+        done = [False] * n
+        toks: list[list[int]] = [[] for _ in range(n)]
+        logps: list[list[Tensor]] = [[] for _ in range(n)]
+        idxs: list[list[Tensor]] = [[] for _ in range(n)]
+        for t in range(max_new_tokens):
+            top = logits.float().log_softmax(-1).topk(top_k, dim=-1)
+            nxt = top.indices[:, 0]
+            for r in range(n):
+                if not done[r]:
+                    token = int(nxt[r])
+                    toks[r].append(token)
+                    logps[r].append(top.values[r])
+                    idxs[r].append(top.indices[r])
+                    done[r] = token in stop
+            if all(done) or t == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
+            out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None], use_cache=True,
+                        **{kwarg: cache})  # fmt: skip
+            cache = getattr(out, kwarg)
+            logits = out.logits[:, -1]
+            next_pos = next_pos + 1
+        for r in range(n):
+            result.append({"ids": torch.tensor(toks[r], dtype=torch.int32),
+                           "logp": torch.stack(logps[r]).to(torch.float16).cpu(),
+                           "idx": torch.stack(idxs[r]).to(torch.int32).cpu()})  # fmt: skip
+    return result
+
+
 def build_teacher_cache(model: Any, tokenizer: Any, docs: Sequence[dict[str, Any]], *, model_hash: str,
                         folder: Path, top_k: int = 16, qa_keys: Sequence[str] = ("qa",),
-                        max_doc_tokens: int | None = None, device: Any = "cpu",
-                        desc: str = "teacher") -> list[list[Teacher]]:  # fmt: skip
+                        max_doc_tokens: int | None = None, device: Any = "cpu", desc: str = "teacher",
+                        mode: str = "gold", max_new_tokens: int = 24) -> list[list[Any]]:  # fmt: skip
     """Per document, per question (``qa_keys`` in order, as :func:`pipelines.d2l.data.build_cache` lists them),
-    the teacher's top-k on the answer tokens; computed once per document and kept in ``folder``."""
+    the teacher's top-k on the answer tokens; computed once per document and kept in ``folder``.
+
+    ``mode="gold"``: :class:`Teacher` on the gold answer's tokens; ``mode="generated"``: :class:`GeneratedTeacher`,
+    the teacher's own greedy answer (at most ``max_new_tokens`` tokens) with its top-k at each of its tokens."""
+    if mode not in ("gold", "generated"):
+        raise ValueError(f"teacher mode {mode!r}: expected 'gold' or 'generated'")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -126,12 +232,23 @@ def build_teacher_cache(model: Any, tokenizer: Any, docs: Sequence[dict[str, Any
     for doc in tqdm(docs, desc=desc, leave=False):
         qas = [(qa["question"], qa["answer"]) for key in qa_keys for qa in doc.get(key, [])]
         text = _doc_for_teacher(tokenizer, doc["text"], max_doc_tokens)
-        path = folder / f"{teacher_key(model_hash=model_hash, doc=text, qas=qas, top_k=top_k)}.pt"
+        budget = max_new_tokens if mode == "generated" else None
+        key = teacher_key(model_hash=model_hash, doc=text, qas=qas, top_k=top_k, max_new_tokens=budget)
+        path = folder / f"{key}.pt"
         if path.exists():
             out.append(torch.load(path, weights_only=True))
             continue
-        seqs = [teacher_sequence(tokenizer, text, q, a) for q, a in qas]
-        entry = teacher_topk(model, seqs, top_k, device, pad_id=pad)
+        entry: list[Any]
+        if mode == "gold":
+            seqs = [teacher_sequence(tokenizer, text, q, a) for q, a in qas]
+            entry = teacher_topk(model, seqs, top_k, device, pad_id=pad)
+        else:
+            prompts = [tokenizer(question_prompt(tokenizer, q, text), add_special_tokens=False)["input_ids"]
+                       for q, _ in qas]  # fmt: skip
+            entry = teacher_generate(model, prompts, top_k=top_k, max_new_tokens=max_new_tokens,
+                                     stop=stop_ids(tokenizer), device=device, pad_id=pad)  # fmt: skip
+            for e in entry:
+                e["text"] = tokenizer.decode(e["ids"].tolist(), skip_special_tokens=True).strip()
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(entry, tmp)
         os.replace(tmp, path)

@@ -12,7 +12,7 @@ import time
 from copy import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, create_model, model_serializer
@@ -138,8 +138,18 @@ class TrainConfig(_Quiet):
     cd_top_k: int = Field(16, ge=1)
     cd_cache: str | None = None
     ce_weight: float = 1.0
+    # What the student is distilled on. "gold": the teacher's top-k on the gold answer's tokens (the teacher answers
+    # in sentences, so it puts ~1 % on the gold answer's first token: a poor signal). "generated" (Sakana's): the
+    # teacher's own greedy answer (at most cd_max_new_tokens tokens, to its end of turn), cached with its top-k at each
+    # of its tokens; the student is trained on those tokens after the question-only prompt (KL, and ce_weight * CE on
+    # them). cd_only_correct: a training question whose teacher answer does not contain the gold answer
+    # (answer_matches, the benchmark's rule) keeps the gold answer with CE only (no KL) instead.
+    cd_target: Literal["gold", "generated"] = "gold"
+    cd_max_new_tokens: int = Field(24, ge=1)
+    cd_only_correct: bool = False
 
-    _QUIET = frozenset({"cd_loss", "cd_top_k", "cd_cache", "ce_weight"})
+    _QUIET = frozenset({"cd_loss", "cd_top_k", "cd_cache", "ce_weight", "cd_target", "cd_max_new_tokens",
+                        "cd_only_correct"})
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -298,10 +308,18 @@ def setup(cfg: TrainConfig, run_dir: Path, *, device: str | None, threads: int |
                           desc="cache train", **common)  # fmt: skip
     eval_c = build_cache(model, tok, eval_docs, path=run_dir / "cache" / f"eval-{key}.pt", desc="cache eval",
                          **common)  # fmt: skip
-    if cfg.cd_loss:
+    folder = Path(cfg.cd_cache) if cfg.cd_cache else run_dir / "teacher"
+    if cfg.cd_loss and cfg.cd_target == "gold":
         attach_teacher(train_c, train_docs, handle, qa_keys=qa_keys, top_k=cfg.cd_top_k,
-                       max_doc_tokens=d.max_doc_tokens, device=device,
-                       folder=Path(cfg.cd_cache) if cfg.cd_cache else run_dir / "teacher")  # fmt: skip
+                       max_doc_tokens=d.max_doc_tokens, device=device, folder=folder)  # fmt: skip
+    elif cfg.cd_loss:
+        common_gen = {"top_k": cfg.cd_top_k, "max_doc_tokens": d.max_doc_tokens, "device": device, "folder": folder,
+                      "max_new_tokens": cfg.cd_max_new_tokens, "first_lora_layer": hs.first_lora_layer}  # fmt: skip
+        stats = {"train": attach_generated(train_c, train_docs, handle, qa_keys=qa_keys,
+                                           only_correct=cfg.cd_only_correct, **common_gen),
+                 "eval": attach_generated(eval_c, eval_docs, handle, qa_keys=("qa",), only_correct=False,
+                                          **common_gen)}  # fmt: skip
+        (run_dir / "teacher_stats.json").write_text(json.dumps(stats, indent=2))
     hay_c: list[CachedDoc] = []
     if d.n_hay:
         hay_docs = synth.make_hay_docs(d.n_hay, cfg.seed, tuple(d.hay_sentences))
@@ -328,6 +346,51 @@ def attach_teacher(cached: list[CachedDoc], docs: list[synth.Doc], handle: Any, 
             qa["teacher"] = teacher
 
 
+def attach_generated(cached: list[CachedDoc], docs: list[synth.Doc], handle: Any, *, qa_keys: tuple[str, ...],
+                     top_k: int, max_doc_tokens: int, device: str, folder: Path, max_new_tokens: int,
+                     first_lora_layer: int, only_correct: bool) -> dict[str, Any]:  # fmt: skip
+    """Give every cached question of ``docs`` a ``cd`` row: the teacher's own greedy answer (computed once, kept in
+    ``folder``) after the question-only prompt, its hidden states entering the first LoRA layer and its ``teacher``
+    top-k; None (gold answer, CE only) where ``only_correct`` and the teacher's answer misses the gold one.
+    Returns the teacher's answer statistics (share matching the gold answer, mean length, share that stopped)."""
+    from agent_sleep.evaluation.answers import answer_matches
+    from agent_sleep.generators.prompts import question_prompt
+    from pipelines.d2l.data import _hidden
+    from pipelines.d2l.teacher import build_teacher_cache, stop_ids
+
+    tok = handle.tokenizer
+    teachers = build_teacher_cache(handle.model, tok, docs, model_hash=handle.content_hash, folder=folder,
+                                   top_k=top_k, qa_keys=qa_keys, max_doc_tokens=max_doc_tokens, device=device,
+                                   desc="teacher answers", mode="generated", max_new_tokens=max_new_tokens)  # fmt: skip
+    stop = stop_ids(tok)
+    todo: list[tuple[dict[str, Any], dict[str, Any], Tensor, int]] = []
+    n = hits = stopped = length = 0
+    for doc, entries in zip(cached, teachers, strict=True):
+        for qa, teacher in zip(doc["qa"], entries, strict=True):
+            n += 1
+            match = answer_matches(teacher["text"], qa["answer"])
+            hits += match
+            length += len(teacher["ids"])
+            stopped += bool(len(teacher["ids"])) and int(teacher["ids"][-1]) in stop
+            if only_correct and not match:
+                qa["cd"] = None
+                continue
+            prompt = tok(question_prompt(tok, qa["question"]), add_special_tokens=False)["input_ids"]
+            ids = torch.tensor(list(prompt) + teacher["ids"].tolist())
+            todo.append((qa, teacher, ids, len(prompt)))
+    hidden = _hidden(handle.model, [ids for _, _, ids, _ in todo], first_lora_layer, device, 32) if todo else []
+    for (qa, teacher, ids, n_prompt), h in zip(todo, hidden, strict=True):
+        qa["cd"] = {"ids": ids, "n_prompt": n_prompt, "hidden": h, "answer": teacher["text"],
+                    "teacher": {"logp": teacher["logp"], "idx": teacher["idx"]}}  # fmt: skip
+    return {"questions": n, "teacher_match": hits / max(1, n), "mean_tokens": length / max(1, n),
+            "stopped": stopped / max(1, n), "distilled": len(todo)}  # fmt: skip
+
+
+def _cd_rows(s: Setup, docs: list[CachedDoc]) -> list[tuple[int, dict[str, Any]]]:
+    """The generated-mode distillation rows of ``docs`` (questions the teacher answered)."""
+    return [(i, qa["cd"]) for i, doc in enumerate(docs) for qa in doc["qa"] if qa.get("cd")]
+
+
 def in_context_baseline(s: Setup) -> dict[str, Any]:
     """The base model on the held-out questions: CE and accuracy without the document, accuracy with it in context.
 
@@ -347,6 +410,11 @@ def in_context_baseline(s: Setup) -> dict[str, Any]:
     acc_doc, _ = greedy_accuracy(s.model, s.tok, s.lora, s.hc, s.eval_docs, None, s.device,
                                  max(32, cfg.eval_max_new_tokens), True)  # fmt: skip
     baseline = {"eval_ce_base": ce_base, "acc_base": acc_base, "acc_with_doc": acc_doc, "n_eval_questions": len(rows)}
+    cd_rows = _cd_rows(s, s.eval_c) if cfg.cd_loss and cfg.cd_target == "generated" else []
+    if cd_rows:
+        with torch.no_grad():
+            kl, _ = cd_loss(s.model, s.lora, s.hc, None, cd_rows, s.device)
+        baseline["eval_kl_base"] = per_doc_mean(kl, cd_rows).item()  # the base model without the document
     base_file.write_text(json.dumps(baseline, indent=2))
     return baseline
 
@@ -445,6 +513,11 @@ def evaluate(s: Setup, state: TrainState, baseline: dict[str, Any]) -> dict[str,
         acc_shuffled, _ = greedy_accuracy(model, tok, lora, hc, eval_docs, ab, device, cfg.eval_max_new_tokens,
                                           adapter_of=shifted)  # fmt: skip
         extra: dict[str, Any] = {"acc_shuffled": acc_shuffled}
+        cd_rows = _cd_rows(s, eval_c) if cfg.cd_loss and cfg.cd_target == "generated" else []
+        if cd_rows:  # top-k KL towards the teacher's own answers on the held-out documents
+            kl, ce_t = cd_loss(model, lora, hc, ab, cd_rows, device)
+            extra["eval_kl"] = per_doc_mean(kl, cd_rows).item()
+            extra["eval_ce_teacher"] = per_doc_mean(ce_t, cd_rows).item()
         if len(cfg.data.chunk_probs) > 1 or hay_c:
             # multi-chunk: 3 documents (+ 1 filler chunk when there are any) concatenated into one adapter
             groups = [list(range(i, min(i + 3, len(eval_c)))) for i in range(0, len(eval_c), 3)]
@@ -485,6 +558,8 @@ def train_step(s: Setup, state: TrainState) -> StepResult:
     for j, (_, slot) in enumerate(picked):
         qas = docs[j]["qa"]
         chosen = random.Random(f"{cfg.seed}:{slot}").sample(qas, min(cfg.qas_per_doc, len(qas)))
+        if cfg.cd_loss and cfg.cd_target == "generated":  # the teacher's own answer (None: the gold one, CE only)
+            chosen = [qa["cd"] or qa for qa in chosen]
         rows += [(j, qa) for qa in chosen]
         adapter_rows += [(group_of[j], qa) for qa in chosen]
     hays = sorted({m for g in groups for m in g if m >= len(docs)})
@@ -565,6 +640,8 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
                 rec = evaluate(s, state, baseline)
                 append_jsonl(metrics, rec)
                 k3 = f", 3 docs in one adapter {rec['acc_k3']:.3f}" if "acc_k3" in rec else ""
+                if "eval_kl" in rec:
+                    k3 += f"; KL to teacher {rec['eval_kl']:.3f} (base {baseline.get('eval_kl_base', float('nan')):.3f})"
                 bar.write(f"step {state.step}: held-out acc {rec['acc']:.3f} (another doc's adapter "
                           f"{rec['acc_shuffled']:.3f}{k3}; base {baseline['acc_base']:.3f}, with doc "
                           f"{baseline['acc_with_doc']:.3f}) CE {rec['eval_ce']:.3f} (base {baseline['eval_ce_base']:.3f})")

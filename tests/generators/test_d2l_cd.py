@@ -164,3 +164,148 @@ def test_a_recipe_mixes_cd_with_span_and_gate_losses_on_pages(handle, tmp_path: 
     assert not (plain / "teacher").exists()
     assert all("cd_kl" not in json.loads(line) for line in (plain / "metrics.jsonl").read_text().splitlines())
     assert "cd_loss" not in json.loads((plain / "config.json").read_text())["train"]
+
+
+# ---------------------------------------------------------------- distilling the teacher's own answers
+
+
+def _greedy(model, ids: list[int], n: int, stop: set[int]) -> list[int]:  # type: ignore[no-untyped-def]
+    ids, out = list(ids), []
+    for _ in range(n):
+        with torch.no_grad():
+            token = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+        out.append(token)
+        ids.append(token)
+        if token in stop:
+            break
+    return out
+
+
+def test_teacher_generate_matches_unbatched_greedy_and_its_cache_round_trips(handle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from agent_sleep.generators.prompts import question_prompt
+    from pipelines.d2l.teacher import stop_ids, teacher_generate, teacher_key
+
+    model, tok = handle.model, handle.tokenizer
+    docs = synth.make_fact_docs(3, seed=4, n_facts=(2, 3))
+    doc = docs[0]
+    questions = [qa["question"] for qa in doc["qa"] + doc["probe_qa"]]
+    prompts = [tok(question_prompt(tok, q, doc["text"]), add_special_tokens=False)["input_ids"] for q in questions]
+    assert len({len(p) for p in prompts}) > 1  # the batch really pads
+    stop = stop_ids(tok)
+    got = teacher_generate(model, prompts, top_k=5, max_new_tokens=8, stop=stop, device="cpu", batch=3,
+                           pad_id=tok.pad_token_id)  # fmt: skip
+    for prompt, g in zip(prompts, got, strict=True):
+        assert g["ids"].tolist() == _greedy(model, prompt, 8, stop)
+        n = len(g["ids"])
+        assert g["logp"].shape == (n, 5) and g["idx"].shape == (n, 5) and g["logp"].dtype == torch.float16
+        assert (g["idx"][:, 0] == g["ids"]).all()  # the answer is the teacher's top-1 at each step
+        # the same numbers as the gold-mode teacher scoring the generated answer
+        full = teacher_topk(model, [(list(prompt) + g["ids"].tolist(), len(prompt))], 5, "cpu")[0]
+        torch.testing.assert_close(full["logp"].float(), g["logp"].float(), atol=2e-3, rtol=2e-3)
+
+    folder = tmp_path / "teacher"
+    kw = {"model_hash": handle.content_hash, "folder": folder, "top_k": 5, "qa_keys": ("qa", "probe_qa"),
+          "mode": "generated", "max_new_tokens": 6}  # fmt: skip
+    first = build_teacher_cache(model, tok, docs, **kw)
+    files = sorted(folder.glob("*.pt"))
+    assert len(files) == 3 and [len(e) for e in first] == [2 * len(d["qa"]) for d in docs]
+    assert all(isinstance(e["text"], str) and 1 <= len(e["ids"]) <= 6 for entries in first for e in entries)
+    assert first[0][0]["ids"].tolist() == got[0]["ids"].tolist()[:6]  # same greedy answer, a shorter budget
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    files[0].unlink()
+    again = build_teacher_cache(model, tok, docs, **kw)
+    assert {f: f.stat().st_mtime_ns for f in files[1:]} == {f: stamps[f] for f in files[1:]}
+    for a, b in zip(first, again, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x["ids"], y["ids"]) and torch.equal(x["logp"], y["logp"]) and x["text"] == y["text"]
+    # the generated key ignores gold answers but not the budget, and never collides with the gold-mode key
+    qas = [("q?", "a")]
+    gen_key = teacher_key(model_hash="m", doc="d", qas=qas, top_k=5, max_new_tokens=6)
+    assert gen_key == teacher_key(model_hash="m", doc="d", qas=[("q?", "other")], top_k=5, max_new_tokens=6)
+    assert gen_key != teacher_key(model_hash="m", doc="d", qas=qas, top_k=5, max_new_tokens=7)
+    assert gen_key != teacher_key(model_hash="m", doc="d", qas=qas, top_k=5)
+    with pytest.raises(ValueError, match="mode"):
+        build_teacher_cache(model, tok, docs, **{**kw, "mode": "sampled"})
+
+
+def test_cd_loss_on_the_teachers_own_answers(handle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Student == teacher (the teacher reads no document) gives KL 0; a generated adapter gives KL > 0 whose
+    gradient reaches the hypernetwork; rows without a teacher count only in CE."""
+    from agent_sleep.generators.backbone import RowLora
+    from agent_sleep.generators.hypernet import HyperConfig, HyperNet
+    from agent_sleep.generators.prompts import question_prompt
+    from pipelines.d2l.data import _hidden, build_cache
+    from pipelines.d2l.objective import doc_loras
+    from pipelines.d2l.teacher import stop_ids, teacher_generate
+
+    model, tok = handle.model, handle.tokenizer
+    model.requires_grad_(False)
+    hc = HyperConfig.for_model(model, base_model_id="tiny", base_content_hash=handle.content_hash, layers=[1],
+                               encoder_layers=1, rank=4, latent_dim=32, n_latents=4, n_heads=2, n_blocks=1,
+                               scale=40.0, use_bias=True, scale_B_init=0.5)  # fmt: skip
+    docs = synth.make_fact_docs(3, seed=1, n_facts=(2, 2))
+    cached = build_cache(model, tok, docs, encoder_layers=1, first_lora_layer=1, max_doc_tokens=48, device="cpu",
+                         path=tmp_path / "c.pt")  # fmt: skip
+    rows = []
+    for i, d in enumerate(cached):
+        prompts = [tok(question_prompt(tok, qa["question"]), add_special_tokens=False)["input_ids"] for qa in d["qa"]]
+        gens = teacher_generate(model, prompts, top_k=8, max_new_tokens=5, stop=stop_ids(tok), device="cpu",
+                                pad_id=tok.pad_token_id)  # fmt: skip
+        seqs = [torch.tensor(list(p) + g["ids"].tolist()) for p, g in zip(prompts, gens, strict=True)]
+        hidden = _hidden(model, seqs, 1, "cpu", 8)
+        rows += [(i, {"ids": s, "n_prompt": len(p), "hidden": h, "teacher": {"logp": g["logp"], "idx": g["idx"]}})
+                 for p, g, s, h in zip(prompts, gens, seqs, hidden, strict=True)]  # fmt: skip
+    lora = RowLora(model, hc.module_names())
+    kl0, ce0 = cd_loss(model, lora, hc, None, rows, "cpu")
+    assert kl0.abs().max() < 2e-3
+    net = HyperNet(hc)
+    net.set_feature_stats(torch.cat([d["feats"] for d in cached]).float())
+    ab = doc_loras(net, cached, "cpu")
+    kl, ce = cd_loss(model, lora, hc, ab, rows, "cpu")
+    assert (kl > 1e-3).all()
+    (kl.mean() + ce.mean()).backward()
+    grads = [p.grad.abs().sum().item() for p in net.parameters() if p.grad is not None]
+    assert grads and sum(g > 0 for g in grads) >= len(grads) // 2
+    # a row without a teacher (the teacher got it wrong): KL 0 there, the others unchanged, CE everywhere
+    with torch.no_grad():
+        ab = doc_loras(net, cached, "cpu")
+        full_kl, full_ce = cd_loss(model, lora, hc, ab, rows, "cpu")
+        mixed = [(i, dict(qa, teacher=None)) if r == 1 else (i, qa) for r, (i, qa) in enumerate(rows)]
+        kl_m, ce_m = cd_loss(model, lora, hc, ab, mixed, "cpu")
+        none_kl, _ = cd_loss(model, lora, hc, ab, [(i, dict(qa, teacher=None)) for i, qa in rows], "cpu")
+    assert kl_m[1] == 0 and none_kl.abs().max() == 0
+    torch.testing.assert_close(kl_m[[0, *range(2, len(rows))]], full_kl[[0, *range(2, len(rows))]])
+    torch.testing.assert_close(ce_m, full_ce)
+    lora.remove()
+
+
+def test_a_recipe_distils_the_teachers_own_answers(handle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    raw = _tiny_recipe(data={"n_train": 6, "n_eval": 3, "pages_share": 0.5, "use_probe_qa": True},
+                       steps=10, ckpt_every=5, eval_every=5, lr=0.01, cd_loss=1.0, cd_top_k=4, ce_weight=0.0,
+                       cd_target="generated", cd_max_new_tokens=4)  # fmt: skip
+    cfg = TrainConfig.model_validate(raw)
+    assert cfg.model_dump(mode="json")["cd_target"] == "generated"
+    run = tmp_path / "gen"
+    assert train(cfg, run, device="cpu", handle=handle, threads=1)["step"] == 10
+    files = sorted((run / "teacher").glob("*.pt"))
+    assert len(files) == 6 + 3  # training and held-out documents
+    stats = json.loads((run / "teacher_stats.json").read_text())
+    assert stats["train"]["distilled"] == stats["train"]["questions"] > 0 and stats["eval"]["distilled"] > 0
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    kl = [r["cd_kl"] for r in recs if r["kind"] == "train"]
+    assert sum(kl[-3:]) / 3 < 0.85 * kl[0]  # the student moves towards the teacher's answers
+    ev = [r for r in recs if r["kind"] == "eval"]
+    assert len(ev) == 2 and all(math.isfinite(r["eval_kl"]) and r["eval_kl"] >= 0 for r in ev)
+    assert "eval_kl_base" in json.loads((run / "baseline.json").read_text())
+    stamps = [f.stat().st_mtime_ns for f in files]
+    train(TrainConfig.model_validate({**raw, "steps": 12}), run, device="cpu", handle=handle, threads=1)
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # resumed: read back, not generated again
+
+    # only where the teacher is right: the random tiny teacher never is, so no KL, gold CE only
+    only = TrainConfig.model_validate({**raw, "steps": 3, "eval_every": 100, "ce_weight": 1.0,
+                                       "cd_only_correct": True, "cd_cache": str(run / "teacher")})  # fmt: skip
+    train(only, tmp_path / "only", device="cpu", handle=handle, threads=1)
+    assert json.loads((tmp_path / "only" / "teacher_stats.json").read_text())["train"]["distilled"] == 0
+    tr = [json.loads(line) for line in (tmp_path / "only" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["cd_kl"] == 0 for r in tr if r["kind"] == "train")
+    assert [f.stat().st_mtime_ns for f in sorted((run / "teacher").glob("*.pt"))] == stamps  # shared cache reused
