@@ -68,7 +68,8 @@ def _replay_planner(plan: ConsolidationPlan) -> Callable[..., Any]:
 
 def harmful_night(runtime: Any, agent: str, first: CycleResult, config: CycleConfig,
                   echo: Callable[[str], Any] = print) -> CycleResult | None:  # fmt: skip
-    """The first night's sft material again, trained with a learning rate far too high: the gate must refuse."""
+    """The first night's sft material again, trained with a learning rate far too high and no retain term: the gate
+    must refuse."""
     stages = RunStore(runtime.registry.store).stages(first.run_id)
     select = stages.get("select")
     if select is None or "plan" not in select.result:
@@ -81,7 +82,8 @@ def harmful_night(runtime: Any, agent: str, first: CycleResult, config: CycleCon
     replay = plan.model_copy(update={"skills": tuple(dialog)})
     sft = config.generator("sft")
     harmful = config.model_copy(update={"generators": {**config.generators, "sft": sft.model_copy(
-        update={"settings": {**sft.settings, "lr": HARMFUL_LR, "converged_loss": None, "max_steps": 12}})}})
+        update={"settings": {**sft.settings, "lr": HARMFUL_LR, "converged_loss": None, "max_steps": 12,
+                             "retain_weight": 0.0}})}})
     result = run_cycle(agent, runtime=runtime, config=harmful, planner=_replay_planner(replay),  # type: ignore[arg-type]
                        progress=lambda line: echo(f"  {line}"))  # fmt: skip
     return result
