@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from agent_sleep.config import Settings
     from agent_sleep.demo.day import accuracy, ask, corrected_conversations, held_out, load_day, run_day
-    from agent_sleep.evaluation.lm_eval import LmEvalEvaluator
+    from agent_sleep.evaluation.lm_eval import LmEvalEvaluator, replies
     from agent_sleep.evaluation.suites import guard_suites
     from agent_sleep.generators.sft import SFTGenerator, SFTSettings
     from agent_sleep.interfaces import GenerationRequest
@@ -81,9 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         right = sum(sum(r.scores.values()) for r in scores.values())
         lost = []  # each item this stack gets wrong, with its reply: what the damage looks like
         for name, r in scores.items():
-            samples = json.loads(Path(str(r.artifact)).read_text(encoding="utf-8"))["samples"][name]
-            replies = {s["doc"]["id"]: (s["doc"]["question"], s["resps"][0][0]) for s in samples}
-            lost += [{"id": i, "question": replies[i][0], "reply": replies[i][1]} for i, v in r.scores.items() if v < 1.0]
+            said, asked = replies(r), {i.id: i.question for i in evaluator.suites[name].items}
+            lost += [{"id": i, "question": asked[i], "reply": said[i]} for i, v in r.scores.items() if v < 1.0]
         return {"right": right, "of": sum(len(r.scores) for r in scores.values()),
                 "per_suite": {n: round(r.metrics["accuracy"], 4) for n, r in scores.items()}, "wrong": lost}
 

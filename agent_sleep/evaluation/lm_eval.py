@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import re
 import time
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from agent_sleep.adapters.stack import PreparedStack
     from agent_sleep.runtime.live import LiveRuntime
 
-__all__ = ["LmEvalEvaluator"]
+__all__ = ["LmEvalEvaluator", "replies"]
 
 Bind = Callable[["PreparedStack | None"], AbstractContextManager[Any]]
 
@@ -175,6 +176,14 @@ class LmEvalEvaluator:
             scores={i: scores[i] for i in suite.ids},
             artifact=str(artifact),
         )
+
+
+def replies(result: EvalResult) -> dict[str, str]:
+    """Each item's generated reply, by item id, from the lm-eval samples saved with ``result`` (its ``artifact``)."""
+    if result.artifact is None:
+        raise EvaluationError(f"suite {result.suite!r}: the result keeps no lm-eval output to read replies from")
+    output = json.loads(Path(result.artifact).read_text(encoding="utf-8"))
+    return {str(s["doc"]["id"]): s["resps"][0][0] for s in output["samples"][result.suite]}
 
 
 def _plain(value: Any) -> Any:

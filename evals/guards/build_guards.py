@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from agent_sleep.evaluation.lm_eval import LmEvalEvaluator
+    from agent_sleep.evaluation.lm_eval import LmEvalEvaluator, replies
     from agent_sleep.models.loader import load_base_model
 
     torch.set_num_threads(args.threads)
@@ -456,11 +456,10 @@ def main(argv: list[str] | None = None) -> int:
             runs.append({"batch_size": batch_size, "items": n, "seconds": round(seconds, 1),
                          "seconds_per_item": round(seconds / n, 3)})  # fmt: skip
             print(runs[-1], flush=True)
-            replies = {s["doc"]["id"]: s["resps"][0][0] for r in results.values()
-                       for s in json.loads(Path(r.artifact).read_text())["samples"][r.suite]}  # type: ignore[arg-type]
+            said = {item: reply for r in results.values() for item, reply in replies(r).items()}
             todo = {name: suite.model_copy(update={"items": tuple(
                         i for i in suite.items if results[suite.name].scores[i.id] == 1.0
-                        and unambiguous(i, replies[i.id]))})
+                        and unambiguous(i, said[i.id]))})
                     for name, suite in todo.items()}  # fmt: skip
             if any(not s.items for s in todo.values()):
                 raise SystemExit(f"a category kept no items: { {k: len(v.items) for k, v in todo.items()} }")

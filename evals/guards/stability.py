@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from agent_sleep.config import Settings
-    from agent_sleep.evaluation.lm_eval import LmEvalEvaluator
+    from agent_sleep.evaluation.lm_eval import LmEvalEvaluator, replies
     from agent_sleep.evaluation.suites import load_suites
     from agent_sleep.registry import AdapterRegistry
     from agent_sleep.runtime.live import LiveRuntime
@@ -101,11 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         rec = registry.register(folder, f"noise{seed}")
         scored = evaluator.evaluate_suites([(rec.name, 1.0)])
         for name, result in scored.items():
-            replies = {s["doc"]["id"]: s["resps"][0][0] for s in
-                       json.loads(Path(result.artifact).read_text())["samples"][name]}  # type: ignore[arg-type]
+            said = replies(result)
             for item, score in result.scores.items():
                 if base[name].scores[item] == 1.0 and score < 1.0:
-                    flips.setdefault(item, []).append({"seed": seed, "reply": replies[item]})
+                    flips.setdefault(item, []).append({"seed": seed, "reply": said[item]})
         print(f"seed {seed}: {sum(1 for v in flips.values() if any(f['seed'] == seed for f in v))} items flipped "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
     total = sum(len(s.items) for s in suites)

@@ -11,7 +11,7 @@ import pytest
 
 from agent_sleep.config import Settings
 from agent_sleep.errors import ConfigError, EvaluationError, NotFoundError
-from agent_sleep.evaluation.lm_eval import LmEvalEvaluator
+from agent_sleep.evaluation.lm_eval import LmEvalEvaluator, replies
 from agent_sleep.evaluation.suites import Suite, SuiteItem
 from agent_sleep.interfaces import Evaluator
 from tests.helpers_adapters import write_random
@@ -51,12 +51,6 @@ def _suite(name: str, answers: list[str] | None = None, match: str = "contains")
         for i, (q, a) in enumerate(zip(QUESTIONS, answers, strict=True))])  # fmt: skip
 
 
-def _replies(artifact: str | None, suite: str) -> dict[str, str]:
-    assert artifact is not None
-    data = json.loads(Path(artifact).read_text())
-    return {s["doc"]["id"]: s["resps"][0][0] for s in data["samples"][suite]}
-
-
 def test_the_evaluator_scores_a_stack_through_the_runtime_hooks(runtime: Any, tmp_path: Path) -> None:
     evaluator = LmEvalEvaluator(runtime, [_suite("probe")], tmp_path / "first", batch_size=4)
     assert isinstance(evaluator, Evaluator) and protocol_mismatches(evaluator, Evaluator) == []
@@ -65,7 +59,7 @@ def test_the_evaluator_scores_a_stack_through_the_runtime_hooks(runtime: Any, tm
     assert base.stack == () and loud.stack == (("loud@v1", 1.0),)
     assert base.samples == loud.samples == len(QUESTIONS)
     assert list(base.scores) == [f"probe-{i}" for i in range(len(QUESTIONS))]
-    base_replies, loud_replies = _replies(base.artifact, "probe"), _replies(loud.artifact, "probe")
+    base_replies, loud_replies = replies(base), replies(loud)
     assert base_replies != loud_replies  # the adapter reached the model inside lm-eval
     assert runtime.hooks.active is None  # and was unbound afterwards
     assert Path(base.artifact).name == "base.json" and Path(loud.artifact).name == "loud@v1.json"
