@@ -88,11 +88,10 @@ def test_teacher_prefix_sharing_matches_full_passes_and_the_cache_round_trips(ha
     assert len(list(folder.glob("*.pt"))) == 4  # other answers, another key
 
 
-def test_cd_loss_through_generated_adapters(handle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from agent_sleep.generators.backbone import RowLora
-    from agent_sleep.generators.hypernet import HyperConfig, HyperNet
+def _hyper_and_docs(handle, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A tiny hypernetwork config for ``handle`` (layer 1, rank 4) and three cached two-fact documents."""
+    from agent_sleep.generators.hypernet import HyperConfig
     from pipelines.d2l.data import build_cache
-    from pipelines.d2l.objective import doc_loras
 
     model, tok = handle.model, handle.tokenizer
     model.requires_grad_(False)
@@ -102,6 +101,24 @@ def test_cd_loss_through_generated_adapters(handle, tmp_path: Path) -> None:  # 
     docs = synth.make_fact_docs(3, seed=1, n_facts=(2, 2))
     cached = build_cache(model, tok, docs, encoder_layers=1, first_lora_layer=1, max_doc_tokens=48, device="cpu",
                          path=tmp_path / "c.pt")  # fmt: skip
+    return hc, cached
+
+
+def _hypernet(hc, cached):  # type: ignore[no-untyped-def]
+    """A fresh hypernetwork with its feature statistics taken from ``cached``."""
+    from agent_sleep.generators.hypernet import HyperNet
+
+    net = HyperNet(hc)
+    net.set_feature_stats(torch.cat([d["feats"] for d in cached]).float())
+    return net
+
+
+def test_cd_loss_through_generated_adapters(handle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from agent_sleep.generators.backbone import RowLora
+    from pipelines.d2l.objective import doc_loras
+
+    model = handle.model
+    hc, cached = _hyper_and_docs(handle, tmp_path)
     lora = RowLora(model, hc.module_names())
     rows = [(i, qa) for i, d in enumerate(cached) for qa in d["qa"]]
     # teacher = the base model itself (no document, no adapter): the student without adapter matches it
@@ -115,8 +132,7 @@ def test_cd_loss_through_generated_adapters(handle, tmp_path: Path) -> None:  # 
     assert kl0.abs().max() < 2e-3
     torch.testing.assert_close(ce0, qa_loss(model, lora, hc, None, rows, "cpu"))
 
-    net = HyperNet(hc)
-    net.set_feature_stats(torch.cat([d["feats"] for d in cached]).float())
+    net = _hypernet(hc, cached)
     ab = doc_loras(net, cached, "cpu")
     kl, _ = cd_loss(model, lora, hc, ab, rows, "cpu")
     assert (kl > 1e-3).all()  # a non-zero adapter moves the student away from this teacher
@@ -232,20 +248,13 @@ def test_cd_loss_on_the_teachers_own_answers(handle, tmp_path: Path) -> None:  #
     """Student == teacher (the teacher reads no document) gives KL 0; a generated adapter gives KL > 0 whose
     gradient reaches the hypernetwork; rows without a teacher count only in CE."""
     from agent_sleep.generators.backbone import RowLora
-    from agent_sleep.generators.hypernet import HyperConfig, HyperNet
     from agent_sleep.generators.prompts import question_prompt
-    from pipelines.d2l.data import _hidden, build_cache
+    from pipelines.d2l.data import _hidden
     from pipelines.d2l.objective import doc_loras
     from pipelines.d2l.teacher import stop_ids, teacher_generate
 
     model, tok = handle.model, handle.tokenizer
-    model.requires_grad_(False)
-    hc = HyperConfig.for_model(model, base_model_id="tiny", base_content_hash=handle.content_hash, layers=[1],
-                               encoder_layers=1, rank=4, latent_dim=32, n_latents=4, n_heads=2, n_blocks=1,
-                               scale=40.0, use_bias=True, scale_B_init=0.5)  # fmt: skip
-    docs = synth.make_fact_docs(3, seed=1, n_facts=(2, 2))
-    cached = build_cache(model, tok, docs, encoder_layers=1, first_lora_layer=1, max_doc_tokens=48, device="cpu",
-                         path=tmp_path / "c.pt")  # fmt: skip
+    hc, cached = _hyper_and_docs(handle, tmp_path)
     rows = []
     for i, d in enumerate(cached):
         prompts = [tok(question_prompt(tok, qa["question"]), add_special_tokens=False)["input_ids"] for qa in d["qa"]]
@@ -258,8 +267,7 @@ def test_cd_loss_on_the_teachers_own_answers(handle, tmp_path: Path) -> None:  #
     lora = RowLora(model, hc.module_names())
     kl0, ce0 = cd_loss(model, lora, hc, None, rows, "cpu")
     assert kl0.abs().max() < 2e-3
-    net = HyperNet(hc)
-    net.set_feature_stats(torch.cat([d["feats"] for d in cached]).float())
+    net = _hypernet(hc, cached)
     ab = doc_loras(net, cached, "cpu")
     kl, ce = cd_loss(model, lora, hc, ab, rows, "cpu")
     assert (kl > 1e-3).all()
