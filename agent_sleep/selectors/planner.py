@@ -36,7 +36,14 @@ from agent_sleep.selectors.candidates import Candidate, DocumentCandidate, Episo
 from agent_sleep.selectors.chain import Chain, ItemDecision
 from agent_sleep.selectors.config import SelectionConfig
 from agent_sleep.selectors.plan import ConsolidationPlan, PlannedConversation, PlannedInstruction, PlannedProbe
-from agent_sleep.selectors.probes import best_document_skill, document_probes, episode_probe, held_out_taught, probe_hash
+from agent_sleep.selectors.probes import (
+    best_document_skill,
+    document_probes,
+    episode_probe,
+    held_out_taught,
+    probe_hash,
+    taught_by,
+)
 from agent_sleep.selectors.skills import SkillDraft, assign_documents, words
 from agent_sleep.selectors.source import consolidated_references, document_candidates, episode_candidates
 
@@ -232,13 +239,13 @@ class _Planner:
             placed = [(ep, s, None, "the only conversations: trained on, not held out")
                       if s is dialog and not self._not_trainable(ep, dialog) else (ep, s, p, why)
                       for ep, s, p, why in placed]  # fmt: skip
-        # A fact corrected in conversations is taught by the dialog skill too (it trains on the other
-        # corrections), so a held-out correction that a document covers tests both skills.
-        dialog_trains = dialog is not None and any(p is None for _, s, p, _ in placed if s is dialog)
+        # A fact corrected in conversations is taught by the dialog skill too when it trains on another
+        # correction of it, so such a held-out correction that a document covers tests both skills.
+        lessons = [_final_text(ep) for ep, s, p, _ in placed if s is dialog and p is None]
         for ep, skill, probe, why in placed:
             if probe is not None:
                 skill.probes.append(probe)
-                if dialog_trains and skill is not dialog and probe.origin == "correction":
+                if lessons and skill is not dialog and probe.origin == "correction" and taught_by(probe, lessons):
                     assert dialog is not None
                     dialog.probes.append(probe)
                     why += f"; also a probe of {dialog.skill}"
@@ -300,3 +307,9 @@ class _Planner:
     def _drop(self, kind: str, item: str, reason: str) -> None:
         self.dropped += 1
         self.decisions.append(ItemDecision(kind, item, PLANNER, False, reason))  # type: ignore[arg-type]
+
+
+def _final_text(ep: EpisodeCandidate) -> str:
+    """The final answer ``ep`` trains on ("" when it has none)."""
+    index = ep.final_answer()
+    return "" if index is None else str(ep.messages[index].get("content") or "")

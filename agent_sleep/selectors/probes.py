@@ -7,6 +7,8 @@ answer: the correction; asked under the episode's system prompt, if it starts wi
 (:func:`held_out`), so a rerun holds out the same ones, and a pool of two or more gives at least one
 probe and, unless the fraction is 1, keeps at least one for training.
 
+An answer written after a tool call is never a probe (:func:`episode_probe`).
+
 A probe tests the ``d2l`` skill whose documents hold most of its answer's words
 (:func:`best_document_skill`), else the conversations' ``sft`` skill.
 
@@ -21,15 +23,18 @@ episode by hash is held out in its place.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from agent_sleep.key_terms import key_terms, keywords_needed, term_set
 from agent_sleep.selectors.candidates import DocumentCandidate, EpisodeCandidate
 from agent_sleep.selectors.plan import PlannedProbe
 from agent_sleep.selectors.skills import words
 
-__all__ = ["best_document_skill", "document_probes", "episode_probe", "held_out", "held_out_taught", "probe_hash"]
+__all__ = [
+    "best_document_skill", "document_probes", "episode_probe", "grounded_in_tools", "held_out", "held_out_taught",
+    "probe_hash", "taught_by",
+]  # fmt: skip
 
 
 def probe_hash(item_id: str) -> float:
@@ -57,7 +62,10 @@ def held_out_taught(pool: Mapping[str, PlannedProbe], fraction: float, *, at_lea
     As many as :func:`held_out` picks, taken in hash order among the *taught* ones: a probe is taught when
     at least half its key terms are in ``taught_elsewhere`` (document terms) or in the final answer
     (``teachers``: episode id -> text) of an episode that is not held out; every probe already held must
-    stay taught when the next one is held (two corrections of one fact: one is held, the other trains).
+    stay taught when the next one is held (two corrections of one fact: one is held, the other trains). A probe
+    that some kept conversation teaches must stay taught by the conversations (``taught_elsewhere`` counts only
+    for one that no conversation teaches), so both corrections of a fact are never held out because a document
+    also states it.
     """
     picked_by_hash = held_out(list(pool), fraction, at_least_one=at_least_one)
     wanted = len(picked_by_hash)
@@ -68,10 +76,22 @@ def held_out_taught(pool: Mapping[str, PlannedProbe], fraction: float, *, at_lea
         for t in words_of:
             counts[t] = counts.get(t, 0) + 1
 
-    def taught(i: str, removed: set[str]) -> bool:
-        found = sum(1 for t in terms[i] if t in taught_elsewhere or counts.get(t, 0) - sum(
-            1 for r in removed if t in teach.get(r, ())) > 0)
+    def by_conversations(i: str, removed: set[str]) -> bool:
+        found = sum(1 for t in terms[i] if counts.get(t, 0) - sum(1 for r in removed if t in teach.get(r, ())) > 0)
         return found >= keywords_needed(len(terms[i]))
+
+    def by_elsewhere(i: str) -> bool:
+        return sum(1 for t in terms[i] if t in taught_elsewhere) >= keywords_needed(len(terms[i]))
+
+    # A fact the conversations teach must stay taught by them: a document alone does not teach the dialog
+    # skill (sft trains on conversations), so holding out both corrections of a fact that a document also
+    # holds would leave sft a probe it cannot learn and take the fact out of its training.
+    conversational = {i for i in pool if by_conversations(i, {i})}  # another conversation teaches it
+
+    def taught(i: str, removed: set[str]) -> bool:
+        if i in conversational:
+            return by_conversations(i, removed)
+        return by_elsewhere(i) or by_conversations(i, removed)
 
     held: set[str] = set()
     skipped: dict[str, str] = {}
@@ -87,10 +107,19 @@ def held_out_taught(pool: Mapping[str, PlannedProbe], fraction: float, *, at_lea
     return held, skipped
 
 
+def grounded_in_tools(messages: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a tool was called or answered in ``messages`` (the turns before an answer)."""
+    return any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
+
+
 def episode_probe(episode: EpisodeCandidate, origin: Literal["correction", "feedback"]) -> PlannedProbe | None:
-    """The probe an episode gives: its final answer (corrected, or confirmed) and the question before it."""
+    """The probe an episode gives: its final answer (corrected, or confirmed) and the question before it.
+
+    None when the answer has no question before it, or came after a tool call: a probe is asked as one
+    question, without the tool's result, so it would test (and reward) recall of data the agent looks up
+    at run time, such as an order's status. Such an episode still trains (how to use a tool's result)."""
     index = episode.final_answer()
-    if index is None:
+    if index is None or grounded_in_tools(episode.messages[:index]):
         return None
     question = episode.question_before(index)
     answer = str(episode.messages[index].get("content") or "").strip()
@@ -132,3 +161,10 @@ def best_document_skill(answer: str, skill_words: Mapping[str, set[str]], min_sh
     assert best is not None
     return (best[1] if best[0] >= min_share else None), best[0]
 
+
+
+def taught_by(probe: PlannedProbe, texts: list[str]) -> bool:
+    """Whether ``texts`` (the final answers a skill trains on) hold enough of ``probe``'s key terms to teach it."""
+    terms = {t.casefold() for t in key_terms(probe.answer, probe.question)}
+    held = set().union(*(term_set(t) for t in texts)) if texts else set()
+    return sum(1 for t in terms if t in held) >= keywords_needed(len(terms))

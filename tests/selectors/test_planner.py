@@ -99,8 +99,8 @@ def test_a_full_plan(store: Any) -> None:
     # a correction probe tests the d2l skill whose document holds its answer, else the dialog skill
     expected_skill = "helpdesk-kb-warranty" if probe_id == wrong else "helpdesk-dialog"
     assert ("correction", probe_id, expected_skill) in probes
-    # ... and a correction a document covers also tests the dialog skill, which trains on the other corrections
-    assert ("correction", probe_id, "helpdesk-dialog") in probes
+    # ... and not the dialog skill: none of its conversations teaches "two years" (a document does not train sft)
+    assert ("correction", probe_id, "helpdesk-dialog") not in probes
     assert set(plan.episodes) == {good, train_id, probe_id}
     assert plan.documents == (docs.documents[0].id,)
 
@@ -160,6 +160,49 @@ def test_a_correction_nothing_else_teaches_trains_instead_of_probing(store: Any)
     taught = build_plan(store, "helpdesk", parse_selection_config({"probes": {"fraction": 0.5}})).plan
     probed = {p.source_id for s in taught.skills for p in s.probes}
     assert probed and probed <= {ids[3], ids[5]}
+
+
+def test_a_fact_a_document_states_keeps_one_correction_training(store: Any) -> None:
+    """Both corrections of a fact that a document also states are never both held out: sft learns from
+    conversations only, so one trains, and the held-out one tests the d2l skill and the dialog skill."""
+    codes = ", ".join(f"region {r} uses R-{r:02d}" for r in range(6))
+    store.add_document("kb/regions.md", f"Region codes: {codes}.", agent="helpdesk")
+    region = {}
+    for i in range(12):  # six regions, each corrected twice
+        r = i % 6
+        asked = f"What is the code for region {r}?" if i < 6 else f"Which code does region {r} use?"
+        eid = log_episode(store, asked, f"It is {i * 3}.")
+        told = f"The code for region {r} is R-{r:02d}." if i < 6 else f"Region {r} uses R-{r:02d}."
+        store.add_feedback(eid, correction=told)
+        region[eid] = r
+    plan = build_plan(store, "helpdesk", parse_selection_config({"probes": {"fraction": 0.9}})).plan
+    dialog = plan.skill("helpdesk-dialog")
+    trained = {region[c.episode_id] for c in dialog.conversations}
+    held = [p.source_id for s in plan.skills for p in s.probes if p.origin == "correction"]
+    assert held and trained == set(range(6))  # every region still trains
+    assert {region[p.source_id] for p in dialog.probes} == {region[i] for i in held}
+    assert len(set(held)) == len({region[i] for i in held})  # one held-out correction per region at most
+
+
+def test_an_answer_written_from_a_tool_result_trains_but_is_never_a_probe(store: Any) -> None:
+    """Asked as one question without the tool's result, it would test recall of data the agent looks up."""
+    ids = []
+    for i in range(6):  # the same order asked about six times, each answer corrected (it ignored the lookup)
+        eid = store.start_episode("helpdesk")
+        store.append_events(eid, [
+            {"kind": "user_message", "content": f"Where is order B2002? ({i})"},
+            {"kind": "tool_call", "name": "lookup_order",
+             "payload": {"args": {"order_id": "B2002"}, "tool_call_id": "c1"}},
+            {"kind": "tool_result", "name": "lookup_order", "content": "Order B2002: new date 3 December.",
+             "payload": {"tool_call_id": "c1"}},
+            {"kind": "assistant_message", "content": "It is late."}])  # fmt: skip
+        store.end_episode(eid)
+        store.add_feedback(eid, correction="Order B2002 now arrives on 3 December.")
+        ids.append(eid)
+    plan = build_plan(store, "helpdesk", parse_selection_config({"probes": {"fraction": 0.9}})).plan
+    dialog = plan.skill("helpdesk-dialog")
+    assert not dialog.probes and {c.episode_id for c in dialog.conversations} == set(ids)
+    assert all(c.messages[-2]["role"] == "tool" for c in dialog.conversations)
 
 
 def test_declared_skills_and_switches(store: Any) -> None:
