@@ -43,6 +43,7 @@ from agent_sleep.adapters.manifest import (
     AdapterSources,
     BaseModelRef,
     GeneratorInfo,
+    RoutingSpec,
     check_name,
 )
 from agent_sleep.errors import (
@@ -54,7 +55,7 @@ from agent_sleep.errors import (
     PathExistsError,
     TamperedAdapterError,
 )
-from agent_sleep.fsutil import atomic_dir
+from agent_sleep.fsutil import atomic_dir, atomic_write_text
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONFIG_FILE", "MANIFEST_FILE", "PART_MARK", "WEIGHTS_FILE", "AdapterArtifact", "AdapterManifest",
     "LoraWeights", "adopt_peft_folder", "check_name", "copy_plain_file", "inspect_adapter", "lora_layers",
-    "read_adapter", "save_peft_adapter", "write_adapter",
+    "read_adapter", "save_peft_adapter", "set_routing", "write_adapter",
 ]  # fmt: skip
 
 CONFIG_FILE = "adapter_config.json"
@@ -191,6 +192,17 @@ def write_adapter(
     except PathExistsError as exc:
         raise AdapterExistsError(f"adapter folder {dest} was created concurrently; not overwritten") from exc
     return dest
+
+
+def set_routing(folder: str | Path, routing: RoutingSpec | None) -> AdapterManifest:
+    """Put ``routing`` into an adapter folder's manifest (None removes it), replacing the file atomically.
+
+    The weights, and so the manifest's hash of them, are untouched; writing the same spec twice is a no-op
+    on the result. Raises AdapterFormatError for a folder without a readable manifest."""
+    path = Path(folder) / MANIFEST_FILE
+    manifest = _load_manifest(path).model_copy(update={"routing": routing})
+    atomic_write_text(path, json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+    return manifest
 
 
 def save_peft_adapter(peft_model: Any, adapter_name: str, dest: str | Path, manifest: AdapterManifest) -> Path:

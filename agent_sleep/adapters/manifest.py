@@ -22,7 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from agent_sleep.errors import AdapterFormatError
 from agent_sleep.names import check_name as _check_name
 
-__all__ = ["FORMAT_VERSION", "AdapterManifest", "AdapterSources", "BaseModelRef", "GeneratorInfo", "check_name"]
+__all__ = [
+    "FORMAT_VERSION", "AdapterManifest", "AdapterSources", "BaseModelRef", "GeneratorInfo", "RoutingSpec", "check_name",
+]  # fmt: skip
 
 FORMAT_VERSION = 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -70,6 +72,26 @@ class AdapterSources(_Record):
     run: str | None = None
 
 
+class RoutingSpec(_Record):
+    """When the adapter applies: only to requests whose last user message resembles one of ``keys``.
+
+    The runtime embeds the request and the keys with ``encoder`` (sentence embeddings, cosine
+    similarity) and applies the adapter when the best match reaches ``threshold``; otherwise the
+    request runs as if the adapter were not in the stack. An adapter without a spec always applies.
+    """
+
+    encoder: str = "all-MiniLM-L6-v2"
+    threshold: float = Field(default=0.55, ge=-1.0, le=1.0)
+    keys: list[str] = Field(min_length=1)
+
+    @field_validator("keys")
+    @classmethod
+    def _texts(cls, value: list[str]) -> list[str]:
+        if any(not k.strip() for k in value):
+            raise ValueError("routing keys must be non-empty texts")
+        return value
+
+
 class AdapterManifest(_Record):
     """Contents of ``manifest.json``.
 
@@ -91,6 +113,8 @@ class AdapterManifest(_Record):
     created_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
     weights_sha256: str = ""
     eval_summary: dict[str, Any] | None = None
+    routing: RoutingSpec | None = None
+    """When set, the runtime applies the adapter only to requests like its keys (see :class:`RoutingSpec`)."""
 
     @field_validator("skill")
     @classmethod

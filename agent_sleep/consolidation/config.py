@@ -25,7 +25,10 @@ from agent_sleep.evaluation.gate import GatePolicy
 from agent_sleep.generators.registry import available_generators
 from agent_sleep.names import check_agent_name, did_you_mean
 
-__all__ = ["CycleConfig", "EvaluationSettings", "GeneratorSettings", "generator_settings_class", "load_cycle_config"]
+__all__ = [
+    "CycleConfig", "EvaluationSettings", "GeneratorSettings", "RoutingSettings", "generator_settings_class",
+    "load_cycle_config",
+]  # fmt: skip
 
 # Generators whose knobs are a pydantic model passed to their loader as ``config=``.
 _SETTINGS_CLASSES = {
@@ -86,6 +89,18 @@ class EvaluationSettings(_Forbid):
         return value
 
 
+class RoutingSettings(_Forbid):
+    """Per-request routing of the night's adapters (:mod:`agent_sleep.runtime.routing`): each adapter made by
+    one of ``generators`` applies only to requests whose last user message resembles the skill's material
+    (the user questions of its training conversations, else its documents' sentences, else its description),
+    at cosine similarity >= ``threshold``. The gate scores it the same way: on an item where it does not fire,
+    the candidate answers as the stack it would join."""
+
+    threshold: float = Field(default=0.55, ge=-1.0, le=1.0)
+    generators: tuple[str, ...] = ("sft", "t2l", "d2l", "gradient_cd")
+    max_keys: int = Field(default=256, ge=1)
+
+
 class CycleConfig(_Forbid):
     """One sleep cycle's settings (see the module docstring)."""
 
@@ -95,6 +110,8 @@ class CycleConfig(_Forbid):
     generators: dict[str, GeneratorSettings] = Field(default_factory=dict)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     gate: GatePolicy = Field(default_factory=GatePolicy)
+    routing: RoutingSettings | None = None
+    """None: every adapter applies to every request (the default)."""
     budget_seconds: float = Field(default=3600.0, gt=0)
     """Wall time for the whole run (select to deploy) across resumes; what is not evaluated in time is skipped."""
     max_delta_norm: float | None = Field(default=None, gt=0)

@@ -23,6 +23,12 @@ The skill's decision holds the winner's verdict (status, reasons, comparisons, s
 admitted one that lost keeps the status validation gave it (``approved``, not live), and its eval summary
 names the winner.
 
+Routing (config ``routing``): a routed candidate (its manifest names the requests it answers, see
+:mod:`agent_sleep.runtime.routing`) is scored on every item like any other, then, on each item where its
+router does not fire, given the score of the stack it would join - what the runtime will do with such a
+request. The verdict's ``routed`` says, per suite, on how many items it fired. The stack it joins is
+scored unrouted (an earlier routed skill of the stack counts on every item: an approximation).
+
 Fail closed: an :class:`~agent_sleep.errors.EvaluationError` ends the run, nothing deployed. Progress
 (scores, each candidate's verdict, decisions) is saved after each stack, each verdict and each decision,
 so a rerun scores nothing twice; a decision is saved before the registry hears of it and the registry's
@@ -32,6 +38,7 @@ side is redone idempotently, so a candidate is rejected once, with the gate's re
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -277,22 +284,58 @@ class _Evaluation:
             if tried and self.ctx.remaining() < base_seconds:
                 break  # no time to score another weight: the last verdict stands
             candidate = _with(accepted, adapter, weight)
-            decision = PairedGate(self.roles(skill), self.ctx.config.gate).decide(self.scores(candidate),
-                                                                                  self.scores(accepted))  # fmt: skip
+            scored, fired = self.routed(adapter, self.scores(candidate), self.scores(accepted))
+            decision = PairedGate(self.roles(skill), self.ctx.config.gate).decide(scored, self.scores(accepted))
             verdict = {"generator": generator, "adapter": adapter, "status": decision.status,
                        "reasons": list(decision.reasons),
                        "comparisons": [c.model_dump() for c in SkillResult.deltas(decision)],
                        "stack": [list(i) for i in candidate], "baseline": stack_label(accepted),
                        "weight": weight}  # fmt: skip
+            if fired is not None:
+                verdict["routed"] = fired
             tried.append({"weight": weight, "status": decision.status, "reasons": list(decision.reasons)})
             shown = [r for r in decision.reasons if r.startswith("target")] if decision.admitted else \
                 decision.reasons
             at = "" if weight == 1.0 else f" at weight {weight:g}"
+            if fired is not None:
+                shown = [*shown, "routed to " + ", ".join(f"{f['fired']}/{f['items']} {n}" for n, f in fired.items())]
             self.ctx.say(f"evaluate: {adapter}{at} {decision.status}: " + "; ".join(shown))
             if decision.admitted:
                 break
         verdict["tried"] = tried
         return verdict
+
+    def questions(self) -> dict[str, dict[str, str]]:
+        """Per suite, each item's question (what a request's last user message would be)."""
+        if "_questions" not in self.__dict__:
+            suites, _ = _suites(self.ctx, self.plan, self.live, self.skills)
+            self._questions = {s.name: {i.id: i.question for i in s.items} for s in suites}
+        return self._questions
+
+    def routed(self, adapter: str, candidate: dict[str, EvalResult], accepted: dict[str, EvalResult]
+               ) -> tuple[dict[str, EvalResult], dict[str, dict[str, int]] | None]:  # fmt: skip
+        """The candidate's scores as its routing makes them run: on an item where ``adapter``'s router does
+        not fire, the request runs on the stack it would join, so the item scores as ``accepted`` did. Also,
+        per suite, on how many items it fired (None: the adapter is not routed, the scores are unchanged)."""
+        runtime = self.ctx.runtime
+        spec = runtime.routing(adapter)
+        if spec is None:
+            return candidate, None
+        out: dict[str, EvalResult] = {}
+        fired: dict[str, dict[str, int]] = {}
+        for name, result in candidate.items():
+            base = accepted.get(name)
+            asked = self.questions().get(name, {})
+            ids = sorted(result.scores)
+            if base is None or not ids:
+                out[name] = result
+                continue
+            near = runtime.router.similarities(adapter, spec, [asked.get(i, "") for i in ids])
+            fires = {i for i, sim in zip(ids, near, strict=True) if sim >= spec.threshold}
+            scores = {i: result.scores[i] if i in fires else base.scores.get(i, result.scores[i]) for i in ids}
+            out[name] = replace(result, scores=scores)
+            fired[name] = {"fired": len(fires), "items": len(ids)}
+        return out, fired
 
     def _verdicts(self, skill: str, decided: dict[str, Any]) -> list[dict[str, Any]]:
         """Each candidate's verdict (a decision saved before candidates existed is its one candidate's)."""

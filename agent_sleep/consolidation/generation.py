@@ -26,15 +26,18 @@ one candidate also carries that candidate's fields at the top, as before.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent_sleep.adapters.artifact import set_routing
+from agent_sleep.adapters.manifest import RoutingSpec
 from agent_sleep.consolidation import faults
 from agent_sleep.consolidation.config import GeneratorSettings, generator_settings_class
 from agent_sleep.consolidation.context import RunContext
-from agent_sleep.errors import AgentSleepError, StoreError
+from agent_sleep.errors import AgentSleepError, InvalidInputError, StoreError
 from agent_sleep.generators.registry import get_generator
 from agent_sleep.interfaces import GenerationRequest, Generator
 from agent_sleep.registry.records import AdapterVersionRecord, StackItem
@@ -43,7 +46,7 @@ from agent_sleep.selectors.plan import ConsolidationPlan, SkillPlan
 if TYPE_CHECKING:
     from agent_sleep.models.loader import BaseModelHandle
 
-__all__ = ["candidates_of", "generate", "registered_for"]
+__all__ = ["candidates_of", "generate", "registered_for", "routing_keys"]
 
 log = logging.getLogger("agent_sleep.consolidation")
 FINAL = frozenset({"generated", "invalid", "failed", "skipped"})
@@ -147,6 +150,9 @@ def _register(ctx: RunContext, skill: SkillPlan, generator: str, entry: dict[str
         if callable(training):
             entry["training"] = training()
         faults.fault_point("generate:after_write")
+    routing = ctx.config.routing
+    if routing is not None and generator in routing.generators:  # again on a resume: the write is idempotent
+        set_routing(folder, RoutingSpec(threshold=routing.threshold, keys=routing_keys(skill, routing.max_keys)))
     record = ctx.registry.register(folder, skill.skill, description=skill.description or None, kind=generator,
                                    agent=ctx.agent, run_id=ctx.run_id)  # fmt: skip
     faults.fault_point("generate:after_register")
@@ -244,3 +250,25 @@ def generate(ctx: RunContext, plan: ConsolidationPlan, skills: list[str], progre
             ctx.runs.save_progress(ctx.run_id, "generate", {"skills": done})
             faults.fault_point("generate:after_candidate")
     return {"skills": done}
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def routing_keys(skill: SkillPlan, limit: int) -> list[str]:
+    """What a routed adapter of ``skill`` answers: the last user message before each training conversation's
+    final answer; else its documents' sentences (three words or more); else its description. Deduplicated,
+    in order, at most ``limit``."""
+    keys: list[str] = []
+    for conv in skill.conversations:
+        users = [str(m.get("content") or "") for m in conv.messages if m.get("role") == "user"]
+        if users:
+            keys.append(users[-1])
+    if not keys:
+        keys = [t for d in skill.documents for t in _SENTENCE.split(d.text) if len(t.split()) >= 3]
+    if not keys and skill.description.strip():
+        keys = [skill.description]
+    out = list(dict.fromkeys(k.strip() for k in keys if k.strip()))[:limit]
+    if not out:
+        raise InvalidInputError(f"skill {skill.skill!r}: nothing to route by (no question, sentence or description)")
+    return out

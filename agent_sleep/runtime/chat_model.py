@@ -178,8 +178,9 @@ class ChatLocalModel(BaseChatModel):
             return self.handle
         return load_base_model(self.model, device=self.device)
 
-    def _pin(self) -> PinnedModel:
-        """What one request runs on, called once as it starts. Override to run on an adapter stack."""
+    def _pin(self, messages: Sequence[BaseMessage] = ()) -> PinnedModel:
+        """What one request (``messages``) runs on, called once as it starts. Override to run on an adapter
+        stack."""
         return PinnedModel(self._handle())
 
     def _generate_ids(self, handle: BaseModelHandle, input_ids: list[int], params: GenerationParams) -> Iterator[int]:
@@ -283,7 +284,7 @@ class ChatLocalModel(BaseChatModel):
         ``response_metadata["invalid_output"]``: markup never reaches the content.
         """
         params, tools, choice = self._split_kwargs(dict(kwargs))
-        pinned = self._pin()
+        pinned = self._pin(messages)
         handle = pinned.handle
         tokenizer = handle.tokenizer
         stops = [s for s in (stop or []) if s]

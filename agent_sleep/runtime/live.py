@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from agent_sleep.adapters.manifest import RoutingSpec
 from agent_sleep.adapters.stack import LoraHooks, PreparedStack, check_weight, prepare_stack
 from agent_sleep.errors import AgentSleepError, NotFoundError
 from agent_sleep.models.loader import BaseModelHandle, load_base_model
@@ -45,6 +46,7 @@ from agent_sleep.registry.notify import listen
 from agent_sleep.registry.records import refuse_rejected
 from agent_sleep.registry.refs import AdapterRef, StackRef, check_one_per_skill
 from agent_sleep.runtime.chat_model import PinnedModel
+from agent_sleep.runtime.routing import Router
 from agent_sleep.runtime.deploy import (
     DeployOutcome,
     VerdictCache,
@@ -107,6 +109,9 @@ class LiveRuntime:
         self._live: dict[str, LiveState] = {}
         self._warm: dict[str, LiveState] = {}  # the state live before the current one, per agent
         self._layers: OrderedDict[str, Mapping[str, LoraWeights]] = OrderedDict()  # adapter name -> layers (LRU)
+        self._routing: dict[str, RoutingSpec | None] = {}  # adapter name -> its routing spec (None: always applies)
+        self._routed: OrderedDict[tuple[Any, ...], PreparedStack | None] = OrderedDict()  # sub-stacks, LRU
+        self.router = Router()
         self._cache_size = cache_adapters
         self._verdicts: VerdictCache = {}
         self._lock = threading.RLock()  # serialises switches; readers never take it
@@ -134,9 +139,47 @@ class LiveRuntime:
         state = self._live.get(agent)
         return state.stack if state else None
 
-    def pinned(self, stack: PreparedStack | None) -> PinnedModel:
-        """The shared model, for one request whose generations run on ``stack``."""
-        return PinnedModel(self.handle, stack, self.hooks.activate)
+    def pinned(self, stack: PreparedStack | None, *, text: str | None = None) -> PinnedModel:
+        """The shared model, for one request whose generations run on ``stack`` (routed by ``text``, the
+        request's last user message, when some of its adapters are routed: see :meth:`route`)."""
+        return PinnedModel(self.handle, self.route(stack, text), self.hooks.activate)
+
+    def routing(self, name: str) -> RoutingSpec | None:
+        """The routing spec in ``name``'s manifest (None: the adapter applies to every request)."""
+        if name not in self._routing:
+            self._adapter_layers(name)
+        return self._routing.get(name)
+
+    def route(self, stack: PreparedStack | None, text: str | None) -> PreparedStack | None:
+        """The part of ``stack`` that applies to a request whose last user message is ``text``.
+
+        Adapters without a routing spec always apply; a routed one applies when ``text`` is close to one of
+        its keys (:class:`~agent_sleep.runtime.routing.Router`). ``text`` None, or every adapter applying,
+        gives ``stack`` itself; none applying gives None (the base model). Sub-stacks are cached.
+        """
+        if stack is None or text is None:
+            return stack
+        specs = {name: self.routing(name) for name, _ in stack.items}
+        if not any(specs.values()):
+            return stack
+        active = self.router.active(stack.items, specs, text)
+        if len(active) == len(stack.items):
+            return stack
+        if not active:
+            return None
+        key = (stack.name, stack.items, active)
+        with self._lock:
+            if key in self._routed:
+                self._routed.move_to_end(key)
+                return self._routed[key]
+        items = [(name, self._adapter_layers(name), weight) for name, weight in active]
+        label = "+".join(n if w == 1.0 else f"{n}*{w:g}" for n, w in active)
+        sub = prepare_stack(label, items, dtype=self.handle.dtype, device=self.handle.device, combine=stack.combine)
+        with self._lock:
+            self._routed[key] = sub
+            while len(self._routed) > self._cache_size:
+                self._routed.popitem(last=False)
+        return sub
 
     @contextmanager
     def using(self, stack: PreparedStack | None) -> Iterator[None]:
@@ -152,9 +195,11 @@ class LiveRuntime:
             if name in self._layers:
                 self._layers.move_to_end(name)
                 return self._layers[name]
-        layers = lora_layers(read_adapter(self.registry.get(name).path))
+        artifact = read_adapter(self.registry.get(name).path)
+        layers = lora_layers(artifact)
         with self._lock:
             self._layers[name] = layers
+            self._routing[name] = artifact.manifest.routing if artifact.manifest is not None else None
             while len(self._layers) > self._cache_size:
                 self._layers.popitem(last=False)
         return layers

@@ -262,3 +262,24 @@ def test_candidate_weights_are_tried_in_order_until_one_is_admitted(world: World
 def test_bad_candidate_weights_are_refused(weights: list[float]) -> None:
     with pytest.raises(ValidationError, match="candidate_weights"):
         fast_config(evaluation={"candidate_weights": weights})
+
+
+def test_routing_writes_keys_and_the_gate_scores_routed_items_as_the_stack_it_joins(world: World) -> None:
+    from tests.runtime.test_routing import WordEmbedder
+
+    from agent_sleep.runtime.routing import Router
+
+    world.runtime.router = Router(WordEmbedder())
+    world.teach("capitals", 6)
+    result = cycle(world, config=fast_config(routing={"threshold": 0.6}))
+    (skill,) = result.skills
+    spec = world.runtime.routing(skill.adapter)
+    assert spec is not None and spec.keys == ["What is the capital of France?"] and spec.threshold == 0.6
+    decided = RunStore(world.store).stages(result.run_id)["evaluate"].result["skills"]["capitals"]
+    routed = decided["routed"]
+    assert routed["target_capitals"] == {"fired": 2, "items": 2}  # the probes ask the taught question
+    assert all(0 <= r["fired"] <= r["items"] == 3 for n, r in routed.items() if n.startswith("guards_"))
+    # where it does not fire, the candidate scores exactly as the stack it joins (here the base model)
+    for comparison in skill.comparisons:
+        if comparison.role == "guard" and routed[comparison.suite]["fired"] == 0:
+            assert comparison.delta == 0.0

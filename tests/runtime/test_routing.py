@@ -1,0 +1,124 @@
+"""Per-request routing: a routed adapter applies only to requests like its keys (tiny model, word embedder)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent_sleep.adapters.artifact import read_adapter, set_routing
+from agent_sleep.adapters.manifest import RoutingSpec
+from agent_sleep.config import Settings
+from agent_sleep.errors import AdapterFormatError, ConfigError
+from agent_sleep.registry import AdapterRegistry
+from agent_sleep.runtime.routing import Router, last_user_text
+from agent_sleep.store import ExperienceStore
+from tests.helpers_adapters import write_random
+from tests.helpers_models import make_tiny_model_dir
+
+
+class WordEmbedder:
+    """Bag of words hashed into 64 dimensions, L2-normalised: texts sharing words are close."""
+
+    name = "all-MiniLM-L6-v2"
+    dim = 64
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def embed(self, texts: Sequence[str], /) -> np.ndarray:
+        self.calls += 1
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().replace("?", " ").split():
+                out[row, sum(map(ord, word)) % self.dim] += 1.0
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms == 0, 1.0, norms)
+
+
+SPEC = RoutingSpec(threshold=0.5, keys=["where is my order", "when does my order arrive"])
+
+
+def test_router_scores_and_picks_the_active_items() -> None:
+    embedder = WordEmbedder()
+    router = Router(embedder)
+    assert router.fires("orders@v1", SPEC, "where is my order A1?")
+    assert not router.fires("orders@v1", SPEC, "what is the capital of peru")
+    calls = embedder.calls
+    router.similarity("orders@v1", SPEC, "where is my order")
+    assert embedder.calls == calls + 1  # the keys are embedded once per adapter, only the request again
+    items = (("orders@v1", 1.0), ("tone@v1", 0.5))
+    specs = {"orders@v1": SPEC, "tone@v1": None}
+    assert router.active(items, specs, "capital of peru") == (("tone@v1", 0.5),)
+    assert router.active(items, specs, "where is my order") == items
+    assert router.active(items, specs, None) == items  # no user message: nothing to route by
+    with pytest.raises(ConfigError, match="encoder"):
+        router.fires("x@v1", SPEC.model_copy(update={"encoder": "other-encoder"}), "hi")
+
+
+def test_last_user_text() -> None:
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+    assert last_user_text([SystemMessage("s"), HumanMessage("first"), AIMessage("a"), HumanMessage("second")]) == \
+        "second"  # fmt: skip
+    assert last_user_text([{"role": "user", "content": [{"type": "text", "text": "hi"}]}]) == "hi"
+    assert last_user_text([SystemMessage("only")]) is None
+
+
+def test_routing_spec_is_validated() -> None:
+    with pytest.raises(ValueError):
+        RoutingSpec(keys=[])
+    with pytest.raises(ValueError):
+        RoutingSpec(keys=["ok", "  "])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    from agent_sleep.models.loader import load_base_model
+
+    folder = make_tiny_model_dir(tmp_path_factory.mktemp("tiny"))
+    return folder, load_base_model(str(folder))
+
+
+def test_a_routed_adapter_runs_only_on_requests_like_its_keys(tiny: tuple[Path, Any], settings: Settings,
+                                                              tmp_path: Path) -> None:  # fmt: skip
+    from agent_sleep.runtime.live import LiveRuntime
+
+    folder, handle = tiny
+    registry = AdapterRegistry(ExperienceStore(settings=settings.model_copy(update={"model": str(folder)})))
+    routed = write_random(tmp_path / "orders", handle, seed=1, std=0.5)
+    assert set_routing(routed, SPEC).routing == SPEC
+    set_routing(routed, SPEC)  # idempotent
+    assert read_adapter(routed).manifest.routing == SPEC  # the weights' hash still verifies
+    registry.register(routed, "orders")
+    registry.register(write_random(tmp_path / "tone", handle, seed=2, std=0.5), "tone")
+    assert json.loads((Path(registry.get("orders@v1").path) / "manifest.json").read_text())["routing"]["keys"] == \
+        SPEC.keys  # fmt: skip
+    runtime = LiveRuntime(registry, handle=handle, max_delta_norm=1000.0)
+    runtime.router = Router(WordEmbedder())
+    try:
+        runtime.deploy("helpdesk", [("orders@v1", 1.0), ("tone@v1", 1.0)])
+        chat = runtime.chat_model("helpdesk", max_new_tokens=8)
+        near = chat.invoke("where is my order B2?")
+        far = chat.invoke("what is the capital of peru")
+        assert near.response_metadata["stack"] == "helpdesk:stack@v1"
+        assert far.response_metadata["stack"] == "tone@v1"
+        # off its keys the request runs exactly as on the rest of the stack
+        alone = runtime.chat_model(adapters=["tone@v1"], max_new_tokens=8).invoke("what is the capital of peru")
+        assert far.text == alone.text
+        only_routed = runtime.prepare_adapters(["orders@v1"])
+        assert runtime.route(only_routed, "capital of peru") is None  # nothing applies: the base model
+        assert runtime.route(only_routed, "where is my order") is only_routed
+        assert runtime.route(only_routed, None) is only_routed
+        assert runtime.routing("tone@v1") is None
+    finally:
+        runtime.stop()
+
+
+def test_set_routing_needs_a_manifest(tmp_path: Path) -> None:
+    with pytest.raises(AdapterFormatError):
+        set_routing(tmp_path, SPEC)
