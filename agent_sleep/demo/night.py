@@ -28,10 +28,11 @@ from agent_sleep.consolidation.cycle import run_cycle
 from agent_sleep.consolidation.result import CycleResult
 from agent_sleep.consolidation.runs import RunStore
 from agent_sleep.demo import day
+from agent_sleep.errors import NothingToRollBackError
 from agent_sleep.interfaces import ExperienceReader
 from agent_sleep.selectors.plan import ConsolidationPlan
 
-__all__ = ["CYCLE_CONFIG", "Morning", "harmful_night", "sleep_and_wake"]
+__all__ = ["CYCLE_CONFIG", "Morning", "harmful_night", "show_rollback", "sleep_and_wake"]
 
 CYCLE_CONFIG = day.DAY_DIR / "cycle.yaml"
 HARMFUL_LR = 0.05  # the demo config's sft learning rate is 3e-3
@@ -121,14 +122,31 @@ def sleep_and_wake(runtime: Any, content: day.DayContent, log: day.DayLog, befor
             echo("\n".join(_skills_line(bad)))
 
     if result.deployed_stack:
-        echo(f"\nRollback: agent-sleep rollback {agent}")
-        out = runtime.rollback(agent, actor="demo", reason="demo: show a rollback")
-        live = runtime.registry.live(agent)
-        echo(f"  {out.status}: live now {live.stack.name if live else 'base'}")
-        sample = probes[:3]
-        again = day.ask(chat, sample, content)
-        right = sum(a.correct for a in again)
-        echo(f"  the first {len(sample)} rephrasings on the rolled-back stack: {right}/{len(sample)} right")
-        out = runtime.deploy(agent, result.deployed_stack, actor="demo", reason="demo: roll forward again")
-        echo(f"  and forward again: {out.status}, live {result.deployed_stack}")
+        show_rollback(runtime, agent, result.deployed_stack, lambda: day.ask(chat, probes[:3], content), echo)
     return Morning(result, before, after, bad)
+
+
+def show_rollback(runtime: Any, agent: str, deployed: str, ask: Callable[[], Sequence[Any]],
+                  echo: Callable[[str], Any]) -> None:  # fmt: skip
+    """Roll ``agent`` back from the night's stack ``deployed``, ask a few rephrasings there, and roll forward.
+
+    When the night's stack is the agent's first deployment there is nothing earlier to roll back to
+    (``agent-sleep rollback`` says so); the base model is the stack before it, so the night's skills are
+    removed instead (``agent-sleep remove-skill``)."""
+    echo(f"\nRollback: agent-sleep rollback {agent}")
+    try:
+        out = runtime.rollback(agent, actor="demo", reason="demo: show a rollback")
+    except NothingToRollBackError:
+        live = runtime.registry.live(agent)
+        skills = live.stack.skills if live else []
+        echo("  its first deployment has nothing earlier; removing the night's skills instead: "
+             + "; ".join(f"agent-sleep remove-skill --agent {agent} {skill}" for skill in skills))
+        for skill in skills:
+            out = runtime.remove_skill(agent, skill, actor="demo", reason="demo: show a rollback")
+    live = runtime.registry.live(agent)
+    echo(f"  {out.status}: live now {live.stack.name if live and live.stack.items else 'the base model'}")
+    again = ask()
+    echo(f"  the first {len(again)} rephrasings on the rolled-back stack: {sum(a.correct for a in again)}/"
+         f"{len(again)} right")
+    out = runtime.deploy(agent, deployed, actor="demo", reason="demo: roll forward again")
+    echo(f"  and forward again: {out.status}, live {deployed}")

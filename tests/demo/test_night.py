@@ -58,3 +58,30 @@ def test_the_night_after_the_day(tmp_path: Path) -> None:
     assert morning.harmful.outcome in ("promoted", "rejected_by_gate", "failed")
     if result.deployed_stack:
         assert "Rollback: agent-sleep rollback helpdesk" in text and "and forward again: deployed" in text
+
+
+def test_a_rollback_from_the_first_deployment_removes_the_nights_skills(tmp_path: Path) -> None:
+    from agent_sleep.models.loader import load_base_model
+    from tests.helpers_adapters import write_random
+    from tests.helpers_models import make_tiny_model_dir
+
+    model_dir = make_tiny_model_dir(tmp_path / "model")
+    world = make_world(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", model_dir, load_base_model(str(model_dir)))
+    try:
+        world.registry.register(write_random(tmp_path / "src", world.runtime.handle, seed=1), "helpdesk-dialog")
+        first = world.runtime.deploy("helpdesk", "helpdesk-dialog@v1", actor="test")
+        lines: list[str] = []
+        seen: list[Any] = []
+
+        def ask() -> list[Any]:
+            seen.append(tuple(world.registry.live("helpdesk").stack.items))
+            return []
+
+        night.show_rollback(world.runtime, "helpdesk", first.deployment.stack.name, ask, lines.append)
+        text = "\n".join(lines)
+        assert "agent-sleep remove-skill --agent helpdesk helpdesk-dialog" in text
+        assert "live now the base model" in text and seen == [()]  # asked on the base model
+        assert world.registry.live("helpdesk").stack.name == first.deployment.stack.name  # and forward again
+    finally:
+        world.runtime.stop()
+        world.store.close()
