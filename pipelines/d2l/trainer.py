@@ -147,9 +147,14 @@ class TrainConfig(_Quiet):
     cd_target: Literal["gold", "generated"] = "gold"
     cd_max_new_tokens: int = Field(24, ge=1)
     cd_only_correct: bool = False
+    # cd_cut "sentence" (generated mode): each teacher answer ends after its first sentence (then the end-of-turn
+    # token, all the teacher mass of that last row on it: pipelines/d2l/teacher.cut_answer). Uncut answers run to
+    # the cd_max_new_tokens cap ~60 % of the time, the gold-answer match (cd_only_correct) is judged on the cut
+    # text, and the cache key includes the rule (uncut caches are never read by a cutting recipe).
+    cd_cut: Literal["none", "sentence"] = "none"
 
     _QUIET = frozenset({"cd_loss", "cd_top_k", "cd_cache", "ce_weight", "cd_target", "cd_max_new_tokens",
-                        "cd_only_correct"})
+                        "cd_only_correct", "cd_cut"})
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -314,7 +319,8 @@ def setup(cfg: TrainConfig, run_dir: Path, *, device: str | None, threads: int |
                        max_doc_tokens=d.max_doc_tokens, device=device, folder=folder)  # fmt: skip
     elif cfg.cd_loss:
         common_gen = {"top_k": cfg.cd_top_k, "max_doc_tokens": d.max_doc_tokens, "device": device, "folder": folder,
-                      "max_new_tokens": cfg.cd_max_new_tokens, "first_lora_layer": hs.first_lora_layer}  # fmt: skip
+                      "max_new_tokens": cfg.cd_max_new_tokens, "first_lora_layer": hs.first_lora_layer,
+                      "cut": None if cfg.cd_cut == "none" else cfg.cd_cut}  # fmt: skip
         stats = {"train": attach_generated(train_c, train_docs, handle, qa_keys=qa_keys,
                                            only_correct=cfg.cd_only_correct, **common_gen),
                  "eval": attach_generated(eval_c, eval_docs, handle, qa_keys=("qa",), only_correct=False,
@@ -348,10 +354,11 @@ def attach_teacher(cached: list[CachedDoc], docs: list[synth.Doc], handle: Any, 
 
 def attach_generated(cached: list[CachedDoc], docs: list[synth.Doc], handle: Any, *, qa_keys: tuple[str, ...],
                      top_k: int, max_doc_tokens: int, device: str, folder: Path, max_new_tokens: int,
-                     first_lora_layer: int, only_correct: bool) -> dict[str, Any]:  # fmt: skip
+                     first_lora_layer: int, only_correct: bool, cut: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Give every cached question of ``docs`` a ``cd`` row: the teacher's own greedy answer (computed once, kept in
-    ``folder``) after the question-only prompt, its hidden states entering the first LoRA layer and its ``teacher``
-    top-k; None (gold answer, CE only) where ``only_correct`` and the teacher's answer misses the gold one.
+    ``folder``; ``cut``: :func:`pipelines.d2l.teacher.build_teacher_cache`'s cut rule) after the question-only
+    prompt, its hidden states entering the first LoRA layer and its ``teacher`` top-k; None (gold answer, CE only)
+    where ``only_correct`` and the teacher's answer misses the gold one.
     Returns the teacher's answer statistics (share matching the gold answer, mean length, share that stopped)."""
     from agent_sleep.evaluation.answers import answer_matches
     from agent_sleep.generators.prompts import question_prompt
@@ -361,7 +368,8 @@ def attach_generated(cached: list[CachedDoc], docs: list[synth.Doc], handle: Any
     tok = handle.tokenizer
     teachers = build_teacher_cache(handle.model, tok, docs, model_hash=handle.content_hash, folder=folder,
                                    top_k=top_k, qa_keys=qa_keys, max_doc_tokens=max_doc_tokens, device=device,
-                                   desc="teacher answers", mode="generated", max_new_tokens=max_new_tokens)  # fmt: skip
+                                   desc="teacher answers", mode="generated", max_new_tokens=max_new_tokens,
+                                   cut=cut)  # fmt: skip
     stop = stop_ids(tok)
     todo: list[tuple[dict[str, Any], dict[str, Any], Tensor, int]] = []
     n = hits = stopped = length = 0
