@@ -22,7 +22,7 @@ from tqdm import tqdm
 from agent_sleep.generators.backbone import RowLora
 from agent_sleep.generators.checkpoint import save_checkpoint
 from agent_sleep.generators.hypernet import HyperConfig, HyperNet
-from pipelines.d2l import pages, prose, synth
+from pipelines.d2l import pages, prose, recon, synth
 from pipelines.d2l.data import CachedDoc, build_cache, cache_key
 from pipelines.d2l.objective import (  # aux_losses, group_loras, greedy_accuracy: also imported from here
     aux_losses,
@@ -82,8 +82,16 @@ class DataConfig(_Quiet):
     pages_share: float = 0.0
     pages_facts: tuple[int, int] = (6, 8)
     pages_tokens: tuple[int, int] = (150, 600)
+    # share of documents that are real prose with self-supervised reconstruction and completion rows instead of
+    # questions (pipelines/d2l/recon.py, GenerativeAdapter's pre-training signal): recon_tokens long (estimated),
+    # recon_rows reconstruction rows of recon_window words each plus one completion row
+    recon_share: float = 0.0
+    recon_tokens: tuple[int, int] = (128, 320)
+    recon_window: int = 12
+    recon_rows: int = 3
 
-    _QUIET = frozenset({"pages_share", "pages_facts", "pages_tokens"})
+    _QUIET = frozenset({"pages_share", "pages_facts", "pages_tokens", "recon_share", "recon_tokens", "recon_window",
+                        "recon_rows"})
 
 
 # HyperConfig fields the recipe does not set in its ``hyper`` block: the base model's identity and sizes, the LoRA
@@ -199,17 +207,21 @@ def _groups(step: int, cfg: TrainConfig, n_docs: int, n_hay: int) -> list[list[i
 
 def make_docs(d: DataConfig, seed: int, n_eval: int | None = None) -> tuple[list[synth.Doc], list[synth.Doc]]:
     """Training and held-out documents of a data config (held-out: seed + 1, unseen entities): fact documents
-    and, for ``prose_share``, prose-like ones and, for ``pages_share``, realistic pages."""
+    and, for ``prose_share``, prose-like ones, for ``pages_share``, realistic pages and, for ``recon_share``, real
+    prose with reconstruction and completion rows."""
     opts = {"n_facts": tuple(d.n_facts), "n_filler": tuple(d.n_filler), "vocab_size": d.vocab_size,
             "attributes": d.attributes, "n_hay": tuple(d.fact_hay)}  # fmt: skip
     out = []
     for n, s, split in ((d.n_train, seed, "train"), (d.n_eval if n_eval is None else n_eval, seed + 1, "heldout")):
-        n_prose, n_pages = round(n * d.prose_share), round(n * d.pages_share)
-        docs = synth.make_fact_docs(n - n_prose - n_pages, s, split, **opts)
+        n_prose, n_pages, n_recon = round(n * d.prose_share), round(n * d.pages_share), round(n * d.recon_share)
+        docs = synth.make_fact_docs(n - n_prose - n_pages - n_recon, s, split, **opts)
         if n_prose:
             docs += prose.make_prose_docs(n_prose, s, split, n_facts=tuple(d.prose_facts))
         if n_pages:
             docs += pages.make_pages(n_pages, s, split, n_facts=tuple(d.pages_facts), tokens=tuple(d.pages_tokens))
+        if n_recon:
+            docs += recon.make_recon_docs(n_recon, s, split, tokens=tuple(d.recon_tokens), window=d.recon_window,
+                                          n_recon=d.recon_rows)  # fmt: skip
         out.append(docs)
     return out[0], out[1]
 
