@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -30,8 +31,9 @@ from tqdm import tqdm
 
 from agent_sleep.generators.prompts import answer_ids, question_prompt
 
-__all__ = ["GENERATED_VERSION", "TEACHER_VERSION", "GeneratedTeacher", "Teacher", "build_teacher_cache",
-           "stop_ids", "teacher_generate", "teacher_key", "teacher_sequence", "teacher_topk"]
+__all__ = ["CUT_RULES", "GENERATED_VERSION", "TEACHER_VERSION", "GeneratedTeacher", "Teacher", "build_teacher_cache",
+           "cut_answer", "end_of_turn_id", "sentence_cut", "stop_ids", "teacher_generate", "teacher_key",
+           "teacher_sequence", "teacher_topk"]
 
 TEACHER_VERSION = 1
 GENERATED_VERSION = 1
@@ -56,6 +58,65 @@ def stop_ids(tokenizer: Any) -> set[int]:
     return {tokenizer.eos_token_id, *answer_ids(tokenizer, "")[-1:]} - {None}
 
 
+# How a generated teacher answer is cut: "sentence" ends it after its first sentence (see sentence_cut).
+CUT_RULES = ("sentence",)
+
+# words whose trailing full stop does not end a sentence ("Dr. Ash", "9 a.m. on Monday", "approx. 4 km")
+_ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "no", "nr", "vs", "etc", "e.g", "i.e", "a.m",
+                            "p.m", "approx", "inc", "ltd", "co", "jr", "sr", "mt", "ft", "dept", "est", "tel", "ext",
+                            "fig", "ref", "vol", "pp", "ca"})  # fmt: skip
+_SENTENCE_END = re.compile(r"(\S*)[.!?][\"')\]]*$")
+
+
+def end_of_turn_id(tokenizer: Any) -> int | None:
+    """The token that ends an answer in D2L's prompt format (what the student learns to emit after it)."""
+    ids = answer_ids(tokenizer, "")
+    return ids[-1] if ids else tokenizer.eos_token_id
+
+
+def sentence_cut(tokenizer: Any, ids: Sequence[int], stop: set[int] = frozenset()) -> int | None:  # type: ignore[assignment]
+    """How many tokens of the answer ``ids`` make up its first sentence, or None if it has no sentence end
+    followed by more text.
+
+    A sentence ends after ``.``, ``!`` or ``?`` (closing quotes or brackets allowed) when the next token starts with
+    whitespace (so ``66.46``, ``v2.1`` and ``q.e.d`` never end one) and is not a ``stop`` token (an answer that ends
+    right there needs no cut), unless the word before a full stop is a known abbreviation or a single letter.
+    """
+    prev = tokenizer.decode(list(ids[:1]), skip_special_tokens=True)
+    for k in range(1, len(ids)):
+        nxt = tokenizer.decode(list(ids[: k + 1]), skip_special_tokens=True)
+        added = nxt[len(prev) :]
+        if int(ids[k]) not in stop and added[:1].isspace():
+            m = _SENTENCE_END.search(prev)
+            if m and prev.strip():
+                word = m.group(1).lower().rstrip(".")
+                full_stop = prev.rstrip("\"')]").endswith(".")
+                if not (full_stop and (word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()))):
+                    return k
+        prev = nxt
+    return None
+
+
+def cut_answer(entry: dict[str, Any], k: int, end_id: int) -> dict[str, Any]:
+    """A generated teacher answer cut to its first ``k`` tokens plus the end-of-turn token ``end_id``.
+
+    The top-k rows of the kept tokens are the teacher's own; the row of the appended end-of-turn is a designed
+    target, all of its mass on ``end_id`` (log-probability 0; the other k-1 entries, the teacher's next
+    candidates there, at -30), so KL and CE both teach the student to stop after the sentence. ``ids``, ``logp``
+    and ``idx`` keep one row per answer token.
+    """
+    logp, idx = entry["logp"][:k], entry["idx"][:k]
+    top_k = idx.shape[1]
+    if k < len(entry["idx"]):
+        others = [int(t) for t in entry["idx"][k].tolist() if int(t) != end_id][: top_k - 1]
+    else:
+        others = [int(t) for t in idx[-1].tolist() if int(t) != end_id][: top_k - 1]
+    last_idx = torch.tensor([end_id, *others], dtype=idx.dtype)
+    last_logp = torch.tensor([0.0] + [-30.0] * len(others), dtype=logp.dtype)
+    ids = torch.cat([entry["ids"][:k], torch.tensor([end_id], dtype=entry["ids"].dtype)])
+    return {**entry, "ids": ids, "logp": torch.cat([logp, last_logp[None]]), "idx": torch.cat([idx, last_idx[None]])}
+
+
 def _doc_for_teacher(tokenizer: Any, text: str, max_doc_tokens: int | None) -> str:
     if max_doc_tokens is None:
         return text
@@ -70,15 +131,18 @@ def teacher_sequence(tokenizer: Any, doc: str, question: str, answer: str) -> tu
 
 
 def teacher_key(*, model_hash: str, doc: str, qas: Sequence[tuple[str, str]], top_k: int,
-                max_new_tokens: int | None = None) -> str:  # fmt: skip
+                max_new_tokens: int | None = None, cut: str | None = None) -> str:  # fmt: skip
     """Gold mode (``max_new_tokens`` None): the questions and gold answers; generated mode: the questions only (the
-    answers are the teacher's) and the answer budget."""
+    answers are the teacher's), the answer budget and the cut rule (``cut`` None: uncut, the key of caches written
+    before cut rules existed, so those stay valid for uncut recipes and are never read by a cutting one)."""
     if max_new_tokens is None:
         parts: dict[str, Any] = {"v": TEACHER_VERSION, "model": model_hash, "doc": doc, "qas": [list(q) for q in qas],
                                  "k": top_k}  # fmt: skip
     else:
         parts = {"v": GENERATED_VERSION, "mode": "generated", "model": model_hash, "doc": doc,
                  "questions": [q for q, _ in qas], "k": top_k, "max_new": max_new_tokens}  # fmt: skip
+        if cut is not None:
+            parts["cut"] = cut
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -144,14 +208,16 @@ def _common_prefix(seqs: Sequence[Sequence[int]], limit: int) -> int:
 
 @torch.no_grad()
 def teacher_generate(model: Any, prompts: Sequence[list[int]], *, top_k: int, max_new_tokens: int,
-                     stop: set[int], device: Any, batch: int = 16, pad_id: int = 0) -> list[dict[str, Tensor]]:  # fmt: skip
+                     stop: set[int], device: Any, batch: int = 16, pad_id: int = 0,
+                     until: Callable[[list[int]], bool] | None = None) -> list[dict[str, Tensor]]:  # fmt: skip
     """Greedy answers to ``prompts`` (token ids) with the top-``top_k`` log-probabilities at each answer token.
 
     Per prompt: ``{"ids" [n] int32, "logp" [n, k] float16, "idx" [n, k] int32}``, ``n <= max_new_tokens``; the
     answer ends with its stop token when one came. The prefix all prompts share runs once (its KV cache is repeated
     over the batch); the rest of each prompt is left-padded up to the batch's longest, with the padding masked out
     and the positions continuing the prefix, so every row reads exactly its own prompt (the tests compare the
-    answers and top-k with unbatched full passes).
+    answers and top-k with unbatched full passes). ``until``: a row also stops once ``until(its tokens so far)``
+    is true (a cut rule that has seen enough; the caller cuts).
     """
     if not prompts:
         return []
@@ -198,7 +264,7 @@ def teacher_generate(model: Any, prompts: Sequence[list[int]], *, top_k: int, ma
                     toks[r].append(token)
                     logps[r].append(top.values[r])
                     idxs[r].append(top.indices[r])
-                    done[r] = token in stop
+                    done[r] = token in stop or (until is not None and until(toks[r]))
             if all(done) or t == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
@@ -217,14 +283,18 @@ def teacher_generate(model: Any, prompts: Sequence[list[int]], *, top_k: int, ma
 def build_teacher_cache(model: Any, tokenizer: Any, docs: Sequence[dict[str, Any]], *, model_hash: str,
                         folder: Path, top_k: int = 16, qa_keys: Sequence[str] = ("qa",),
                         max_doc_tokens: int | None = None, device: Any = "cpu", desc: str = "teacher",
-                        mode: str = "gold", max_new_tokens: int = 24) -> list[list[Any]]:  # fmt: skip
+                        mode: str = "gold", max_new_tokens: int = 24, cut: str | None = None) -> list[list[Any]]:  # fmt: skip
     """Per document, per question (``qa_keys`` in order, as :func:`pipelines.d2l.data.build_cache` lists them),
     the teacher's top-k on the answer tokens; computed once per document and kept in ``folder``.
 
     ``mode="gold"``: :class:`Teacher` on the gold answer's tokens; ``mode="generated"``: :class:`GeneratedTeacher`,
-    the teacher's own greedy answer (at most ``max_new_tokens`` tokens) with its top-k at each of its tokens."""
+    the teacher's own greedy answer (at most ``max_new_tokens`` tokens) with its top-k at each of its tokens;
+    ``cut="sentence"`` (generated mode) stops each answer once its first sentence is complete and cuts it there
+    (:func:`sentence_cut`, :func:`cut_answer`). The cut rule is part of the cache key."""
     if mode not in ("gold", "generated"):
         raise ValueError(f"teacher mode {mode!r}: expected 'gold' or 'generated'")
+    if cut is not None and (cut not in CUT_RULES or mode != "generated"):
+        raise ValueError(f"teacher cut {cut!r}: expected one of {CUT_RULES}, in generated mode")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -233,7 +303,7 @@ def build_teacher_cache(model: Any, tokenizer: Any, docs: Sequence[dict[str, Any
         qas = [(qa["question"], qa["answer"]) for key in qa_keys for qa in doc.get(key, [])]
         text = _doc_for_teacher(tokenizer, doc["text"], max_doc_tokens)
         budget = max_new_tokens if mode == "generated" else None
-        key = teacher_key(model_hash=model_hash, doc=text, qas=qas, top_k=top_k, max_new_tokens=budget)
+        key = teacher_key(model_hash=model_hash, doc=text, qas=qas, top_k=top_k, max_new_tokens=budget, cut=cut)
         path = folder / f"{key}.pt"
         if path.exists():
             out.append(torch.load(path, weights_only=True))
@@ -245,8 +315,16 @@ def build_teacher_cache(model: Any, tokenizer: Any, docs: Sequence[dict[str, Any
         else:
             prompts = [tokenizer(question_prompt(tokenizer, q, text), add_special_tokens=False)["input_ids"]
                        for q, _ in qas]  # fmt: skip
-            entry = teacher_generate(model, prompts, top_k=top_k, max_new_tokens=max_new_tokens,
-                                     stop=stop_ids(tokenizer), device=device, pad_id=pad)  # fmt: skip
+            stop = stop_ids(tokenizer)
+            until = None if cut is None else (lambda toks: sentence_cut(tokenizer, toks, stop) is not None)
+            entry = teacher_generate(model, prompts, top_k=top_k, max_new_tokens=max_new_tokens, stop=stop,
+                                     device=device, pad_id=pad, until=until)  # fmt: skip
+            if cut is not None:
+                end = end_of_turn_id(tokenizer)
+                for i, e in enumerate(entry):
+                    k = sentence_cut(tokenizer, e["ids"].tolist(), stop)
+                    if k is not None and end is not None:
+                        entry[i] = cut_answer(e, k, end)
             for e in entry:
                 e["text"] = tokenizer.decode(e["ids"].tolist(), skip_special_tokens=True).strip()
         tmp = path.with_suffix(f".tmp{os.getpid()}")

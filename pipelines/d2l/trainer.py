@@ -22,7 +22,7 @@ from tqdm import tqdm
 from agent_sleep.generators.backbone import RowLora
 from agent_sleep.generators.checkpoint import save_checkpoint
 from agent_sleep.generators.hypernet import HyperConfig, HyperNet
-from pipelines.d2l import pages, prose, synth
+from pipelines.d2l import pages, prose, recon, synth
 from pipelines.d2l.data import CachedDoc, build_cache, cache_key
 from pipelines.d2l.objective import (  # aux_losses, group_loras, greedy_accuracy: also imported from here
     aux_losses,
@@ -82,8 +82,16 @@ class DataConfig(_Quiet):
     pages_share: float = 0.0
     pages_facts: tuple[int, int] = (6, 8)
     pages_tokens: tuple[int, int] = (150, 600)
+    # share of documents that are real prose with self-supervised reconstruction and completion rows instead of
+    # questions (pipelines/d2l/recon.py, GenerativeAdapter's pre-training signal): recon_tokens long (estimated),
+    # recon_rows reconstruction rows of recon_window words each plus one completion row
+    recon_share: float = 0.0
+    recon_tokens: tuple[int, int] = (128, 320)
+    recon_window: int = 12
+    recon_rows: int = 3
 
-    _QUIET = frozenset({"pages_share", "pages_facts", "pages_tokens"})
+    _QUIET = frozenset({"pages_share", "pages_facts", "pages_tokens", "recon_share", "recon_tokens", "recon_window",
+                        "recon_rows"})
 
 
 # HyperConfig fields the recipe does not set in its ``hyper`` block: the base model's identity and sizes, the LoRA
@@ -147,9 +155,14 @@ class TrainConfig(_Quiet):
     cd_target: Literal["gold", "generated"] = "gold"
     cd_max_new_tokens: int = Field(24, ge=1)
     cd_only_correct: bool = False
+    # cd_cut "sentence" (generated mode): each teacher answer ends after its first sentence (then the end-of-turn
+    # token, all the teacher mass of that last row on it: pipelines/d2l/teacher.cut_answer). Uncut answers run to
+    # the cd_max_new_tokens cap ~60 % of the time, the gold-answer match (cd_only_correct) is judged on the cut
+    # text, and the cache key includes the rule (uncut caches are never read by a cutting recipe).
+    cd_cut: Literal["none", "sentence"] = "none"
 
     _QUIET = frozenset({"cd_loss", "cd_top_k", "cd_cache", "ce_weight", "cd_target", "cd_max_new_tokens",
-                        "cd_only_correct"})
+                        "cd_only_correct", "cd_cut"})
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -194,17 +207,21 @@ def _groups(step: int, cfg: TrainConfig, n_docs: int, n_hay: int) -> list[list[i
 
 def make_docs(d: DataConfig, seed: int, n_eval: int | None = None) -> tuple[list[synth.Doc], list[synth.Doc]]:
     """Training and held-out documents of a data config (held-out: seed + 1, unseen entities): fact documents
-    and, for ``prose_share``, prose-like ones and, for ``pages_share``, realistic pages."""
+    and, for ``prose_share``, prose-like ones, for ``pages_share``, realistic pages and, for ``recon_share``, real
+    prose with reconstruction and completion rows."""
     opts = {"n_facts": tuple(d.n_facts), "n_filler": tuple(d.n_filler), "vocab_size": d.vocab_size,
             "attributes": d.attributes, "n_hay": tuple(d.fact_hay)}  # fmt: skip
     out = []
     for n, s, split in ((d.n_train, seed, "train"), (d.n_eval if n_eval is None else n_eval, seed + 1, "heldout")):
-        n_prose, n_pages = round(n * d.prose_share), round(n * d.pages_share)
-        docs = synth.make_fact_docs(n - n_prose - n_pages, s, split, **opts)
+        n_prose, n_pages, n_recon = round(n * d.prose_share), round(n * d.pages_share), round(n * d.recon_share)
+        docs = synth.make_fact_docs(n - n_prose - n_pages - n_recon, s, split, **opts)
         if n_prose:
             docs += prose.make_prose_docs(n_prose, s, split, n_facts=tuple(d.prose_facts))
         if n_pages:
             docs += pages.make_pages(n_pages, s, split, n_facts=tuple(d.pages_facts), tokens=tuple(d.pages_tokens))
+        if n_recon:
+            docs += recon.make_recon_docs(n_recon, s, split, tokens=tuple(d.recon_tokens), window=d.recon_window,
+                                          n_recon=d.recon_rows)  # fmt: skip
         out.append(docs)
     return out[0], out[1]
 
@@ -314,7 +331,8 @@ def setup(cfg: TrainConfig, run_dir: Path, *, device: str | None, threads: int |
                        max_doc_tokens=d.max_doc_tokens, device=device, folder=folder)  # fmt: skip
     elif cfg.cd_loss:
         common_gen = {"top_k": cfg.cd_top_k, "max_doc_tokens": d.max_doc_tokens, "device": device, "folder": folder,
-                      "max_new_tokens": cfg.cd_max_new_tokens, "first_lora_layer": hs.first_lora_layer}  # fmt: skip
+                      "max_new_tokens": cfg.cd_max_new_tokens, "first_lora_layer": hs.first_lora_layer,
+                      "cut": None if cfg.cd_cut == "none" else cfg.cd_cut}  # fmt: skip
         stats = {"train": attach_generated(train_c, train_docs, handle, qa_keys=qa_keys,
                                            only_correct=cfg.cd_only_correct, **common_gen),
                  "eval": attach_generated(eval_c, eval_docs, handle, qa_keys=("qa",), only_correct=False,
@@ -348,10 +366,11 @@ def attach_teacher(cached: list[CachedDoc], docs: list[synth.Doc], handle: Any, 
 
 def attach_generated(cached: list[CachedDoc], docs: list[synth.Doc], handle: Any, *, qa_keys: tuple[str, ...],
                      top_k: int, max_doc_tokens: int, device: str, folder: Path, max_new_tokens: int,
-                     first_lora_layer: int, only_correct: bool) -> dict[str, Any]:  # fmt: skip
+                     first_lora_layer: int, only_correct: bool, cut: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Give every cached question of ``docs`` a ``cd`` row: the teacher's own greedy answer (computed once, kept in
-    ``folder``) after the question-only prompt, its hidden states entering the first LoRA layer and its ``teacher``
-    top-k; None (gold answer, CE only) where ``only_correct`` and the teacher's answer misses the gold one.
+    ``folder``; ``cut``: :func:`pipelines.d2l.teacher.build_teacher_cache`'s cut rule) after the question-only
+    prompt, its hidden states entering the first LoRA layer and its ``teacher`` top-k; None (gold answer, CE only)
+    where ``only_correct`` and the teacher's answer misses the gold one.
     Returns the teacher's answer statistics (share matching the gold answer, mean length, share that stopped)."""
     from agent_sleep.evaluation.answers import answer_matches
     from agent_sleep.generators.prompts import question_prompt
@@ -361,7 +380,8 @@ def attach_generated(cached: list[CachedDoc], docs: list[synth.Doc], handle: Any
     tok = handle.tokenizer
     teachers = build_teacher_cache(handle.model, tok, docs, model_hash=handle.content_hash, folder=folder,
                                    top_k=top_k, qa_keys=qa_keys, max_doc_tokens=max_doc_tokens, device=device,
-                                   desc="teacher answers", mode="generated", max_new_tokens=max_new_tokens)  # fmt: skip
+                                   desc="teacher answers", mode="generated", max_new_tokens=max_new_tokens,
+                                   cut=cut)  # fmt: skip
     stop = stop_ids(tok)
     todo: list[tuple[dict[str, Any], dict[str, Any], Tensor, int]] = []
     n = hits = stopped = length = 0

@@ -317,3 +317,101 @@ def test_a_recipe_distils_the_teachers_own_answers(handle, tmp_path: Path) -> No
     tr = [json.loads(line) for line in (tmp_path / "only" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["cd_kl"] == 0 for r in tr if r["kind"] == "train")
     assert [f.stat().st_mtime_ns for f in sorted((run / "teacher").glob("*.pt"))] == stamps  # shared cache reused
+
+
+def _ids(tok, text: str) -> list[int]:  # type: ignore[no-untyped-def]
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_sentence_cut_ends_teacher_answers_after_their_first_sentence(handle) -> None:  # type: ignore[no-untyped-def]
+    from pipelines.d2l.teacher import end_of_turn_id, sentence_cut, stop_ids
+
+    tok = handle.tokenizer
+    stop = stop_ids(tok)
+    eot = end_of_turn_id(tok)
+    assert eot in stop
+    cases = {
+        "The fee is 66.46 crowns. It is due on Monday.": "The fee is 66.46 crowns.",
+        "Ask Dr. Ashby at 9 a.m. on Monday. Then leave.": "Ask Dr. Ashby at 9 a.m. on Monday.",
+        "Is it open? Yes, until 6 pm.": "Is it open?",
+        "It is 5 km.\nThe next stop is Holwick.": "It is 5 km.",
+        'He said "go." Then he left.': 'He said "go."',
+        "Version v2.1 ships on 3 May": None,
+        "It runs from J. Ashby's desk": None,
+    }
+    for text, first in cases.items():
+        ids = _ids(tok, text)
+        k = sentence_cut(tok, ids, stop)
+        assert (None if k is None else tok.decode(ids[:k])) == first, text
+    # an answer that stops right after its sentence needs no cut; one cut at the budget is left alone
+    assert sentence_cut(tok, _ids(tok, "It is 5 km.") + [eot], stop) is None
+    assert sentence_cut(tok, _ids(tok, "It is 5 km."), stop) is None
+
+
+def test_cut_answer_keeps_the_teacher_rows_and_ends_on_end_of_turn(handle) -> None:  # type: ignore[no-untyped-def]
+    from pipelines.d2l.teacher import cut_answer, end_of_turn_id, sentence_cut, stop_ids
+
+    model, tok = handle.model, handle.tokenizer
+    eot = end_of_turn_id(tok)
+    prompt = _ids(tok, "<|im_start|>user\nWhat is the fee?<|im_end|>\n<|im_start|>assistant\n")
+    answer = _ids(tok, "The fee is 66.46 crowns. It is due on Monday.")
+    full = teacher_topk(model, [(prompt + answer, len(prompt))], 6, "cpu")[0]
+    entry = {"ids": torch.tensor(answer, dtype=torch.int32), "logp": full["logp"][: len(answer)],
+             "idx": full["idx"][: len(answer)], "text": "unused"}  # fmt: skip
+    k = sentence_cut(tok, answer, stop_ids(tok))
+    assert k is not None
+    cut = cut_answer(entry, k, eot)
+    assert cut["ids"].tolist() == answer[:k] + [eot] and cut["ids"].dtype == torch.int32
+    assert cut["logp"].shape == cut["idx"].shape == (k + 1, 6)
+    assert cut["logp"].dtype == torch.float16 and cut["idx"].dtype == full["idx"].dtype
+    assert torch.equal(cut["logp"][:k], entry["logp"][:k]) and torch.equal(cut["idx"][:k], entry["idx"][:k])
+    last_idx, last_logp = cut["idx"][k].tolist(), cut["logp"][k].float()
+    assert last_idx[0] == eot and eot not in last_idx[1:] and len(set(last_idx)) == 6
+    assert last_logp[0] == 0 and (last_logp[1:] == -30).all()
+    assert set(last_idx[1:]) <= set(entry["idx"][k].tolist())  # the teacher's own next candidates there
+    # a student sure of the end-of-turn there has (almost) no KL on that row; one sure of the next word has a lot
+    sure = torch.full((1, model.config.vocab_size), -20.0)
+    sure[0, eot] = 20.0
+    assert topk_kl(sure, cut["logp"][k:].float(), cut["idx"][k:]).item() < 1e-6
+    wrong = torch.full_like(sure, -20.0)
+    wrong[0, last_idx[1]] = 20.0
+    assert topk_kl(wrong, cut["logp"][k:].float(), cut["idx"][k:]).item() > 10
+
+
+def test_cut_teacher_cache_is_keyed_apart_from_the_uncut_one(handle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pipelines.d2l.teacher import end_of_turn_id, sentence_cut, stop_ids, teacher_key
+
+    model, tok = handle.model, handle.tokenizer
+    docs = synth.make_fact_docs(3, seed=5, n_facts=(2, 3))
+    folder = tmp_path / "teacher"
+    kw = {"model_hash": handle.content_hash, "folder": folder, "top_k": 5, "mode": "generated",
+          "max_new_tokens": 12}  # fmt: skip
+    uncut = build_teacher_cache(model, tok, docs, **kw)
+    stamps = {f: f.stat().st_mtime_ns for f in folder.glob("*.pt")}
+    cut = build_teacher_cache(model, tok, docs, **kw, cut="sentence")
+    files = set(folder.glob("*.pt"))
+    assert len(files) == 6 and {f: f.stat().st_mtime_ns for f in stamps} == stamps  # new files, old ones untouched
+    stop, eot = stop_ids(tok), end_of_turn_id(tok)
+    for a, b in zip(uncut, cut, strict=True):
+        for u, c in zip(a, b, strict=True):
+            n = len(c["ids"])
+            assert c["logp"].shape[0] == c["idx"].shape[0] == n
+            k = sentence_cut(tok, u["ids"].tolist(), stop)
+            if k is None:  # nothing to cut: the same answer
+                assert torch.equal(u["ids"], c["ids"]) and torch.equal(u["logp"], c["logp"])
+            else:  # the same greedy tokens up to the sentence end, then the end-of-turn
+                assert c["ids"].tolist() == u["ids"].tolist()[:k] + [eot]
+                assert torch.equal(c["logp"][:k], u["logp"][:k])
+            assert c["text"] == tok.decode(c["ids"].tolist(), skip_special_tokens=True).strip()
+    # resumable: a second build reads every file back
+    again = build_teacher_cache(model, tok, docs, **kw, cut="sentence")
+    assert all(torch.equal(x["ids"], y["ids"]) for a, b in zip(cut, again, strict=True) for x, y in zip(a, b, strict=True))
+    assert set(folder.glob("*.pt")) == files
+    base = {"model_hash": "m", "doc": "d", "qas": [("q?", "a")], "top_k": 5, "max_new_tokens": 6}
+    assert teacher_key(**base) == teacher_key(**base, cut=None) != teacher_key(**base, cut="sentence")
+    with pytest.raises(ValueError, match="cut"):
+        build_teacher_cache(model, tok, docs, **{**kw, "mode": "gold"}, cut="sentence")
+    with pytest.raises(ValueError, match="cut"):
+        build_teacher_cache(model, tok, docs, **kw, cut="paragraph")
+    # the recipe option is left out of older recipes' dumps while it holds its default
+    assert "cd_cut" not in TrainConfig().model_dump() and TrainConfig(cd_cut="sentence").model_dump()["cd_cut"]
