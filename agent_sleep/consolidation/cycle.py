@@ -174,7 +174,7 @@ def _candidates(sp: SkillPlan, made: dict[str, Any], judged: dict[str, Any] | No
         if m.get("status") in ("invalid", "failed", "skipped"):
             fields.update(status=m["status"], reasons=[m.get("reason") or m["status"]])
         elif v is not None:
-            fields.update(status=v["status"], reasons=v["reasons"], weight=v.get("weight"),
+            fields.update(status=v["status"], reasons=v["reasons"], weight=v.get("weight"), routed=v.get("routed"),
                           comparisons=[SuiteDelta.model_validate(c) for c in v["comparisons"]],
                           target_gain=gating.target_gain(v),
                           guard_loss=gating.guard_loss(v) if v["comparisons"] else None)
@@ -335,7 +335,7 @@ class _Cycle:
             elif g.get("status") in ("invalid", "failed", "skipped"):
                 fields.update(status=g["status"], reasons=[g.get("reason") or g["status"]])
             elif e is not None:
-                fields.update(status=e["status"], reasons=e["reasons"], weight=e.get("weight"),
+                fields.update(status=e["status"], reasons=e["reasons"], weight=e.get("weight"), routed=e.get("routed"),
                               comparisons=[SuiteDelta.model_validate(c) for c in e["comparisons"]])  # fmt: skip
             out.append(SkillResult.model_validate(fields))
         return out

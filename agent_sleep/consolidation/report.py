@@ -108,6 +108,10 @@ def render_markdown(data: Mapping[str, Any]) -> str:
                 continue
             lines += _comparisons(s["comparisons"])
             lines += [f"- {reason}" for reason in s["reasons"]]
+            if s.get("routed"):
+                lines.append("- routed: applied only to requests like its training material; it fired on "
+                             + ", ".join(f"{f['fired']}/{f['items']} of {n}" for n, f in s["routed"].items())
+                             + " (elsewhere scored as the stack it joins)")
     else:
         lines.append("No skill had material to learn from.")
     lines += ["", "## Selection", ""]

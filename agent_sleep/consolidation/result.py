@@ -59,6 +59,7 @@ class CandidateResult(_Value):
     guard_loss: float | None = None
     chosen: bool = False
     generate_seconds: float | None = None
+    routed: dict[str, dict[str, int]] | None = None  # per suite {"fired", "items"} (None: not routed)
 
 
 class SkillResult(_Value):
@@ -79,6 +80,8 @@ class SkillResult(_Value):
     reasons: list[str] = Field(default_factory=list)
     comparisons: list[SuiteDelta] = Field(default_factory=list)
     weight: float | None = None  # the stack weight the gate's last verdict was for (evaluation.candidate_weights)
+    routed: dict[str, dict[str, int]] | None = None
+    """A routed adapter: per suite, on how many items its router fired ({"fired", "items"}); None: not routed."""
     train_items: int = 0  # conversations + documents trained on
     probes: int = 0
     generate_seconds: float | None = None

@@ -283,3 +283,7 @@ def test_routing_writes_keys_and_the_gate_scores_routed_items_as_the_stack_it_jo
     for comparison in skill.comparisons:
         if comparison.role == "guard" and routed[comparison.suite]["fired"] == 0:
             assert comparison.delta == 0.0
+    assert skill.routed == routed  # in sleep --json / runs show, and in the report
+    report = (Path(result.folder) / "report.md").read_text()
+    assert "- routed: applied only to requests like its training material; it fired on " in report
+    assert "2/2 of target_capitals" in report
