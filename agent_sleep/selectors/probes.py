@@ -7,7 +7,7 @@ answer: the correction; asked under the episode's system prompt, if it starts wi
 (:func:`held_out`), so a rerun holds out the same ones, and a pool of two or more gives at least one
 probe and, unless the fraction is 1, keeps at least one for training.
 
-An answer written after a tool call is never a probe (:func:`episode_probe`).
+An answer read from a tool's result is never a probe (:func:`episode_probe`).
 
 A probe tests the ``d2l`` skill whose documents hold most of its answer's words
 (:func:`best_document_skill`), else the conversations' ``sft`` skill.
@@ -107,23 +107,30 @@ def held_out_taught(pool: Mapping[str, PlannedProbe], fraction: float, *, at_lea
     return held, skipped
 
 
-def grounded_in_tools(messages: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether a tool was called or answered in ``messages`` (the turns before an answer)."""
-    return any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
+def grounded_in_tools(messages: Sequence[Mapping[str, Any]], answer: str, question: str = "") -> bool:
+    """Whether the tool results in ``messages`` (the turns before ``answer``) hold enough of its key terms to
+    give it: then the answer was read from a look-up, not known."""
+    results = " ".join(str(m.get("content") or "") for m in messages if m.get("role") == "tool")
+    if not results.strip():
+        return False
+    terms = {t.casefold() for t in key_terms(answer, question)}
+    looked_up = term_set(results)
+    return sum(1 for t in terms if t in looked_up) >= keywords_needed(len(terms))
 
 
 def episode_probe(episode: EpisodeCandidate, origin: Literal["correction", "feedback"]) -> PlannedProbe | None:
     """The probe an episode gives: its final answer (corrected, or confirmed) and the question before it.
 
-    None when the answer has no question before it, or came after a tool call: a probe is asked as one
-    question, without the tool's result, so it would test (and reward) recall of data the agent looks up
-    at run time, such as an order's status. Such an episode still trains (how to use a tool's result)."""
+    None when the answer has no question before it, or when the tool results before it hold its key terms
+    (:func:`grounded_in_tools`): a probe is asked as one question, without the tool's result, so it would
+    test (and reward) recall of data the agent looks up at run time, such as an order's status. Such an
+    episode still trains (how to use a tool's result)."""
     index = episode.final_answer()
-    if index is None or grounded_in_tools(episode.messages[:index]):
+    if index is None:
         return None
     question = episode.question_before(index)
     answer = str(episode.messages[index].get("content") or "").strip()
-    if not question or not answer:
+    if not question or not answer or grounded_in_tools(episode.messages[:index], answer, question):
         return None
     first = episode.messages[0] if episode.messages else {}
     system = str(first.get("content") or "").strip() if first.get("role") == "system" else ""

@@ -205,6 +205,26 @@ def test_an_answer_written_from_a_tool_result_trains_but_is_never_a_probe(store:
     assert all(c.messages[-2]["role"] == "tool" for c in dialog.conversations)
 
 
+def test_a_tool_using_answer_the_tool_did_not_give_can_be_a_probe(store: Any) -> None:
+    ids = []
+    for i in range(6):  # the look-up returns the order, the correction is a policy the tool never said
+        eid = store.start_episode("helpdesk")
+        store.append_events(eid, [
+            {"kind": "user_message", "content": f"Can I return order B200{i}?"},
+            {"kind": "tool_call", "name": "lookup_order",
+             "payload": {"args": {"order_id": f"B200{i}"}, "tool_call_id": "c1"}},
+            {"kind": "tool_result", "name": "lookup_order", "content": f"Order B200{i}: delivered.",
+             "payload": {"tool_call_id": "c1"}},
+            {"kind": "assistant_message", "content": "No."}])  # fmt: skip
+        store.end_episode(eid)
+        store.add_feedback(eid, correction="Yes: returns are accepted within 45 days of delivery.")
+        ids.append(eid)
+    dialog = build_plan(store, "helpdesk", parse_selection_config({"probes": {"fraction": 0.5}})).plan.skill(
+        "helpdesk-dialog")
+    assert dialog.probes and dialog.conversations
+    assert {p.source_id for p in dialog.probes} | {c.episode_id for c in dialog.conversations} == set(ids)
+
+
 def test_declared_skills_and_switches(store: Any) -> None:
     store.add_document("kb/refunds/policy.md", "Refunds within 30 days.", agent="helpdesk")
     store.add_document("kb/refunds/faq.md", "Refund FAQ.", agent="helpdesk")
