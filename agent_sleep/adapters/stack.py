@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_WEIGHT", "Combine", "LoraHooks", "PreparedStack", "StackItem", "check_weight", "prepare_stack",
-    "resolve_linear", "strip_lora_hooks",
+    "resolve_linear", "stack_label", "strip_lora_hooks",
 ]  # fmt: skip
 
 Combine = Literal["cat", "sum"]
@@ -59,6 +59,11 @@ _MARK = "_agent_sleep_lora_hook"
 # check bounds the effect too). Negative weights subtract a skill (task negation); 0 is refused
 # because a skill that contributes nothing belongs out of the stack (``remove-skill``).
 MAX_WEIGHT = 4.0
+
+
+def stack_label(items: Sequence[tuple[str, float]]) -> str:
+    """A stack of (adapter, weight) as one name: ``a@v1+b@v2*0.5``; the empty stack is ``base``."""
+    return "+".join(a if w == 1.0 else f"{a}*{w:g}" for a, w in items) or "base"
 
 
 def check_weight(weight: object, adapter: str = "adapter") -> float:

@@ -38,10 +38,11 @@ side is redone idempotently, so a candidate is rejected once, with the gate's re
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
+from agent_sleep.adapters.stack import stack_label
 from agent_sleep.consolidation import faults
 from agent_sleep.consolidation.context import RunContext
 from agent_sleep.consolidation.generation import candidates_of
@@ -57,10 +58,6 @@ from agent_sleep.selectors.plan import ConsolidationPlan
 __all__ = ["evaluate", "guard_loss", "pick_winner", "stack_label", "target_gain"]
 
 Items = list[tuple[str, float]]
-
-
-def stack_label(items: Sequence[tuple[str, float]]) -> str:
-    return "+".join(a if w == 1.0 else f"{a}*{w:g}" for a, w in items) or "base"
 
 
 def _suite_name(prefix: str, skill: str) -> str:
@@ -188,6 +185,7 @@ class _Evaluation:
         state.setdefault("skills", {})
         state.setdefault("candidates", {})
         self.evaluator: Any = None
+        self._fires: dict[str, dict[str, set[str]]] = {}  # routed adapter -> suite -> ids it fires on
 
     def save(self) -> None:
         self.ctx.runs.save_progress(self.ctx.run_id, "evaluate", self.state)
@@ -305,36 +303,40 @@ class _Evaluation:
         verdict["tried"] = tried
         return verdict
 
-    def questions(self) -> dict[str, dict[str, str]]:
-        """Per suite, each item's question (what a request's last user message would be)."""
-        if "_questions" not in self.__dict__:
+    def fires(self, adapter: str) -> dict[str, set[str]] | None:
+        """Per suite, the ids of the items ``adapter``'s router fires on (None: the adapter is not routed).
+        Decided once per adapter: each candidate weight reuses it."""
+        spec = self.ctx.runtime.routing(adapter)
+        if spec is None:
+            return None
+        if adapter not in self._fires:
             suites, _ = _suites(self.ctx, self.plan, self.live, self.skills)
-            self._questions = {s.name: {i.id: i.question for i in s.items} for s in suites}
-        return self._questions
+            router = self.ctx.runtime.router
+            near = {s.name: router.similarities(adapter, spec, [i.question for i in s.items]) for s in suites}
+            self._fires[adapter] = {s.name: {i.id for i, sim in zip(s.items, near[s.name], strict=True)
+                                             if sim >= spec.threshold} for s in suites}  # fmt: skip
+        return self._fires[adapter]
 
     def routed(self, adapter: str, candidate: dict[str, EvalResult], accepted: dict[str, EvalResult]
                ) -> tuple[dict[str, EvalResult], dict[str, dict[str, int]] | None]:  # fmt: skip
         """The candidate's scores as its routing makes them run: on an item where ``adapter``'s router does
         not fire, the request runs on the stack it would join, so the item scores as ``accepted`` did. Also,
         per suite, on how many items it fired (None: the adapter is not routed, the scores are unchanged)."""
-        runtime = self.ctx.runtime
-        spec = runtime.routing(adapter)
-        if spec is None:
+        fires = self.fires(adapter)
+        if fires is None:
             return candidate, None
         out: dict[str, EvalResult] = {}
         fired: dict[str, dict[str, int]] = {}
         for name, result in candidate.items():
             base = accepted.get(name)
-            asked = self.questions().get(name, {})
             ids = sorted(result.scores)
             if base is None or not ids:
                 out[name] = result
                 continue
-            near = runtime.router.similarities(adapter, spec, [asked.get(i, "") for i in ids])
-            fires = {i for i, sim in zip(ids, near, strict=True) if sim >= spec.threshold}
-            scores = {i: result.scores[i] if i in fires else base.scores.get(i, result.scores[i]) for i in ids}
+            on = fires.get(name, set())
+            scores = {i: result.scores[i] if i in on else base.scores.get(i, result.scores[i]) for i in ids}
             out[name] = replace(result, scores=scores)
-            fired[name] = {"fired": len(fires), "items": len(ids)}
+            fired[name] = {"fired": sum(1 for i in ids if i in on), "items": len(ids)}
         return out, fired
 
     def _verdicts(self, skill: str, decided: dict[str, Any]) -> list[dict[str, Any]]:

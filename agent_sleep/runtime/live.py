@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent_sleep.adapters.manifest import RoutingSpec
-from agent_sleep.adapters.stack import LoraHooks, PreparedStack, check_weight, prepare_stack
+from agent_sleep.adapters.stack import LoraHooks, PreparedStack, check_weight, prepare_stack, stack_label
 from agent_sleep.errors import AgentSleepError, NotFoundError
 from agent_sleep.models.loader import BaseModelHandle, load_base_model
 from agent_sleep.registry import AdapterRegistry, DeploymentRecord, StackRecord
@@ -46,7 +46,6 @@ from agent_sleep.registry.notify import listen
 from agent_sleep.registry.records import refuse_rejected
 from agent_sleep.registry.refs import AdapterRef, StackRef, check_one_per_skill
 from agent_sleep.runtime.chat_model import PinnedModel
-from agent_sleep.runtime.routing import Router
 from agent_sleep.runtime.deploy import (
     DeployOutcome,
     VerdictCache,
@@ -54,6 +53,7 @@ from agent_sleep.runtime.deploy import (
     deploy_validated,
     rollback_validated,
 )
+from agent_sleep.runtime.routing import Router
 
 if TYPE_CHECKING:
     from agent_sleep.adapters.artifact import LoraWeights
@@ -173,8 +173,8 @@ class LiveRuntime:
                 self._routed.move_to_end(key)
                 return self._routed[key]
         items = [(name, self._adapter_layers(name), weight) for name, weight in active]
-        label = "+".join(n if w == 1.0 else f"{n}*{w:g}" for n, w in active)
-        sub = prepare_stack(label, items, dtype=self.handle.dtype, device=self.handle.device, combine=stack.combine)
+        sub = prepare_stack(stack_label(active), items, dtype=self.handle.dtype, device=self.handle.device,
+                            combine=stack.combine)  # fmt: skip
         with self._lock:
             self._routed[key] = sub
             while len(self._routed) > self._cache_size:
@@ -228,8 +228,8 @@ class LiveRuntime:
             self._refuse_rejected([rec.name])
             items.append((rec.name, self._adapter_layers(rec.name), weight))
         check_one_per_skill(name for name, _, _ in items)
-        label = "+".join(n if w == 1.0 else f"{n}*{w:g}" for n, _, w in items) or "base"
-        prepared = prepare_stack(label, items, dtype=self.handle.dtype, device=self.handle.device)
+        prepared = prepare_stack(stack_label([(n, w) for n, _, w in items]), items, dtype=self.handle.dtype,
+                                 device=self.handle.device)
         self.hooks.ensure(list(prepared.layers))
         return prepared
 

@@ -55,17 +55,21 @@ class Router:
             raise ConfigError(f"routing keys were written for encoder {spec.encoder!r}; this runtime embeds with "
                               f"{self.embedder.name!r}")  # fmt: skip
 
+    def _keys_of(self, name: str, spec: RoutingSpec) -> np.ndarray:
+        """``name``'s key vectors, embedded on first use."""
+        self._check(spec)
+        keys = self._keys.get(name)
+        if keys is None:
+            keys = self._keys[name] = self.embedder.embed(list(spec.keys))
+        return keys
+
     def similarity(self, name: str, spec: RoutingSpec, text: str) -> float:
         """The best cosine similarity of ``text`` to ``name``'s keys."""
         return float(self.similarities(name, spec, [text])[0])
 
     def similarities(self, name: str, spec: RoutingSpec, texts: Sequence[str]) -> np.ndarray:
         """Per text, the best cosine similarity to ``name``'s keys (one batch: for scoring many items)."""
-        self._check(spec)
-        keys = self._keys.get(name)
-        if keys is None:
-            keys = self.embedder.embed(list(spec.keys))
-            self._keys[name] = keys
+        keys = self._keys_of(name, spec)
         if not texts:
             return np.zeros(0, dtype=np.float32)
         return (self.embedder.embed([t or "" for t in texts]) @ keys.T).max(axis=1)
@@ -75,10 +79,17 @@ class Router:
 
     def active(self, items: Sequence[tuple[str, float]], specs: Mapping[str, RoutingSpec | None],
                text: str | None) -> tuple[tuple[str, float], ...]:  # fmt: skip
-        """The stack items that apply to a request whose last user message is ``text`` (None: every item)."""
-        if text is None:
+        """The stack items that apply to a request whose last user message is ``text`` (None: every item).
+        The text is embedded once, whatever the number of routed items."""
+        if text is None or not any(specs.get(n) for n, _ in items):
             return tuple(items)
-        return tuple((n, w) for n, w in items if (spec := specs.get(n)) is None or self.fires(n, spec, text))
+        vector = self.embedder.embed([text])[0]
+
+        def applies(name: str) -> bool:
+            spec = specs.get(name)
+            return spec is None or float((self._keys_of(name, spec) @ vector).max()) >= spec.threshold
+
+        return tuple((n, w) for n, w in items if applies(n))
 
 
 def last_user_text(messages: Sequence[Any]) -> str | None:

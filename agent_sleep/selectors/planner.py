@@ -278,9 +278,8 @@ class _Planner:
         cfg = self.config.probes
         corrected, confirmed, teachers = {}, {}, {}
         for ep in episodes:
-            index = ep.final_answer()
-            if index is not None:
-                teachers[ep.id] = str(ep.messages[index].get("content") or "")
+            if ep.final_answer() is not None:
+                teachers[ep.id] = _final_text(ep)
             if ep.instructions:  # its instruction is in a description t2l trains on: never a probe
                 continue
             if ep.corrected_by is not None:

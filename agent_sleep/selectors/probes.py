@@ -69,7 +69,7 @@ def held_out_taught(pool: Mapping[str, PlannedProbe], fraction: float, *, at_lea
     """
     picked_by_hash = held_out(list(pool), fraction, at_least_one=at_least_one)
     wanted = len(picked_by_hash)
-    terms = {i: {t.casefold() for t in key_terms(p.answer, p.question)} for i, p in pool.items()}
+    terms = {i: _answer_terms(p.answer, p.question) for i, p in pool.items()}
     teach = {i: term_set(text) for i, text in teachers.items()}
     counts: dict[str, int] = {}
     for words_of in teach.values():
@@ -81,7 +81,7 @@ def held_out_taught(pool: Mapping[str, PlannedProbe], fraction: float, *, at_lea
         return found >= keywords_needed(len(terms[i]))
 
     def by_elsewhere(i: str) -> bool:
-        return sum(1 for t in terms[i] if t in taught_elsewhere) >= keywords_needed(len(terms[i]))
+        return _enough(terms[i], taught_elsewhere)
 
     # A fact the conversations teach must stay taught by them: a document alone does not teach the dialog
     # skill (sft trains on conversations), so holding out both corrections of a fact that a document also
@@ -113,9 +113,7 @@ def grounded_in_tools(messages: Sequence[Mapping[str, Any]], answer: str, questi
     results = " ".join(str(m.get("content") or "") for m in messages if m.get("role") == "tool")
     if not results.strip():
         return False
-    terms = {t.casefold() for t in key_terms(answer, question)}
-    looked_up = term_set(results)
-    return sum(1 for t in terms if t in looked_up) >= keywords_needed(len(terms))
+    return _enough(_answer_terms(answer, question), term_set(results))
 
 
 def episode_probe(episode: EpisodeCandidate, origin: Literal["correction", "feedback"]) -> PlannedProbe | None:
@@ -168,10 +166,16 @@ def best_document_skill(answer: str, skill_words: Mapping[str, set[str]], min_sh
     assert best is not None
     return (best[1] if best[0] >= min_share else None), best[0]
 
-
-
 def taught_by(probe: PlannedProbe, texts: list[str]) -> bool:
     """Whether ``texts`` (the final answers a skill trains on) hold enough of ``probe``'s key terms to teach it."""
-    terms = {t.casefold() for t in key_terms(probe.answer, probe.question)}
-    held = set().union(*(term_set(t) for t in texts)) if texts else set()
-    return sum(1 for t in terms if t in held) >= keywords_needed(len(terms))
+    return _enough(_answer_terms(probe.answer, probe.question), set().union(*(term_set(t) for t in texts)))
+
+
+def _answer_terms(answer: str, question: str) -> set[str]:
+    """The case-folded key terms a reply to ``question`` must hold (:func:`~agent_sleep.key_terms.key_terms`)."""
+    return {t.casefold() for t in key_terms(answer, question)}
+
+
+def _enough(terms: set[str], known: set[str]) -> bool:
+    """Whether ``known`` holds the share of ``terms`` the gate's keyword match needs (half, rounded up)."""
+    return sum(1 for t in terms if t in known) >= keywords_needed(len(terms))

@@ -56,6 +56,11 @@ def test_router_scores_and_picks_the_active_items() -> None:
     assert router.active(items, specs, "capital of peru") == (("tone@v1", 0.5),)
     assert router.active(items, specs, "where is my order") == items
     assert router.active(items, specs, None) == items  # no user message: nothing to route by
+    both = {"orders@v1": SPEC, "tone@v1": SPEC.model_copy(update={"keys": ["capital of peru"]})}
+    router.active(items, both, "warm the key caches")
+    calls = embedder.calls
+    assert router.active(items, both, "capital of peru") == (("tone@v1", 0.5),)
+    assert embedder.calls == calls + 1  # the request is embedded once, not once per routed adapter
     with pytest.raises(ConfigError, match="encoder"):
         router.fires("x@v1", SPEC.model_copy(update={"encoder": "other-encoder"}), "hi")
 
