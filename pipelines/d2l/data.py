@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from agent_sleep.generators.backbone import hidden_after
-from agent_sleep.generators.prompts import answer_ids, question_prompt
+from agent_sleep.generators.prompts import answer_ids, styled_prompt
 
 __all__ = ["CachedDoc", "build_cache", "cache_key", "pad_right", "value_positions"]
 
@@ -84,8 +85,13 @@ def _hidden(model: Any, seqs: list[Tensor], n_layers: int, device: Any, batch: i
 
 def build_cache(model: Any, tokenizer: Any, docs: Sequence[dict[str, Any]], *, encoder_layers: int,
                 first_lora_layer: int, max_doc_tokens: int, device: Any, path: Path,
-                qa_keys: Sequence[str] = ("qa",), batch: int = 16, desc: str = "cache") -> list[CachedDoc]:  # fmt: skip
-    """Features and question states for ``docs``, loaded from ``path`` if already there."""
+                qa_keys: Sequence[str] = ("qa",), batch: int = 16, desc: str = "cache",
+                prompt_styles: Sequence[str] = ("bare",)) -> list[CachedDoc]:  # fmt: skip
+    """Features and question states for ``docs``, loaded from ``path`` if already there.
+
+    Each question is asked in one of ``prompt_styles`` (:func:`agent_sleep.generators.prompts.styled_prompt`),
+    picked by a hash of its text: deterministic, and with the default ``("bare",)`` exactly the bare ChatML prompt.
+    """
     if path.exists():
         return torch.load(path, weights_only=False)
     doc_ids = [torch.tensor(tokenizer(d["text"], add_special_tokens=False)["input_ids"][:max_doc_tokens]) for d in docs]
@@ -93,7 +99,10 @@ def build_cache(model: Any, tokenizer: Any, docs: Sequence[dict[str, Any]], *, e
     for di, doc in enumerate(docs):
         for key in qa_keys:
             for qa in doc.get(key, []):
-                prompt = tokenizer(question_prompt(tokenizer, qa["question"]), add_special_tokens=False)["input_ids"]
+                h = zlib.crc32(qa["question"].encode("utf-8"))
+                style = prompt_styles[h % len(prompt_styles)]
+                text = styled_prompt(tokenizer, qa["question"], style, pick=h // len(prompt_styles))
+                prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
                 ids = torch.tensor(prompt + answer_ids(tokenizer, qa["answer"]))
                 rows.append((di, qa, ids, len(prompt)))
     bar = tqdm(total=2, desc=desc, leave=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, create_model, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, create_model, field_validator, model_serializer
 from torch import Tensor
 from tqdm import tqdm
 
@@ -89,9 +89,21 @@ class DataConfig(_Quiet):
     recon_tokens: tuple[int, int] = (128, 320)
     recon_window: int = 12
     recon_rows: int = 3
+    # the prompts training questions are asked in (agent_sleep.generators.prompts.PROMPT_STYLES), one per question by
+    # a hash of its text: "bare" ChatML (what the generator was always trained on), "chat" (the tokenizer's template
+    # with its default system message: what `ask`, the chat model and the served API send), "agent" (the template with
+    # an agent's system prompt). The trainer's held-out eval always asks bare.
+    prompt_styles: tuple[Literal["bare", "chat", "agent"], ...] = ("bare",)
 
     _QUIET = frozenset({"pages_share", "pages_facts", "pages_tokens", "recon_share", "recon_tokens", "recon_window",
-                        "recon_rows"})
+                        "recon_rows", "prompt_styles"})
+
+    @field_validator("prompt_styles")
+    @classmethod
+    def _some_style(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("prompt_styles needs at least one style")
+        return v
 
 
 # HyperConfig fields the recipe does not set in its ``hyper`` block: the base model's identity and sizes, the LoRA
@@ -322,7 +334,7 @@ def setup(cfg: TrainConfig, run_dir: Path, *, device: str | None, threads: int |
               "max_doc_tokens": d.max_doc_tokens, "device": device}  # fmt: skip
     qa_keys = ("qa", "probe_qa") if d.use_probe_qa else ("qa",)
     train_c = build_cache(model, tok, train_docs, path=run_dir / "cache" / f"train-{key}.pt", qa_keys=qa_keys,
-                          desc="cache train", **common)  # fmt: skip
+                          desc="cache train", prompt_styles=d.prompt_styles, **common)  # fmt: skip
     eval_c = build_cache(model, tok, eval_docs, path=run_dir / "cache" / f"eval-{key}.pt", desc="cache eval",
                          **common)  # fmt: skip
     folder = Path(cfg.cd_cache) if cfg.cd_cache else run_dir / "teacher"

@@ -312,3 +312,32 @@ def test_stop_signals_only_ask_the_loop_to_stop_and_restore_the_handlers() -> No
         os.kill(os.getpid(), signal.SIGTERM)  # handled synchronously in the main thread: no exit
         assert stop.requested
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_prompt_styles_ask_each_question_in_a_runtime_prompt(tmp_path: Path) -> None:
+    from agent_sleep.generators.prompts import AGENT_SYSTEM_PROMPTS, question_prompt, styled_prompt
+    from pipelines.d2l.data import build_cache
+
+    handle = load_base_model(str(make_tiny_model_dir(tmp_path)), device="cpu")
+    tok = handle.tokenizer
+    docs = synth.make_fact_docs(6, seed=3, n_facts=(2, 3))
+    common = {"encoder_layers": 1, "first_lora_layer": 1, "max_doc_tokens": 64, "device": "cpu"}
+    bare = build_cache(handle.model, tok, docs, path=tmp_path / "bare.pt", **common)
+    mixed = build_cache(handle.model, tok, docs, path=tmp_path / "mixed.pt", prompt_styles=("bare", "chat", "agent"),
+                        **common)  # fmt: skip
+    texts_bare = [tok.decode(q["ids"][: q["n_prompt"]]) for d in bare for q in d["qa"]]
+    texts_mixed = [tok.decode(q["ids"][: q["n_prompt"]]) for d in mixed for q in d["qa"]]
+    questions = [q["question"] for d in bare for q in d["qa"]]
+    # the default is the bare prompt the generator was always trained on
+    assert texts_bare == [tok.decode(tok(question_prompt(tok, q), add_special_tokens=False)["input_ids"])
+                          for q in questions]  # fmt: skip
+    # mixed: every style occurs, answers and question order are unchanged, and agent prompts carry a system message
+    assert sum(t.startswith(b) for t, b in zip(texts_mixed, texts_bare, strict=True)) < len(questions)
+    assert any(any(p in t for p in AGENT_SYSTEM_PROMPTS) for t in texts_mixed)
+    assert all(q in t for q, t in zip(questions, texts_mixed, strict=True))
+    assert [q["answer"] for d in mixed for q in d["qa"]] == [q["answer"] for d in bare for q in d["qa"]]
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        styled_prompt(tok, "Who?", "shouting")
+    with pytest.raises(ValueError, match="at least one style"):
+        TrainConfig.model_validate({"data": {"prompt_styles": []}})
+    assert "prompt_styles" not in TrainConfig().data.model_dump()  # older recipes dump (and cache) as before
