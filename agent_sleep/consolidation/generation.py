@@ -46,7 +46,7 @@ from agent_sleep.selectors.plan import ConsolidationPlan, SkillPlan
 if TYPE_CHECKING:
     from agent_sleep.models.loader import BaseModelHandle
 
-__all__ = ["candidates_of", "generate", "registered_for", "routing_keys"]
+__all__ = ["SEPARATE_DOCUMENTS", "candidates_of", "generate", "generation_request", "registered_for", "routing_keys"]
 
 log = logging.getLogger("agent_sleep.consolidation")
 FINAL = frozenset({"generated", "invalid", "failed", "skipped"})
@@ -80,10 +80,18 @@ def build_generator(name: str, handle: BaseModelHandle, settings: GeneratorSetti
     return get_generator(name, handle=handle, **settings.settings)
 
 
-def _request(skill: SkillPlan, budget: float | None) -> GenerationRequest:
-    docs = "\n\n".join(f"# {d.title}\n\n{d.text}" if d.title else d.text for d in skill.documents)
-    return GenerationRequest(documents=(docs,) if docs else (),
-                             conversations=tuple(c.messages for c in skill.conversations),
+SEPARATE_DOCUMENTS = frozenset({"d2l"})
+"""Generators that take a skill's documents one by one (``d2l`` rank-concatenates them, each chunked and gated on
+its own: see :meth:`~agent_sleep.generators.d2l.D2LGenerator.internalize_documents`); the others get them joined
+into one text."""
+
+
+def generation_request(skill: SkillPlan, generator: str, budget: float | None) -> GenerationRequest:
+    """What candidate ``generator`` of ``skill`` is given: its documents (each under its title, if any; one text
+    unless the generator is in :data:`SEPARATE_DOCUMENTS`), conversations, description and time budget."""
+    texts = tuple(f"# {d.title}\n\n{d.text}" if d.title else d.text for d in skill.documents)
+    docs = texts if generator in SEPARATE_DOCUMENTS or len(texts) < 2 else ("\n\n".join(texts),)
+    return GenerationRequest(documents=docs, conversations=tuple(c.messages for c in skill.conversations),
                              description=skill.description or None, budget_seconds=budget)  # fmt: skip
 
 
@@ -142,7 +150,7 @@ def _register(ctx: RunContext, skill: SkillPlan, generator: str, entry: dict[str
         gen = _generator(ctx, generator, generators)
         entry["generator_version"] = gen.version
         started = time.perf_counter()
-        result = gen.generate(_request(skill, budget))
+        result = gen.generate(generation_request(skill, generator, budget))
         folder.parent.mkdir(parents=True, exist_ok=True)
         gen.write(result, folder, sources=_sources(ctx, skill, generator), skill=skill.skill)
         entry["generate_seconds"] = round(time.perf_counter() - started, 3)
