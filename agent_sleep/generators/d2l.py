@@ -108,6 +108,7 @@ class D2LGenerator:
     """
 
     name = GENERATOR_NAME
+    separate_documents = True  # the sleep cycle hands over a skill's documents one by one (see generate)
 
     def __init__(self, net: HyperNet, handle: BaseModelHandle, *, checkpoint: Path, version: str,
                  chunk_tokens: int = 256, min_gate: float | None = None) -> None:  # fmt: skip

@@ -362,7 +362,8 @@ def test_one_document_is_unchanged_and_several_share_one_bias_block(handle: Base
         assert torch.equal(step.layers[module][0], a) and torch.equal(step.layers[module][1], b)
     one = gen.internalize(DOC, chunk_tokens=8)
     same = gen.internalize_documents([DOC], chunk_tokens=8)
-    assert all(torch.equal(same.tensors[k], v) for k, v in one.tensors.items()) and same.tensors.keys() == one.tensors.keys()
+    assert same.tensors.keys() == one.tensors.keys()
+    assert all(torch.equal(same.tensors[k], v) for k, v in one.tensors.items())
     assert same.document_sha256 == one.document_sha256 and same.lora_config == one.lora_config
 
     two = gen.internalize(DOC2, chunk_tokens=8)
