@@ -13,6 +13,20 @@ the checkpoint's ``min_gate``, set when meta-training taught the gate to tell
 fact chunks from filler) are left out, so a long document's filler neither
 drowns the chunk that matters nor costs rank; the best chunk is always kept.
 
+Several documents (:meth:`D2LGenerator.internalize_documents`; what ``generate`` does with a request of
+several, which the sleep cycle sends for a skill whose globs match several documents): each document is
+chunked and gated on its own and all kept chunks go into ONE adapter along rank, the bias block once, as
+meta-training builds adapters of several chunks. Measured (``evals/bench_d2l_multi.py``, 16 nights of 3
+held-out documents, committed checkpoint; ``evals/results/d2l_multi.md``), share of each document's solo
+accuracy kept, synthetic facts / prose-like: this adapter 72 % / 48 %; the texts joined into one document
+(what the cycle did before; chunks straddle documents) 57 % / 28 %; the solo adapters stacked at weight 1
+(the bias block counted 3 times) 11 % / 10 %, at weight 1/3 59 % / 28 %; the solo adapters each routed by
+its document's sentences (MiniLM, threshold 0.55) 98 % / 84 %. So one adapter per document, routed, is the
+better way to learn several documents in a night, and the cycle's way for documents no declared skill takes
+(``skills.per_document`` and ``CycleConfig.routing``, both on for d2l by default); this merge is the best
+single adapter, for a declared skill whose documents must be one. (Unrouted, each D2L adapter in a stack
+adds its own bias block: that, not the documents' content, is what sinks the weight-1 stack.)
+
 The PEFT export sets ``lora_alpha = scale * r_total`` so that
 ``PeftModel.from_pretrained`` applies exactly the in-memory delta
 ``scale * B @ A``. Refused, with nothing written or registered: empty,
@@ -22,7 +36,7 @@ checkpoint trained for other base weights (IncompatibleAdapterError) and
 non-finite generated weights (AdapterError).
 
 :class:`D2LGenerator` is a :class:`~agent_sleep.interfaces.Generator` (registry name ``d2l``):
-``generate`` takes a request's one document, ``write`` makes the PEFT folder.
+``generate`` takes a request's documents (one adapter of them all), ``write`` makes the PEFT folder.
 :func:`internalize_to_registry` registers the result as a *candidate* version;
 only a deploy makes it live. Internalising what was internalised before (same
 skill, document bytes, hypernetwork weights and version, base model and

@@ -62,9 +62,10 @@ def test_only_d2l_gets_the_documents_one_by_one() -> None:
     assert generation_request(SKILL.model_copy(update={"documents": DOCS[:1]}), None).documents == apart.documents[:1]
 
 
+@pytest.mark.parametrize("routing", [None, {"threshold": 0.55}], ids=["default-config", "routing-block"])
 def test_a_d2l_skill_of_two_documents_gets_one_routed_adapter_of_both(world: World, tiny_d2l: D2LGenerator,
-                                                                      tmp_path: Path) -> None:  # fmt: skip
-    config = fast_config(routing={"threshold": 0.55})
+                                                                      tmp_path: Path, routing: Any) -> None:  # fmt: skip
+    config = fast_config() if routing is None else fast_config(routing=routing)  # d2l is routed by default
     runs = RunStore(world.store)
     claim = runs.claim(AGENT, owner="test", config=config.model_dump(mode="json"), alive=lambda _: False,
                        folder=lambda run_id: str(tmp_path / "runs" / run_id))  # fmt: skip
