@@ -228,7 +228,8 @@ def run_set(gen: Any, router: Any, docs: list[dict[str, Any]], args: argparse.Na
             if s:
                 per_doc_keep.append(sum(h[k] for k in idx) / s)
         summary[c] = {"acc": sum(h) / n, "kept": (sum(h) / solo_hits) if solo_hits else None,
-                      "docs_keep90": (sum(k >= 0.9 for k in per_doc_keep) / len(per_doc_keep)) if per_doc_keep else None,
+                      "docs_keep90": (sum(k >= 0.9 for k in per_doc_keep) / len(per_doc_keep))
+                      if per_doc_keep else None,
                       "right_when_solo_right": (sum(h[k] for k in range(n) if hits["solo"][k]) / solo_hits)
                       if solo_hits else None}  # fmt: skip
     summary["routing"] = {"threshold": args.threshold, "own_fires": fires_right / n,
@@ -281,13 +282,15 @@ def markdown(results: dict[str, dict[str, Any]], size: int) -> str:
             kept = "–" if row["kept"] is None or c == "solo" else pct(row["kept"])
             k90 = "–" if row["docs_keep90"] is None or c == "solo" else pct(row["docs_keep90"])
             rr = "–" if row["right_when_solo_right"] is None or c == "solo" else pct(row["right_when_solo_right"])
-            lines.append(f"| {name} | {s['docs']} / {s['questions']} | {c} | {pct(row['acc'])} | {kept} | {k90} | {rr} |")
+            lines.append(f"| {name} | {s['docs']} / {s['questions']} | {c} | {pct(row['acc'])} | {kept} | {k90} "
+                         f"| {rr} |")  # fmt: skip
     lines += ["", "| set | routing threshold | own adapter fires | other adapters firing per question | none fires "
               "| mean cosine to own keys / best other doc's |", "|---" * 6 + "|"]  # fmt: skip
     for name, res in results.items():
         r = res["summary"]["routing"]
         lines.append(f"| {name} | {r['threshold']} | {pct(r['own_fires'])} | {r['wrong_per_question']:.2f} "
-                     f"| {pct(r['none_fires'])} | {r['own_sim_mean']:.2f} / {r['best_other_sim_mean']:.2f} |")  # fmt: skip
+                     f"| {pct(r['none_fires'])} | {r['own_sim_mean']:.2f} / "
+                     f"{r['best_other_sim_mean']:.2f} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -325,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = run_set(gen, router, docs, args)
     table = markdown(results, args.group_size)
     out = {"command": " ".join([".venv/bin/python", "evals/bench_d2l_multi.py", *(argv or sys.argv[1:])]),
-           "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": f"{checkpoint.name} (version {gen.version})",
+           "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "checkpoint": f"{checkpoint.name} (version {gen.version})",
            "settings": {k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else
                             [str(p) for p in v] if isinstance(v, list) else v) for k, v in vars(args).items()},
            "summary": {n: r["summary"] for n, r in results.items()}, "table": table,
@@ -333,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
            "seconds": time.perf_counter() - started}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1, default=str) + "\n", encoding="utf-8")
-    args.out.with_suffix(".md").write_text(f"`{out['command']}` ({out['checkpoint']}, {out['seconds'] / 60:.1f} min)\n\n"
-                                           f"{table}\n", encoding="utf-8")  # fmt: skip
+    head = f"`{out['command']}` ({out['checkpoint']}, {out['seconds'] / 60:.1f} min)"
+    args.out.with_suffix(".md").write_text(f"{head}\n\n{table}\n", encoding="utf-8")
     print(table)
     print(f"\nWrote {args.out} in {out['seconds'] / 60:.1f} min.")
     return 0
