@@ -63,8 +63,9 @@ def test_only_d2l_gets_the_documents_one_by_one() -> None:
 
 
 @pytest.mark.parametrize("routing", [None, {"threshold": 0.55}], ids=["default-config", "routing-block"])
-def test_a_d2l_skill_of_two_documents_gets_one_routed_adapter_of_both(world: World, tiny_d2l: D2LGenerator,
-                                                                      tmp_path: Path, routing: Any) -> None:  # fmt: skip
+def test_a_d2l_skill_of_two_documents_gets_one_routed_adapter_of_both(
+    world: World, tiny_d2l: D2LGenerator, tmp_path: Path, routing: Any
+) -> None:
     config = fast_config() if routing is None else fast_config(routing=routing)  # d2l is routed by default
     runs = RunStore(world.store)
     claim = runs.claim(AGENT, owner="test", config=config.model_dump(mode="json"), alive=lambda _: False,
