@@ -21,7 +21,9 @@ held-out documents, committed checkpoint; ``evals/results/d2l_multi.md``), share
 accuracy kept, synthetic facts / prose-like: this adapter 72 % / 48 %; the texts joined into one document
 (what the cycle did before; chunks straddle documents) 57 % / 28 %; the solo adapters stacked at weight 1
 (the bias block counted 3 times) 11 % / 10 %, at weight 1/3 59 % / 28 %; the solo adapters each routed by
-its document's sentences (MiniLM, threshold 0.55) 98 % / 84 %. So one adapter per document, routed, is the
+its document's sentences (MiniLM, threshold 0.55) 98 % / 84 % (5 a night: this adapter 53 % / 34 %, routed
+93 % / 78 %; ``d2l_multi5.md``). Scaling the documents' chunk deltas (0.6-1.25) does not rescue this adapter:
+the documents interfere. So one adapter per document, routed, is the
 better way to learn several documents in a night, and the cycle's way for documents no declared skill takes
 (``skills.per_document`` and ``CycleConfig.routing``, both on for d2l by default); this merge is the best
 single adapter, for a declared skill whose documents must be one. (Unrouted, each D2L adapter in a stack
