@@ -250,9 +250,9 @@ class Probe(BaseModel):
 
 class GenerationRequest(BaseModel):
     """What a generator turns into an adapter. Each generator reads the fields it needs and says
-    which it misses: ``d2l`` one document; ``gradient_cd`` one document and probes to train on;
-    ``sft`` conversations (chat messages ``{"role", "content"}``, assistant ones optionally with
-    ``"tool_calls": [{"name", "arguments"}]``); ``t2l`` a description.
+    which it misses: ``d2l`` one document or several (one adapter of them all); ``gradient_cd`` one
+    document and probes to train on; ``sft`` conversations (chat messages ``{"role", "content"}``,
+    assistant ones optionally with ``"tool_calls": [{"name", "arguments"}]``); ``t2l`` a description.
     ``budget_seconds`` caps the time spent training, for generators that train."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -46,7 +46,7 @@ from agent_sleep.selectors.plan import ConsolidationPlan, SkillPlan
 if TYPE_CHECKING:
     from agent_sleep.models.loader import BaseModelHandle
 
-__all__ = ["candidates_of", "generate", "registered_for", "routing_keys"]
+__all__ = ["candidates_of", "generate", "generation_request", "registered_for", "routing_keys"]
 
 log = logging.getLogger("agent_sleep.consolidation")
 FINAL = frozenset({"generated", "invalid", "failed", "skipped"})
@@ -80,10 +80,16 @@ def build_generator(name: str, handle: BaseModelHandle, settings: GeneratorSetti
     return get_generator(name, handle=handle, **settings.settings)
 
 
-def _request(skill: SkillPlan, budget: float | None) -> GenerationRequest:
-    docs = "\n\n".join(f"# {d.title}\n\n{d.text}" if d.title else d.text for d in skill.documents)
-    return GenerationRequest(documents=(docs,) if docs else (),
-                             conversations=tuple(c.messages for c in skill.conversations),
+def generation_request(skill: SkillPlan, budget: float | None, *,
+                       separate_documents: bool = False) -> GenerationRequest:  # fmt: skip
+    """What a candidate generator of ``skill`` is given: its documents (each under its title, if any), conversations,
+    description and time budget. The documents are one text, joined by blank lines, unless ``separate_documents``:
+    a generator whose ``separate_documents`` attribute is true (``d2l``, which rank-concatenates them, each chunked
+    and gated on its own: :meth:`~agent_sleep.generators.d2l.D2LGenerator.internalize_documents`) gets them one
+    by one."""
+    texts = tuple(f"# {d.title}\n\n{d.text}" if d.title else d.text for d in skill.documents)
+    docs = texts if separate_documents or len(texts) < 2 else ("\n\n".join(texts),)
+    return GenerationRequest(documents=docs, conversations=tuple(c.messages for c in skill.conversations),
                              description=skill.description or None, budget_seconds=budget)  # fmt: skip
 
 
@@ -142,7 +148,8 @@ def _register(ctx: RunContext, skill: SkillPlan, generator: str, entry: dict[str
         gen = _generator(ctx, generator, generators)
         entry["generator_version"] = gen.version
         started = time.perf_counter()
-        result = gen.generate(_request(skill, budget))
+        separate = bool(getattr(gen, "separate_documents", False))
+        result = gen.generate(generation_request(skill, budget, separate_documents=separate))
         folder.parent.mkdir(parents=True, exist_ok=True)
         gen.write(result, folder, sources=_sources(ctx, skill, generator), skill=skill.skill)
         entry["generate_seconds"] = round(time.perf_counter() - started, 3)

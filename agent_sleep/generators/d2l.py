@@ -13,6 +13,22 @@ the checkpoint's ``min_gate``, set when meta-training taught the gate to tell
 fact chunks from filler) are left out, so a long document's filler neither
 drowns the chunk that matters nor costs rank; the best chunk is always kept.
 
+Several documents (:meth:`D2LGenerator.internalize_documents`; what ``generate`` does with a request of
+several, which the sleep cycle sends for a skill whose globs match several documents): each document is
+chunked and gated on its own and all kept chunks go into ONE adapter along rank, the bias block once, as
+meta-training builds adapters of several chunks. Measured (``evals/bench_d2l_multi.py``, 16 nights of 3
+held-out documents, committed checkpoint; ``evals/results/d2l_multi.md``), share of each document's solo
+accuracy kept, synthetic facts / prose-like: this adapter 72 % / 48 %; the texts joined into one document
+(what the cycle did before; chunks straddle documents) 57 % / 28 %; the solo adapters stacked at weight 1
+(the bias block counted 3 times) 11 % / 10 %, at weight 1/3 59 % / 28 %; the solo adapters each routed by
+its document's sentences (MiniLM, threshold 0.55) 98 % / 84 % (5 a night: this adapter 53 % / 34 %, routed
+93 % / 78 %; ``d2l_multi5.md``). Scaling the documents' chunk deltas (0.6-1.25) does not rescue this adapter:
+the documents interfere. So one adapter per document, routed, is the
+better way to learn several documents in a night, and the cycle's way for documents no declared skill takes
+(``skills.per_document`` and ``CycleConfig.routing``, both on for d2l by default); this merge is the best
+single adapter, for a declared skill whose documents must be one. (Unrouted, each D2L adapter in a stack
+adds its own bias block: that, not the documents' content, is what sinks the weight-1 stack.)
+
 The PEFT export sets ``lora_alpha = scale * r_total`` so that
 ``PeftModel.from_pretrained`` applies exactly the in-memory delta
 ``scale * B @ A``. Refused, with nothing written or registered: empty,
@@ -22,7 +38,7 @@ checkpoint trained for other base weights (IncompatibleAdapterError) and
 non-finite generated weights (AdapterError).
 
 :class:`D2LGenerator` is a :class:`~agent_sleep.interfaces.Generator` (registry name ``d2l``):
-``generate`` takes a request's one document, ``write`` makes the PEFT folder.
+``generate`` takes a request's documents (one adapter of them all), ``write`` makes the PEFT folder.
 :func:`internalize_to_registry` registers the result as a *candidate* version;
 only a deploy makes it live. Internalising what was internalised before (same
 skill, document bytes, hypernetwork weights and version, base model and
@@ -40,7 +56,7 @@ import hashlib
 import json
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,6 +114,7 @@ class Internalized(GeneratedAdapter):
     scale: float
     layers: dict[str, tuple[Tensor, Tensor]] = field(repr=False)  # module -> (A [R, in], B [out, R]), unscaled
     reused: bool = False  # read back from a registered version (find_internalized), not generated now
+    document_sha256s: tuple[str, ...] = ()  # each document's sha256, in order (empty when read back: reused)
 
 
 class D2LGenerator:
@@ -107,6 +124,7 @@ class D2LGenerator:
     """
 
     name = GENERATOR_NAME
+    separate_documents = True  # the sleep cycle hands over a skill's documents one by one (see generate)
 
     def __init__(self, net: HyperNet, handle: BaseModelHandle, *, checkpoint: Path, version: str,
                  chunk_tokens: int = 256, min_gate: float | None = None) -> None:  # fmt: skip
@@ -147,11 +165,16 @@ class D2LGenerator:
         return [ids[i : i + chunk_tokens] for i in range(0, len(ids), chunk_tokens)]
 
     def generate(self, request: GenerationRequest) -> Internalized:
-        """The request's one document as an adapter (:meth:`internalize` with this generator's defaults).
+        """The request's documents as ONE adapter, with this generator's defaults: one document is
+        :meth:`internalize`; several are :meth:`internalize_documents` (rank-concatenated, bias block once).
 
         D2L reads documents only, in one forward pass: the request's other fields are not used.
         """
-        return self.internalize(request.single_document(self.name))
+        if len(request.documents) == 1:
+            return self.internalize(request.documents[0])
+        if not request.documents:
+            raise InvalidInputError(f"generator {self.name!r} internalises documents; the request has none")
+        return self.internalize_documents(request.documents)
 
     def internalize(self, text: str | bytes, *, chunk_tokens: int | None = None, chunk_batch: int = 8,
                     max_chunks: int | None = 1024, min_gate: float | None = None) -> Internalized:  # fmt: skip
@@ -161,11 +184,28 @@ class D2LGenerator:
         generator's, else the checkpoint's): leave out chunks whose gate is below it (chunk-gated
         checkpoints only; the chunk with the highest gate is always kept).
         """
+        return self.internalize_documents([text], chunk_tokens=chunk_tokens, chunk_batch=chunk_batch,
+                                          max_chunks=max_chunks, min_gate=min_gate)  # fmt: skip
+
+    def internalize_documents(self, texts: Sequence[str | bytes], *, chunk_tokens: int | None = None,
+                              chunk_batch: int = 8, max_chunks: int | None = 1024,
+                              min_gate: float | None = None) -> Internalized:  # fmt: skip
+        """Several documents as ONE adapter: each document chunked on its own (no chunk straddles two), each
+        document's chunks gated on their own (every document keeps its best chunk), then all kept chunks of all
+        documents concatenated along rank in document order, plus the bias block once, as meta-training builds
+        an adapter of several chunks. One document gives exactly :meth:`internalize`'s tensors.
+
+        ``max_chunks`` bounds the chunks of all documents together. ``document_sha256`` is the document's
+        sha256 for one document; for several, the sha256 of their sha256s (hex, one a line), each in
+        ``document_sha256s``.
+        """
         import torch
 
-        from agent_sleep.generators.backbone import hidden_after
-
-        text = check_document(text)
+        if isinstance(texts, (str, bytes, bytearray, memoryview)):
+            raise InvalidInputError("internalize_documents takes a sequence of documents, not one; see internalize")
+        texts = [check_document(t) for t in texts]
+        if not texts:
+            raise InvalidInputError("no documents; nothing to internalise")
         chunk_tokens = self.chunk_tokens if chunk_tokens is None else chunk_tokens
         if not isinstance(chunk_tokens, int) or chunk_tokens < 1:
             raise InvalidInputError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
@@ -174,15 +214,57 @@ class D2LGenerator:
         if not 0.0 <= threshold < 1.0:
             raise InvalidInputError(f"min_gate must be in [0, 1), got {threshold!r}")
         start = time.perf_counter()
-        ids = self.handle.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise InvalidInputError("the document has no tokens; nothing to internalise")
-        chunks = self._chunks(ids, chunk_tokens)
-        if max_chunks is not None and len(chunks) > max_chunks:
+        ids_of = [self.handle.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        for i, ids in enumerate(ids_of):
+            if not ids:
+                of = "" if len(texts) == 1 else f" {i + 1} of {len(texts)}"
+                raise InvalidInputError(f"the document{of} has no tokens; nothing to internalise")
+        chunked = [self._chunks(ids, chunk_tokens) for ids in ids_of]
+        total = sum(len(c) for c in chunked)
+        if max_chunks is not None and total > max_chunks:
+            what = f"the document has {len(ids_of[0])} tokens" if len(texts) == 1 else \
+                f"the {len(texts)} documents have {sum(len(i) for i in ids_of)} tokens"  # fmt: skip
             raise PayloadTooLargeError(
-                f"the document has {len(ids)} tokens = {len(chunks)} chunks of {chunk_tokens}, over max_chunks="
+                f"{what} = {total} chunks of {chunk_tokens}, over max_chunks="
                 f"{max_chunks}; raise chunk_tokens or max_chunks, or split the document"
             )
+        c = self.config
+        a_kept: list[Tensor] = []
+        b_kept: list[Tensor] = []
+        dropped = 0
+        for chunks in chunked:
+            a_all, b_all, gate_all = self._chunk_loras(chunks, chunk_batch)  # [K, L, r, in], [K, L, out, r], [K]
+            keep = gate_all >= threshold
+            keep[gate_all.argmax()] = True
+            a_kept.append(a_all[keep])
+            b_kept.append(b_all[keep])
+            dropped += int((~keep).sum())
+        a_all, b_all = (a_kept[0], b_kept[0]) if len(a_kept) == 1 else (torch.cat(a_kept), torch.cat(b_kept))
+        with torch.no_grad():  # all chunks along rank (+ the bias block once): [L, R, in], [L, out, R]
+            a_cat, b_cat = self.net.concat_chunks(a_all, b_all)
+        k, rank = a_all.shape[0], a_cat.shape[1]
+        layers: dict[str, tuple[Tensor, Tensor]] = {}
+        tensors: dict[str, Tensor] = {}
+        for li, module in enumerate(c.module_names()):
+            layers[module] = (a_cat[li].contiguous(), b_cat[li].contiguous())
+            tensors[f"{_PEFT_PREFIX}{module}.lora_A.weight"] = layers[module][0]
+            tensors[f"{_PEFT_PREFIX}{module}.lora_B.weight"] = layers[module][1]
+        lora_config = {"r": rank, "lora_alpha": c.scale * rank, "target_modules": c.module_names(),
+                       "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"}  # fmt: skip
+        shas = tuple(hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts)
+        combined = shas[0] if len(shas) == 1 else hashlib.sha256("\n".join(shas).encode("ascii")).hexdigest()
+        return Internalized(
+            tensors=tensors, lora_config=lora_config, chunks=k, rank=rank, tokens=sum(len(i) for i in ids_of),
+            seconds=time.perf_counter() - start, scale=c.scale, layers=layers, dropped=dropped,
+            document_sha256=combined, document_sha256s=shas,
+        )  # fmt: skip
+
+    def _chunk_loras(self, chunks: list[list[int]], chunk_batch: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Each chunk's LoRA and gate (1 without a chunk gate): ``[K, L, r, in]``, ``[K, L, out, r]``, ``[K]``."""
+        import torch
+
+        from agent_sleep.generators.backbone import hidden_after
+
         c = self.config
         model = self.handle.model
         device = next(model.parameters()).device
@@ -207,27 +289,7 @@ class D2LGenerator:
                 a_parts.append(a.float().cpu())
                 b_parts.append(b.float().cpu())
                 gates.append(gate.float().cpu() if gate is not None else torch.ones(len(group)))
-        a_all, b_all = torch.cat(a_parts), torch.cat(b_parts)  # [K, L, r, in], [K, L, out, r]
-        gate_all = torch.cat(gates)
-        keep = gate_all >= threshold
-        keep[gate_all.argmax()] = True
-        a_all, b_all = a_all[keep], b_all[keep]
-        with torch.no_grad():  # all chunks along rank (+ the bias block once): [L, R, in], [L, out, R]
-            a_cat, b_cat = self.net.concat_chunks(a_all, b_all)
-        k, rank = a_all.shape[0], a_cat.shape[1]
-        layers: dict[str, tuple[Tensor, Tensor]] = {}
-        tensors: dict[str, Tensor] = {}
-        for li, module in enumerate(c.module_names()):
-            layers[module] = (a_cat[li].contiguous(), b_cat[li].contiguous())
-            tensors[f"{_PEFT_PREFIX}{module}.lora_A.weight"] = layers[module][0]
-            tensors[f"{_PEFT_PREFIX}{module}.lora_B.weight"] = layers[module][1]
-        lora_config = {"r": rank, "lora_alpha": c.scale * rank, "target_modules": c.module_names(),
-                       "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"}  # fmt: skip
-        return Internalized(
-            tensors=tensors, lora_config=lora_config, chunks=k, rank=rank, tokens=len(ids),
-            seconds=time.perf_counter() - start, scale=c.scale, layers=layers, dropped=int((~keep).sum()),
-            document_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
-        )  # fmt: skip
+        return torch.cat(a_parts), torch.cat(b_parts), torch.cat(gates)
 
     @contextlib.contextmanager
     def applied(self, internalized: Internalized) -> Iterator[None]:
@@ -255,14 +317,18 @@ class D2LGenerator:
 
         src = dict(sources or {})
         docs = list(src.pop("documents", []))
-        if internalized.document_sha256 not in docs:
+        if not docs:  # a caller without document ids: name the documents by their sha256
+            docs = list(internalized.document_sha256s or (internalized.document_sha256,))
+        elif internalized.document_sha256 not in docs:
             docs.append(internalized.document_sha256)
+        several = {"document_sha256s": list(internalized.document_sha256s)} \
+            if len(internalized.document_sha256s) > 1 else {}  # fmt: skip
         manifest = AdapterManifest(
             skill=skill,
             generator=GeneratorInfo(
                 name=GENERATOR_NAME, version=self.version, chunks=internalized.chunks, tokens=internalized.tokens,
                 checkpoint=self.checkpoint.name, dropped=internalized.dropped,
-                document_sha256=internalized.document_sha256,
+                document_sha256=internalized.document_sha256, **several,
             ),
             base_model=BaseModelRef(id=self.config.base_model_id, content_hash=self.config.base_content_hash),
             sources=AdapterSources(documents=docs, **src),

@@ -13,6 +13,7 @@ from agent_sleep.errors import (
     EncodingError,
     IncompatibleAdapterError,
     InvalidInputError,
+    PayloadTooLargeError,
 )
 from agent_sleep.generators.checkpoint import save_checkpoint
 from agent_sleep.generators.d2l import (
@@ -314,3 +315,105 @@ def test_chunks_below_min_gate_are_left_out(handle: BaseModelHandle) -> None:
     assert shut.chunks == 1 and shut.dropped == len(gates) - 1
     with pytest.raises(InvalidInputError, match="min_gate"):
         gen.internalize(DOC, min_gate=1.5)
+
+
+DOC2 = "Harlow Vane sells copper kettles. The kettles cost 41 crowns each in Brindlemoor."
+
+
+def _biased_net(handle: BaseModelHandle, **options: Any) -> HyperNet:
+    torch.manual_seed(0)
+    config = HyperConfig.for_model(handle.model, base_model_id=handle.spec, base_content_hash=handle.content_hash,
+                                   layers=[0, 1], rank=4, encoder_layers=1, latent_dim=32, n_latents=4, n_heads=2,
+                                   n_blocks=1, use_bias=True, **options)  # fmt: skip
+    net = HyperNet(config).eval()
+    with torch.no_grad():
+        net.scale_B.normal_(0, 3.0)
+        net.bias_B.normal_(0, 0.5)
+    return net
+
+
+def _reference(gen: D2LGenerator, text: str, chunk_tokens: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """One document's adapter computed step by step: each chunk through the hypernetwork, then concat_chunks."""
+    from agent_sleep.generators.backbone import hidden_after
+
+    ids = gen.handle.tokenizer(text, add_special_tokens=False)["input_ids"]
+    a_parts, b_parts = [], []
+    with torch.inference_mode():
+        for i in range(0, len(ids), chunk_tokens):
+            chunk = torch.tensor([ids[i : i + chunk_tokens]])
+            mask = torch.ones_like(chunk)
+            a, b, _, _ = gen.net.explain(hidden_after(gen.handle.model, chunk, mask, 1).float(), mask.bool())
+            a_parts.append(a.float())
+            b_parts.append(b.float())
+        a_cat, b_cat = gen.net.concat_chunks(torch.cat(a_parts), torch.cat(b_parts))
+    return {m: (a_cat[i], b_cat[i]) for i, m in enumerate(gen.config.module_names())}
+
+
+def test_one_document_is_unchanged_and_several_share_one_bias_block(handle: BaseModelHandle, tiny_dir: Path,
+                                                                    tmp_path: Path) -> None:  # fmt: skip
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from agent_sleep.interfaces import GenerationRequest
+
+    gen = _gen(handle, _biased_net(handle))
+    step = gen.internalize(DOC, chunk_tokens=8, chunk_batch=1)
+    for module, (a, b) in _reference(gen, DOC, 8).items():  # the single-document path is the same computation
+        assert torch.equal(step.layers[module][0], a) and torch.equal(step.layers[module][1], b)
+    one = gen.internalize(DOC, chunk_tokens=8)
+    same = gen.internalize_documents([DOC], chunk_tokens=8)
+    assert same.tensors.keys() == one.tensors.keys()
+    assert all(torch.equal(same.tensors[k], v) for k, v in one.tensors.items())
+    assert same.document_sha256 == one.document_sha256 and same.lora_config == one.lora_config
+
+    two = gen.internalize(DOC2, chunk_tokens=8)
+    both = gen.internalize_documents([DOC, DOC2], chunk_tokens=8)
+    r = gen.config.rank
+    # each document chunked on its own (no chunk straddles the two), their chunks in order, the bias block once
+    assert (both.chunks, both.rank, both.tokens) == (one.chunks + two.chunks, r * (one.chunks + two.chunks + 1),
+                                                     one.tokens + two.tokens)  # fmt: skip
+    for module, (a, b) in both.layers.items():
+        a1, b1 = one.layers[module]
+        a2, b2 = two.layers[module]
+        torch.testing.assert_close(a, torch.cat([a1[:-r], a2[:-r], a1[-r:]]))
+        torch.testing.assert_close(b, torch.cat([b1[:, :-r], b2[:, :-r], b1[:, -r:]], dim=1))
+    assert both.document_sha256s == (one.document_sha256, two.document_sha256)
+    assert both.document_sha256 not in both.document_sha256s  # names the pair, not either document
+
+    # generate(): one document as before, several as one adapter (it refused them before)
+    assert torch.equal(gen.generate(GenerationRequest(documents=[DOC])).tensors[next(iter(one.tensors))],
+                       gen.internalize(DOC).tensors[next(iter(one.tensors))])  # fmt: skip
+    made = gen.generate(GenerationRequest(documents=[DOC, DOC2]))
+    assert made.document_sha256s == both.document_sha256s and made.chunks == 2
+    with pytest.raises(InvalidInputError, match="has none"):
+        gen.generate(GenerationRequest(description="no documents"))
+    with pytest.raises(InvalidInputError, match="sequence of documents"):
+        gen.internalize_documents(DOC)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="empty"):
+        gen.internalize_documents([DOC, "  "])
+
+    # the PEFT folder reproduces the in-memory adapter and names both documents
+    with gen.applied(both):
+        ours = _logits(handle.model, handle)
+    folder = gen.write(both, tmp_path / "adapter")
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), folder).eval()
+    torch.testing.assert_close(_logits(peft_model, handle), ours, atol=1e-5, rtol=1e-5)
+    import json
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["sources"]["documents"] == list(both.document_sha256s)
+    assert manifest["generator"]["document_sha256s"] == list(both.document_sha256s)
+
+
+def test_each_document_keeps_its_best_chunk(handle: BaseModelHandle) -> None:
+    net = _biased_net(handle, b_head="copy", chunk_gate=True, scale_B_init=1.0, min_gate=0.5)
+    with torch.no_grad():  # every gate shut: each document still keeps its one best chunk
+        net.gate.weight.zero_()
+        net.gate.bias.fill_(-1000.0)
+    gen = _gen(handle, net)
+    one, two = gen.internalize(DOC, chunk_tokens=4), gen.internalize(DOC2, chunk_tokens=4)
+    both = gen.internalize_documents([DOC, DOC2], chunk_tokens=4)
+    assert (one.chunks, two.chunks, both.chunks) == (1, 1, 2)
+    assert both.dropped == one.dropped + two.dropped > 0
+    with pytest.raises(PayloadTooLargeError, match="the 2 documents have"):
+        gen.internalize_documents([DOC, DOC2], chunk_tokens=4, max_chunks=3)
