@@ -23,11 +23,13 @@ The skill's decision holds the winner's verdict (status, reasons, comparisons, s
 admitted one that lost keeps the status validation gave it (``approved``, not live), and its eval summary
 names the winner.
 
-Routing (config ``routing``): a routed candidate (its manifest names the requests it answers, see
-:mod:`agent_sleep.runtime.routing`) is scored on every item like any other, then, on each item where its
-router does not fire, given the score of the stack it would join - what the runtime will do with such a
-request. The verdict's ``routed`` says, per suite, on how many items it fired. The stack it joins is
-scored unrouted (an earlier routed skill of the stack counts on every item: an approximation).
+Routing (config ``routing``): a stack holding routed adapters (their manifests name the requests they
+answer, see :mod:`agent_sleep.runtime.routing`) is scored as the runtime runs it: on each item, only the
+adapters that apply to its question (every unrouted one, and each routed one whose router fires) - the
+item's score is taken from that sub-stack's evaluation. Each distinct sub-stack is evaluated once (on every
+suite; cached like any stack), so a night of routed per-document adapters is judged as it will be served,
+not as a stack of adapters that never run together. The verdict's ``routed`` says, per suite, on how many
+items the candidate fired.
 
 Fail closed: an :class:`~agent_sleep.errors.EvaluationError` ends the run, nothing deployed. Progress
 (scores, each candidate's verdict, decisions) is saved after each stack, each verdict and each decision,
@@ -225,7 +227,7 @@ class _Evaluation:
     def run(self) -> dict[str, Any]:
         accepted: Items = [(str(a), float(w)) for a, w in self.state["accepted"]]
         if self.skills:
-            self.scores(accepted)
+            self.routed_scores(accepted)
             faults.fault_point("evaluate:after_incumbent")
         for skill in self.skills:
             decided = self.state["skills"].get(skill)
@@ -282,8 +284,9 @@ class _Evaluation:
             if tried and self.ctx.remaining() < base_seconds:
                 break  # no time to score another weight: the last verdict stands
             candidate = _with(accepted, adapter, weight)
-            scored, fired = self.routed(adapter, self.scores(candidate), self.scores(accepted))
-            decision = PairedGate(self.roles(skill), self.ctx.config.gate).decide(scored, self.scores(accepted))
+            scored, incumbent_scores = self.routed_scores(candidate), self.routed_scores(accepted)
+            fired = self.fired(adapter, scored)
+            decision = PairedGate(self.roles(skill), self.ctx.config.gate).decide(scored, incumbent_scores)
             verdict = {"generator": generator, "adapter": adapter, "status": decision.status,
                        "reasons": list(decision.reasons),
                        "comparisons": [c.model_dump() for c in SkillResult.deltas(decision)],
@@ -317,27 +320,36 @@ class _Evaluation:
                                              if sim >= spec.threshold} for s in suites}  # fmt: skip
         return self._fires[adapter]
 
-    def routed(self, adapter: str, candidate: dict[str, EvalResult], accepted: dict[str, EvalResult]
-               ) -> tuple[dict[str, EvalResult], dict[str, dict[str, int]] | None]:  # fmt: skip
-        """The candidate's scores as its routing makes them run: on an item where ``adapter``'s router does
-        not fire, the request runs on the stack it would join, so the item scores as ``accepted`` did. Also,
-        per suite, on how many items it fired (None: the adapter is not routed, the scores are unchanged)."""
+    def routed_scores(self, items: Items) -> dict[str, EvalResult]:
+        """The scores of ``items`` as the runtime runs the stack: each item scored by the sub-stack that applies to
+        its question (unrouted adapters always; a routed one where its router fires). Without routed adapters
+        this is :meth:`scores`."""
+        routed = {a: f for a, _ in items if (f := self.fires(a)) is not None}
+        if not routed:
+            return self.scores(items)
+        subs: dict[str, dict[str, frozenset[str]]] = {}  # suite -> item id -> the routed adapters firing on it
+        for a, per_suite in routed.items():
+            for suite, ids in per_suite.items():
+                for i in ids:
+                    subs.setdefault(suite, {}).setdefault(i, frozenset())
+                    subs[suite][i] |= {a}
+        firing_sets = {f for per in subs.values() for f in per.values()} | {frozenset()}
+        results = {f: self.scores([(a, w) for a, w in items if a not in routed or a in f])
+                   for f in sorted(firing_sets, key=lambda f: (len(f), sorted(f)))}  # fmt: skip
+        out: dict[str, EvalResult] = {}
+        for name, result in results[frozenset()].items():
+            on = subs.get(name, {})
+            scores = {i: results[on.get(i, frozenset())][name].scores.get(i, v) for i, v in result.scores.items()}
+            out[name] = replace(result, stack=tuple(items), scores=scores)
+        return out
+
+    def fired(self, adapter: str, scored: dict[str, EvalResult]) -> dict[str, dict[str, int]] | None:
+        """Per suite, on how many items ``adapter``'s router fired (None: the adapter is not routed)."""
         fires = self.fires(adapter)
         if fires is None:
-            return candidate, None
-        out: dict[str, EvalResult] = {}
-        fired: dict[str, dict[str, int]] = {}
-        for name, result in candidate.items():
-            base = accepted.get(name)
-            ids = sorted(result.scores)
-            if base is None or not ids:
-                out[name] = result
-                continue
-            on = fires.get(name, set())
-            scores = {i: result.scores[i] if i in on else base.scores.get(i, result.scores[i]) for i in ids}
-            out[name] = replace(result, scores=scores)
-            fired[name] = {"fired": sum(1 for i in ids if i in on), "items": len(ids)}
-        return out, fired
+            return None
+        return {name: {"fired": sum(1 for i in r.scores if i in fires.get(name, set())), "items": len(r.scores)}
+                for name, r in scored.items() if r.scores}  # fmt: skip
 
     def _verdicts(self, skill: str, decided: dict[str, Any]) -> list[dict[str, Any]]:
         """Each candidate's verdict (a decision saved before candidates existed is its one candidate's)."""

@@ -287,3 +287,35 @@ def test_routing_writes_keys_and_the_gate_scores_routed_items_as_the_stack_it_jo
     report = (Path(result.folder) / "report.md").read_text()
     assert "- routed: applied only to requests like its training material; it fired on " in report
     assert "2/2 of target_capitals" in report
+
+
+def test_a_stack_of_routed_skills_is_scored_as_the_runtime_runs_it(world: World) -> None:
+    """Night 2's candidate joins a stack holding night 1's routed skill: each item is scored by the adapters that
+    apply to its question (here: the new skill alone on its probes, the base model where neither fires), not by
+    the whole stack as if both always ran."""
+    from tests.runtime.test_routing import WordEmbedder
+
+    from agent_sleep.adapters.stack import stack_label
+    from agent_sleep.runtime.routing import Router
+
+    world.runtime.router = Router(WordEmbedder())
+    config = fast_config(routing={"threshold": 0.7})
+    world.teach("capitals", 6)
+    first = cycle(world, config=config)
+    assert first.skills[0].status == "admitted" and first.deployed_stack is not None
+    world.teach("weather", 6)
+    second = cycle(world, config=config)
+    (skill,) = second.skills
+    evaluate = RunStore(world.store).stages(second.run_id)["evaluate"].result
+    results = evaluate["results"]
+    capitals, weather = first.skills[0].adapter, skill.adapter
+    alone, base = stack_label([(weather, 1.0)]), stack_label([])
+    assert alone in results and base in results  # the sub-stacks the items actually run on were scored
+    fired = evaluate["skills"]["weather"]["routed"]
+    assert fired["target_weather"] == {"fired": 2, "items": 2}
+    for comparison in skill.comparisons:  # on the probes only the new skill applies: scored by it alone
+        if comparison.suite == "target_weather":
+            scores = results[alone]["target_weather"]["scores"]
+            assert comparison.candidate == pytest.approx(sum(scores.values()) / len(scores))
+    assert stack_label([(capitals, 1.0), (weather, 1.0)]) not in results or any(
+        r["fired"] for n, r in fired.items() if n != "target_weather")  # the full stack only where both fire
