@@ -63,10 +63,14 @@ if TYPE_CHECKING:
     from agent_sleep.registry.records import AdapterVersionRecord
     from agent_sleep.registry.registry import AdapterRegistry
 
-__all__ = ["DEFAULT_CHECKPOINT", "GENERATOR_NAME", "D2LGenerator", "Internalized", "check_document",
-           "find_internalized", "internalize_to_registry", "reuse_key"]  # fmt: skip
+__all__ = ["DEFAULT_CHECKPOINT", "DEFAULT_MAX_KEPT", "GENERATOR_NAME", "ChunkLoras", "D2LGenerator", "Internalized",
+           "check_document", "find_internalized", "internalize_to_registry", "keep_chunks", "reuse_key"]  # fmt: skip
 
 GENERATOR_NAME = "d2l"
+# At most this many chunks (those the gate ranks highest) go into one adapter: 16 x 256 = 4,096 tokens of
+# content at rank 8 each (rank 128). Chosen on needle haystacks of the training filler styles
+# (evals/bench_niah.py, evals/results/niah_styles.md); documents of up to 16 chunks are not affected.
+DEFAULT_MAX_KEPT = 16
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "d2l-smollm2-135m"
 _PEFT_PREFIX = "base_model.model."
 
@@ -100,16 +104,49 @@ class Internalized(GeneratedAdapter):
     reused: bool = False  # read back from a registered version (find_internalized), not generated now
 
 
+@dataclass(frozen=True, eq=False)
+class ChunkLoras:
+    """Every chunk's LoRA and gate for one document, before selection (:meth:`D2LGenerator.encode_chunks`)."""
+
+    a: Tensor = field(repr=False)  # [K, L, r, in]
+    b: Tensor = field(repr=False)  # [K, L, out, r], already multiplied by the gate
+    gates: Tensor  # [K], all ones without a chunk gate
+    tokens: int
+    document_sha256: str
+    seconds: float
+
+
+def keep_chunks(gates: Tensor, *, min_gate: float, max_kept: int = 0) -> Tensor:
+    """Which chunks an adapter keeps: gate >= ``min_gate``, at most ``max_kept`` of them (0: no cap), the highest
+    gates first (ties: the earlier chunk), and always the chunk with the highest gate. A bool mask over ``gates``.
+
+    The cap is for documents the gate cannot tell apart from filler (issue #14: on a 36k-token narrative haystack
+    the gate kept all 144 chunks and the needle drowned in their summed deltas): the adapter then holds the
+    ``max_kept`` chunks the gate ranks highest instead of everything.
+    """
+    import torch
+
+    keep = gates >= min_gate
+    keep[int(gates.argmax())] = True
+    if max_kept and int(keep.sum()) > max_kept:
+        order = torch.argsort(torch.where(keep, gates, torch.full_like(gates, -1.0)), descending=True, stable=True)
+        keep = torch.zeros_like(keep)
+        keep[order[:max_kept]] = True
+    return keep
+
+
 class D2LGenerator:
     """A loaded hypernetwork bound to its base model; :meth:`load`, then :meth:`internalize` and :meth:`write`.
 
-    ``chunk_tokens`` and ``min_gate`` are the defaults of :meth:`internalize` (and so of :meth:`generate`).
+    ``chunk_tokens``, ``min_gate`` and ``max_kept`` are the defaults of :meth:`internalize` (and so of
+    :meth:`generate`).
     """
 
     name = GENERATOR_NAME
 
     def __init__(self, net: HyperNet, handle: BaseModelHandle, *, checkpoint: Path, version: str,
-                 chunk_tokens: int = 256, min_gate: float | None = None) -> None:  # fmt: skip
+                 chunk_tokens: int = 256, min_gate: float | None = None,
+                 max_kept: int = DEFAULT_MAX_KEPT) -> None:  # fmt: skip
         self.net = net
         self.handle = handle
         self.checkpoint = checkpoint
@@ -117,12 +154,13 @@ class D2LGenerator:
         self.config = net.config
         self.chunk_tokens = chunk_tokens
         self.min_gate = min_gate
+        self.max_kept = max_kept
         self._lora: Any = None
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, *, handle: BaseModelHandle | None = None,
              settings: Settings | None = None, chunk_tokens: int = 256,
-             min_gate: float | None = None) -> D2LGenerator:  # fmt: skip
+             min_gate: float | None = None, max_kept: int = DEFAULT_MAX_KEPT) -> D2LGenerator:  # fmt: skip
         """Load a checkpoint (default: the committed SmolLM2 one) for ``handle`` (default: its base model).
 
         IncompatibleAdapterError if the checkpoint was trained for other base weights.
@@ -140,7 +178,7 @@ class D2LGenerator:
             handle = load_base_model(config["hyper"]["base_model_id"], settings=settings)
         net = load_checkpoint(path, content_hash=handle.content_hash, device=handle.device)
         return cls(net, handle, checkpoint=path, version=str(config.get("version", "0")), chunk_tokens=chunk_tokens,
-                   min_gate=min_gate)  # fmt: skip
+                   min_gate=min_gate, max_kept=max_kept)  # fmt: skip
 
     # -- generation -------------------------------------------------------------------------------
     def _chunks(self, ids: list[int], chunk_tokens: int) -> list[list[int]]:
@@ -154,13 +192,34 @@ class D2LGenerator:
         return self.internalize(request.single_document(self.name))
 
     def internalize(self, text: str | bytes, *, chunk_tokens: int | None = None, chunk_batch: int = 8,
-                    max_chunks: int | None = 1024, min_gate: float | None = None) -> Internalized:  # fmt: skip
+                    max_chunks: int | None = 1024, min_gate: float | None = None,
+                    max_kept: int | None = None) -> Internalized:  # fmt: skip
         """Turn ``text`` into an adapter: one rank-r LoRA per chunk of ``chunk_tokens``, concatenated along rank.
 
         ``chunk_tokens`` defaults to the generator's (256 unless set). ``min_gate`` (default: the
         generator's, else the checkpoint's): leave out chunks whose gate is below it (chunk-gated
-        checkpoints only; the chunk with the highest gate is always kept).
+        checkpoints only; the chunk with the highest gate is always kept). ``max_kept`` (default: the
+        generator's, :data:`DEFAULT_MAX_KEPT`; 0 = no cap): of the chunks that pass ``min_gate``, keep at most
+        this many, those with the highest gates (:func:`keep_chunks`).
         """
+        threshold, cap = self._selection(min_gate, max_kept)
+        chunks = self.encode_chunks(text, chunk_tokens=chunk_tokens, chunk_batch=chunk_batch, max_chunks=max_chunks)
+        return self.assemble(chunks, keep_chunks(chunks.gates, min_gate=threshold, max_kept=cap))
+
+    def _selection(self, min_gate: float | None, max_kept: int | None) -> tuple[float, int]:
+        """The effective (min_gate, max_kept) of a call, or InvalidInputError."""
+        min_gate = self.min_gate if min_gate is None else min_gate
+        threshold = self.config.min_gate if min_gate is None else min_gate
+        if not 0.0 <= threshold < 1.0:
+            raise InvalidInputError(f"min_gate must be in [0, 1), got {threshold!r}")
+        cap = self.max_kept if max_kept is None else max_kept
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise InvalidInputError(f"max_kept must be a non-negative integer (0 = no cap), got {cap!r}")
+        return float(threshold), cap
+
+    def encode_chunks(self, text: str | bytes, *, chunk_tokens: int | None = None, chunk_batch: int = 8,
+                      max_chunks: int | None = 1024) -> ChunkLoras:  # fmt: skip
+        """Every chunk's LoRA and gate, before any is left out (what :meth:`internalize` selects from)."""
         import torch
 
         from agent_sleep.generators.backbone import hidden_after
@@ -169,10 +228,6 @@ class D2LGenerator:
         chunk_tokens = self.chunk_tokens if chunk_tokens is None else chunk_tokens
         if not isinstance(chunk_tokens, int) or chunk_tokens < 1:
             raise InvalidInputError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
-        min_gate = self.min_gate if min_gate is None else min_gate
-        threshold = self.config.min_gate if min_gate is None else min_gate
-        if not 0.0 <= threshold < 1.0:
-            raise InvalidInputError(f"min_gate must be in [0, 1), got {threshold!r}")
         start = time.perf_counter()
         ids = self.handle.tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
@@ -207,11 +262,17 @@ class D2LGenerator:
                 a_parts.append(a.float().cpu())
                 b_parts.append(b.float().cpu())
                 gates.append(gate.float().cpu() if gate is not None else torch.ones(len(group)))
-        a_all, b_all = torch.cat(a_parts), torch.cat(b_parts)  # [K, L, r, in], [K, L, out, r]
-        gate_all = torch.cat(gates)
-        keep = gate_all >= threshold
-        keep[gate_all.argmax()] = True
-        a_all, b_all = a_all[keep], b_all[keep]
+        return ChunkLoras(a=torch.cat(a_parts), b=torch.cat(b_parts), gates=torch.cat(gates), tokens=len(ids),
+                          document_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                          seconds=time.perf_counter() - start)  # fmt: skip
+
+    def assemble(self, chunks: ChunkLoras, keep: Tensor) -> Internalized:
+        """One adapter from the chunks ``keep`` (a bool mask over ``chunks``) selects, concatenated along rank."""
+        import torch
+
+        start = time.perf_counter()
+        c = self.config
+        a_all, b_all = chunks.a[keep], chunks.b[keep]  # [K, L, r, in], [K, L, out, r]
         with torch.no_grad():  # all chunks along rank (+ the bias block once): [L, R, in], [L, out, R]
             a_cat, b_cat = self.net.concat_chunks(a_all, b_all)
         k, rank = a_all.shape[0], a_cat.shape[1]
@@ -224,9 +285,9 @@ class D2LGenerator:
         lora_config = {"r": rank, "lora_alpha": c.scale * rank, "target_modules": c.module_names(),
                        "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"}  # fmt: skip
         return Internalized(
-            tensors=tensors, lora_config=lora_config, chunks=k, rank=rank, tokens=len(ids),
-            seconds=time.perf_counter() - start, scale=c.scale, layers=layers, dropped=int((~keep).sum()),
-            document_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            tensors=tensors, lora_config=lora_config, chunks=k, rank=rank, tokens=chunks.tokens,
+            seconds=chunks.seconds + time.perf_counter() - start, scale=c.scale, layers=layers,
+            dropped=int((~keep).sum()), document_sha256=chunks.document_sha256,
         )  # fmt: skip
 
     @contextlib.contextmanager
@@ -280,21 +341,21 @@ def _net_sha256(net: HyperNet) -> str:
 
 
 def reuse_key(generator: D2LGenerator, text: str | bytes, *, chunk_tokens: int | None = None,
-              min_gate: float | None = None) -> str:  # fmt: skip
+              min_gate: float | None = None, max_kept: int | None = None) -> str:  # fmt: skip
     """A sha256 naming everything that decides the adapter ``generator.internalize(text, ...)`` makes.
 
     The document's bytes, the hypernetwork (its version, config and weights: versions alone are not
     unique, tests and experiments reuse them), the base model's content hash and the effective
-    ``chunk_tokens`` and ``min_gate``. Stored as ``sources.reuse_key`` of each version it registers.
+    ``chunk_tokens``, ``min_gate`` and ``max_kept``. Stored as ``sources.reuse_key`` of each version it registers.
     """
     text = check_document(text)
-    gate = generator.min_gate if min_gate is None else min_gate
+    threshold, cap = generator._selection(min_gate, max_kept)
     payload = {  # the weights are hashed each time (~10 MB, milliseconds): a training loop may change them
         "generator": GENERATOR_NAME, "version": generator.version, "hypernet_sha256": _net_sha256(generator.net),
         "config": generator.config.model_dump(mode="json"), "base_content_hash": generator.handle.content_hash,
         "document_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
         "chunk_tokens": generator.chunk_tokens if chunk_tokens is None else chunk_tokens,
-        "min_gate": float(generator.config.min_gate if gate is None else gate),
+        "min_gate": threshold, "max_kept": cap,
     }  # fmt: skip
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
