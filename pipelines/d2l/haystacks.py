@@ -278,9 +278,14 @@ def make_haystack(style: str, form: str, target_tokens: int, seed: int, tokenize
     next_unit = filler_units(style, rng, split)
     units: list[str] = []
     total = _count(piece[0], tokenizer)
-    while total < target_tokens:
-        units.append(next_unit())
-        total += _count(units[-1] + sep, tokenizer)
+    while True:  # per-unit counts only estimate the joined text's: top up until the whole text is long enough
+        while total < target_tokens:
+            units.append(next_unit())
+            total += _count(units[-1] + sep, tokenizer)
+        text = sep.join([*units, piece[0]])
+        total = _count(text, tokenizer)
+        if total >= target_tokens:
+            break
     pos = rng.randint(0, len(units))
     before = sep.join(units[:pos]) + (sep if pos else "")
     text = before + piece[0] + (sep if pos < len(units) else "") + sep.join(units[pos:])
