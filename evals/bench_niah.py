@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     result = run(args)
     md = table(result["rows"], args.rules)
-    out = {"command": " ".join([".venv/bin/python", "evals/bench_niah.py", *(argv if argv is not None else sys.argv[1:])]),
+    argv_used = argv if argv is not None else sys.argv[1:]
+    out = {"command": " ".join([".venv/bin/python", "evals/bench_niah.py", *argv_used]),
            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "table": md, "rows": result["rows"], "seconds": time.perf_counter() - started}  # fmt: skip

@@ -12,6 +12,9 @@ chunk gate (``chunk_gate``), chunks whose gate is below ``min_gate`` (default:
 the checkpoint's ``min_gate``, set when meta-training taught the gate to tell
 fact chunks from filler) are left out, so a long document's filler neither
 drowns the chunk that matters nor costs rank; the best chunk is always kept.
+On filler the gate was not trained on it may stay open for every chunk, so at
+most ``max_kept`` chunks (default :data:`DEFAULT_MAX_KEPT`), those with the
+highest gates, go into one adapter (:func:`keep_chunks`).
 
 The PEFT export sets ``lora_alpha = scale * r_total`` so that
 ``PeftModel.from_pretrained`` applies exactly the in-memory delta

@@ -125,8 +125,8 @@ def gate_report(gate: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, sources
         for label in (0.0, 1.0):
             idx = [i for i, (s, t) in enumerate(zip(sources, y.tolist(), strict=True)) if s == src and t == label]
             if idx:
-                out[f"{src}/{'keep' if label else 'filler'}"] = {"n": len(idx),
-                                                                "kept": round(float((g[idx] >= min_gate).float().mean()), 3)}  # fmt: skip
+                kept = float((g[idx] >= min_gate).float().mean())
+                out[f"{src}/{'keep' if label else 'filler'}"] = {"n": len(idx), "kept": round(kept, 3)}
     out["accuracy"] = round(float(((g >= min_gate).float() == y).float().mean()), 4)
     return out
 
@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     if set(differ) - set(GATE_KEYS) or set(written) != set(original):
         raise SystemExit(f"{args.out}: tensors other than the gate differ from {args.checkpoint}: {differ}")
     print(json.dumps({k: report[k] for k in ("before", "after")}, indent=1))
-    print(f"changed: {changed}; the written file differs from the input only in {differ}; wrote {args.out} in {time.perf_counter() - started:.0f} s")
+    print(f"changed: {changed}; the written file differs from the input only in {differ}; wrote {args.out} in "
+          f"{time.perf_counter() - started:.0f} s")
     return 0
 
 

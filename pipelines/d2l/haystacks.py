@@ -29,8 +29,8 @@ from typing import Any
 
 from pipelines.d2l import synth
 
-__all__ = ["HELDOUT_NEEDLES", "HELDOUT_STYLES", "NEEDLES", "STYLES", "TRAIN_NEEDLES", "TRAIN_STYLES",
-           "check_train", "filler_units", "make_filler_docs", "make_haystack", "make_needle_fact_docs", "needle"]  # fmt: skip
+__all__ = ["HELDOUT_NEEDLES", "HELDOUT_STYLES", "NEEDLES", "STYLES", "TRAIN_NEEDLES", "TRAIN_STYLES", "check_train",
+           "filler_units", "make_filler_docs", "make_haystack", "make_needle_fact_docs", "needle"]  # fmt: skip
 
 Unit = str  # one filler unit: a sentence, a list line, a dialogue turn, a paragraph or a page
 
@@ -68,7 +68,8 @@ _METRICS = ["draws more current", "runs several degrees warmer", "reports a slow
 _CONDS = ["the ambient temperature is high", "the unit has run for a full shift", "the supply voltage dips",
           "dust builds up on the vents", "the load changes quickly", "the humidity rises", "it is mounted sideways"]
 _TECH = ["Operators should wear gloves when handling the {c}.", "The {c} is rated for continuous duty.",
-         "Section {n} of this manual describes the {c} in more detail.", "Do not operate the unit with the {c} removed.",
+         "Section {n} of this manual describes the {c} in more detail.",
+         "Do not operate the unit with the {c} removed.",
          "A spare {c} ships with every installation kit.", "Torque settings for the {c} are listed in appendix {a}."]
 
 _ITEMS = ["canvas tarps", "spare fuses", "rope coils", "paint tins", "garden hoses", "first-aid kits", "folding chairs",
@@ -108,7 +109,8 @@ def _narrative(rng: random.Random) -> Unit:
     if rng.random() < 0.2:
         return rng.choice(_SCENES)
     if rng.random() < 0.25:
-        return f"The {rng.choice(_ADJS)} {rng.choice(_NOUNS)} stretched beyond {rng.choice(_PLACES)} {rng.choice(_TIMES)}."
+        what = f"{rng.choice(_ADJS)} {rng.choice(_NOUNS)}"  # draw order as before: same haystacks
+        return f"The {what} stretched beyond {rng.choice(_PLACES)} {rng.choice(_TIMES)}."
     who = rng.choice(_FIRST) if rng.random() < 0.6 else _person(rng)
     return f"{who} {rng.choice(_MOVES)} {rng.choice(_PLACES)} {rng.choice(_TIMES)}, {rng.choice(_FEELS)}."
 
@@ -342,5 +344,6 @@ def make_needle_fact_docs(n: int, seed: int, split: str = "train", *, styles: Se
                 spans[attribute] = [len(text) + offset, len(text) + offset + len(value)]
             text += sentence + (sep if i < len(units) - 1 else "")
         docs.append({"id": synth.doc_id(text), "kind": "needle", "style": style, "text": text, "entity": entity,
-                     "facts": {form: value}, "spans": spans, "qa": [qa], "probe_qa": [probe], "split": split})  # fmt: skip
+                     "facts": {form: value}, "spans": spans, "qa": [qa], "probe_qa": [probe],
+                     "split": split})  # fmt: skip
     return docs
