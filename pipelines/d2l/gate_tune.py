@@ -134,6 +134,7 @@ def gate_report(gate: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, sources
 def main(argv: list[str] | None = None) -> int:
     from agent_sleep.generators.checkpoint import WEIGHTS_FILE, load_checkpoint, read_checkpoint_config, save_checkpoint
     from agent_sleep.models.loader import load_base_model
+    from pipelines.d2l.data import cache_key
     from safetensors.torch import load_file
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="folder for the chunks' mean latents (reused when checkpoint and data are the same)")
     args = parser.parse_args(argv)
     if args.out.exists():
         parser.error(f"{args.out} exists; gate_tune writes a new checkpoint folder")
@@ -169,9 +172,18 @@ def main(argv: list[str] | None = None) -> int:
 
     data = {}
     for name, n, seed in (("train", args.haystacks, args.seed), ("val", args.val_haystacks, args.seed + 1)):
+        key = cache_key(checkpoint=read_checkpoint_config(args.checkpoint), n=n, seed=seed, styles=styles, forms=forms,
+                        chunk_tokens=args.chunk_tokens, model=handle.content_hash)  # fmt: skip
+        cached = args.cache / f"{name}-{key}.pt" if args.cache else None
+        if cached is not None and cached.is_file():
+            data[name] = torch.load(cached)
+            continue
         rows = training_texts(n, seed, tok, args.chunk_tokens, styles, forms)
         x = mean_latents(net, handle.model, [r[0] for r in rows])
         data[name] = (x, torch.tensor([r[1] for r in rows]), [r[2] for r in rows])
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(data[name], cached)
         print(f"{name}: {len(rows)} chunks ({int(data[name][1].sum())} to keep) in "
               f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
     min_gate = net.config.min_gate
