@@ -15,7 +15,9 @@ and at most K chunks (the highest gates); ``topK`` = K highest gates, min_gate i
 
 Reported per checkpoint x style x form x rule: chunks kept / all (the gate's keep rate at min_gate, before any
 cap), whether the needle's chunk was kept, the needle chunk's gate rank, and recall. Writes ``--out`` (JSON, with
-every chunk's gate) and a Markdown table beside it. Never reads ``evals/docs*``.
+every chunk's gate) and a Markdown table beside it. ``--dense-docs N`` measures instead what a rule costs a
+document whose every chunk states facts (N documents of ``--dense-pages`` generated pages, one question per
+page). Never reads ``evals/docs*``.
 """
 
 from __future__ import annotations
@@ -111,11 +113,66 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     row["rules"][rule] = {"kept": int(keep.sum()), "needle_kept": bool(keep[target]),
                                           "recall": sum(hits) / len(hits), "answers": answers}  # fmt: skip
                 row["gold"] = questions[0]["answer"]
+                row["questions"] = [q["question"] for q in questions]
                 rows.append(row)
                 summary = " ".join(f"{r}={v['kept']}:{v['recall']:.1f}" for r, v in row["rules"].items())
                 log(f"{label} {style}/{form} #{k}: {row['chunks']} chunks, {row['open']} open, needle gate "
                     f"{row['needle_gate']:.3f} rank {rank}; {summary} (gold {row['gold']})")  # fmt: skip
     return {"rows": rows}
+
+
+def run_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """What a cap costs a document whose every chunk holds facts: ``--dense-docs`` documents of ``--dense-pages``
+    generated pages (pipelines/d2l/pages.py, held-out organisation names), one question per page, per rule."""
+    import torch
+
+    from agent_sleep.adapters.artifact import LoraWeights
+    from agent_sleep.adapters.stack import prepare_stack
+    from agent_sleep.evaluation.answers import answer_matches
+    from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT, D2LGenerator, keep_chunks
+    from agent_sleep.models.loader import load_base_model
+    from evals.bench_d2l import Runner, golds
+    from pipelines.d2l import pages
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    handle = load_base_model(args.model)
+    runner = Runner(handle, args.max_new_tokens)
+    gens = {Path(c).name: D2LGenerator.load(c, handle=handle) for c in (args.checkpoint or [DEFAULT_CHECKPOINT])}
+    rows = []
+    for k in range(args.dense_docs):
+        docs = pages.make_pages(args.dense_pages, 7000 + args.seed + k, "heldout", tokenizer=handle.tokenizer)
+        text = "\n\n".join(d["text"] for d in docs)
+        questions = [d["qa"][0] for d in docs]
+        for label, gen in gens.items():
+            chunks = gen.encode_chunks(text, chunk_tokens=args.chunk_tokens)
+            row = {"checkpoint": label, "doc": k, "tokens": chunks.tokens, "chunks": len(chunks.gates),
+                   "open": int((chunks.gates >= gen.config.min_gate).sum()), "rules": {}}  # fmt: skip
+            for rule in args.rules:
+                threshold, cap = parse_rule(rule, gen.config.min_gate)
+                result = gen.assemble(chunks, keep_chunks(chunks.gates, min_gate=threshold, max_kept=cap))
+                layers = {m: LoraWeights(A=a, B=b, scaling=result.scale) for m, (a, b) in result.layers.items()}
+                stack = prepare_stack(rule, [(rule, layers, 1.0)], dtype=handle.dtype, device=handle.device)
+                hits = [answer_matches(runner.answer(q["question"], stack=stack), golds(q)) for q in questions]
+                row["rules"][rule] = {"kept": result.chunks, "recall": sum(hits) / len(hits)}
+            rows.append(row)
+            log(f"{label} dense #{k}: {row['tokens']} tok, {row['chunks']} chunks, {row['open']} open; "
+                + " ".join(f"{r}={v['kept']}:{v['recall']:.2f}" for r, v in row["rules"].items()))
+    return rows
+
+
+def dense_table(rows: list[dict[str, Any]], rules: list[str]) -> str:
+    head = "| checkpoint | fact-dense documents | tokens | chunks (open) |"
+    head += "".join(f" {r}: kept, recall |" for r in rules)
+    lines = [head, "|---" * (4 + len(rules)) + "|"]
+    for ckpt in sorted({r["checkpoint"] for r in rows}):
+        rs = [r for r in rows if r["checkpoint"] == ckpt]
+        cells = "".join(f" {statistics.fmean(r['rules'][x]['kept'] for r in rs):.0f}, "
+                        f"{statistics.fmean(r['rules'][x]['recall'] for r in rs):.0%} |" for x in rules)  # fmt: skip
+        mean = {key: statistics.fmean(r[key] for r in rs) for key in ("tokens", "chunks", "open")}
+        lines.append(f"| {ckpt} | {len(rs)} | {mean['tokens']:.0f} | {mean['chunks']:.0f} ({mean['open']:.0f}) |"
+                     + cells)  # fmt: skip
+    return "\n".join(lines)
 
 
 def table(rows: list[dict[str, Any]], rules: list[str]) -> str:
@@ -169,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dense-docs", type=int, default=0,
+                        help="instead of haystacks: N fact-dense documents of --dense-pages generated pages each")
+    parser.add_argument("--dense-pages", type=int, default=12)
     parser.add_argument("--out", type=Path, default=RESULTS / "niah_styles.json")
     args = parser.parse_args(argv)
     args.styles = [s for s in args.styles.split(",") if s]
@@ -181,8 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         if f not in hs.NEEDLES:
             parser.error(f"unknown needle form {f!r}; choose from {list(hs.NEEDLES)}")
     started = time.perf_counter()
-    result = run(args)
-    md = table(result["rows"], args.rules)
+    if args.dense_docs:
+        result = {"rows": run_dense(args)}
+        md = dense_table(result["rows"], args.rules)
+    else:
+        result = run(args)
+        md = table(result["rows"], args.rules)
     argv_used = argv if argv is not None else sys.argv[1:]
     out = {"command": " ".join([".venv/bin/python", "evals/bench_niah.py", *argv_used]),
            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -105,5 +105,11 @@ def test_gate_tune_changes_only_the_gate_and_writes_a_new_checkpoint(tmp_path: P
     assert json.dumps(report)  # provenance is plain JSON
     with pytest.raises(SystemExit):  # never over an existing folder
         gate_tune.main(argv)
+    # with a latent cache, a refit reads the chunks back instead of encoding them again: the same gate
+    cache = tmp_path / "cache"
+    for name in ("c1", "c2"):
+        assert gate_tune.main([*argv[:1], "--out", str(tmp_path / name), *argv[3:], "--cache", str(cache)]) == 0
+    assert len(list(cache.glob("*.pt"))) == 2
+    assert load_file(str(tmp_path / "c2" / WEIGHTS_FILE))["gate.weight"].equal(after["gate.weight"])
     with pytest.raises(ValueError, match="held out"):
         gate_tune.main([str(ckpt), "--out", str(tmp_path / "x"), "--styles", "correspondence"])
