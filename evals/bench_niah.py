@@ -17,7 +17,7 @@ Reported per checkpoint x style x form x rule: chunks kept / all (the gate's kee
 cap), whether the needle's chunk was kept, the needle chunk's gate rank, and recall. Writes ``--out`` (JSON, with
 every chunk's gate) and a Markdown table beside it. ``--dense-docs N`` measures instead what a rule costs a
 document whose every chunk states facts (N documents of ``--dense-pages`` generated pages, one question per
-page). Never reads ``evals/docs*``.
+page; ``--dense-kind needles``: that many chunk-sized needle haystacks of the classic style back to back). Never reads ``evals/docs*``.
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ def run_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
     from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT, D2LGenerator, keep_chunks
     from agent_sleep.models.loader import load_base_model
     from evals.bench_d2l import Runner, golds
+    from pipelines.d2l import haystacks as hs
     from pipelines.d2l import pages
 
     if args.threads:
@@ -141,12 +142,17 @@ def run_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
     gens = {Path(c).name: D2LGenerator.load(c, handle=handle) for c in (args.checkpoint or [DEFAULT_CHECKPOINT])}
     rows = []
     for k in range(args.dense_docs):
-        docs = pages.make_pages(args.dense_pages, 7000 + args.seed + k, "heldout", tokenizer=handle.tokenizer)
+        if args.dense_kind == "pages":
+            docs = pages.make_pages(args.dense_pages, 7000 + args.seed + k, "heldout", tokenizer=handle.tokenizer)
+        else:  # one needle (number or time: values this checkpoint carries) per ~chunk of classic filler
+            docs = [hs.make_haystack("classic", ("number", "time")[i % 2], args.chunk_tokens - 24,
+                                     8000 + 100 * (args.seed + k) + i, handle.tokenizer)
+                    for i in range(args.dense_pages)]  # fmt: skip
         text = "\n\n".join(d["text"] for d in docs)
         questions = [d["qa"][0] for d in docs]
         for label, gen in gens.items():
             chunks = gen.encode_chunks(text, chunk_tokens=args.chunk_tokens)
-            row = {"checkpoint": label, "doc": k, "tokens": chunks.tokens, "chunks": len(chunks.gates),
+            row = {"checkpoint": label, "doc": k, "facts": len(questions), "tokens": chunks.tokens, "chunks": len(chunks.gates),
                    "open": int((chunks.gates >= gen.config.min_gate).sum()), "rules": {}}  # fmt: skip
             for rule in args.rules:
                 threshold, cap = parse_rule(rule, gen.config.min_gate)
@@ -162,7 +168,7 @@ def run_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def dense_table(rows: list[dict[str, Any]], rules: list[str]) -> str:
-    head = "| checkpoint | fact-dense documents | tokens | chunks (open) |"
+    head = "| checkpoint | fact-dense documents (facts each) | tokens | chunks (open) |"
     head += "".join(f" {r}: kept, recall |" for r in rules)
     lines = [head, "|---" * (4 + len(rules)) + "|"]
     for ckpt in sorted({r["checkpoint"] for r in rows}):
@@ -170,7 +176,7 @@ def dense_table(rows: list[dict[str, Any]], rules: list[str]) -> str:
         cells = "".join(f" {statistics.fmean(r['rules'][x]['kept'] for r in rs):.0f}, "
                         f"{statistics.fmean(r['rules'][x]['recall'] for r in rs):.0%} |" for x in rules)  # fmt: skip
         mean = {key: statistics.fmean(r[key] for r in rs) for key in ("tokens", "chunks", "open")}
-        lines.append(f"| {ckpt} | {len(rs)} | {mean['tokens']:.0f} | {mean['chunks']:.0f} ({mean['open']:.0f}) |"
+        lines.append(f"| {ckpt} | {len(rs)} ({rs[0]['facts']}) | {mean['tokens']:.0f} | {mean['chunks']:.0f} ({mean['open']:.0f}) |"
                      + cells)  # fmt: skip
     return "\n".join(lines)
 
@@ -228,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dense-docs", type=int, default=0,
                         help="instead of haystacks: N fact-dense documents of --dense-pages generated pages each")
-    parser.add_argument("--dense-pages", type=int, default=12)
+    parser.add_argument("--dense-pages", type=int, default=12, help="pages (or needles) per fact-dense document")
+    parser.add_argument("--dense-kind", choices=("pages", "needles"), default="pages",
+                        help="pages: generated pages; needles: one needle per chunk of classic filler")
     parser.add_argument("--out", type=Path, default=RESULTS / "niah_styles.json")
     args = parser.parse_args(argv)
     args.styles = [s for s in args.styles.split(",") if s]

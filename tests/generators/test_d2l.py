@@ -85,7 +85,7 @@ def test_chunks_concatenate_along_rank_and_peft_reproduces_them(handle: BaseMode
     gen = _gen(handle, _net(handle, live=True))
     n_tokens = len(handle.tokenizer(DOC, add_special_tokens=False)["input_ids"])
     one = gen.internalize(DOC, chunk_tokens=10_000)
-    many = gen.internalize(DOC, chunk_tokens=8)
+    many = gen.internalize(DOC, chunk_tokens=8, max_kept=0)  # every chunk
     k = -(-n_tokens // 8)
     assert (one.chunks, one.rank) == (1, 4)
     assert (many.chunks, many.rank) == (k, 4 * k) and k > 2
@@ -290,7 +290,7 @@ def test_chunks_below_min_gate_are_left_out(handle: BaseModelHandle) -> None:
         net.gate.bias.zero_()
     gen = _gen(handle, net)
     every = gen.internalize(DOC, chunk_tokens=4, min_gate=0.0, max_kept=0)  # no cap: every chunk
-    pruned = gen.internalize(DOC, chunk_tokens=4)  # the checkpoint's min_gate, 0.5
+    pruned = gen.internalize(DOC, chunk_tokens=4, max_kept=0)  # the checkpoint's min_gate, 0.5, no cap
     ids = handle.tokenizer(DOC, add_special_tokens=False)["input_ids"]
     gates = []
     for i in range(0, len(ids), 4):
@@ -354,6 +354,7 @@ def test_max_kept_caps_a_long_documents_adapter(handle: BaseModelHandle) -> None
     default = gen.internalize(doc, chunk_tokens=4, min_gate=0.0)  # the generator's cap: DEFAULT_MAX_KEPT
     assert (default.chunks, default.dropped) == (DEFAULT_MAX_KEPT, len(chunks.gates) - DEFAULT_MAX_KEPT)
     three = gen.internalize(doc, chunk_tokens=4, min_gate=0.0, max_kept=3)
+    assert DEFAULT_MAX_KEPT != 3
     top = sorted(torch.argsort(chunks.gates, descending=True, stable=True)[:3].tolist())
     a_every, _ = every.layers["model.layers.1.mlp.down_proj"]
     a_three, _ = three.layers["model.layers.1.mlp.down_proj"]
@@ -362,7 +363,7 @@ def test_max_kept_caps_a_long_documents_adapter(handle: BaseModelHandle) -> None
     # a generator's own default, and the reuse key tells the settings apart
     capped, _ = _gated_gen(handle, max_kept=3)
     assert capped.internalize(doc, chunk_tokens=4, min_gate=0.0).chunks == 3
-    keys = {reuse_key(gen, doc, max_kept=k) for k in (0, 3, DEFAULT_MAX_KEPT)}
+    keys = {reuse_key(gen, doc, max_kept=k) for k in (0, 2, DEFAULT_MAX_KEPT)}
     assert len(keys) == 3 and reuse_key(gen, doc) == reuse_key(gen, doc, max_kept=DEFAULT_MAX_KEPT)
     for bad in (-1, 1.5, True):
         with pytest.raises(InvalidInputError, match="max_kept"):
