@@ -1,7 +1,7 @@
 """Fine-tune only the chunk gate of a D2L checkpoint on many filler styles, read top to bottom.
 
     .venv/bin/python pipelines/d2l/gate_tune.py agent_sleep/generators/checkpoints/d2l-smollm2-135m \
-        --out runs/d2l/gate-styles --threads 1
+        --out runs/d2l/gate-styles-10k --threads 1 --cache runs/d2l/gate-cache
 
 Meta-training taught the gate (``HyperNet.gate``: sigmoid(w . mean latent + b)) to tell fact chunks from ONE
 filler style, the pastoral sentences of ``synth._HAY``; on other filler (narrative prose, a manual, a chat
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--styles", default=",".join(haystacks.TRAIN_STYLES))
     parser.add_argument("--forms", default=",".join(haystacks.TRAIN_NEEDLES))
     parser.add_argument("--chunk-tokens", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=10000)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
