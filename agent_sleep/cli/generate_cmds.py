@@ -16,6 +16,8 @@ over ``AGENT_SLEEP_MAX_DOCUMENT_BYTES`` (10 MB by default), an empty file,
 binary or non-UTF-8 bytes exit 1 with the problem named, and nothing is
 stored or registered. So does any failure of the generator (a checkpoint for
 another base model, non-finite weights, more than ``--max-chunks`` chunks).
+``--min-gate`` and ``--max-kept`` choose which chunks the adapter keeps (the
+learned chunk gate's threshold; a cap on their number, highest gates first).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 from agent_sleep.cli.common import (
     add_json_flag,
     finite_float,
+    non_negative_int,
     positive_int,
     print_adapter_next_steps,
     print_json,
@@ -88,7 +91,7 @@ def cmd_internalize(args: argparse.Namespace) -> int:
     path = Path(args.path).expanduser()
     text = read_document(path, settings)
     generator = _load_generator(args, settings)
-    key = reuse_key(generator, text, chunk_tokens=args.chunk_tokens, min_gate=args.min_gate)
+    key = reuse_key(generator, text, chunk_tokens=args.chunk_tokens, min_gate=args.min_gate, max_kept=args.max_kept)
     reused = _find_reused(settings, args.name, key, generator)
     if reused is not None:  # the same document, generator and options: that version, not a copy of it
         record, result = reused
@@ -97,7 +100,7 @@ def cmd_internalize(args: argparse.Namespace) -> int:
         return _report(args, path, record, result, documents[0] if documents else None, adapter_bytes, generator)
     try:  # raises before anything is stored or registered
         result = generator.internalize(text, chunk_tokens=args.chunk_tokens, max_chunks=args.max_chunks,
-                                       min_gate=args.min_gate)  # fmt: skip
+                                       min_gate=args.min_gate, max_kept=args.max_kept)  # fmt: skip
     except PayloadTooLargeError as exc:
         raise PayloadTooLargeError(f"document {path}: {exc} (options --chunk-tokens, --max-chunks)") from None
 
@@ -152,6 +155,7 @@ def _report(args: argparse.Namespace, path: Path, record: Any, result: Any, docu
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from agent_sleep.generators.d2l import DEFAULT_MAX_KEPT  # torch-free: the CLI stays light
     p = sub.add_parser(
         "internalize",
         help="turn a text document into a LoRA adapter (Doc-to-LoRA) and register it as a skill",
@@ -168,6 +172,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="refuse documents of more than K chunks, i.e. an adapter above rank r*K (default: 1024)")
     p.add_argument("--min-gate", type=finite_float, default=None, metavar="G",
                    help="leave out chunks whose learned gate is below G, 0 keeps all (default: the checkpoint's)")
+    p.add_argument("--max-kept", type=non_negative_int, default=None, metavar="K",
+                   help="keep at most K chunks, those with the highest gates; 0 = no cap (default: "
+                   f"{DEFAULT_MAX_KEPT})")  # fmt: skip
     p.add_argument("--agent", help="the agent that owns the document and the skill (deploy it with deploy --agent)")
     p.add_argument("--description", help="skill description (default: 'D2L of FILE')")
     p.add_argument("--checkpoint", metavar="DIR", help="D2L hypernetwork checkpoint (default: the bundled one)")

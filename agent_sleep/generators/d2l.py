@@ -12,6 +12,9 @@ chunk gate (``chunk_gate``), chunks whose gate is below ``min_gate`` (default:
 the checkpoint's ``min_gate``, set when meta-training taught the gate to tell
 fact chunks from filler) are left out, so a long document's filler neither
 drowns the chunk that matters nor costs rank; the best chunk is always kept.
+On filler the gate was not trained on it may stay open for every chunk, so at
+most ``max_kept`` chunks (default :data:`DEFAULT_MAX_KEPT`), those with the
+highest gates, go into one adapter (:func:`keep_chunks`).
 
 Several documents (:meth:`D2LGenerator.internalize_documents`; what ``generate`` does with a request of
 several, which the sleep cycle sends for a skill whose globs match several documents): each document is
@@ -79,10 +82,16 @@ if TYPE_CHECKING:
     from agent_sleep.registry.records import AdapterVersionRecord
     from agent_sleep.registry.registry import AdapterRegistry
 
-__all__ = ["DEFAULT_CHECKPOINT", "GENERATOR_NAME", "D2LGenerator", "Internalized", "check_document",
-           "find_internalized", "internalize_to_registry", "reuse_key"]  # fmt: skip
+__all__ = ["DEFAULT_CHECKPOINT", "DEFAULT_MAX_KEPT", "GENERATOR_NAME", "ChunkLoras", "D2LGenerator", "Internalized",
+           "check_document", "find_internalized", "internalize_to_registry", "keep_chunks", "reuse_key"]  # fmt: skip
 
 GENERATOR_NAME = "d2l"
+# At most this many chunks (those the gate ranks highest) go into one adapter. Measured on training filler
+# styles only (evals/results/niah_*.md): on 32k-token needle haystacks recall was best at 2-4 kept chunks and fell
+# at 8 and 16 (the summed deltas of the extra chunks drown the needle); on documents of 8 needle chunks back to
+# back, keeping 4 answered 2 of 8 questions, keeping all of them 1. The committed checkpoint was meta-trained on
+# adapters of at most 7 chunks. Documents of up to 4 chunks (~1,000 tokens) are not affected; 0 = no cap.
+DEFAULT_MAX_KEPT = 4
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "d2l-smollm2-135m"
 _PEFT_PREFIX = "base_model.model."
 
@@ -117,17 +126,50 @@ class Internalized(GeneratedAdapter):
     document_sha256s: tuple[str, ...] = ()  # each document's sha256, in order (empty when read back: reused)
 
 
+@dataclass(frozen=True, eq=False)
+class ChunkLoras:
+    """Every chunk's LoRA and gate for one document, before selection (:meth:`D2LGenerator.encode_chunks`)."""
+
+    a: Tensor = field(repr=False)  # [K, L, r, in]
+    b: Tensor = field(repr=False)  # [K, L, out, r], already multiplied by the gate
+    gates: Tensor  # [K], all ones without a chunk gate
+    tokens: int
+    document_sha256: str
+    seconds: float
+
+
+def keep_chunks(gates: Tensor, *, min_gate: float, max_kept: int = 0) -> Tensor:
+    """Which chunks an adapter keeps: gate >= ``min_gate``, at most ``max_kept`` of them (0: no cap), the highest
+    gates first (ties: the earlier chunk), and always the chunk with the highest gate. A bool mask over ``gates``.
+
+    The cap is for documents the gate cannot tell apart from filler (issue #14: on a 36k-token narrative haystack
+    the gate kept all 144 chunks and the needle drowned in their summed deltas): the adapter then holds the
+    ``max_kept`` chunks the gate ranks highest instead of everything.
+    """
+    import torch
+
+    keep = gates >= min_gate
+    keep[int(gates.argmax())] = True
+    if max_kept and int(keep.sum()) > max_kept:
+        order = torch.argsort(torch.where(keep, gates, torch.full_like(gates, -1.0)), descending=True, stable=True)
+        keep = torch.zeros_like(keep)
+        keep[order[:max_kept]] = True
+    return keep
+
+
 class D2LGenerator:
     """A loaded hypernetwork bound to its base model; :meth:`load`, then :meth:`internalize` and :meth:`write`.
 
-    ``chunk_tokens`` and ``min_gate`` are the defaults of :meth:`internalize` (and so of :meth:`generate`).
+    ``chunk_tokens``, ``min_gate`` and ``max_kept`` are the defaults of :meth:`internalize` (and so of
+    :meth:`generate`).
     """
 
     name = GENERATOR_NAME
     separate_documents = True  # the sleep cycle hands over a skill's documents one by one (see generate)
 
     def __init__(self, net: HyperNet, handle: BaseModelHandle, *, checkpoint: Path, version: str,
-                 chunk_tokens: int = 256, min_gate: float | None = None) -> None:  # fmt: skip
+                 chunk_tokens: int = 256, min_gate: float | None = None,
+                 max_kept: int = DEFAULT_MAX_KEPT) -> None:  # fmt: skip
         self.net = net
         self.handle = handle
         self.checkpoint = checkpoint
@@ -135,12 +177,13 @@ class D2LGenerator:
         self.config = net.config
         self.chunk_tokens = chunk_tokens
         self.min_gate = min_gate
+        self.max_kept = max_kept
         self._lora: Any = None
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, *, handle: BaseModelHandle | None = None,
              settings: Settings | None = None, chunk_tokens: int = 256,
-             min_gate: float | None = None) -> D2LGenerator:  # fmt: skip
+             min_gate: float | None = None, max_kept: int = DEFAULT_MAX_KEPT) -> D2LGenerator:  # fmt: skip
         """Load a checkpoint (default: the committed SmolLM2 one) for ``handle`` (default: its base model).
 
         IncompatibleAdapterError if the checkpoint was trained for other base weights.
@@ -158,7 +201,7 @@ class D2LGenerator:
             handle = load_base_model(config["hyper"]["base_model_id"], settings=settings)
         net = load_checkpoint(path, content_hash=handle.content_hash, device=handle.device)
         return cls(net, handle, checkpoint=path, version=str(config.get("version", "0")), chunk_tokens=chunk_tokens,
-                   min_gate=min_gate)  # fmt: skip
+                   min_gate=min_gate, max_kept=max_kept)  # fmt: skip
 
     # -- generation -------------------------------------------------------------------------------
     def _chunks(self, ids: list[int], chunk_tokens: int) -> list[list[int]]:
@@ -177,94 +220,98 @@ class D2LGenerator:
         return self.internalize_documents(request.documents)
 
     def internalize(self, text: str | bytes, *, chunk_tokens: int | None = None, chunk_batch: int = 8,
-                    max_chunks: int | None = 1024, min_gate: float | None = None) -> Internalized:  # fmt: skip
+                    max_chunks: int | None = 1024, min_gate: float | None = None,
+                    max_kept: int | None = None) -> Internalized:  # fmt: skip
         """Turn ``text`` into an adapter: one rank-r LoRA per chunk of ``chunk_tokens``, concatenated along rank.
 
         ``chunk_tokens`` defaults to the generator's (256 unless set). ``min_gate`` (default: the
         generator's, else the checkpoint's): leave out chunks whose gate is below it (chunk-gated
-        checkpoints only; the chunk with the highest gate is always kept).
+        checkpoints only; the chunk with the highest gate is always kept). ``max_kept`` (default: the
+        generator's, :data:`DEFAULT_MAX_KEPT`; 0 = no cap): of the chunks that pass ``min_gate``, keep at most
+        this many, those with the highest gates (:func:`keep_chunks`).
         """
         return self.internalize_documents([text], chunk_tokens=chunk_tokens, chunk_batch=chunk_batch,
-                                          max_chunks=max_chunks, min_gate=min_gate)  # fmt: skip
+                                          max_chunks=max_chunks, min_gate=min_gate, max_kept=max_kept)  # fmt: skip
 
     def internalize_documents(self, texts: Sequence[str | bytes], *, chunk_tokens: int | None = None,
-                              chunk_batch: int = 8, max_chunks: int | None = 1024,
-                              min_gate: float | None = None) -> Internalized:  # fmt: skip
+                              chunk_batch: int = 8, max_chunks: int | None = 1024, min_gate: float | None = None,
+                              max_kept: int | None = None) -> Internalized:  # fmt: skip
         """Several documents as ONE adapter: each document chunked on its own (no chunk straddles two), each
-        document's chunks gated on their own (every document keeps its best chunk), then all kept chunks of all
-        documents concatenated along rank in document order, plus the bias block once, as meta-training builds
-        an adapter of several chunks. One document gives exactly :meth:`internalize`'s tensors.
+        document's chunks selected on their own (:func:`keep_chunks`: every document keeps its best chunk and at
+        most ``max_kept``), then all kept chunks of all documents concatenated along rank in document order, plus
+        the bias block once, as meta-training builds an adapter of several chunks. One document gives exactly
+        :meth:`internalize`'s tensors.
 
         ``max_chunks`` bounds the chunks of all documents together. ``document_sha256`` is the document's
         sha256 for one document; for several, the sha256 of their sha256s (hex, one a line), each in
         ``document_sha256s``.
         """
-        import torch
-
         if isinstance(texts, (str, bytes, bytearray, memoryview)):
             raise InvalidInputError("internalize_documents takes a sequence of documents, not one; see internalize")
-        texts = [check_document(t) for t in texts]
-        if not texts:
+        threshold, cap = self._selection(min_gate, max_kept)
+        docs = [check_document(t) for t in texts]
+        if not docs:
             raise InvalidInputError("no documents; nothing to internalise")
-        chunk_tokens = self.chunk_tokens if chunk_tokens is None else chunk_tokens
-        if not isinstance(chunk_tokens, int) or chunk_tokens < 1:
-            raise InvalidInputError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
-        min_gate = self.min_gate if min_gate is None else min_gate
-        threshold = self.config.min_gate if min_gate is None else min_gate
-        if not 0.0 <= threshold < 1.0:
-            raise InvalidInputError(f"min_gate must be in [0, 1), got {threshold!r}")
-        start = time.perf_counter()
-        ids_of = [self.handle.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        chunk_tokens = self._chunk_size(chunk_tokens)
+        ids_of = [self.handle.tokenizer(t, add_special_tokens=False)["input_ids"] for t in docs]
         for i, ids in enumerate(ids_of):
             if not ids:
-                of = "" if len(texts) == 1 else f" {i + 1} of {len(texts)}"
+                of = "" if len(docs) == 1 else f" {i + 1} of {len(docs)}"
                 raise InvalidInputError(f"the document{of} has no tokens; nothing to internalise")
         chunked = [self._chunks(ids, chunk_tokens) for ids in ids_of]
         total = sum(len(c) for c in chunked)
         if max_chunks is not None and total > max_chunks:
-            what = f"the document has {len(ids_of[0])} tokens" if len(texts) == 1 else \
-                f"the {len(texts)} documents have {sum(len(i) for i in ids_of)} tokens"  # fmt: skip
+            what = f"the document has {len(ids_of[0])} tokens" if len(docs) == 1 else \
+                f"the {len(docs)} documents have {sum(len(i) for i in ids_of)} tokens"  # fmt: skip
             raise PayloadTooLargeError(
                 f"{what} = {total} chunks of {chunk_tokens}, over max_chunks="
                 f"{max_chunks}; raise chunk_tokens or max_chunks, or split the document"
             )
-        c = self.config
-        a_kept: list[Tensor] = []
-        b_kept: list[Tensor] = []
-        dropped = 0
-        for chunks in chunked:
-            a_all, b_all, gate_all = self._chunk_loras(chunks, chunk_batch)  # [K, L, r, in], [K, L, out, r], [K]
-            keep = gate_all >= threshold
-            keep[gate_all.argmax()] = True
-            a_kept.append(a_all[keep])
-            b_kept.append(b_all[keep])
-            dropped += int((~keep).sum())
-        a_all, b_all = (a_kept[0], b_kept[0]) if len(a_kept) == 1 else (torch.cat(a_kept), torch.cat(b_kept))
-        with torch.no_grad():  # all chunks along rank (+ the bias block once): [L, R, in], [L, out, R]
-            a_cat, b_cat = self.net.concat_chunks(a_all, b_all)
-        k, rank = a_all.shape[0], a_cat.shape[1]
-        layers: dict[str, tuple[Tensor, Tensor]] = {}
-        tensors: dict[str, Tensor] = {}
-        for li, module in enumerate(c.module_names()):
-            layers[module] = (a_cat[li].contiguous(), b_cat[li].contiguous())
-            tensors[f"{_PEFT_PREFIX}{module}.lora_A.weight"] = layers[module][0]
-            tensors[f"{_PEFT_PREFIX}{module}.lora_B.weight"] = layers[module][1]
-        lora_config = {"r": rank, "lora_alpha": c.scale * rank, "target_modules": c.module_names(),
-                       "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"}  # fmt: skip
-        shas = tuple(hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts)
-        combined = shas[0] if len(shas) == 1 else hashlib.sha256("\n".join(shas).encode("ascii")).hexdigest()
-        return Internalized(
-            tensors=tensors, lora_config=lora_config, chunks=k, rank=rank, tokens=sum(len(i) for i in ids_of),
-            seconds=time.perf_counter() - start, scale=c.scale, layers=layers, dropped=dropped,
-            document_sha256=combined, document_sha256s=shas,
-        )  # fmt: skip
+        parts = []
+        for text, ids, chunks in zip(docs, ids_of, chunked, strict=True):
+            loras = self._encode(text, ids, chunks, chunk_batch)
+            parts.append((loras, keep_chunks(loras.gates, min_gate=threshold, max_kept=cap)))
+        return self._assemble(parts)
 
-    def _chunk_loras(self, chunks: list[list[int]], chunk_batch: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Each chunk's LoRA and gate (1 without a chunk gate): ``[K, L, r, in]``, ``[K, L, out, r]``, ``[K]``."""
+    def _selection(self, min_gate: float | None, max_kept: int | None) -> tuple[float, int]:
+        """The effective (min_gate, max_kept) of a call, or InvalidInputError."""
+        min_gate = self.min_gate if min_gate is None else min_gate
+        threshold = self.config.min_gate if min_gate is None else min_gate
+        if not 0.0 <= threshold < 1.0:
+            raise InvalidInputError(f"min_gate must be in [0, 1), got {threshold!r}")
+        cap = self.max_kept if max_kept is None else max_kept
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise InvalidInputError(f"max_kept must be a non-negative integer (0 = no cap), got {cap!r}")
+        return float(threshold), cap
+
+    def _chunk_size(self, chunk_tokens: int | None) -> int:
+        chunk_tokens = self.chunk_tokens if chunk_tokens is None else chunk_tokens
+        if not isinstance(chunk_tokens, int) or chunk_tokens < 1:
+            raise InvalidInputError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
+        return chunk_tokens
+
+    def encode_chunks(self, text: str | bytes, *, chunk_tokens: int | None = None, chunk_batch: int = 8,
+                      max_chunks: int | None = 1024) -> ChunkLoras:  # fmt: skip
+        """Every chunk's LoRA and gate, before any is left out (what :meth:`internalize` selects from)."""
+        text = check_document(text)
+        chunk_tokens = self._chunk_size(chunk_tokens)
+        ids = self.handle.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise InvalidInputError("the document has no tokens; nothing to internalise")
+        chunks = self._chunks(ids, chunk_tokens)
+        if max_chunks is not None and len(chunks) > max_chunks:
+            raise PayloadTooLargeError(
+                f"the document has {len(ids)} tokens = {len(chunks)} chunks of {chunk_tokens}, over max_chunks="
+                f"{max_chunks}; raise chunk_tokens or max_chunks, or split the document"
+            )
+        return self._encode(text, ids, chunks, chunk_batch)
+
+    def _encode(self, text: str, ids: list[int], chunks: list[list[int]], chunk_batch: int) -> ChunkLoras:
         import torch
 
         from agent_sleep.generators.backbone import hidden_after
 
+        start = time.perf_counter()
         c = self.config
         model = self.handle.model
         device = next(model.parameters()).device
@@ -289,7 +336,40 @@ class D2LGenerator:
                 a_parts.append(a.float().cpu())
                 b_parts.append(b.float().cpu())
                 gates.append(gate.float().cpu() if gate is not None else torch.ones(len(group)))
-        return torch.cat(a_parts), torch.cat(b_parts), torch.cat(gates)
+        return ChunkLoras(a=torch.cat(a_parts), b=torch.cat(b_parts), gates=torch.cat(gates), tokens=len(ids),
+                          document_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                          seconds=time.perf_counter() - start)  # fmt: skip
+
+    def assemble(self, chunks: ChunkLoras, keep: Tensor) -> Internalized:
+        """One adapter from the chunks ``keep`` (a bool mask over ``chunks``) selects, concatenated along rank."""
+        return self._assemble([(chunks, keep)])
+
+    def _assemble(self, parts: Sequence[tuple[ChunkLoras, Tensor]]) -> Internalized:
+        """One adapter of the kept chunks of one or more documents, in order, plus the bias block once."""
+        import torch
+
+        start = time.perf_counter()
+        c = self.config
+        a_all = torch.cat([loras.a[keep] for loras, keep in parts])  # [K, L, r, in]
+        b_all = torch.cat([loras.b[keep] for loras, keep in parts])  # [K, L, out, r]
+        with torch.no_grad():  # all chunks along rank (+ the bias block once): [L, R, in], [L, out, R]
+            a_cat, b_cat = self.net.concat_chunks(a_all, b_all)
+        k, rank = a_all.shape[0], a_cat.shape[1]
+        layers: dict[str, tuple[Tensor, Tensor]] = {}
+        tensors: dict[str, Tensor] = {}
+        for li, module in enumerate(c.module_names()):
+            layers[module] = (a_cat[li].contiguous(), b_cat[li].contiguous())
+            tensors[f"{_PEFT_PREFIX}{module}.lora_A.weight"] = layers[module][0]
+            tensors[f"{_PEFT_PREFIX}{module}.lora_B.weight"] = layers[module][1]
+        lora_config = {"r": rank, "lora_alpha": c.scale * rank, "target_modules": c.module_names(),
+                       "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"}  # fmt: skip
+        shas = tuple(loras.document_sha256 for loras, _ in parts)
+        combined = shas[0] if len(shas) == 1 else hashlib.sha256("\n".join(shas).encode("ascii")).hexdigest()
+        return Internalized(
+            tensors=tensors, lora_config=lora_config, chunks=k, rank=rank, tokens=sum(lo.tokens for lo, _ in parts),
+            seconds=sum(lo.seconds for lo, _ in parts) + time.perf_counter() - start, scale=c.scale, layers=layers,
+            dropped=sum(int((~keep).sum()) for _, keep in parts), document_sha256=combined, document_sha256s=shas,
+        )  # fmt: skip
 
     @contextlib.contextmanager
     def applied(self, internalized: Internalized) -> Iterator[None]:
@@ -346,21 +426,21 @@ def _net_sha256(net: HyperNet) -> str:
 
 
 def reuse_key(generator: D2LGenerator, text: str | bytes, *, chunk_tokens: int | None = None,
-              min_gate: float | None = None) -> str:  # fmt: skip
+              min_gate: float | None = None, max_kept: int | None = None) -> str:  # fmt: skip
     """A sha256 naming everything that decides the adapter ``generator.internalize(text, ...)`` makes.
 
     The document's bytes, the hypernetwork (its version, config and weights: versions alone are not
     unique, tests and experiments reuse them), the base model's content hash and the effective
-    ``chunk_tokens`` and ``min_gate``. Stored as ``sources.reuse_key`` of each version it registers.
+    ``chunk_tokens``, ``min_gate`` and ``max_kept``. Stored as ``sources.reuse_key`` of each version it registers.
     """
     text = check_document(text)
-    gate = generator.min_gate if min_gate is None else min_gate
+    threshold, cap = generator._selection(min_gate, max_kept)
     payload = {  # the weights are hashed each time (~10 MB, milliseconds): a training loop may change them
         "generator": GENERATOR_NAME, "version": generator.version, "hypernet_sha256": _net_sha256(generator.net),
         "config": generator.config.model_dump(mode="json"), "base_content_hash": generator.handle.content_hash,
         "document_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
         "chunk_tokens": generator.chunk_tokens if chunk_tokens is None else chunk_tokens,
-        "min_gate": float(generator.config.min_gate if gate is None else gate),
+        "min_gate": threshold, "max_kept": cap,
     }  # fmt: skip
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 

@@ -6,7 +6,7 @@ when that generator is asked for, so listing names never loads torch. An unknown
 ConfigError with a "did you mean".
 
 Built in: ``d2l`` (:meth:`D2LGenerator.load <agent_sleep.generators.d2l.D2LGenerator.load>`:
-``checkpoint``, ``handle``, ``settings``, ``chunk_tokens``, ``min_gate``), ``t2l``
+``checkpoint``, ``handle``, ``settings``, ``chunk_tokens``, ``min_gate``, ``max_kept``), ``t2l``
 (:meth:`T2LGenerator.load <agent_sleep.generators.t2l.T2LGenerator.load>`: ``checkpoint``, ``handle``,
 ``settings``), ``gradient_cd``
 (:meth:`GradientCDGenerator.load <agent_sleep.generators.gradient_cd.GradientCDGenerator.load>`:

@@ -15,14 +15,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, create_model, field_validator, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    create_model,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from torch import Tensor
 from tqdm import tqdm
 
 from agent_sleep.generators.backbone import RowLora
 from agent_sleep.generators.checkpoint import save_checkpoint
 from agent_sleep.generators.hypernet import HyperConfig, HyperNet
-from pipelines.d2l import pages, prose, recon, synth
+from pipelines.d2l import haystacks, pages, prose, recon, synth
 from pipelines.d2l.data import CachedDoc, build_cache, cache_key
 from pipelines.d2l.objective import (  # aux_losses, group_loras, greedy_accuracy: also imported from here
     aux_losses,
@@ -94,9 +103,16 @@ class DataConfig(_Quiet):
     # with its default system message: what `ask`, the chat model and the served API send), "agent" (the template with
     # an agent's system prompt). The trainer's held-out eval always asks bare.
     prompt_styles: tuple[Literal["bare", "chat", "agent"], ...] = ("bare",)
+    # Filler styles of pipelines/d2l/haystacks.py (training styles only; the held-out ones are refused): when set,
+    # the n_hay distractor chunks are drawn from them (hay_sentences units each) instead of synth's haystack
+    # sentences, and needle_share of the documents are needle-like fact documents: one needle of a training form
+    # (several wordings and value types) in needle_units units of one of these styles.
+    hay_styles: list[str] = []
+    needle_share: float = 0.0
+    needle_units: tuple[int, int] = (0, 10)
 
     _QUIET = frozenset({"pages_share", "pages_facts", "pages_tokens", "recon_share", "recon_tokens", "recon_window",
-                        "recon_rows", "prompt_styles"})
+                        "recon_rows", "prompt_styles", "hay_styles", "needle_share", "needle_units"})
 
     @field_validator("prompt_styles")
     @classmethod
@@ -104,6 +120,13 @@ class DataConfig(_Quiet):
         if not v:
             raise ValueError("prompt_styles needs at least one style")
         return v
+
+    @model_validator(mode="after")
+    def _check_styles(self) -> DataConfig:
+        haystacks.check_train(self.hay_styles)
+        if self.needle_share and not [s for s in self.hay_styles if s != "pages"]:
+            raise ValueError("needle_share needs hay_styles with a style other than 'pages' to hide the needles in")
+        return self
 
 
 # HyperConfig fields the recipe does not set in its ``hyper`` block: the base model's identity and sizes, the LoRA
@@ -219,14 +242,15 @@ def _groups(step: int, cfg: TrainConfig, n_docs: int, n_hay: int) -> list[list[i
 
 def make_docs(d: DataConfig, seed: int, n_eval: int | None = None) -> tuple[list[synth.Doc], list[synth.Doc]]:
     """Training and held-out documents of a data config (held-out: seed + 1, unseen entities): fact documents
-    and, for ``prose_share``, prose-like ones, for ``pages_share``, realistic pages and, for ``recon_share``, real
-    prose with reconstruction and completion rows."""
+    and, for ``prose_share``, prose-like ones, for ``pages_share``, realistic pages, for ``recon_share``, real
+    prose with reconstruction and completion rows and, for ``needle_share``, needles in ``hay_styles`` filler."""
     opts = {"n_facts": tuple(d.n_facts), "n_filler": tuple(d.n_filler), "vocab_size": d.vocab_size,
             "attributes": d.attributes, "n_hay": tuple(d.fact_hay)}  # fmt: skip
     out = []
     for n, s, split in ((d.n_train, seed, "train"), (d.n_eval if n_eval is None else n_eval, seed + 1, "heldout")):
         n_prose, n_pages, n_recon = round(n * d.prose_share), round(n * d.pages_share), round(n * d.recon_share)
-        docs = synth.make_fact_docs(n - n_prose - n_pages - n_recon, s, split, **opts)
+        n_needle = round(n * d.needle_share)
+        docs = synth.make_fact_docs(n - n_prose - n_pages - n_recon - n_needle, s, split, **opts)
         if n_prose:
             docs += prose.make_prose_docs(n_prose, s, split, n_facts=tuple(d.prose_facts))
         if n_pages:
@@ -234,6 +258,9 @@ def make_docs(d: DataConfig, seed: int, n_eval: int | None = None) -> tuple[list
         if n_recon:
             docs += recon.make_recon_docs(n_recon, s, split, tokens=tuple(d.recon_tokens), window=d.recon_window,
                                           n_recon=d.recon_rows)  # fmt: skip
+        if n_needle:
+            docs += haystacks.make_needle_fact_docs(n_needle, s, split, styles=d.hay_styles,
+                                                    n_units=tuple(d.needle_units))  # fmt: skip
         out.append(docs)
     return out[0], out[1]
 
@@ -352,7 +379,8 @@ def setup(cfg: TrainConfig, run_dir: Path, *, device: str | None, threads: int |
         (run_dir / "teacher_stats.json").write_text(json.dumps(stats, indent=2))
     hay_c: list[CachedDoc] = []
     if d.n_hay:
-        hay_docs = synth.make_hay_docs(d.n_hay, cfg.seed, tuple(d.hay_sentences))
+        hay_docs = (haystacks.make_filler_docs(d.n_hay, cfg.seed, d.hay_styles, tuple(d.hay_sentences)) if d.hay_styles
+                    else synth.make_hay_docs(d.n_hay, cfg.seed, tuple(d.hay_sentences)))  # fmt: skip
         hay_key = cache_key(key=key, n=d.n_hay, sentences=d.hay_sentences)
         hay_c = build_cache(model, tok, hay_docs, path=run_dir / "cache" / f"hay-{hay_key}.pt", desc="cache hay",
                             **common)  # fmt: skip

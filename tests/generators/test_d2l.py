@@ -86,7 +86,7 @@ def test_chunks_concatenate_along_rank_and_peft_reproduces_them(handle: BaseMode
     gen = _gen(handle, _net(handle, live=True))
     n_tokens = len(handle.tokenizer(DOC, add_special_tokens=False)["input_ids"])
     one = gen.internalize(DOC, chunk_tokens=10_000)
-    many = gen.internalize(DOC, chunk_tokens=8)
+    many = gen.internalize(DOC, chunk_tokens=8, max_kept=0)  # every chunk
     k = -(-n_tokens // 8)
     assert (one.chunks, one.rank) == (1, 4)
     assert (many.chunks, many.rank) == (k, 4 * k) and k > 2
@@ -290,8 +290,8 @@ def test_chunks_below_min_gate_are_left_out(handle: BaseModelHandle) -> None:
         net.gate.weight.normal_(0, 30.0)
         net.gate.bias.zero_()
     gen = _gen(handle, net)
-    every = gen.internalize(DOC, chunk_tokens=4, min_gate=0.0)
-    pruned = gen.internalize(DOC, chunk_tokens=4)  # the checkpoint's min_gate, 0.5
+    every = gen.internalize(DOC, chunk_tokens=4, min_gate=0.0, max_kept=0)  # no cap: every chunk
+    pruned = gen.internalize(DOC, chunk_tokens=4, max_kept=0)  # the checkpoint's min_gate, 0.5, no cap
     ids = handle.tokenizer(DOC, add_special_tokens=False)["input_ids"]
     gates = []
     for i in range(0, len(ids), 4):
@@ -417,3 +417,56 @@ def test_each_document_keeps_its_best_chunk(handle: BaseModelHandle) -> None:
     assert both.dropped == one.dropped + two.dropped > 0
     with pytest.raises(PayloadTooLargeError, match="the 2 documents have"):
         gen.internalize_documents([DOC, DOC2], chunk_tokens=4, max_chunks=3)
+
+def _gated_gen(handle: BaseModelHandle, **kwargs: Any) -> tuple[D2LGenerator, HyperNet]:
+    torch.manual_seed(0)
+    config = HyperConfig.for_model(handle.model, base_model_id=handle.spec, base_content_hash=handle.content_hash,
+                                   layers=[0, 1], rank=4, encoder_layers=1, latent_dim=32, n_latents=4, n_heads=2,
+                                   n_blocks=1, b_head="copy", chunk_gate=True, scale_B_init=1.0,
+                                   min_gate=0.5)  # fmt: skip
+    net = HyperNet(config).eval()
+    with torch.no_grad():  # gates that differ from chunk to chunk
+        net.gate.weight.normal_(0, 30.0)
+        net.gate.bias.zero_()
+    return D2LGenerator(net, handle, checkpoint=Path("in-memory"), version="test", **kwargs), net
+
+
+def test_keep_chunks_caps_by_gate_and_keeps_the_best() -> None:
+    from agent_sleep.generators.d2l import keep_chunks
+
+    gates = torch.tensor([0.9, 0.2, 0.95, 0.6, 0.9, 0.1])
+    assert keep_chunks(gates, min_gate=0.5).tolist() == [True, False, True, True, True, False]
+    # at most 2: the two highest gates (ties: the earlier chunk), still in document order
+    assert keep_chunks(gates, min_gate=0.5, max_kept=2).tolist() == [True, False, True, False, False, False]
+    assert keep_chunks(gates, min_gate=0.0, max_kept=3).tolist() == [True, False, True, False, True, False]
+    assert keep_chunks(gates, min_gate=0.5, max_kept=10).tolist() == keep_chunks(gates, min_gate=0.5).tolist()
+    # the cap never adds a chunk below min_gate, and the best chunk stays when all are shut
+    assert keep_chunks(gates, min_gate=0.99, max_kept=3).tolist() == [False, False, True, False, False, False]
+
+
+def test_max_kept_caps_a_long_documents_adapter(handle: BaseModelHandle) -> None:
+    from agent_sleep.generators.d2l import DEFAULT_MAX_KEPT, reuse_key
+
+    gen, _ = _gated_gen(handle)
+    doc = " ".join([DOC] * 6)
+    chunks = gen.encode_chunks(doc, chunk_tokens=4)
+    assert len(chunks.gates) > DEFAULT_MAX_KEPT  # the test means something
+    every = gen.internalize(doc, chunk_tokens=4, min_gate=0.0, max_kept=0)
+    assert (every.chunks, every.dropped) == (len(chunks.gates), 0)
+    default = gen.internalize(doc, chunk_tokens=4, min_gate=0.0)  # the generator's cap: DEFAULT_MAX_KEPT
+    assert (default.chunks, default.dropped) == (DEFAULT_MAX_KEPT, len(chunks.gates) - DEFAULT_MAX_KEPT)
+    three = gen.internalize(doc, chunk_tokens=4, min_gate=0.0, max_kept=3)
+    assert DEFAULT_MAX_KEPT != 3
+    top = sorted(torch.argsort(chunks.gates, descending=True, stable=True)[:3].tolist())
+    a_every, _ = every.layers["model.layers.1.mlp.down_proj"]
+    a_three, _ = three.layers["model.layers.1.mlp.down_proj"]
+    assert (three.chunks, three.rank) == (3, 12)
+    torch.testing.assert_close(a_three, torch.cat([a_every[4 * i : 4 * i + 4] for i in top]))
+    # a generator's own default, and the reuse key tells the settings apart
+    capped, _ = _gated_gen(handle, max_kept=3)
+    assert capped.internalize(doc, chunk_tokens=4, min_gate=0.0).chunks == 3
+    keys = {reuse_key(gen, doc, max_kept=k) for k in (0, 2, DEFAULT_MAX_KEPT)}
+    assert len(keys) == 3 and reuse_key(gen, doc) == reuse_key(gen, doc, max_kept=DEFAULT_MAX_KEPT)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InvalidInputError, match="max_kept"):
+            gen.internalize(DOC, max_kept=bad)  # type: ignore[arg-type]

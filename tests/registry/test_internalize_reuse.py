@@ -77,9 +77,12 @@ def test_cli_reuses_the_version_of_an_unchanged_document(tiny: tuple[Path, Path]
     # Anything that changes the weights makes a new version: options, the document's bytes.
     assert _internalize(doc, ckpt, capsys, "--chunk-tokens", "16")["adapter"] == "velmora@v2"
     assert _internalize(doc, ckpt, capsys, "--chunk-tokens", "8", "--min-gate", "0.5")["adapter"] == "velmora@v3"
+    capped = _internalize(doc, ckpt, capsys, "--chunk-tokens", "8", "--max-kept", "1")
+    assert (capped["adapter"], capped["chunks"], capped["chunks_dropped"]) == ("velmora@v4", 1,
+                                                                              first["chunks"] + first["chunks_dropped"] - 1)
     doc.write_text(DOC + "It makes bicycles.\n")
     changed = _internalize(doc, ckpt, capsys, "--chunk-tokens", "8")
-    assert (changed["adapter"], changed["reused"]) == ("velmora@v4", False)
+    assert (changed["adapter"], changed["reused"]) == ("velmora@v5", False)
     assert changed["document_sha256"] != first["document_sha256"]
     doc.write_text(DOC)
     assert _internalize(doc, ckpt, capsys, "--chunk-tokens", "8")["adapter"] == "velmora@v1"  # still there
@@ -87,7 +90,7 @@ def test_cli_reuses_the_version_of_an_unchanged_document(tiny: tuple[Path, Path]
     # A version whose folder is gone on this host is not "reused": a fresh one is made.
     shutil.rmtree(first["path"])
     fresh = _internalize(doc, ckpt, capsys, "--chunk-tokens", "8")
-    assert (fresh["adapter"], fresh["reused"]) == ("velmora@v5", False)
+    assert (fresh["adapter"], fresh["reused"]) == ("velmora@v6", False)
 
 
 def test_api_reuse_returns_the_stored_adapter(tiny: tuple[Path, Path], store: ExperienceStore) -> None:

@@ -1,0 +1,115 @@
+"""Haystacks in many filler styles and needle forms; the held-out split; meta-training's access; the gate fine-tune."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines.d2l import haystacks as hs
+from pipelines.d2l.trainer import DataConfig, make_docs
+from tests.helpers_models import make_tiny_model_dir
+
+
+def test_haystacks_are_deterministic_long_enough_and_point_at_the_needle() -> None:
+    for style in hs.STYLES:
+        for form in ("number", "combination"):
+            doc = hs.make_haystack(style, form, 600, seed=3)
+            assert doc == hs.make_haystack(style, form, 600, seed=3)
+            assert hs.make_haystack(style, form, 600, seed=4)["text"] != doc["text"]
+            lo, hi = doc["spans"]["needle"]
+            value = doc["qa"][0]["answer"]
+            assert entity_and_value(doc["text"][lo:hi], doc["entity"], value)
+            v_lo, v_hi = doc["spans"][form]
+            assert doc["text"][v_lo:v_hi] == value and lo <= v_lo < v_hi <= hi
+            assert doc["text"].count(value) == 1 or style == "pages"  # pages carry numbers of their own
+            assert len(doc["text"].split()) * 1.3 >= 600 - 30
+            assert doc["qa"][0]["question"] != doc["probe_qa"][0]["question"]
+
+
+def entity_and_value(sentence: str, entity: str, value: str) -> bool:
+    return entity in sentence and value in sentence
+
+
+def test_each_style_has_many_distinct_units() -> None:
+    import random
+
+    for style in hs.STYLES:
+        rng = random.Random(0)
+        unit = hs.filler_units(style, rng)
+        drawn = {unit() for _ in range(300)}
+        assert len(drawn) >= (60 if style == "classic" else 150) or (style == "classic" and len(drawn) == 16), style
+
+
+def test_held_out_style_and_form_are_refused_to_training_code() -> None:
+    assert set(hs.HELDOUT_STYLES) and set(hs.HELDOUT_NEEDLES)
+    assert not set(hs.HELDOUT_STYLES) & set(hs.TRAIN_STYLES)
+    assert not set(hs.HELDOUT_NEEDLES) & set(hs.TRAIN_NEEDLES)
+    with pytest.raises(ValueError, match="held out"):
+        hs.make_filler_docs(2, 0, ["narrative", "correspondence"])
+    with pytest.raises(ValueError, match="held out"):
+        hs.make_needle_fact_docs(2, 0, styles=["narrative"], forms=["combination"])
+    with pytest.raises(ValueError, match="held out"):
+        DataConfig(hay_styles=["correspondence"])
+    with pytest.raises(ValueError, match="unknown"):
+        DataConfig(hay_styles=["poetry"])
+    with pytest.raises(ValueError, match="needle_share"):
+        DataConfig(needle_share=0.2)
+
+
+def test_data_config_default_dumps_as_before_and_styles_reach_the_documents() -> None:
+    old = DataConfig().model_dump(mode="json")
+    assert not {"hay_styles", "needle_share", "needle_units"} & set(old)  # older recipes: same dump, same cache keys
+    d = DataConfig(n_train=20, n_eval=10, hay_styles=["narrative", "lists", "dialogue"], needle_share=0.5)
+    assert d.model_dump(mode="json")["hay_styles"] == ["narrative", "lists", "dialogue"]
+    train, heldout = make_docs(d, seed=0)
+    needles = [doc for doc in train if doc["kind"] == "needle"]
+    assert len(needles) == 10 and len([doc for doc in heldout if doc["kind"] == "needle"]) == 5
+    assert {doc["style"] for doc in needles} <= {"narrative", "lists", "dialogue"}
+    for doc in needles:
+        (form, value), = doc["facts"].items()
+        assert form in hs.TRAIN_NEEDLES and doc["text"][slice(*doc["spans"][form])] == value
+        assert doc["qa"][0]["answer"] == value
+    hay = hs.make_filler_docs(12, 0, ["technical", "dialogue"])
+    assert all(doc["qa"] == [] and doc["style"] in ("technical", "dialogue") for doc in hay)
+
+
+def test_gate_tune_changes_only_the_gate_and_writes_a_new_checkpoint(tmp_path: Path) -> None:
+    from agent_sleep.generators.checkpoint import WEIGHTS_FILE, read_checkpoint_config, save_checkpoint
+    from agent_sleep.generators.hypernet import HyperConfig, HyperNet
+    from agent_sleep.models.loader import load_base_model
+    from pipelines.d2l import gate_tune
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    folder = make_tiny_model_dir(tmp_path)
+    handle = load_base_model(str(folder), device="cpu")
+    torch.manual_seed(0)
+    config = HyperConfig.for_model(handle.model, base_model_id=str(folder), base_content_hash=handle.content_hash,
+                                   layers=[0, 1], rank=4, encoder_layers=1, latent_dim=32, n_latents=4, n_heads=2,
+                                   n_blocks=1, b_head="copy", chunk_gate=True, min_gate=0.5)  # fmt: skip
+    ckpt = save_checkpoint(HyperNet(config), tmp_path / "ckpt", version="7")
+    out = tmp_path / "tuned"
+    argv = [str(ckpt), "--out", str(out), "--haystacks", "8", "--val-haystacks", "4", "--steps", "60",
+            "--chunk-tokens", "32", "--styles", "narrative,lists,pages"]  # fmt: skip
+    assert gate_tune.main(argv) == 0
+    before, after = load_file(str(ckpt / WEIGHTS_FILE)), load_file(str(out / WEIGHTS_FILE))
+    assert set(before) == set(after)
+    assert sorted(k for k in before if not torch.equal(before[k], after[k])) == ["gate.bias", "gate.weight"]
+    meta = read_checkpoint_config(out)
+    assert meta["version"] == "7+gate" and meta["hyper"] == read_checkpoint_config(ckpt)["hyper"]
+    report = meta["gate_tune"]
+    assert report["after"]["train"]["accuracy"] >= report["before"]["train"]["accuracy"]
+    assert json.dumps(report)  # provenance is plain JSON
+    with pytest.raises(SystemExit):  # never over an existing folder
+        gate_tune.main(argv)
+    # with a latent cache, a refit reads the chunks back instead of encoding them again: the same gate
+    cache = tmp_path / "cache"
+    for name in ("c1", "c2"):
+        assert gate_tune.main([*argv[:1], "--out", str(tmp_path / name), *argv[3:], "--cache", str(cache)]) == 0
+    assert len(list(cache.glob("*.pt"))) == 2
+    assert load_file(str(tmp_path / "c2" / WEIGHTS_FILE))["gate.weight"].equal(after["gate.weight"])
+    with pytest.raises(ValueError, match="held out"):
+        gate_tune.main([str(ckpt), "--out", str(tmp_path / "x"), "--styles", "correspondence"])
