@@ -357,17 +357,17 @@ def test_one_document_is_unchanged_and_several_share_one_bias_block(handle: Base
     from agent_sleep.interfaces import GenerationRequest
 
     gen = _gen(handle, _biased_net(handle))
-    step = gen.internalize(DOC, chunk_tokens=8, chunk_batch=1)
+    step = gen.internalize(DOC, chunk_tokens=8, chunk_batch=1, max_kept=0)  # every chunk, as the reference
     for module, (a, b) in _reference(gen, DOC, 8).items():  # the single-document path is the same computation
         assert torch.equal(step.layers[module][0], a) and torch.equal(step.layers[module][1], b)
-    one = gen.internalize(DOC, chunk_tokens=8)
-    same = gen.internalize_documents([DOC], chunk_tokens=8)
+    one = gen.internalize(DOC, chunk_tokens=8, max_kept=0)
+    same = gen.internalize_documents([DOC], chunk_tokens=8, max_kept=0)
     assert same.tensors.keys() == one.tensors.keys()
     assert all(torch.equal(same.tensors[k], v) for k, v in one.tensors.items())
     assert same.document_sha256 == one.document_sha256 and same.lora_config == one.lora_config
 
-    two = gen.internalize(DOC2, chunk_tokens=8)
-    both = gen.internalize_documents([DOC, DOC2], chunk_tokens=8)
+    two = gen.internalize(DOC2, chunk_tokens=8, max_kept=0)
+    both = gen.internalize_documents([DOC, DOC2], chunk_tokens=8, max_kept=0)
     r = gen.config.rank
     # each document chunked on its own (no chunk straddles the two), their chunks in order, the bias block once
     assert (both.chunks, both.rank, both.tokens) == (one.chunks + two.chunks, r * (one.chunks + two.chunks + 1),
