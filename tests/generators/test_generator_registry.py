@@ -121,9 +121,10 @@ def test_d2l_by_name_generates_what_internalize_makes(handle: BaseModelHandle, d
     assert (manifest.generator.name, manifest.generator.version) == ("d2l", "t1")
     assert manifest.sources.documents == [result.document_sha256]
 
-    for request in (GenerationRequest(), GenerationRequest(documents=[DOC, DOC])):
-        with pytest.raises(InvalidInputError, match="one document"):
-            gen.generate(request)
+    with pytest.raises(InvalidInputError, match="has none"):
+        gen.generate(GenerationRequest())
+    both = gen.generate(GenerationRequest(documents=[DOC, DOC]))  # several documents: one adapter of them all
+    assert both.chunks == 2 * result.chunks and both.document_sha256s == (result.document_sha256,) * 2
 
 
 def test_gradient_cd_by_name_is_the_distill_run(handle: BaseModelHandle, tmp_path: Path) -> None:
