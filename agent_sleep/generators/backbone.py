@@ -25,7 +25,7 @@ from torch import Tensor
 
 from agent_sleep.errors import UnsupportedModelError
 
-__all__ = ["RowLora", "causal_mask", "hidden_after", "logits_at", "run_blocks"]
+__all__ = ["RowLora", "causal_mask", "hidden_after", "logits_at", "pad_ids", "run_blocks"]
 
 
 def causal_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -57,6 +57,17 @@ def run_blocks(model: Any, hidden: Tensor, attention_mask: Tensor, start: int, s
         out = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=pos)
         hidden = out[0] if isinstance(out, tuple) else out
     return hidden
+
+
+def pad_ids(seqs: Sequence[Sequence[int]], device: Any) -> tuple[Tensor, Tensor]:
+    """Token-id lists as right-padded ``[N, T_max]`` ids (0-padded) and their 0/1 attention mask."""
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = torch.tensor(list(s), device=device)
+        mask[row, : len(s)] = 1
+    return ids, mask
 
 
 def hidden_after(model: Any, input_ids: Tensor, attention_mask: Tensor, n_layers: int) -> Tensor:

@@ -249,6 +249,16 @@ class D2LGenerator:
         if isinstance(texts, (str, bytes, bytearray, memoryview)):
             raise InvalidInputError("internalize_documents takes a sequence of documents, not one; see internalize")
         threshold, cap = self._selection(min_gate, max_kept)
+        parts = []
+        for text, ids, chunks in self._prepare(texts, chunk_tokens, max_chunks):
+            loras = self._encode(text, ids, chunks, chunk_batch)
+            parts.append((loras, keep_chunks(loras.gates, min_gate=threshold, max_kept=cap)))
+        return self._assemble(parts)
+
+    def _prepare(self, texts: Sequence[str | bytes], chunk_tokens: int | None,
+                 max_chunks: int | None) -> list[tuple[str, list[int], list[list[int]]]]:  # fmt: skip
+        """Each document checked, tokenised and cut into chunks (``(text, ids, chunks)``), or a clear error: a bad
+        or token-less document, or more than ``max_chunks`` chunks in all."""
         docs = [check_document(t) for t in texts]
         if not docs:
             raise InvalidInputError("no documents; nothing to internalise")
@@ -267,11 +277,7 @@ class D2LGenerator:
                 f"{what} = {total} chunks of {chunk_tokens}, over max_chunks="
                 f"{max_chunks}; raise chunk_tokens or max_chunks, or split the document"
             )
-        parts = []
-        for text, ids, chunks in zip(docs, ids_of, chunked, strict=True):
-            loras = self._encode(text, ids, chunks, chunk_batch)
-            parts.append((loras, keep_chunks(loras.gates, min_gate=threshold, max_kept=cap)))
-        return self._assemble(parts)
+        return list(zip(docs, ids_of, chunked, strict=True))
 
     def _selection(self, min_gate: float | None, max_kept: int | None) -> tuple[float, int]:
         """The effective (min_gate, max_kept) of a call, or InvalidInputError."""
@@ -293,23 +299,13 @@ class D2LGenerator:
     def encode_chunks(self, text: str | bytes, *, chunk_tokens: int | None = None, chunk_batch: int = 8,
                       max_chunks: int | None = 1024) -> ChunkLoras:  # fmt: skip
         """Every chunk's LoRA and gate, before any is left out (what :meth:`internalize` selects from)."""
-        text = check_document(text)
-        chunk_tokens = self._chunk_size(chunk_tokens)
-        ids = self.handle.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise InvalidInputError("the document has no tokens; nothing to internalise")
-        chunks = self._chunks(ids, chunk_tokens)
-        if max_chunks is not None and len(chunks) > max_chunks:
-            raise PayloadTooLargeError(
-                f"the document has {len(ids)} tokens = {len(chunks)} chunks of {chunk_tokens}, over max_chunks="
-                f"{max_chunks}; raise chunk_tokens or max_chunks, or split the document"
-            )
-        return self._encode(text, ids, chunks, chunk_batch)
+        ((doc, ids, chunks),) = self._prepare([text], chunk_tokens, max_chunks)
+        return self._encode(doc, ids, chunks, chunk_batch)
 
     def _encode(self, text: str, ids: list[int], chunks: list[list[int]], chunk_batch: int) -> ChunkLoras:
         import torch
 
-        from agent_sleep.generators.backbone import hidden_after
+        from agent_sleep.generators.backbone import hidden_after, pad_ids
 
         start = time.perf_counter()
         c = self.config
@@ -320,13 +316,7 @@ class D2LGenerator:
         gates: list[Tensor] = []
         with torch.inference_mode():
             for i in range(0, len(chunks), chunk_batch):  # stream: only chunk_batch chunks of activations at once
-                group = chunks[i : i + chunk_batch]
-                width = max(len(g) for g in group)
-                input_ids = torch.zeros(len(group), width, dtype=torch.long, device=device)
-                mask = torch.zeros_like(input_ids)
-                for row, g in enumerate(group):
-                    input_ids[row, : len(g)] = torch.tensor(g, device=device)
-                    mask[row, : len(g)] = 1
+                input_ids, mask = pad_ids(chunks[i : i + chunk_batch], device)
                 feats = hidden_after(model, input_ids, mask, c.encoder_layers)
                 a, b, _, gate = self.net.explain(feats.float(), mask.bool())
                 if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
@@ -335,7 +325,7 @@ class D2LGenerator:
                     )
                 a_parts.append(a.float().cpu())
                 b_parts.append(b.float().cpu())
-                gates.append(gate.float().cpu() if gate is not None else torch.ones(len(group)))
+                gates.append(gate.float().cpu() if gate is not None else torch.ones(len(input_ids)))
         return ChunkLoras(a=torch.cat(a_parts), b=torch.cat(b_parts), gates=torch.cat(gates), tokens=len(ids),
                           document_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
                           seconds=time.perf_counter() - start)  # fmt: skip

@@ -78,18 +78,12 @@ def training_texts(n_haystacks: int, seed: int, tokenizer: Any, chunk_tokens: in
 @torch.no_grad()
 def mean_latents(net: Any, model: Any, chunks: list[list[int]], batch: int = 8) -> torch.Tensor:
     """Each chunk's mean latent ``[N, latent_dim]``, the gate's input (what a frozen Perceiver makes of it)."""
-    from agent_sleep.generators.backbone import hidden_after
+    from agent_sleep.generators.backbone import hidden_after, pad_ids
 
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(chunks), batch):
-        group = chunks[i : i + batch]
-        width = max(len(g) for g in group)
-        ids = torch.zeros(len(group), width, dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        for row, g in enumerate(group):
-            ids[row, : len(g)] = torch.tensor(g, device=device)
-            mask[row, : len(g)] = 1
+        ids, mask = pad_ids(chunks[i : i + batch], device)
         feats = hidden_after(model, ids, mask, net.config.encoder_layers)
         out.append(net._encode(feats.float(), mask.bool())[2].mean(1).float().cpu())
     return torch.cat(out)

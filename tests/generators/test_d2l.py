@@ -280,16 +280,7 @@ def test_induction_a_rows_match_the_token_before_the_pointer() -> None:
 
 
 def test_chunks_below_min_gate_are_left_out(handle: BaseModelHandle) -> None:
-    torch.manual_seed(0)
-    config = HyperConfig.for_model(handle.model, base_model_id=handle.spec, base_content_hash=handle.content_hash,
-                                   layers=[0, 1], rank=4, encoder_layers=1, latent_dim=32, n_latents=4, n_heads=2,
-                                   n_blocks=1, b_head="copy", chunk_gate=True, scale_B_init=1.0,
-                                   min_gate=0.5)  # fmt: skip
-    net = HyperNet(config).eval()
-    with torch.no_grad():  # a gate that depends on the chunk: some chunks open, some shut
-        net.gate.weight.normal_(0, 30.0)
-        net.gate.bias.zero_()
-    gen = _gen(handle, net)
+    gen, net = _gated_gen(handle)  # a gate that depends on the chunk: some chunks open, some shut
     every = gen.internalize(DOC, chunk_tokens=4, min_gate=0.0, max_kept=0)  # no cap: every chunk
     pruned = gen.internalize(DOC, chunk_tokens=4, max_kept=0)  # the checkpoint's min_gate, 0.5, no cap
     ids = handle.tokenizer(DOC, add_special_tokens=False)["input_ids"]
@@ -417,6 +408,7 @@ def test_each_document_keeps_its_best_chunk(handle: BaseModelHandle) -> None:
     assert both.dropped == one.dropped + two.dropped > 0
     with pytest.raises(PayloadTooLargeError, match="the 2 documents have"):
         gen.internalize_documents([DOC, DOC2], chunk_tokens=4, max_chunks=3)
+
 
 def _gated_gen(handle: BaseModelHandle, **kwargs: Any) -> tuple[D2LGenerator, HyperNet]:
     torch.manual_seed(0)
