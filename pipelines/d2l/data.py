@@ -94,16 +94,24 @@ def build_cache(model: Any, tokenizer: Any, docs: Sequence[dict[str, Any]], *, e
     """
     if path.exists():
         return torch.load(path, weights_only=False)
-    doc_ids = [torch.tensor(tokenizer(d["text"], add_special_tokens=False)["input_ids"][:max_doc_tokens]) for d in docs]
+    # a document listed several times (DataConfig.written_repeat) is computed once and shared
+    first: dict[str, int] = {}
+    for i, d in enumerate(docs):
+        first.setdefault(d["id"], i)
+    unique = [d for i, d in enumerate(docs) if first[d["id"]] == i]
+    doc_ids = [torch.tensor(tokenizer(d["text"], add_special_tokens=False)["input_ids"][:max_doc_tokens])
+               for d in unique]  # fmt: skip
     rows: list[tuple[int, dict[str, Any], Tensor, int]] = []
-    for di, doc in enumerate(docs):
+    for di, doc in enumerate(unique):
         for key in qa_keys:
             for qa in doc.get(key, []):
                 h = zlib.crc32(qa["question"].encode("utf-8"))
                 style = prompt_styles[h % len(prompt_styles)]
                 text = styled_prompt(tokenizer, qa["question"], style, pick=h // len(prompt_styles))
                 prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
-                ids = torch.tensor(prompt + answer_ids(tokenizer, qa["answer"]))
+                # several accepted answers (hand-written pages): the first is the training target
+                target = qa["answer"] if isinstance(qa["answer"], str) else qa["answer"][0]
+                ids = torch.tensor(prompt + answer_ids(tokenizer, target))
                 rows.append((di, qa, ids, len(prompt)))
     bar = tqdm(total=2, desc=desc, leave=False)
     feats = _hidden(model, doc_ids, encoder_layers, device, batch)
@@ -114,11 +122,14 @@ def build_cache(model: Any, tokenizer: Any, docs: Sequence[dict[str, Any]], *, e
     cached: list[CachedDoc] = [
         {"id": d["id"], "feats": f, "qa": [],
          "value_pos": value_positions(tokenizer, d["text"], list(d.get("spans", {}).values()), max_doc_tokens)}
-        for d, f in zip(docs, feats, strict=True)
+        for d, f in zip(unique, feats, strict=True)
     ]  # fmt: skip
     for (di, qa, ids, n_prompt), h in zip(rows, hidden, strict=True):
         cached[di]["qa"].append({"ids": ids, "n_prompt": n_prompt, "hidden": h, "question": qa["question"],
                                  "answer": qa["answer"]})  # fmt: skip
+    if len(unique) < len(docs):  # pickling keeps the sharing: a repeated document is stored once
+        slot = {d["id"]: i for i, d in enumerate(unique)}
+        cached = [cached[slot[d["id"]]] for d in docs]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(cached, tmp)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from agent_sleep.generators.backbone import RowLora
 from agent_sleep.generators.checkpoint import save_checkpoint
 from agent_sleep.generators.hypernet import HyperConfig, HyperNet
-from pipelines.d2l import haystacks, pages, prose, recon, synth
+from pipelines.d2l import haystacks, pages, prose, recon, synth, written
 from pipelines.d2l.data import CachedDoc, build_cache, cache_key
 from pipelines.d2l.objective import (  # aux_losses, group_loras, greedy_accuracy: also imported from here
     aux_losses,
@@ -110,9 +110,17 @@ class DataConfig(_Quiet):
     hay_styles: list[str] = []
     needle_share: float = 0.0
     needle_units: tuple[int, int] = (0, 10)
+    # Hand-written training pages (pipelines/d2l/written.py): folders (relative to the repository, or absolute) whose
+    # "train" questions train, each page listed written_repeat times among the training documents (on top of
+    # n_train); eval_written: a folder whose "eval" questions replace the generated held-out documents as the
+    # trainer's eval set (so ckpt/best is picked on hand-written pages that never train).
+    written_dirs: list[str] = []
+    written_repeat: int = 1
+    eval_written: str | None = None
 
     _QUIET = frozenset({"pages_share", "pages_facts", "pages_tokens", "recon_share", "recon_tokens", "recon_window",
-                        "recon_rows", "prompt_styles", "hay_styles", "needle_share", "needle_units"})
+                        "recon_rows", "prompt_styles", "hay_styles", "needle_share", "needle_units", "written_dirs",
+                        "written_repeat", "eval_written"})
 
     @field_validator("prompt_styles")
     @classmethod
@@ -262,7 +270,16 @@ def make_docs(d: DataConfig, seed: int, n_eval: int | None = None) -> tuple[list
             docs += haystacks.make_needle_fact_docs(n_needle, s, split, styles=d.hay_styles,
                                                     n_units=tuple(d.needle_units))  # fmt: skip
         out.append(docs)
+    if d.written_dirs:
+        out[0] += written.load_written([_repo_path(p) for p in d.written_dirs], "train") * d.written_repeat
+    if d.eval_written:
+        out[1] = written.load_written([_repo_path(d.eval_written)], "eval")
     return out[0], out[1]
+
+
+def _repo_path(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else Path(__file__).resolve().parents[2] / p
 
 
 def plot_metrics(metrics: Path, png: Path) -> None:
@@ -356,7 +373,9 @@ def setup(cfg: TrainConfig, run_dir: Path, *, device: str | None, threads: int |
     d, hs = cfg.data, cfg.hyper
     train_docs, eval_docs = make_docs(d, cfg.seed)
     key = cache_key(model=handle.content_hash, data=d.model_dump(mode="json"), seed=cfg.seed,
-                    enc=hs.encoder_layers, first=hs.first_lora_layer)  # fmt: skip
+                    enc=hs.encoder_layers, first=hs.first_lora_layer,
+                    **({"written": [x["id"] for x in train_docs + eval_docs if x.get("kind") == "written"]}
+                       if d.written_dirs or d.eval_written else {}))  # fmt: skip
     common = {"encoder_layers": hs.encoder_layers, "first_lora_layer": hs.first_lora_layer,
               "max_doc_tokens": d.max_doc_tokens, "device": device}  # fmt: skip
     qa_keys = ("qa", "probe_qa") if d.use_probe_qa else ("qa",)
