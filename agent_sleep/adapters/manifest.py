@@ -76,13 +76,17 @@ class RoutingSpec(_Record):
     """When the adapter applies: only to requests whose last user message resembles one of ``keys``.
 
     The runtime embeds the request and the keys with ``encoder`` (sentence embeddings, cosine
-    similarity) and applies the adapter when the best match reaches ``threshold``; otherwise the
-    request runs as if the adapter were not in the stack. An adapter without a spec always applies.
+    similarity) and applies the adapter when the best match reaches ``threshold`` (and, with a ``group``, no
+    adapter of its group matches better); otherwise the request runs as if the adapter were not in the stack. An
+    adapter without a spec always applies.
     """
 
     encoder: str = "all-MiniLM-L6-v2"
     threshold: float = Field(default=0.55, ge=-1.0, le=1.0)
     keys: list[str] = Field(min_length=1)
+    group: str | None = None
+    """Routed adapters of one group compete: when several fire on a request, only the one whose keys are closest
+    applies (one document's adapter per question instead of all of them stacked). None: it competes with none."""
 
     @field_validator("keys")
     @classmethod

@@ -99,6 +99,10 @@ class RoutingSettings(_Forbid):
     threshold: float = Field(default=0.55, ge=-1.0, le=1.0)
     generators: tuple[str, ...] = ("sft", "t2l", "d2l", "gradient_cd")
     max_keys: int = Field(default=256, ge=1)
+    exclusive: tuple[str, ...] = ("d2l",)
+    """Generators whose routed adapters compete (a routing ``group`` per generator): when several fire on one
+    request, only the closest applies. A question is about one document, and one document's adapter answers
+    better alone than stacked with the others that fire (``evals/results/d2l_multi.md``)."""
 
 
 class CycleConfig(_Forbid):

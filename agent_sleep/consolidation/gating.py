@@ -187,7 +187,7 @@ class _Evaluation:
         state.setdefault("skills", {})
         state.setdefault("candidates", {})
         self.evaluator: Any = None
-        self._fires: dict[str, dict[str, set[str]]] = {}  # routed adapter -> suite -> ids it fires on
+        self._near: dict[str, dict[str, dict[str, float]]] = {}  # routed adapter -> suite -> item id -> similarity
 
     def save(self) -> None:
         self.ctx.runs.save_progress(self.ctx.run_id, "evaluate", self.state)
@@ -306,33 +306,44 @@ class _Evaluation:
         verdict["tried"] = tried
         return verdict
 
-    def fires(self, adapter: str) -> dict[str, set[str]] | None:
-        """Per suite, the ids of the items ``adapter``'s router fires on (None: the adapter is not routed).
-        Decided once per adapter: each candidate weight reuses it."""
+    def near(self, adapter: str) -> dict[str, dict[str, float]] | None:
+        """Per suite and item id, ``adapter``'s router similarity to the item's question (None: not routed).
+        Embedded once per adapter: each candidate weight and stack reuses it."""
         spec = self.ctx.runtime.routing(adapter)
         if spec is None:
             return None
-        if adapter not in self._fires:
+        if adapter not in self._near:
             suites, _ = _suites(self.ctx, self.plan, self.live, self.skills)
             router = self.ctx.runtime.router
-            near = {s.name: router.similarities(adapter, spec, [i.question for i in s.items]) for s in suites}
-            self._fires[adapter] = {s.name: {i.id for i, sim in zip(s.items, near[s.name], strict=True)
-                                             if sim >= spec.threshold} for s in suites}  # fmt: skip
-        return self._fires[adapter]
+            sims = {s.name: router.similarities(adapter, spec, [i.question for i in s.items]) for s in suites}
+            self._near[adapter] = {s.name: {i.id: float(sim) for i, sim in zip(s.items, sims[s.name], strict=True)}
+                                   for s in suites}  # fmt: skip
+        return self._near[adapter]
+
+    def fires(self, adapter: str) -> dict[str, set[str]] | None:
+        """Per suite, the ids of the items ``adapter``'s router fires on (None: the adapter is not routed)."""
+        near, spec = self.near(adapter), self.ctx.runtime.routing(adapter)
+        if near is None or spec is None:
+            return None
+        return {suite: {i for i, sim in per.items() if sim >= spec.threshold} for suite, per in near.items()}
 
     def routed_scores(self, items: Items) -> dict[str, EvalResult]:
         """The scores of ``items`` as the runtime runs the stack: each item scored by the sub-stack that applies to
-        its question (unrouted adapters always; a routed one where its router fires). Without routed adapters
-        this is :meth:`scores`."""
-        routed = {a: f for a, _ in items if (f := self.fires(a)) is not None}
+        its question (unrouted adapters always; routed ones by :func:`~agent_sleep.runtime.routing.applying`: where
+        their router fires, and of a group only the closest). Without routed adapters this is :meth:`scores`."""
+        from agent_sleep.runtime.routing import applying
+
+        routed = {a: near for a, _ in items if (near := self.near(a)) is not None}
         if not routed:
             return self.scores(items)
-        subs: dict[str, dict[str, frozenset[str]]] = {}  # suite -> item id -> the routed adapters firing on it
-        for a, per_suite in routed.items():
-            for suite, ids in per_suite.items():
-                for i in ids:
-                    subs.setdefault(suite, {}).setdefault(i, frozenset())
-                    subs[suite][i] |= {a}
+        specs = {a: self.ctx.runtime.routing(a) for a in routed}
+        subs: dict[str, dict[str, frozenset[str]]] = {}  # suite -> item id -> the routed adapters applying to it
+        for suite in sorted({name for per in routed.values() for name in per}):
+            ids = sorted({i for per in routed.values() for i in per.get(suite, {})})
+            for i in ids:
+                on = applying({a: per[suite][i] for a, per in routed.items() if i in per.get(suite, {})}, specs)
+                if on:
+                    subs.setdefault(suite, {})[i] = frozenset(on)
         firing_sets = {f for per in subs.values() for f in per.values()} | {frozenset()}
         results = {f: self.scores([(a, w) for a, w in items if a not in routed or a in f])
                    for f in sorted(firing_sets, key=lambda f: (len(f), sorted(f)))}  # fmt: skip

@@ -11,7 +11,10 @@ cannot change how the agent answers "What is the capital of Peru?".
 :class:`Router` embeds each adapter's keys once (cached by adapter name: a registered version never
 changes) and scores one request text against them. The runtime uses it to pick a request's sub-stack
 (:meth:`~agent_sleep.runtime.live.LiveRuntime.route`); the gate uses the same decision per evaluation
-item (:mod:`agent_sleep.consolidation.gating`), so what is measured is what will run.
+item (:mod:`agent_sleep.consolidation.gating`), so what is measured is what will run. Adapters of one routing
+``group`` (the sleep cycle groups a night's ``d2l`` adapters: one per document) compete: of those that fire on a
+request only the closest applies (:func:`applying`), since a question is about one document; stacking every
+firing document adapter kept less of each one's accuracy (``evals/results/d2l_multi.md``).
 
 Measured on the demo's day with the default threshold (0.55): the held-out rephrasings of the day's
 questions score 0.63-0.93 against the day's questions; the general-knowledge and instruction guard
@@ -30,7 +33,7 @@ from agent_sleep.adapters.manifest import RoutingSpec
 from agent_sleep.errors import ConfigError
 from agent_sleep.selectors.embeddings import Embedder, MiniLMEmbedder
 
-__all__ = ["Router", "last_user_text"]
+__all__ = ["Router", "applying", "last_user_text"]
 
 
 class Router:
@@ -84,12 +87,22 @@ class Router:
         if text is None or not any(specs.get(n) for n, _ in items):
             return tuple(items)
         vector = self.embedder.embed([text])[0]
+        near = {n: float((self._keys_of(n, spec) @ vector).max()) for n, _ in items if (spec := specs.get(n))}
+        on = applying(near, specs)
+        return tuple((n, w) for n, w in items if specs.get(n) is None or n in on)
 
-        def applies(name: str) -> bool:
-            spec = specs.get(name)
-            return spec is None or float((self._keys_of(name, spec) @ vector).max()) >= spec.threshold
 
-        return tuple((n, w) for n, w in items if applies(n))
+def applying(near: Mapping[str, float], specs: Mapping[str, RoutingSpec | None]) -> set[str]:
+    """The routed adapters that apply to one request, given each one's best similarity ``near`` to it: those that
+    reach their threshold, and of a ``group``, only the closest of those (ties: the first name in sorted order).
+    The runtime and the gate both decide with this rule."""
+    firing = sorted(n for n, sim in near.items() if (spec := specs.get(n)) is not None and sim >= spec.threshold)
+    best: dict[str, str] = {}
+    for n in firing:
+        group = specs[n].group  # type: ignore[union-attr]
+        if group is not None and (group not in best or near[n] > near[best[group]]):
+            best[group] = n
+    return {n for n in firing if specs[n].group is None or best[specs[n].group] == n}  # type: ignore[union-attr]
 
 
 def last_user_text(messages: Sequence[Any]) -> str | None:

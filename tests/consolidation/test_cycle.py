@@ -289,6 +289,34 @@ def test_routing_writes_keys_and_the_gate_scores_routed_items_as_the_stack_it_jo
     assert "2/2 of target_capitals" in report
 
 
+def test_routed_skills_of_one_group_are_scored_one_at_a_time(world: World) -> None:
+    """With ``exclusive`` naming the generator, the night's adapters share a routing group: on every item only
+    the closest one applies, so the stack of both is never what an item is scored by (threshold 0: both fire
+    everywhere), and each adapter alone is."""
+    from tests.runtime.test_routing import WordEmbedder
+
+    from agent_sleep.adapters.stack import stack_label
+    from agent_sleep.runtime.routing import Router
+
+    world.runtime.router = Router(WordEmbedder())
+    config = fast_config(routing={"threshold": 0.0, "exclusive": ["sft"]})
+    world.teach("capitals", 6)
+    first = cycle(world, config=config)
+    assert first.skills[0].status == "admitted" and first.deployed_stack is not None
+    capitals = first.skills[0].adapter
+    spec = world.runtime.routing(capitals)
+    assert spec is not None and spec.group == "sft"
+    world.teach("weather", 6)
+    second = cycle(world, config=config)
+    weather = second.skills[0].adapter
+    results = RunStore(world.store).stages(second.run_id)["evaluate"].result["results"]
+    assert stack_label([(capitals, 1.0), (weather, 1.0)]) not in results
+    assert stack_label([(weather, 1.0)]) in results and stack_label([(capitals, 1.0)]) in results
+    assert world.runtime.routing(weather).group == "sft"
+    plain = fast_config(routing={"threshold": 0.6})
+    assert plain.routing is not None and plain.routing.exclusive == ("d2l",)  # only document adapters compete
+
+
 def test_a_stack_of_routed_skills_is_scored_as_the_runtime_runs_it(world: World) -> None:
     """Night 2's candidate joins a stack holding night 1's routed skill: each item is scored by the adapters that
     apply to its question (here: the new skill alone on its probes, the base model where neither fires), not by

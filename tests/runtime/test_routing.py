@@ -15,7 +15,7 @@ from agent_sleep.adapters.manifest import RoutingSpec
 from agent_sleep.config import Settings
 from agent_sleep.errors import AdapterFormatError, ConfigError
 from agent_sleep.registry import AdapterRegistry
-from agent_sleep.runtime.routing import Router, last_user_text
+from agent_sleep.runtime.routing import Router, applying, last_user_text
 from agent_sleep.store import ExperienceStore
 from tests.helpers_adapters import write_random
 from tests.helpers_models import make_tiny_model_dir
@@ -63,6 +63,29 @@ def test_router_scores_and_picks_the_active_items() -> None:
     assert embedder.calls == calls + 1  # the request is embedded once, not once per routed adapter
     with pytest.raises(ConfigError, match="encoder"):
         router.fires("x@v1", SPEC.model_copy(update={"encoder": "other-encoder"}), "hi")
+
+
+def test_adapters_of_one_group_compete_only_the_closest_applies() -> None:
+    docs = RoutingSpec(threshold=0.3, keys=["x"], group="d2l")
+    specs = {"a@v1": docs, "b@v1": docs, "c@v1": docs.model_copy(update={"group": None}), "d@v1": None}
+    # a and b both fire: only b (closer) applies; c has no group and applies; d is not routed (always applies)
+    assert applying({"a@v1": 0.5, "b@v1": 0.7, "c@v1": 0.4}, specs) == {"b@v1", "c@v1"}
+    assert applying({"a@v1": 0.5, "b@v1": 0.2, "c@v1": 0.1}, specs) == {"a@v1"}  # b does not fire: a is the best
+    assert applying({"a@v1": 0.6, "b@v1": 0.6}, specs) == {"a@v1"}  # a tie goes to the first name
+    assert applying({"a@v1": 0.1, "b@v1": 0.2}, specs) == set()
+    other = {**specs, "b@v1": docs.model_copy(update={"group": "t2l"})}
+    assert applying({"a@v1": 0.5, "b@v1": 0.7}, other) == {"a@v1", "b@v1"}  # other groups do not compete
+    router = Router(WordEmbedder())
+    orders = SPEC.model_copy(update={"group": "d2l"})
+    refunds = RoutingSpec(threshold=0.3, keys=["where is my refund for the order"], group="d2l")
+    items = (("orders@v1", 1.0), ("refunds@v1", 1.0))
+    both = {"orders@v1": orders, "refunds@v1": refunds}
+    text = "where is my order"
+    assert router.similarity("orders@v1", orders, text) > router.similarity("refunds@v1", refunds, text) >= 0.3
+    assert router.active(items, both, text) == (("orders@v1", 1.0),)
+    ungrouped = {n: s.model_copy(update={"group": None}) for n, s in both.items()}
+    assert router.active(items, ungrouped, text) == items
+    assert RoutingSpec.model_validate({"keys": ["k"]}).group is None  # manifests written before groups
 
 
 def test_last_user_text() -> None:
