@@ -20,7 +20,8 @@ greedy, ``--max-new-tokens`` tokens, D2L's prompt, scored as ``answer_matches``,
   routed    the solo adapters, each routed as the cycle writes it for a d2l skill (keys: the document's sentences,
             ``consolidation.generation.routing_keys``; MiniLM; ``--threshold``, default the shipped 0.55): a
             question gets the sum of the adapters whose keys it reaches (none: the base model);
-  routed1   as routed, but only the best-matching adapter that reaches the threshold.
+  routed1   as routed, but only the best-matching adapter that reaches the threshold: the adapters share a routing
+            group (``runtime.routing.applying``), the cycle's default for a night's d2l adapters.
 
 A stack of adapters with weights w_i applies sum_i w_i * scale * B_i A_i (``adapters.stack``; D2L writes
 ``lora_alpha = scale * rank``), which is one rank-concatenated LoRA; so every condition runs as one per-question
@@ -167,6 +168,9 @@ def similarities(router: Any, docs: list[dict[str, Any]], questions: list[str], 
 
 
 def run_set(gen: Any, router: Any, docs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    from agent_sleep.adapters.manifest import RoutingSpec
+    from agent_sleep.runtime.routing import applying
+
     modules = gen.config.module_names()
     size = args.group_size
     solo = [gen.internalize(d["text"]) for d in docs]
@@ -187,11 +191,12 @@ def run_set(gen: Any, router: Any, docs: list[dict[str, Any]], args: argparse.Na
         questions = [qa["question"] for i in group for qa in docs[i]["qa"]]
         owner = [i for i in group for _ in docs[i]["qa"]]
         sims = similarities(router, gdocs, questions, args.threshold)
+        group_specs = {str(j): RoutingSpec(threshold=args.threshold, keys=["-"], group="d2l") for j in range(size)}
         for q, i, s in zip(questions, owner, sims, strict=True):
             own = group.index(i)
             fired = [j for j in range(size) if s[j] >= args.threshold]
-            best = int(s.argmax())
-            top1 = [best] if s[best] >= args.threshold else []
+            # the runtime's rule for a routing group (what the cycle writes for d2l adapters by default)
+            top1 = sorted(int(n) for n in applying({str(j): float(s[j]) for j in range(size)}, group_specs))
             fires_right += own in fired
             fires_wrong += len([j for j in fired if j != own])
             fires_none += not fired
