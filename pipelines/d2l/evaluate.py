@@ -33,12 +33,14 @@ CONDITIONS = ("base", "d2l", "d2l_shuffled", "with_document")
 
 def heldout_docs(checkpoint: Path, n_docs: int, seed: int, **overrides: Any) -> list[dict[str, Any]]:
     """``n_docs`` held-out documents (unseen entities) drawn like the checkpoint's training data, with seed ``seed``
-    (the trainer's own eval set is seed 1); ``overrides`` replace data options (``attributes``, ``prose_share``...)."""
+    (the trainer's own eval set is seed 1; hand-written pages, ``written_dirs`` / ``eval_written``, are left out);
+    ``overrides`` replace data options (``attributes``, ``prose_share``...)."""
     from agent_sleep.generators.checkpoint import read_checkpoint_config
     from pipelines.d2l.trainer import DataConfig, make_docs
 
     data = read_checkpoint_config(checkpoint).get("training", {}).get("config", {}).get("data", {})
-    data.update(overrides)
+    # hand-written pages are a fixed corpus, not drawn: held-out documents come from the generators only
+    data.update({"written_dirs": [], "eval_written": None}, **overrides)
     _, docs = make_docs(DataConfig.model_validate({**data, "n_train": 0}), seed - 1, n_eval=n_docs)
     return docs
 

@@ -134,3 +134,14 @@ def test_the_committed_pages_share_no_name_with_the_evaluation_pages() -> None:
             if w in reserved and w not in lower and w.rstrip("s") not in calendar and w not in _ORDINARY:
                 shared.setdefault(word, []).append(name)
     assert not shared, f"names of evals/docs or evals/docs_heldout in hand-written training pages: {shared}"
+
+
+def test_held_out_documents_of_a_checkpoint_trained_on_written_pages_stay_generated(tmp_path: Path) -> None:
+    from pipelines.d2l.evaluate import heldout_docs
+
+    folder = _folder(tmp_path, "batch", {"depot": _PAGE}, _ROWS)
+    data = {"pages_share": 0.5, "written_dirs": [str(folder)], "written_repeat": 2, "eval_written": str(folder)}
+    (tmp_path / "d2l_config.json").write_text(json.dumps(
+        {"format": "agent-sleep-d2l-hypernet", "hyper": {}, "training": {"config": {"data": data}}}))
+    docs = heldout_docs(tmp_path, 6, 7)
+    assert len(docs) == 6 and {d["kind"] for d in docs} <= {"facts", "page"} and "page" in {d["kind"] for d in docs}
