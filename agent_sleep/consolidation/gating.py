@@ -55,6 +55,7 @@ from agent_sleep.evaluation.suites import Suite, SuiteItem, guard_suites
 from agent_sleep.interfaces import EvalResult, SuiteRole
 from agent_sleep.registry.records import Rejection
 from agent_sleep.registry.refs import parse_adapter_ref
+from agent_sleep.runtime.routing import applying
 from agent_sleep.selectors.plan import ConsolidationPlan
 
 __all__ = ["evaluate", "guard_loss", "pick_winner", "stack_label", "target_gain"]
@@ -331,8 +332,6 @@ class _Evaluation:
         """The scores of ``items`` as the runtime runs the stack: each item scored by the sub-stack that applies to
         its question (unrouted adapters always; routed ones by :func:`~agent_sleep.runtime.routing.applying`: where
         their router fires, and of a group only the closest). Without routed adapters this is :meth:`scores`."""
-        from agent_sleep.runtime.routing import applying
-
         routed = {a: near for a, _ in items if (near := self.near(a)) is not None}
         if not routed:
             return self.scores(items)
