@@ -136,7 +136,10 @@ def render_page(page: Path, *, width: int = 1280, timeout: float = 60.0) -> Page
     if chrome is None:
         raise RuntimeError("no chromium on PATH (scripts/bootstrap.py installs Debian's chromium when run as root)")
     url = page.resolve().as_uri()
-    with tempfile.TemporaryDirectory(prefix="agent-sleep-chromium-") as tmp:
+    # Chromium's helper processes may still write to the profile while it is removed (seen on a loaded CI machine:
+    # "Directory not empty: 'Default'"): they run in their own process group, which is ended as a whole, and a
+    # leftover file in the temporary profile does not fail the test.
+    with tempfile.TemporaryDirectory(prefix="agent-sleep-chromium-", ignore_cleanup_errors=True) as tmp:
         profile, log = Path(tmp) / "profile", Path(tmp) / "chromium.log"
         cmd = [chrome, "--headless", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
                "--disable-extensions", "--disable-background-networking", "--hide-scrollbars", "--mute-audio",
@@ -144,7 +147,8 @@ def render_page(page: Path, *, width: int = 1280, timeout: float = 60.0) -> Page
         if os.geteuid() == 0:
             cmd.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox on
         with log.open("wb") as err:
-            proc = subprocess.Popen([*cmd, "about:blank"], stdout=subprocess.DEVNULL, stderr=err)
+            proc = subprocess.Popen([*cmd, "about:blank"], stdout=subprocess.DEVNULL, stderr=err,
+                                    start_new_session=True)  # fmt: skip
         try:
             port, path = _port_file(profile, proc, log, timeout)
             with connect(f"ws://127.0.0.1:{port}{path}", max_size=None, open_timeout=timeout) as ws:
@@ -176,12 +180,23 @@ def render_page(page: Path, *, width: int = 1280, timeout: float = 60.0) -> Page
                                 width=value["width"], height=value["height"], text=value["text"],
                                 events=s.events)  # fmt: skip
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _end_group(proc)
+
+
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate Chromium and every helper process it started (its own session), killing what outlives 10 s."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def blank_fraction(png: bytes, box: dict[str, Any]) -> tuple[int, float]:
