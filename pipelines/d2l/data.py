@@ -95,10 +95,12 @@ def build_cache(model: Any, tokenizer: Any, docs: Sequence[dict[str, Any]], *, e
     if path.exists():
         return torch.load(path, weights_only=False)
     # a document listed several times (DataConfig.written_repeat) is computed once and shared
-    first: dict[str, int] = {}
-    for i, d in enumerate(docs):
-        first.setdefault(d["id"], i)
-    unique = [d for i, d in enumerate(docs) if first[d["id"]] == i]
+    slot: dict[str, int] = {}  # document id -> its position in ``unique``
+    unique: list[dict[str, Any]] = []
+    for d in docs:
+        if d["id"] not in slot:
+            slot[d["id"]] = len(unique)
+            unique.append(d)
     doc_ids = [torch.tensor(tokenizer(d["text"], add_special_tokens=False)["input_ids"][:max_doc_tokens])
                for d in unique]  # fmt: skip
     rows: list[tuple[int, dict[str, Any], Tensor, int]] = []
@@ -128,7 +130,6 @@ def build_cache(model: Any, tokenizer: Any, docs: Sequence[dict[str, Any]], *, e
         cached[di]["qa"].append({"ids": ids, "n_prompt": n_prompt, "hidden": h, "question": qa["question"],
                                  "answer": qa["answer"]})  # fmt: skip
     if len(unique) < len(docs):  # pickling keeps the sharing: a repeated document is stored once
-        slot = {d["id"]: i for i, d in enumerate(unique)}
         cached = [cached[slot[d["id"]]] for d in docs]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -279,7 +279,7 @@ def make_docs(d: DataConfig, seed: int, n_eval: int | None = None) -> tuple[list
 
 def _repo_path(path: str) -> Path:
     p = Path(path)
-    return p if p.is_absolute() else Path(__file__).resolve().parents[2] / p
+    return p if p.is_absolute() else pages.ROOT / p
 
 
 def plot_metrics(metrics: Path, png: Path) -> None:
