@@ -120,8 +120,7 @@ class LeaseStore:
             # A write first: SQLite takes its write lock here (waiting on busy_timeout), PostgreSQL makes sure
             # the row exists for the row lock below.
             s.execute(insert(AgentLease).values(agent=agent, owner=None, token=0).on_conflict_do_nothing())
-            before = s.execute(select(AgentLease.owner, AgentLease.token, AgentLease.run_id, AgentLease.expires_at,
-                                      (AgentLease.expires_at <= now).label("expired"))
+            before = s.execute(select(AgentLease.owner, AgentLease.token, AgentLease.run_id, AgentLease.expires_at)
                                .where(AgentLease.agent == agent).with_for_update()).one()  # fmt: skip
             won = s.execute(
                 update(AgentLease)
@@ -136,7 +135,10 @@ class LeaseStore:
                         expires_at=_utc(before.expires_at))  # fmt: skip
         return Acquired(agent=agent, owner=owner, token=int(won.token), expires_at=_utc(won.expires_at),
                         previous_owner=before.owner, previous_run=before.run_id,
-                        expired=before.owner is not None and bool(before.expired))  # fmt: skip
+                        # The row is locked, so winning it from a holder means that holder's lease had run
+                        # out. (Not a second comparison with the clock: PostgreSQL's clock_timestamp() moves
+                        # between statements, and a lease expiring in between read as "released".)
+                        expired=before.owner is not None)  # fmt: skip
 
     def renew(self, lease: Acquired) -> datetime | None:
         """Push the expiry ``seconds`` past the database's now; None if the lease is no longer ours."""
