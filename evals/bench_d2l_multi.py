@@ -67,7 +67,8 @@ def load_sets(args: argparse.Namespace, checkpoint: Path) -> dict[str, list[dict
     sets: dict[str, list[dict[str, Any]]] = {}
     for name in [s.strip() for s in args.sets.split(",") if s.strip()]:
         share = {"synthetic": 0.0, "prose": 1.0}[name]
-        docs = heldout_docs(checkpoint, n, args.seed, prose_share=share)
+        # the kind the set is named for, whatever else the checkpoint's recipe mixed in (pages, needles)
+        docs = heldout_docs(checkpoint, n, args.seed, prose_share=share, pages_share=0.0, needle_share=0.0)
         sets[name] = [{"id": d["id"], "text": d["text"], "qa": d["qa"]} for d in docs[:n]]
     for folder in args.docs or []:
         from evals.bench_d2l import handwritten_docs, set_name
@@ -167,6 +168,14 @@ def similarities(router: Any, docs: list[dict[str, Any]], questions: list[str], 
 # ---------------------------------------------------------------- one set
 
 
+def _unrelated_questions() -> list[str]:
+    """Every question of the shipped guard suites: requests about none of the documents (an adapter firing on
+    one of them changes an answer it has no business changing)."""
+    from agent_sleep.evaluation.suites import guard_suites
+
+    return [item.question for suite in guard_suites() for item in suite.items]
+
+
 def run_set(gen: Any, router: Any, docs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     from agent_sleep.adapters.manifest import RoutingSpec
     from agent_sleep.runtime.routing import applying
@@ -237,7 +246,12 @@ def run_set(gen: Any, router: Any, docs: list[dict[str, Any]], args: argparse.Na
                       if per_doc_keep else None,
                       "right_when_solo_right": (sum(h[k] for k in range(n) if hits["solo"][k]) / solo_hits)
                       if solo_hits else None}  # fmt: skip
+    unrelated = _unrelated_questions()
+    stray = similarities(router, docs, unrelated, args.threshold) >= args.threshold  # [guard questions, docs]
     summary["routing"] = {"threshold": args.threshold, "own_fires": fires_right / n,
+                          "unrelated_questions": len(unrelated),
+                          "unrelated_fires_per_doc": float(stray.mean()),
+                          "unrelated_any_of_night": float(stray[:, :size].any(axis=1).mean()),
                           "wrong_per_question": fires_wrong / n, "none_fires": fires_none / n,
                           "own_sim_mean": statistics.fmean(m["own_sim"] for m in meta),
                           "best_other_sim_mean": statistics.fmean(m["best_other_sim"] for m in meta)}  # fmt: skip
@@ -290,12 +304,15 @@ def markdown(results: dict[str, dict[str, Any]], size: int) -> str:
             lines.append(f"| {name} | {s['docs']} / {s['questions']} | {c} | {pct(row['acc'])} | {kept} | {k90} "
                          f"| {rr} |")  # fmt: skip
     lines += ["", "| set | routing threshold | own adapter fires | other adapters firing per question | none fires "
-              "| mean cosine to own keys / best other doc's |", "|---" * 6 + "|"]  # fmt: skip
+              "| mean cosine to own keys / best other doc's | guard questions a document's adapter fires on "
+              "(one night's three) |", "|---" * 7 + "|"]  # fmt: skip
     for name, res in results.items():
         r = res["summary"]["routing"]
+        stray = ("–" if "unrelated_fires_per_doc" not in r else
+                 f"{r['unrelated_fires_per_doc']:.1%} ({r['unrelated_any_of_night']:.1%} of {r['unrelated_questions']})")
         lines.append(f"| {name} | {r['threshold']} | {pct(r['own_fires'])} | {r['wrong_per_question']:.2f} "
                      f"| {pct(r['none_fires'])} | {r['own_sim_mean']:.2f} / "
-                     f"{r['best_other_sim_mean']:.2f} |")  # fmt: skip
+                     f"{r['best_other_sim_mean']:.2f} | {stray} |")  # fmt: skip
     return "\n".join(lines)
 
 

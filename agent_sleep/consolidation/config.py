@@ -16,7 +16,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent_sleep.config_files import error_location, read_yaml_mapping, validation_problems
 from agent_sleep.errors import ConfigError
@@ -97,12 +97,34 @@ class RoutingSettings(_Forbid):
     the candidate answers as the stack it would join."""
 
     threshold: float = Field(default=0.55, ge=-1.0, le=1.0)
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    """A generator's own threshold (``{"d2l": 0.45}``); the others use ``threshold``."""
     generators: tuple[str, ...] = ("sft", "t2l", "d2l", "gradient_cd")
     max_keys: int = Field(default=256, ge=1)
     exclusive: tuple[str, ...] = ("d2l",)
     """Generators whose routed adapters compete (a routing ``group`` per generator): when several fire on one
     request, only the closest applies. A question is about one document, and one document's adapter answers
     better alone than stacked with the others that fire (``evals/results/d2l_multi.md``)."""
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        for generator, threshold in value.items():
+            if not -1.0 <= threshold <= 1.0:
+                raise ValueError(f"routing threshold for {generator!r} must be a cosine in [-1, 1], got {threshold}")
+        return value
+
+    @model_validator(mode="after")
+    def _thresholds_of_routed(self) -> RoutingSettings:
+        stray = sorted(set(self.thresholds) - set(self.generators))
+        if stray and "thresholds" in self.model_fields_set:  # the default names generators a config may not route
+            raise ValueError(f"routing thresholds name {stray}, which are not routed (generators: "
+                             f"{list(self.generators)})")
+        return self
+
+    def threshold_for(self, generator: str) -> float:
+        """The routing threshold written for ``generator``'s adapters."""
+        return self.thresholds.get(generator, self.threshold)
 
 
 class CycleConfig(_Forbid):

@@ -271,7 +271,8 @@ def test_routing_writes_keys_and_the_gate_scores_routed_items_as_the_stack_it_jo
 
     world.runtime.router = Router(WordEmbedder())
     world.teach("capitals", 6)
-    result = cycle(world, config=fast_config(routing={"threshold": 0.6}))
+    # the generator's own threshold wins over the general one (a general 0.9 would not fire on the guards' items)
+    result = cycle(world, config=fast_config(routing={"threshold": 0.9, "thresholds": {"sft": 0.6}}))
     (skill,) = result.skills
     spec = world.runtime.routing(skill.adapter)
     assert spec is not None and spec.keys == ["What is the capital of France?"] and spec.threshold == 0.6

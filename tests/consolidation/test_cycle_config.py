@@ -65,3 +65,14 @@ def test_overrides_and_defaults(tmp_path: Path) -> None:
     assert config.generator("d2l").budget_seconds is None  # an unnamed generator runs on its defaults
     path.write_text("evaluation: {guards: my_guards}\n")
     assert load_cycle_config(path).evaluation.guards == tmp_path / "my_guards"  # relative to the config file
+
+
+def test_routing_thresholds_per_generator() -> None:
+    routing = CycleConfig.model_validate({"routing": {"threshold": 0.6, "thresholds": {"d2l": 0.4}}}).routing
+    assert routing is not None and routing.threshold_for("d2l") == 0.4 and routing.threshold_for("sft") == 0.6
+    with pytest.raises(ValueError, match=r"routing thresholds name \['sfft'\], which are not routed"):
+        CycleConfig.model_validate({"routing": {"generators": ["sft"], "thresholds": {"sfft": 0.5}}})
+    with pytest.raises(ValueError, match="routing threshold for 'd2l' must be a cosine in"):
+        CycleConfig.model_validate({"routing": {"thresholds": {"d2l": 1.5}}})
+    # a config routing only sft is valid whatever the default thresholds name
+    assert CycleConfig.model_validate({"routing": {"generators": ["sft"]}}).routing.threshold_for("sft") == 0.55
