@@ -28,7 +28,6 @@ from agent_sleep.consolidation.cycle import run_cycle
 from agent_sleep.consolidation.result import CycleResult
 from agent_sleep.consolidation.runs import RunStore
 from agent_sleep.demo import day
-from agent_sleep.errors import NothingToRollBackError
 from agent_sleep.interfaces import ExperienceReader
 from agent_sleep.selectors.plan import ConsolidationPlan
 
@@ -129,20 +128,9 @@ def sleep_and_wake(runtime: Any, content: day.DayContent, log: day.DayLog, befor
 def show_rollback(runtime: Any, agent: str, deployed: str, ask: Callable[[], Sequence[Any]],
                   echo: Callable[[str], Any]) -> None:  # fmt: skip
     """Roll ``agent`` back from the night's stack ``deployed``, ask a few rephrasings there, and roll forward.
-
-    When the night's stack is the agent's first deployment there is nothing earlier to roll back to
-    (``agent-sleep rollback`` says so); the base model is the stack before it, so the night's skills are
-    removed instead (``agent-sleep remove-skill``)."""
+    (From the agent's first deployment a rollback returns to the base model.)"""
     echo(f"\nRollback: agent-sleep rollback {agent}")
-    try:
-        out = runtime.rollback(agent, actor="demo", reason="demo: show a rollback")
-    except NothingToRollBackError:
-        live = runtime.registry.live(agent)
-        skills = live.stack.skills if live else []
-        echo("  its first deployment has nothing earlier; removing the night's skills instead: "
-             + "; ".join(f"agent-sleep remove-skill --agent {agent} {skill}" for skill in skills))
-        for skill in skills:
-            out = runtime.remove_skill(agent, skill, actor="demo", reason="demo: show a rollback")
+    out = runtime.rollback(agent, actor="demo", reason="demo: show a rollback")
     live = runtime.registry.live(agent)
     echo(f"  {out.status}: live now {live.stack.name if live and live.stack.items else 'the base model'}")
     again = ask()

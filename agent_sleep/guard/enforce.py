@@ -81,10 +81,7 @@ def roll_back(registry: AdapterRegistry, check: GuardCheck) -> DeploymentRecord:
                                   f"{now}); its check is void and nothing was rolled back")
     reason = f"online guard: {check.reason}"
     detail = {DETAIL_KEY: check.model_dump(mode="json")}
-    try:
-        if check.previous_deployment_id is None:  # the first deployment: the base model served before
-            return registry.deploy(agent, [], actor=GUARD_ACTOR, reason=reason, kind="rollback", expected_seq=seq,
-                                   detail=detail)
+    try:  # from the agent's first deployment, back to the base model (the registry's rule)
         return registry.rollback(agent, actor=GUARD_ACTOR, reason=reason, expected_seq=seq, detail=detail)
     except DeployConflictError as exc:
         raise DeployConflictError(f"online guard: deployment #{seq} of agent {agent!r} was replaced while rolling "

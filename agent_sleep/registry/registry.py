@@ -482,7 +482,7 @@ class AdapterRegistry:
         DeployConflictError, nothing changes). ``detail``: as for :meth:`deploy`.
         """
         plan = self.rollback_plan(agent, to=to)
-        return self.deploy(agent, plan.stack.name, actor=actor, reason=reason, kind="rollback",
+        return self.deploy(agent, plan.target, actor=actor, reason=reason, kind="rollback",
                            expected_seq=expected_seq if expected_seq is not None else plan.expected_seq,
                            previous_id=plan.previous_id, detail=detail)
 
@@ -495,7 +495,12 @@ class AdapterRegistry:
                                              + did_you_mean(agent, s.execute(select(Deployment.agent)).scalars()))
             if to is None:
                 if current.previous_id is None:
-                    raise NothingToRollBackError(f"agent {agent!r} has nothing earlier than deployment #{current.seq}")
+                    if current.kind == "rollback" or not self._stack_record(s.get(Stack, current.stack_id)).items:
+                        raise NothingToRollBackError(f"agent {agent!r} has nothing earlier than deployment "
+                                                     f"#{current.seq}")  # fmt: skip
+                    # the first deployment: what served before it was the base model
+                    return RollbackPlan(agent=agent, stack=None, target_seq=0, previous_id=None,
+                                        expected_seq=current.seq)  # fmt: skip
                 target = s.get(Deployment, current.previous_id)
             else:
                 target = s.get(Deployment, to) or s.execute(

@@ -275,9 +275,9 @@ def rollback_validated(registry: AdapterRegistry, agent: str, *, to: str | None 
     plan = registry.rollback_plan(agent, to=to)
 
     def write() -> DeploymentRecord:
-        return registry.deploy(agent, plan.stack.name, actor=actor, reason=reason, kind="rollback",
+        return registry.deploy(agent, plan.target, actor=actor, reason=reason, kind="rollback",
                                expected_seq=plan.expected_seq if expected_seq is None else expected_seq,
                                previous_id=plan.previous_id, detail=detail)
 
-    return _validated(registry, plan.stack.items, write, validate=validate, handle=handle,
+    return _validated(registry, plan.items, write, validate=validate, handle=handle,
                       max_delta_norm=max_delta_norm, cache=cache, actor=actor, layers_of=layers_of)

@@ -74,8 +74,6 @@ def test_deploy_rollback_history(registry: AdapterRegistry, tmp_path: Path) -> N
     a1, b1 = _register(registry, tmp_path, "refunds"), _register(registry, tmp_path, "tone")
     d1 = registry.deploy("helpdesk", a1, actor="test", reason="first skill")
     assert d1.seq == 1 and d1.stack.name == "helpdesk:stack@v1" and registry.get(a1).status == "live"
-    with pytest.raises(NothingToRollBackError, match="nothing earlier"):
-        registry.rollback("helpdesk")
     d2 = registry.deploy("helpdesk", [(a1, 1.0), (b1, 0.5)], reason="add tone")
     assert [(i.adapter, i.weight) for i in d2.stack.items] == [(a1, 1.0), (b1, 0.5)]
     a2 = _register(registry, tmp_path, "refunds", seed=5)
@@ -295,3 +293,16 @@ def test_a_deployment_keeps_its_detail(registry: AdapterRegistry, tmp_path: Path
     r = registry.rollback("helpdesk", expected_seq=2, detail={"why": "numbers"})
     assert (r.kind, r.detail, r.stack.id) == ("rollback", {"why": "numbers"}, d1.stack.id)
     assert [d.detail for d in registry.deployments("helpdesk")] == [None, d2.detail, {"why": "numbers"}]
+
+
+def test_rolling_back_the_first_deployment_returns_to_the_base_model(registry: AdapterRegistry,
+                                                                      tmp_path: Path) -> None:  # fmt: skip
+    a1 = _register(registry, tmp_path, "refunds")
+    d1 = registry.deploy("helpdesk", a1, actor="test", reason="first night")
+    back = registry.rollback("helpdesk", reason="regression")
+    assert back.kind == "rollback" and back.stack.items == () and back.seq == 2
+    assert registry.live("helpdesk").stack.items == () and registry.get(a1).status == "rolled_back"
+    with pytest.raises(NothingToRollBackError, match="nothing earlier than deployment #2"):
+        registry.rollback("helpdesk")  # the base model is as far back as it goes
+    again = registry.rollback("helpdesk", to=str(d1.seq))  # forward again, explicitly
+    assert again.stack.id == d1.stack.id and registry.get(a1).status == "live"
