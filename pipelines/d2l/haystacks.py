@@ -11,7 +11,11 @@ document looks different (issue #14), so this module composes, offline and deter
   sentences per style), never drawn from a handful of fixed lines;
 * needles in :data:`NEEDLES`, each a value type with several statement wordings and questions worded unlike the
   statement: ``number`` (4 digits), ``code`` ("KX-4471"), ``time`` ("18:45"), ``date`` ("14 March"), ``name``
-  (a person), ``amount`` ("312 crowns") and ``combination`` ("31-07-58").
+  (a person), ``amount`` ("312 crowns") and ``combination`` ("31-07-58"); and four forms whose values come from
+  a format grammar rather than one fixed shape (:func:`_formatted`: 2-4 groups of digits or capitals joined by one
+  separator, "0412 993 207", "QX7731K", "3.14.2", "B/88/41"), ``serial``, ``reference``, ``phone`` and ``version``,
+  because real documents carry identifiers of every shape and the adapter copied only the shapes it was trained on
+  (``KX-4471`` right, ``QX7731K`` as ``X0771``). Values shaped like the held-out combination are never drawn.
 
 **Split.** :data:`HELDOUT_STYLES` (``correspondence``) and :data:`HELDOUT_NEEDLES` (``combination``) are for
 evaluation only: :func:`make_filler_docs` and :func:`make_needle_fact_docs`, the functions meta-training and the
@@ -24,6 +28,7 @@ Not here: tokenising for training, scoring (``evals/bench_niah.py``), ``evals/do
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -195,6 +200,28 @@ def _code(rng: random.Random) -> str:
 _MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
            "November", "December"]
 
+_COMBINATION_SHAPE = re.compile(r"\d{2}-\d{2}-\d{2}")
+
+
+def _formatted(rng: random.Random) -> str:
+    """An identifier from a small grammar: 2-4 groups (1-4 digits or 1-3 capitals), one separator for all
+    (none, "-", " ", ".", "/"); never the held-out combination's shape (two digits, three times, "-")."""
+    while True:
+        sep = rng.choice(["", "-", " ", ".", "/"])
+        groups = []
+        for i in range(rng.randint(2, 4)):
+            letters = rng.random() < 0.35 and not (sep == "" and groups and groups[-1].isalpha())
+            if letters:
+                groups.append(synth._letters(rng, rng.randint(1, 3)))  # noqa: SLF001
+            else:
+                groups.append("".join(rng.choice("0123456789") for _ in range(rng.randint(1, 4))))
+        value = sep.join(groups)
+        if sep == "" and all(g.isdigit() for g in groups):
+            continue  # digits run together: a plain number, which ``number`` covers
+        if not _COMBINATION_SHAPE.fullmatch(value):
+            return value
+
+
 # form -> (value maker, statement wordings, question wordings); {e} entity, {v} value
 NEEDLES: dict[str, tuple[Callable[[random.Random], str], list[str], list[str]]] = {
     "number": (lambda rng: str(rng.randint(1000, 9999)),
@@ -220,6 +247,22 @@ NEEDLES: dict[str, tuple[Callable[[random.Random], str], list[str], list[str]]] 
                ["A yearly pass for {e} costs {v}.", "{e} charges {v} for the guided tour.",
                 "The deposit at {e} is {v}."],
                ["How much does {e} ask for?", "What price does {e} charge?"]),
+    "serial": (_formatted,
+               ["The boiler at {e} carries serial number {v}.", "{v} is the serial stamped under the counter of {e}.",
+                "Engineers log the pump at {e} as unit {v}."],
+               ["What serial does the boiler of {e} have?", "Under which unit number is the pump of {e} logged?"]),
+    "reference": (_formatted,
+                  ["Quote reference {v} when writing to {e}.", "Parcels from {e} travel under reference {v}.",
+                   "The file on {e} was opened as case {v}."],
+                  ["Which reference should letters to {e} mention?", "What case number belongs to {e}?"]),
+    "phone": (_formatted,
+              ["The night desk of {e} answers on {v}.", "To reach {e} after hours, ring {v}.",
+               "Call {v} if the gate of {e} is stuck."],
+              ["What number reaches {e} at night?", "Which line do you ring for {e} after hours?"]),
+    "version": (_formatted,
+                ["The kiosks at {e} run firmware {v}.", "{e} upgraded its booking system to release {v}.",
+                 "Release {v} is what the tills of {e} run."],
+                ["Which firmware do the kiosks of {e} run?", "What release is the booking system of {e} on?"]),
     "combination": (lambda rng: f"{rng.randint(10, 39)}-{rng.randint(10, 59)}-{rng.randint(10, 99)}",
                     ["Whoever reaches the vault of {e} must dial {v} to open it.",
                      "Only the combination {v} opens the old safe at {e}."],

@@ -110,6 +110,7 @@ class DataConfig(_Quiet):
     hay_styles: list[str] = []
     needle_share: float = 0.0
     needle_units: tuple[int, int] = (0, 10)
+    needle_forms: list[str] | None = None  # the needle forms drawn (None: every training form of haystacks)
     # Hand-written training pages (pipelines/d2l/written.py): folders (relative to the repository, or absolute) whose
     # "train" questions train, each page listed written_repeat times among the training documents (on top of
     # n_train); eval_written: a folder whose "eval" questions replace the generated held-out documents as the
@@ -119,8 +120,8 @@ class DataConfig(_Quiet):
     eval_written: str | None = None
 
     _QUIET = frozenset({"pages_share", "pages_facts", "pages_tokens", "recon_share", "recon_tokens", "recon_window",
-                        "recon_rows", "prompt_styles", "hay_styles", "needle_share", "needle_units", "written_dirs",
-                        "written_repeat", "eval_written"})
+                        "recon_rows", "prompt_styles", "hay_styles", "needle_share", "needle_units", "needle_forms",
+                        "written_dirs", "written_repeat", "eval_written"})
 
     @field_validator("prompt_styles")
     @classmethod
@@ -131,7 +132,9 @@ class DataConfig(_Quiet):
 
     @model_validator(mode="after")
     def _check_styles(self) -> DataConfig:
-        haystacks.check_train(self.hay_styles)
+        haystacks.check_train(self.hay_styles, self.needle_forms or ())
+        if self.needle_forms is not None and not self.needle_forms:
+            raise ValueError("needle_forms needs at least one form (or null: every training form)")
         if self.needle_share and not [s for s in self.hay_styles if s != "pages"]:
             raise ValueError("needle_share needs hay_styles with a style other than 'pages' to hide the needles in")
         return self
@@ -268,6 +271,7 @@ def make_docs(d: DataConfig, seed: int, n_eval: int | None = None) -> tuple[list
                                           n_recon=d.recon_rows)  # fmt: skip
         if n_needle:
             docs += haystacks.make_needle_fact_docs(n_needle, s, split, styles=d.hay_styles,
+                                                    forms=d.needle_forms or haystacks.TRAIN_NEEDLES,
                                                     n_units=tuple(d.needle_units))  # fmt: skip
         out.append(docs)
     if d.written_dirs:

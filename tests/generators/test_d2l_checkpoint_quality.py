@@ -26,7 +26,7 @@ def test_committed_checkpoint_answers_questions_about_unseen_documents() -> None
     if not (DEFAULT_CHECKPOINT / "d2l_config.json").exists():
         pytest.skip("no committed D2L checkpoint")
     gen = D2LGenerator.load()
-    docs = heldout_docs(DEFAULT_CHECKPOINT, N_DOCS, SEED, prose_share=0.0, pages_share=0.0)
+    docs = heldout_docs(DEFAULT_CHECKPOINT, N_DOCS, SEED, prose_share=0.0, pages_share=0.0, needle_share=0.0)
     assert len({qa["attribute"] for d in docs for qa in d["qa"]}) == 9  # every kind of fact is asked about
     scores = score_checkpoint(gen, docs, conditions=("base", "d2l", "d2l_shuffled"))
     acc = scores.accuracy
@@ -51,7 +51,7 @@ def test_committed_checkpoint_answers_questions_about_unseen_prose_pages() -> No
     if not (DEFAULT_CHECKPOINT / "d2l_config.json").exists():
         pytest.skip("no committed D2L checkpoint")
     gen = D2LGenerator.load()
-    docs = heldout_docs(DEFAULT_CHECKPOINT, 12, SEED, prose_share=1.0, pages_share=0.0)
+    docs = heldout_docs(DEFAULT_CHECKPOINT, 12, SEED, prose_share=1.0, pages_share=0.0, needle_share=0.0)
     assert {d["kind"] for d in docs} == {"prose"}
     scores = score_checkpoint(gen, docs, conditions=("base", "d2l", "d2l_shuffled"))
     acc = scores.accuracy

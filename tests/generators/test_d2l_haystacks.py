@@ -113,3 +113,17 @@ def test_gate_tune_changes_only_the_gate_and_writes_a_new_checkpoint(tmp_path: P
     assert load_file(str(tmp_path / "c2" / WEIGHTS_FILE))["gate.weight"].equal(after["gate.weight"])
     with pytest.raises(ValueError, match="held out"):
         gate_tune.main([str(ckpt), "--out", str(tmp_path / "x"), "--styles", "correspondence"])
+
+
+def test_formatted_values_vary_in_shape_and_never_take_the_held_out_combinations() -> None:
+    import random
+    import re
+
+    rng = random.Random(3)
+    values = [hs._formatted(rng) for _ in range(3000)]  # noqa: SLF001
+    assert not [v for v in values if re.fullmatch(r"\d{2}-\d{2}-\d{2}", v)]
+    shapes = {re.sub(r"[A-Z]", "A", re.sub(r"\d", "9", v)) for v in values}
+    assert len(shapes) > 300 and {"-", " ", ".", "/"} <= {c for v in values for c in v}
+    assert {"serial", "reference", "phone", "version"} <= set(hs.TRAIN_NEEDLES)
+    with pytest.raises(ValueError, match="held out"):
+        DataConfig(needle_share=0.2, hay_styles=["narrative"], needle_forms=["combination"])
