@@ -18,7 +18,7 @@ greedy, ``--max-new-tokens`` tokens, D2L's prompt, scored as ``answer_matches``,
   stacked   the group's solo adapters stacked, weight 1 each (deltas add: the bias block counts N times);
   mean      the solo adapters stacked with weight 1/N each;
   routed    the solo adapters, each routed as the cycle writes it for a d2l skill (keys: the document's sentences,
-            ``consolidation.generation.routing_keys``; MiniLM; ``--threshold``, default the shipped 0.55): a
+            ``consolidation.generation.routing_keys``; MiniLM; ``--threshold``, default the cycle's for ``d2l``, 0.45): a
             question gets the sum of the adapters whose keys it reaches (none: the base model);
   routed1   as routed, but only the best-matching adapter that reaches the threshold: the adapters share a routing
             group (``runtime.routing.applying``), the cycle's default for a night's d2l adapters.
@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default="synthetic,prose", help="held-out synthetic sets: synthetic, prose")
     parser.add_argument("--docs", type=Path, action="append", help="a folder of hand-written pages (repeatable)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
-    parser.add_argument("--threshold", type=float, default=0.55, help="routing threshold (shipped default 0.55)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="routing threshold (default: the cycle's for d2l adapters, routing.thresholds)")
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--check", type=int, default=0, help="questions re-answered through the product stack")
@@ -332,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "d2l_multi.json")
     args = parser.parse_args(argv)
     args.conditions = {c.strip() for c in args.conditions.split(",")} | {"solo"}
+    if args.threshold is None:
+        from agent_sleep.consolidation.config import RoutingSettings
+
+        args.threshold = RoutingSettings().threshold_for("d2l")
 
     import torch
 
