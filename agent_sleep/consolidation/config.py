@@ -102,7 +102,8 @@ class RoutingSettings(_Forbid):
     page is worded less like its sentences than a corrected conversation's is like its questions, and with a
     routing group only the closest document's adapter applies anyway. Three documents a night keep 92-100 % of
     their solo accuracy at 0.45 against 79-100 % at 0.55, and fire on ~1.3 % of the guard suites' questions
-    (chosen on generated prose-like pages and the hand-written validation pages; ``evals/results/d2l_multi.md``)."""
+    (chosen on generated prose-like pages and the hand-written validation pages;
+    ``evals/results/d2l_multi_tune_t0*.md``, ``d2l_multi_words1_t0*.md``)."""
     generators: tuple[str, ...] = ("sft", "t2l", "d2l", "gradient_cd")
     max_keys: int = Field(default=256, ge=1)
     exclusive: tuple[str, ...] = ("d2l",)

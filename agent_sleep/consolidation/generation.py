@@ -159,7 +159,8 @@ def _register(ctx: RunContext, skill: SkillPlan, generator: str, entry: dict[str
         faults.fault_point("generate:after_write")
     routing = ctx.config.routing
     if routing is not None and generator in routing.generators:  # again on a resume: the write is idempotent
-        set_routing(folder, RoutingSpec(threshold=routing.threshold_for(generator), keys=routing_keys(skill, routing.max_keys),
+        set_routing(folder, RoutingSpec(threshold=routing.threshold_for(generator),
+                                        keys=routing_keys(skill, routing.max_keys),
                                         group=generator if generator in routing.exclusive else None))  # fmt: skip
     record = ctx.registry.register(folder, skill.skill, description=skill.description or None, kind=generator,
                                    agent=ctx.agent, run_id=ctx.run_id)  # fmt: skip

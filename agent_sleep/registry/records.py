@@ -139,6 +139,14 @@ class DeploymentRecord(Record):
 class RollbackPlan(BaseModel):
     """What a rollback would make live, worked out before anything is written (so it can be validated)."""
 
+    model_config = ConfigDict(frozen=True)
+
+    agent: str
+    stack: StackRecord | None  # None: the base model (rolling back the agent's first deployment)
+    target_seq: int  # the earlier deployment whose stack returns (0: the base model, before the first one)
+    previous_id: str | None  # where the next rollback goes from there (an undo stack, not a toggle)
+    expected_seq: int  # the live deployment this plan was made against
+
     @property
     def target(self) -> str | list[Any]:
         """What :meth:`AdapterRegistry.deploy` is given: the stack's name, or no items for the base model."""
@@ -147,14 +155,6 @@ class RollbackPlan(BaseModel):
     @property
     def items(self) -> tuple[StackItem, ...]:
         return self.stack.items if self.stack is not None else ()
-
-    model_config = ConfigDict(frozen=True)
-
-    agent: str
-    stack: StackRecord | None  # None: the base model (rolling back the agent's first deployment)
-    target_seq: int  # the earlier deployment whose stack returns (0: the base model, before the first one)
-    previous_id: str | None  # where the next rollback goes from there (an undo stack, not a toggle)
-    expected_seq: int  # the live deployment this plan was made against
 
 
 def refuse_rejected(records: Sequence[AdapterVersionRecord]) -> None:
