@@ -155,14 +155,12 @@ def route_keys(doc: dict[str, Any], max_keys: int) -> list[str]:
 
 
 def similarities(router: Any, docs: list[dict[str, Any]], questions: list[str], threshold: float) -> Any:
-    """[questions, docs] best cosine of each question to each document's keys."""
-    import numpy as np
-
+    """[questions, docs] best cosine of each question to each document's keys (the questions embedded once)."""
     from agent_sleep.adapters.manifest import RoutingSpec
 
-    cols = [router.similarities(f"{d['id']}", RoutingSpec(threshold=threshold, keys=route_keys(d, 256)), questions)
-            for d in docs]  # fmt: skip
-    return np.stack(cols, axis=1)
+    specs = {f"{d['id']}": RoutingSpec(threshold=threshold, keys=route_keys(d, 256)) for d in docs}
+    assert len(specs) == len(docs), "document ids repeat: one column per document is needed"
+    return router.similarity_table(specs, questions)
 
 
 # ---------------------------------------------------------------- one set

@@ -72,10 +72,16 @@ class Router:
 
     def similarities(self, name: str, spec: RoutingSpec, texts: Sequence[str]) -> np.ndarray:
         """Per text, the best cosine similarity to ``name``'s keys (one batch: for scoring many items)."""
-        keys = self._keys_of(name, spec)
-        if not texts:
-            return np.zeros(0, dtype=np.float32)
-        return (self.embedder.embed([t or "" for t in texts]) @ keys.T).max(axis=1)
+        return self.similarity_table({name: spec}, texts)[:, 0]
+
+    def similarity_table(self, specs: Mapping[str, RoutingSpec], texts: Sequence[str]) -> np.ndarray:
+        """``[texts, adapters]``: each text's best cosine similarity to each adapter's keys, adapters in ``specs``
+        order; the texts are embedded once, however many adapters are compared."""
+        keys = [self._keys_of(name, spec) for name, spec in specs.items()]
+        if not texts or not keys:
+            return np.zeros((len(texts), len(keys)), dtype=np.float32)
+        vectors = self.embedder.embed([t or "" for t in texts])
+        return np.stack([(vectors @ k.T).max(axis=1) for k in keys], axis=1)
 
     def fires(self, name: str, spec: RoutingSpec, text: str) -> bool:
         return self.similarity(name, spec, text) >= spec.threshold

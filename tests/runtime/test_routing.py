@@ -43,6 +43,20 @@ class WordEmbedder:
 SPEC = RoutingSpec(threshold=0.5, keys=["where is my order", "when does my order arrive"])
 
 
+def test_a_similarity_table_embeds_the_texts_once_for_every_adapter() -> None:
+    embedder = WordEmbedder()
+    router = Router(embedder)
+    specs = {"orders@v1": SPEC, "peru@v1": SPEC.model_copy(update={"keys": ["capital of peru"]})}
+    texts = ["where is my order", "the capital of peru", "hello"]
+    expected = np.stack([router.similarities(n, s, texts) for n, s in specs.items()], axis=1)
+    calls = embedder.calls
+    table = router.similarity_table(specs, texts)
+    assert embedder.calls == calls + 1 and table.shape == (3, 2)
+    np.testing.assert_allclose(table, expected)
+    assert table[0, 0] > table[0, 1] and table[1, 1] > table[1, 0]
+    assert router.similarity_table(specs, []).shape == (0, 2) and router.similarity_table({}, texts).shape == (3, 0)
+
+
 def test_router_scores_and_picks_the_active_items() -> None:
     embedder = WordEmbedder()
     router = Router(embedder)
