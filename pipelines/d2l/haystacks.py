@@ -209,7 +209,7 @@ def _formatted(rng: random.Random) -> str:
     while True:
         sep = rng.choice(["", "-", " ", ".", "/"])
         groups = []
-        for i in range(rng.randint(2, 4)):
+        for _ in range(rng.randint(2, 4)):
             letters = rng.random() < 0.35 and not (sep == "" and groups and groups[-1].isalpha())
             if letters:
                 groups.append(synth._letters(rng, rng.randint(1, 3)))  # noqa: SLF001
