@@ -103,7 +103,8 @@ class RoutingSettings(_Forbid):
     routing group only the closest document's adapter applies anyway. Three documents a night keep 92-100 % of
     their solo accuracy at 0.45 against 79-100 % at 0.55, and fire on ~1.3 % of the guard suites' questions
     (chosen on generated prose-like pages and the hand-written validation pages;
-    ``evals/results/d2l_multi_tune_t0*.md``, ``d2l_multi_words1_t0*.md``)."""
+    ``evals/results/d2l_multi_tune_t0*.md``, ``d2l_multi_words1_t0*.md``). A ``thresholds`` block in a config
+    replaces this default as a whole: name ``d2l`` in it to keep 0.45."""
     generators: tuple[str, ...] = ("sft", "t2l", "d2l", "gradient_cd")
     max_keys: int = Field(default=256, ge=1)
     exclusive: tuple[str, ...] = ("d2l",)
