@@ -30,6 +30,11 @@ each A row the learned map of the features of the token *before* the one its
 slot points at: the slot then fires where the model has just produced that
 token and writes the next one, an induction head in weight space, which is
 what multi-token values (prices, times, codes: one token per digit) need.
+``induction_order`` k > 1 adds the maps of the k-1 tokens before that one
+(zero at initialisation, so a checkpoint of order 1 warm-starts exactly): a
+value that repeats a token ("31-07-58", "QX7731K", "0412 993 207": SmolLM2
+writes one token per digit) is ambiguous to a one-token key, which writes
+"27-8-13" for 27-13-89; keyed on two tokens, each step has one continuation.
 ``chunk_gate`` multiplies each
 chunk's B by sigmoid(w . mean latent + 2), so a chunk with nothing worth
 keeping (filler, a haystack) can switch itself off; with rank-concatenated
@@ -91,6 +96,8 @@ class HyperConfig(BaseModel):
         "mlp", description="mlp: B from the shared head; copy: B columns point at document tokens (see module doc)")
     a_head: Literal["mlp", "induction"] = Field(
         "mlp", description="induction (copy head only): A rows also match the token before the one B copies")
+    induction_order: int = Field(1, ge=1, le=4, description=(
+        "induction only: how many tokens before the copied one an A row matches (2: '7-' and '3-' differ)"))
     chunk_gate: bool = Field(False, description="a learned per-chunk gate in (0, 1) on B (chunks with nothing to keep)")
     min_gate: float = Field(0.0, ge=0.0, lt=1.0, description=(
         "the generator drops chunks whose gate is below this (the default a trainer sets when it taught the gate "
@@ -174,8 +181,14 @@ class HyperNet(nn.Module):
             if c.a_head == "induction":
                 self.ptr_a = nn.Linear(c.hidden_size, c.d_in, bias=False)
                 self.ind_gain = nn.Parameter(torch.ones(len(c.layers), c.rank))
+                self.ptr_a_more = nn.ModuleList(
+                    nn.Linear(c.hidden_size, c.d_in, bias=False) for _ in range(c.induction_order - 1))
+                for lin in self.ptr_a_more:
+                    nn.init.zeros_(lin.weight)  # an order-1 network's function: warm starts are exact
         elif c.a_head != "mlp":
             raise InvalidInputError("a_head='induction' needs b_head='copy'")
+        if c.induction_order > 1 and c.a_head != "induction":
+            raise InvalidInputError("induction_order > 1 needs a_head='induction'")
         if c.chunk_gate:
             self.gate = nn.Linear(d, 1)
             nn.init.zeros_(self.gate.weight)
@@ -255,7 +268,10 @@ class HyperNet(nn.Module):
             b_rows = F.normalize(self.ptr_out(attn @ normed), dim=-1)
             if c.a_head == "induction":
                 before = F.pad(normed[:, :-1], (0, 0, 1, 0))  # position t holds token t-1 (zeros at t = 0)
-                ind = F.normalize(self.ptr_a(attn @ before), dim=-1).view(n, len(c.layers), c.rank, c.d_in)
+                key = self.ptr_a(attn @ before)
+                for k, lin in enumerate(self.ptr_a_more, start=2):  # tokens t-2, t-3, ...
+                    key = key + lin(attn @ F.pad(normed[:, :-k], (0, 0, k, 0)))
+                ind = F.normalize(key, dim=-1).view(n, len(c.layers), c.rank, c.d_in)
                 a_rows = a_rows.view(n, len(c.layers), c.rank, c.d_in) + self.ind_gain[None, :, :, None] * ind
         else:
             rows = self.head(F.normalize(z, dim=-1))

@@ -8,6 +8,10 @@ prompt (the teacher) and without it. Two question sets per page: ``qa`` (the wor
 (another wording of the same facts, never trained on). If even the trained questions stay far below the in-context
 accuracy after the training loss has flattened, the generator (or its LoRA target) cannot hold a page.
 
+``--written`` swaps the generated pages for ``--pages`` hand-written *training* pages (``pipelines/d2l/written``,
+every folder but ``validation``, spread evenly over them; ``question`` trains, ``question2`` is the unseen wording):
+the same question on the pages real agents meet.
+
 ``--rank R`` above the checkpoint's rank grows the network function-preservingly before training
 (:func:`grow_rank`): the checkpoint's slots are copied, the new slots get copies of a sibling slot's query plus
 noise and a zero B scale, so step 0 is exactly the checkpoint. ``--first-lora-layer`` below the checkpoint's is
@@ -22,6 +26,7 @@ Appends (or replaces, by ``--tag``) one entry in ``--out``. Never reads ``evals/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -37,6 +42,7 @@ import torch
 from agent_sleep.generators.checkpoint import load_checkpoint
 from agent_sleep.generators.hypernet import HyperNet
 from pipelines.d2l.objective import doc_loras, greedy_accuracy
+from pipelines.d2l import written
 from pipelines.d2l.trainer import Setup, TrainConfig, TrainState, fresh_state, resume, setup, train_step
 from pipelines.training import interpreter as _interpreter
 
@@ -58,6 +64,23 @@ def capacity_config(base: TrainConfig, *, pages: int, steps: int, rank: int | No
     if lr is not None:
         upd["lr"] = lr
     return base.model_copy(update=upd)
+
+
+def written_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` (from :func:`capacity_config`) with the hand-written training folders as its only documents
+    (:func:`pick_spread` narrows them to ``--pages`` after caching); pages up to 640 tokens, as written1 trained."""
+    d = cfg.data.model_copy(update={
+        "n_train": 0, "pages_share": 0.0, "written_dirs": [str(f) for f in written.train_folders()],
+        "written_repeat": 1, "eval_written": None, "max_doc_tokens": max(cfg.data.max_doc_tokens, 640),
+    })  # fmt: skip
+    return cfg.model_copy(update={"data": d})
+
+
+def pick_spread(n_docs: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``range(n_docs)`` (the written folders are listed domain by domain)."""
+    if not 0 < k <= n_docs:
+        raise ValueError(f"--pages {k}: there are {n_docs} hand-written training pages")
+    return sorted({(i * n_docs) // k for i in range(k)})
 
 
 @torch.no_grad()
@@ -185,12 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--free-lora", type=int, default=None, metavar="STEPS",
                    help="no hypernetwork: fit a free LoRA per page for STEPS steps (the target's capacity)")
     p.add_argument("--free-lr", type=float, default=2e-3)
+    p.add_argument("--no-in-context", action="store_true",
+                   help="skip the page-in-context reference (on 640-token pages it costs more CPU than the run)")
+    p.add_argument("--written", action="store_true",
+                   help="hand-written training pages (pipelines/d2l/written) instead of generated ones")
     p.add_argument("--reuse-reference", default=None, metavar="TAG",
                    help="take the base / in-context accuracies from this earlier entry of --out (same pages)")
     args = p.parse_args(argv)
     base = TrainConfig.load(args.config)
     cfg = capacity_config(base, pages=args.pages, steps=args.steps, rank=args.rank, lr=args.lr,
                           qas_per_doc=args.qas_per_doc, cd_cache=args.cd_cache)  # fmt: skip
+    if args.written:
+        cfg = written_config(cfg)
     grown = args.rank is not None and args.rank != base.hyper.rank
     if grown:
         cfg = cfg.model_copy(update={"init_from": None})
@@ -200,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.d2l.trainer import make_docs
 
     train_docs, _ = make_docs(cfg.data, cfg.seed)
+    if args.written:
+        keep = pick_spread(len(train_docs), args.pages)
+        train_docs = [train_docs[i] for i in keep]
+        s = dataclasses.replace(s, train_c=[s.train_c[i] for i in keep])
     mx = cfg.eval_max_new_tokens
     ref: dict[str, Any] = {}
     if args.reuse_reference:
@@ -209,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         ref = dict(earlier["reference"])
     for key, ds in (("qa", train_docs), ("probe", _probe_docs(train_docs))) if not ref else ():
         ref[f"{key}_base"], _ = greedy_accuracy(s.model, s.tok, s.lora, s.hc, ds, None, s.device, mx)
-        ref[f"{key}_in_context"], _ = greedy_accuracy(s.model, s.tok, s.lora, s.hc, ds, None, s.device,
-                                                      max(32, mx), True)  # fmt: skip
+        if not args.no_in_context:
+            ref[f"{key}_in_context"], _ = greedy_accuracy(s.model, s.tok, s.lora, s.hc, ds, None, s.device,
+                                                          max(32, mx), True)  # fmt: skip
     print("reference", ref, flush=True)
     if args.free_lora is not None:
         try:
@@ -257,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         s.lora.remove()
     n_q = sum(len(d["qa"]) for d in train_docs)
     entry = {"tag": args.tag, "command": command, "pages": args.pages, "questions_qa": n_q,
+             "documents": "written" if args.written else "generated",
+             "page_names": [d.get("name") for d in train_docs] if args.written else None,
              "questions_probe": sum(len(d["probe_qa"]) for d in train_docs),
              "hyper": {"rank": cfg.hyper.rank, "target": cfg.hyper.target, "first_lora_layer": cfg.hyper.first_lora_layer},
              "lr": cfg.lr, "qas_per_doc": cfg.qas_per_doc, "docs_per_step": cfg.docs_per_step, "steps": state.step,

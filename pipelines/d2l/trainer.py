@@ -541,9 +541,13 @@ def _warm_start(net: HyperNet, source: Path, content_hash: str) -> None:
     ignore = {"scale_B_init", "min_gate"}  # a fresh network's start; the generator's default pruning
     mine, theirs = net.config.model_dump(exclude=ignore), src.config.model_dump(exclude=ignore)
     diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
-    if diff:
+    grown = diff == ["induction_order"] and mine["induction_order"] > theirs.get("induction_order", 1)
+    if diff and not grown:
         raise ConfigError(f"init_from {source}: the checkpoint's {diff} differ from this recipe's hyper settings")
-    net.load_state_dict(src.state_dict())
+    # a higher induction order adds maps that start at zero (HyperNet): the checkpoint's function, exactly
+    missing, unexpected = net.load_state_dict(src.state_dict(), strict=not grown)
+    if unexpected or any(not k.startswith("ptr_a_more.") for k in missing):
+        raise ConfigError(f"init_from {source}: weights do not fit ({missing or unexpected})")
 
 
 def resume(state: TrainState, s: Setup) -> None:

@@ -279,6 +279,31 @@ def test_induction_a_rows_match_the_token_before_the_pointer() -> None:
                              layers=[0], a_head="induction"))  # fmt: skip
 
 
+def test_a_higher_induction_order_starts_as_the_first_order_and_keys_on_earlier_tokens() -> None:
+    torch.manual_seed(0)
+    one, two = _copy_net(a_head="induction"), _copy_net(a_head="induction", induction_order=2)
+    missing, unexpected = two.load_state_dict(one.state_dict(), strict=False)
+    assert missing == ["ptr_a_more.0.weight"] and not unexpected
+    feats = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        a1, b1 = one(feats)
+        a2, b2 = two(feats)  # the new map starts at zero: the same adapter
+        torch.testing.assert_close(a2, a1)
+        torch.testing.assert_close(b2, b1)
+        two.head.weight.zero_()
+        two.ptr_a.weight.zero_()  # only the token two before the pointed one remains
+        two.ptr_a_more[0].weight.normal_()
+        two.ptr_k.weight.zero_()
+        mask = torch.tensor([[True, True, True, False, False, False]] * 2)
+        a, _ = two(feats, mask)
+        normed = two.in_norm(feats)
+    # uniform attention over 3 tokens: positions 0 and 1 have nothing two before them, position 2 has token 0
+    want = torch.nn.functional.normalize(two.ptr_a_more[0](normed[0, 0] / 3), dim=0)
+    torch.testing.assert_close(a[0].reshape(-1, 24), want.expand(4, 24))
+    with pytest.raises(ValueError, match="induction_order > 1"):
+        _copy_net(induction_order=2)
+
+
 def test_chunks_below_min_gate_are_left_out(handle: BaseModelHandle) -> None:
     gen, net = _gated_gen(handle)  # a gate that depends on the chunk: some chunks open, some shut
     every = gen.internalize(DOC, chunk_tokens=4, min_gate=0.0, max_kept=0)  # no cap: every chunk

@@ -278,6 +278,31 @@ def test_warm_start_copies_a_checkpoint_and_refuses_another_shape(tmp_path: Path
         train(TrainConfig.model_validate(other), tmp_path / "other", device="cpu", handle=handle, threads=1)
 
 
+def test_warm_start_may_raise_the_induction_order_and_nothing_else(tmp_path: Path) -> None:
+    from agent_sleep.errors import ConfigError
+    from agent_sleep.generators.checkpoint import load_checkpoint
+
+    handle = load_base_model(str(make_tiny_model_dir(tmp_path)), device="cpu")
+    hyper = {"b_head": "copy", "a_head": "induction"}
+    first = tmp_path / "first"
+    train(TrainConfig.model_validate(_tiny_recipe(hyper=hyper, steps=2, eval_every=2)), first, device="cpu",
+          handle=handle, threads=1)  # fmt: skip
+    best = str(first / "ckpt" / "best")
+    src = load_checkpoint(best, content_hash=handle.content_hash)
+    raw = _tiny_recipe(hyper={**hyper, "induction_order": 2}, steps=0, eval_every=100, init_from=best)
+    train(TrainConfig.model_validate(raw), tmp_path / "warm", device="cpu", handle=handle, threads=1)
+    state = torch.load(tmp_path / "warm" / "ckpt" / "last.pt", weights_only=False)["net"]
+    for key, value in src.state_dict().items():
+        torch.testing.assert_close(state[key], value.float(), rtol=1e-3, atol=1e-3)
+    assert not state["ptr_a_more.0.weight"].any()  # the new map starts at zero: the checkpoint's function
+    warm2 = tmp_path / "warm2"  # an order-2 checkpoint
+    train(TrainConfig.model_validate(raw | {"steps": 1, "ckpt_every": 1, "eval_every": 1}), warm2, device="cpu",
+          handle=handle, threads=1)  # fmt: skip
+    lower = _tiny_recipe(hyper=hyper, steps=0, init_from=str(warm2 / "ckpt" / "best"))
+    with pytest.raises(ConfigError, match="induction_order"):  # lowering it would drop trained weights
+        train(TrainConfig.model_validate(lower), tmp_path / "lower", device="cpu", handle=handle, threads=1)
+
+
 def test_export_refuses_to_compare_runs_trained_on_other_data(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     from agent_sleep.generators.checkpoint import read_checkpoint_config
