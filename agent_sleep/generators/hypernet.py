@@ -267,10 +267,12 @@ class HyperNet(nn.Module):
             attn = scores.softmax(-1)
             b_rows = F.normalize(self.ptr_out(attn @ normed), dim=-1)
             if c.a_head == "induction":
-                before = F.pad(normed[:, :-1], (0, 0, 1, 0))  # position t holds token t-1 (zeros at t = 0)
-                key = self.ptr_a(attn @ before)
-                for k, lin in enumerate(self.ptr_a_more, start=2):  # tokens t-2, t-3, ...
-                    key = key + lin(attn @ F.pad(normed[:, :-k], (0, 0, k, 0)))
+                t = normed.shape[1]
+                shifted = F.pad(normed, (0, 0, c.induction_order, 0))  # row k + t holds token t (zeros before 0)
+                # position t: token t-1 (zeros at t = 0), then t-2, t-3, ... for a higher order
+                key = self.ptr_a(attn @ shifted[:, c.induction_order - 1 : c.induction_order - 1 + t])
+                for k, lin in enumerate(self.ptr_a_more, start=2):
+                    key = key + lin(attn @ shifted[:, c.induction_order - k : c.induction_order - k + t])
                 ind = F.normalize(key, dim=-1).view(n, len(c.layers), c.rank, c.d_in)
                 a_rows = a_rows.view(n, len(c.layers), c.rank, c.d_in) + self.ind_gain[None, :, :, None] * ind
         else:

@@ -300,6 +300,9 @@ def test_a_higher_induction_order_starts_as_the_first_order_and_keys_on_earlier_
     # uniform attention over 3 tokens: positions 0 and 1 have nothing two before them, position 2 has token 0
     want = torch.nn.functional.normalize(two.ptr_a_more[0](normed[0, 0] / 3), dim=0)
     torch.testing.assert_close(a[0].reshape(-1, 24), want.expand(4, 24))
+    with torch.no_grad():
+        short, _ = two(feats[:, :1])  # a one-token chunk has no token two before: zeros, no error
+    assert torch.isfinite(short).all()
     with pytest.raises(ValueError, match="induction_order > 1"):
         _copy_net(induction_order=2)
 
