@@ -1,0 +1,118 @@
+"""Which values a D2L checkpoint copies: one-sentence documents, one value each, greedy answers.
+
+To run:  .venv/bin/python evals/probe_d2l_values.py [--checkpoint DIR ...] [--threads 2]
+         [--out evals/results/d2l_value_probe.md]
+
+A diagnostic beside ``bench_niah.py`` (issue #14 part 3), whose held-out needle form (a combination,
+"27-13-89") every checkpoint misses even when the needle's chunk is the only one kept. Three groups of cases
+separate what could fail, each a document of one sentence about a fictional place (no haystack, no gate):
+
+* ``length``: the magic-number statement and question meta-training used, with values of 4, 6 and 8 digits
+  (training drew 4): does the adapter copy the document's value or a value of the trained length?
+* ``shape``: training wordings with values of shapes training never drew (a combination, a mixed code, a
+  phone-like number, a version).
+* ``wording``: values of trained shapes (4 digits, a time) under statements and questions training never used.
+
+A case is right when the gold string appears in the answer (``answer_matches``, the benchmarks' rule). The cases
+are fixed here, written for this probe, not drawn from ``pipelines/d2l`` or ``evals/docs*``; nothing is tuned on
+them. Writes a Markdown table (every answer) to ``--out`` and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+E = "Ravenholt"
+CASES: list[tuple[str, str, list[str], str]] = [  # group, document, questions, gold
+    ("length", f"The magic number of {E} is 4471.", [f"What is the magic number of {E}?"], "4471"),
+    ("length", f"The magic number of {E} is 447193.", [f"What is the magic number of {E}?"], "447193"),
+    ("length", f"The magic number of {E} is 44719362.", [f"What is the magic number of {E}?"], "44719362"),
+    ("shape", f"The magic number of {E} is 27-13-89.", [f"What is the magic number of {E}?"], "27-13-89"),
+    ("shape", f"The access code for {E} is QX7731K.", [f"What is the access code for {E}?"], "QX7731K"),
+    ("shape", f"The magic number of {E} is 0412 993 207.", [f"What is the magic number of {E}?"], "0412 993 207"),
+    ("shape", f"The version of {E} is 3.14.2.", [f"What is the version of {E}?"], "3.14.2"),
+    ("wording", f"{E}'s locker opens with 4471, and nobody else knows it.",
+     [f"Which digits open the locker at {E}?", f"How do you open {E}'s locker?"], "4471"),
+    ("wording", f"Deliveries to {E} must quote the docket 8824 at the gate.",
+     [f"Which docket do deliveries to {E} quote?", f"What must a delivery to {E} say at the gate?"], "8824"),
+    ("wording", f"The ferry for {E} leaves at 14:35 from pier two.",
+     [f"When does the ferry to {E} leave?", f"At what time is the {E} ferry?"], "14:35"),
+    ("wording", f"{E} keeps its spare key under the stone marked 5190.",
+     [f"Which stone hides {E}'s spare key?", f"Under what stone is the key of {E}?"], "5190"),
+]
+
+
+def run(checkpoints: list[str], model: str) -> list[dict[str, object]]:
+    from agent_sleep.adapters.artifact import LoraWeights
+    from agent_sleep.adapters.stack import prepare_stack
+    from agent_sleep.evaluation.answers import answer_matches
+    from agent_sleep.generators.d2l import D2LGenerator
+    from agent_sleep.models.loader import load_base_model
+    from evals.bench_d2l import Runner
+
+    handle = load_base_model(model)
+    runner = Runner(handle, 20)
+    rows: list[dict[str, object]] = []
+    for checkpoint in checkpoints:
+        gen = D2LGenerator.load(checkpoint, handle=handle)
+        for group, text, questions, gold in CASES:
+            made = gen.internalize(text)
+            layers = {m: LoraWeights(A=a, B=b, scaling=made.scale) for m, (a, b) in made.layers.items()}
+            stack = prepare_stack("probe", [("probe", layers, 1.0)], dtype=handle.dtype, device=handle.device)
+            answers = [runner.answer(q, stack=stack) for q in questions]
+            rows.append({"checkpoint": Path(checkpoint).name, "group": group, "gold": gold, "answers": answers,
+                         "right": sum(answer_matches(a, [gold]) for a in answers), "asked": len(answers)})
+    return rows
+
+
+def table(rows: list[dict[str, object]], checkpoints: list[str]) -> str:
+    names = [Path(c).name for c in checkpoints]
+    lines = ["| group | value | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for i, (group, _, _, gold) in enumerate(CASES):
+        cells = []
+        for name in names:
+            row = [r for r in rows if r["checkpoint"] == name][i]
+            shown = " / ".join(f"`{str(a).strip()[:24]}`" for a in row["answers"])  # type: ignore[union-attr]
+            cells.append(f"{row['right']}/{row['asked']}: {shown}")
+        lines.append(f"| {group} | `{gold}` | " + " | ".join(cells) + " |")
+    for group in ("length", "shape", "wording"):
+        cells = []
+        for name in names:
+            mine = [r for r in rows if r["checkpoint"] == name and r["group"] == group]
+            cells.append(f"{sum(int(r['right']) for r in mine)}/{sum(int(r['asked']) for r in mine)}")  # type: ignore[call-overload]
+        lines.append(f"| **{group}, right** | | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", action="append", default=None, help="D2L checkpoint folder (repeatable)")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="Markdown file to write")
+    args = parser.parse_args(argv)
+    import torch
+
+    from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    checkpoints = [str(c) for c in (args.checkpoint or [DEFAULT_CHECKPOINT])]
+    started = time.monotonic()
+    rows = run(checkpoints, args.model)
+    command = " ".join([".venv/bin/python", "evals/probe_d2l_values.py", *(argv if argv is not None else sys.argv[1:])])
+    text = f"`{command}` ({time.monotonic() - started:.0f} s)\n\n" + table(rows, checkpoints)
+    print(text)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
