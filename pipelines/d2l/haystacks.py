@@ -269,6 +269,13 @@ NEEDLES: dict[str, tuple[Callable[[random.Random], str], list[str], list[str]]] 
                     ["Which combination unlocks the safe of {e}?", "What numbers open the vault of {e}?"]),
 }
 HELDOUT_NEEDLES = ("combination",)
+# Training only (``make_needle_fact_docs(varied_values=True)``): values of many lengths for the forms whose value
+# otherwise has one length, so the adapter cannot learn an answer's length from the question (see
+# synth.VARIED_VALUES); never the combination's shape (these have one "-" at most).
+VARIED_NEEDLE_VALUES: dict[str, Callable[[random.Random], str]] = {
+    "number": lambda rng: synth.digits(rng, rng.randint(2, 10)),
+    "code": lambda rng: f"{synth._letters(rng, rng.randint(1, 3))}-{synth.digits(rng, rng.randint(2, 6))}",  # noqa: SLF001
+}
 TRAIN_NEEDLES = tuple(n for n in NEEDLES if n not in HELDOUT_NEEDLES)
 
 
@@ -283,9 +290,13 @@ def check_train(styles: Sequence[str] = (), needles: Sequence[str] = ()) -> None
                 raise ValueError(f"{kind} {name!r} is held out for evaluation; training may use {list(train)}")
 
 
-def needle(form: str, rng: random.Random, entity: str) -> tuple[synth.Piece, str, dict[str, Any], dict[str, Any]]:
-    """(the needle sentence as a piece, its value, a question, the same question in its other wording)."""
+def needle(form: str, rng: random.Random, entity: str,
+           varied_values: bool = False) -> tuple[synth.Piece, str, dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """(the needle sentence as a piece, its value, a question, the same question in its other wording);
+    ``varied_values``: the value from :data:`VARIED_NEEDLE_VALUES` where the form has one there."""
     make, says, asks = NEEDLES[form]
+    if varied_values:
+        make = VARIED_NEEDLE_VALUES.get(form, make)
     value = make(rng)
     piece = synth.state(rng.choice(says), entity, form, value)
     i = rng.randrange(len(asks))
@@ -360,9 +371,10 @@ def make_filler_docs(n: int, seed: int, styles: Sequence[str], n_units: tuple[in
 
 def make_needle_fact_docs(n: int, seed: int, split: str = "train", *, styles: Sequence[str],
                           forms: Sequence[str] = TRAIN_NEEDLES,
-                          n_units: tuple[int, int] = (0, 10)) -> list[synth.Doc]:  # fmt: skip
+                          n_units: tuple[int, int] = (0, 10), varied_values: bool = False) -> list[synth.Doc]:  # fmt: skip
     """``n`` needle-like fact documents: one needle of a training ``forms`` in ``n_units`` units of training
-    ``styles`` filler (``pages`` is left out here: its pages state facts the document has no question for).
+    ``styles`` filler (``pages`` is left out here: its pages state facts the document has no question for);
+    ``varied_values``: values of many lengths (:data:`VARIED_NEEDLE_VALUES`).
 
     Same schema as :func:`pipelines.d2l.synth.make_fact_docs` (``facts``, ``spans``, ``qa``, ``probe_qa``), so
     meta-training caches them like any fact document and the gate learns them as chunks to keep.
@@ -376,7 +388,7 @@ def make_needle_fact_docs(n: int, seed: int, split: str = "train", *, styles: Se
     docs: list[synth.Doc] = []
     for _ in range(n):
         style, form, entity = rng.choice(usable), rng.choice(list(forms)), rng.choice(names)
-        piece, value, qa, probe = needle(form, rng, entity)
+        piece, value, qa, probe = needle(form, rng, entity, varied_values)
         next_unit = filler_units(style, rng, "train")
         units: list[synth.Piece] = [(next_unit().strip(), None, 0) for _ in range(rng.randint(*n_units))]
         units.insert(rng.randint(0, len(units)), piece)

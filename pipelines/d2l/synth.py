@@ -81,6 +81,20 @@ OPEN_VALUES: dict[str, Any] = {
     "magic": lambda rng: str(rng.randint(1000, 9999)),  # the needle of make_needle_docs, in short documents
 }
 
+
+def digits(rng: random.Random, k: int) -> str:
+    """``k`` random digits, the first one non-zero."""
+    return rng.choice("123456789") + "".join(rng.choice("0123456789") for _ in range(k - 1))
+
+
+# Open values of many lengths (``make_fact_docs(varied_values=True)``, DataConfig.varied_values): trained only on
+# 4-digit magic numbers, an adapter answers a document's "447193" with "4471" and a held-out "27-13-89" with 4
+# digits: the length comes from the training prior, not from the document (evals/probe_d2l_values.py).
+VARIED_VALUES: dict[str, Any] = {
+    "magic": lambda rng: digits(rng, rng.randint(2, 10)),
+    "code": lambda rng: f"{_letters(rng, rng.randint(1, 3))}-{digits(rng, rng.randint(2, 6))}",
+}
+
 # (statement templates, question templates for "qa", paraphrased question templates for "probe_qa").
 _TEMPLATES: dict[str, tuple[list[str], list[str], list[str]]] = {
     "colour": (
@@ -202,6 +216,7 @@ def make_fact_docs(
     vocab_size: int | None = None,
     attributes: Sequence[str] = ATTRIBUTES,
     n_hay: tuple[int, int] = (0, 0),
+    varied_values: bool = False,
 ) -> list[Doc]:
     """``n`` documents about fictional entities, each with one question per stated fact.
 
@@ -212,6 +227,7 @@ def make_fact_docs(
     ``probe_qa`` ask about the same facts in different wordings; ``spans`` maps
     each attribute to the character span ``[start, end)`` of its value in
     ``text``. ``vocab_size`` keeps only the first values of each vocabulary.
+    ``varied_values``: open values of :data:`VARIED_VALUES`' many lengths where it has a maker.
     Deterministic in (n, seed, split, options).
     """
     unknown = [a for a in attributes if a not in VOCAB and a not in OPEN_VALUES]
@@ -226,7 +242,8 @@ def make_fact_docs(
     for _ in range(n):
         entity = rng.choice(names)
         attrs = rng.sample(list(attributes), rng.randint(lo, hi))
-        facts = {a: OPEN_VALUES[a](rng) if a in OPEN_VALUES else rng.choice(VOCAB[a][: vocab_size or None])
+        open_values = {**OPEN_VALUES, **VARIED_VALUES} if varied_values else OPEN_VALUES
+        facts = {a: open_values[a](rng) if a in open_values else rng.choice(VOCAB[a][: vocab_size or None])
                  for a in attrs}  # fmt: skip
         pieces = [state(rng.choice(_TEMPLATES[a][0]), entity, a, v) for a, v in facts.items()]
         pieces += [(f, None, 0) for f in rng.sample(_FILLER, rng.randint(*n_filler))]

@@ -111,6 +111,9 @@ class DataConfig(_Quiet):
     needle_share: float = 0.0
     needle_units: tuple[int, int] = (0, 10)
     needle_forms: list[str] | None = None  # the needle forms drawn (None: every training form of haystacks)
+    # Open values of many lengths (synth.VARIED_VALUES, haystacks.VARIED_NEEDLE_VALUES): magic numbers and codes of
+    # 2-10 digits instead of one length, so an answer's length has to come from the document.
+    varied_values: bool = False
     # Hand-written training pages (pipelines/d2l/written.py): folders (relative to the repository, or absolute) whose
     # "train" questions train, each page listed written_repeat times among the training documents (on top of
     # n_train); eval_written: a folder whose "eval" questions replace the generated held-out documents as the
@@ -121,7 +124,7 @@ class DataConfig(_Quiet):
 
     _QUIET = frozenset({"pages_share", "pages_facts", "pages_tokens", "recon_share", "recon_tokens", "recon_window",
                         "recon_rows", "prompt_styles", "hay_styles", "needle_share", "needle_units", "needle_forms",
-                        "written_dirs", "written_repeat", "eval_written"})
+                        "written_dirs", "written_repeat", "eval_written", "varied_values"})
 
     @field_validator("prompt_styles")
     @classmethod
@@ -256,7 +259,7 @@ def make_docs(d: DataConfig, seed: int, n_eval: int | None = None) -> tuple[list
     and, for ``prose_share``, prose-like ones, for ``pages_share``, realistic pages, for ``recon_share``, real
     prose with reconstruction and completion rows and, for ``needle_share``, needles in ``hay_styles`` filler."""
     opts = {"n_facts": tuple(d.n_facts), "n_filler": tuple(d.n_filler), "vocab_size": d.vocab_size,
-            "attributes": d.attributes, "n_hay": tuple(d.fact_hay)}  # fmt: skip
+            "attributes": d.attributes, "n_hay": tuple(d.fact_hay), "varied_values": d.varied_values}  # fmt: skip
     out = []
     for n, s, split in ((d.n_train, seed, "train"), (d.n_eval if n_eval is None else n_eval, seed + 1, "heldout")):
         n_prose, n_pages, n_recon = round(n * d.prose_share), round(n * d.pages_share), round(n * d.recon_share)
@@ -272,7 +275,8 @@ def make_docs(d: DataConfig, seed: int, n_eval: int | None = None) -> tuple[list
         if n_needle:
             docs += haystacks.make_needle_fact_docs(n_needle, s, split, styles=d.hay_styles,
                                                     forms=d.needle_forms or haystacks.TRAIN_NEEDLES,
-                                                    n_units=tuple(d.needle_units))  # fmt: skip
+                                                    n_units=tuple(d.needle_units),
+                                                    varied_values=d.varied_values)  # fmt: skip
         out.append(docs)
     if d.written_dirs:
         out[0] += written.load_written([_repo_path(p) for p in d.written_dirs], "train") * d.written_repeat

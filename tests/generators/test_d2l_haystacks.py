@@ -127,3 +127,20 @@ def test_formatted_values_vary_in_shape_and_never_take_the_held_out_combinations
     assert {"serial", "reference", "phone", "version"} <= set(hs.TRAIN_NEEDLES)
     with pytest.raises(ValueError, match="held out"):
         DataConfig(needle_share=0.2, hay_styles=["narrative"], needle_forms=["combination"])
+
+
+def test_varied_values_have_many_lengths_and_never_the_held_out_shape() -> None:
+    from pipelines.d2l import synth
+
+    docs = hs.make_needle_fact_docs(300, seed=2, styles=["classic"], forms=["number", "code"], varied_values=True)
+    values = [v for d in docs for v in d["facts"].values()]
+    assert len({len(v) for v in values}) >= 8  # 2-10 digits, codes of 1-3 letters and 2-6 digits
+    assert not any(hs._COMBINATION_SHAPE.fullmatch(v) for v in values)
+    for d in docs:
+        assert {k: d["text"][s:e] for k, (s, e) in d["spans"].items()} == d["facts"]
+    # off by default: the documents of earlier recipes are unchanged
+    plain = hs.make_needle_fact_docs(30, seed=2, styles=["classic"], forms=["number"])
+    assert {len(v) for d in plain for v in d["facts"].values()} == {4}
+    facts = synth.make_fact_docs(200, seed=3, attributes=["magic", "code"], n_facts=(1, 2), varied_values=True)
+    assert len({len(d["facts"]["magic"]) for d in facts if "magic" in d["facts"]}) >= 8
+    assert synth.make_fact_docs(20, seed=3) == synth.make_fact_docs(20, seed=3, varied_values=False)
