@@ -35,6 +35,8 @@ what multi-token values (prices, times, codes: one token per digit) need.
 value that repeats a token ("31-07-58", "QX7731K", "0412 993 207": SmolLM2
 writes one token per digit) is ambiguous to a one-token key, which writes
 "27-8-13" for 27-13-89; keyed on two tokens, each step has one continuation.
+(Tried on CPU in issue #14, 500 steps: not enough by itself; the committed
+checkpoint has order 1.)
 ``chunk_gate`` multiplies each
 chunk's B by sigmoid(w . mean latent + 2), so a chunk with nothing worth
 keeping (filler, a haystack) can switch itself off; with rank-concatenated
