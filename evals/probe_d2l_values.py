@@ -13,7 +13,10 @@ separate what could fail, each a document of one sentence about a fictional plac
   phone-like number, a version).
 * ``wording``: values of trained shapes (4 digits, a time) under statements and questions training never used.
 
-A case is right when the gold string appears in the answer (``answer_matches``, the benchmarks' rule). The cases
+Beside the answers, **pointer coverage**: of the value's tokens (one per digit), how many at least one of the
+adapter's (layer, rank) slots points at (argmax of its pointer attention, ``HyperNet.explain``). A token no slot
+points at cannot be copied into the answer. A case is right when the gold string appears in the answer
+(``answer_matches``, the benchmarks' rule). The cases
 are fixed here, written for this probe, not drawn from ``pipelines/d2l`` or ``evals/docs*``; nothing is tuned on
 them. Writes a Markdown table (every answer) to ``--out`` and prints it.
 """
@@ -24,6 +27,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -66,9 +70,32 @@ def run(checkpoints: list[str], model: str) -> list[dict[str, object]]:
             layers = {m: LoraWeights(A=a, B=b, scaling=made.scale) for m, (a, b) in made.layers.items()}
             stack = prepare_stack("probe", [("probe", layers, 1.0)], dtype=handle.dtype, device=handle.device)
             answers = [runner.answer(q, stack=stack) for q in questions]
+            covered, n_tokens = coverage(gen, handle, text, gold)
             rows.append({"checkpoint": Path(checkpoint).name, "group": group, "gold": gold, "answers": answers,
-                         "right": sum(answer_matches(a, [gold]) for a in answers), "asked": len(answers)})
+                         "right": sum(answer_matches(a, [gold]) for a in answers), "asked": len(answers),
+                         "covered": covered, "value_tokens": n_tokens})  # fmt: skip
     return rows
+
+
+def coverage(gen: Any, handle: Any, text: str, value: str) -> tuple[int, int]:
+    """(value tokens that some slot's pointer argmax lands on, value tokens) for a one-chunk document."""
+    import torch
+
+    from agent_sleep.generators.backbone import hidden_after
+
+    enc = handle.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    start = text.index(value)
+    end = start + len(value)
+    mine = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < end and b > start and text[a:b].strip()]
+    ids = torch.tensor([enc["input_ids"]], device=handle.device)
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        feats = hidden_after(handle.model, ids, mask, gen.net.config.encoder_layers)
+        out = gen.net.explain(feats.float(), mask.bool())
+    if out.pointer is None:
+        return 0, len(mine)
+    pointed = set(out.pointer[0].argmax(-1).tolist())
+    return sum(i in pointed for i in mine), len(mine)
 
 
 def table(rows: list[dict[str, object]], checkpoints: list[str]) -> str:
@@ -79,14 +106,16 @@ def table(rows: list[dict[str, object]], checkpoints: list[str]) -> str:
         for name in names:
             row = [r for r in rows if r["checkpoint"] == name][i]
             shown = " / ".join(f"`{str(a).strip()[:24]}`" for a in row["answers"])  # type: ignore[union-attr]
-            cells.append(f"{row['right']}/{row['asked']}: {shown}")
+            cells.append(f"{row['right']}/{row['asked']}: {shown} (ptr {row['covered']}/{row['value_tokens']})")
         lines.append(f"| {group} | `{gold}` | " + " | ".join(cells) + " |")
     for group in ("length", "shape", "wording"):
         cells = []
         for name in names:
             mine = [r for r in rows if r["checkpoint"] == name and r["group"] == group]
-            cells.append(f"{sum(int(r['right']) for r in mine)}/{sum(int(r['asked']) for r in mine)}")  # type: ignore[call-overload]
-        lines.append(f"| **{group}, right** | | " + " | ".join(cells) + " |")
+            right, asked = sum(int(r["right"]) for r in mine), sum(int(r["asked"]) for r in mine)  # type: ignore[call-overload]
+            cov, toks = sum(int(r["covered"]) for r in mine), sum(int(r["value_tokens"]) for r in mine)  # type: ignore[call-overload]
+            cells.append(f"{right}/{asked} right; value tokens pointed at {cov}/{toks}")
+        lines.append(f"| **{group}** | | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
