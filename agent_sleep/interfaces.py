@@ -440,7 +440,7 @@ class DeployTarget(Protocol):
     """
 
     def deploy(self, agent: str, target: str | StackRefs, /, *, actor: str = ..., reason: str = ...,
-               run_id: str | None = ...) -> DeployResult: ...  # fmt: skip
+               run_id: str | None = ..., expected_seq: int | None = ...) -> DeployResult: ...  # fmt: skip
 
     def rollback(self, agent: str, /, *, to: str | None = ..., actor: str = ..., reason: str = ...) -> DeployResult: ...
 

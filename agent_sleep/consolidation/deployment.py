@@ -5,7 +5,10 @@ a deployment this run already made (``run_id`` on the deployment row: the proces
 registry's one-transaction deploy) is the result; a deployment made by anyone else since evaluation
 began means the candidates were compared with a stack that is no longer live, so nothing is deployed
 and the run fails; else the live runtime validates the whole stack and deploys it (``runtime.deploy``:
-the stack row, the deployment and the versions' statuses in one transaction, then the local switch).
+the stack row, the deployment and the versions' statuses in one transaction, then the local switch),
+on condition that the deployment this run checked is still the live one: a deploy that lands between the
+check and the write (another process, or a second holder of this run whose lease had expired) makes the
+write a conflict, and if that deploy was this run's own, it is the result.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 from agent_sleep.consolidation import faults
 from agent_sleep.consolidation.context import RunContext
 from agent_sleep.consolidation.gating import stack_label
+from agent_sleep.errors import DeployConflictError
 
 __all__ = ["deploy"]
 
@@ -36,8 +40,14 @@ def deploy(ctx: RunContext, evaluated: dict[str, Any]) -> dict[str, Any]:
                 f"its candidates with #{live_then['seq']}; nothing deployed (the next cycle compares with the new "
                 "stack)"}  # fmt: skip
     ctx.say(f"deploy: {stack_label(accepted)} for {ctx.agent}")
-    outcome = ctx.runtime.deploy(ctx.agent, accepted, actor="consolidation", run_id=ctx.run_id,
-                                 reason=f"consolidation run {ctx.run_id}")  # fmt: skip
+    try:
+        outcome = ctx.runtime.deploy(ctx.agent, accepted, actor="consolidation", run_id=ctx.run_id,
+                                     reason=f"consolidation run {ctx.run_id}", expected_seq=seq)  # fmt: skip
+    except DeployConflictError as exc:
+        ours = [d for d in ctx.registry.deployments(ctx.agent) if d.run_id == ctx.run_id]
+        if ours:
+            return {"deployed": True, "stack": ours[-1].stack.name, "seq": ours[-1].seq, "deployment_id": ours[-1].id}
+        return {"deployed": False, "conflict": str(exc)}
     faults.fault_point("deploy:after_deploy")
     if outcome.deployment is None:
         return {"deployed": False, "rejected": outcome.reason or "the stack failed validation"}

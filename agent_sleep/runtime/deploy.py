@@ -233,16 +233,20 @@ def deploy_validated(registry: AdapterRegistry, agent: str, target: str | StackR
                      actor: str = "user", reason: str = "", run_id: str | None = None, validate: bool = True,
                      handle: BaseModelHandle | None = None, max_delta_norm: float | None = None,
                      cache: VerdictCache | None = None, layers_of: LayersOf | None = None,
-                     detail: Mapping[str, Any] | None = None) -> DeployOutcome:
+                     detail: Mapping[str, Any] | None = None, expected_seq: int | None = None) -> DeployOutcome:
     """Validate the stack against the base model, then record it and deploy it atomically.
 
     ``target``: a stack, an adapter reference, or a list of adapters / ``(adapter, weight)``.
     References are resolved to versions first; the stack row is written with the deployment.
     ``validate=False`` skips the checks but still refuses a rejected version. ``detail`` is kept
-    with the deployment (:meth:`~agent_sleep.registry.AdapterRegistry.deploy`).
+    with the deployment (:meth:`~agent_sleep.registry.AdapterRegistry.deploy`). ``expected_seq``: deploy only
+    while deployment #``expected_seq`` is live (else DeployConflictError; default: whatever is live now).
     """
-    live = registry.live(agent)
-    seen = live.seq if live else 0
+    if expected_seq is None:
+        live = registry.live(agent)
+        seen = live.seq if live else 0
+    else:
+        seen = expected_seq
     deploy_target: Any
     if isinstance(target, StackRef) or is_stack_ref(target):
         stack = registry.get_stack(target)

@@ -252,12 +252,16 @@ class LiveRuntime:
 
     # -- changing what is live ----------------------------------------------------------------
     def deploy(self, agent: str, target: str | StackRef | AdapterRef | Sequence[Any], *, actor: str = "runtime",
-               reason: str = "", run_id: str | None = None, detail: Mapping[str, Any] | None = None
-               ) -> DeployOutcome:
-        """Validate, record in the registry, prepare, and switch ``agent`` to the new stack."""
+               reason: str = "", run_id: str | None = None, detail: Mapping[str, Any] | None = None,
+               expected_seq: int | None = None) -> DeployOutcome:
+        """Validate, record in the registry, prepare, and switch ``agent`` to the new stack.
+
+        ``expected_seq``: only while deployment #``expected_seq`` is live (else DeployConflictError).
+        """
         outcome = deploy_validated(self.registry, agent, target, actor=actor, reason=reason, run_id=run_id,
                                    validate=self.validate, handle=self.handle, max_delta_norm=self.max_delta_norm,
-                                   cache=self._verdicts, layers_of=self._adapter_layers, detail=detail)
+                                   cache=self._verdicts, layers_of=self._adapter_layers, detail=detail,
+                                   expected_seq=expected_seq)  # fmt: skip
         if outcome.deployment is not None:
             self._activate(outcome.deployment)
         return outcome

@@ -282,3 +282,43 @@ def test_returning_to_a_validated_stack_reuses_its_verdict(registry: AdapterRegi
     assert runtime.deploy("helpdesk", ["refunds@v1", ("tone@v1", 0.25)]).status == "deployed"  # another weight
     assert calls == [["refunds@v1"], ["refunds@v1", "tone@v1"], ["refunds@v1", "tone@v1"]]
     assert registry.live("helpdesk").stack.items[1].weight == 0.25  # type: ignore[union-attr]
+
+
+def test_a_deploy_conditioned_on_a_deployment_that_is_no_longer_live_changes_nothing(
+        registry: AdapterRegistry, runtime: Any) -> None:  # fmt: skip
+    from agent_sleep.errors import DeployConflictError
+
+    first = runtime.deploy("helpdesk", ["refunds@v1"], expected_seq=0)
+    assert first.status == "deployed" and first.deployment.seq == 1
+    with pytest.raises(DeployConflictError, match="expected #0"):  # someone deployed #1 since we looked
+        runtime.deploy("helpdesk", ["tone@v1"], expected_seq=0)
+    live = registry.live("helpdesk")
+    assert live is not None and live.seq == 1 and [i.adapter for i in live.stack.items] == ["refunds@v1"]
+    assert runtime.deploy("helpdesk", ["tone@v1"], expected_seq=1).deployment.seq == 2
+
+
+@pytest.mark.parametrize("interloper_run", ["run-1", "run-other"])
+def test_the_deploy_stage_loses_a_race_as_data_and_keeps_its_own_deployment(
+        registry: AdapterRegistry, runtime: Any, interloper_run: str) -> None:  # fmt: skip
+    """A deploy lands between the stage's check and its write: by a second holder of this run (lease expired and
+    taken over) the stage's result is that deployment; by anyone else it is a conflict. Nothing is deployed twice."""
+    from types import SimpleNamespace
+
+    from agent_sleep.consolidation import deployment
+
+    class Racing:  # the other process deploys just before ours writes
+        registry = runtime.registry
+
+        def deploy(self, agent: str, target: Any, **kw: Any) -> Any:
+            runtime.deploy(agent, target, actor="consolidation", run_id=interloper_run)
+            return runtime.deploy(agent, target, **kw)
+
+    ctx = SimpleNamespace(agent="helpdesk", run_id="run-1", registry=registry, runtime=Racing(), say=lambda _: None)
+    evaluated = {"incumbent": {"seq": 0, "skills": []}, "accepted": [["refunds@v1", 1.0]]}
+    result = deployment.deploy(ctx, evaluated)  # type: ignore[arg-type]
+    deps = registry.deployments("helpdesk")
+    assert len(deps) == 1 and deps[0].run_id == interloper_run  # ours was refused, not stacked on top
+    if interloper_run == "run-1":
+        assert result == {"deployed": True, "stack": deps[0].stack.name, "seq": 1, "deployment_id": deps[0].id}
+    else:
+        assert result["deployed"] is False and "expected #0" in result["conflict"]
