@@ -19,6 +19,7 @@ from agent_sleep.consolidation import faults
 from agent_sleep.consolidation.context import RunContext
 from agent_sleep.consolidation.gating import stack_label
 from agent_sleep.errors import DeployConflictError
+from agent_sleep.registry.records import DeploymentRecord
 
 __all__ = ["deploy"]
 
@@ -30,9 +31,9 @@ def deploy(ctx: RunContext, evaluated: dict[str, Any]) -> dict[str, Any]:
     before = [(str(s["adapter"]), float(s["weight"])) for s in live_then["skills"]]
     if accepted == before:
         return {"deployed": False, "reason": "the gate admitted nothing"}
-    ours = [d for d in ctx.registry.deployments(ctx.agent) if d.run_id == ctx.run_id]
-    if ours:
-        return {"deployed": True, "stack": ours[-1].stack.name, "seq": ours[-1].seq, "deployment_id": ours[-1].id}
+    made = _own_deployment(ctx)
+    if made is not None:
+        return made
     live = ctx.registry.live(ctx.agent)
     seq = live.seq if live is not None else 0
     if seq != live_then["seq"]:
@@ -44,13 +45,20 @@ def deploy(ctx: RunContext, evaluated: dict[str, Any]) -> dict[str, Any]:
         outcome = ctx.runtime.deploy(ctx.agent, accepted, actor="consolidation", run_id=ctx.run_id,
                                      reason=f"consolidation run {ctx.run_id}", expected_seq=seq)  # fmt: skip
     except DeployConflictError as exc:
-        ours = [d for d in ctx.registry.deployments(ctx.agent) if d.run_id == ctx.run_id]
-        if ours:
-            return {"deployed": True, "stack": ours[-1].stack.name, "seq": ours[-1].seq, "deployment_id": ours[-1].id}
-        return {"deployed": False, "conflict": str(exc)}
+        return _own_deployment(ctx) or {"deployed": False, "conflict": str(exc)}
     faults.fault_point("deploy:after_deploy")
     if outcome.deployment is None:
         return {"deployed": False, "rejected": outcome.reason or "the stack failed validation"}
     dep = outcome.deployment
     ctx.say(f"deploy: {dep.stack.name} is live for {ctx.agent} (deployment #{dep.seq})")
+    return _deployed(dep)
+
+
+def _own_deployment(ctx: RunContext) -> dict[str, Any] | None:
+    """The stage result for the deployment this run made (``run_id`` on its row), None while it made none."""
+    ours = [d for d in ctx.registry.deployments(ctx.agent) if d.run_id == ctx.run_id]
+    return _deployed(ours[-1]) if ours else None
+
+
+def _deployed(dep: DeploymentRecord) -> dict[str, Any]:
     return {"deployed": True, "stack": dep.stack.name, "seq": dep.seq, "deployment_id": dep.id}
