@@ -273,8 +273,8 @@ HELDOUT_NEEDLES = ("combination",)
 # otherwise has one length, so the adapter cannot learn an answer's length from the question (see
 # synth.VARIED_VALUES); never the combination's shape (these have one "-" at most).
 VARIED_NEEDLE_VALUES: dict[str, Callable[[random.Random], str]] = {
-    "number": lambda rng: synth.digits(rng, rng.randint(2, 10)),
-    "code": lambda rng: f"{synth._letters(rng, rng.randint(1, 3))}-{synth.digits(rng, rng.randint(2, 6))}",  # noqa: SLF001
+    "number": synth.VARIED_VALUES["magic"],
+    "code": synth.VARIED_VALUES["code"],
 }
 TRAIN_NEEDLES = tuple(n for n in NEEDLES if n not in HELDOUT_NEEDLES)
 

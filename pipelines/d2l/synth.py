@@ -239,10 +239,10 @@ def make_fact_docs(
     rng = random.Random(f"facts:{seed}:{split}")
     names = _entities(split)
     docs: list[Doc] = []
+    open_values = {**OPEN_VALUES, **VARIED_VALUES} if varied_values else OPEN_VALUES
     for _ in range(n):
         entity = rng.choice(names)
         attrs = rng.sample(list(attributes), rng.randint(lo, hi))
-        open_values = {**OPEN_VALUES, **VARIED_VALUES} if varied_values else OPEN_VALUES
         facts = {a: open_values[a](rng) if a in open_values else rng.choice(VOCAB[a][: vocab_size or None])
                  for a in attrs}  # fmt: skip
         pieces = [state(rng.choice(_TEMPLATES[a][0]), entity, a, v) for a, v in facts.items()]
