@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -32,7 +33,7 @@ from agent_sleep.errors import ConfigError, NotFoundError
 from agent_sleep.names import check_agent_name, did_you_mean
 from agent_sleep.scheduling.requests import RequestRecord, add_request
 from agent_sleep.store.models import Schedule, new_id, utcnow
-from agent_sleep.store.records import Record
+from agent_sleep.store.records import Record, as_utc
 from agent_sleep.store.store import ExperienceStore
 
 __all__ = ["KINDS", "TIMED", "Kind", "ScheduleRecord", "ScheduleStore", "check_spec", "describe", "schedule_id"]
@@ -166,16 +167,31 @@ class ScheduleStore:
         return rec
 
     def fire(self, schedule: ScheduleRecord, fired_at: datetime, *, reason: str,
-             detail: dict[str, Any] | None = None) -> RequestRecord | None:  # fmt: skip
-        """Move ``last_fired_at`` to ``fired_at`` and write the request, if no one did it for this time yet."""
+             detail: dict[str, Any] | None = None,
+             recount: Callable[[datetime], tuple[str, dict[str, Any]]] | None = None) -> RequestRecord | None:
+        """Move ``last_fired_at`` to ``fired_at`` and write the request, if no one did it for this time yet.
+
+        ``recount(previous)``: the reason and detail of this firing given the firing it follows (a timer's
+        slot count depends on which slot fired last, and only this transaction knows that for sure: another
+        scheduler may have fired a slot in between). The move is a compare-and-set on the value read here.
+        """
         with self.store.session() as s:
-            won = s.execute(update(Schedule).where(Schedule.id == schedule.id, Schedule.enabled.is_(True),
-                                                   (Schedule.last_fired_at.is_(None))
-                                                   | (Schedule.last_fired_at < fired_at))
-                            .values(last_fired_at=fired_at)
-                            .execution_options(synchronize_session=False)).rowcount  # fmt: skip
-            if not won:
-                return None
+            while True:
+                row = s.execute(select(Schedule.last_fired_at)
+                                .where(Schedule.id == schedule.id, Schedule.enabled.is_(True))).first()
+                if row is None:
+                    return None
+                stored, previous = row[0], as_utc(row[0])
+                if previous is not None and previous >= fired_at:
+                    return None
+                same = Schedule.last_fired_at.is_(None) if stored is None else Schedule.last_fired_at == stored
+                won = s.execute(update(Schedule).where(Schedule.id == schedule.id, Schedule.enabled.is_(True), same)
+                                .values(last_fired_at=fired_at)
+                                .execution_options(synchronize_session=False)).rowcount  # fmt: skip
+                if won:
+                    break  # else another firing moved it since the read: look again
+            if recount is not None and previous is not None:
+                reason, detail = recount(previous)
             source = f"schedule:{schedule.id}" if schedule.kind in TIMED else f"trigger:{schedule.kind}"
             return add_request(s, schedule.agent, source=source, reason=reason,
                                detail={"schedule": schedule.id, "fired_at": fired_at.isoformat(), **(detail or {})})

@@ -177,7 +177,7 @@ class SchedulerService:
 
     def _due(self, due: Due) -> None:
         sched = due.schedule
-        req = self.schedules.fire(sched, due.fired_at, reason=due.reason, detail=due.detail)
+        req = self.schedules.fire(sched, due.fired_at, reason=due.reason, detail=due.detail, recount=due.recount)
         if req is None:
             self.say(f"schedule {sched.id} for {sched.agent}: {due.reason}: already enqueued (by another scheduler "
                      "or an earlier poll)", key=f"fire:{sched.id}")  # fmt: skip

@@ -58,12 +58,17 @@ def timer_trigger(schedule: ScheduleRecord) -> BaseTrigger:
 
 @dataclass(frozen=True)
 class Due:
-    """A schedule that should fire: at ``fired_at`` (a slot, or the newest item counted), ``slots`` of them."""
+    """A schedule that should fire at ``fired_at`` (a slot, or the newest item counted).
+
+    ``recount``: for a timer, the reason and detail given the slot that fired last (see
+    :meth:`~.schedules.ScheduleStore.fire`); ``reason`` and ``detail`` are what this process saw.
+    """
 
     schedule: ScheduleRecord
     fired_at: datetime
     reason: str
     detail: dict[str, Any]
+    recount: Callable[[datetime], tuple[str, dict[str, Any]]] | None = None
 
 
 class _FireExecutor(BaseExecutor):
@@ -149,16 +154,43 @@ class Timers:
             return
         slot = as_utc(run_times[-1])
         assert slot is not None
-        missed = len(run_times) - 1
-        reason = f"{describe(sched.kind, sched.spec)}: slot {slot:%Y-%m-%d %H:%M:%S} UTC" + (
-            f" ({missed} earlier missed slot(s) coalesced into it)" if missed else "")
+        trigger = timer_trigger(sched)
+
+        def recount(previous: datetime) -> tuple[str, dict[str, Any]]:
+            slots = slots_between(trigger, previous, slot)
+            return _timer_reason(sched, slot, slots), {"slots": slots}
+
         try:
-            self._on_due(Due(sched, slot, reason, {"slots": len(run_times)}))
+            self._on_due(Due(sched, slot, _timer_reason(sched, slot, len(run_times)), {"slots": len(run_times)},
+                             recount))
         except Exception as exc:  # noqa: BLE001 - the scheduler thread must survive a database outage
             with self._lock:
                 self._failed.add(job_id)
             log.warning("schedule %s: firing its %s slot failed (caught up at the next poll): %s", sched.id,
                         slot.isoformat(), exc)  # fmt: skip
+
+
+def _timer_reason(schedule: ScheduleRecord, slot: datetime, slots: int) -> str:
+    return f"{describe(schedule.kind, schedule.spec)}: slot {slot:%Y-%m-%d %H:%M:%S} UTC" + (
+        f" ({slots - 1} earlier missed slot(s) coalesced into it)" if slots > 1 else "")
+
+
+def slots_between(trigger: BaseTrigger, after: datetime, upto: datetime, *, cap: int = 100_000) -> int:
+    """How many of the trigger's slots fall in ``(after, upto]`` (at most ``cap``: a counter, not a clock)."""
+    if isinstance(trigger, IntervalTrigger):  # arithmetic: an every-second timer down for a month is 2.6M slots
+        step, start = trigger.interval, trigger.start_date
+
+        def index(t: datetime) -> int:  # slots in [start, t]
+            return 0 if t < start else (t - start) // step + 1
+
+        return min(cap, max(0, index(upto) - index(after)))
+    count, t = 0, after
+    while count < cap:
+        nxt = trigger.get_next_fire_time(t, t + timedelta(microseconds=1))
+        if nxt is None or nxt > upto:
+            break
+        count, t = count + 1, nxt
+    return count
 
 
 def _first_missed(trigger: BaseTrigger, schedule: ScheduleRecord) -> datetime | None:

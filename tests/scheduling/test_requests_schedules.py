@@ -13,7 +13,7 @@ from sqlalchemy import update
 from agent_sleep.errors import ConfigError, DatabaseUnavailableError, NotFoundError
 from agent_sleep.scheduling.requests import RequestStore
 from agent_sleep.scheduling.schedules import ScheduleStore, check_spec
-from agent_sleep.scheduling.triggers import Due, Timers, check_trigger
+from agent_sleep.scheduling.triggers import Due, Timers, check_trigger, slots_between, timer_trigger
 from agent_sleep.store.models import Schedule, utcnow
 from tests.scheduling.conftest import AGENT
 
@@ -68,6 +68,24 @@ def test_a_slot_fires_once_however_many_schedulers_see_it(store: Any) -> None:
     assert two.fire(sched, slot - timedelta(seconds=60), reason="an older slot") is None
     assert two.fire(sched, slot + timedelta(seconds=60), reason="next slot") is not None
     assert len(RequestStore(store).list(agent=AGENT)) == 2
+
+
+def test_a_late_schedulers_coalesced_slots_count_only_the_slots_nobody_fired(store: Any) -> None:
+    """Scheduler B wakes late and sees slots 2 and 3 due; A fired slot 2 meanwhile: B's firing covers 1 slot."""
+    one, two = ScheduleStore(store), ScheduleStore(store)
+    sched, _ = one.add(AGENT, "interval", {"seconds": 60})
+    trigger = timer_trigger(sched)
+    slot = [sched.created_at + timedelta(seconds=60 * k) for k in range(4)]
+
+    def recount(at: Any) -> Any:
+        return lambda previous: (f"covers {slots_between(trigger, previous, at)}",
+                                 {"slots": slots_between(trigger, previous, at)})
+
+    assert one.fire(sched, slot[1], reason="A: slot 1", detail={"slots": 1}, recount=recount(slot[1])) is not None
+    assert one.fire(sched, slot[2], reason="A: slot 2", detail={"slots": 1}, recount=recount(slot[2])) is not None
+    late = two.fire(sched, slot[3], reason="B: slots 2 and 3", detail={"slots": 2}, recount=recount(slot[3]))
+    assert late is not None and late.detail["slots"] == 1 and late.reason == "covers 1"
+    assert slots_between(trigger, slot[0], slot[3]) == 3 and slots_between(trigger, slot[3], slot[3]) == 0
 
 
 def _episodes(store: Any, n: int) -> None:
