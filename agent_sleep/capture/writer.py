@@ -82,11 +82,12 @@ class BackgroundWriter:
         self._stopped = threading.Event()
         self._wake = threading.Event()
         self._idle = threading.Event()
-        self._idle.set()
         self._stop = False
         self._down_since: float | None = None
         # Files left by an earlier process for the same database are replayed first.
         self._spill_pending = bool(self._spill_files())
+        if not self._spill_pending:
+            self._idle.set()
         self.written = 0
         self.spilled = 0
         self.dead_lettered = 0
@@ -125,8 +126,11 @@ class BackgroundWriter:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._wake.set()
-            if self._idle.wait(0.01) and not self._queue and not self._spill_pending:
-                return True
+            if self._idle.wait(0.01):
+                with self._lock:  # idle, queue and pending change together under the lock (a replay
+                    # clears idle and pending at once): read them at one instant, not one by one
+                    if self._idle.is_set() and not self._queue and not self._spill_pending:
+                        return True
             if deadline is not None and time.monotonic() > deadline:
                 return False
 
