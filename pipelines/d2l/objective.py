@@ -24,7 +24,7 @@ from agent_sleep.generators.prompts import question_prompt
 from pipelines.d2l.data import CachedDoc, pad_right
 
 __all__ = ["answer_logits", "aux_losses", "cd_loss", "chunk_loras", "doc_loras", "greedy_accuracy", "group_loras",
-           "per_doc_mean", "qa_loss", "row_mean", "topk_kl"]
+           "per_doc_mean", "pointer_entropy", "qa_loss", "row_mean", "topk_kl"]
 
 
 def chunk_loras(net: HyperNet, docs: list[CachedDoc], device: Any) -> HyperOutput:
@@ -56,6 +56,21 @@ def aux_losses(out: HyperOutput, docs: list[CachedDoc], n_fact: int) -> tuple[Te
         target[:n_fact] = 1.0
         gate = F.binary_cross_entropy(out.gate.clamp(1e-6, 1 - 1e-6), target)
     return ptr, gate
+
+
+def pointer_entropy(out: HyperOutput, docs: list[CachedDoc], n_fact: int) -> Tensor:
+    """Mean entropy (nats) of each slot's pointer over its chunk, on the first ``n_fact`` chunks that state values.
+
+    :func:`aux_losses`' coverage term is the same for slots that each rest on one value token and for slots that
+    all spread evenly over the value (both give every token the same mean attention); a spread slot copies a blend
+    of tokens and keys on a blend of their predecessors. Lowering this makes each slot pick one token: a table of
+    (previous token -> token) entries, what copying a long value verbatim needs. Zero without a pointer.
+    """
+    if out.pointer is None:
+        return out.a.new_zeros(())
+    terms = [-(out.pointer[i] * (out.pointer[i] + 1e-9).log()).sum(-1).mean()
+             for i in range(n_fact) if docs[i].get("value_pos")]
+    return torch.stack(terms).mean() if terms else out.a.new_zeros(())
 
 
 def group_loras(net: HyperNet, a: Tensor, b: Tensor, groups: list[list[int]]) -> tuple[Tensor, Tensor]:

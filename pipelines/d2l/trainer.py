@@ -41,6 +41,7 @@ from pipelines.d2l.objective import (  # aux_losses, group_loras, greedy_accurac
     greedy_accuracy,
     group_loras,
     per_doc_mean,
+    pointer_entropy,
     qa_loss,
 )
 from pipelines.training import StopSignals, append_jsonl, lr_factor  # StopSignals: also imported from here
@@ -183,6 +184,9 @@ class TrainConfig(_Quiet):
     # of a number included); gate_loss: binary cross-entropy of the chunk gate, 1 on fact documents, 0 on filler.
     pointer_loss: float = 0.0
     gate_loss: float = 0.0
+    # pointer_sharp: weight of the slots' pointer entropy on value-stating chunks (objective.pointer_entropy): each
+    # slot rests on one token instead of spreading over a long value.
+    pointer_sharp: float = 0.0
     # Warm start: a D2L checkpoint folder (e.g. another run's ckpt/best) whose weights initialise the network; it
     # must have this recipe's shape. Only for a fresh run dir (a resumed run continues from its own state).
     init_from: str | None = None
@@ -211,7 +215,7 @@ class TrainConfig(_Quiet):
     cd_cut: Literal["none", "sentence"] = "none"
 
     _QUIET = frozenset({"cd_loss", "cd_top_k", "cd_cache", "ce_weight", "cd_target", "cd_max_new_tokens",
-                        "cd_only_correct", "cd_cut"})
+                        "cd_only_correct", "cd_cut", "pointer_sharp"})
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -635,6 +639,7 @@ class StepResult:
     grad_norm: float  # before clipping
     aux: tuple[float, float] | None  # (pointer loss, gate loss) when the recipe weighs them
     cd: float | None = None  # context-distillation KL (per-document mean) when the recipe weighs it
+    entropy: float | None = None  # the pointers' entropy when the recipe weighs it (pointer_sharp)
 
 
 def train_step(s: Setup, state: TrainState) -> StepResult:
@@ -673,6 +678,11 @@ def train_step(s: Setup, state: TrainState) -> StepResult:
         ptr_l, gate_l = aux_losses(out, chunks, len(docs))
         loss = loss + cfg.pointer_loss * ptr_l + cfg.gate_loss * gate_l
         aux = (ptr_l.item(), gate_l.item())
+    entropy = None
+    if cfg.pointer_sharp:
+        ent = pointer_entropy(out, chunks, len(docs))
+        loss = loss + cfg.pointer_sharp * ent
+        entropy = ent.item()
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite loss at step {state.step}; last checkpoint kept")
     state.opt.zero_grad(set_to_none=True)
@@ -680,7 +690,7 @@ def train_step(s: Setup, state: TrainState) -> StepResult:
     gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip).item()
     state.opt.step()
     state.sched.step()
-    return StepResult(ce, reg, gnorm, aux, None if kl is None else kl.item())
+    return StepResult(ce, reg, gnorm, aux, None if kl is None else kl.item(), entropy)
 
 
 # ---------------------------------------------------------------- the loop
@@ -697,6 +707,7 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
     window: list[float] = []
     aux_window: list[tuple[float, float]] = []
     cd_window: list[float] = []
+    ent_window: list[float] = []
     try:
         while state.step < cfg.steps and not stop.requested:
             if deadline is not None and time.monotonic() > deadline:
@@ -710,6 +721,8 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
                 aux_window.append(res.aux)
             if res.cd is not None:
                 cd_window.append(res.cd)
+            if res.entropy is not None:
+                ent_window.append(res.entropy)
             bar.update()
             bar.set_postfix(ce=f"{res.ce.item():.3f}")
             if state.step % cfg.log_every == 0:
@@ -719,6 +732,8 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
                            "gate_loss": sum(g for _, g in aux_window) / len(aux_window)}  # fmt: skip
                 if cd_window:
                     aux["cd_kl"] = sum(cd_window) / len(cd_window)
+                if ent_window:
+                    aux["pointer_entropy"] = sum(ent_window) / len(ent_window)
                 append_jsonl(metrics, {"kind": "train", "step": state.step, "ce": sum(window) / len(window),
                                        "reg": res.reg.item(), "grad_norm": res.grad_norm,
                                        "lr": state.sched.get_last_lr()[0], **aux,
@@ -727,6 +742,7 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
                 window.clear()
                 aux_window.clear()
                 cd_window.clear()
+                ent_window.clear()
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
                 rec = evaluate(s, state, baseline)
                 append_jsonl(metrics, rec)

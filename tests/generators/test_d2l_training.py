@@ -213,12 +213,14 @@ def test_aux_losses_supervise_pointer_and_gate(tmp_path: Path) -> None:
     handle = load_base_model(str(make_tiny_model_dir(tmp_path)), device="cpu")
     raw = _tiny_recipe(data={"n_eval": 4, "chunk_probs": [0.5, 0.5], "n_hay": 3, "p_hay": 1.0, "fact_hay": [0, 2]},
                        hyper={"b_head": "copy", "a_head": "induction", "chunk_gate": True, "scale_B_init": 0.1},
-                       steps=8, ckpt_every=4, eval_every=4, pointer_loss=1.0, gate_loss=1.0)  # fmt: skip
+                       steps=8, ckpt_every=4, eval_every=4, pointer_loss=1.0, gate_loss=1.0,
+                       pointer_sharp=0.5)  # fmt: skip
     run = tmp_path / "run"
     train(TrainConfig.model_validate(raw), run, device="cpu", handle=handle, threads=1)
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     tr = [r for r in recs if r["kind"] == "train"]
     assert all(math.isfinite(r["pointer_loss"]) and math.isfinite(r["gate_loss"]) for r in tr)
+    assert all(r["pointer_entropy"] >= 0 for r in tr)
     assert tr[-1]["pointer_loss"] < tr[0]["pointer_loss"] and tr[-1]["gate_loss"] < tr[0]["gate_loss"]
     ev = [r for r in recs if r["kind"] == "eval"][-1]
     assert 0 <= ev["gate_filler"] <= 1 and 0 <= ev["gate_fact"] <= 1
@@ -236,6 +238,19 @@ def test_aux_losses_supervise_pointer_and_gate(tmp_path: Path) -> None:
     uniform = torch.full((2, 2, 5), 0.2)
     worse, bad_gate = aux_losses(HyperOutput(a, b, uniform, torch.tensor([0.1, 0.9])), docs, 1)
     assert worse > ptr and bad_gate > 1.0
+
+    # coverage cannot tell slots that each rest on one value token from slots spread evenly over the value; the
+    # pointer entropy can (and ignores chunks without values)
+    from pipelines.d2l.objective import pointer_entropy
+
+    spread = torch.zeros(2, 2, 5)
+    spread[0, :, 1] = spread[0, :, 2] = 0.5
+    spread[1] = 0.2
+    same, _ = aux_losses(HyperOutput(a, b, spread, torch.tensor([1.0, 0.0])), docs, 1)
+    assert same.item() == pytest.approx(ptr.item(), abs=1e-3)
+    sharp = pointer_entropy(HyperOutput(a, b, good, None), docs, 2)
+    assert sharp.item() == pytest.approx(0.0, abs=1e-6)
+    assert pointer_entropy(HyperOutput(a, b, spread, None), docs, 2).item() == pytest.approx(math.log(2), abs=1e-4)
 
 
 def test_prose_documents_are_deterministic_split_and_spanned() -> None:
