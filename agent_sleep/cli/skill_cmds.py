@@ -8,12 +8,13 @@ candidate). The skill then works like any other: ``agent-sleep ask --adapter NAM
 The description is checked before any model loads: an empty or whitespace-only one, one over 1,000 characters
 and one with control characters exit 1 with the problem named, and nothing is registered. So does any failure
 of the generator (no checkpoint, a checkpoint for another base model, non-finite weights).
+
+Creating a skill again from the same description, hypernetwork and base model registers nothing new: that version is reported, with ``"reused": true`` in ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def _load_generator(args: argparse.Namespace, settings: Any) -> Any:
 
 def cmd_skill_create(args: argparse.Namespace) -> int:
     from agent_sleep.adapters.manifest import check_name
-    from agent_sleep.generators.t2l import normalize_description
+    from agent_sleep.generators.t2l import create_skill, normalize_description
     from agent_sleep.registry import AdapterRegistry
     from agent_sleep.store import ExperienceStore
 
@@ -46,22 +47,19 @@ def cmd_skill_create(args: argparse.Namespace) -> int:
     check_name(args.name)
     description = normalize_description(args.description)
     generator = _load_generator(args, settings)
-    adapter = generator.create(description)  # raises before anything is registered
     store = ExperienceStore(settings=settings)
-    try:
-        registry = AdapterRegistry(store)
-        with tempfile.TemporaryDirectory(prefix="t2l-") as tmp:
-            folder = generator.write(adapter, Path(tmp) / args.name, skill=args.name)
-            adapter_bytes = sum(f.stat().st_size for f in folder.iterdir() if f.name.endswith(".safetensors"))
-            record = registry.register(folder, args.name, description=adapter.description, kind="t2l",
+    try:  # the adapter is made (or found) before anything is registered
+        record, adapter = create_skill(AdapterRegistry(store), description, args.name, generator=generator,
                                        agent=args.agent)  # fmt: skip
     finally:
         store.close()
+    adapter_bytes = sum(f.stat().st_size for f in Path(record.path).glob("*.safetensors"))
     out = {
         "name": record.skill,
         "version": record.version,
         "adapter": record.name,
         "path": record.path,
+        "reused": adapter.reused,
         "seconds": round(adapter.seconds, 4),
         "rank": adapter.rank,
         "description": adapter.description,
@@ -73,7 +71,11 @@ def cmd_skill_create(args: argparse.Namespace) -> int:
     if args.json:
         print_json(out)
         return 0
-    print(f"created skill {record.name} from its description in {adapter.seconds:.2f} s")
+    if adapter.reused:
+        print(f"unchanged: {record.name} was made from this description before with this hypernetwork; nothing new "
+              "registered")  # fmt: skip
+    else:
+        print(f"created skill {record.name} from its description in {adapter.seconds:.2f} s")
     print_adapter_next_steps(record, adapter.rank, adapter_bytes, args.agent, "a question")
     return 0
 
@@ -91,7 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     create.add_argument("description", metavar="DESCRIPTION",
                         help="what the skill should do, in a sentence (e.g. \"Answer in JSON with the key "
                         "'answer'.\"); at most 1,000 characters")  # fmt: skip
-    create.add_argument("--name", required=True, help="skill name to register the adapter under (next version)")
+    create.add_argument("--name", required=True, help="skill name to register the adapter under (next version; the "
+                        "same description again reuses its version)")
     create.add_argument("--agent", help="the agent that owns the skill (deploy it with deploy --agent)")
     create.add_argument("--checkpoint", metavar="DIR", help="T2L hypernetwork checkpoint (default: the bundled one)")
     create.add_argument("--model", help="base model (default: $AGENT_SLEEP_MODEL or smollm2-135m-instruct)")

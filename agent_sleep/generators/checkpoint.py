@@ -47,6 +47,22 @@ class CheckpointFormat:
 D2L = CheckpointFormat("D2L", FORMAT, CONFIG_FILE, HyperConfig, HyperNet)
 
 
+def weights_sha256(net: Any) -> str:
+    """A sha256 of a network's state (names, dtypes, shapes and values): what its outputs depend on.
+
+    Versions alone are not unique (tests and experiments reuse them), so reuse keys hash the weights; ~10 MB
+    takes milliseconds, and it is computed each time because a training loop may change them.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, value in sorted(net.state_dict().items()):
+        t = value.detach().to("cpu").contiguous()
+        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_checkpoint(net: Any, dest: str | Path, *, version: str, dtype: Any = None,
                     extra: dict[str, Any] | None = None, overwrite: bool = False,
                     fmt: CheckpointFormat = D2L) -> Path:  # fmt: skip

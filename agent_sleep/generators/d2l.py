@@ -406,15 +406,6 @@ class D2LGenerator:
         return write_adapter(dest, internalized.tensors, internalized.lora_config, manifest)
 
 
-def _net_sha256(net: HyperNet) -> str:
-    digest = hashlib.sha256()
-    for key, value in sorted(net.state_dict().items()):
-        t = value.detach().to("cpu").contiguous()
-        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.float().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def reuse_key(generator: D2LGenerator, text: str | bytes, *, chunk_tokens: int | None = None,
               min_gate: float | None = None, max_kept: int | None = None) -> str:  # fmt: skip
     """A sha256 naming everything that decides the adapter ``generator.internalize(text, ...)`` makes.
@@ -423,10 +414,12 @@ def reuse_key(generator: D2LGenerator, text: str | bytes, *, chunk_tokens: int |
     unique, tests and experiments reuse them), the base model's content hash and the effective
     ``chunk_tokens``, ``min_gate`` and ``max_kept``. Stored as ``sources.reuse_key`` of each version it registers.
     """
+    from agent_sleep.generators.checkpoint import weights_sha256
+
     text = check_document(text)
     threshold, cap = generator._selection(min_gate, max_kept)
-    payload = {  # the weights are hashed each time (~10 MB, milliseconds): a training loop may change them
-        "generator": GENERATOR_NAME, "version": generator.version, "hypernet_sha256": _net_sha256(generator.net),
+    payload = {
+        "generator": GENERATOR_NAME, "version": generator.version, "hypernet_sha256": weights_sha256(generator.net),
         "config": generator.config.model_dump(mode="json"), "base_content_hash": generator.handle.content_hash,
         "document_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
         "chunk_tokens": generator.chunk_tokens if chunk_tokens is None else chunk_tokens,

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from agent_sleep.registry.registry import AdapterRegistry
 
 __all__ = ["DEFAULT_CHECKPOINT", "GENERATOR_NAME", "MAX_DESCRIPTION_CHARS", "SkillAdapter", "T2LGenerator",
-           "create_skill", "embed_descriptions", "normalize_description"]  # fmt: skip
+           "create_skill", "embed_descriptions", "find_created", "normalize_description", "reuse_key"]  # fmt: skip
 
 GENERATOR_NAME = "t2l"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "t2l-smollm2-135m"
@@ -119,6 +119,7 @@ class SkillAdapter(GeneratedAdapter):
     description_sha256: str
     scale: float
     layers: dict[str, tuple[Tensor, Tensor]] = field(repr=False)  # module -> (A [r, in], B [out, r]), unscaled
+    reused: bool = False  # read back from a registered version (find_created), not generated now
 
 
 class T2LGenerator:
@@ -223,19 +224,72 @@ class T2LGenerator:
         return write_adapter(dest, adapter.tensors, adapter.lora_config, manifest)
 
 
+def reuse_key(generator: T2LGenerator, description: str) -> str:
+    """A sha256 naming everything that decides the adapter ``generator.create(description)`` makes: the normalised
+    description, the hypernetwork (version, config and weights) and the base model's content hash. Stored as
+    ``sources.reuse_key`` of each version :func:`create_skill` registers."""
+    import json
+
+    from agent_sleep.generators.checkpoint import weights_sha256
+
+    text = normalize_description(description)
+    payload = {
+        "generator": GENERATOR_NAME, "version": generator.version, "hypernet_sha256": weights_sha256(generator.net),
+        "config": generator.config.model_dump(mode="json"), "base_content_hash": generator.handle.content_hash,
+        "description_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def find_created(registry: AdapterRegistry, name: str, key: str, *,
+                 generator: T2LGenerator) -> tuple[AdapterVersionRecord, SkillAdapter] | None:  # fmt: skip
+    """The newest version of skill ``name`` registered with reuse ``key``, read back.
+
+    None when there is none, or when its folder is missing or damaged here (then a new version is made). The
+    adapter has ``reused=True``; its ``seconds`` is the time to read it back.
+    """
+    from agent_sleep.adapters.artifact import read_adapter
+    from agent_sleep.adapters.lora_config import lora_pairs
+
+    start = time.perf_counter()
+    for record in reversed(registry.adapters(skill=name)):
+        if record.generator != GENERATOR_NAME or record.sources.get("reuse_key") != key:
+            continue
+        try:
+            artifact = read_adapter(record.path)
+        except AdapterError:
+            continue
+        description = str(record.sources.get("description") or "")
+        pairs = lora_pairs(artifact.tensors, where=artifact.path, config=artifact.lora_config)
+        adapter = SkillAdapter(
+            tensors=artifact.tensors, lora_config=artifact.lora_config, chunks=1, rank=record.rank,
+            seconds=time.perf_counter() - start, description=description,
+            description_sha256=hashlib.sha256(description.encode("utf-8")).hexdigest(),
+            scale=generator.config.scale, layers=dict(pairs), reused=True,
+        )  # fmt: skip
+        return record, adapter
+    return None
+
+
 def create_skill(registry: AdapterRegistry, description: str, name: str, *, generator: T2LGenerator | None = None,
                  agent: str | None = None) -> tuple[AdapterVersionRecord, SkillAdapter]:  # fmt: skip
     """Generate a skill adapter from ``description`` and register it as the next version of skill ``name``.
 
     The version is a *candidate*: nothing here makes it live; a deploy does. Nothing is registered on error.
+    If ``name`` already holds a version made from the same description by the same hypernetwork and base model
+    (:func:`reuse_key`), that version is returned instead, with ``adapter.reused`` True.
     """
     from agent_sleep.adapters.manifest import check_name
 
     check_name(name)
     text = normalize_description(description)  # refuse a bad description before any model loads
     gen = generator or T2LGenerator.load()
+    key = reuse_key(gen, text)
+    found = find_created(registry, name, key, generator=gen)
+    if found is not None:
+        return found
     adapter = gen.create(text)
     with tempfile.TemporaryDirectory(prefix="t2l-") as tmp:
-        folder = gen.write(adapter, Path(tmp) / name, skill=name)
+        folder = gen.write(adapter, Path(tmp) / name, sources={"reuse_key": key}, skill=name)
         record = registry.register(folder, name, description=text, kind=GENERATOR_NAME, agent=agent)
     return record, adapter

@@ -84,10 +84,20 @@ def test_skill_create_registers_a_skill_that_ask_and_deploy_use(
     assert artifact.manifest is not None and artifact.manifest.generator.name == "t2l"
     assert artifact.manifest.skill == "verdict" and artifact.manifest.sources.description == SKILL + "."
 
+    assert out["reused"] is False
+
     # Human-readable output names the next commands.
     assert cli_main.main([*argv[:2], "Answer in capital letters.", *argv[3:]]) == 0
     text = capsys.readouterr().out
     assert "verdict@v2" in text and "agent-sleep deploy verdict@v2" in text and "ask --adapter verdict@v2" in text
+
+    # The same command again registers nothing new: it names the version it made before.
+    before = _versions()
+    assert cli_main.main([*argv, "--json", "--agent", "helpdesk"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["adapter"], again["reused"], again["path"]) == ("verdict@v1", True, out["path"]) and _versions() == before
+    assert cli_main.main([*argv[:2], "Answer in capital letters.", *argv[3:]]) == 0
+    assert "unchanged: verdict@v2 was made from this description before" in capsys.readouterr().out
 
     questions = tmp_path / "q.jsonl"
     questions.write_text('{"question": "What is the capital of France?"}\n{"question": "What is 2 plus 2?"}\n')

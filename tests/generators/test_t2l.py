@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,19 @@ def test_create_skill_registers_a_candidate(handle: BaseModelHandle, tmp_path: P
         with pytest.raises(InvalidInputError, match="empty"):
             create_skill(registry, " ", "verdict", generator=gen)
         assert [r.version for r in registry.adapters(skill="verdict")] == [1, 2]
+
+        # the same description again (any spacing): that version, read back, not a copy of it
+        again, back = create_skill(registry, f"  {SKILL}  ", "verdict", generator=gen)
+        assert (again.version, back.reused, adapter.reused) == (1, True, False)
+        assert back.description == adapter.description and set(back.tensors) == set(adapter.tensors)
+        assert all(torch.equal(back.tensors[k], adapter.tensors[k]) for k in adapter.tensors)
+        # another hypernetwork (other weights, the same version string) makes a new version
+        other_net = _gen(handle, tiny_net(handle, live=True, seed=5))
+        assert create_skill(registry, SKILL, "verdict", generator=other_net)[0].version == 3
+        # a version whose folder is gone is not reused
+        shutil.rmtree(record.path)
+        assert create_skill(registry, OTHER, "verdict", generator=gen)[0].version == 2  # still intact
+        assert create_skill(registry, SKILL, "verdict", generator=gen)[0].version == 4
     finally:
         store.close()
 
