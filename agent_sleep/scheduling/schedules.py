@@ -41,6 +41,7 @@ __all__ = ["KINDS", "TIMED", "Kind", "ScheduleRecord", "ScheduleStore", "check_s
 Kind = Literal["cron", "interval", "new_episodes", "documents"]
 KINDS: tuple[str, ...] = get_args(Kind)
 TIMED = ("cron", "interval")
+_CAS_ATTEMPTS = 8
 
 
 class ScheduleRecord(Record):
@@ -176,7 +177,7 @@ class ScheduleStore:
         scheduler may have fired a slot in between). The move is a compare-and-set on the value read here.
         """
         with self.store.session() as s:
-            while True:
+            for attempt in range(_CAS_ATTEMPTS):
                 row = s.execute(select(Schedule.last_fired_at)
                                 .where(Schedule.id == schedule.id, Schedule.enabled.is_(True))).first()
                 if row is None:
@@ -184,12 +185,17 @@ class ScheduleStore:
                 stored, previous = row[0], as_utc(row[0])
                 if previous is not None and previous >= fired_at:
                     return None
-                same = Schedule.last_fired_at.is_(None) if stored is None else Schedule.last_fired_at == stored
+                if attempt == _CAS_ATTEMPTS - 1:  # a value that never compares equal to itself: the plain move
+                    same, previous = (Schedule.last_fired_at.is_(None) | (Schedule.last_fired_at < fired_at)), None
+                else:
+                    same = Schedule.last_fired_at.is_(None) if stored is None else Schedule.last_fired_at == stored
                 won = s.execute(update(Schedule).where(Schedule.id == schedule.id, Schedule.enabled.is_(True), same)
                                 .values(last_fired_at=fired_at)
                                 .execution_options(synchronize_session=False)).rowcount  # fmt: skip
                 if won:
                     break  # else another firing moved it since the read: look again
+            else:
+                return None
             if recount is not None and previous is not None:
                 reason, detail = recount(previous)
             source = f"schedule:{schedule.id}" if schedule.kind in TIMED else f"trigger:{schedule.kind}"
