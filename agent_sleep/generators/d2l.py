@@ -318,7 +318,8 @@ class D2LGenerator:
             for i in range(0, len(chunks), chunk_batch):  # stream: only chunk_batch chunks of activations at once
                 input_ids, mask = pad_ids(chunks[i : i + chunk_batch], device)
                 feats = hidden_after(model, input_ids, mask, c.encoder_layers)
-                a, b, _, gate = self.net.explain(feats.float(), mask.bool())
+                out = self.net.explain(feats.float(), mask.bool())
+                a, b, gate = out.a, out.b, out.gate
                 if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
                     raise AdapterError(
                         f"the D2L hypernetwork {self.checkpoint} produced non-finite LoRA weights; nothing written"

@@ -69,6 +69,8 @@ class HyperOutput(NamedTuple):
     b: Tensor  # [N, L, d_out, r]
     pointer: Tensor | None  # [N, L*r, T]: each slot's attention over the chunk's tokens (copy head only)
     gate: Tensor | None  # [N]: each chunk's gate on B (chunk_gate only)
+    # [N, T, d_in]: the induction key a slot pointing at token t would get (``explain(position_keys=True)`` only)
+    position_keys: Tensor | None = None
 
 
 class HyperConfig(BaseModel):
@@ -255,12 +257,13 @@ class HyperNet(nn.Module):
         out = self.explain(feats, mask)
         return out.a, out.b
 
-    def explain(self, feats: Tensor, mask: Tensor | None = None) -> HyperOutput:
-        """The LoRA of each chunk plus its pointer attention and gate (``forward`` keeps only the LoRA)."""
+    def explain(self, feats: Tensor, mask: Tensor | None = None, *, position_keys: bool = False) -> HyperOutput:
+        """The LoRA of each chunk plus its pointer attention and gate (``forward`` keeps only the LoRA);
+        ``position_keys`` (induction head only): also the key each token position would give a slot."""
         c = self.config
         normed, ctx, lat, z = self._encode(feats, mask)
         n = feats.shape[0]
-        attn = gate = None
+        attn = gate = pos_keys = None
         if c.b_head == "copy":
             a_rows = self.head(F.normalize(z, dim=-1))
             scores = self.ptr_q(z) @ self.ptr_k(ctx).transpose(1, 2) / math.sqrt(c.latent_dim)  # [N, slots, T]
@@ -275,6 +278,10 @@ class HyperNet(nn.Module):
                 key = self.ptr_a(attn @ shifted[:, c.induction_order - 1 : c.induction_order - 1 + t])
                 for k, lin in enumerate(self.ptr_a_more, start=2):
                     key = key + lin(attn @ shifted[:, c.induction_order - k : c.induction_order - k + t])
+                if position_keys:  # the same maps on each position's own predecessors (a one-hot pointer)
+                    pos_keys = self.ptr_a(shifted[:, c.induction_order - 1 : c.induction_order - 1 + t])
+                    for k, lin in enumerate(self.ptr_a_more, start=2):
+                        pos_keys = pos_keys + lin(shifted[:, c.induction_order - k : c.induction_order - k + t])
                 ind = F.normalize(key, dim=-1).view(n, len(c.layers), c.rank, c.d_in)
                 a_rows = a_rows.view(n, len(c.layers), c.rank, c.d_in) + self.ind_gain[None, :, :, None] * ind
         else:
@@ -285,4 +292,4 @@ class HyperNet(nn.Module):
         if c.chunk_gate:
             gate = self._gate(lat)
             b = b * gate[:, None, None, None]
-        return HyperOutput(a, b.transpose(-1, -2), attn, gate)
+        return HyperOutput(a, b.transpose(-1, -2), attn, gate, pos_keys)

@@ -24,13 +24,14 @@ from agent_sleep.generators.prompts import question_prompt
 from pipelines.d2l.data import CachedDoc, pad_right
 
 __all__ = ["answer_logits", "aux_losses", "cd_loss", "chunk_loras", "doc_loras", "greedy_accuracy", "group_loras",
+           "key_overlap",
            "per_doc_mean", "pointer_entropy", "qa_loss", "row_mean", "topk_kl"]
 
 
-def chunk_loras(net: HyperNet, docs: list[CachedDoc], device: Any) -> HyperOutput:
+def chunk_loras(net: HyperNet, docs: list[CachedDoc], device: Any, *, position_keys: bool = False) -> HyperOutput:
     """One LoRA per cached document (one chunk each), without the bias block, with its pointer and gate."""
     feats, mask = pad_right([d["feats"].to(device, torch.float32) for d in docs])
-    return net.explain(feats, mask.bool())
+    return net.explain(feats, mask.bool(), position_keys=position_keys)
 
 
 def aux_losses(out: HyperOutput, docs: list[CachedDoc], n_fact: int) -> tuple[Tensor, Tensor]:
@@ -70,6 +71,27 @@ def pointer_entropy(out: HyperOutput, docs: list[CachedDoc], n_fact: int) -> Ten
         return out.a.new_zeros(())
     terms = [-(out.pointer[i] * (out.pointer[i] + 1e-9).log()).sum(-1).mean()
              for i in range(n_fact) if docs[i].get("value_pos")]
+    return torch.stack(terms).mean() if terms else out.a.new_zeros(())
+
+
+def key_overlap(out: HyperOutput, docs: list[CachedDoc], n_fact: int) -> Tensor:
+    """Mean squared positive cosine between the induction keys of different value tokens of a chunk.
+
+    A slot copying value token j fires on its key, made from tokens j-1 (and j-2, ... with ``induction_order``);
+    two value tokens after the same token ("27-13-89": both groups after a "-") get the same one-token key, so the
+    copy jumps between them ("27-8-13"). Pushing the keys of a value's positions apart makes the higher-order maps
+    carry the difference. Zero without position keys or where a chunk states fewer than two value tokens.
+    """
+    if out.position_keys is None:
+        return out.a.new_zeros(())
+    terms = []
+    for i in range(n_fact):
+        pos = docs[i].get("value_pos") or []
+        if len(pos) > 1:
+            k = F.normalize(out.position_keys[i, pos], dim=-1)
+            sim = k @ k.T
+            off = ~torch.eye(len(pos), dtype=torch.bool, device=sim.device)
+            terms.append(sim[off].clamp_min(0).pow(2).mean())
     return torch.stack(terms).mean() if terms else out.a.new_zeros(())
 
 

@@ -40,6 +40,7 @@ from pipelines.d2l.objective import (  # aux_losses, group_loras, greedy_accurac
     doc_loras,
     greedy_accuracy,
     group_loras,
+    key_overlap,
     per_doc_mean,
     pointer_entropy,
     qa_loss,
@@ -187,6 +188,9 @@ class TrainConfig(_Quiet):
     # pointer_sharp: weight of the slots' pointer entropy on value-stating chunks (objective.pointer_entropy): each
     # slot rests on one token instead of spreading over a long value.
     pointer_sharp: float = 0.0
+    # key_distinct: weight of the overlap between the induction keys of a value's tokens (objective.key_overlap;
+    # induction head only): tokens that follow the same token must still get keys a slot can tell apart.
+    key_distinct: float = 0.0
     # Warm start: a D2L checkpoint folder (e.g. another run's ckpt/best) whose weights initialise the network; it
     # must have this recipe's shape. Only for a fresh run dir (a resumed run continues from its own state).
     init_from: str | None = None
@@ -215,7 +219,7 @@ class TrainConfig(_Quiet):
     cd_cut: Literal["none", "sentence"] = "none"
 
     _QUIET = frozenset({"cd_loss", "cd_top_k", "cd_cache", "ce_weight", "cd_target", "cd_max_new_tokens",
-                        "cd_only_correct", "cd_cut", "pointer_sharp"})
+                        "cd_only_correct", "cd_cut", "pointer_sharp", "key_distinct"})
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -640,6 +644,7 @@ class StepResult:
     aux: tuple[float, float] | None  # (pointer loss, gate loss) when the recipe weighs them
     cd: float | None = None  # context-distillation KL (per-document mean) when the recipe weighs it
     entropy: float | None = None  # the pointers' entropy when the recipe weighs it (pointer_sharp)
+    overlap: float | None = None  # the induction keys' overlap when the recipe weighs it (key_distinct)
 
 
 def train_step(s: Setup, state: TrainState) -> StepResult:
@@ -660,7 +665,7 @@ def train_step(s: Setup, state: TrainState) -> StepResult:
         adapter_rows += [(group_of[j], qa) for qa in chosen]
     hays = sorted({m for g in groups for m in g if m >= len(docs)})
     chunks = docs + [hay_c[m - len(docs)] for m in hays]
-    out = chunk_loras(net, chunks, device)
+    out = chunk_loras(net, chunks, device, position_keys=bool(cfg.key_distinct))
     remap = {m: len(docs) + h for h, m in enumerate(hays)}
     ab = group_loras(net, out.a, out.b, [[remap.get(m, m) for m in g] for g in groups])
     kl = None
@@ -683,6 +688,11 @@ def train_step(s: Setup, state: TrainState) -> StepResult:
         ent = pointer_entropy(out, chunks, len(docs))
         loss = loss + cfg.pointer_sharp * ent
         entropy = ent.item()
+    overlap = None
+    if cfg.key_distinct:
+        over = key_overlap(out, chunks, len(docs))
+        loss = loss + cfg.key_distinct * over
+        overlap = over.item()
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite loss at step {state.step}; last checkpoint kept")
     state.opt.zero_grad(set_to_none=True)
@@ -690,7 +700,7 @@ def train_step(s: Setup, state: TrainState) -> StepResult:
     gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip).item()
     state.opt.step()
     state.sched.step()
-    return StepResult(ce, reg, gnorm, aux, None if kl is None else kl.item(), entropy)
+    return StepResult(ce, reg, gnorm, aux, None if kl is None else kl.item(), entropy, overlap)
 
 
 # ---------------------------------------------------------------- the loop
@@ -708,6 +718,7 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
     aux_window: list[tuple[float, float]] = []
     cd_window: list[float] = []
     ent_window: list[float] = []
+    key_window: list[float] = []
     try:
         while state.step < cfg.steps and not stop.requested:
             if deadline is not None and time.monotonic() > deadline:
@@ -723,6 +734,8 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
                 cd_window.append(res.cd)
             if res.entropy is not None:
                 ent_window.append(res.entropy)
+            if res.overlap is not None:
+                key_window.append(res.overlap)
             bar.update()
             bar.set_postfix(ce=f"{res.ce.item():.3f}")
             if state.step % cfg.log_every == 0:
@@ -734,6 +747,8 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
                     aux["cd_kl"] = sum(cd_window) / len(cd_window)
                 if ent_window:
                     aux["pointer_entropy"] = sum(ent_window) / len(ent_window)
+                if key_window:
+                    aux["key_overlap"] = sum(key_window) / len(key_window)
                 append_jsonl(metrics, {"kind": "train", "step": state.step, "ce": sum(window) / len(window),
                                        "reg": res.reg.item(), "grad_norm": res.grad_norm,
                                        "lr": state.sched.get_last_lr()[0], **aux,
@@ -743,6 +758,7 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
                 aux_window.clear()
                 cd_window.clear()
                 ent_window.clear()
+                key_window.clear()
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
                 rec = evaluate(s, state, baseline)
                 append_jsonl(metrics, rec)

@@ -307,6 +307,29 @@ def test_a_higher_induction_order_starts_as_the_first_order_and_keys_on_earlier_
         _copy_net(induction_order=2)
 
 
+def test_position_keys_are_the_key_a_slot_pointing_at_that_token_gets() -> None:
+    from pipelines.d2l.objective import key_overlap
+
+    torch.manual_seed(0)
+    net = _copy_net(a_head="induction", induction_order=2)
+    with torch.no_grad():
+        net.ptr_a_more[0].weight.normal_()
+        feats = torch.randn(1, 6, 16)
+        out = net.explain(feats, position_keys=True)
+        assert net.explain(feats).position_keys is None  # only on request
+        normed = net.in_norm(feats)
+        # position 3's key: the maps of tokens 2 and 1 (what a slot whose pointer rests on token 3 gets)
+        torch.testing.assert_close(out.position_keys[0, 3], net.ptr_a(normed[0, 2]) + net.ptr_a_more[0](normed[0, 1]))
+        torch.testing.assert_close(out.position_keys[0, 0], torch.zeros(net.config.d_in))  # nothing before token 0
+    keys = torch.zeros(1, 4, 3)
+    keys[0, 1, 0] = keys[0, 2, 0] = 1.0  # tokens 1 and 2 share a key
+    keys[0, 3, 1] = 1.0
+    same = out._replace(position_keys=keys)
+    assert key_overlap(same, [{"value_pos": [1, 2]}], 1).item() == pytest.approx(1.0)
+    assert key_overlap(same, [{"value_pos": [1, 3]}], 1).item() == pytest.approx(0.0)
+    assert key_overlap(same, [{"value_pos": [1]}], 1).item() == 0.0  # one value token: nothing to tell apart
+
+
 def test_chunks_below_min_gate_are_left_out(handle: BaseModelHandle) -> None:
     gen, net = _gated_gen(handle)  # a gate that depends on the chunk: some chunks open, some shut
     every = gen.internalize(DOC, chunk_tokens=4, min_gate=0.0, max_kept=0)  # no cap: every chunk
@@ -361,7 +384,8 @@ def _reference(gen: D2LGenerator, text: str, chunk_tokens: int) -> dict[str, tup
         for i in range(0, len(ids), chunk_tokens):
             chunk = torch.tensor([ids[i : i + chunk_tokens]])
             mask = torch.ones_like(chunk)
-            a, b, _, _ = gen.net.explain(hidden_after(gen.handle.model, chunk, mask, 1).float(), mask.bool())
+            out = gen.net.explain(hidden_after(gen.handle.model, chunk, mask, 1).float(), mask.bool())
+            a, b = out.a, out.b
             a_parts.append(a.float())
             b_parts.append(b.float())
         a_cat, b_cat = gen.net.concat_chunks(torch.cat(a_parts), torch.cat(b_parts))

@@ -214,13 +214,13 @@ def test_aux_losses_supervise_pointer_and_gate(tmp_path: Path) -> None:
     raw = _tiny_recipe(data={"n_eval": 4, "chunk_probs": [0.5, 0.5], "n_hay": 3, "p_hay": 1.0, "fact_hay": [0, 2]},
                        hyper={"b_head": "copy", "a_head": "induction", "chunk_gate": True, "scale_B_init": 0.1},
                        steps=8, ckpt_every=4, eval_every=4, pointer_loss=1.0, gate_loss=1.0,
-                       pointer_sharp=0.5)  # fmt: skip
+                       pointer_sharp=0.5, key_distinct=0.5)  # fmt: skip
     run = tmp_path / "run"
     train(TrainConfig.model_validate(raw), run, device="cpu", handle=handle, threads=1)
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     tr = [r for r in recs if r["kind"] == "train"]
     assert all(math.isfinite(r["pointer_loss"]) and math.isfinite(r["gate_loss"]) for r in tr)
-    assert all(r["pointer_entropy"] >= 0 for r in tr)
+    assert all(r["pointer_entropy"] >= 0 and 0 <= r["key_overlap"] <= 1 for r in tr)
     assert tr[-1]["pointer_loss"] < tr[0]["pointer_loss"] and tr[-1]["gate_loss"] < tr[0]["gate_loss"]
     ev = [r for r in recs if r["kind"] == "eval"][-1]
     assert 0 <= ev["gate_filler"] <= 1 and 0 <= ev["gate_fact"] <= 1
