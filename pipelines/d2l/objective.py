@@ -74,8 +74,9 @@ def pointer_entropy(out: HyperOutput, docs: list[CachedDoc], n_fact: int) -> Ten
     return torch.stack(terms).mean() if terms else out.a.new_zeros(())
 
 
-def key_overlap(out: HyperOutput, docs: list[CachedDoc], n_fact: int) -> Tensor:
-    """Mean squared positive cosine between the induction keys of different value tokens of a chunk.
+def key_overlap(out: HyperOutput, docs: list[CachedDoc], n_fact: int, *, nearest: bool = False) -> Tensor:
+    """Mean squared positive cosine between the induction keys of different value tokens of a chunk
+    (``nearest``: of each value token's key to its nearest other one, so the worst confusions weigh most).
 
     A slot copying value token j fires on its key, made from tokens j-1 (and j-2, ... with ``induction_order``);
     two value tokens after the same token ("27-13-89": both groups after a "-") get the same one-token key, so the
@@ -91,7 +92,10 @@ def key_overlap(out: HyperOutput, docs: list[CachedDoc], n_fact: int) -> Tensor:
             k = F.normalize(out.position_keys[i, pos], dim=-1)
             sim = k @ k.T
             off = ~torch.eye(len(pos), dtype=torch.bool, device=sim.device)
-            terms.append(sim[off].clamp_min(0).pow(2).mean())
+            if nearest:
+                terms.append(sim.masked_fill(~off, -1.0).max(-1).values.clamp_min(0).pow(2).mean())
+            else:
+                terms.append(sim[off].clamp_min(0).pow(2).mean())
     return torch.stack(terms).mean() if terms else out.a.new_zeros(())
 
 

@@ -191,6 +191,7 @@ class TrainConfig(_Quiet):
     # key_distinct: weight of the overlap between the induction keys of a value's tokens (objective.key_overlap;
     # induction head only): tokens that follow the same token must still get keys a slot can tell apart.
     key_distinct: float = 0.0
+    key_distinct_nearest: bool = False  # each value token's overlap with its nearest other key only
     # Warm start: a D2L checkpoint folder (e.g. another run's ckpt/best) whose weights initialise the network; it
     # must have this recipe's shape. Only for a fresh run dir (a resumed run continues from its own state).
     init_from: str | None = None
@@ -219,7 +220,8 @@ class TrainConfig(_Quiet):
     cd_cut: Literal["none", "sentence"] = "none"
 
     _QUIET = frozenset({"cd_loss", "cd_top_k", "cd_cache", "ce_weight", "cd_target", "cd_max_new_tokens",
-                        "cd_only_correct", "cd_cut", "pointer_sharp", "key_distinct"})
+                        "cd_only_correct", "cd_cut", "pointer_sharp", "key_distinct",
+                        "key_distinct_nearest"})
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -690,7 +692,7 @@ def train_step(s: Setup, state: TrainState) -> StepResult:
         entropy = ent.item()
     overlap = None
     if cfg.key_distinct:
-        over = key_overlap(out, chunks, len(docs))
+        over = key_overlap(out, chunks, len(docs), nearest=cfg.key_distinct_nearest)
         loss = loss + cfg.key_distinct * over
         overlap = over.item()
     if not torch.isfinite(loss):

@@ -328,6 +328,9 @@ def test_position_keys_are_the_key_a_slot_pointing_at_that_token_gets() -> None:
     assert key_overlap(same, [{"value_pos": [1, 2]}], 1).item() == pytest.approx(1.0)
     assert key_overlap(same, [{"value_pos": [1, 3]}], 1).item() == pytest.approx(0.0)
     assert key_overlap(same, [{"value_pos": [1]}], 1).item() == 0.0  # one value token: nothing to tell apart
+    # three tokens, two of them confusable: the mean over pairs dilutes it (2 of 6), the nearest-key form does not
+    assert key_overlap(same, [{"value_pos": [1, 2, 3]}], 1).item() == pytest.approx(2 / 6)
+    assert key_overlap(same, [{"value_pos": [1, 2, 3]}], 1, nearest=True).item() == pytest.approx(2 / 3)
 
 
 def test_chunks_below_min_gate_are_left_out(handle: BaseModelHandle) -> None:
