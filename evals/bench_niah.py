@@ -14,7 +14,8 @@ Rules: ``gate`` = the checkpoint's min_gate, no cap (the behaviour before ``max_
 and at most K chunks (the highest gates); ``topK`` = K highest gates, min_gate ignored.
 
 Reported per checkpoint x style x form x rule: chunks kept / all (the gate's keep rate at min_gate, before any
-cap), whether the needle's chunk was kept, the needle chunk's gate rank, and recall. Writes ``--out`` (JSON, with
+cap), whether the needle's chunk was kept, the needle chunk's gate rank, and recall (with, in brackets, the share of
+answers that are exactly the value: recall's rule also counts "53033" for 5303). Writes ``--out`` (JSON, with
 every chunk's gate) and a Markdown table beside it. ``--dense-docs N`` measures instead what a rule costs a
 document whose every chunk states facts (N documents of ``--dense-pages`` generated pages, one question per
 page; ``--dense-kind needles``: that many chunk-sized needle haystacks of the classic style back to back). Never reads ``evals/docs*``.
@@ -181,10 +182,17 @@ def dense_table(rows: list[dict[str, Any]], rules: list[str]) -> str:
     return "\n".join(lines)
 
 
+def exact_share(answers: list[str], gold: str) -> float:
+    """The share of ``answers`` that are the value and nothing else (trailing full stop allowed). Recall's rule,
+    the gold string somewhere in the answer, also counts an answer that runs on past the value ("53033" for 5303)."""
+    return statistics.fmean(a.strip().rstrip(".").strip() == gold for a in answers) if answers else 0.0
+
+
 def table(rows: list[dict[str, Any]], rules: list[str]) -> str:
-    """Markdown: per checkpoint x style x form, the gate's keep rate and per rule kept / needle kept / recall."""
+    """Markdown: per checkpoint x style x form, the gate's keep rate and per rule kept / needle kept / recall
+    (and the exact share, :func:`exact_share`)."""
     head = "| checkpoint | filler style | needle form | haystacks | gate keeps (min_gate) | needle gate rank |"
-    head += "".join(f" {r}: kept, needle kept, recall |" for r in rules)
+    head += "".join(f" {r}: kept, needle kept, recall (exact) |" for r in rules)
     lines = [head, "|---" * (6 + len(rules)) + "|"]
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
@@ -197,7 +205,8 @@ def table(rows: list[dict[str, Any]], rules: list[str]) -> str:
         kept = statistics.fmean(r["rules"][rule]["kept"] for r in rs)
         needle = sum(r["rules"][rule]["needle_kept"] for r in rs)
         recall = statistics.fmean(r["rules"][rule]["recall"] for r in rs)
-        return f" {kept:.0f}, {needle}/{len(rs)}, {recall:.0%} |"
+        exact = statistics.fmean(exact_share(r["rules"][rule]["answers"], r["gold"]) for r in rs)
+        return f" {kept:.0f}, {needle}/{len(rs)}, {recall:.0%} ({exact:.0%}) |"
 
     for (ckpt, style, form), rs in groups.items():
         keep = sum(r["open"] for r in rs) / sum(r["chunks"] for r in rs)
