@@ -15,7 +15,9 @@ separate what could fail, each a document of one sentence about a fictional plac
 
 Beside the answers, **pointer coverage**: of the value's tokens (one per digit), how many at least one of the
 adapter's (layer, rank) slots points at (argmax of its pointer attention, ``HyperNet.explain``). A token no slot
-points at cannot be copied into the answer. A case is right when the gold string appears in the answer
+points at cannot be copied into the answer. And **keys**: the largest cosine between the induction keys two of the
+value's tokens would give their slots (``explain(position_keys=True)``); near 1, the copy cannot tell which of the
+two comes next ("27-8-13" for 27-13-89: the tokens after the two "-"). A case is right when the gold string appears in the answer
 (``answer_matches``, the benchmarks' rule). The cases
 are fixed here, written for this probe, not drawn from ``pipelines/d2l`` or ``evals/docs*``; nothing is tuned on
 them. Writes a Markdown table (every answer) to ``--out`` and prints it.
@@ -70,15 +72,16 @@ def run(checkpoints: list[str], model: str) -> list[dict[str, object]]:
             layers = {m: LoraWeights(A=a, B=b, scaling=made.scale) for m, (a, b) in made.layers.items()}
             stack = prepare_stack("probe", [("probe", layers, 1.0)], dtype=handle.dtype, device=handle.device)
             answers = [runner.answer(q, stack=stack) for q in questions]
-            covered, n_tokens = coverage(gen, handle, text, gold)
+            covered, n_tokens, overlap = coverage(gen, handle, text, gold)
             rows.append({"checkpoint": Path(checkpoint).name, "group": group, "gold": gold, "answers": answers,
                          "right": sum(answer_matches(a, [gold]) for a in answers), "asked": len(answers),
-                         "covered": covered, "value_tokens": n_tokens})  # fmt: skip
+                         "covered": covered, "value_tokens": n_tokens, "key_overlap": overlap})  # fmt: skip
     return rows
 
 
-def coverage(gen: Any, handle: Any, text: str, value: str) -> tuple[int, int]:
-    """(value tokens that some slot's pointer argmax lands on, value tokens) for a one-chunk document."""
+def coverage(gen: Any, handle: Any, text: str, value: str) -> tuple[int, int, float | None]:
+    """(value tokens that some slot's pointer argmax lands on, value tokens, the largest cosine between the induction
+    keys of two value tokens) for a one-chunk document; the last is None without an induction head."""
     import torch
 
     from agent_sleep.generators.backbone import hidden_after
@@ -91,11 +94,16 @@ def coverage(gen: Any, handle: Any, text: str, value: str) -> tuple[int, int]:
     mask = torch.ones_like(ids)
     with torch.no_grad():
         feats = hidden_after(handle.model, ids, mask, gen.net.config.encoder_layers)
-        out = gen.net.explain(feats.float(), mask.bool())
+        out = gen.net.explain(feats.float(), mask.bool(), position_keys=True)
     if out.pointer is None:
-        return 0, len(mine)
+        return 0, len(mine), None
     pointed = set(out.pointer[0].argmax(-1).tolist())
-    return sum(i in pointed for i in mine), len(mine)
+    overlap = None
+    if out.position_keys is not None and len(mine) > 1:
+        keys = torch.nn.functional.normalize(out.position_keys[0, mine], dim=-1)
+        sim = (keys @ keys.T).fill_diagonal_(-1.0)
+        overlap = float(sim.max())
+    return sum(i in pointed for i in mine), len(mine), overlap
 
 
 def table(rows: list[dict[str, object]], checkpoints: list[str]) -> str:
@@ -106,7 +114,8 @@ def table(rows: list[dict[str, object]], checkpoints: list[str]) -> str:
         for name in names:
             row = [r for r in rows if r["checkpoint"] == name][i]
             shown = " / ".join(f"`{str(a).strip()[:24]}`" for a in row["answers"])  # type: ignore[union-attr]
-            cells.append(f"{row['right']}/{row['asked']}: {shown} (ptr {row['covered']}/{row['value_tokens']})")
+            keys = "" if row.get("key_overlap") is None else f", keys {row['key_overlap']:.2f}"
+            cells.append(f"{row['right']}/{row['asked']}: {shown} (ptr {row['covered']}/{row['value_tokens']}{keys})")
         lines.append(f"| {group} | `{gold}` | " + " | ".join(cells) + " |")
     for group in ("length", "shape", "wording"):
         cells = []
