@@ -436,18 +436,11 @@ def find_internalized(registry: AdapterRegistry, name: str, key: str, *,
     None when there is none, or when its folder is missing or damaged here (then a new version is made).
     The result has ``reused=True``; its ``seconds`` is the time to read it back.
     """
-    from agent_sleep.adapters.artifact import read_adapter
     from agent_sleep.adapters.lora_config import lora_pairs
-    from agent_sleep.errors import AdapterError
+    from agent_sleep.generators.reuse import reusable_versions
 
     start = time.perf_counter()
-    for record in reversed(registry.adapters(skill=name)):
-        if record.generator != GENERATOR_NAME or record.sources.get("reuse_key") != key:
-            continue
-        try:
-            artifact = read_adapter(record.path)
-        except AdapterError:
-            continue
+    for record, artifact in reusable_versions(registry, name, GENERATOR_NAME, key):
         info = (artifact.manifest.generator.model_extra or {}) if artifact.manifest is not None else {}
         if any(info.get(k) is None for k in ("chunks", "tokens", "dropped", "document_sha256")):
             continue
