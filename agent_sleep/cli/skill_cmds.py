@@ -9,7 +9,8 @@ The description is checked before any model loads: an empty or whitespace-only o
 and one with control characters exit 1 with the problem named, and nothing is registered. So does any failure
 of the generator (no checkpoint, a checkpoint for another base model, non-finite weights).
 
-Creating a skill again from the same description, hypernetwork and base model registers nothing new: that version is reported, with ``"reused": true`` in ``--json``.
+Creating a skill again from the same description, hypernetwork and base model registers nothing new: that
+version is reported, with ``"reused": true`` in ``--json``.
 """
 
 from __future__ import annotations

@@ -257,6 +257,19 @@ class HyperNet(nn.Module):
         out = self.explain(feats, mask)
         return out.a, out.b
 
+    def _induction_key(self, shifted: Tensor, t: int, attn: Tensor | None = None) -> Tensor:
+        """The induction key of each slot (``attn`` its pointer) or, without ``attn``, of each of the ``t`` positions:
+        the maps of token t-1 (zeros at t = 0), then t-2, t-3, ... for a higher order, from ``shifted`` (the
+        normalised features with ``induction_order`` rows of zeros in front)."""
+        o = self.config.induction_order
+        key: Tensor | None = None
+        for k, lin in enumerate([self.ptr_a, *self.ptr_a_more], start=1):
+            rows = shifted[:, o - k : o - k + t]
+            part = lin(rows if attn is None else attn @ rows)
+            key = part if key is None else key + part
+        assert key is not None
+        return key
+
     def explain(self, feats: Tensor, mask: Tensor | None = None, *, position_keys: bool = False) -> HyperOutput:
         """The LoRA of each chunk plus its pointer attention and gate (``forward`` keeps only the LoRA);
         ``position_keys`` (induction head only): also the key each token position would give a slot."""
@@ -274,14 +287,9 @@ class HyperNet(nn.Module):
             if c.a_head == "induction":
                 t = normed.shape[1]
                 shifted = F.pad(normed, (0, 0, c.induction_order, 0))  # row k + t holds token t (zeros before 0)
-                # position t: token t-1 (zeros at t = 0), then t-2, t-3, ... for a higher order
-                key = self.ptr_a(attn @ shifted[:, c.induction_order - 1 : c.induction_order - 1 + t])
-                for k, lin in enumerate(self.ptr_a_more, start=2):
-                    key = key + lin(attn @ shifted[:, c.induction_order - k : c.induction_order - k + t])
+                key = self._induction_key(shifted, t, attn)
                 if position_keys:  # the same maps on each position's own predecessors (a one-hot pointer)
-                    pos_keys = self.ptr_a(shifted[:, c.induction_order - 1 : c.induction_order - 1 + t])
-                    for k, lin in enumerate(self.ptr_a_more, start=2):
-                        pos_keys = pos_keys + lin(shifted[:, c.induction_order - k : c.induction_order - k + t])
+                    pos_keys = self._induction_key(shifted, t)
                 ind = F.normalize(key, dim=-1).view(n, len(c.layers), c.rank, c.d_in)
                 a_rows = a_rows.view(n, len(c.layers), c.rank, c.d_in) + self.ind_gain[None, :, :, None] * ind
         else:

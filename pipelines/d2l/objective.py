@@ -24,8 +24,7 @@ from agent_sleep.generators.prompts import question_prompt
 from pipelines.d2l.data import CachedDoc, pad_right
 
 __all__ = ["answer_logits", "aux_losses", "cd_loss", "chunk_loras", "doc_loras", "greedy_accuracy", "group_loras",
-           "key_overlap",
-           "per_doc_mean", "pointer_entropy", "qa_loss", "row_mean", "topk_kl"]
+           "key_overlap", "per_doc_mean", "pointer_entropy", "qa_loss", "row_mean", "topk_kl"]
 
 
 def chunk_loras(net: HyperNet, docs: list[CachedDoc], device: Any, *, position_keys: bool = False) -> HyperOutput:

@@ -10,7 +10,7 @@ import os
 import random
 import time
 from copy import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -156,7 +156,7 @@ HyperSettings = create_model(
     __module__=__name__,
     __doc__="The ``hyper`` block of a recipe: HyperConfig's own fields (same types and defaults) + first_lora_layer.",
     first_lora_layer=(int, Field(14, description="LoRA on this layer and every one above it")),
-    **{name: (field.annotation, copy(field)) for name, field in HyperConfig.model_fields.items()
+    **{name: (info.annotation, copy(info)) for name, info in HyperConfig.model_fields.items()
        if name not in _FROM_MODEL},
 )  # fmt: skip
 
@@ -645,8 +645,9 @@ class StepResult:
     grad_norm: float  # before clipping
     aux: tuple[float, float] | None  # (pointer loss, gate loss) when the recipe weighs them
     cd: float | None = None  # context-distillation KL (per-document mean) when the recipe weighs it
-    entropy: float | None = None  # the pointers' entropy when the recipe weighs it (pointer_sharp)
-    overlap: float | None = None  # the induction keys' overlap when the recipe weighs it (key_distinct)
+    # further terms the recipe weighs, logged as their mean by name: pointer_entropy (pointer_sharp), key_overlap
+    # (key_distinct)
+    terms: dict[str, float] = field(default_factory=dict)
 
 
 def train_step(s: Setup, state: TrainState) -> StepResult:
@@ -685,16 +686,16 @@ def train_step(s: Setup, state: TrainState) -> StepResult:
         ptr_l, gate_l = aux_losses(out, chunks, len(docs))
         loss = loss + cfg.pointer_loss * ptr_l + cfg.gate_loss * gate_l
         aux = (ptr_l.item(), gate_l.item())
-    entropy = None
-    if cfg.pointer_sharp:
-        ent = pointer_entropy(out, chunks, len(docs))
-        loss = loss + cfg.pointer_sharp * ent
-        entropy = ent.item()
-    overlap = None
-    if cfg.key_distinct:
-        over = key_overlap(out, chunks, len(docs), nearest=cfg.key_distinct_nearest)
-        loss = loss + cfg.key_distinct * over
-        overlap = over.item()
+    terms: dict[str, float] = {}
+    for name, weight, term in (
+        ("pointer_entropy", cfg.pointer_sharp, lambda: pointer_entropy(out, chunks, len(docs))),
+        ("key_overlap", cfg.key_distinct,
+         lambda: key_overlap(out, chunks, len(docs), nearest=cfg.key_distinct_nearest)),
+    ):
+        if weight:
+            value = term()
+            loss = loss + weight * value
+            terms[name] = value.item()
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite loss at step {state.step}; last checkpoint kept")
     state.opt.zero_grad(set_to_none=True)
@@ -702,7 +703,7 @@ def train_step(s: Setup, state: TrainState) -> StepResult:
     gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip).item()
     state.opt.step()
     state.sched.step()
-    return StepResult(ce, reg, gnorm, aux, None if kl is None else kl.item(), entropy, overlap)
+    return StepResult(ce, reg, gnorm, aux, None if kl is None else kl.item(), terms)
 
 
 # ---------------------------------------------------------------- the loop
@@ -719,8 +720,7 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
     window: list[float] = []
     aux_window: list[tuple[float, float]] = []
     cd_window: list[float] = []
-    ent_window: list[float] = []
-    key_window: list[float] = []
+    term_windows: dict[str, list[float]] = {}
     try:
         while state.step < cfg.steps and not stop.requested:
             if deadline is not None and time.monotonic() > deadline:
@@ -734,10 +734,8 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
                 aux_window.append(res.aux)
             if res.cd is not None:
                 cd_window.append(res.cd)
-            if res.entropy is not None:
-                ent_window.append(res.entropy)
-            if res.overlap is not None:
-                key_window.append(res.overlap)
+            for name, value in res.terms.items():
+                term_windows.setdefault(name, []).append(value)
             bar.update()
             bar.set_postfix(ce=f"{res.ce.item():.3f}")
             if state.step % cfg.log_every == 0:
@@ -747,10 +745,7 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
                            "gate_loss": sum(g for _, g in aux_window) / len(aux_window)}  # fmt: skip
                 if cd_window:
                     aux["cd_kl"] = sum(cd_window) / len(cd_window)
-                if ent_window:
-                    aux["pointer_entropy"] = sum(ent_window) / len(ent_window)
-                if key_window:
-                    aux["key_overlap"] = sum(key_window) / len(key_window)
+                aux.update({name: sum(values) / len(values) for name, values in term_windows.items()})
                 append_jsonl(metrics, {"kind": "train", "step": state.step, "ce": sum(window) / len(window),
                                        "reg": res.reg.item(), "grad_norm": res.grad_norm,
                                        "lr": state.sched.get_last_lr()[0], **aux,
@@ -759,8 +754,7 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
                 window.clear()
                 aux_window.clear()
                 cd_window.clear()
-                ent_window.clear()
-                key_window.clear()
+                term_windows.clear()
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
                 rec = evaluate(s, state, baseline)
                 append_jsonl(metrics, rec)
