@@ -192,6 +192,10 @@ class TrainConfig(_Quiet):
     # induction head only): tokens that follow the same token must still get keys a slot can tell apart.
     key_distinct: float = 0.0
     key_distinct_nearest: bool = False  # each value token's overlap with its nearest other key only
+    # induction_more_lr: learning-rate multiplier of the higher-order induction maps (HyperNet.ptr_a_more, the maps
+    # of tokens t-2, t-3, ...). Grown from zero on a warm start, they stay small at the common rate, so the keys of
+    # two tokens that follow the same token (the "1" after "27-" and the "8" after "13-") stay alike.
+    induction_more_lr: float = Field(1.0, gt=0)
     # Warm start: a D2L checkpoint folder (e.g. another run's ckpt/best) whose weights initialise the network; it
     # must have this recipe's shape. Only for a fresh run dir (a resumed run continues from its own state).
     init_from: str | None = None
@@ -221,7 +225,7 @@ class TrainConfig(_Quiet):
 
     _QUIET = frozenset({"cd_loss", "cd_top_k", "cd_cache", "ce_weight", "cd_target", "cd_max_new_tokens",
                         "cd_only_correct", "cd_cut", "pointer_sharp", "key_distinct",
-                        "key_distinct_nearest"})
+                        "key_distinct_nearest", "induction_more_lr"})
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -537,9 +541,20 @@ def fresh_state(s: Setup) -> TrainState:
     net = HyperNet(s.hc)
     net.set_feature_stats(torch.cat([d["feats"] for d in s.train_c]))  # overwritten by a resumed state
     net.to(s.device)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(_param_groups(net, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, cfg))
     return TrainState(net, opt, sched)
+
+
+def _param_groups(net: HyperNet, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """One group at ``cfg.lr``, or two when ``induction_more_lr`` scales the higher-order induction maps (the
+    schedule multiplies each group's own rate)."""
+    more = [p for lin in getattr(net, "ptr_a_more", []) for p in lin.parameters()]
+    if cfg.induction_more_lr == 1.0 or not more:
+        return [{"params": list(net.parameters())}]
+    ids = {id(p) for p in more}
+    rest = [p for p in net.parameters() if id(p) not in ids]
+    return [{"params": rest}, {"params": more, "lr": cfg.lr * cfg.induction_more_lr}]
 
 
 def _last_path(run_dir: Path) -> Path:

@@ -381,3 +381,21 @@ def test_prompt_styles_ask_each_question_in_a_runtime_prompt(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="at least one style"):
         TrainConfig.model_validate({"data": {"prompt_styles": []}})
     assert "prompt_styles" not in TrainConfig().data.model_dump()  # older recipes dump (and cache) as before
+
+
+def test_induction_more_lr_gives_the_higher_order_maps_their_own_rate_and_resumes(tmp_path: Path) -> None:
+    handle = load_base_model(str(make_tiny_model_dir(tmp_path)), device="cpu")
+    hyper = {"b_head": "copy", "a_head": "induction", "induction_order": 2}
+    raw = _tiny_recipe(hyper=hyper, steps=2, eval_every=2, ckpt_every=1, induction_more_lr=10.0, warmup=1)
+    run = tmp_path / "run"
+    train(TrainConfig.model_validate(raw), run, device="cpu", handle=handle, threads=1)
+    saved = torch.load(run / "ckpt" / "last.pt", weights_only=False)
+    groups = saved["opt"]["param_groups"]
+    assert len(groups) == 2 and len(groups[1]["params"]) == 1  # ptr_a_more.0.weight alone
+    assert groups[1]["initial_lr"] == pytest.approx(10 * groups[0]["initial_lr"])
+    assert saved["net"]["ptr_a_more.0.weight"].abs().max() > 0  # it trained
+    train(TrainConfig.model_validate(raw | {"steps": 3}), run, device="cpu", handle=handle, threads=1)  # resumes
+    assert torch.load(run / "ckpt" / "last.pt", weights_only=False)["step"] == 3
+    plain = _tiny_recipe(hyper=hyper, steps=1, eval_every=1, ckpt_every=1)
+    train(TrainConfig.model_validate(plain), tmp_path / "plain", device="cpu", handle=handle, threads=1)
+    assert len(torch.load(tmp_path / "plain" / "ckpt" / "last.pt", weights_only=False)["opt"]["param_groups"]) == 1
