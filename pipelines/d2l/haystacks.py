@@ -11,15 +11,17 @@ document looks different (issue #14), so this module composes, offline and deter
   sentences per style), never drawn from a handful of fixed lines;
 * needles in :data:`NEEDLES`, each a value type with several statement wordings and questions worded unlike the
   statement: ``number`` (4 digits), ``code`` ("KX-4471"), ``time`` ("18:45"), ``date`` ("14 March"), ``name``
-  (a person), ``amount`` ("312 crowns") and ``combination`` ("31-07-58"); and four forms whose values come from
+  (a person), ``amount`` ("312 crowns"), ``combination`` ("31-07-58") and ``pin`` (4 digits, as ``number``, in
+  wordings of its own); and four forms whose values come from
   a format grammar rather than one fixed shape (:func:`_formatted`: 2-4 groups of digits or capitals joined by one
   separator, "0412 993 207", "QX7731K", "3.14.2", "B/88/41"), ``serial``, ``reference``, ``phone`` and ``version``,
   because real documents carry identifiers of every shape and the adapter copied only the shapes it was trained on
   (``KX-4471`` right, ``QX7731K`` as ``X0771``). Values shaped like the held-out combination are never drawn.
 
-**Split.** :data:`HELDOUT_STYLES` (``correspondence``) and :data:`HELDOUT_NEEDLES` (``combination``) are for
-evaluation only: :func:`make_filler_docs` and :func:`make_needle_fact_docs`, the functions meta-training and the
-gate fine-tune call, refuse them, so no training code can draw them. Entities come from
+**Split.** :data:`HELDOUT_STYLES` (``correspondence``) and :data:`HELDOUT_NEEDLES` (``combination``: an unseen
+wording *and* value shape; ``pin``: an unseen wording of a trained value shape) are for evaluation only:
+:func:`make_filler_docs` and :func:`make_needle_fact_docs`, the functions meta-training and the gate fine-tune
+call, refuse them, so no training code can draw them. Entities come from
 :func:`pipelines.d2l.synth` names of the given ``split`` (``heldout``: names training never uses).
 
 Not here: tokenising for training, scoring (``evals/bench_niah.py``), ``evals/docs*`` (never read).
@@ -267,8 +269,13 @@ NEEDLES: dict[str, tuple[Callable[[random.Random], str], list[str], list[str]]] 
                     ["Whoever reaches the vault of {e} must dial {v} to open it.",
                      "Only the combination {v} opens the old safe at {e}."],
                     ["Which combination unlocks the safe of {e}?", "What numbers open the vault of {e}?"]),
+    # held out like the combination, but its value is a trained shape (4 digits, as ``number``): it asks whether a
+    # value the adapter can copy is found under a statement and questions worded as training never words them.
+    "pin": (lambda rng: str(rng.randint(1000, 9999)),
+            ["The keypad by the side door of {e} takes {v}.", "{e} set its alarm to switch off on {v}."],
+            ["What do you type on the side-door keypad of {e}?", "Which digits disarm the alarm of {e}?"]),
 }
-HELDOUT_NEEDLES = ("combination",)
+HELDOUT_NEEDLES = ("combination", "pin")
 # Training only (``make_needle_fact_docs(varied_values=True)``): values of many lengths for the forms whose value
 # otherwise has one length, so the adapter cannot learn an answer's length from the question (see
 # synth.VARIED_VALUES); never the combination's shape (these have one "-" at most).

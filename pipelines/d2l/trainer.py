@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import time
 from copy import copy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,6 @@ from pydantic import (
     model_validator,
 )
 from torch import Tensor
-from tqdm import tqdm
 
 from agent_sleep.generators.backbone import RowLora
 from agent_sleep.generators.checkpoint import save_checkpoint
@@ -45,7 +43,7 @@ from pipelines.d2l.objective import (  # aux_losses, group_loras, greedy_accurac
     pointer_entropy,
     qa_loss,
 )
-from pipelines.training import StopSignals, append_jsonl, lr_factor  # StopSignals: also imported from here
+from pipelines.training import StepLog, StopSignals, append_jsonl, lr_factor, run_loop  # StopSignals: also imported from here
 
 __all__ = ["DataConfig", "HyperSettings", "TrainConfig", "make_docs", "train"]
 
@@ -724,69 +722,42 @@ def train_step(s: Setup, state: TrainState) -> StepResult:
 # ---------------------------------------------------------------- the loop
 
 
-def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopSignals, *, deadline: float | None,
-              command: str) -> None:  # fmt: skip
-    """Train until ``cfg.steps``, a stop signal or the monotonic ``deadline``; log to ``metrics.jsonl``, evaluate
-    (keeping ``ckpt/best``) and write ``ckpt/last.pt`` on the recipe's schedules."""
+def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopSignals, *,
+              max_minutes: float | None, command: str) -> None:  # fmt: skip
+    """Train until ``cfg.steps``, a stop signal or ``max_minutes`` of training (:func:`pipelines.training.run_loop`);
+    log to ``metrics.jsonl``, evaluate (keeping ``ckpt/best``) and write ``ckpt/last.pt`` on the recipe's
+    schedules."""
     cfg = s.cfg
     metrics = s.run_dir / "metrics.jsonl"
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="d2l meta-train", dynamic_ncols=True)
+
+    def one_step() -> StepLog:
+        res = train_step(s, state)
+        mean = dict(res.terms)
+        if res.aux is not None:
+            mean |= {"pointer_loss": res.aux[0], "gate_loss": res.aux[1]}
+        if res.cd is not None:
+            mean["cd_kl"] = res.cd
+        last = {"reg": res.reg.item(), "grad_norm": res.grad_norm, "lr": state.sched.get_last_lr()[0]}
+        return StepLog(res.ce.item(), mean, last)
+
+    def evaluate_now(bar: Any) -> None:
+        rec = evaluate(s, state, baseline)
+        append_jsonl(metrics, rec)
+        k3 = f", 3 docs in one adapter {rec['acc_k3']:.3f}" if "acc_k3" in rec else ""
+        if "eval_kl" in rec:
+            k3 += f"; KL to teacher {rec['eval_kl']:.3f} (base {baseline.get('eval_kl_base', float('nan')):.3f})"
+        bar.write(f"step {state.step}: held-out acc {rec['acc']:.3f} (another doc's adapter "
+                  f"{rec['acc_shuffled']:.3f}{k3}; base {baseline['acc_base']:.3f}, with doc "
+                  f"{baseline['acc_with_doc']:.3f}) CE {rec['eval_ce']:.3f} (base {baseline['eval_ce_base']:.3f})")
+        if rec["acc"] > state.best:
+            state.best = rec["acc"]
+            save_best(state, s, rec, baseline, command)
+        plot_metrics(metrics, s.run_dir / "metrics.png")
+
     state.net.train()
-    window: list[float] = []
-    aux_window: list[tuple[float, float]] = []
-    cd_window: list[float] = []
-    term_windows: dict[str, list[float]] = {}
-    try:
-        while state.step < cfg.steps and not stop.requested:
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            ts = time.monotonic()
-            res = train_step(s, state)
-            state.step += 1
-            state.trained_s += time.monotonic() - ts
-            window.append(res.ce.item())
-            if res.aux is not None:
-                aux_window.append(res.aux)
-            if res.cd is not None:
-                cd_window.append(res.cd)
-            for name, value in res.terms.items():
-                term_windows.setdefault(name, []).append(value)
-            bar.update()
-            bar.set_postfix(ce=f"{res.ce.item():.3f}")
-            if state.step % cfg.log_every == 0:
-                aux = {}
-                if aux_window:
-                    aux = {"pointer_loss": sum(p for p, _ in aux_window) / len(aux_window),
-                           "gate_loss": sum(g for _, g in aux_window) / len(aux_window)}  # fmt: skip
-                if cd_window:
-                    aux["cd_kl"] = sum(cd_window) / len(cd_window)
-                aux.update({name: sum(values) / len(values) for name, values in term_windows.items()})
-                append_jsonl(metrics, {"kind": "train", "step": state.step, "ce": sum(window) / len(window),
-                                       "reg": res.reg.item(), "grad_norm": res.grad_norm,
-                                       "lr": state.sched.get_last_lr()[0], **aux,
-                                       "sec_per_step": (time.monotonic() - ts),
-                                       "minutes": state.trained_s / 60})  # fmt: skip
-                window.clear()
-                aux_window.clear()
-                cd_window.clear()
-                term_windows.clear()
-            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
-                rec = evaluate(s, state, baseline)
-                append_jsonl(metrics, rec)
-                k3 = f", 3 docs in one adapter {rec['acc_k3']:.3f}" if "acc_k3" in rec else ""
-                if "eval_kl" in rec:
-                    k3 += f"; KL to teacher {rec['eval_kl']:.3f} (base {baseline.get('eval_kl_base', float('nan')):.3f})"
-                bar.write(f"step {state.step}: held-out acc {rec['acc']:.3f} (another doc's adapter "
-                          f"{rec['acc_shuffled']:.3f}{k3}; base {baseline['acc_base']:.3f}, with doc "
-                          f"{baseline['acc_with_doc']:.3f}) CE {rec['eval_ce']:.3f} (base {baseline['eval_ce_base']:.3f})")
-                if rec["acc"] > state.best:
-                    state.best = rec["acc"]
-                    save_best(state, s, rec, baseline, command)
-                plot_metrics(metrics, s.run_dir / "metrics.png")
-            if state.step % cfg.ckpt_every == 0:
-                save_last(state, s)
-    finally:
-        bar.close()
+    run_loop(state, steps=cfg.steps, log_every=cfg.log_every, eval_every=cfg.eval_every, ckpt_every=cfg.ckpt_every,
+             metrics=metrics, stop=stop, max_minutes=max_minutes, one_step=one_step, evaluate=evaluate_now,
+             checkpoint=lambda: save_last(state, s), desc="d2l meta-train")  # fmt: skip
 
 
 def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_minutes: float | None = None,
@@ -795,7 +766,6 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
 
     ``ckpt/last.pt`` is written however the loop ends (steps done, ``max_minutes``, SIGTERM/SIGINT, an error).
     """
-    t0 = time.monotonic()
     s = setup(cfg, run_dir, device=device, threads=threads, command=command, handle=handle)
     try:
         baseline = in_context_baseline(s)
@@ -803,8 +773,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
         resume(state, s)
         with StopSignals() as stop:
             try:
-                run_steps(s, state, baseline, stop, command=command,
-                          deadline=None if max_minutes is None else t0 + max_minutes * 60)  # fmt: skip
+                run_steps(s, state, baseline, stop, command=command, max_minutes=max_minutes)
             finally:
                 save_last(state, s)
     finally:

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="YAML recipe config")
     parser.add_argument("--run-dir", type=Path, required=True, help="checkpoints, cache, metrics (resumes if present)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop (checkpointed) after this wall time")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (checkpointed) after this many minutes of training in this call "
+                        "(caching and baselines before it not counted)")
     parser.add_argument("--steps", type=int, default=None, help="override train.steps")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: config)")
     args = parser.parse_args(argv)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +17,6 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
-from tqdm import tqdm
 
 from agent_sleep.generators.backbone import RowLora
 from agent_sleep.generators.checkpoint import save_checkpoint
@@ -27,7 +25,7 @@ from agent_sleep.generators.t2l_net import T2L_FORMAT, T2LConfig, T2LNet
 from pipelines.d2l.data import cache_key
 from pipelines.t2l.objective import answer_scores, l2_penalty
 from pipelines.t2l.tasks import Example, Suite, build_suite, shuffle_shift
-from pipelines.training import StopSignals, append_jsonl, lr_factor
+from pipelines.training import StepLog, StopSignals, append_jsonl, lr_factor, run_loop
 
 __all__ = ["SPLITS", "HyperSettings", "TrainConfig", "train"]
 
@@ -313,44 +311,32 @@ def plot_metrics(metrics: Path, png: Path) -> None:
 # ---------------------------------------------------------------- the loop
 
 
-def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopSignals, *, deadline: float | None,
-              command: str) -> None:  # fmt: skip
+def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopSignals, *,
+              max_minutes: float | None, command: str) -> None:  # fmt: skip
+    """Train until ``cfg.steps``, a stop signal or ``max_minutes`` of training (:func:`pipelines.training.run_loop`);
+    log, evaluate (keeping ``ckpt/best``) and checkpoint on the recipe's schedules."""
     cfg = s.cfg
     metrics = s.run_dir / "metrics.jsonl"
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="t2l meta-train", dynamic_ncols=True)
+
+    def one_step() -> StepLog:
+        ce, reg, gnorm = train_step(s, state)
+        return StepLog(ce, last={"l2": reg, "grad_norm": gnorm, "lr": state.sched.get_last_lr()[0]})
+
+    def evaluate_now(bar: Any) -> None:
+        rec = evaluate(s, state, baseline)
+        append_jsonl(metrics, rec)
+        bar.write(f"step {state.step}: " + "; ".join(
+            f"{sp} exact {rec[f'{sp}/exact']:.3f} (shuffled {rec[f'{sp}/shuffled_exact']:.3f}, base "
+            f"{rec[f'{sp}/base_exact']:.3f}, instr {rec[f'{sp}/instr_exact']:.3f})" for sp in s.evals))
+        if _score(rec) > state.best:
+            state.best = _score(rec)
+            save_best(state, s, rec, command)
+        plot_metrics(metrics, s.run_dir / "metrics.png")
+
     state.net.train()
-    window: list[float] = []
-    try:
-        while state.step < cfg.steps and not stop.requested:
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            ts = time.monotonic()
-            ce, reg, gnorm = train_step(s, state)
-            state.step += 1
-            state.trained_s += time.monotonic() - ts
-            window.append(ce)
-            bar.update()
-            bar.set_postfix(ce=f"{ce:.3f}")
-            if state.step % cfg.log_every == 0:
-                append_jsonl(metrics, {"kind": "train", "step": state.step, "ce": sum(window) / len(window),
-                                       "l2": reg, "grad_norm": gnorm, "lr": state.sched.get_last_lr()[0],
-                                       "sec_per_step": time.monotonic() - ts,
-                                       "minutes": state.trained_s / 60})  # fmt: skip
-                window.clear()
-            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
-                rec = evaluate(s, state, baseline)
-                append_jsonl(metrics, rec)
-                bar.write(f"step {state.step}: " + "; ".join(
-                    f"{sp} exact {rec[f'{sp}/exact']:.3f} (shuffled {rec[f'{sp}/shuffled_exact']:.3f}, base "
-                    f"{rec[f'{sp}/base_exact']:.3f}, instr {rec[f'{sp}/instr_exact']:.3f})" for sp in s.evals))
-                if _score(rec) > state.best:
-                    state.best = _score(rec)
-                    save_best(state, s, rec, command)
-                plot_metrics(metrics, s.run_dir / "metrics.png")
-            if state.step % cfg.ckpt_every == 0:
-                save_last(state, s)
-    finally:
-        bar.close()
+    run_loop(state, steps=cfg.steps, log_every=cfg.log_every, eval_every=cfg.eval_every, ckpt_every=cfg.ckpt_every,
+             metrics=metrics, stop=stop, max_minutes=max_minutes, one_step=one_step, evaluate=evaluate_now,
+             checkpoint=lambda: save_last(state, s), desc="t2l meta-train")  # fmt: skip
 
 
 def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_minutes: float | None = None,
@@ -359,7 +345,6 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
 
     ``ckpt/last.pt`` is written however the loop ends (steps done, ``max_minutes``, SIGTERM/SIGINT, an error).
     """
-    t0 = time.monotonic()
     s = setup(cfg, run_dir, device=device, threads=threads, command=command, handle=handle)
     try:
         baseline = baselines(s)
@@ -367,8 +352,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, device: str | None = None, max_min
         resume(state, s)
         with StopSignals() as stop:
             try:
-                run_steps(s, state, baseline, stop, command=command,
-                          deadline=None if max_minutes is None else t0 + max_minutes * 60)  # fmt: skip
+                run_steps(s, state, baseline, stop, command=command, max_minutes=max_minutes)
             finally:
                 save_last(state, s)
     finally:

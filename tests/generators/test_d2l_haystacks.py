@@ -15,7 +15,7 @@ from tests.helpers_models import make_tiny_model_dir
 
 def test_haystacks_are_deterministic_long_enough_and_point_at_the_needle() -> None:
     for style in hs.STYLES:
-        for form in ("number", "combination"):
+        for form in ("number", "combination", "pin"):
             doc = hs.make_haystack(style, form, 600, seed=3)
             assert doc == hs.make_haystack(style, form, 600, seed=3)
             assert hs.make_haystack(style, form, 600, seed=4)["text"] != doc["text"]
@@ -49,8 +49,9 @@ def test_held_out_style_and_form_are_refused_to_training_code() -> None:
     assert not set(hs.HELDOUT_NEEDLES) & set(hs.TRAIN_NEEDLES)
     with pytest.raises(ValueError, match="held out"):
         hs.make_filler_docs(2, 0, ["narrative", "correspondence"])
-    with pytest.raises(ValueError, match="held out"):
-        hs.make_needle_fact_docs(2, 0, styles=["narrative"], forms=["combination"])
+    for form in ("combination", "pin"):
+        with pytest.raises(ValueError, match="held out"):
+            hs.make_needle_fact_docs(2, 0, styles=["narrative"], forms=[form])
     with pytest.raises(ValueError, match="held out"):
         DataConfig(hay_styles=["correspondence"])
     with pytest.raises(ValueError, match="unknown"):

@@ -399,3 +399,35 @@ def test_induction_more_lr_gives_the_higher_order_maps_their_own_rate_and_resume
     plain = _tiny_recipe(hyper=hyper, steps=1, eval_every=1, ckpt_every=1)
     train(TrainConfig.model_validate(plain), tmp_path / "plain", device="cpu", handle=handle, threads=1)
     assert len(torch.load(tmp_path / "plain" / "ckpt" / "last.pt", weights_only=False)["opt"]["param_groups"]) == 1
+
+
+def test_the_shared_loop_logs_windows_evaluates_checkpoints_and_stops_on_its_own_clock(tmp_path: Path) -> None:
+    from dataclasses import dataclass
+
+    from pipelines.training import StepLog, StopSignals, run_loop
+
+    @dataclass
+    class State:
+        step: int = 0
+        trained_s: float = 0.0
+
+    def loop(state: State, steps: int, max_minutes: float | None) -> tuple[list[int], list[int]]:
+        evals: list[int] = []
+        ckpts: list[int] = []
+        with StopSignals() as stop:
+            run_loop(state, steps=steps, log_every=2, eval_every=3, ckpt_every=4, metrics=tmp_path / "m.jsonl",
+                     stop=stop, max_minutes=max_minutes,
+                     one_step=lambda: StepLog(float(state.step), {"kl": 2.0 * state.step}, {"lr": state.step}),
+                     evaluate=lambda bar: evals.append(state.step), checkpoint=lambda: ckpts.append(state.step),
+                     desc="test")  # fmt: skip
+        return evals, ckpts
+
+    state = State()
+    assert loop(state, 5, None) == ([3, 5], [4])  # evaluated on schedule and at the last step
+    recs = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["ce"], r["kl"], r["lr"]) for r in recs] == [(2, 0.5, 1.0, 1), (4, 2.5, 5.0, 3)]
+    assert state.trained_s > 0
+    state = State()
+    assert loop(state, 5, 0.0) == ([], []) and state.step == 0  # the time limit counts from the loop's start
+    state = State(step=5)
+    assert loop(state, 5, None) == ([], [])  # a finished run does nothing
