@@ -36,8 +36,9 @@ from typing import Any
 
 from pipelines.d2l import synth
 
-__all__ = ["HELDOUT_NEEDLES", "HELDOUT_STYLES", "NEEDLES", "STYLES", "TRAIN_NEEDLES", "TRAIN_STYLES", "check_train",
-           "filler_units", "make_filler_docs", "make_haystack", "make_needle_fact_docs", "needle"]  # fmt: skip
+__all__ = ["HELDOUT_NEEDLES", "HELDOUT_STYLES", "IDENTIFIER_FORMS", "NEEDLES", "STYLES", "TRAIN_NEEDLES",
+           "TRAIN_STYLES", "check_train", "filler_units", "make_filler_docs", "make_haystack", "make_needle_fact_docs",
+           "needle"]  # fmt: skip
 
 Unit = str  # one filler unit: a sentence, a list line, a dialogue turn, a paragraph or a page
 
@@ -284,6 +285,10 @@ VARIED_NEEDLE_VALUES: dict[str, Callable[[random.Random], str]] = {
     "code": synth.VARIED_VALUES["code"],
 }
 TRAIN_NEEDLES = tuple(n for n in NEEDLES if n not in HELDOUT_NEEDLES)
+# Identifier forms: in training (``make_needle_fact_docs(shape_mix=p)``) a needle of one of these may carry another's
+# value, so the adapter cannot learn a value's shape from the question's wording (the committed checkpoint answered
+# the held-out pin's "What do you type on the side-door keypad of X?" in the code form's shape: "KV-92" for 9237).
+IDENTIFIER_FORMS = ("number", "code", "serial", "reference", "phone", "version")
 
 
 def check_train(styles: Sequence[str] = (), needles: Sequence[str] = ()) -> None:
@@ -297,12 +302,18 @@ def check_train(styles: Sequence[str] = (), needles: Sequence[str] = ()) -> None
                 raise ValueError(f"{kind} {name!r} is held out for evaluation; training may use {list(train)}")
 
 
-def needle(form: str, rng: random.Random, entity: str,
-           varied_values: bool = False) -> tuple[synth.Piece, str, dict[str, Any], dict[str, Any]]:  # fmt: skip
+def needle(form: str, rng: random.Random, entity: str, varied_values: bool = False,
+           shape_mix: float = 0.0) -> tuple[synth.Piece, str, dict[str, Any], dict[str, Any]]:  # fmt: skip
     """(the needle sentence as a piece, its value, a question, the same question in its other wording);
-    ``varied_values``: the value from :data:`VARIED_NEEDLE_VALUES` where the form has one there."""
+    ``varied_values``: the value from :data:`VARIED_NEEDLE_VALUES` where the form has one there; ``shape_mix``:
+    the probability that an :data:`IDENTIFIER_FORMS` needle takes the value of another identifier form."""
     make, says, asks = NEEDLES[form]
-    if varied_values:
+    if shape_mix and form in IDENTIFIER_FORMS and rng.random() < shape_mix:
+        form_of_value = rng.choice([f for f in IDENTIFIER_FORMS if f != form])
+        make = NEEDLES[form_of_value][0]
+        if varied_values:
+            make = VARIED_NEEDLE_VALUES.get(form_of_value, make)
+    elif varied_values:
         make = VARIED_NEEDLE_VALUES.get(form, make)
     value = make(rng)
     piece = synth.state(rng.choice(says), entity, form, value)
@@ -378,10 +389,11 @@ def make_filler_docs(n: int, seed: int, styles: Sequence[str], n_units: tuple[in
 
 def make_needle_fact_docs(n: int, seed: int, split: str = "train", *, styles: Sequence[str],
                           forms: Sequence[str] = TRAIN_NEEDLES,
-                          n_units: tuple[int, int] = (0, 10), varied_values: bool = False) -> list[synth.Doc]:  # fmt: skip
+                          n_units: tuple[int, int] = (0, 10), varied_values: bool = False,
+                          shape_mix: float = 0.0) -> list[synth.Doc]:  # fmt: skip
     """``n`` needle-like fact documents: one needle of a training ``forms`` in ``n_units`` units of training
     ``styles`` filler (``pages`` is left out here: its pages state facts the document has no question for);
-    ``varied_values``: values of many lengths (:data:`VARIED_NEEDLE_VALUES`).
+    ``varied_values``: values of many lengths (:data:`VARIED_NEEDLE_VALUES`); ``shape_mix``: see :func:`needle`.
 
     Same schema as :func:`pipelines.d2l.synth.make_fact_docs` (``facts``, ``spans``, ``qa``, ``probe_qa``), so
     meta-training caches them like any fact document and the gate learns them as chunks to keep.
@@ -395,7 +407,7 @@ def make_needle_fact_docs(n: int, seed: int, split: str = "train", *, styles: Se
     docs: list[synth.Doc] = []
     for _ in range(n):
         style, form, entity = rng.choice(usable), rng.choice(list(forms)), rng.choice(names)
-        piece, value, qa, probe = needle(form, rng, entity, varied_values)
+        piece, value, qa, probe = needle(form, rng, entity, varied_values, shape_mix)
         next_unit = filler_units(style, rng, "train")
         units: list[synth.Piece] = [(next_unit().strip(), None, 0) for _ in range(rng.randint(*n_units))]
         units.insert(rng.randint(0, len(units)), piece)

@@ -114,6 +114,9 @@ class DataConfig(_Quiet):
     # Open values of many lengths (synth.VARIED_VALUES, haystacks.VARIED_NEEDLE_VALUES): magic numbers and codes of
     # 2-10 digits instead of one length, so an answer's length has to come from the document.
     varied_values: bool = False
+    # needle_shape_mix: the share of identifier needles (haystacks.IDENTIFIER_FORMS: number, code, serial, ...) that
+    # state another identifier form's value, so a value's shape must come from the document, not the question.
+    needle_shape_mix: float = Field(0.0, ge=0.0, le=1.0)
     # Hand-written training pages (pipelines/d2l/written.py): folders (relative to the repository, or absolute) whose
     # "train" questions train, each page listed written_repeat times among the training documents (on top of
     # n_train); eval_written: a folder whose "eval" questions replace the generated held-out documents as the
@@ -124,7 +127,8 @@ class DataConfig(_Quiet):
 
     _QUIET = frozenset({"pages_share", "pages_facts", "pages_tokens", "recon_share", "recon_tokens", "recon_window",
                         "recon_rows", "prompt_styles", "hay_styles", "needle_share", "needle_units", "needle_forms",
-                        "written_dirs", "written_repeat", "eval_written", "varied_values"})
+                        "written_dirs", "written_repeat", "eval_written", "varied_values",
+                        "needle_shape_mix"})
 
     @field_validator("prompt_styles")
     @classmethod
@@ -288,7 +292,8 @@ def make_docs(d: DataConfig, seed: int, n_eval: int | None = None) -> tuple[list
             docs += haystacks.make_needle_fact_docs(n_needle, s, split, styles=d.hay_styles,
                                                     forms=d.needle_forms or haystacks.TRAIN_NEEDLES,
                                                     n_units=tuple(d.needle_units),
-                                                    varied_values=d.varied_values)  # fmt: skip
+                                                    varied_values=d.varied_values,
+                                                    shape_mix=d.needle_shape_mix)  # fmt: skip
         out.append(docs)
     if d.written_dirs:
         out[0] += written.load_written([_repo_path(p) for p in d.written_dirs], "train") * d.written_repeat

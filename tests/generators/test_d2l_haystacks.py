@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,18 @@ def test_varied_values_have_many_lengths_and_never_the_held_out_shape() -> None:
     facts = synth.make_fact_docs(200, seed=3, attributes=["magic", "code"], n_facts=(1, 2), varied_values=True)
     assert len({len(d["facts"]["magic"]) for d in facts if "magic" in d["facts"]}) >= 8
     assert synth.make_fact_docs(20, seed=3) == synth.make_fact_docs(20, seed=3, varied_values=False)
+
+
+def test_shape_mix_gives_identifier_needles_other_forms_values_and_leaves_old_data_alone() -> None:
+    kw = {"styles": ["narrative"], "forms": ["number"], "varied_values": True}
+    plain = hs.make_needle_fact_docs(40, 0, **kw)
+    assert plain == hs.make_needle_fact_docs(40, 0, **kw, shape_mix=0.0)  # old recipes draw the same documents
+    mixed = hs.make_needle_fact_docs(40, 0, **kw, shape_mix=1.0)
+    values = [d["facts"]["number"] for d in mixed]
+    assert not any(v.isdigit() for v in values)  # every value another identifier form's (none is bare digits)
+    for d in mixed:  # still a stated value the pointer can find, never the held-out combination's shape
+        lo, hi = d["spans"]["number"]
+        assert d["text"][lo:hi] == d["facts"]["number"] == d["qa"][0]["answer"]
+        assert not re.fullmatch(r"\d{2}-\d{2}-\d{2}", d["facts"]["number"])
+    times = hs.make_needle_fact_docs(10, 0, styles=["narrative"], forms=["time"], shape_mix=1.0)
+    assert all(re.fullmatch(r"\d{1,2}:\d{2}", d["facts"]["time"]) for d in times)  # not an identifier form
