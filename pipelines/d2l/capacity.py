@@ -285,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             train_s += time.monotonic() - ts
             state.step += 1
             window.append(res.ce.item())
-            if res.cd is not None:
-                cd_window.append(res.cd)
+            if "cd_kl" in res.terms:
+                cd_window.append(res.terms["cd_kl"])
     finally:
         s.lora.remove()
     n_q = sum(len(d["qa"]) for d in train_docs)

@@ -661,10 +661,9 @@ class StepResult:
     ce: Tensor  # answer-token CE, per-document mean
     reg: Tensor  # L1 penalty on the generated A, B
     grad_norm: float  # before clipping
-    aux: tuple[float, float] | None  # (pointer loss, gate loss) when the recipe weighs them
-    cd: float | None = None  # context-distillation KL (per-document mean) when the recipe weighs it
-    # further terms the recipe weighs, logged as their mean by name: pointer_entropy (pointer_sharp), key_overlap
-    # (key_distinct)
+    # the further terms the recipe weighs, by name (logged as their mean over a log window): cd_kl (the
+    # context-distillation KL, per-document mean; cd_loss), pointer_loss and gate_loss (pointer_loss / gate_loss),
+    # pointer_entropy (pointer_sharp), key_overlap (key_distinct)
     terms: dict[str, float] = field(default_factory=dict)
 
 
@@ -699,12 +698,11 @@ def train_step(s: Setup, state: TrainState) -> StepResult:
     loss = (ce if cfg.ce_weight == 1.0 else cfg.ce_weight * ce) + reg
     if kl is not None:
         loss = loss + cfg.cd_loss * kl
-    aux = None
+    terms: dict[str, float] = {} if kl is None else {"cd_kl": kl.item()}
     if cfg.pointer_loss or cfg.gate_loss:
         ptr_l, gate_l = aux_losses(out, chunks, len(docs))
         loss = loss + cfg.pointer_loss * ptr_l + cfg.gate_loss * gate_l
-        aux = (ptr_l.item(), gate_l.item())
-    terms: dict[str, float] = {}
+        terms |= {"pointer_loss": ptr_l.item(), "gate_loss": gate_l.item()}
     for name, weight, term in (
         ("pointer_entropy", cfg.pointer_sharp, lambda: pointer_entropy(out, chunks, len(docs))),
         ("key_overlap", cfg.key_distinct,
@@ -721,7 +719,7 @@ def train_step(s: Setup, state: TrainState) -> StepResult:
     gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip).item()
     state.opt.step()
     state.sched.step()
-    return StepResult(ce, reg, gnorm, aux, None if kl is None else kl.item(), terms)
+    return StepResult(ce, reg, gnorm, terms)
 
 
 # ---------------------------------------------------------------- the loop
@@ -737,13 +735,8 @@ def run_steps(s: Setup, state: TrainState, baseline: dict[str, Any], stop: StopS
 
     def one_step() -> StepLog:
         res = train_step(s, state)
-        mean = dict(res.terms)
-        if res.aux is not None:
-            mean |= {"pointer_loss": res.aux[0], "gate_loss": res.aux[1]}
-        if res.cd is not None:
-            mean["cd_kl"] = res.cd
         last = {"reg": res.reg.item(), "grad_norm": res.grad_norm, "lr": state.sched.get_last_lr()[0]}
-        return StepLog(res.ce.item(), mean, last)
+        return StepLog(res.ce.item(), res.terms, last)
 
     def evaluate_now(bar: Any) -> None:
         rec = evaluate(s, state, baseline)
