@@ -17,7 +17,11 @@ Beside the answers, **pointer coverage**: of the value's tokens (one per digit),
 adapter's (layer, rank) slots points at (argmax of its pointer attention, ``HyperNet.explain``). A token no slot
 points at cannot be copied into the answer. And **keys**: the largest cosine between the induction keys two of the
 value's tokens would give their slots (``explain(position_keys=True)``); near 1, the copy cannot tell which of the
-two comes next ("27-8-13" for 27-13-89: the tokens after the two "-"). A case is right when the gold string appears in the answer
+two comes next ("27-8-13" for 27-13-89: the tokens after the two "-"). ``--bias-alone`` also asks each question with
+only the adapter's bias block (the rank block a ``use_bias`` checkpoint adds to every adapter, whatever the
+document): what it answers there is a prior of the question's wording, not something read from the document (the
+committed checkpoint answers "What do you type on the side-door keypad of X?" with "KP-94" from it alone, and
+"KV-95" with the whole adapter, for a document that says 9237). A case is right when the gold string appears in the answer
 (``answer_matches``, the benchmarks' rule). The cases
 are fixed here, written for this probe, not drawn from ``pipelines/d2l`` or ``evals/docs*``; nothing is tuned on
 them. Writes a Markdown table (every answer) to ``--out`` and prints it.
@@ -51,10 +55,12 @@ CASES: list[tuple[str, str, list[str], str]] = [  # group, document, questions, 
      [f"When does the ferry to {E} leave?", f"At what time is the {E} ferry?"], "14:35"),
     ("wording", f"{E} keeps its spare key under the stone marked 5190.",
      [f"Which stone hides {E}'s spare key?", f"Under what stone is the key of {E}?"], "5190"),
+    ("wording", f"The keypad by the side door of {E} takes 9237.",  # bench_niah's held-out "pin" wording
+     [f"What do you type on the side-door keypad of {E}?", f"Which digits disarm the alarm of {E}?"], "9237"),
 ]
 
 
-def run(checkpoints: list[str], model: str) -> list[dict[str, object]]:
+def run(checkpoints: list[str], model: str, bias_alone: bool = False) -> list[dict[str, object]]:
     from agent_sleep.adapters.artifact import LoraWeights
     from agent_sleep.adapters.stack import prepare_stack
     from agent_sleep.evaluation.answers import answer_matches
@@ -73,9 +79,15 @@ def run(checkpoints: list[str], model: str) -> list[dict[str, object]]:
             stack = prepare_stack("probe", [("probe", layers, 1.0)], dtype=handle.dtype, device=handle.device)
             answers = [runner.answer(q, stack=stack) for q in questions]
             covered, n_tokens, overlap = coverage(gen, handle, text, gold)
-            rows.append({"checkpoint": Path(checkpoint).name, "group": group, "gold": gold, "answers": answers,
-                         "right": sum(answer_matches(a, [gold]) for a in answers), "asked": len(answers),
-                         "covered": covered, "value_tokens": n_tokens, "key_overlap": overlap})  # fmt: skip
+            row = {"checkpoint": Path(checkpoint).name, "group": group, "gold": gold, "answers": answers,
+                   "right": sum(answer_matches(a, [gold]) for a in answers), "asked": len(answers),
+                   "covered": covered, "value_tokens": n_tokens, "key_overlap": overlap}  # fmt: skip
+            if bias_alone and gen.net.config.use_bias:  # the last rank rows of every layer: the bias block
+                r = gen.net.config.rank
+                alone = {m: LoraWeights(A=a[-r:], B=b[:, -r:], scaling=made.scale) for m, (a, b) in made.layers.items()}
+                stack = prepare_stack("bias", [("bias", alone, 1.0)], dtype=handle.dtype, device=handle.device)
+                row["bias_alone"] = [runner.answer(q, stack=stack) for q in questions]
+            rows.append(row)
     return rows
 
 
@@ -115,7 +127,10 @@ def table(rows: list[dict[str, object]], checkpoints: list[str]) -> str:
             row = [r for r in rows if r["checkpoint"] == name][i]
             shown = " / ".join(f"`{str(a).strip()[:24]}`" for a in row["answers"])  # type: ignore[union-attr]
             keys = "" if row.get("key_overlap") is None else f", keys {row['key_overlap']:.2f}"
-            cells.append(f"{row['right']}/{row['asked']}: {shown} (ptr {row['covered']}/{row['value_tokens']}{keys})")
+            bias = ""
+            if row.get("bias_alone"):
+                bias = "; bias alone " + " / ".join(f"`{str(a).strip()[:24]}`" for a in row["bias_alone"])  # type: ignore[union-attr]
+            cells.append(f"{row['right']}/{row['asked']}: {shown} (ptr {row['covered']}/{row['value_tokens']}{keys}{bias})")
         lines.append(f"| {group} | `{gold}` | " + " | ".join(cells) + " |")
     for group in ("length", "shape", "wording"):
         cells = []
@@ -134,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to write")
+    parser.add_argument("--bias-alone", action="store_true",
+                        help="also answer with the adapter's bias block alone (the document-independent part)")
     args = parser.parse_args(argv)
     import torch
 
@@ -143,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     checkpoints = [str(c) for c in (args.checkpoint or [DEFAULT_CHECKPOINT])]
     started = time.monotonic()
-    rows = run(checkpoints, args.model)
+    rows = run(checkpoints, args.model, args.bias_alone)
     command = " ".join([".venv/bin/python", "evals/probe_d2l_values.py", *(argv if argv is not None else sys.argv[1:])])
     text = f"`{command}` ({time.monotonic() - started:.0f} s)\n\n" + table(rows, checkpoints)
     print(text)
