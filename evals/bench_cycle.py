@@ -53,6 +53,7 @@ def populate(data_dir: Path, n: int) -> float:
 
 
 def main() -> None:
+    from evals.record import write_results
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--config", type=Path, help="a cycle config (default: the defaults)")
@@ -84,8 +85,7 @@ def main() -> None:
                                           "generate_seconds", "reasons")} for s in result.get("skills", [])],
         "selection": result.get("selection"),
     }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_results(args.out, record)
     print(json.dumps({k: record[k] for k in ("episodes", "wall_s", "peak_rss_mb", "outcome", "stages_s")}, indent=2))
     for s in record["skills"]:
         print(f"  {s['skill']:<28} {s['generator']:<6} {s['status']:<9} train {s['train_items']} probes {s['probes']}")

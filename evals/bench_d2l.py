@@ -413,6 +413,7 @@ def load_d2l(args: argparse.Namespace, handle: Any) -> tuple[Any, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from evals.record import write_results
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=None, help="at most N documents per set (quick runs)")
     parser.add_argument("--synthetic", type=int, default=16, help="held-out synthetic fact documents (0: none)")
@@ -534,8 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         "niah_documents": niah_rows,
         "seconds": time.perf_counter() - started,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    write_results(args.out, result)
     png = plot(summary, niah, args.out.with_suffix(".png"))
     print(table)
     print(f"\n{d2l_status}. Wrote {args.out}" + (f" and {png}" if png else "") +

@@ -38,7 +38,6 @@ Writes JSON and a Markdown table next to it (``.md``).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -315,6 +314,7 @@ def markdown(results: dict[str, dict[str, Any]], size: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from evals.record import write_results
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--groups", type=int, default=16, help="nights per set")
     parser.add_argument("--group-size", type=int, default=3, help="documents per night")
@@ -360,10 +360,8 @@ def main(argv: list[str] | None = None) -> int:
            "summary": {n: r["summary"] for n, r in results.items()}, "table": table,
            "questions": {n: r["questions"] for n, r in results.items()},
            "seconds": time.perf_counter() - started}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1, default=str) + "\n", encoding="utf-8")
     head = f"`{out['command']}` ({out['checkpoint']}, {out['seconds'] / 60:.1f} min)"
-    args.out.with_suffix(".md").write_text(f"{head}\n\n{table}\n", encoding="utf-8")
+    write_results(args.out, out, markdown=f"{head}\n\n{table}")
     print(table)
     print(f"\nWrote {args.out} in {out['seconds'] / 60:.1f} min.")
     return 0

@@ -24,7 +24,6 @@ Writes evals/results/demo_content.json. The rephrasings are frozen content (see
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ def log(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from evals.record import write_results
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sft-budgets", type=float, nargs="+", default=[30.0, 120.0])
     parser.add_argument("--replay-budget", type=float, default=240.0)
@@ -211,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": round(time.perf_counter() - started, 1)}
             log(f"guards {label}: {right:g}/{items} in {result['guards']['stacks'][label]['seconds']} s")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, result)
     log(f"wrote {args.out}")
     return 0
 

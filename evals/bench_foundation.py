@@ -10,7 +10,6 @@ SQLite through capture, < 1 ms capture overhead per LangGraph agent step.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -18,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -152,6 +150,7 @@ def bench_model() -> dict[str, float]:
 
 
 def main() -> None:
+    from evals.record import write_results
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pg-url", default=os.environ.get("AGENT_SLEEP_TEST_PG_URL"),
                     help="PostgreSQL URL (default: $AGENT_SLEEP_TEST_PG_URL); omitted -> SQLite only")
@@ -167,28 +166,20 @@ def main() -> None:
         results["logging_sqlite"] = bench_logging(f"sqlite:///{tmp}/bench.sqlite", args.events)
         results["capture_sqlite"] = bench_capture_overhead(f"sqlite:///{tmp}/cap.sqlite")
     if args.pg_url:
-        from sqlalchemy import create_engine, text
-        from sqlalchemy.engine import make_url
+        from evals.record import scratch_database
 
-        name = f"agent_sleep_bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            url = make_url(args.pg_url).set(database=name).render_as_string(hide_password=False)
-            results["logging_postgres"] = bench_logging(url, args.events)
-        finally:
-            from agent_sleep.capture import writer as writer_mod
+        with scratch_database(args.pg_url, "agent_sleep_bench_") as url:
+            try:
+                results["logging_postgres"] = bench_logging(url, args.events)
+            finally:  # before the database goes
+                from agent_sleep.capture import writer as writer_mod
 
-            for w in writer_mod._WRITERS.values():
-                w.close()
-            with admin.connect() as c:
-                c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                for w in writer_mod._WRITERS.values():
+                    w.close()
     if not args.skip_model:
         results["model"] = bench_model()
 
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    write_results(args.out, results)
     print("| measure | value | goal |\n|---|---|---|")
     for key in ("logging_sqlite", "logging_postgres"):
         if key in results:

@@ -24,7 +24,6 @@ page; ``--dense-kind needles``: that many chunk-sized needle haystacks of the cl
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -227,6 +226,7 @@ def table(rows: list[dict[str, Any]], rules: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from evals.record import write_results
     from pipelines.d2l import haystacks as hs
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -269,9 +269,7 @@ def main(argv: list[str] | None = None) -> int:
            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "table": md, "rows": result["rows"], "seconds": time.perf_counter() - started}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    args.out.with_suffix(".md").write_text(f"`{out['command']}`\n\n{md}\n", encoding="utf-8")
+    write_results(args.out, out, markdown=f"`{out['command']}`\n\n{md}")
     print(md)
     print(f"\nWrote {args.out} in {out['seconds'] / 60:.1f} min.")
     return 0

@@ -23,7 +23,6 @@ Writes evals/results/online_guard.json.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from collections.abc import Callable
@@ -69,6 +68,7 @@ def rollback_rate(config: OnlineGuardConfig, before: tuple[Draw, float], after: 
 
 
 def main() -> None:
+    from evals.record import write_results
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=4000)
     args = parser.parse_args()
@@ -106,7 +106,7 @@ def main() -> None:
         out["power"][name] = row
         print(f"power {name:34} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
     dest = ROOT / "evals" / "results" / "online_guard.json"
-    dest.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    write_results(dest, out)
     print(f"wrote {dest}")
 
 

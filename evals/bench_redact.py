@@ -67,6 +67,7 @@ def _chars(c: EpisodeCandidate) -> int:
 
 
 def main() -> None:
+    from evals.record import write_results
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=ROOT / "evals" / "results" / "redact.json")
@@ -105,8 +106,7 @@ def main() -> None:
         "redact_chars_per_s": round(sum(map(len, texts)) / redact_s),
         "hours_for_100k_episodes": round(100_000 / (args.episodes / select_s) / 3600, 3),
     }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     for k, v in result.items():
         print(f"{k}: {v}")
 

@@ -63,6 +63,7 @@ def timed(fn: Any, repeat: int = 3) -> tuple[float, Any]:
 
 
 def main() -> None:
+    from evals.record import write_results
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cycles", type=int, default=100)
     ap.add_argument("--out", type=Path, default=ROOT / "evals" / "results" / "report.json")
@@ -111,8 +112,7 @@ def main() -> None:
         finally:
             world.runtime.stop()
             world.store.close()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_results(args.out, record)
     print(json.dumps(record, indent=2))
 
 

@@ -34,6 +34,7 @@ def log(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from evals.record import write_results
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", type=float, nargs="*", default=[0.0, 1.0, 4.0])
     parser.add_argument("--steps", type=int, default=40, help="sft max_steps per adapter (it may converge sooner)")
@@ -111,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"guards {row['guards']['right']:g}/{row['guards']['of']} {row['guards']['per_suite']}")
             for w in row["guards"]["wrong"][:12]:
                 log(f"    wrong {w['id']}: {w['reply'][:90]!r}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, result)
     log(f"wrote {args.out}")
     return 0
 

@@ -229,6 +229,7 @@ def load_test(rt: Any, names: list[str], swaps: int, tokens: int) -> dict[str, A
 
 
 def main() -> None:
+    from evals.record import write_results
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--swaps", type=int, default=100)
     ap.add_argument("--tokens", type=int, default=6, help="greedy tokens per load-test request")
@@ -257,7 +258,7 @@ def main() -> None:
                    "switch": bench_switch(rt, names),
                    "decode_tok_s": bench_decode(rt, names, args.decode_tokens),
                    "load_test": None if args.skip_load_test else load_test(rt, names, args.swaps, args.tokens)}
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    write_results(args.out, results)
 
     print("| stack | load from disk | prepare (cached) | switch (prepared → live) | rollback to previous (incl. registry write) |")
     print("|---|---|---|---|---|")

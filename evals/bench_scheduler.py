@@ -19,13 +19,11 @@ databases; default ``$AGENT_SLEEP_TEST_PG_URL``) and dropped after. Writes evals
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,6 +107,7 @@ def bench(store: ExperienceStore, n: int) -> dict[str, Any]:
 
 
 def main() -> int:
+    from evals.record import write_results
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--pg", default=os.environ.get("AGENT_SLEEP_TEST_PG_URL"))
@@ -119,25 +118,15 @@ def main() -> int:
         with ExperienceStore(settings=Settings(data_dir=Path(tmp), database_url=url)) as store:
             results["sqlite"] = bench(store, args.n)
         if args.pg:
-            from sqlalchemy import create_engine, text
-            from sqlalchemy.engine import make_url
+            from evals.record import scratch_database
 
-            name = f"agent_sleep_bench_sched_{uuid.uuid4().hex[:8]}"
-            admin = create_engine(args.pg, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-            try:
-                pg = make_url(args.pg).set(database=name).render_as_string(hide_password=False)
+            with scratch_database(args.pg, "agent_sleep_bench_sched_") as pg:
                 with ExperienceStore(settings=Settings(data_dir=Path(tmp), database_url=pg)) as store:
                     results["postgresql"] = bench(store, args.n)
-            finally:
-                with admin.connect() as conn:
-                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                admin.dispose()
     out = {"measured_at": datetime.now(UTC).isoformat(timespec="seconds"), "n": args.n,
            "machine": f"{os.cpu_count()} CPUs, shared, niced", "results": results}  # fmt: skip
     path = ROOT / "evals" / "results" / "scheduler.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    write_results(path, out)
     for backend, numbers in results.items():
         for what, s in numbers.items():
             print(f"{backend:10} {what:28} median {s['median_ms']:8.2f} ms   p95 {s['p95_ms']:8.2f} ms")

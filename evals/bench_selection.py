@@ -176,6 +176,7 @@ def measure(path: Path, chain: list[str] | None) -> dict[str, Any]:
 
 
 def main() -> None:
+    from evals.record import write_results
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, nargs="+", default=[1_000, 10_000, 100_000], help="episode counts")
     ap.add_argument("--chain", help="comma-separated selector names (default: the default chain)")
@@ -210,12 +211,11 @@ def main() -> None:
               f"decisions {info['decisions']:,}", flush=True)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     by_n = {r["episodes"]: r for r in previous.get("runs", [])} | {r["episodes"]: r for r in runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    write_results(args.out, {
         "machine": f"{platform.machine()} {os.cpu_count()} cpus", "python": platform.python_version(),
         "date": datetime.now(timezone.utc).date().isoformat(), "goal": "<= 60 s and <= 1 GB at 100,000 episodes",
         "runs": [by_n[k] for k in sorted(by_n)],
-    }, indent=2) + "\n")  # fmt: skip
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

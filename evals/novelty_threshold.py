@@ -12,7 +12,6 @@ load time and embeddings/s on ~200-character texts. Writes evals/results/novelty
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -121,6 +120,7 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def main() -> None:
+    from evals.record import write_results
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "evals" / "results" / "novelty.json")
@@ -169,8 +169,7 @@ def main() -> None:
                        for f, d in sims.items()},
         "by_threshold": rows,
     }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
 
     print(f"load {load_s:.2f} s (imports {t1 - t0:.2f} s); {per_s:.0f} embeddings/s on "
           f"{result['chars_per_text']:.0f}-char texts, {args.threads} thread(s)\n")  # fmt: skip

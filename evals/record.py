@@ -1,0 +1,47 @@
+"""Where a benchmark's results go: one JSON record and, for benches that make one, its Markdown table beside it
+(same name, ``.md``), each written whole or not at all (a run killed mid-write leaves the previous file)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from agent_sleep.fsutil import atomic_write_json, atomic_write_text
+
+__all__ = ["scratch_database", "write_results"]
+
+
+def write_results(out: str | Path, record: dict[str, Any], *, markdown: str | None = None) -> Path:
+    """Write ``record`` as indented JSON to ``out`` (folders made; values JSON cannot hold written as ``str``) and
+    ``markdown``, if given, to ``out`` with suffix ``.md``; returns ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, record, indent=2, sort_keys=False, default=str)
+    if markdown is not None:
+        atomic_write_text(out.with_suffix(".md"), markdown.rstrip("\n") + "\n")
+    return out
+
+
+@contextmanager
+def scratch_database(url: str, prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on the server of ``url`` (named ``prefix`` + a random suffix), yielded as
+    a URL, and dropped afterwards (connections forced closed) however the block ends."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
