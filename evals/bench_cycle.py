@@ -54,6 +54,7 @@ def populate(data_dir: Path, n: int) -> float:
 
 def main() -> None:
     from evals.record import write_results
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--config", type=Path, help="a cycle config (default: the defaults)")

@@ -200,6 +200,15 @@ class Runner:
             bytes_per = next(self.handle.model.parameters()).element_size()
         return int(cfg.num_hidden_layers) * 2 * kv_heads * head_dim * bytes_per * tokens / 2**20
 
+    def stack_of(self, made: Any, name: str = "adapter", ranks: slice = slice(None)) -> Any:
+        """An in-memory stack of a generator's result (``layers``: module -> (A, B), ``scale``), without writing a
+        folder; ``ranks``: only these rank rows of every module (e.g. ``slice(-r, None)``, D2L's bias block)."""
+        from agent_sleep.adapters.artifact import LoraWeights
+        from agent_sleep.adapters.stack import prepare_stack
+
+        layers = {m: LoraWeights(A=a[ranks], B=b[:, ranks], scaling=made.scale) for m, (a, b) in made.layers.items()}
+        return prepare_stack(name, [(name, layers, 1.0)], dtype=self.handle.dtype, device=self.handle.device)
+
     def stack_from_folder(self, folder: Path) -> Any:
         from agent_sleep.adapters import lora_layers, prepare_stack, read_adapter
 
@@ -414,6 +423,7 @@ def load_d2l(args: argparse.Namespace, handle: Any) -> tuple[Any, str]:
 
 def main(argv: list[str] | None = None) -> int:
     from evals.record import write_results
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=None, help="at most N documents per set (quick runs)")
     parser.add_argument("--synthetic", type=int, default=16, help="held-out synthetic fact documents (0: none)")

@@ -315,6 +315,7 @@ def markdown(results: dict[str, dict[str, Any]], size: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from evals.record import write_results
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--groups", type=int, default=16, help="nights per set")
     parser.add_argument("--group-size", type=int, default=3, help="documents per night")

@@ -42,6 +42,7 @@ def log(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from evals.record import write_results
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sft-budgets", type=float, nargs="+", default=[30.0, 120.0])
     parser.add_argument("--replay-budget", type=float, default=240.0)

@@ -150,7 +150,8 @@ def bench_model() -> dict[str, float]:
 
 
 def main() -> None:
-    from evals.record import write_results
+    from evals.record import scratch_database, write_results
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pg-url", default=os.environ.get("AGENT_SLEEP_TEST_PG_URL"),
                     help="PostgreSQL URL (default: $AGENT_SLEEP_TEST_PG_URL); omitted -> SQLite only")
@@ -166,8 +167,6 @@ def main() -> None:
         results["logging_sqlite"] = bench_logging(f"sqlite:///{tmp}/bench.sqlite", args.events)
         results["capture_sqlite"] = bench_capture_overhead(f"sqlite:///{tmp}/cap.sqlite")
     if args.pg_url:
-        from evals.record import scratch_database
-
         with scratch_database(args.pg_url, "agent_sleep_bench_") as url:
             try:
                 results["logging_postgres"] = bench_logging(url, args.events)

@@ -73,8 +73,6 @@ def cells(styles: list[str], forms: list[str] | None) -> list[tuple[str, str]]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from agent_sleep.adapters.artifact import LoraWeights
-    from agent_sleep.adapters.stack import prepare_stack
     from agent_sleep.evaluation.answers import answer_matches
     from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT, D2LGenerator, keep_chunks
     from agent_sleep.models.loader import load_base_model
@@ -105,9 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for rule in args.rules:
                     threshold, cap = parse_rule(rule, gen.config.min_gate)
                     keep = keep_chunks(gates, min_gate=threshold, max_kept=cap)
-                    result = gen.assemble(chunks, keep)
-                    layers = {m: LoraWeights(A=a, B=b, scaling=result.scale) for m, (a, b) in result.layers.items()}
-                    stack = prepare_stack(rule, [(rule, layers, 1.0)], dtype=handle.dtype, device=handle.device)
+                    stack = runner.stack_of(gen.assemble(chunks, keep), rule)
                     answers = [runner.answer(q["question"], stack=stack) for q in questions]
                     hits = [answer_matches(a, [q["answer"]]) for a, q in zip(answers, questions, strict=True)]
                     row["rules"][rule] = {"kept": int(keep.sum()), "needle_kept": bool(keep[target]),
@@ -126,8 +122,6 @@ def run_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
     generated pages (pipelines/d2l/pages.py, held-out organisation names), one question per page, per rule."""
     import torch
 
-    from agent_sleep.adapters.artifact import LoraWeights
-    from agent_sleep.adapters.stack import prepare_stack
     from agent_sleep.evaluation.answers import answer_matches
     from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT, D2LGenerator, keep_chunks
     from agent_sleep.models.loader import load_base_model
@@ -157,8 +151,7 @@ def run_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
             for rule in args.rules:
                 threshold, cap = parse_rule(rule, gen.config.min_gate)
                 result = gen.assemble(chunks, keep_chunks(chunks.gates, min_gate=threshold, max_kept=cap))
-                layers = {m: LoraWeights(A=a, B=b, scaling=result.scale) for m, (a, b) in result.layers.items()}
-                stack = prepare_stack(rule, [(rule, layers, 1.0)], dtype=handle.dtype, device=handle.device)
+                stack = runner.stack_of(result, rule)
                 hits = [answer_matches(runner.answer(q["question"], stack=stack), golds(q)) for q in questions]
                 row["rules"][rule] = {"kept": result.chunks, "recall": sum(hits) / len(hits)}
             rows.append(row)

@@ -69,6 +69,7 @@ def rollback_rate(config: OnlineGuardConfig, before: tuple[Draw, float], after: 
 
 def main() -> None:
     from evals.record import write_results
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=4000)
     args = parser.parse_args()

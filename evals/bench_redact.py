@@ -68,6 +68,7 @@ def _chars(c: EpisodeCandidate) -> int:
 
 def main() -> None:
     from evals.record import write_results
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=ROOT / "evals" / "results" / "redact.json")

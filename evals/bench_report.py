@@ -64,6 +64,7 @@ def timed(fn: Any, repeat: int = 3) -> tuple[float, Any]:
 
 def main() -> None:
     from evals.record import write_results
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cycles", type=int, default=100)
     ap.add_argument("--out", type=Path, default=ROOT / "evals" / "results" / "report.json")

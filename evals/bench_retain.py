@@ -35,6 +35,7 @@ def log(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from evals.record import write_results
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", type=float, nargs="*", default=[0.0, 1.0, 4.0])
     parser.add_argument("--steps", type=int, default=40, help="sft max_steps per adapter (it may converge sooner)")

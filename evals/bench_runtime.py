@@ -230,6 +230,7 @@ def load_test(rt: Any, names: list[str], swaps: int, tokens: int) -> dict[str, A
 
 def main() -> None:
     from evals.record import write_results
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--swaps", type=int, default=100)
     ap.add_argument("--tokens", type=int, default=6, help="greedy tokens per load-test request")

@@ -107,7 +107,8 @@ def bench(store: ExperienceStore, n: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    from evals.record import write_results
+    from evals.record import scratch_database, write_results
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--pg", default=os.environ.get("AGENT_SLEEP_TEST_PG_URL"))
@@ -118,8 +119,6 @@ def main() -> int:
         with ExperienceStore(settings=Settings(data_dir=Path(tmp), database_url=url)) as store:
             results["sqlite"] = bench(store, args.n)
         if args.pg:
-            from evals.record import scratch_database
-
             with scratch_database(args.pg, "agent_sleep_bench_sched_") as pg:
                 with ExperienceStore(settings=Settings(data_dir=Path(tmp), database_url=pg)) as store:
                     results["postgresql"] = bench(store, args.n)

@@ -177,6 +177,7 @@ def measure(path: Path, chain: list[str] | None) -> dict[str, Any]:
 
 def main() -> None:
     from evals.record import write_results
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, nargs="+", default=[1_000, 10_000, 100_000], help="episode counts")
     ap.add_argument("--chain", help="comma-separated selector names (default: the default chain)")

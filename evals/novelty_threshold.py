@@ -121,6 +121,7 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 def main() -> None:
     from evals.record import write_results
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "evals" / "results" / "novelty.json")

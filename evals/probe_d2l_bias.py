@@ -27,8 +27,6 @@ sys.path.insert(0, str(ROOT))
 
 
 def run(docs: Path, checkpoint: str, model: str, max_docs: int) -> list[dict[str, Any]]:
-    from agent_sleep.adapters.artifact import LoraWeights
-    from agent_sleep.adapters.stack import prepare_stack
     from agent_sleep.evaluation.answers import answer_matches
     from agent_sleep.generators.d2l import D2LGenerator
     from agent_sleep.models.loader import load_base_model
@@ -47,10 +45,7 @@ def run(docs: Path, checkpoint: str, model: str, max_docs: int) -> list[dict[str
     for slug in sorted({q["doc"] for q in questions})[:max_docs]:
         text = (docs / f"{slug}.md").read_text(encoding="utf-8")
         made = gen.internalize(text)
-        stacks = {}
-        for name, block in (("full", slice(None)), ("bias", slice(-r, None))):
-            layers = {m: LoraWeights(A=a[block], B=b[:, block], scaling=made.scale) for m, (a, b) in made.layers.items()}
-            stacks[name] = prepare_stack(name, [(name, layers, 1.0)], dtype=handle.dtype, device=handle.device)
+        stacks = {"full": runner.stack_of(made, "full"), "bias": runner.stack_of(made, "bias", slice(-r, None))}
         for q in (q for q in questions if q["doc"] == slug):
             answers = {name: runner.answer(q["question"], stack=stack).strip() for name, stack in stacks.items()}
             rows.append({"doc": slug, "question": q["question"], "gold": q["answer"][0], **answers,

@@ -61,8 +61,6 @@ CASES: list[tuple[str, str, list[str], str]] = [  # group, document, questions, 
 
 
 def run(checkpoints: list[str], model: str, bias_alone: bool = False) -> list[dict[str, object]]:
-    from agent_sleep.adapters.artifact import LoraWeights
-    from agent_sleep.adapters.stack import prepare_stack
     from agent_sleep.evaluation.answers import answer_matches
     from agent_sleep.generators.d2l import D2LGenerator
     from agent_sleep.models.loader import load_base_model
@@ -75,17 +73,14 @@ def run(checkpoints: list[str], model: str, bias_alone: bool = False) -> list[di
         gen = D2LGenerator.load(checkpoint, handle=handle)
         for group, text, questions, gold in CASES:
             made = gen.internalize(text)
-            layers = {m: LoraWeights(A=a, B=b, scaling=made.scale) for m, (a, b) in made.layers.items()}
-            stack = prepare_stack("probe", [("probe", layers, 1.0)], dtype=handle.dtype, device=handle.device)
+            stack = runner.stack_of(made, "probe")
             answers = [runner.answer(q, stack=stack) for q in questions]
             covered, n_tokens, overlap = coverage(gen, handle, text, gold)
             row = {"checkpoint": Path(checkpoint).name, "group": group, "gold": gold, "answers": answers,
                    "right": sum(answer_matches(a, [gold]) for a in answers), "asked": len(answers),
                    "covered": covered, "value_tokens": n_tokens, "key_overlap": overlap}  # fmt: skip
             if bias_alone and gen.net.config.use_bias:  # the last rank rows of every layer: the bias block
-                r = gen.net.config.rank
-                alone = {m: LoraWeights(A=a[-r:], B=b[:, -r:], scaling=made.scale) for m, (a, b) in made.layers.items()}
-                stack = prepare_stack("bias", [("bias", alone, 1.0)], dtype=handle.dtype, device=handle.device)
+                stack = runner.stack_of(made, "bias", slice(-gen.net.config.rank, None))
                 row["bias_alone"] = [runner.answer(q, stack=stack) for q in questions]
             rows.append(row)
     return rows

@@ -43,7 +43,8 @@ from pipelines.d2l.objective import (  # aux_losses, group_loras, greedy_accurac
     pointer_entropy,
     qa_loss,
 )
-from pipelines.training import StepLog, StopSignals, append_jsonl, lr_factor, run_loop  # StopSignals: also imported from here
+# StopSignals: also imported from here
+from pipelines.training import StepLog, StopSignals, append_jsonl, lr_factor, run_loop
 
 __all__ = ["DataConfig", "HyperSettings", "TrainConfig", "make_docs", "train"]
 
