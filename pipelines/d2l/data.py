@@ -25,7 +25,7 @@ from tqdm import tqdm
 from agent_sleep.generators.backbone import hidden_after
 from agent_sleep.generators.prompts import answer_ids, styled_prompt
 
-__all__ = ["CachedDoc", "build_cache", "cache_key", "pad_right", "value_positions"]
+__all__ = ["CachedDoc", "attach_answer_positions", "build_cache", "cache_key", "pad_right", "value_positions"]
 
 # {"id", "feats": [T, H] fp16, "value_pos": [token positions of stated values],
 #  "qa": [{"ids", "n_prompt", "hidden", "answer", "question"}]}
@@ -66,6 +66,33 @@ def value_positions(tokenizer: Any, text: str, spans: Sequence[Sequence[int]], m
         first = count(text[:s])
         out.update(range(first, max(first + 1, count(text[:e]))))
     return sorted(i for i in out if i < max_tokens)
+
+
+def attach_answer_positions(cached: Sequence[CachedDoc], docs: Sequence[dict[str, Any]], tokenizer: Any, *,
+                            qa_keys: Sequence[str], max_doc_tokens: int) -> int:
+    """Give every cached question of ``docs`` its ``answer_pos``: the position of the document token where its
+    answer first appears (the first accepted answer found verbatim, then in any case), None where the answer is
+    not in the document's first ``max_doc_tokens`` tokens. ``cached`` is :func:`build_cache`'s result for ``docs``
+    with the same ``qa_keys`` (questions in the same order). Returns how many questions got a position.
+
+    Kept beside the cache, not in it: computed in milliseconds from the text, so older caches stay valid.
+    """
+    found = 0
+    for doc, c in zip(docs, cached, strict=True):
+        qas = [qa for key in qa_keys for qa in doc.get(key, [])]
+        if len(qas) != len(c["qa"]):
+            raise ValueError(f"document {doc['id']}: {len(qas)} questions, the cache holds {len(c['qa'])}")
+        text = doc["text"]
+        for qa, row in zip(qas, c["qa"], strict=True):
+            answers = [qa["answer"]] if isinstance(qa["answer"], str) else list(qa["answer"])
+            at = next((i for a in answers if a and (i := text.find(a)) >= 0), -1)
+            if at < 0:
+                at = next((i for a in answers if a and (i := text.lower().find(a.lower())) >= 0), -1)
+            first = value_positions(tokenizer, text, [(at, at + 1)], max_doc_tokens) if at >= 0 else []
+            pos = first[0] if first else None
+            row["answer_pos"] = pos
+            found += pos is not None
+    return found
 
 
 @torch.no_grad()

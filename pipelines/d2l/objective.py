@@ -11,6 +11,8 @@ are built as the generator builds them (:meth:`HyperNet.concat_chunks`). The loo
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -23,7 +25,7 @@ from agent_sleep.generators.hypernet import HyperConfig, HyperNet, HyperOutput
 from agent_sleep.generators.prompts import question_prompt
 from pipelines.d2l.data import CachedDoc, pad_right
 
-__all__ = ["answer_logits", "aux_losses", "cd_loss", "chunk_loras", "doc_loras", "greedy_accuracy", "group_loras",
+__all__ = ["address_loss", "answer_logits", "aux_losses", "capture_inputs", "cd_loss", "chunk_loras", "doc_loras", "greedy_accuracy", "group_loras",
            "key_overlap", "per_doc_mean", "pointer_entropy", "qa_loss", "row_mean", "topk_kl"]
 
 
@@ -96,6 +98,62 @@ def key_overlap(out: HyperOutput, docs: list[CachedDoc], n_fact: int, *, nearest
             else:
                 terms.append(sim[off].clamp_min(0).pow(2).mean())
     return torch.stack(terms).mean() if terms else out.a.new_zeros(())
+
+
+@contextlib.contextmanager
+def capture_inputs(model: Any, names: Sequence[str]) -> Iterator[list[Tensor]]:
+    """While active, each forward pass through the modules ``names`` leaves their input (detached) in the yielded
+    list, one entry per module in ``names`` order (the last pass wins): the down_proj inputs the LoRA rows see."""
+    captured: list[Tensor] = [torch.empty(0)] * len(names)
+
+    def keep(i: int) -> Any:
+        def hook(module: Any, args: tuple[Any, ...]) -> None:
+            captured[i] = args[0].detach()
+
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(keep(i)) for i, n in enumerate(names)]
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def address_loss(out: HyperOutput, captured: Sequence[Tensor], rows: Sequence[tuple[int, dict[str, Any]]],
+                 members: Sequence[Sequence[int]], *, tau: float = 0.1, min_mass: float = 0.05) -> Tensor:
+    """Addressing: the A rows that fire on a question should be those of the slots that copy its answer.
+
+    For question row ``r`` (``rows[r] = (chunk, qa)``, ``qa["answer_pos"]`` its answer's first token in that chunk),
+    the student's live down_proj input where it predicts the answer's first token (``captured[l][r, n_prompt - 1]``,
+    from :func:`capture_inputs` over the LoRA layers) is scored against every A row of the chunks in its adapter
+    (``members[r]``, all layers and ranks; cosine / ``tau``). The target is where the slots point: each slot of the
+    question's own chunk weighted by its pointer mass on the answer's first token (detached, normalised).
+    Cross-entropy of the softmax over slots towards that target, averaged over the rows with a position whose
+    slots put at least ``min_mass`` on it together (a token no slot rests on teaches nothing). The answer-token loss reaches a slot's A only through whether the right
+    token came out; this says which slot should have fired. Zero without a pointer or positions.
+    """
+    zero = out.a.new_zeros(())
+    if out.pointer is None:
+        return zero
+    n_layers, rank = out.a.shape[1], out.a.shape[2]
+    terms = []
+    for r, (chunk, qa) in enumerate(rows):
+        pos = qa.get("answer_pos")
+        if pos is None or pos >= out.pointer.shape[-1]:
+            continue
+        mass = out.pointer[chunk][:, pos].detach()  # [L*r]
+        total = mass.sum()
+        if total < min_mass:
+            continue
+        x = torch.stack([captured[layer][r, qa["n_prompt"] - 1] for layer in range(n_layers)])  # [L, d_in]
+        cand = out.a[list(members[r])]  # [C, L, r, d_in]
+        scores = F.cosine_similarity(cand, x[None, :, None, :].to(cand), dim=-1).flatten() / tau
+        target = torch.zeros_like(scores)
+        own = list(members[r]).index(chunk)
+        target[own * n_layers * rank : (own + 1) * n_layers * rank] = mass / total
+        terms.append(-(target * F.log_softmax(scores, dim=-1)).sum())
+    return torch.stack(terms).mean() if terms else zero
 
 
 def group_loras(net: HyperNet, a: Tensor, b: Tensor, groups: list[list[int]]) -> tuple[Tensor, Tensor]:

@@ -30,9 +30,11 @@ from agent_sleep.generators.backbone import RowLora
 from agent_sleep.generators.checkpoint import save_checkpoint
 from agent_sleep.generators.hypernet import HyperConfig, HyperNet
 from pipelines.d2l import haystacks, pages, prose, recon, synth, written
-from pipelines.d2l.data import CachedDoc, build_cache, cache_key
+from pipelines.d2l.data import CachedDoc, attach_answer_positions, build_cache, cache_key
 from pipelines.d2l.objective import (  # aux_losses, group_loras, greedy_accuracy: also imported from here
+    address_loss,
     aux_losses,
+    capture_inputs,
     cd_loss,
     chunk_loras,
     doc_loras,
@@ -199,6 +201,12 @@ class TrainConfig(_Quiet):
     # of tokens t-2, t-3, ...). Grown from zero on a warm start, they stay small at the common rate, so the keys of
     # two tokens that follow the same token (the "1" after "27-" and the "8" after "13-") stay alike.
     induction_more_lr: float = Field(1.0, gt=0)
+    # address_loss: weight of the addressing loss (objective.address_loss; copy head only): at the position where
+    # the student starts its answer, its down_proj inputs should match the A rows of the slots whose pointer rests
+    # on the answer's first token in the document, more than any other slot's (InfoNCE over the adapter's slots,
+    # cosine / address_tau). Questions whose answer is not verbatim in the document are skipped.
+    address_loss: float = 0.0
+    address_tau: float = Field(0.1, gt=0)
     # Warm start: a D2L checkpoint folder (e.g. another run's ckpt/best) whose weights initialise the network; it
     # must have this recipe's shape. Only for a fresh run dir (a resumed run continues from its own state).
     init_from: str | None = None
@@ -228,7 +236,7 @@ class TrainConfig(_Quiet):
 
     _QUIET = frozenset({"cd_loss", "cd_top_k", "cd_cache", "ce_weight", "cd_target", "cd_max_new_tokens",
                         "cd_only_correct", "cd_cut", "pointer_sharp", "key_distinct",
-                        "key_distinct_nearest", "induction_more_lr"})
+                        "key_distinct_nearest", "induction_more_lr", "address_loss", "address_tau"})
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -409,6 +417,10 @@ def setup(cfg: TrainConfig, run_dir: Path, *, device: str | None, threads: int |
                           desc="cache train", prompt_styles=d.prompt_styles, **common)  # fmt: skip
     eval_c = build_cache(model, tok, eval_docs, path=run_dir / "cache" / f"eval-{key}.pt", desc="cache eval",
                          **common)  # fmt: skip
+    if cfg.address_loss:
+        found = attach_answer_positions(train_c, train_docs, tok, qa_keys=qa_keys, max_doc_tokens=d.max_doc_tokens)
+        print(f"address_loss: {found} of {sum(len(c['qa']) for c in train_c)} training questions have their answer "
+              "verbatim in the document")
     folder = Path(cfg.cd_cache) if cfg.cd_cache else run_dir / "teacher"
     if cfg.cd_loss and cfg.cd_target == "gold":
         attach_teacher(train_c, train_docs, handle, qa_keys=qa_keys, top_k=cfg.cd_top_k,
@@ -664,7 +676,7 @@ class StepResult:
     grad_norm: float  # before clipping
     # the further terms the recipe weighs, by name (logged as their mean over a log window): cd_kl (the
     # context-distillation KL, per-document mean; cd_loss), pointer_loss and gate_loss (pointer_loss / gate_loss),
-    # pointer_entropy (pointer_sharp), key_overlap (key_distinct)
+    # pointer_entropy (pointer_sharp), key_overlap (key_distinct), address (address_loss)
     terms: dict[str, float] = field(default_factory=dict)
 
 
@@ -690,11 +702,12 @@ def train_step(s: Setup, state: TrainState) -> StepResult:
     remap = {m: len(docs) + h for h, m in enumerate(hays)}
     ab = group_loras(net, out.a, out.b, [[remap.get(m, m) for m in g] for g in groups])
     kl = None
-    if cfg.cd_loss:
-        kl_rows, ce_rows = cd_loss(s.model, s.lora, hc, ab, adapter_rows, device)
-        kl, ce = per_doc_mean(kl_rows, rows), per_doc_mean(ce_rows, rows)
-    else:
-        ce = per_doc_mean(qa_loss(s.model, s.lora, hc, ab, adapter_rows, device), rows)
+    with capture_inputs(s.model, hc.module_names() if cfg.address_loss else []) as captured:
+        if cfg.cd_loss:
+            kl_rows, ce_rows = cd_loss(s.model, s.lora, hc, ab, adapter_rows, device)
+            kl, ce = per_doc_mean(kl_rows, rows), per_doc_mean(ce_rows, rows)
+        else:
+            ce = per_doc_mean(qa_loss(s.model, s.lora, hc, ab, adapter_rows, device), rows)
     reg = cfg.l1 * (out.a.abs().mean() + out.b.abs().mean())
     loss = (ce if cfg.ce_weight == 1.0 else cfg.ce_weight * ce) + reg
     if kl is not None:
@@ -708,6 +721,9 @@ def train_step(s: Setup, state: TrainState) -> StepResult:
         ("pointer_entropy", cfg.pointer_sharp, lambda: pointer_entropy(out, chunks, len(docs))),
         ("key_overlap", cfg.key_distinct,
          lambda: key_overlap(out, chunks, len(docs), nearest=cfg.key_distinct_nearest)),
+        ("address", cfg.address_loss,
+         lambda: address_loss(out, captured, rows, [[remap.get(m, m) for m in groups[group_of[j]]] for j, _ in rows],
+                              tau=cfg.address_tau)),
     ):
         if weight:
             value = term()

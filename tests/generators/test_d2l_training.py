@@ -431,3 +431,65 @@ def test_the_shared_loop_logs_windows_evaluates_checkpoints_and_stops_on_its_own
     assert loop(state, 5, 0.0) == ([], []) and state.step == 0  # the time limit counts from the loop's start
     state = State(step=5)
     assert loop(state, 5, None) == ([], [])  # a finished run does nothing
+
+
+def test_address_loss_prefers_the_slots_that_copy_the_answer_and_trains(tmp_path: Path) -> None:
+    from agent_sleep.generators.hypernet import HyperOutput
+    from pipelines.d2l.data import attach_answer_positions, value_positions
+    from pipelines.d2l.objective import address_loss
+
+    # one layer, two ranks, two chunks; slot 0 of chunk 0 points at token 3 (the answer's first token)
+    pointer = torch.zeros(2, 2, 5)
+    pointer[0, 0, 3] = 1.0
+    pointer[0, 1, 1] = 1.0
+    pointer[1, :, 0] = 1.0
+    x = torch.tensor([1.0, 0.0, 0.0])
+    captured = [torch.stack([x, x])[:, None, :].expand(2, 2, 3)]  # [rows, T, d_in]: n_prompt - 1 = 1
+    qa = {"answer_pos": 3, "n_prompt": 2}
+
+    def loss(a: torch.Tensor, members: list[int]) -> float:
+        out = HyperOutput(a, torch.zeros(2, 1, 3, 2), pointer, None)
+        return address_loss(out, captured, [(0, qa)], [members]).item()
+
+    right = torch.zeros(2, 1, 2, 3)
+    right[0, 0, 0] = x  # the copying slot's A row matches the question
+    right[0, 0, 1] = right[1, 0, 0] = right[1, 0, 1] = torch.tensor([0.0, 1.0, 0.0])
+    wrong = right.clone()
+    wrong[0, 0, 0], wrong[0, 0, 1] = right[0, 0, 1], right[0, 0, 0]  # another slot of the page fires instead
+    assert loss(right, [0]) < 0.01 < loss(wrong, [0])
+    other = right.clone()
+    other[0, 0, 0], other[1, 0, 0] = right[1, 0, 0], x  # a slot of another chunk in the same adapter fires
+    assert loss(other, [0, 1]) > 5.0  # the other chunk's slot wins: counted against it
+    assert loss(other, [0]) == pytest.approx(math.log(2), abs=1e-3)  # alone, the page's two slots tie
+    assert loss(right, [0, 1]) < 0.01
+    # nothing to say where the answer is not in the chunk, or no slot rests on it
+    assert address_loss(HyperOutput(right, torch.zeros(2, 1, 3, 2), pointer, None), captured,
+                        [(0, {"answer_pos": None, "n_prompt": 2})], [[0]]).item() == 0.0  # fmt: skip
+    assert address_loss(HyperOutput(right, torch.zeros(2, 1, 3, 2), pointer, None), captured,
+                        [(1, {"answer_pos": 3, "n_prompt": 2})], [[1]]).item() == 0.0  # fmt: skip
+
+    # the positions: the document token where the first accepted answer begins (any case as a fallback)
+    handle = load_base_model(str(make_tiny_model_dir(tmp_path)), device="cpu")
+    tok = handle.tokenizer
+    text = "Opening hours. The desk closes at 18:30 on Fridays; ask Mira Holt."
+    doc = {"id": "d", "text": text, "qa": [{"question": "When?", "answer": "18:30"},
+                                           {"question": "Who?", "answer": ["nobody", "mira holt"]},
+                                           {"question": "Where?", "answer": "Lyon"}]}  # fmt: skip
+    cached = [{"qa": [{} for _ in doc["qa"]]}]
+    assert attach_answer_positions(cached, [doc], tok, qa_keys=("qa",), max_doc_tokens=100) == 2
+    at = [row["answer_pos"] for row in cached[0]["qa"]]
+    assert at[0] == value_positions(tok, text, [(text.find("18:30"), text.find("18:30") + 1)], 100)[0]
+    assert at[1] == value_positions(tok, text, [(text.find("Mira"), text.find("Mira") + 1)], 100)[0]
+    assert at[2] is None
+    assert attach_answer_positions(cached, [doc], tok, qa_keys=("qa",), max_doc_tokens=2) == 0  # past the cut
+    with pytest.raises(ValueError, match="questions"):
+        attach_answer_positions([{"qa": [{}]}], [doc], tok, qa_keys=("qa",), max_doc_tokens=100)
+
+    # the trainer weighs and logs it: a cross-entropy over the adapter's slots (4 per chunk, up to 2 chunks here)
+    raw = _tiny_recipe(hyper={"b_head": "copy", "a_head": "induction", "scale_B_init": 0.1}, steps=4, ckpt_every=4,
+                       eval_every=100, pointer_loss=1.0, address_loss=1.0)  # fmt: skip
+    run = tmp_path / "run"
+    train(TrainConfig.model_validate(raw), run, device="cpu", handle=handle, threads=1)
+    tr = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    addr = [r["address"] for r in tr if r["kind"] == "train"]
+    assert len(addr) == 4 and all(0 < v <= math.log(8) + 1e-3 for v in addr)
