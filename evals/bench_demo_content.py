@@ -102,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     result["base"] = {"rephrasings": accuracy(before), "seconds": round(time.perf_counter() - started, 1),
                       "answers": as_json(before)}
     log(f"base on {len(probes)} held-out rephrasings: {accuracy(before)}")
-    every = held_out(content)  # all facts, for the documents' adapters (also the facts the agent got right)
 
     stacks: dict[str, list[Any]] = {"base": []}
 
