@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     started = time.monotonic()
     rows = run(args.docs, args.checkpoint, args.model, args.max_tokens)
-    command = " ".join([".venv/bin/python", "evals/probe_d2l_address.py", *(argv if argv is not None else sys.argv[1:])])
+    given = argv if argv is not None else sys.argv[1:]
+    command = " ".join([".venv/bin/python", "evals/probe_d2l_address.py", *given])
     text = f"`{command}` ({time.monotonic() - started:.0f} s)\n\n" + table(rows)
     print(text)
     if args.out:

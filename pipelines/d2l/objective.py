@@ -25,8 +25,9 @@ from agent_sleep.generators.hypernet import HyperConfig, HyperNet, HyperOutput
 from agent_sleep.generators.prompts import question_prompt
 from pipelines.d2l.data import CachedDoc, pad_right
 
-__all__ = ["address_loss", "answer_logits", "aux_losses", "capture_inputs", "cd_loss", "chunk_loras", "doc_loras", "greedy_accuracy", "group_loras",
-           "key_overlap", "per_doc_mean", "pointer_entropy", "qa_loss", "row_mean", "topk_kl"]
+__all__ = ["address_loss", "answer_logits", "aux_losses", "capture_inputs", "cd_loss", "chunk_loras", "doc_loras",
+           "greedy_accuracy", "group_loras", "key_overlap", "per_doc_mean", "pointer_entropy", "qa_loss", "row_mean",
+           "topk_kl"]
 
 
 def chunk_loras(net: HyperNet, docs: list[CachedDoc], device: Any, *, position_keys: bool = False) -> HyperOutput:
@@ -130,8 +131,9 @@ def address_loss(out: HyperOutput, captured: Sequence[Tensor], rows: Sequence[tu
     (``members[r]``, all layers and ranks; cosine / ``tau``). The target is where the slots point: each slot of the
     question's own chunk weighted by its pointer mass on the answer's first token (detached, normalised).
     Cross-entropy of the softmax over slots towards that target, averaged over the rows with a position whose
-    slots put at least ``min_mass`` on it together (a token no slot rests on teaches nothing). The answer-token loss reaches a slot's A only through whether the right
-    token came out; this says which slot should have fired. Zero without a pointer or positions.
+    slots put at least ``min_mass`` on it together (a token no slot rests on teaches nothing). The answer-token
+    loss reaches a slot's A only through whether the right token came out; this says which slot should have fired.
+    Zero without a pointer or positions.
     """
     zero = out.a.new_zeros(())
     if out.pointer is None:
