@@ -213,9 +213,10 @@ class HyperNet(nn.Module):
             self.feat_mean.copy_(feats.float().mean(0))
             self.feat_std.copy_(feats.float().std(0).clamp_min(1e-3))
 
-    def concat_chunks(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    def concat_chunks(self, a: Tensor, b: Tensor, *, bias: bool = True) -> tuple[Tensor, Tensor]:
         """One adapter from the LoRAs of K chunks, ``a [K, L, r, in]``, ``b [K, L, out, r]``: concatenated along
-        rank, chunk-major (their deltas add up), plus the bias block once if there is one.
+        rank, chunk-major (their deltas add up), plus the bias block once if there is one (and ``bias``; meta-training
+        may leave it out of some adapters, ``TrainConfig.bias_drop``).
 
         Returns ``a [L, R, in]``, ``b [L, out, R]`` with R = K*r (+ r). The generator and meta-training both
         build adapters here, so what is trained is what is shipped.
@@ -223,7 +224,7 @@ class HyperNet(nn.Module):
         k, n_layers, r, d_in = a.shape
         a_cat = a.transpose(0, 1).reshape(n_layers, k * r, d_in)
         b_cat = b.permute(1, 2, 0, 3).reshape(n_layers, b.shape[2], k * r)
-        if not self.config.use_bias:
+        if not (self.config.use_bias and bias):
             return a_cat, b_cat
         return torch.cat([a_cat, self.bias_A.to(a_cat)], dim=1), torch.cat([b_cat, self.bias_B.to(b_cat)], dim=2)
 

@@ -12,7 +12,7 @@ are built as the generator builds them (:meth:`HyperNet.concat_chunks`). The loo
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -158,13 +158,16 @@ def address_loss(out: HyperOutput, captured: Sequence[Tensor], rows: Sequence[tu
     return torch.stack(terms).mean() if terms else zero
 
 
-def group_loras(net: HyperNet, a: Tensor, b: Tensor, groups: list[list[int]]) -> tuple[Tensor, Tensor]:
+def group_loras(net: HyperNet, a: Tensor, b: Tensor, groups: list[list[int]],
+                without_bias: Collection[int] = ()) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One adapter per group of chunk LoRAs (:meth:`HyperNet.concat_chunks`, as the generator does for the chunks
-    of one document), zero-padded along rank to the largest group (padding ranks are exact no-ops).
+    of one document), zero-padded along rank to the largest group (padding ranks are exact no-ops); the groups
+    listed in ``without_bias`` get no bias block.
 
     ``a [M, L, r, in]``, ``b [M, L, out, r]`` -> ``[G, L, R, in]``, ``[G, L, out, R]``.
     """
-    adapters = [net.concat_chunks(a[members], b[members]) for members in groups]
+    adapters = [net.concat_chunks(a[members], b[members], bias=gi not in without_bias)
+                for gi, members in enumerate(groups)]  # fmt: skip
     width = max(ga.shape[1] for ga, _ in adapters)
     a_out = torch.stack([F.pad(ga, (0, 0, 0, width - ga.shape[1])) for ga, _ in adapters])
     b_out = torch.stack([F.pad(gb, (0, width - gb.shape[2])) for _, gb in adapters])

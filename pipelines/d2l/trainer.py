@@ -207,6 +207,11 @@ class TrainConfig(_Quiet):
     # cosine / address_tau). Questions whose answer is not verbatim in the document are skipped.
     address_loss: float = 0.0
     address_tau: float = Field(0.1, gt=0)
+    # bias_drop: share of training adapters built without the bias block (HyperNet.use_bias; the generator always
+    # appends it). The block is the same for every document, so it learns the answer's shape from the question's
+    # wording alone ("2084" for any magic number, "KV-95" asked a keypad code); an adapter without it must take the
+    # shape from the page as well as the characters.
+    bias_drop: float = Field(0.0, ge=0.0, lt=1.0)
     # Warm start: a D2L checkpoint folder (e.g. another run's ckpt/best) whose weights initialise the network; it
     # must have this recipe's shape. Only for a fresh run dir (a resumed run continues from its own state).
     init_from: str | None = None
@@ -236,7 +241,7 @@ class TrainConfig(_Quiet):
 
     _QUIET = frozenset({"cd_loss", "cd_top_k", "cd_cache", "ce_weight", "cd_target", "cd_max_new_tokens",
                         "cd_only_correct", "cd_cut", "pointer_sharp", "key_distinct",
-                        "key_distinct_nearest", "induction_more_lr", "address_loss", "address_tau"})
+                        "key_distinct_nearest", "induction_more_lr", "address_loss", "address_tau", "bias_drop"})
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -700,7 +705,9 @@ def train_step(s: Setup, state: TrainState) -> StepResult:
     chunks = docs + [hay_c[m - len(docs)] for m in hays]
     out = chunk_loras(net, chunks, device, position_keys=bool(cfg.key_distinct))
     remap = {m: len(docs) + h for h, m in enumerate(hays)}
-    ab = group_loras(net, out.a, out.b, [[remap.get(m, m) for m in g] for g in groups])
+    drop_rng = random.Random(f"{cfg.seed}:bias:{state.step}")
+    dropped = [gi for gi in range(len(groups)) if cfg.bias_drop and drop_rng.random() < cfg.bias_drop]
+    ab = group_loras(net, out.a, out.b, [[remap.get(m, m) for m in g] for g in groups], without_bias=dropped)
     kl = None
     with capture_inputs(s.model, hc.module_names() if cfg.address_loss else []) as captured:
         if cfg.cd_loss:

@@ -164,6 +164,15 @@ def test_group_loras_concatenate_along_rank_and_pad_with_no_ops() -> None:
         for layer in range(2):
             want = sum(b[m, layer] @ (a[m, layer] @ x) for m in members) + net.bias_B[layer] @ (net.bias_A[layer] @ x)
             torch.testing.assert_close(gb[gi, layer] @ (ga[gi, layer] @ x), want)
+    # meta-training may leave the bias block out of some adapters (bias_drop): only the chunks' deltas remain
+    ga, gb = group_loras(net, a, b, [[2, 0, 3], [1]], without_bias=[0])
+    assert ga.shape == (2, 2, 3 * 2, 6)  # three chunks without it are wider than one chunk with it
+    for gi, members in enumerate([[2, 0, 3], [1]]):
+        for layer in range(2):
+            want = sum(b[m, layer] @ (a[m, layer] @ x) for m in members)
+            if gi == 1:
+                want = want + net.bias_B[layer] @ (net.bias_A[layer] @ x)
+            torch.testing.assert_close(gb[gi, layer] @ (ga[gi, layer] @ x), want)
 
 
 def test_multi_chunk_training_with_filler_chunks_and_copy_head(tmp_path: Path) -> None:
@@ -493,3 +502,20 @@ def test_address_loss_prefers_the_slots_that_copy_the_answer_and_trains(tmp_path
     tr = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     addr = [r["address"] for r in tr if r["kind"] == "train"]
     assert len(addr) == 4 and all(0 < v <= math.log(8) + 1e-3 for v in addr)
+
+
+
+def test_bias_drop_trains_some_adapters_without_the_bias_block(tmp_path: Path) -> None:
+    handle = load_base_model(str(make_tiny_model_dir(tmp_path)), device="cpu")
+    runs = {}
+    for drop in (0.0, 0.9):
+        raw = _tiny_recipe(steps=2, ckpt_every=2, eval_every=100, bias_drop=drop, l1=0.0)
+        run = tmp_path / f"run{drop}"
+        train(TrainConfig.model_validate(raw), run, device="cpu", handle=handle, threads=1)
+        runs[drop] = [json.loads(line)["ce"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                      if json.loads(line)["kind"] == "train"]  # fmt: skip
+    # the fresh network's bias B starts at zero, so step 1 is the same; then the dropped adapters train less of it
+    assert runs[0.0][0] == pytest.approx(runs[0.9][0]) and runs[0.0][1] != pytest.approx(runs[0.9][1])
+    assert "bias_drop" not in TrainConfig().model_dump()  # older recipes dump (and cache) as before
+    with pytest.raises(ValueError):
+        TrainConfig.model_validate({"bias_drop": 1.0})
