@@ -105,6 +105,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT
+    from evals.record import write_probe
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=Path, default=ROOT / "pipelines" / "d2l" / "written" / "validation")
@@ -120,13 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     started = time.monotonic()
     rows = run(args.docs, args.checkpoint, args.model, args.max_tokens)
-    given = argv if argv is not None else sys.argv[1:]
-    command = " ".join([".venv/bin/python", "evals/probe_d2l_address.py", *given])
-    text = f"`{command}` ({time.monotonic() - started:.0f} s)\n\n" + table(rows)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
+    write_probe("probe_d2l_address.py", argv, time.monotonic() - started, table(rows), args.out)
     return 0
 
 

@@ -70,6 +70,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT
+    from evals.record import write_probe
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=Path, default=ROOT / "pipelines" / "d2l" / "written" / "validation")
@@ -85,12 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     started = time.monotonic()
     rows = run(args.docs, args.checkpoint, args.model, args.max_docs)
-    command = " ".join([".venv/bin/python", "evals/probe_d2l_bias.py", *(argv if argv is not None else sys.argv[1:])])
-    text = f"`{command}` ({time.monotonic() - started:.0f} s)\n\n" + table(rows)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
+    write_probe("probe_d2l_bias.py", argv, time.monotonic() - started, table(rows), args.out)
     return 0
 
 

@@ -150,17 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT
+    from evals.record import write_probe
 
     if args.threads:
         torch.set_num_threads(args.threads)
     checkpoints = [str(c) for c in (args.checkpoint or [DEFAULT_CHECKPOINT])]
     started = time.monotonic()
     rows = run(checkpoints, args.model, args.bias_alone)
-    command = " ".join([".venv/bin/python", "evals/probe_d2l_values.py", *(argv if argv is not None else sys.argv[1:])])
-    text = f"`{command}` ({time.monotonic() - started:.0f} s)\n\n" + table(rows, checkpoints)
-    print(text)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
+    write_probe("probe_d2l_values.py", argv, time.monotonic() - started, table(rows, checkpoints), args.out)
     return 0
 
 

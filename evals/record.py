@@ -1,5 +1,6 @@
 """Where a benchmark's results go: one JSON record and, for benches that make one, its Markdown table beside it
-(same name, ``.md``), each written whole or not at all (a run killed mid-write leaves the previous file)."""
+(same name, ``.md``), each written whole or not at all (a run killed mid-write leaves the previous file); a
+diagnostic probe's Markdown page headed by the command that made it (:func:`write_probe`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from agent_sleep.fsutil import atomic_write_json, atomic_write_text
 
-__all__ = ["scratch_database", "write_results"]
+__all__ = ["scratch_database", "write_probe", "write_results"]
 
 
 def write_results(out: str | Path, record: dict[str, Any], *, markdown: str | None = None) -> Path:
@@ -22,6 +23,23 @@ def write_results(out: str | Path, record: dict[str, Any], *, markdown: str | No
     if markdown is not None:
         atomic_write_text(out.with_suffix(".md"), markdown.rstrip("\n") + "\n")
     return out
+
+
+def write_probe(script: str, argv: list[str] | None, seconds: float, body: str, out: str | Path | None, *,
+                detail: str = "") -> str:
+    """A probe's page: the command that ran it (``script`` under ``evals/`` with ``argv``, default the process's),
+    its duration (and ``detail``) in one line, then ``body``; printed, and written whole to ``out`` if given."""
+    import sys
+
+    given = sys.argv[1:] if argv is None else argv
+    command = " ".join([".venv/bin/python", f"evals/{script}", *given])
+    text = f"`{command}` ({seconds:.0f} s{'; ' + detail if detail else ''})\n\n{body.rstrip()}\n"
+    print(text)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, text)
+    return text
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evals.record import scratch_database, write_results
+from evals.record import scratch_database, write_probe, write_results
 from tests.conftest import PG_URL
 
 
@@ -46,3 +46,12 @@ def test_a_scratch_database_exists_inside_the_block_and_is_dropped_after() -> No
     with admin.connect() as conn:
         assert not conn.execute(text("select 1 from pg_database where datname = :n"), {"n": name}).first()
     admin.dispose()
+
+
+def test_a_probe_page_names_its_command_and_is_written_whole(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "deep" / "probe.md"
+    text = write_probe("probe_x.py", ["--docs", "d"], 12.4, "| a |\n|---|\n", out, detail="2 pages")
+    assert text == "`.venv/bin/python evals/probe_x.py --docs d` (12 s; 2 pages)\n\n| a |\n|---|\n"
+    assert out.read_text(encoding="utf-8") == text and text in capsys.readouterr().out
+    assert write_probe("probe_x.py", [], 0.2, "body", None) == "`.venv/bin/python evals/probe_x.py` (0 s)\n\nbody\n"
