@@ -13,8 +13,9 @@ every folder but ``validation``, spread evenly over them; ``question`` trains, `
 the same question on the pages real agents meet.
 
 ``--rank R`` above the checkpoint's rank grows the network function-preservingly before training
-(:func:`grow_rank`): the checkpoint's slots are copied, the new slots get copies of a sibling slot's query plus
-noise and a zero B scale, so step 0 is exactly the checkpoint. ``--first-lora-layer`` below the checkpoint's is
+(:func:`pipelines.d2l.trainer.grow_rank`, also what a recipe's ``init_from`` does for a higher rank): the
+checkpoint's slots are copied, the new slots get copies of a sibling slot's query plus noise and a zero B scale,
+so step 0 is exactly the checkpoint. ``--first-lora-layer`` below the checkpoint's is
 not supported (the question-state cache and the slot layout would change).
 
     PYTHONPATH=. .venv/bin/python pipelines/d2l/capacity.py --run-dir runs/d2l/capacity-r8 --pages 24 \
@@ -39,14 +40,14 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch
 
-from agent_sleep.generators.checkpoint import load_checkpoint
 from agent_sleep.generators.hypernet import HyperNet
 from pipelines.d2l.objective import doc_loras, greedy_accuracy
 from pipelines.d2l import written
-from pipelines.d2l.trainer import Setup, TrainConfig, TrainState, fresh_state, resume, setup, train_step
+from pipelines.d2l.trainer import (Setup, TrainConfig, TrainState, fresh_state, grow_rank, resume, setup,
+                                   train_step)  # fmt: skip
 from pipelines.training import interpreter as _interpreter
 
-__all__ = ["capacity_config", "grow_rank", "measure"]
+__all__ = ["capacity_config", "measure"]
 
 
 def capacity_config(base: TrainConfig, *, pages: int, steps: int, rank: int | None, lr: float | None,
@@ -84,43 +85,6 @@ def pick_spread(n_docs: int, k: int) -> list[int]:
 
 
 @torch.no_grad()
-def grow_rank(net: HyperNet, source: Path, content_hash: str, seed: int = 0) -> None:
-    """Load checkpoint ``source`` (rank r) into ``net`` (rank R > r, otherwise the same shape): every (layer, rank)
-    tensor keeps the checkpoint's values in its first r ranks; a new rank's query is a copy of a sibling slot's
-    query plus small noise, its A scale and induction gain 1, its B scale 0 (and the bias block's new B columns
-    0), so the grown network emits exactly the checkpoint's adapter until training moves the new scales."""
-    src = load_checkpoint(source, content_hash=content_hash)
-    old, new = src.config.rank, net.config.rank
-    if new <= old:
-        raise ValueError(f"grow_rank: the network's rank {new} must exceed the checkpoint's {old}")
-    n_layers = len(net.config.layers)
-    g = torch.Generator().manual_seed(seed)
-    state = net.state_dict()
-    for name, theirs in src.state_dict().items():
-        mine = state[name]
-        if mine.shape == theirs.shape:
-            mine.copy_(theirs)
-        elif name == "queries":
-            q_old, q_new = theirs.view(n_layers, old, -1), mine.view(n_layers, new, -1)
-            q_new[:, :old] = q_old
-            pick = torch.randint(0, old, (new - old,), generator=g)
-            q_new[:, old:] = q_old[:, pick] + 0.02 * torch.randn(q_new[:, old:].shape, generator=g)
-        elif name in ("scale_A", "ind_gain"):
-            mine.fill_(1.0)
-            mine[:, :old] = theirs
-        elif name == "scale_B":
-            mine.zero_()
-            mine[:, :old] = theirs
-        elif name == "bias_A":
-            mine[:, :old] = theirs  # new rows keep their random init; their B columns are zero
-        elif name == "bias_B":
-            mine.zero_()
-            mine[..., :old] = theirs
-        else:
-            raise ValueError(f"grow_rank: {name} {tuple(theirs.shape)} -> {tuple(mine.shape)} has no rank rule")
-    net.load_state_dict(state)
-
-
 def free_loras(s: Setup, docs: list[dict[str, Any]], *, steps: int, lr: float, rank: int,
                max_new: int) -> dict[str, Any]:  # fmt: skip
     """The target's own capacity, without a hypernetwork: per page, a free LoRA of ``rank`` on the generator's

@@ -48,7 +48,7 @@ from pipelines.d2l.objective import (  # aux_losses, group_loras, greedy_accurac
 # StopSignals: also imported from here
 from pipelines.training import StepLog, StopSignals, append_jsonl, lr_factor, run_loop
 
-__all__ = ["DataConfig", "HyperSettings", "TrainConfig", "make_docs", "train"]
+__all__ = ["DataConfig", "HyperSettings", "TrainConfig", "grow_rank", "make_docs", "train"]
 
 
 class _Strict(BaseModel):
@@ -582,6 +582,45 @@ def _last_path(run_dir: Path) -> Path:
     return run_dir / "ckpt" / "last.pt"
 
 
+def grow_rank(net: HyperNet, source: Path, content_hash: str, seed: int = 0) -> None:
+    """Load checkpoint ``source`` (rank r) into ``net`` (rank R > r, otherwise the same shape): every (layer, rank)
+    tensor keeps the checkpoint's values in its first r ranks; a new rank's query is a copy of a sibling slot's
+    query plus small noise, its A scale and induction gain 1, its B scale 0 (and the bias block's new B columns
+    0), so the grown network emits exactly the checkpoint's adapter until training moves the new scales."""
+    from agent_sleep.generators.checkpoint import load_checkpoint
+
+    src = load_checkpoint(source, content_hash=content_hash)
+    old, new = src.config.rank, net.config.rank
+    if new <= old:
+        raise ValueError(f"grow_rank: the network's rank {new} must exceed the checkpoint's {old}")
+    n_layers = len(net.config.layers)
+    g = torch.Generator().manual_seed(seed)
+    state = net.state_dict()
+    for name, theirs in src.state_dict().items():
+        mine = state[name]
+        if mine.shape == theirs.shape:
+            mine.copy_(theirs)
+        elif name == "queries":
+            q_old, q_new = theirs.view(n_layers, old, -1), mine.view(n_layers, new, -1)
+            q_new[:, :old] = q_old
+            pick = torch.randint(0, old, (new - old,), generator=g)
+            q_new[:, old:] = q_old[:, pick] + 0.02 * torch.randn(q_new[:, old:].shape, generator=g)
+        elif name in ("scale_A", "ind_gain"):
+            mine.fill_(1.0)
+            mine[:, :old] = theirs
+        elif name == "scale_B":
+            mine.zero_()
+            mine[:, :old] = theirs
+        elif name == "bias_A":
+            mine[:, :old] = theirs  # new rows keep their random init; their B columns are zero
+        elif name == "bias_B":
+            mine.zero_()
+            mine[..., :old] = theirs
+        else:
+            raise ValueError(f"grow_rank: {name} {tuple(theirs.shape)} -> {tuple(mine.shape)} has no rank rule")
+    net.load_state_dict(state)
+
+
 def _warm_start(net: HyperNet, source: Path, content_hash: str) -> None:
     """Copy the weights of checkpoint ``source`` into ``net``; ConfigError if its shape differs."""
     from agent_sleep.errors import ConfigError
@@ -591,9 +630,14 @@ def _warm_start(net: HyperNet, source: Path, content_hash: str) -> None:
     ignore = {"scale_B_init", "min_gate"}  # a fresh network's start; the generator's default pruning
     mine, theirs = net.config.model_dump(exclude=ignore), src.config.model_dump(exclude=ignore)
     diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
-    grown = diff == ["induction_order"] and mine["induction_order"] > theirs.get("induction_order", 1)
+    # a higher induction order or rank may grow from the checkpoint, keeping its function exactly
+    higher = {"induction_order": 1, "rank": 8}
+    grown = bool(diff) and all(k in higher and mine[k] > theirs.get(k, higher[k]) for k in diff)
     if diff and not grown:
         raise ConfigError(f"init_from {source}: the checkpoint's {diff} differ from this recipe's hyper settings")
+    if "rank" in diff:
+        grow_rank(net, source, content_hash)  # new slots start with a zero B scale (see grow_rank)
+        return
     # a higher induction order adds maps that start at zero (HyperNet): the checkpoint's function, exactly
     missing, unexpected = net.load_state_dict(src.state_dict(), strict=not grown)
     if unexpected or any(not k.startswith("ptr_a_more.") for k in missing):

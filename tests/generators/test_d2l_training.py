@@ -302,7 +302,7 @@ def test_warm_start_copies_a_checkpoint_and_refuses_another_shape(tmp_path: Path
         train(TrainConfig.model_validate(other), tmp_path / "other", device="cpu", handle=handle, threads=1)
 
 
-def test_warm_start_may_raise_the_induction_order_and_nothing_else(tmp_path: Path) -> None:
+def test_warm_start_may_raise_the_induction_order_or_rank_and_nothing_else(tmp_path: Path) -> None:
     from agent_sleep.errors import ConfigError
     from agent_sleep.generators.checkpoint import load_checkpoint
 
@@ -325,6 +325,23 @@ def test_warm_start_may_raise_the_induction_order_and_nothing_else(tmp_path: Pat
     lower = _tiny_recipe(hyper=hyper, steps=0, init_from=str(warm2 / "ckpt" / "best"))
     with pytest.raises(ConfigError, match="induction_order"):  # lowering it would drop trained weights
         train(TrainConfig.model_validate(lower), tmp_path / "lower", device="cpu", handle=handle, threads=1)
+
+    # a higher rank: the checkpoint's slots are kept, the new ones start with a zero B scale -> the same adapter
+    from agent_sleep.generators.hypernet import HyperNet
+
+    wide = _tiny_recipe(hyper={**hyper, "rank": 6}, steps=0, eval_every=100, init_from=best)
+    train(TrainConfig.model_validate(wide), tmp_path / "wide", device="cpu", handle=handle, threads=1)
+    grown_state = torch.load(tmp_path / "wide" / "ckpt" / "last.pt", weights_only=False)["net"]
+    grown = HyperNet(src.config.model_copy(update={"rank": 6}))
+    grown.load_state_dict(grown_state)
+    feats = torch.randn(2, 7, src.config.hidden_size)
+    with torch.no_grad():
+        (a0, b0), (a1, b1) = src.float()(feats), grown(feats)
+    assert a1.shape[2] == 6 and not grown_state["scale_B"][:, 4:].any()
+    torch.testing.assert_close(b1 @ a1, b0 @ a0, rtol=1e-4, atol=1e-5)  # per chunk and layer: B A
+    narrow = _tiny_recipe(hyper={**hyper, "rank": 2}, steps=0, init_from=best)
+    with pytest.raises(ConfigError, match="rank"):
+        train(TrainConfig.model_validate(narrow), tmp_path / "narrow", device="cpu", handle=handle, threads=1)
 
 
 def test_export_refuses_to_compare_runs_trained_on_other_data(tmp_path: Path,
