@@ -213,7 +213,8 @@ class TrainConfig(_Quiet):
     # shape from the page as well as the characters.
     bias_drop: float = Field(0.0, ge=0.0, lt=1.0)
     # Warm start: a D2L checkpoint folder (e.g. another run's ckpt/best) whose weights initialise the network; it
-    # must have this recipe's shape. Only for a fresh run dir (a resumed run continues from its own state).
+    # must have this recipe's shape, or a lower rank or induction order (grown so that step 0 is the checkpoint's
+    # adapter). Only for a fresh run dir (a resumed run continues from its own state).
     init_from: str | None = None
     # Amortised context distillation (pipelines/d2l/teacher.py): the student (base + generated adapter, question
     # only) is pulled towards the base model with the document in its prompt, a top-k KL on the gold answer's
@@ -622,7 +623,8 @@ def grow_rank(net: HyperNet, source: Path, content_hash: str, seed: int = 0) -> 
 
 
 def _warm_start(net: HyperNet, source: Path, content_hash: str) -> None:
-    """Copy the weights of checkpoint ``source`` into ``net``; ConfigError if its shape differs."""
+    """Copy the weights of checkpoint ``source`` into ``net``, growing a lower rank or induction order exactly;
+    ConfigError if its shape differs otherwise."""
     from agent_sleep.errors import ConfigError
     from agent_sleep.generators.checkpoint import load_checkpoint
 
