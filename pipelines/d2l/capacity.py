@@ -84,7 +84,6 @@ def pick_spread(n_docs: int, k: int) -> list[int]:
     return sorted({(i * n_docs) // k for i in range(k)})
 
 
-@torch.no_grad()
 def free_loras(s: Setup, docs: list[dict[str, Any]], *, steps: int, lr: float, rank: int,
                max_new: int) -> dict[str, Any]:  # fmt: skip
     """The target's own capacity, without a hypernetwork: per page, a free LoRA of ``rank`` on the generator's

@@ -583,6 +583,7 @@ def _last_path(run_dir: Path) -> Path:
     return run_dir / "ckpt" / "last.pt"
 
 
+@torch.no_grad()
 def grow_rank(net: HyperNet, source: Path, content_hash: str, seed: int = 0) -> None:
     """Load checkpoint ``source`` (rank r) into ``net`` (rank R > r, otherwise the same shape): every (layer, rank)
     tensor keeps the checkpoint's values in its first r ranks; a new rank's query is a copy of a sibling slot's
