@@ -22,7 +22,6 @@ anything (the default folder is the hand-written validation set).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -104,16 +103,10 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT
-    from evals.record import write_probe
+    from evals.record import probe_parser, write_probe
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--docs", type=Path, default=ROOT / "pipelines" / "d2l" / "written" / "validation")
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser = probe_parser(__doc__.split("\n\n")[0], pages=True)
     parser.add_argument("--max-tokens", type=int, default=640)
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="Markdown file to write")
     args = parser.parse_args(argv)
     import torch
 

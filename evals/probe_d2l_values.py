@@ -29,7 +29,6 @@ them. Writes a Markdown table (every answer) to ``--out`` and prints it.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -139,18 +138,16 @@ def table(rows: list[dict[str, object]], checkpoints: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from evals.record import probe_parser, write_probe
+
+    parser = probe_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", action="append", default=None, help="D2L checkpoint folder (repeatable)")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="Markdown file to write")
     parser.add_argument("--bias-alone", action="store_true",
                         help="also answer with the adapter's bias block alone (the document-independent part)")
     args = parser.parse_args(argv)
     import torch
 
     from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT
-    from evals.record import write_probe
 
     if args.threads:
         torch.set_num_threads(args.threads)

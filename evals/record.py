@@ -1,9 +1,11 @@
 """Where a benchmark's results go: one JSON record and, for benches that make one, its Markdown table beside it
 (same name, ``.md``), each written whole or not at all (a run killed mid-write leaves the previous file); a
-diagnostic probe's Markdown page headed by the command that made it (:func:`write_probe`)."""
+diagnostic probe's command line (:func:`probe_parser`) and Markdown page headed by the command that made it
+(:func:`write_probe`)."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 
 from agent_sleep.fsutil import atomic_write_json, atomic_write_text
 
-__all__ = ["scratch_database", "write_probe", "write_results"]
+__all__ = ["probe_parser", "scratch_database", "write_probe", "write_results"]
 
 
 def write_results(out: str | Path, record: dict[str, Any], *, markdown: str | None = None) -> Path:
@@ -23,6 +25,23 @@ def write_results(out: str | Path, record: dict[str, Any], *, markdown: str | No
     if markdown is not None:
         atomic_write_text(out.with_suffix(".md"), markdown.rstrip("\n") + "\n")
     return out
+
+
+def probe_parser(description: str, *, pages: bool = False) -> argparse.ArgumentParser:
+    """The options every D2L probe takes (``--model``, ``--threads``, ``--out``) and, with ``pages``, the page folder
+    (default: the hand-written VALIDATION set, never ``evals/docs*``) and one ``--checkpoint`` (default: the
+    committed one); the probe adds its own."""
+    parser = argparse.ArgumentParser(description=description)
+    if pages:
+        from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT
+
+        root = Path(__file__).resolve().parents[1]
+        parser.add_argument("--docs", type=Path, default=root / "pipelines" / "d2l" / "written" / "validation")
+        parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="Markdown file to write")
+    return parser
 
 
 def write_probe(script: str, argv: list[str] | None, seconds: float, body: str, out: str | Path | None, *,
