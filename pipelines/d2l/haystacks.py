@@ -16,7 +16,9 @@ document looks different (issue #14), so this module composes, offline and deter
   a format grammar rather than one fixed shape (:func:`_formatted`: 2-4 groups of digits or capitals joined by one
   separator, "0412 993 207", "QX7731K", "3.14.2", "B/88/41"), ``serial``, ``reference``, ``phone`` and ``version``,
   because real documents carry identifiers of every shape and the adapter copied only the shapes it was trained on
-  (``KX-4471`` right, ``QX7731K`` as ``X0771``). Values shaped like the held-out combination are never drawn.
+  (``KX-4471`` right, ``QX7731K`` as ``X0771``). Values shaped like the held-out combination are never drawn;
+  ``entry``: a thing of many (a locker, the guest network, a kiln...) in nine statement and eight question
+  wordings with a value of any identifier shape, so that no wording predicts the answer's shape.
 
 **Split.** :data:`HELDOUT_STYLES` (``correspondence``) and :data:`HELDOUT_NEEDLES` (``combination``: an unseen
 wording *and* value shape; ``pin``: an unseen wording of a trained value shape) are for evaluation only:
@@ -225,7 +227,19 @@ def _formatted(rng: random.Random) -> str:
             return value
 
 
-# form -> (value maker, statement wordings, question wordings); {e} entity, {v} value
+# The ``entry`` form's things (a statement and its question name the same one, picked per needle) and value
+# makers: its wording says nothing about the value's shape, so only the document can. Never the held-out forms'
+# words (keypad, alarm, door, vault, safe, dial, combination, digits, type, disarm: see the test).
+_ENTRY_THINGS = ["locker", "bike shed", "storeroom", "staff gate", "printer", "supply cabinet", "wifi router",
+                 "loading bay", "server cupboard", "tool chest", "mailbox", "archive room", "garage", "photocopier",
+                 "ticket machine", "boiler cupboard", "key box", "parcel locker", "fuel pump", "lift", "freezer",
+                 "till", "meeting room", "cash box", "badge reader", "scanner", "lab fridge", "van", "music room",
+                 "filing cabinet", "shutter", "generator", "guest network", "darkroom", "kiln", "staff portal"]
+_ENTRY_VALUES: list[Callable[[random.Random], str]] = [
+    lambda rng: str(rng.randint(1000, 9999)), synth.VARIED_VALUES["magic"], _code, synth.VARIED_VALUES["code"],
+    _formatted, _formatted]
+
+# form -> (value maker, statement wordings, question wordings); {e} entity, {v} value, {o} (``entry`` only) a thing
 NEEDLES: dict[str, tuple[Callable[[random.Random], str], list[str], list[str]]] = {
     "number": (lambda rng: str(rng.randint(1000, 9999)),
                ["The magic number of {e} is {v}.", "For the record, {e} picked {v} as its secret number.",
@@ -270,6 +284,16 @@ NEEDLES: dict[str, tuple[Callable[[random.Random], str], list[str], list[str]]] 
                     ["Whoever reaches the vault of {e} must dial {v} to open it.",
                      "Only the combination {v} opens the old safe at {e}."],
                     ["Which combination unlocks the safe of {e}?", "What numbers open the vault of {e}?"]),
+    # many things x many wordings, any identifier shape: a wording that does not predict the value's shape
+    "entry": (lambda rng: rng.choice(_ENTRY_VALUES)(rng),
+              ["The {o} at {e} opens with {v}.", "At {e}, the {o} is set to {v}.", "Enter {v} to use the {o} of {e}.",
+               "{e} changed the setting of its {o} to {v} last week.", "Note for staff: the {o} of {e} needs {v}.",
+               "The {o} of {e} is registered under {v}.", "Whoever uses the {o} at {e} enters {v}.",
+               "{v} is what the {o} of {e} expects.", "For the {o} at {e}, use {v}."],
+              ["What opens the {o} at {e}?", "What should you enter at the {o} of {e}?",
+               "What is the {o} of {e} set to?", "What does the {o} of {e} need?", "Which value goes with the {o} of {e}?",
+               "What is the setting for the {o} at {e}?", "What do staff enter for the {o} of {e}?",
+               "How do you get the {o} at {e} to work?"]),
     # held out like the combination, but its value is a trained shape (4 digits, as ``number``): it asks whether a
     # value the adapter can copy is found under a statement and questions worded as training never words them.
     "pin": (lambda rng: str(rng.randint(1000, 9999)),
@@ -316,10 +340,18 @@ def needle(form: str, rng: random.Random, entity: str, varied_values: bool = Fal
     elif varied_values:
         make = VARIED_NEEDLE_VALUES.get(form, make)
     value = make(rng)
-    piece = synth.state(rng.choice(says), entity, form, value)
-    i = rng.randrange(len(asks))
-    qa, probe = ({"question": asks[j % len(asks)].format(e=entity), "answer": value, "attribute": form}
-                 for j in (i, i + 1))  # fmt: skip
+    said = rng.choice(says)
+    if "{o}" in said:  # entry: one thing for the statement and both questions
+        thing = rng.choice(_ENTRY_THINGS)
+        said, asks = said.replace("{o}", thing), [a.replace("{o}", thing) for a in asks]
+    piece = synth.state(said, entity, form, value)
+    if len(asks) > 2:  # two different wordings of many
+        i, j = rng.sample(range(len(asks)), 2)
+    else:
+        i = rng.randrange(len(asks))
+        j = i + 1
+    qa, probe = ({"question": asks[k % len(asks)].format(e=entity), "answer": value, "attribute": form}
+                 for k in (i, j))  # fmt: skip
     return piece, value, qa, probe
 
 

@@ -161,3 +161,33 @@ def test_shape_mix_gives_identifier_needles_other_forms_values_and_leaves_old_da
         assert not re.fullmatch(r"\d{2}-\d{2}-\d{2}", d["facts"]["number"])
     times = hs.make_needle_fact_docs(10, 0, styles=["narrative"], forms=["time"], shape_mix=1.0)
     assert all(re.fullmatch(r"\d{1,2}:\d{2}", d["facts"]["time"]) for d in times)  # not an identifier form
+
+
+def test_entry_needles_word_many_things_many_ways_with_any_shape_and_never_the_held_out_words() -> None:
+    docs = hs.make_needle_fact_docs(200, 0, styles=["narrative", "lists"], forms=["entry"])
+    statements = {d["text"][slice(*d["spans"]["entry"])] for d in docs}
+    assert len(statements) == len(docs)  # values drawn fresh
+    questions = [q for d in docs for q in (d["qa"][0]["question"], d["probe_qa"][0]["question"])]
+    assert all(d["qa"][0]["question"] != d["probe_qa"][0]["question"] for d in docs)
+    shapes = {re.sub(r"[A-Z]", "A", re.sub(r"\d", "9", d["facts"]["entry"])) for d in docs}
+    assert len(shapes) > 40  # the value's shape is not set by the form
+    # each thing is asked with values of several shapes: its wording cannot tell the shape
+    by_thing: dict[str, set[str]] = {}
+    for d in docs:
+        thing = next(t for t in hs._ENTRY_THINGS if t in d["qa"][0]["question"])  # noqa: SLF001
+        assert thing in d["text"] and thing in d["probe_qa"][0]["question"]
+        by_thing.setdefault(thing, set()).add(re.sub(r"\d", "9", d["facts"]["entry"]))
+    assert sum(len(v) > 1 for v in by_thing.values()) > len(by_thing) // 2
+    words = {w for q in [*questions, *(d["text"] for d in docs)] for w in re.findall(r"[a-z]+", q.lower())}
+    held_out = {"keypad", "alarm", "door", "vault", "safe", "dial", "combination", "digits", "type", "disarm",
+                "takes"}
+    entry_words = {w for t in [*hs._ENTRY_THINGS, *hs.NEEDLES["entry"][1], *hs.NEEDLES["entry"][2]]  # noqa: SLF001
+                   for w in re.findall(r"[a-z]+", t.lower())}
+    assert not held_out & entry_words
+    assert {"locker", "printer"} <= words
+    for d in docs:
+        assert not re.fullmatch(r"\d{2}-\d{2}-\d{2}", d["facts"]["entry"])
+        lo, hi = d["spans"]["entry"]
+        assert d["text"][lo:hi] == d["qa"][0]["answer"] == d["facts"]["entry"]
+    hay = hs.make_haystack("narrative", "entry", 400, seed=1)  # evaluation can hide one in a haystack too
+    assert hay["text"][slice(*hay["spans"]["entry"])] == hay["qa"][0]["answer"]
