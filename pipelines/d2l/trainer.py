@@ -625,12 +625,15 @@ def grow_rank(net: HyperNet, source: Path, content_hash: str, seed: int = 0) -> 
 
 def _warm_start(net: HyperNet, source: Path, content_hash: str) -> None:
     """Copy the weights of checkpoint ``source`` into ``net``, growing a lower rank or induction order exactly;
-    ConfigError if its shape differs otherwise."""
+    a network reading its features at another depth (``encoder_layers``) keeps the weights and its own feature
+    statistics (set from this run's documents before the warm start); ConfigError if its shape differs otherwise."""
     from agent_sleep.errors import ConfigError
     from agent_sleep.generators.checkpoint import load_checkpoint
 
     src = load_checkpoint(source, content_hash=content_hash)
-    ignore = {"scale_B_init", "min_gate"}  # a fresh network's start; the generator's default pruning
+    # a fresh network's start; the generator's default pruning; the depth the features are read at (same width:
+    # the weights carry over, the feature statistics stay this run's, see below)
+    ignore = {"scale_B_init", "min_gate", "encoder_layers"}
     mine, theirs = net.config.model_dump(exclude=ignore), src.config.model_dump(exclude=ignore)
     diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     # a higher induction order or rank may grow from the checkpoint, keeping its function exactly
@@ -638,13 +641,17 @@ def _warm_start(net: HyperNet, source: Path, content_hash: str) -> None:
     grown = bool(diff) and all(k in higher and mine[k] > theirs.get(k, higher[k]) for k in diff)
     if diff and not grown:
         raise ConfigError(f"init_from {source}: the checkpoint's {diff} differ from this recipe's hyper settings")
+    deeper = src.config.encoder_layers != net.config.encoder_layers
+    stats = {k: v.clone() for k, v in net.state_dict().items() if k in ("feat_mean", "feat_std")}
     if "rank" in diff:
         grow_rank(net, source, content_hash)  # new slots start with a zero B scale (see grow_rank)
-        return
-    # a higher induction order adds maps that start at zero (HyperNet): the checkpoint's function, exactly
-    missing, unexpected = net.load_state_dict(src.state_dict(), strict=not grown)
-    if unexpected or any(not k.startswith("ptr_a_more.") for k in missing):
-        raise ConfigError(f"init_from {source}: weights do not fit ({missing or unexpected})")
+    else:
+        # a higher induction order adds maps that start at zero (HyperNet): the checkpoint's function, exactly
+        missing, unexpected = net.load_state_dict(src.state_dict(), strict=not grown)
+        if unexpected or any(not k.startswith("ptr_a_more.") for k in missing):
+            raise ConfigError(f"init_from {source}: weights do not fit ({missing or unexpected})")
+    if deeper and stats:  # features read at another depth: standardise them with their own statistics
+        net.load_state_dict(stats, strict=False)
 
 
 def resume(state: TrainState, s: Setup) -> None:

@@ -344,6 +344,30 @@ def test_warm_start_may_raise_the_induction_order_or_rank_and_nothing_else(tmp_p
         train(TrainConfig.model_validate(narrow), tmp_path / "narrow", device="cpu", handle=handle, threads=1)
 
 
+def test_warm_start_may_read_the_features_deeper_with_their_own_statistics(tmp_path: Path) -> None:
+    from agent_sleep.generators.checkpoint import load_checkpoint
+
+    handle = load_base_model(str(make_tiny_model_dir(tmp_path)), device="cpu")
+    first = tmp_path / "first"
+    train(TrainConfig.model_validate(_tiny_recipe(steps=2, eval_every=2)), first, device="cpu", handle=handle,
+          threads=1)  # fmt: skip
+    best = str(first / "ckpt" / "best")
+    src = load_checkpoint(best, content_hash=handle.content_hash)
+    deep = _tiny_recipe(hyper={"encoder_layers": 2}, steps=0, eval_every=100, init_from=best)
+    train(TrainConfig.model_validate(deep), tmp_path / "deep", device="cpu", handle=handle, threads=1)
+    state = torch.load(tmp_path / "deep" / "ckpt" / "last.pt", weights_only=False)["net"]
+    for key, value in src.state_dict().items():
+        if key not in ("feat_mean", "feat_std"):
+            torch.testing.assert_close(state[key], value.float(), rtol=1e-3, atol=1e-3)
+    # the statistics are those of this run's (deeper) features, not the checkpoint's
+    assert not torch.allclose(state["feat_std"], src.state_dict()["feat_std"].float(), rtol=1e-2)
+    fresh = _tiny_recipe(hyper={"encoder_layers": 2}, steps=0, eval_every=100)
+    train(TrainConfig.model_validate(fresh), tmp_path / "fresh", device="cpu", handle=handle, threads=1)
+    own = torch.load(tmp_path / "fresh" / "ckpt" / "last.pt", weights_only=False)["net"]
+    torch.testing.assert_close(state["feat_std"], own["feat_std"])
+    torch.testing.assert_close(state["feat_mean"], own["feat_mean"])
+
+
 def test_export_refuses_to_compare_runs_trained_on_other_data(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     from agent_sleep.generators.checkpoint import read_checkpoint_config
