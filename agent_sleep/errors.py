@@ -27,6 +27,7 @@ that cannot be processed and for parts of the system that are unavailable::
     │   ├── DeployConflictError     another deploy won the race
     │   └── NothingToRollBackError  no earlier deployment to return to
     ├── EvaluationError             scoring a stack failed (the candidate is not deployed)
+    ├── RunTakenOverError           a consolidation run's write by a process that no longer owns the run
     ├── ServingError                the OpenAI-compatible HTTP API
     │   ├── RequestError            a request rejected with 400 (names the field; also InvalidInputError)
     │   └── APIError                an HTTP error answered with an OpenAI-style body
@@ -134,6 +135,19 @@ class EvaluationError(AgentSleepError):
 
     The cause is chained; a consolidation run treats it as "not deployed", never as a pass.
     """
+
+
+class RunTakenOverError(AgentSleepError):
+    """A write to a consolidation run's records by a process that no longer owns the run; nothing was written.
+
+    Another process took the run over (or it was declared orphaned, or it has ended) while this one was still
+    working on it. ``owner`` is who owns the run now (None: nobody yet), ``stage`` what the write was for (a
+    stage, or ``"finish"``). The message names the run, the stage and the owner.
+    """
+
+    def __init__(self, message: str, *, run_id: str, stage: str, owner: str | None) -> None:
+        super().__init__(message)
+        self.run_id, self.stage, self.owner = run_id, stage, owner
 
 
 class ServingError(AgentSleepError):

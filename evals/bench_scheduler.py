@@ -89,7 +89,7 @@ def bench(store: ExperienceStore, n: int) -> dict[str, Any]:
         claim = runs.claim(agent, owner=owner, config={}, folder=lambda rid: str(root / rid), resume=resume,
                            alive=lambda r: False)  # fmt: skip
         guard.claimed(claim.run.id)
-        runs.finish(claim.run.id, "no_signal", summary={})
+        runs.finish(claim.run.id, "no_signal", owner=owner, summary={})
         owners.release(owner)
         inside.append((time.perf_counter() - t0) * 1000)
         return CycleResult(run_id=claim.run.id, agent=agent, outcome="no_signal")

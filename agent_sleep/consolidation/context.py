@@ -22,9 +22,12 @@ __all__ = ["RunContext"]
 @dataclass
 class RunContext:
     """One run's handles. The runtime (the base model) is made on first use, so a run with nothing
-    to learn never loads a model. ``deadline`` is a :func:`time.monotonic` time."""
+    to learn never loads a model. ``deadline`` is a :func:`time.monotonic` time. ``owner`` is who claimed
+    the run (:mod:`.owners`): every write to the run's records passes it, so a holder that lost the run
+    to another owner writes nothing (:class:`~agent_sleep.errors.RunTakenOverError`)."""
 
     run_id: str
+    owner: str
     agent: str
     config: CycleConfig
     registry: AdapterRegistry

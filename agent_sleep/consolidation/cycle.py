@@ -29,6 +29,14 @@ A caller that holds the right to run the agent elsewhere (the scheduler's per-ag
 is claimed, and before each stage that still has to run it is asked whether this process may go on. A
 "no" (the lease was lost, or the process is shutting down) stops the run at that stage boundary, left
 ``running`` for whoever holds the lease next, exactly as a database outage leaves it.
+
+A guard is asked only between stages, so a holder can lose the run while it is inside one (its lease
+expired during a long ``generate``, the next worker declared the run orphaned and resumed it). The run's
+writes are therefore fenced by its owner (:mod:`.runs`): once another owner holds the run, this process's
+next stage write (progress, result, failure) or its finish is refused with
+:class:`~agent_sleep.errors.RunTakenOverError` and writes nothing. The cycle then stops as it does for a
+"no": it marks no stage failed, does not end the run, and returns ``status="running"`` with an error that
+names the run's new owner. (The deploy itself has its own condition, see :mod:`.deployment`.)
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ from agent_sleep.consolidation.planning import Planner, default_planner
 from agent_sleep.consolidation.report import write_report
 from agent_sleep.consolidation.result import CandidateResult, CycleResult, SkillResult, SuiteDelta
 from agent_sleep.consolidation.runs import Claim, Outcome, RunStore
-from agent_sleep.errors import AgentSleepError, ConfigError, DatabaseUnavailableError
+from agent_sleep.errors import AgentSleepError, ConfigError, DatabaseUnavailableError, RunTakenOverError
 from agent_sleep.registry import AdapterRegistry
 from agent_sleep.registry.refs import parse_adapter_ref
 from agent_sleep.selectors.plan import ConsolidationPlan, SkillPlan
@@ -118,7 +126,7 @@ def run_cycle(agent: str, *, config: CycleConfig | None = None, store: Experienc
             say(f"skipped: {claim.run.error}")
             result = CycleResult(run_id=claim.run.id, agent=agent, outcome="skipped_overlap", error=claim.run.error,
                                  started_at=claim.run.started_at, ended_at=claim.run.ended_at)  # fmt: skip
-            runs.finish(claim.run.id, "skipped_overlap", summary=result.to_json(), error=claim.run.error)
+            runs.finish(claim.run.id, "skipped_overlap", owner=owner, summary=result.to_json(), error=claim.run.error)
             return result
 
         if claim.kind == "resumed":
@@ -135,7 +143,7 @@ def run_cycle(agent: str, *, config: CycleConfig | None = None, store: Experienc
             return LiveRuntime(registry, max_delta_norm=config.max_delta_norm)
 
         spent = sum(s.seconds or 0.0 for s in runs.stages(claim.run.id).values() if s.status == "done")
-        ctx = RunContext(run_id=claim.run.id, agent=agent, config=config, registry=registry, runs=runs,
+        ctx = RunContext(run_id=claim.run.id, owner=owner, agent=agent, config=config, registry=registry, runs=runs,
                          folder=Path(claim.run.folder or root / claim.run.id), say=say, make_runtime=make_runtime,
                          deadline=time.monotonic() + config.budget_seconds - spent)  # fmt: skip
         ctx.folder.mkdir(parents=True, exist_ok=True)
@@ -227,7 +235,7 @@ class _Cycle:
         try:
             try:
                 return self._stages()
-            except (DatabaseUnavailableError, _Stopped):
+            except (DatabaseUnavailableError, _Stopped, RunTakenOverError):
                 raise
             except Exception as exc:  # every other error ends the run, recorded as failed
                 # An error of ours says what went wrong in its message; anything else may be a bug: keep its traceback.
@@ -236,22 +244,25 @@ class _Cycle:
                         self.ctx.run_id, self.current, exc, exc_info=not expected)  # fmt: skip
                 error = f"{self.current or 'finish'}: {type(exc).__name__}: {exc}"
                 if self.current is not None:
-                    self.ctx.runs.fail_stage(self.ctx.run_id, self.current, error, self._elapsed())
+                    self.ctx.runs.fail_stage(self.ctx.run_id, self.current, error, self._elapsed(),
+                                             owner=self.ctx.owner)  # fmt: skip
                 return self._finish("failed", error)
         except DatabaseUnavailableError as exc:
-            error = (f"the database became unreachable during {self.current or 'finish'}: {exc}. Run "
-                     f"{self.ctx.run_id} is left to resume: the next cycle for {self.ctx.agent!r} takes it over")
-            self.ctx.say(error)
-            return CycleResult(run_id=self.ctx.run_id, agent=self.ctx.agent, outcome="failed", status="running",
-                               resumed=self.claim.kind == "resumed", error=error, folder=str(self.ctx.folder),
-                               stages=self.seconds, started_at=self.claim.run.started_at)  # fmt: skip
+            return self._left(f"the database became unreachable during {self.current or 'finish'}: {exc}. Run "
+                              f"{self.ctx.run_id} is left to resume: the next cycle for {self.ctx.agent!r} takes it "
+                              "over")  # fmt: skip
         except _Stopped as exc:
-            error = (f"stopped before {exc}. Run {self.ctx.run_id} is left to resume: the next holder of "
-                     f"{self.ctx.agent!r} takes it over")
-            self.ctx.say(error)
-            return CycleResult(run_id=self.ctx.run_id, agent=self.ctx.agent, outcome="failed", status="running",
-                               resumed=self.claim.kind == "resumed", error=error, folder=str(self.ctx.folder),
-                               stages=self.seconds, started_at=self.claim.run.started_at)  # fmt: skip
+            return self._left(f"stopped before {exc}. Run {self.ctx.run_id} is left to resume: the next holder of "
+                              f"{self.ctx.agent!r} takes it over")  # fmt: skip
+        except RunTakenOverError as exc:
+            return self._left(f"{exc}; this process stopped, leaving the run to its new holder")
+
+    def _left(self, error: str) -> CycleResult:
+        """The result of a run this process stops without ending it: left ``running`` to whoever holds it next."""
+        self.ctx.say(error)
+        return CycleResult(run_id=self.ctx.run_id, agent=self.ctx.agent, outcome="failed", status="running",
+                           resumed=self.claim.kind == "resumed", error=error, folder=str(self.ctx.folder),
+                           stages=self.seconds, started_at=self.claim.run.started_at)  # fmt: skip
 
     # -- stages ----------------------------------------------------------------------------------
     def _elapsed(self) -> float:
@@ -261,7 +272,7 @@ class _Cycle:
         why = self.guard.holds() if self.guard is not None else None
         if why is not None:
             raise _Stopped(f"{name}: {why}")
-        rec = self.ctx.runs.begin_stage(self.ctx.run_id, name)
+        rec = self.ctx.runs.begin_stage(self.ctx.run_id, name, owner=self.ctx.owner)
         if rec.status == "done":
             self.results[name], self.seconds[name] = rec.result, rec.seconds or 0.0
             return rec.result
@@ -271,7 +282,7 @@ class _Cycle:
         out = fn(rec.result)
         result, decisions = out if isinstance(out, tuple) else (out, None)
         seconds = self._elapsed()
-        self.ctx.runs.complete_stage(self.ctx.run_id, name, result, seconds, decisions)
+        self.ctx.runs.complete_stage(self.ctx.run_id, name, result, seconds, decisions, owner=self.ctx.owner)
         self.ctx.say(f"{name}: done in {seconds:.1f} s")
         self.results[name], self.seconds[name], self.current = result, seconds, None
         return result  # type: ignore[no-any-return]
@@ -398,7 +409,7 @@ class _Cycle:
             folder=str(ctx.folder), started_at=self.claim.run.started_at, ended_at=utcnow(),
         )  # fmt: skip
         write_report(ctx.folder, result, self.results, ctx.runs.stages(ctx.run_id))
-        ctx.runs.finish(ctx.run_id, outcome, summary=result.to_json(), deployed_stack=result.deployed_stack,
-                        error=error)  # fmt: skip
+        ctx.runs.finish(ctx.run_id, outcome, owner=ctx.owner, summary=result.to_json(),
+                        deployed_stack=result.deployed_stack, error=error)  # fmt: skip
         ctx.say(f"run {ctx.run_id} ended: {outcome}" + (f" ({error})" if error else ""))
         return result

@@ -191,7 +191,7 @@ class _Evaluation:
         self._near: dict[str, dict[str, dict[str, float]]] = {}  # routed adapter -> suite -> item id -> similarity
 
     def save(self) -> None:
-        self.ctx.runs.save_progress(self.ctx.run_id, "evaluate", self.state)
+        self.ctx.runs.save_progress(self.ctx.run_id, "evaluate", self.state, owner=self.ctx.owner)
 
     def scores(self, items: Items) -> dict[str, EvalResult]:
         label = stack_label(items)

@@ -256,7 +256,7 @@ def generate(ctx: RunContext, plan: ConsolidationPlan, skills: list[str], progre
                         + (f" ({entry['reason']})" if entry.get("reason") else ""))  # fmt: skip
             made[name][generator] = entry
             done[name] = _summary(skill, [made[name][g] for g in skill.generators if g in made[name]])
-            ctx.runs.save_progress(ctx.run_id, "generate", {"skills": done})
+            ctx.runs.save_progress(ctx.run_id, "generate", {"skills": done}, owner=ctx.owner)
             faults.fault_point("generate:after_candidate")
     return {"skills": done}
 

@@ -10,6 +10,14 @@ One run per agent at a time: :meth:`RunStore.claim` locks the agent's row, then 
 run, takes over a running one whose owner is gone (``alive`` says), resumes the one asked for, or
 records a ``skipped_overlap`` run naming the run that is still going. Not here: what the stages do
 (:mod:`.cycle`), when a run counts as alive (:mod:`.owners`).
+
+The run's writes are fenced by its owner: :meth:`~RunStore.begin_stage`, :meth:`~RunStore.save_progress`,
+:meth:`~RunStore.complete_stage`, :meth:`~RunStore.fail_stage` and :meth:`~RunStore.finish` take the
+caller's ``owner`` and write only while the run is still ``running`` under that owner, checked by the
+transaction's first write (as :meth:`~RunStore.heartbeat` is). A holder whose run was taken over while it
+was inside a stage (its lease expired, the run was orphaned and claimed again) gets
+:class:`~agent_sleep.errors.RunTakenOverError` and writes nothing, so it cannot overwrite the new owner's
+stage results, mark a stage failed or end the run.
 """
 
 from __future__ import annotations
@@ -20,9 +28,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 
-from agent_sleep.errors import InvalidInputError, NotFoundError
+from agent_sleep.errors import InvalidInputError, NotFoundError, RunTakenOverError
 from agent_sleep.names import did_you_mean
 from agent_sleep.store.models import Agent, ConsolidationRun, RunStage, SelectionDecision, new_id, utcnow
 from agent_sleep.store.records import Record, normalize_episode_id
@@ -169,13 +177,14 @@ class RunStore:
                           .values(owner=None, heartbeat_at=None)).rowcount  # fmt: skip
         return bool(n)
 
-    # -- stages ------------------------------------------------------------------------------------
-    def begin_stage(self, run_id: str, stage: str) -> StageRecord:
+    # -- stages (fenced: see _fence) ---------------------------------------------------------------
+    def begin_stage(self, run_id: str, stage: str, *, owner: str) -> StageRecord:
         """The stage's row, now ``started`` (attempt + 1, progress kept); a ``done`` one is returned unchanged."""
         if stage not in STAGES:
             raise InvalidInputError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
         now = utcnow()
         with self.store.session() as s:
+            self._fence(s, run_id, owner, stage, f"start of the {stage} stage", heartbeat_at=now)
             row = s.get(RunStage, (run_id, stage))
             if row is not None and row.status == "done":
                 return StageRecord.model_validate(row)
@@ -185,22 +194,23 @@ class RunStore:
             else:
                 row.status, row.attempt, row.error, row.started_at, row.ended_at = "started", row.attempt + 1, None, \
                     now, None  # fmt: skip
-            s.execute(update(ConsolidationRun).where(ConsolidationRun.id == run_id)
-                      .values(stage=stage, heartbeat_at=now))  # fmt: skip
+            s.execute(update(ConsolidationRun).where(ConsolidationRun.id == run_id).values(stage=stage))
             s.flush()
             return StageRecord.model_validate(row)
 
-    def save_progress(self, run_id: str, stage: str, result: Mapping[str, Any]) -> None:
+    def save_progress(self, run_id: str, stage: str, result: Mapping[str, Any], *, owner: str) -> None:
         """Keep a started stage's partial result, for a rerun to continue from."""
         with self.store.session() as s:
+            self._fence(s, run_id, owner, stage, f"progress of the {stage} stage", heartbeat_at=utcnow())
             row = self._stage_row(s, run_id, stage)
             row.result = dict(result)
 
     def complete_stage(self, run_id: str, stage: str, result: Mapping[str, Any], seconds: float,
-                       decisions: Iterable[Mapping[str, Any]] | None = None) -> StageRecord:  # fmt: skip
+                       decisions: Iterable[Mapping[str, Any]] | None = None, *, owner: str) -> StageRecord:  # fmt: skip
         """Mark the stage done with its result; ``decisions`` (selection rows) replace the run's, in one transaction."""
         now = utcnow()
         with self.store.session() as s:
+            self._fence(s, run_id, owner, stage, f"result of the {stage} stage", heartbeat_at=now)
             row = self._stage_row(s, run_id, stage)
             row.status, row.result, row.seconds, row.ended_at, row.error = "done", dict(result), seconds, now, None
             if decisions is not None:
@@ -214,22 +224,26 @@ class RunStore:
             s.flush()
             return StageRecord.model_validate(row)
 
-    def fail_stage(self, run_id: str, stage: str, error: str, seconds: float) -> None:
+    def fail_stage(self, run_id: str, stage: str, error: str, seconds: float, *, owner: str) -> None:
+        now = utcnow()
         with self.store.session() as s:
+            self._fence(s, run_id, owner, stage, f"failure of the {stage} stage", heartbeat_at=now)
             row = self._stage_row(s, run_id, stage)
-            row.status, row.error, row.seconds, row.ended_at = "failed", error, seconds, utcnow()
+            row.status, row.error, row.seconds, row.ended_at = "failed", error, seconds, now
 
-    def finish(self, run_id: str, outcome: Outcome, *, summary: Mapping[str, Any], deployed_stack: str | None = None,
-               error: str | None = None) -> RunRecord:  # fmt: skip
-        """End the run with its outcome and summary (the :class:`~.result.CycleResult` as JSON)."""
+    def finish(self, run_id: str, outcome: Outcome, *, owner: str, summary: Mapping[str, Any],
+               deployed_stack: str | None = None, error: str | None = None) -> RunRecord:  # fmt: skip
+        """End the run with its outcome and summary (the :class:`~.result.CycleResult` as JSON).
+
+        ``skipped_overlap``: the run :meth:`claim` recorded as skipped (already finished) gets its summary.
+        """
         if outcome not in OUTCOMES:
             raise InvalidInputError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
         with self.store.session() as s:
-            row = self._run_row(s, run_id)
-            row.status, row.outcome, row.summary, row.deployed_stack, row.error, row.ended_at = \
-                "finished", outcome, dict(summary), deployed_stack, error, utcnow()  # fmt: skip
-            s.flush()
-            return self._run(row)
+            self._fence(s, run_id, owner, "finish", f"finish ({outcome})", skipped=outcome == "skipped_overlap",
+                        status="finished", outcome=outcome, summary=dict(summary), deployed_stack=deployed_stack,
+                        error=error, ended_at=utcnow())  # fmt: skip
+            return self._run(self._run_row(s, run_id))
 
     # -- reading -------------------------------------------------------------------------------------
     def get(self, run_id: str) -> RunRecord:
@@ -295,6 +309,37 @@ class RunStore:
         return out
 
     # -- rows ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _fence(s: Any, run_id: str, owner: str, stage: str, what: str, *, skipped: bool = False,
+               **values: Any) -> None:  # fmt: skip
+        """The transaction's first write: ``values`` onto the run, only while ``owner`` holds it ``running``.
+
+        A stale holder (its run taken over, or declared orphaned, while it was inside a stage) must not
+        overwrite what the new owner writes. Being a write, the check takes the lock :meth:`claim` takes first
+        (PostgreSQL's row lock, which re-checks the condition on a row a concurrent claim changed; SQLite's
+        write lock), so a takeover lands wholly before or after the caller's transaction, never between this
+        check and the stage write after it. If the run is not held, :class:`RunTakenOverError` rolls the
+        transaction back: nothing is written. ``skipped``: the ``skipped_overlap`` run :meth:`claim` made
+        (finished at once) is its owner's too, to add the summary.
+        """
+        held = ConsolidationRun.status == "running"
+        if skipped:
+            held = or_(held, ConsolidationRun.outcome == "skipped_overlap")
+        n = s.execute(update(ConsolidationRun).where(ConsolidationRun.id == run_id, ConsolidationRun.owner == owner,
+                                                     held).values(**values)).rowcount  # fmt: skip
+        if n:
+            return
+        row = s.get(ConsolidationRun, run_id)
+        if row is None:
+            raise NotFoundError(f"no consolidation run {run_id!r}")
+        if row.owner == owner:
+            why = f"run {run_id} has already ended ({row.outcome})"
+        else:
+            why = f"run {run_id} was taken over by {row.owner or 'nobody yet (its owner was declared gone)'}"
+            why += "" if row.status == "running" else f" and has ended ({row.outcome})"
+        raise RunTakenOverError(f"{why}: the {what} by {owner} was not written", run_id=run_id, stage=stage,
+                                owner=row.owner)  # fmt: skip
+
     @staticmethod
     def _run(row: ConsolidationRun) -> RunRecord:
         return RunRecord.model_validate(row)

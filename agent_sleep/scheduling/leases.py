@@ -19,7 +19,12 @@ treats the lease as lost (:class:`LeaseKeeper`), ``margin`` covering the renewal
 are still the caller's: once another worker has taken the lease over (after it expired) the old holder's
 writes to the lease fail, its keeper reports the lease lost, and its cycle stops at the next stage
 boundary (:class:`~agent_sleep.consolidation.cycle.RunGuard`). The new holder finds the old holder's run
-in ``run_id`` and resumes it (:mod:`.worker`).
+in ``run_id``, declares it orphaned and resumes it (:mod:`.worker`), which makes the new cycle the run's
+owner. The run's own records are fenced by that owner, not by the lease: every stage write and the finish
+(:class:`~agent_sleep.consolidation.runs.RunStore`) only succeeds while the writer still owns the running
+run, so an old holder that is still inside a stage when this happens cannot overwrite the new holder's
+stage results or progress, mark a stage failed or end the run; its cycle stops at that refused write
+(:class:`~agent_sleep.errors.RunTakenOverError`). Its deploy is conditional on the live deployment it checked.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """One sleep cycle end to end on a tiny random model, real sft, real lm-eval, on SQLite and PostgreSQL:
-what each outcome looks like in the result, the registry, the store, the run tables and the run folder."""
+what each outcome looks like in the result, the registry, the store, the run tables and the run folder,
+and what a holder does when its run is taken over while it is inside a stage."""
 
 from __future__ import annotations
 
@@ -205,6 +206,81 @@ def test_the_database_going_away_mid_run_leaves_it_resumable(world: World, tmp_p
     assert result.run_id == broken.run_id and result.resumed and result.outcome == "promoted"
     assert [a.name for a in world.registry.adapters()] == ["capitals@v1"]
     assert RunStore(world.store).stages(run.id)["generate"].attempt == 2
+
+
+def _rows(runs: RunStore, run_id: str) -> tuple[Any, ...]:
+    """All the run tables hold about one run."""
+    return runs.get(run_id), runs.stages(run_id), runs.decisions(run_id)
+
+
+def test_a_holder_whose_run_is_resumed_elsewhere_mid_stage_stops_and_writes_nothing(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The scheduler's flow: this holder's lease expires inside ``select``; the next worker declares the run
+    orphaned and resumes it to the end while this one is still in the stage. Its stage result is refused."""
+    world.teach("capitals", 6)
+    runs = RunStore(world.store)
+    fired: list[bool] = []
+    new: dict[str, Any] = {}
+
+    def resumed_elsewhere(point: str) -> None:
+        if point == "select:after_plan" and not fired:  # once: the new holder passes this point too
+            fired.append(True)
+            (run,) = runs.runs(agent=AGENT)
+            runs.orphan(run.id)
+            new["result"] = cycle(world, resume=run.id)
+            new["rows"] = _rows(runs, run.id)
+
+    monkeypatch.setattr(faults, "fault_point", resumed_elsewhere)
+    stale = cycle(world)
+    taken, run = new["result"], runs.get(stale.run_id)
+    assert (taken.run_id, taken.resumed, taken.outcome) == (run.id, True, "promoted")
+    assert (stale.outcome, stale.status, stale.resumed, stale.stages) == ("failed", "running", False, {})
+    assert stale.error.startswith(f"run {run.id} was taken over by {run.owner} and has ended (promoted): the "
+                                  "result of the select stage by ")  # fmt: skip
+    assert _rows(runs, run.id) == new["rows"]  # nothing of the stale holder's: no select result, no failure, no finish
+    assert (run.status, run.outcome, run.summary["run_id"]) == ("finished", "promoted", run.id)
+    assert runs.stages(run.id)["select"].attempt == 2  # the new holder did select again: the stale one never did
+    assert [a.name for a in world.registry.adapters()] == ["capitals@v1"]
+    assert [d.run_id for d in world.registry.deployments(AGENT)] == [run.id]
+
+
+def test_a_holder_whose_run_is_taken_over_mid_stage_leaves_it_to_the_new_owner(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Taken over inside ``generate`` by an owner still at work: the stale holder's next progress save is
+    refused, it stops without marking the stage failed, and the run, once its new owner is gone, is resumed
+    and finished with the adapter the stale holder registered."""
+    world.teach("capitals", 6)
+    runs = RunStore(world.store)
+    other = owners.new_owner()  # alive: this process, an active token, a fresh heartbeat
+    left: list[Any] = []
+
+    def taken_over(point: str) -> None:
+        if point == "generate:after_register" and not left:
+            (run,) = runs.runs(agent=AGENT)
+            runs.orphan(run.id)
+            claim = runs.claim(AGENT, owner=other, config={}, folder=lambda rid: "/unused", alive=lambda r: False)
+            assert (claim.kind, claim.run.id) == ("resumed", run.id)
+            runs.begin_stage(run.id, "generate", owner=other)
+            left.append(_rows(runs, run.id))
+
+    monkeypatch.setattr(faults, "fault_point", taken_over)
+    try:
+        stale = cycle(world)
+        assert (stale.outcome, stale.status) == ("failed", "running")
+        assert stale.error.startswith(f"run {stale.run_id} was taken over by {other}: the progress of the generate "
+                                      "stage by ")  # fmt: skip
+        assert stale.error.endswith("; this process stopped, leaving the run to its new holder")
+        assert _rows(runs, stale.run_id) == left[0]
+        generate = runs.stages(stale.run_id)["generate"]
+        assert (generate.status, generate.attempt, generate.result) == ("started", 2, {})  # not failed, not saved
+        assert cycle(world).outcome == "skipped_overlap"  # the new owner is alive: the run stays its
+    finally:
+        owners.release(other)
+    monkeypatch.setattr(faults, "fault_point", lambda point: None)
+    result = cycle(world)  # the new owner is gone: the next cycle takes the run over and finishes it
+    assert (result.run_id, result.resumed, result.outcome) == (stale.run_id, True, "promoted"), result.error
+    assert [a.name for a in world.registry.adapters()] == ["capitals@v1"]  # the one the stale holder registered
+    assert RunStore(world.store).stages(result.run_id)["generate"].attempt == 3
 
 
 def test_a_cycle_while_another_is_alive_is_skipped_and_recorded(world: World, tmp_path: Path) -> None:

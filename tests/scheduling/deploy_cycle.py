@@ -40,7 +40,7 @@ def deploying_cycle(agent: str, *, config: CycleConfig, store: Any, runtime: Any
         if claim.kind == "finished":
             return CycleResult(run_id=claim.run.id, agent=agent, outcome=claim.run.outcome or "failed")
         if claim.kind == "skipped":
-            runs.finish(claim.run.id, "skipped_overlap", summary={}, error=claim.run.error)
+            runs.finish(claim.run.id, "skipped_overlap", owner=owner, summary={}, error=claim.run.error)
             return CycleResult(run_id=claim.run.id, agent=agent, outcome="skipped_overlap", error=claim.run.error)
         run_id = claim.run.id
         if guard is not None:
@@ -51,7 +51,7 @@ def deploying_cycle(agent: str, *, config: CycleConfig, store: Any, runtime: Any
             if why is not None:
                 return CycleResult(run_id=run_id, agent=agent, outcome="failed", status="running",
                                    resumed=claim.kind == "resumed", error=f"stopped before {stage}: {why}")
-            runs.begin_stage(run_id, stage)
+            runs.begin_stage(run_id, stage, owner=owner)
             started = time.monotonic()
             if stage == "generate":
                 # A resumed run registered its adapter already (the registry tags it with the run).
@@ -75,10 +75,11 @@ def deploying_cycle(agent: str, *, config: CycleConfig, store: Any, runtime: Any
                     raise AgentSleepError(f"the deploy was rejected: {out.reason}")
                 result = {**result, "stack": out.deployment.stack.name, "seq": out.deployment.seq}
                 say(f"deploy: {out.deployment.stack.name} is live (deployment #{out.deployment.seq})")
-            runs.complete_stage(run_id, stage, result, time.monotonic() - started)
+            runs.complete_stage(run_id, stage, result, time.monotonic() - started, owner=owner)
         summary = CycleResult(run_id=run_id, agent=agent, outcome="promoted", resumed=claim.kind == "resumed",
                               deployed_stack=result["stack"])  # fmt: skip
-        runs.finish(run_id, "promoted", summary=summary.model_dump(mode="json"), deployed_stack=result["stack"])
+        runs.finish(run_id, "promoted", owner=owner, summary=summary.model_dump(mode="json"),
+                    deployed_stack=result["stack"])  # fmt: skip
         return summary
     finally:
         owners.release(owner)

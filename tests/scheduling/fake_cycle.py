@@ -35,7 +35,7 @@ def fake_cycle(agent: str, *, config: CycleConfig, store: Any, resume: str | Non
         if claim.kind == "finished":
             return CycleResult(run_id=claim.run.id, agent=agent, outcome=claim.run.outcome or "failed")
         if claim.kind == "skipped":
-            runs.finish(claim.run.id, "skipped_overlap", summary={}, error=claim.run.error)
+            runs.finish(claim.run.id, "skipped_overlap", owner=owner, summary={}, error=claim.run.error)
             return CycleResult(run_id=claim.run.id, agent=agent, outcome="skipped_overlap", error=claim.run.error)
         if guard is not None:
             guard.claimed(claim.run.id)
@@ -44,10 +44,10 @@ def fake_cycle(agent: str, *, config: CycleConfig, store: Any, resume: str | Non
             if why is not None:
                 return CycleResult(run_id=claim.run.id, agent=agent, outcome="failed", status="running",
                                    resumed=claim.kind == "resumed", error=f"stopped before {stage}: {why}")
-            runs.begin_stage(claim.run.id, stage)
+            runs.begin_stage(claim.run.id, stage, owner=owner)
             time.sleep(random.uniform(*stage_seconds))
-            runs.complete_stage(claim.run.id, stage, {}, 0.0)
-        runs.finish(claim.run.id, "no_signal", summary={})
+            runs.complete_stage(claim.run.id, stage, {}, 0.0, owner=owner)
+        runs.finish(claim.run.id, "no_signal", owner=owner, summary={})
         return CycleResult(run_id=claim.run.id, agent=agent, outcome="no_signal", resumed=claim.kind == "resumed")
     finally:
         owners.release(owner)

@@ -58,7 +58,7 @@ def test_a_run_whose_holder_lost_the_lease_is_resumed_not_doubled(store: Any, tm
     left = runs.claim(AGENT, owner="otherhost:4242:run", config={}, folder=lambda rid: str(tmp_path / rid),
                       alive=lambda r: False).run  # fmt: skip
     leases.set_run(gone, left.id)
-    runs.begin_stage(left.id, "select")
+    runs.begin_stage(left.id, "select", owner="otherhost:4242:run")
     time.sleep(0.7)
     served = Worker(store, lease_seconds=5, cycle=fake_cycle).serve(AGENT)
     assert served.action == "resumed" and served.run_id == left.id, served.line
