@@ -182,6 +182,8 @@ class APIError(ServingError):
 
     def body(self) -> dict[str, dict[str, str | None]]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
 class PathExistsError(AgentSleepError, FileExistsError):
     """Writing would overwrite a file or folder that must not be replaced."""
 
