@@ -4,7 +4,8 @@ Scored with ``pipelines/d2l/evaluate.py``'s own pieces on 16 fresh held-out fact
 nine kinds of fact the checkpoint was trained on, seed 7: neither the trainer's eval set, seed 1, nor the
 benchmark's). Measured when this test was written (CPU, greedy, 16 new tokens): 30 of 31 questions right through
 each document's own adapter (96.8 %), 1 of 31 through the previous document's adapter, 0 without an adapter;
-the checkpoint of 2026-12-06 (words1): 31 of 31, 0, 0; needles1 (2026-12-06, later): 30 of 31, 1, 0
+the checkpoint of 2026-12-06 (words1): 31 of 31, 0, 0; needles1 (2026-12-06, later): 30 of 31, 1, 0; needles13
+(2026-12-07) passes both tests
 (README, benchmark's synthetic set: 91 % through D2L, 73 % with the document in context). An export or loader that
 yields adapters with no effect, or the same adapter for every document, scores like the controls and fails.
 """
