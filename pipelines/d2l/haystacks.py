@@ -236,8 +236,8 @@ _ENTRY_THINGS = ["locker", "bike shed", "storeroom", "staff gate", "printer", "s
                  "till", "meeting room", "cash box", "badge reader", "scanner", "lab fridge", "van", "music room",
                  "filing cabinet", "shutter", "generator", "guest network", "darkroom", "kiln", "staff portal"]
 _ENTRY_VALUES: list[Callable[[random.Random], str]] = [
-    lambda rng: str(rng.randint(1000, 9999)), synth.VARIED_VALUES["magic"], _code, synth.VARIED_VALUES["code"],
-    _formatted, _formatted]
+    synth.OPEN_VALUES["magic"], synth.VARIED_VALUES["magic"], _code, synth.VARIED_VALUES["code"], _formatted,
+    _formatted]
 
 # form -> (value maker, statement wordings, question wordings); {e} entity, {v} value, {o} (``entry`` only) a thing
 NEEDLES: dict[str, tuple[Callable[[random.Random], str], list[str], list[str]]] = {
@@ -291,9 +291,9 @@ NEEDLES: dict[str, tuple[Callable[[random.Random], str], list[str], list[str]]] 
                "The {o} of {e} is registered under {v}.", "Whoever uses the {o} at {e} enters {v}.",
                "{v} is what the {o} of {e} expects.", "For the {o} at {e}, use {v}."],
               ["What opens the {o} at {e}?", "What should you enter at the {o} of {e}?",
-               "What is the {o} of {e} set to?", "What does the {o} of {e} need?", "Which value goes with the {o} of {e}?",
-               "What is the setting for the {o} at {e}?", "What do staff enter for the {o} of {e}?",
-               "How do you get the {o} at {e} to work?"]),
+               "What is the {o} of {e} set to?", "What does the {o} of {e} need?",
+               "Which value goes with the {o} of {e}?", "What is the setting for the {o} at {e}?",
+               "What do staff enter for the {o} of {e}?", "How do you get the {o} at {e} to work?"]),
     # held out like the combination, but its value is a trained shape (4 digits, as ``number``): it asks whether a
     # value the adapter can copy is found under a statement and questions worded as training never words them.
     "pin": (lambda rng: str(rng.randint(1000, 9999)),

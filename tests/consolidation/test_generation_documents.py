@@ -70,8 +70,8 @@ def test_a_d2l_skill_of_two_documents_gets_one_routed_adapter_of_both(
     runs = RunStore(world.store)
     claim = runs.claim(AGENT, owner="test", config=config.model_dump(mode="json"), alive=lambda _: False,
                        folder=lambda run_id: str(tmp_path / "runs" / run_id))  # fmt: skip
-    ctx = RunContext(run_id=claim.run.id, owner="test", agent=AGENT, config=config, registry=world.registry, runs=runs,
-                     folder=tmp_path / "runs" / claim.run.id, deadline=time.monotonic() + 600, say=lambda _: None,
+    ctx = RunContext(run_id=claim.run.id, owner="test", agent=AGENT, config=config, registry=world.registry,
+                     runs=runs, folder=tmp_path / "runs" / claim.run.id, deadline=time.monotonic() + 600, say=lambda _: None,
                      make_runtime=lambda: world.runtime)  # fmt: skip
     runs.begin_stage(ctx.run_id, "generate", owner="test")
     result = generate(ctx, ConsolidationPlan(agent=AGENT, skills=(SKILL,)), ["kb"], {})
