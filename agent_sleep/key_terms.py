@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["key_terms", "keywords_needed", "term_set"]
+__all__ = ["key_terms", "keywords_needed", "sentences", "term_set"]
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def sentences(text: str, *, min_words: int = 3) -> list[str]:
+    """The sentences (and lines) of ``text`` with at least ``min_words`` words, stripped, in order: what a routed
+    adapter is keyed by when it learned from documents."""
+    return [t.strip() for t in _SENTENCE.split(text) if len(t.split()) >= min_words]
 
 
 def keywords_needed(n: int) -> int:

@@ -11,7 +11,11 @@ are computed once (:meth:`D2LGenerator.encode_chunks`), then each rule of ``--ru
 (:func:`agent_sleep.generators.d2l.keep_chunks`) and the adapter answers both question wordings, greedy, with the
 prompt and the scoring rule of ``bench_d2l.py`` (the gold string appears in the answer, ``answer_matches``).
 Rules: ``gate`` = the checkpoint's min_gate, no cap (the behaviour before ``max_kept``); ``capK`` = min_gate
-and at most K chunks (the highest gates); ``topK`` = K highest gates, min_gate ignored.
+and at most K chunks (the highest gates); ``topK`` = K highest gates, min_gate ignored; ``routeK`` = the haystack
+cut into sections of K consecutive chunks, each its own adapter (all its chunks), and each question answered by
+the section whose sentences are closest to it (:class:`~agent_sleep.runtime.routing.Router`'s encoder and
+rule: the best cosine similarity of the question to a section's sentences; no threshold, a question always
+reaches one section) - what the sleep cycle does with a long document split into routed sections.
 
 Reported per checkpoint x style x form x rule: chunks kept / all (the gate's keep rate at min_gate, before any
 cap), whether the needle's chunk was kept, the needle chunk's gate rank, and recall (with, in brackets, the share of
@@ -40,16 +44,112 @@ def log(message: str) -> None:
 
 
 def parse_rule(rule: str, min_gate: float) -> tuple[float, int]:
-    """(min_gate, max_kept) of a rule name: ``gate``, ``capK`` or ``topK``."""
+    """(min_gate, max_kept) of a rule name: ``gate``, ``capK``, ``topK`` or ``routeK`` (threshold 0: every
+    chunk of the routed section)."""
     if rule == "gate":
         return min_gate, 0
-    for prefix, threshold in (("cap", min_gate), ("top", 0.0)):
+    if rule == "sections":
+        return min_gate, 0
+    for prefix, threshold in (("cap", min_gate), ("top", 0.0), ("route", 0.0)):
         if rule.startswith(prefix) and rule[len(prefix) :].isdigit() and int(rule[len(prefix) :]) > 0:
             return threshold, int(rule[len(prefix) :])
-    raise SystemExit(f"unknown rule {rule!r}: use gate, capK or topK (K >= 1)")
+    raise SystemExit(f"unknown rule {rule!r}: use gate, capK, topK, routeK (K >= 1) or sections")
 
 
-def needle_chunk(tokenizer: Any, text: str, char_start: int, chunk_tokens: int) -> int:
+def section_sentences(tokenizer: Any, ids: list[int], chunk_tokens: int, section_chunks: int) -> list[list[str]]:
+    """Per section of ``section_chunks`` chunks, its text's sentences (three words or more), as the sleep cycle's
+    routing keys are cut (:func:`agent_sleep.consolidation.generation.routing_keys`)."""
+    from agent_sleep.key_terms import sentences
+
+    size = chunk_tokens * section_chunks
+    out = []
+    for start in range(0, len(ids), size):
+        text = tokenizer.decode(ids[start : start + size])
+        out.append(sentences(text) or [text])
+    return out
+
+
+def routed_sections(embedder: Any, sections: list[list[str]], questions: list[str]) -> list[int]:
+    """Per question, the section whose sentences are closest to it (best cosine similarity)."""
+    import numpy as np
+
+    flat = [t for s in sections for t in s]
+    owner = np.repeat(np.arange(len(sections)), [len(s) for s in sections])
+    sims = embedder.embed(questions) @ embedder.embed(flat).T  # [questions, sentences]
+    picks = []
+    for row in sims:
+        best = np.full(len(sections), -2.0)
+        np.maximum.at(best, owner, row)
+        picks.append(int(best.argmax()))
+    return picks
+
+
+def routed_answers(gen: Any, chunks: Any, runner: Any, embedder: Any, text: str, questions: list[str],
+                   chunk_tokens: int, section: int, label: str) -> tuple[list[str], list[int]]:
+    """Answers under rule ``route<section>``: each question through the adapter of its closest section (all that
+    section's chunks), and the section each went to."""
+    import torch
+
+    ids = gen.handle.tokenizer(text, add_special_tokens=False)["input_ids"]
+    picks = routed_sections(embedder, section_sentences(gen.handle.tokenizer, ids, chunk_tokens, section), questions)
+    stacks: dict[int, Any] = {}
+    answers = []
+    for question, pick in zip(questions, picks, strict=True):
+        if pick not in stacks:
+            keep = torch.zeros_like(chunks.gates, dtype=torch.bool)
+            keep[pick * section : (pick + 1) * section] = True
+            stacks[pick] = runner.stack_of(gen.assemble(chunks, keep), f"{label}-{pick}")
+        answers.append(runner.answer(question, stack=stacks[pick]))
+    return answers, picks
+
+
+def answer_at(doc: dict[str, Any]) -> int:
+    """Where the first question's answer is stated in ``doc`` (a character offset): its attribute's span (pages),
+    the needle sentence (haystacks), else the middle."""
+    spans = doc.get("spans") or {}
+    attribute = str(doc["qa"][0].get("attribute", "")).rsplit(".", 1)[-1]
+    span = spans.get(attribute) or spans.get("needle")
+    return int(span[0]) if span else len(doc["text"]) // 2
+
+
+def sectioned_answers(gen: Any, runner: Any, router: Any, text: str, questions: list[str],
+                      chunk_tokens: int) -> tuple[list[str], list[int], int]:
+    """Answers under rule ``sections``, through the product's own parts (see the module doc): the answers, the
+    section each question was served (-1: the whole adapter, the document was not sectioned; -2: the adapter did not
+    fire, the base model answered) and the number of sections."""
+    from agent_sleep.adapters.artifact import LoraWeights
+    from agent_sleep.adapters.manifest import RoutingSpec
+    from agent_sleep.adapters.stack import prepare_stack
+    from agent_sleep.consolidation.config import RoutingSettings
+    from agent_sleep.key_terms import sentences
+    from agent_sleep.runtime.routing import section_layers, split_section
+
+    made = gen.internalize(text, chunk_tokens=chunk_tokens, sections=True)
+    settings = RoutingSettings()
+    spec = RoutingSpec(threshold=settings.threshold_for("d2l"), keys=sentences(text)[: settings.max_keys] or [text],
+                       group="d2l", sections=list(made.sections))  # fmt: skip
+    layers = {m: LoraWeights(A=a, B=b, scaling=made.scale) for m, (a, b) in made.layers.items()}
+    name = f"doc-{made.document_sha256[:8]}"
+    stacks: dict[str, Any] = {}
+    answers, served = [], []
+    for question in questions:
+        active = router.active([(name, 1.0)], {name: spec}, question)
+        if not active:
+            answers.append(runner.answer(question))
+            served.append(-2)
+            continue
+        item = active[0][0]
+        if item not in stacks:
+            section = split_section(item)[1]
+            cut = layers if section is None else section_layers(layers, spec, section, name)
+            stacks[item] = prepare_stack(item, [(item, cut, 1.0)], dtype=runner.handle.dtype,
+                                         device=runner.handle.device)  # fmt: skip
+        answers.append(runner.answer(question, stack=stacks[item]))
+        served.append(-1 if split_section(item)[1] is None else int(split_section(item)[1]))
+    return answers, served, len(made.sections)
+
+
+def chunk_of(tokenizer: Any, text: str, char_start: int, chunk_tokens: int) -> int:
     """Index of the chunk holding the token at character ``char_start`` (the needle value's first token)."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     for i, (start, end) in enumerate(enc["offset_mapping"]):
@@ -76,6 +176,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from agent_sleep.evaluation.answers import answer_matches
     from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT, D2LGenerator, keep_chunks
     from agent_sleep.models.loader import load_base_model
+    from agent_sleep.runtime.routing import Router
+    from agent_sleep.selectors.embeddings import MiniLMEmbedder
     from evals.bench_d2l import Runner
     from pipelines.d2l import haystacks as hs
 
@@ -84,12 +186,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     handle = load_base_model(args.model)
     runner = Runner(handle, args.max_new_tokens)
     gens = {Path(c).name: D2LGenerator.load(c, handle=handle) for c in (args.checkpoint or [DEFAULT_CHECKPOINT])}
+    embedder = MiniLMEmbedder(threads=args.threads) if any(r.startswith("route") or r == "sections"
+                                                           for r in args.rules) else None  # fmt: skip
+    router = Router(embedder) if embedder is not None else None
     rows: list[dict[str, Any]] = []
     for style, form in cells(args.styles, args.forms):
         for k in range(args.per_cell):
             doc = hs.make_haystack(style, form, args.tokens, args.seed + k, handle.tokenizer)
             questions = doc["qa"] + doc["probe_qa"]
-            target = needle_chunk(handle.tokenizer, doc["text"], doc["spans"][form][0], args.chunk_tokens)
+            target = chunk_of(handle.tokenizer, doc["text"], doc["spans"][form][0], args.chunk_tokens)
             for label, gen in gens.items():
                 chunks = gen.encode_chunks(doc["text"], chunk_tokens=args.chunk_tokens)
                 gates = chunks.gates
@@ -102,12 +207,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        "gates": [round(float(g), 4) for g in gates], "rules": {}}  # fmt: skip
                 for rule in args.rules:
                     threshold, cap = parse_rule(rule, gen.config.min_gate)
-                    keep = keep_chunks(gates, min_gate=threshold, max_kept=cap)
-                    stack = runner.stack_of(gen.assemble(chunks, keep), rule)
-                    answers = [runner.answer(q["question"], stack=stack) for q in questions]
+                    picks = None
+                    if rule == "sections":
+                        answers, picks, n_sections = sectioned_answers(
+                            gen, runner, router, doc["text"], [q["question"] for q in questions], args.chunk_tokens)
+                        kept_ids = keep_chunks(gates, min_gate=threshold).nonzero().squeeze(1).tolist()
+                        keep = torch.zeros_like(gates, dtype=torch.bool)  # "kept": what the first question read
+                        if picks[0] >= 0:
+                            keep[kept_ids[picks[0]]] = True
+                        elif picks[0] == -1:  # not sectioned: the capped adapter
+                            keep = keep_chunks(gates, min_gate=threshold, max_kept=gen.max_kept)
+                    elif rule.startswith("route"):  # one adapter per section; each question to its closest one
+                        answers, picks = routed_answers(gen, chunks, runner, embedder, doc["text"],
+                                                        [q["question"] for q in questions], args.chunk_tokens, cap,
+                                                        rule)  # fmt: skip
+                        keep = torch.zeros_like(gates, dtype=torch.bool)
+                        keep[picks[0] * cap : (picks[0] + 1) * cap] = True  # "needle kept": the first question's
+                    else:
+                        keep = keep_chunks(gates, min_gate=threshold, max_kept=cap)
+                        stack = runner.stack_of(gen.assemble(chunks, keep), rule)
+                        answers = [runner.answer(q["question"], stack=stack) for q in questions]
                     hits = [answer_matches(a, [q["answer"]]) for a, q in zip(answers, questions, strict=True)]
                     row["rules"][rule] = {"kept": int(keep.sum()), "needle_kept": bool(keep[target]),
                                           "recall": sum(hits) / len(hits), "answers": answers}  # fmt: skip
+                    if picks is not None:
+                        row["rules"][rule]["sections"] = picks
                 row["gold"] = questions[0]["answer"]
                 row["questions"] = [q["question"] for q in questions]
                 rows.append(row)
@@ -125,6 +249,8 @@ def run_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
     from agent_sleep.evaluation.answers import answer_matches
     from agent_sleep.generators.d2l import DEFAULT_CHECKPOINT, D2LGenerator, keep_chunks
     from agent_sleep.models.loader import load_base_model
+    from agent_sleep.runtime.routing import Router
+    from agent_sleep.selectors.embeddings import MiniLMEmbedder
     from evals.bench_d2l import Runner, golds
     from pipelines.d2l import haystacks as hs
     from pipelines.d2l import pages
@@ -134,6 +260,9 @@ def run_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
     handle = load_base_model(args.model)
     runner = Runner(handle, args.max_new_tokens)
     gens = {Path(c).name: D2LGenerator.load(c, handle=handle) for c in (args.checkpoint or [DEFAULT_CHECKPOINT])}
+    embedder = MiniLMEmbedder(threads=args.threads) if any(r.startswith("route") or r == "sections"
+                                                           for r in args.rules) else None  # fmt: skip
+    router = Router(embedder) if embedder is not None else None
     rows = []
     for k in range(args.dense_docs):
         if args.dense_kind == "pages":
@@ -143,6 +272,7 @@ def run_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
                                      8000 + 100 * (args.seed + k) + i, handle.tokenizer)
                     for i in range(args.dense_pages)]  # fmt: skip
         text = "\n\n".join(d["text"] for d in docs)
+        starts = [sum(len(d["text"]) + 2 for d in docs[:i]) + answer_at(docs[i]) for i in range(len(docs))]
         questions = [d["qa"][0] for d in docs]
         for label, gen in gens.items():
             chunks = gen.encode_chunks(text, chunk_tokens=args.chunk_tokens)
@@ -150,13 +280,32 @@ def run_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
                    "open": int((chunks.gates >= gen.config.min_gate).sum()), "rules": {}}  # fmt: skip
             for rule in args.rules:
                 threshold, cap = parse_rule(rule, gen.config.min_gate)
-                result = gen.assemble(chunks, keep_chunks(chunks.gates, min_gate=threshold, max_kept=cap))
-                stack = runner.stack_of(result, rule)
-                hits = [answer_matches(runner.answer(q["question"], stack=stack), golds(q)) for q in questions]
-                row["rules"][rule] = {"kept": result.chunks, "recall": sum(hits) / len(hits)}
+                if rule == "sections":
+                    answers, picks, n_sections = sectioned_answers(gen, runner, router, text,
+                                                                   [q["question"] for q in questions], args.chunk_tokens)
+                    kept = n_sections or gen.max_kept
+                    kept_ids = keep_chunks(chunks.gates, min_gate=threshold).nonzero().squeeze(1).tolist()
+                    right = [p >= 0 and kept_ids[p] == chunk_of(handle.tokenizer, text, start, args.chunk_tokens)
+                             for start, p in zip(starts, picks, strict=True)]  # fmt: skip
+                elif rule.startswith("route"):
+                    answers, picks = routed_answers(gen, chunks, runner, embedder, text,
+                                                    [q["question"] for q in questions], args.chunk_tokens, cap, rule)
+                    kept = cap  # per question: one section
+                    # the section a question went to holds its answer's statement
+                    right = [chunk_of(handle.tokenizer, text, start, args.chunk_tokens) // cap == pick
+                             for start, pick in zip(starts, picks, strict=True)]  # fmt: skip
+                else:
+                    result = gen.assemble(chunks, keep_chunks(chunks.gates, min_gate=threshold, max_kept=cap))
+                    stack = runner.stack_of(result, rule)
+                    answers, kept, right = [runner.answer(q["question"], stack=stack) for q in questions], result.chunks, None
+                hits = [answer_matches(a, golds(q)) for a, q in zip(answers, questions, strict=True)]
+                row["rules"][rule] = {"kept": kept, "recall": sum(hits) / len(hits)}
+                if right is not None:
+                    row["rules"][rule]["routed_right"] = sum(right) / len(right)
             rows.append(row)
             log(f"{label} dense #{k}: {row['tokens']} tok, {row['chunks']} chunks, {row['open']} open; "
-                + " ".join(f"{r}={v['kept']}:{v['recall']:.2f}" for r, v in row["rules"].items()))
+                + " ".join(f"{r}={v['kept']}:{v['recall']:.2f}" + (f" (routed right {v['routed_right']:.2f})"
+                           if "routed_right" in v else "") for r, v in row["rules"].items()))  # fmt: skip
     return rows
 
 
@@ -167,7 +316,9 @@ def dense_table(rows: list[dict[str, Any]], rules: list[str]) -> str:
     for ckpt in sorted({r["checkpoint"] for r in rows}):
         rs = [r for r in rows if r["checkpoint"] == ckpt]
         cells = "".join(f" {statistics.fmean(r['rules'][x]['kept'] for r in rs):.0f}, "
-                        f"{statistics.fmean(r['rules'][x]['recall'] for r in rs):.0%} |" for x in rules)  # fmt: skip
+                        f"{statistics.fmean(r['rules'][x]['recall'] for r in rs):.0%}"
+                        + (f" (routed to the answer's chunk {statistics.fmean(r['rules'][x]['routed_right'] for r in rs):.0%})"
+                           if all("routed_right" in r["rules"][x] for r in rs) else "") + " |" for x in rules)  # fmt: skip
         mean = {key: statistics.fmean(r[key] for r in rs) for key in ("tokens", "chunks", "open")}
         lines.append(f"| {ckpt} | {len(rs)} ({rs[0]['facts']}) | {mean['tokens']:.0f} | {mean['chunks']:.0f} ({mean['open']:.0f}) |"
                      + cells)  # fmt: skip
@@ -228,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-cell", type=int, default=1, help="haystacks per style x form")
     parser.add_argument("--tokens", type=int, default=32768)
     parser.add_argument("--chunk-tokens", type=int, default=256)
-    parser.add_argument("--rules", default="gate,cap1,cap4,cap16", help="comma-separated: gate, capK, topK")
+    parser.add_argument("--rules", default="gate,cap1,cap4,cap16", help="comma-separated: gate, capK, topK, routeK, sections")
     parser.add_argument("--checkpoint", action="append", help="D2L checkpoint folder (repeatable; default: committed)")
     parser.add_argument("--model", help="base model spec (default: $AGENT_SLEEP_MODEL or SmolLM2-135M-Instruct)")
     parser.add_argument("--max-new-tokens", type=int, default=20)

@@ -17,13 +17,14 @@ import datetime as dt
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent_sleep.errors import AdapterFormatError
 from agent_sleep.names import check_name as _check_name
 
 __all__ = [
-    "FORMAT_VERSION", "AdapterManifest", "AdapterSources", "BaseModelRef", "GeneratorInfo", "RoutingSpec", "check_name",
+    "FORMAT_VERSION", "AdapterManifest", "AdapterSources", "BaseModelRef", "GeneratorInfo", "RoutedSection", "RoutingSpec",
+    "check_name",
 ]  # fmt: skip
 
 FORMAT_VERSION = 1
@@ -72,6 +73,23 @@ class AdapterSources(_Record):
     run: str | None = None
 
 
+class RoutedSection(_Record):
+    """A slice of an adapter's rank that answers requests resembling ``keys``: rank rows ``[start, stop)`` of every
+    module (a long document's chunk, in a ``d2l`` adapter)."""
+
+    start: int = Field(ge=0)
+    stop: int = Field(gt=0)
+    keys: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _span(self) -> RoutedSection:
+        if self.stop <= self.start:
+            raise ValueError(f"a section's rank rows [start, stop) must not be empty, got [{self.start}, {self.stop})")
+        if any(not k.strip() for k in self.keys):
+            raise ValueError("section keys must be non-empty texts")
+        return self
+
+
 class RoutingSpec(_Record):
     """When the adapter applies: only to requests whose last user message resembles one of ``keys``.
 
@@ -79,6 +97,12 @@ class RoutingSpec(_Record):
     similarity) and applies the adapter when the best match reaches ``threshold`` (and, with a ``group``, no
     adapter of its group matches better); otherwise the request runs as if the adapter were not in the stack. An
     adapter without a spec always applies.
+
+    With ``sections`` (disjoint slices of the rank, each with its own keys), a request the adapter applies to gets
+    only the section whose keys are closest to it, plus the rank rows no section claims (a D2L adapter's bias
+    block); the adapter's own match is the best over ``keys`` and every section's keys. A long document then keeps
+    every chunk in one adapter, and each question reads the chunk it is about instead of all of them summed
+    (:mod:`agent_sleep.runtime.routing`).
     """
 
     encoder: str = "all-MiniLM-L6-v2"
@@ -87,12 +111,24 @@ class RoutingSpec(_Record):
     group: str | None = None
     """Routed adapters of one group compete: when several fire on a request, only the one whose keys are closest
     applies (one document's adapter per question instead of all of them stacked). None: it competes with none."""
+    sections: list[RoutedSection] = Field(default_factory=list)
 
     @field_validator("keys")
     @classmethod
     def _texts(cls, value: list[str]) -> list[str]:
         if any(not k.strip() for k in value):
             raise ValueError("routing keys must be non-empty texts")
+        return value
+
+    @field_validator("sections")
+    @classmethod
+    def _disjoint(cls, value: list[RoutedSection]) -> list[RoutedSection]:
+        spans = sorted((s.start, s.stop) for s in value)
+        for (_, stop), (start, _) in zip(spans, spans[1:], strict=False):
+            if start < stop:
+                raise ValueError(f"routed sections overlap: rank rows {spans}")
+        if len(value) == 1:
+            raise ValueError("one section is the whole routed part: write none, or two or more")
         return value
 
 

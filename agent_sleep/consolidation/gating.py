@@ -28,7 +28,9 @@ answer, see :mod:`agent_sleep.runtime.routing`) is scored as the runtime runs it
 adapters that apply to its question (every unrouted one, and each routed one whose router fires) - the
 item's score is taken from that sub-stack's evaluation. Each distinct sub-stack is evaluated once (on every
 suite; cached like any stack), so a night of routed per-document adapters is judged as it will be served,
-not as a stack of adapters that never run together. The verdict's ``routed`` says, per suite, on how many
+not as a stack of adapters that never run together; an adapter with routed sections (a long document's chunks)
+answers each item with the section its question goes to (``{adapter}#{k}`` in the sub-stack). The verdict's
+``routed`` says, per suite, on how many
 items the candidate fired.
 
 Fail closed: an :class:`~agent_sleep.errors.EvaluationError` ends the run, nothing deployed. Progress
@@ -55,7 +57,7 @@ from agent_sleep.evaluation.suites import Suite, SuiteItem, guard_suites
 from agent_sleep.interfaces import EvalResult, SuiteRole
 from agent_sleep.registry.records import Rejection
 from agent_sleep.registry.refs import parse_adapter_ref
-from agent_sleep.runtime.routing import applying
+from agent_sleep.runtime.routing import applying, section_name, split_section
 from agent_sleep.selectors.plan import ConsolidationPlan
 
 __all__ = ["evaluate", "guard_loss", "pick_winner", "stack_label", "target_gain"]
@@ -189,6 +191,7 @@ class _Evaluation:
         state.setdefault("candidates", {})
         self.evaluator: Any = None
         self._near: dict[str, dict[str, dict[str, float]]] = {}  # routed adapter -> suite -> item id -> similarity
+        self._section: dict[str, dict[str, dict[str, int]]] = {}  # sectioned adapter -> suite -> item id -> section
 
     def save(self) -> None:
         self.ctx.runs.save_progress(self.ctx.run_id, "evaluate", self.state, owner=self.ctx.owner)
@@ -319,7 +322,16 @@ class _Evaluation:
             sims = {s.name: router.similarities(adapter, spec, [i.question for i in s.items]) for s in suites}
             self._near[adapter] = {s.name: {i.id: float(sim) for i, sim in zip(s.items, sims[s.name], strict=True)}
                                    for s in suites}  # fmt: skip
+            if spec.sections:
+                picks = {s.name: router.sections(adapter, spec, [i.question for i in s.items]) for s in suites}
+                self._section[adapter] = {s.name: {i.id: int(k) for i, k in zip(s.items, picks[s.name], strict=True)}
+                                          for s in suites}  # fmt: skip
         return self._near[adapter]
+
+    def _served(self, adapter: str, suite: str, item: str) -> str:
+        """The stack item ``adapter`` is on ``suite``'s item ``item`` where it applies: itself, or its section."""
+        section = self._section.get(adapter, {}).get(suite, {}).get(item)
+        return adapter if section is None else section_name(adapter, section)
 
     def fires(self, adapter: str) -> dict[str, set[str]] | None:
         """Per suite, the ids of the items ``adapter``'s router fires on (None: the adapter is not routed)."""
@@ -336,16 +348,21 @@ class _Evaluation:
         if not routed:
             return self.scores(items)
         specs = {a: self.ctx.runtime.routing(a) for a in routed}
-        subs: dict[str, dict[str, frozenset[str]]] = {}  # suite -> item id -> the routed adapters applying to it
+        # suite -> item id -> the routed adapters applying to it (each as the section it serves there, if any)
+        subs: dict[str, dict[str, frozenset[str]]] = {}
         for suite in sorted({name for per in routed.values() for name in per}):
             ids = sorted({i for per in routed.values() for i in per.get(suite, {})})
             for i in ids:
                 on = applying({a: per[suite][i] for a, per in routed.items() if i in per.get(suite, {})}, specs)
                 if on:
-                    subs.setdefault(suite, {})[i] = frozenset(on)
+                    subs.setdefault(suite, {})[i] = frozenset(self._served(a, suite, i) for a in on)
+
+        def sub_stack(firing: frozenset[str]) -> Items:
+            served = {split_section(s)[0]: s for s in firing}
+            return [(served.get(a, a), w) for a, w in items if a not in routed or a in served]
+
         firing_sets = {f for per in subs.values() for f in per.values()} | {frozenset()}
-        results = {f: self.scores([(a, w) for a, w in items if a not in routed or a in f])
-                   for f in sorted(firing_sets, key=lambda f: (len(f), sorted(f)))}  # fmt: skip
+        results = {f: self.scores(sub_stack(f)) for f in sorted(firing_sets, key=lambda f: (len(f), sorted(f)))}
         out: dict[str, EvalResult] = {}
         for name, result in results[frozenset()].items():
             on = subs.get(name, {})

@@ -26,7 +26,6 @@ one candidate also carries that candidate's fields at the top, as before.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from agent_sleep.consolidation.context import RunContext
 from agent_sleep.errors import AgentSleepError, InvalidInputError, StoreError
 from agent_sleep.generators.registry import get_generator
 from agent_sleep.interfaces import GenerationRequest, Generator
+from agent_sleep.key_terms import sentences
 from agent_sleep.registry.records import AdapterVersionRecord, StackItem
 from agent_sleep.selectors.plan import ConsolidationPlan, SkillPlan
 
@@ -131,6 +131,10 @@ def _generator(ctx: RunContext, name: str, generators: dict[str, Generator[Any]]
         handle = ctx.runtime.handle  # the base model failing to load is the run's problem, not this candidate's
         try:
             gen = generators[name] = build_generator(name, handle, ctx.config.generator(name))
+            routing = ctx.config.routing
+            if routing is not None and name in routing.generators and hasattr(gen, "sections") \
+                    and "sections" not in ctx.config.generator(name).settings:  # fmt: skip
+                gen.sections = True  # routed: a long document keeps every chunk, each a routed section (d2l)
         except StoreError:
             raise
         except Exception as exc:  # not registered, no checkpoint, a missing dependency: this candidate fails
@@ -159,13 +163,22 @@ def _register(ctx: RunContext, skill: SkillPlan, generator: str, entry: dict[str
         faults.fault_point("generate:after_write")
     routing = ctx.config.routing
     if routing is not None and generator in routing.generators:  # again on a resume: the write is idempotent
+        written = _written_routing(folder)  # the generator's routed sections (a long document's chunks) stay
         set_routing(folder, RoutingSpec(threshold=routing.threshold_for(generator),
                                         keys=routing_keys(skill, routing.max_keys),
-                                        group=generator if generator in routing.exclusive else None))  # fmt: skip
+                                        group=generator if generator in routing.exclusive else None,
+                                        sections=written.sections if written is not None else []))  # fmt: skip
     record = ctx.registry.register(folder, skill.skill, description=skill.description or None, kind=generator,
                                    agent=ctx.agent, run_id=ctx.run_id)  # fmt: skip
     faults.fault_point("generate:after_register")
     return record
+
+
+def _written_routing(folder: Path) -> RoutingSpec | None:
+    """The routing spec in a written folder's manifest (what the generator put there, or an earlier attempt)."""
+    from agent_sleep.adapters.artifact import inspect_adapter
+
+    return inspect_adapter(folder)[1].routing
 
 
 def _made_by(record: AdapterVersionRecord) -> str | None:
@@ -261,9 +274,6 @@ def generate(ctx: RunContext, plan: ConsolidationPlan, skills: list[str], progre
     return {"skills": done}
 
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
-
-
 def routing_keys(skill: SkillPlan, limit: int) -> list[str]:
     """What a routed adapter of ``skill`` answers: the last user message before each training conversation's
     final answer; else its documents' sentences (three words or more); else its description. Deduplicated,
@@ -274,7 +284,7 @@ def routing_keys(skill: SkillPlan, limit: int) -> list[str]:
         if users:
             keys.append(users[-1])
     if not keys:
-        keys = [t for d in skill.documents for t in _SENTENCE.split(d.text) if len(t.split()) >= 3]
+        keys = [t for d in skill.documents for t in sentences(d.text)]
     if not keys and skill.description.strip():
         keys = [skill.description]
     out = list(dict.fromkeys(k.strip() for k in keys if k.strip()))[:limit]

@@ -14,7 +14,12 @@ fact chunks from filler) are left out, so a long document's filler neither
 drowns the chunk that matters nor costs rank; the best chunk is always kept.
 On filler the gate was not trained on it may stay open for every chunk, so at
 most ``max_kept`` chunks (default :data:`DEFAULT_MAX_KEPT`), those with the
-highest gates, go into one adapter (:func:`keep_chunks`).
+highest gates, go into one adapter (:func:`keep_chunks`). With ``sections`` on (the sleep cycle turns it on
+when it routes ``d2l`` adapters), a document that would lose chunks to that cap keeps every chunk that passes
+``min_gate`` instead, each chunk a routed section of the adapter keyed by its own sentences
+(:class:`~agent_sleep.adapters.manifest.RoutedSection`): a question then reads only the chunk it resembles, plus
+the bias block. On documents of 12 needle chunks back to back: capped at 4 chunks 6 % of the questions, every
+chunk summed 11 %, routed to one chunk 78 % (``evals/results/niah_dense_needles_route.md``).
 
 Several documents (:meth:`D2LGenerator.internalize_documents`; what ``generate`` does with a request of
 several, which the sleep cycle sends for a skill whose globs match several documents): each document is
@@ -75,6 +80,7 @@ from agent_sleep.store.records import check_text
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from agent_sleep.adapters.manifest import RoutedSection
     from agent_sleep.config import Settings
     from agent_sleep.generators.hypernet import HyperNet
     from agent_sleep.interfaces import GenerationRequest
@@ -124,6 +130,7 @@ class Internalized(GeneratedAdapter):
     layers: dict[str, tuple[Tensor, Tensor]] = field(repr=False)  # module -> (A [R, in], B [out, R]), unscaled
     reused: bool = False  # read back from a registered version (find_internalized), not generated now
     document_sha256s: tuple[str, ...] = ()  # each document's sha256, in order (empty when read back: reused)
+    sections: tuple[RoutedSection, ...] = ()  # each kept chunk's rank rows and sentences (``sections`` on, capped)
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,16 +167,16 @@ def keep_chunks(gates: Tensor, *, min_gate: float, max_kept: int = 0) -> Tensor:
 class D2LGenerator:
     """A loaded hypernetwork bound to its base model; :meth:`load`, then :meth:`internalize` and :meth:`write`.
 
-    ``chunk_tokens``, ``min_gate`` and ``max_kept`` are the defaults of :meth:`internalize` (and so of
-    :meth:`generate`).
+    ``chunk_tokens``, ``min_gate``, ``max_kept`` and ``sections`` are the defaults of :meth:`internalize` (and so
+    of :meth:`generate`).
     """
 
     name = GENERATOR_NAME
     separate_documents = True  # the sleep cycle hands over a skill's documents one by one (see generate)
 
     def __init__(self, net: HyperNet, handle: BaseModelHandle, *, checkpoint: Path, version: str,
-                 chunk_tokens: int = 256, min_gate: float | None = None,
-                 max_kept: int = DEFAULT_MAX_KEPT) -> None:  # fmt: skip
+                 chunk_tokens: int = 256, min_gate: float | None = None, max_kept: int = DEFAULT_MAX_KEPT,
+                 sections: bool = False) -> None:  # fmt: skip
         self.net = net
         self.handle = handle
         self.checkpoint = checkpoint
@@ -178,12 +185,13 @@ class D2LGenerator:
         self.chunk_tokens = chunk_tokens
         self.min_gate = min_gate
         self.max_kept = max_kept
+        self.sections = sections
         self._lora: Any = None
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, *, handle: BaseModelHandle | None = None,
-             settings: Settings | None = None, chunk_tokens: int = 256,
-             min_gate: float | None = None, max_kept: int = DEFAULT_MAX_KEPT) -> D2LGenerator:  # fmt: skip
+             settings: Settings | None = None, chunk_tokens: int = 256, min_gate: float | None = None,
+             max_kept: int = DEFAULT_MAX_KEPT, sections: bool = False) -> D2LGenerator:  # fmt: skip
         """Load a checkpoint (default: the committed SmolLM2 one) for ``handle`` (default: its base model).
 
         IncompatibleAdapterError if the checkpoint was trained for other base weights.
@@ -201,7 +209,7 @@ class D2LGenerator:
             handle = load_base_model(config["hyper"]["base_model_id"], settings=settings)
         net = load_checkpoint(path, content_hash=handle.content_hash, device=handle.device)
         return cls(net, handle, checkpoint=path, version=str(config.get("version", "0")), chunk_tokens=chunk_tokens,
-                   min_gate=min_gate, max_kept=max_kept)  # fmt: skip
+                   min_gate=min_gate, max_kept=max_kept, sections=sections)  # fmt: skip
 
     # -- generation -------------------------------------------------------------------------------
     def _chunks(self, ids: list[int], chunk_tokens: int) -> list[list[int]]:
@@ -221,21 +229,24 @@ class D2LGenerator:
 
     def internalize(self, text: str | bytes, *, chunk_tokens: int | None = None, chunk_batch: int = 8,
                     max_chunks: int | None = 1024, min_gate: float | None = None,
-                    max_kept: int | None = None) -> Internalized:  # fmt: skip
+                    max_kept: int | None = None, sections: bool | None = None) -> Internalized:  # fmt: skip
         """Turn ``text`` into an adapter: one rank-r LoRA per chunk of ``chunk_tokens``, concatenated along rank.
 
         ``chunk_tokens`` defaults to the generator's (256 unless set). ``min_gate`` (default: the
         generator's, else the checkpoint's): leave out chunks whose gate is below it (chunk-gated
         checkpoints only; the chunk with the highest gate is always kept). ``max_kept`` (default: the
         generator's, :data:`DEFAULT_MAX_KEPT`; 0 = no cap): of the chunks that pass ``min_gate``, keep at most
-        this many, those with the highest gates (:func:`keep_chunks`).
+        this many, those with the highest gates (:func:`keep_chunks`). ``sections`` (default: the generator's):
+        instead of capping, keep every chunk that passes ``min_gate``, each a routed section (result
+        ``sections``; only the adapter's router uses them, so write them into a routed manifest).
         """
         return self.internalize_documents([text], chunk_tokens=chunk_tokens, chunk_batch=chunk_batch,
-                                          max_chunks=max_chunks, min_gate=min_gate, max_kept=max_kept)  # fmt: skip
+                                          max_chunks=max_chunks, min_gate=min_gate, max_kept=max_kept,
+                                          sections=sections)  # fmt: skip
 
     def internalize_documents(self, texts: Sequence[str | bytes], *, chunk_tokens: int | None = None,
                               chunk_batch: int = 8, max_chunks: int | None = 1024, min_gate: float | None = None,
-                              max_kept: int | None = None) -> Internalized:  # fmt: skip
+                              max_kept: int | None = None, sections: bool | None = None) -> Internalized:  # fmt: skip
         """Several documents as ONE adapter: each document chunked on its own (no chunk straddles two), each
         document's chunks selected on their own (:func:`keep_chunks`: every document keeps its best chunk and at
         most ``max_kept``), then all kept chunks of all documents concatenated along rank in document order, plus
@@ -244,16 +255,38 @@ class D2LGenerator:
 
         ``max_chunks`` bounds the chunks of all documents together. ``document_sha256`` is the document's
         sha256 for one document; for several, the sha256 of their sha256s (hex, one a line), each in
-        ``document_sha256s``.
+        ``document_sha256s``. With ``sections`` (see :meth:`internalize`), when some document would lose chunks
+        to ``max_kept``, every document keeps every chunk that passes ``min_gate`` and each kept chunk is a section.
         """
         if isinstance(texts, (str, bytes, bytearray, memoryview)):
             raise InvalidInputError("internalize_documents takes a sequence of documents, not one; see internalize")
         threshold, cap = self._selection(min_gate, max_kept)
-        parts = []
+        sectioned = self.sections if sections is None else bool(sections)
+        parts, texts_of = [], []
         for text, ids, chunks in self._prepare(texts, chunk_tokens, max_chunks):
             loras = self._encode(text, ids, chunks, chunk_batch)
             parts.append((loras, keep_chunks(loras.gates, min_gate=threshold, max_kept=cap)))
-        return self._assemble(parts)
+            texts_of.append(chunks)
+        if not (sectioned and cap and any(int(keep_chunks(lo.gates, min_gate=threshold).sum()) > cap
+                                          for lo, _ in parts)):  # fmt: skip
+            return self._assemble(parts)
+        parts = [(lo, keep_chunks(lo.gates, min_gate=threshold)) for lo, _ in parts]
+        kept = [chunk for (_, keep), chunks in zip(parts, texts_of, strict=True)
+                for chunk, k in zip(chunks, keep.tolist(), strict=True) if k]  # fmt: skip
+        return self._assemble(parts, sections=self._sections(kept))
+
+    def _sections(self, chunks: Sequence[list[int]]) -> tuple[RoutedSection, ...]:
+        """One routed section per kept chunk (rank rows in concatenation order), keyed by the chunk's sentences."""
+        from agent_sleep.adapters.manifest import RoutedSection
+        from agent_sleep.key_terms import sentences
+
+        r = self.config.rank
+        out = []
+        for i, ids in enumerate(chunks):
+            text = self.handle.tokenizer.decode(ids, skip_special_tokens=True)
+            keys = sentences(text) or [text.strip() or f"chunk {i + 1}"]
+            out.append(RoutedSection(start=i * r, stop=(i + 1) * r, keys=keys))
+        return tuple(out)
 
     def _prepare(self, texts: Sequence[str | bytes], chunk_tokens: int | None,
                  max_chunks: int | None) -> list[tuple[str, list[int], list[list[int]]]]:  # fmt: skip
@@ -335,7 +368,8 @@ class D2LGenerator:
         """One adapter from the chunks ``keep`` (a bool mask over ``chunks``) selects, concatenated along rank."""
         return self._assemble([(chunks, keep)])
 
-    def _assemble(self, parts: Sequence[tuple[ChunkLoras, Tensor]]) -> Internalized:
+    def _assemble(self, parts: Sequence[tuple[ChunkLoras, Tensor]],
+                  sections: tuple[RoutedSection, ...] = ()) -> Internalized:  # fmt: skip
         """One adapter of the kept chunks of one or more documents, in order, plus the bias block once."""
         import torch
 
@@ -360,6 +394,7 @@ class D2LGenerator:
             tensors=tensors, lora_config=lora_config, chunks=k, rank=rank, tokens=sum(lo.tokens for lo, _ in parts),
             seconds=sum(lo.seconds for lo, _ in parts) + time.perf_counter() - start, scale=c.scale, layers=layers,
             dropped=sum(int((~keep).sum()) for _, keep in parts), document_sha256=combined, document_sha256s=shas,
+            sections=sections,
         )  # fmt: skip
 
     @contextlib.contextmanager
@@ -377,13 +412,16 @@ class D2LGenerator:
     # -- output -----------------------------------------------------------------------------------
     def write(self, internalized: Internalized, dest: str | Path, *, sources: Mapping[str, Any] | None = None,
               skill: str | None = None) -> Path:  # fmt: skip
-        """Write a standard PEFT adapter folder (plus manifest) at ``dest``; see ``adapters.artifact.write_adapter``."""
+        """Write a standard PEFT adapter folder (plus manifest) at ``dest``; see ``adapters.artifact.write_adapter``.
+        A sectioned result's manifest is routed (default threshold, no group; keys: each section's first sentence)
+        with its ``sections``; whoever routes it may replace the rest of the spec but should keep those."""
         from agent_sleep.adapters.artifact import write_adapter
         from agent_sleep.adapters.manifest import (
             AdapterManifest,
             AdapterSources,
             BaseModelRef,
             GeneratorInfo,
+            RoutingSpec,
         )
 
         src = dict(sources or {})
@@ -403,6 +441,8 @@ class D2LGenerator:
             ),
             base_model=BaseModelRef(id=self.config.base_model_id, content_hash=self.config.base_content_hash),
             sources=AdapterSources(documents=docs, **src),
+            routing=RoutingSpec(keys=list(dict.fromkeys(s.keys[0] for s in internalized.sections)),
+                                sections=list(internalized.sections)) if internalized.sections else None,
         )
         return write_adapter(dest, internalized.tensors, internalized.lora_config, manifest)
 
@@ -424,7 +464,7 @@ def reuse_key(generator: D2LGenerator, text: str | bytes, *, chunk_tokens: int |
         "config": generator.config.model_dump(mode="json"), "base_content_hash": generator.handle.content_hash,
         "document_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
         "chunk_tokens": generator.chunk_tokens if chunk_tokens is None else chunk_tokens,
-        "min_gate": threshold, "max_kept": cap,
+        "min_gate": threshold, "max_kept": cap, **({"sections": True} if generator.sections else {}),
     }  # fmt: skip
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 

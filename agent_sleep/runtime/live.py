@@ -53,7 +53,7 @@ from agent_sleep.runtime.deploy import (
     deploy_validated,
     rollback_validated,
 )
-from agent_sleep.runtime.routing import Router
+from agent_sleep.runtime.routing import Router, section_layers, section_name, split_section
 
 if TYPE_CHECKING:
     from agent_sleep.adapters.artifact import LoraWeights
@@ -146,6 +146,7 @@ class LiveRuntime:
 
     def routing(self, name: str) -> RoutingSpec | None:
         """The routing spec in ``name``'s manifest (None: the adapter applies to every request)."""
+        name = split_section(name)[0]
         if name not in self._routing:
             self._adapter_layers(name)
         return self._routing.get(name)
@@ -154,16 +155,18 @@ class LiveRuntime:
         """The part of ``stack`` that applies to a request whose last user message is ``text``.
 
         Adapters without a routing spec always apply; a routed one applies when ``text`` is close to one of
-        its keys (:class:`~agent_sleep.runtime.routing.Router`). ``text`` None, or every adapter applying,
-        gives ``stack`` itself; none applying gives None (the base model). Sub-stacks are cached.
+        its keys (:class:`~agent_sleep.runtime.routing.Router`), and one with routed sections as the section
+        closest to ``text`` (``{adapter}#{k}``). ``text`` None, or every adapter applying whole, gives ``stack``
+        itself; none applying gives None (the base model). Sub-stacks are cached.
         """
         if stack is None or text is None:
             return stack
-        specs = {name: self.routing(name) for name, _ in stack.items}
+        # an item that is already one section (``{adapter}#{k}``, asked for by name) applies as it is
+        specs = {name: None if split_section(name)[1] is not None else self.routing(name) for name, _ in stack.items}
         if not any(specs.values()):
             return stack
         active = self.router.active(stack.items, specs, text)
-        if len(active) == len(stack.items):
+        if active == tuple(stack.items):  # every adapter whole (a sectioned one applies as one section)
             return stack
         if not active:
             return None
@@ -189,12 +192,23 @@ class LiveRuntime:
 
     # -- preparing stacks ---------------------------------------------------------------------
     def _adapter_layers(self, name: str) -> Mapping[str, LoraWeights]:
+        """``name``'s LoRA layers (cached); ``{adapter}#{k}``: only routed section ``k``'s rank rows and the shared
+        ones (:func:`~agent_sleep.runtime.routing.section_layers`)."""
         from agent_sleep.adapters.artifact import lora_layers, read_adapter
 
         with self._lock:
             if name in self._layers:
                 self._layers.move_to_end(name)
                 return self._layers[name]
+        adapter, section = split_section(name)
+        if section is not None:
+            spec = self.routing(adapter)
+            if spec is None or not spec.sections:
+                raise NotFoundError(f"{adapter} has no routed sections, so there is no {name}")
+            layers = section_layers(self._adapter_layers(adapter), spec, section, adapter)
+            with self._lock:
+                self._layers[name] = layers
+            return layers
         artifact = read_adapter(self.registry.get(name).path)
         layers = lora_layers(artifact)
         with self._lock:
@@ -216,18 +230,21 @@ class LiveRuntime:
         return prepared
 
     def prepare_adapters(self, refs: Sequence[str | AdapterRef | tuple[str | AdapterRef, float]]) -> PreparedStack:
-        """A prepared stack of explicit adapters (``skill@vN`` or ``skill``), not tied to an agent.
+        """A prepared stack of explicit adapters (``skill@vN`` or ``skill``; ``skill@vN#k``: only its routed
+        section ``k``, as :meth:`route` serves it), not tied to an agent.
 
         Weights must be ones a stack may use (``check_weight``); a rejected version is refused.
         """
         items = []
         for ref in refs:
             name, weight = (ref, 1.0) if isinstance(ref, str | AdapterRef) else ref
+            name, section = split_section(name) if isinstance(name, str) else (name, None)
             rec = self.registry.get(name)
             weight = check_weight(weight, rec.name)
             self._refuse_rejected([rec.name])
-            items.append((rec.name, self._adapter_layers(rec.name), weight))
-        check_one_per_skill(name for name, _, _ in items)
+            item = rec.name if section is None else section_name(rec.name, section)
+            items.append((item, self._adapter_layers(item), weight))
+        check_one_per_skill(split_section(name)[0] for name, _, _ in items)
         prepared = prepare_stack(stack_label([(n, w) for n, _, w in items]), items, dtype=self.handle.dtype,
                                  device=self.handle.device)
         self.hooks.ensure(list(prepared.layers))

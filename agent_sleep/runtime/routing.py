@@ -16,6 +16,12 @@ item (:mod:`agent_sleep.consolidation.gating`), so what is measured is what will
 request only the closest applies (:func:`applying`), since a question is about one document; stacking every
 firing document adapter kept less of each one's accuracy (``evals/results/d2l_multi.md``).
 
+Sections (:class:`~agent_sleep.adapters.manifest.RoutingSpec` ``sections``): a long document's ``d2l`` adapter
+holds every chunk, each a slice of the rank with the chunk's sentences as keys. Where the adapter applies, the
+request gets the section closest to it (plus the rows no section claims) under the name ``{adapter}#{k}``
+(:func:`section_name`); :func:`section_layers` cuts those rows out. Summing all of a fact-dense document's chunks
+answered 6-11 % of its questions, the chunk the question went to 78 % (``evals/results/niah_dense_needles_route.md``).
+
 Measured on the demo's day with the default threshold (0.55): the held-out rephrasings of the day's
 questions score 0.63-0.93 against the day's questions; the general-knowledge and instruction guard
 items at most 0.35; the helpdesk guard items up to 0.57 (help-centre notes about order numbers).
@@ -29,11 +35,50 @@ from typing import Any
 
 import numpy as np
 
+from agent_sleep.adapters.artifact import LoraWeights
 from agent_sleep.adapters.manifest import RoutingSpec
-from agent_sleep.errors import ConfigError
+from agent_sleep.errors import AdapterFormatError, ConfigError
 from agent_sleep.selectors.embeddings import Embedder, MiniLMEmbedder
 
-__all__ = ["Router", "applying", "last_user_text"]
+__all__ = ["Router", "applying", "last_user_text", "section_layers", "section_name", "split_section"]
+
+_SECTION = "#"
+
+
+def section_name(adapter: str, section: int) -> str:
+    """The name a stack item has when only section ``section`` of ``adapter`` applies: ``{adapter}#{section}``."""
+    return f"{adapter}{_SECTION}{section}"
+
+
+def split_section(name: str) -> tuple[str, int | None]:
+    """``(adapter, section)`` of a stack item's name (section None: the whole adapter)."""
+    adapter, mark, section = name.rpartition(_SECTION)
+    if not mark or not section.isdigit():
+        return name, None
+    return adapter, int(section)
+
+
+def section_layers(layers: Mapping[str, LoraWeights], spec: RoutingSpec, section: int,
+                   adapter: str = "adapter") -> dict[str, LoraWeights]:  # fmt: skip
+    """``layers`` cut to section ``section``'s rank rows plus the rows no section claims (same scaling: the delta
+    is the sum of the kept rows' terms)."""
+    import torch
+
+    if not 0 <= section < len(spec.sections):
+        raise AdapterFormatError(f"{adapter} has {len(spec.sections)} routed sections, not a section {section}")
+    out = {}
+    for module, w in layers.items():
+        if max(s.stop for s in spec.sections) > w.rank:
+            raise AdapterFormatError(f"{adapter}: routed sections reach rank row {max(s.stop for s in spec.sections)} "
+                                     f"but {module} has rank {w.rank}")  # fmt: skip
+        keep = torch.ones(w.rank, dtype=torch.bool)
+        for s in spec.sections:
+            keep[s.start : s.stop] = False
+        chosen = spec.sections[section]
+        keep[chosen.start : chosen.stop] = True
+        rows = keep.nonzero().squeeze(1)
+        out[module] = LoraWeights(A=w.A.index_select(0, rows), B=w.B.index_select(1, rows), scaling=w.scaling)
+    return out
 
 
 class Router:
@@ -59,12 +104,33 @@ class Router:
                               f"{self.embedder.name!r}")  # fmt: skip
 
     def _keys_of(self, name: str, spec: RoutingSpec) -> np.ndarray:
-        """``name``'s key vectors, embedded on first use."""
+        """``name``'s key vectors (its keys, then each section's), embedded on first use."""
+        return self._embedded(name, spec)[0]
+
+    def _embedded(self, name: str, spec: RoutingSpec) -> tuple[np.ndarray, np.ndarray]:
+        """``name``'s key vectors and, per vector, the section it belongs to (-1: the adapter's own keys)."""
         self._check(spec)
-        keys = self._keys.get(name)
-        if keys is None:
-            keys = self._keys[name] = self.embedder.embed(list(spec.keys))
-        return keys
+        found = self._keys.get(name)
+        if found is None:
+            texts = list(spec.keys) + [k for s in spec.sections for k in s.keys]
+            owners = np.repeat(np.arange(-1, len(spec.sections)), [len(spec.keys), *(len(s.keys) for s in spec.sections)])
+            found = self._keys[name] = (self.embedder.embed(texts), owners)
+        return found
+
+    def sections_of(self, name: str, spec: RoutingSpec, vectors: np.ndarray) -> np.ndarray:
+        """Per embedded request (rows of ``vectors``), the section of ``name`` whose keys are closest (-1 when
+        ``name`` has no sections)."""
+        if not spec.sections:
+            return np.full(len(vectors), -1)
+        keys, owners = self._embedded(name, spec)
+        sims = vectors @ keys[owners >= 0].T
+        return owners[owners >= 0][sims.argmax(axis=1)]
+
+    def sections(self, name: str, spec: RoutingSpec, texts: Sequence[str]) -> np.ndarray:
+        """Per text, the section of ``name`` it goes to (-1: ``name`` has no sections)."""
+        if not spec.sections or not texts:
+            return np.full(len(texts), -1)
+        return self.sections_of(name, spec, self.embedder.embed([t or "" for t in texts]))
 
     def similarity(self, name: str, spec: RoutingSpec, text: str) -> float:
         """The best cosine similarity of ``text`` to ``name``'s keys."""
@@ -88,14 +154,22 @@ class Router:
 
     def active(self, items: Sequence[tuple[str, float]], specs: Mapping[str, RoutingSpec | None],
                text: str | None) -> tuple[tuple[str, float], ...]:  # fmt: skip
-        """The stack items that apply to a request whose last user message is ``text`` (None: every item).
-        The text is embedded once, whatever the number of routed items."""
+        """The stack items that apply to a request whose last user message is ``text`` (None: every item); an
+        adapter with sections as the section the text goes to (:func:`section_name`). The text is embedded once,
+        whatever the number of routed items."""
         if text is None or not any(specs.get(n) for n, _ in items):
             return tuple(items)
-        vector = self.embedder.embed([text])[0]
-        near = {n: float((self._keys_of(n, spec) @ vector).max()) for n, _ in items if (spec := specs.get(n))}
+        vector = self.embedder.embed([text])
+        near = {n: float((self._keys_of(n, spec) @ vector[0]).max()) for n, _ in items if (spec := specs.get(n))}
         on = applying(near, specs)
-        return tuple((n, w) for n, w in items if specs.get(n) is None or n in on)
+        out = []
+        for n, w in items:
+            spec = specs.get(n)
+            if spec is None:
+                out.append((n, w))
+            elif n in on:
+                out.append((section_name(n, int(self.sections_of(n, spec, vector)[0])) if spec.sections else n, w))
+        return tuple(out)
 
 
 def applying(near: Mapping[str, float], specs: Mapping[str, RoutingSpec | None]) -> set[str]:

@@ -89,3 +89,52 @@ def test_a_d2l_skill_of_two_documents_gets_one_routed_adapter_of_both(
     assert manifest["sources"]["documents"][:2] == ["d1", "d2"]
     keys = manifest["routing"]["keys"]  # routed by both documents' sentences
     assert "The logo of Velmora Works is teal." in keys and "The kettles cost 41 crowns each." in keys
+
+
+LONG = PlannedDocument(id="d3", source="kb/yard.md", version=1, text=" ".join(
+    f"Bay {n} of the Orrin yard opens at {n} o'clock and its keypad code is {n}{n}{n}." for n in range(1, 13)))
+LONG_SKILL = SkillPlan(skill="yard", generator="d2l", documents=(LONG,), probes=tuple(
+    PlannedProbe(question=f"What is the keypad code of bay {n} of the Orrin yard?", answer=f"{n}{n}{n}",
+                 origin="document", source_kind="document", source_id="d3") for n in (2, 9)))  # fmt: skip
+
+
+def test_a_long_document_keeps_every_chunk_as_a_routed_section_and_the_gate_scores_each_item_by_its_section(
+    world: World, tiny_d2l: D2LGenerator, tmp_path: Path
+) -> None:
+    """A routed d2l skill whose document would lose chunks to ``max_kept`` keeps them all, each a routed section;
+    the gate scores each item with the section its question goes to (``{adapter}#{k}``), as the runtime serves it."""
+    from agent_sleep.consolidation.gating import evaluate
+    from agent_sleep.runtime.routing import Router, split_section
+    from tests.runtime.test_routing import WordEmbedder
+
+    tiny_d2l.chunk_tokens = 16
+    n_chunks = len(tiny_d2l.encode_chunks(LONG.text).gates)
+    assert n_chunks > tiny_d2l.max_kept  # the cap would drop chunks
+    world.runtime.router = Router(WordEmbedder())
+    config = fast_config(routing={"threshold": 0.2, "thresholds": {"d2l": 0.2}, "generators": ["d2l"]})
+    runs = RunStore(world.store)
+    claim = runs.claim(AGENT, owner="test", config=config.model_dump(mode="json"), alive=lambda _: False,
+                       folder=lambda run_id: str(tmp_path / "runs" / run_id))  # fmt: skip
+    ctx = RunContext(run_id=claim.run.id, owner="test", agent=AGENT, config=config, registry=world.registry,
+                     runs=runs, folder=tmp_path / "runs" / claim.run.id, deadline=time.monotonic() + 600, say=lambda _: None,
+                     make_runtime=lambda: world.runtime)  # fmt: skip
+    plan = ConsolidationPlan(agent=AGENT, skills=(LONG_SKILL,))
+    runs.begin_stage(ctx.run_id, "generate", owner="test")
+    generated = generate(ctx, plan, ["yard"], {})
+    entry = generated["skills"]["yard"]
+    assert entry["status"] == "generated", entry
+    spec = world.runtime.routing(entry["adapter"])
+    assert spec is not None and spec.group == "d2l" and spec.threshold == 0.2
+    assert len(spec.sections) == n_chunks  # every chunk, none lost to the cap
+    assert spec.keys[0].startswith("Bay 1 of the Orrin yard")  # the stage's keys replace the generator's
+    assert world.registry.get(entry["adapter"]).rank == 4 * (n_chunks + 1)
+
+    runs.complete_stage(ctx.run_id, "generate", generated, 1.0, owner="test")
+    runs.begin_stage(ctx.run_id, "evaluate", owner="test")
+    state = evaluate(ctx, plan, generated["skills"], {})
+    labels = [label for label in state["results"] if "#" in label]
+    assert labels, list(state["results"])  # items were scored by a section of the adapter, not all of it
+    sections = {split_section(label)[1] for label in labels}
+    assert sections <= set(range(n_chunks))
+    asked = world.runtime.router.sections(entry["adapter"], spec, [p.question for p in LONG_SKILL.probes])
+    assert {int(k) for k in asked} <= sections  # each probe's own section was scored

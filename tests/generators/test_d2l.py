@@ -517,3 +517,38 @@ def test_max_kept_caps_a_long_documents_adapter(handle: BaseModelHandle) -> None
     for bad in (-1, 1.5, True):
         with pytest.raises(InvalidInputError, match="max_kept"):
             gen.internalize(DOC, max_kept=bad)  # type: ignore[arg-type]
+
+
+def test_sections_keep_a_long_documents_every_chunk_as_a_routed_section(handle: BaseModelHandle,
+                                                                        tmp_path: Path) -> None:  # fmt: skip
+    from agent_sleep.adapters.artifact import inspect_adapter
+    from agent_sleep.generators.d2l import reuse_key
+
+    gen, _ = _gated_gen(handle)
+    doc = " ".join([DOC, DOC2] * 3)
+    chunks = gen.encode_chunks(doc, chunk_tokens=8)
+    n = len(chunks.gates)
+    assert n > 2
+    capped = gen.internalize(doc, chunk_tokens=8, min_gate=0.0, max_kept=2)
+    assert (capped.chunks, capped.sections) == (2, ())  # sections off: the cap as before
+    every = gen.internalize(doc, chunk_tokens=8, min_gate=0.0, max_kept=0)
+    routed = gen.internalize(doc, chunk_tokens=8, min_gate=0.0, max_kept=2, sections=True)
+    assert (routed.chunks, routed.dropped, len(routed.sections)) == (n, 0, n)  # nothing lost to the cap
+    for module, (a, b) in every.layers.items():  # the same tensors as keeping every chunk
+        torch.testing.assert_close(routed.layers[module][0], a)
+        torch.testing.assert_close(routed.layers[module][1], b)
+    assert [(s.start, s.stop) for s in routed.sections] == [(4 * i, 4 * i + 4) for i in range(n)]
+    ids = handle.tokenizer(doc, add_special_tokens=False)["input_ids"]
+    first = handle.tokenizer.decode(ids[:8], skip_special_tokens=True)
+    assert routed.sections[0].keys == [first.strip()]  # one short chunk: its text is its one key
+    assert all(k.strip() for s in routed.sections for k in s.keys)
+    # a document the cap does not touch is not sectioned: short documents are unchanged
+    short = gen.internalize(DOC, chunk_tokens=8, min_gate=0.0, max_kept=100, sections=True)
+    assert short.sections == () and short.chunks == len(gen.encode_chunks(DOC, chunk_tokens=8).gates)
+    # the folder's manifest routes by the sections; the generator default and the reuse key follow the setting
+    _, manifest = inspect_adapter(gen.write(routed, tmp_path / "long", skill="long"))
+    assert manifest.routing is not None and manifest.routing.sections == list(routed.sections)
+    assert inspect_adapter(gen.write(capped, tmp_path / "capped", skill="capped"))[1].routing is None
+    on, _ = _gated_gen(handle, max_kept=2, sections=True)
+    assert len(on.internalize(doc, chunk_tokens=8, min_gate=0.0).sections) == n
+    assert reuse_key(on, doc) != reuse_key(gen, doc)

@@ -164,3 +164,100 @@ def test_a_routed_adapter_runs_only_on_requests_like_its_keys(tiny: tuple[Path, 
 def test_set_routing_needs_a_manifest(tmp_path: Path) -> None:
     with pytest.raises(AdapterFormatError):
         set_routing(tmp_path, SPEC)
+
+
+SECTIONED = RoutingSpec(threshold=0.5, keys=["opening hours of the depot"],
+                        sections=[{"start": 0, "stop": 2, "keys": ["the depot opens at nine", "ask about parking"]},
+                                  {"start": 2, "stop": 4, "keys": ["the keypad code of the depot is 4417"]},
+                                  {"start": 4, "stop": 6, "keys": ["returns are taken until friday"]}])  # fmt: skip
+
+
+def test_a_sectioned_adapter_applies_as_the_section_closest_to_the_request() -> None:
+    from agent_sleep.runtime.routing import section_name, split_section
+
+    router = Router(WordEmbedder())
+    # the adapter fires on its own keys or any section's, and serves the closest section
+    assert router.fires("depot@v1", SECTIONED, "what is the keypad code of the depot")
+    assert router.fires("depot@v1", SECTIONED, "until when are returns taken")
+    assert router.sections("depot@v1", SECTIONED, ["the keypad code please", "returns until when", "parking?"]
+                           ).tolist() == [1, 2, 0]  # fmt: skip
+    assert router.sections("orders@v1", SPEC, ["where is my order"]).tolist() == [-1]  # no sections
+    items = (("depot@v1", 1.0), ("tone@v1", 0.5))
+    specs = {"depot@v1": SECTIONED, "tone@v1": None}
+    assert router.active(items, specs, "what is the keypad code of the depot") == (("depot@v1#1", 1.0),
+                                                                                     ("tone@v1", 0.5))  # fmt: skip
+    assert router.active(items, specs, "capital of peru") == (("tone@v1", 0.5),)
+    assert section_name("depot@v1", 2) == "depot@v1#2" and split_section("depot@v1#2") == ("depot@v1", 2)
+    assert split_section("depot@v1") == ("depot@v1", None) and split_section("a#b") == ("a#b", None)
+
+
+def test_section_layers_keep_the_section_and_the_rows_no_section_claims() -> None:
+    import torch
+
+    from agent_sleep.adapters.artifact import LoraWeights
+    from agent_sleep.runtime.routing import section_layers
+
+    a, b = torch.arange(16.0).reshape(8, 2), torch.arange(24.0).reshape(3, 8)
+    layers = {"m": LoraWeights(A=a, B=b, scaling=0.25)}
+    cut = section_layers(layers, SECTIONED, 1)["m"]  # rows 2-3, plus 6-7 (no section's)
+    torch.testing.assert_close(cut.A, a[[2, 3, 6, 7]])
+    torch.testing.assert_close(cut.B, b[:, [2, 3, 6, 7]])
+    assert cut.scaling == 0.25
+    with pytest.raises(AdapterFormatError, match="not a section 3"):
+        section_layers(layers, SECTIONED, 3)
+    short = {"m": LoraWeights(A=a[:5], B=b[:, :5], scaling=1.0)}
+    with pytest.raises(AdapterFormatError, match="rank 5"):
+        section_layers(short, SECTIONED, 0)
+
+
+def test_routed_sections_are_validated() -> None:
+    one = {"start": 0, "stop": 2, "keys": ["a"]}
+    with pytest.raises(ValueError, match="overlap"):
+        RoutingSpec(keys=["k"], sections=[one, {"start": 1, "stop": 3, "keys": ["b"]}])
+    with pytest.raises(ValueError, match="one section"):
+        RoutingSpec(keys=["k"], sections=[one])
+    with pytest.raises(ValueError, match="must not be empty"):
+        RoutingSpec(keys=["k"], sections=[one, {"start": 4, "stop": 4, "keys": ["b"]}])
+    with pytest.raises(ValueError):
+        RoutingSpec(keys=["k"], sections=[one, {"start": 4, "stop": 6, "keys": [" "]}])
+
+
+def test_a_sectioned_adapter_runs_only_its_routed_section(tiny: tuple[Path, Any], settings: Settings,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    import torch
+
+    from agent_sleep.adapters.artifact import lora_layers
+    from agent_sleep.adapters.stack import prepare_stack
+    from agent_sleep.runtime.live import LiveRuntime
+    from agent_sleep.runtime.routing import section_layers
+
+    folder, handle = tiny
+    registry = AdapterRegistry(ExperienceStore(settings=settings.model_copy(update={"model": str(folder)})))
+    depot = write_random(tmp_path / "depot", handle, r=8, seed=3, std=0.5)
+    set_routing(depot, SECTIONED)
+    registry.register(depot, "depot")
+    runtime = LiveRuntime(registry, handle=handle, max_delta_norm=1000.0)
+    runtime.router = Router(WordEmbedder())
+    try:
+        runtime.deploy("yard", [("depot@v1", 1.0)])
+        chat = runtime.chat_model("yard", max_new_tokens=8)
+        keypad = chat.invoke("what is the keypad code of the depot")
+        assert keypad.response_metadata["stack"] == "depot@v1#1"
+        # what ran is exactly the section's rows (and the unclaimed ones), as the gate scores it by name
+        alone = runtime.chat_model(adapters=["depot@v1#1"], max_new_tokens=8).invoke(
+            "what is the keypad code of the depot")  # fmt: skip
+        assert keypad.text == alone.text
+        cut = section_layers(lora_layers(read_adapter(depot)), SECTIONED, 1)
+        manual = prepare_stack("manual", [("manual", cut, 1.0)], dtype=handle.dtype, device=handle.device)
+        served = runtime.route(runtime.pin("yard"), "what is the keypad code of the depot")
+        assert served.items == (("depot@v1#1", 1.0),) and served.total_rank == 4  # 2 section rows + 2 unclaimed
+        for module, ((a, b),) in served.layers.items():
+            torch.testing.assert_close(a, manual.layers[module][0][0])
+            torch.testing.assert_close(b, manual.layers[module][0][1])
+        named = runtime.chat_model(adapters=["depot@v1"], max_new_tokens=8).invoke("the keypad code of the depot")
+        assert named.response_metadata["stack"] == "depot@v1#1"  # named explicitly, it is routed the same way
+        whole = runtime.prepare_adapters(["depot@v1"])
+        assert runtime.route(whole, None) is whole and whole.total_rank == 8  # no request text: every row
+        assert chat.invoke("capital of peru").response_metadata["stack"] is None  # fires on nothing: base model
+    finally:
+        runtime.stop()
