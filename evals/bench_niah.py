@@ -126,8 +126,8 @@ def sectioned_answers(gen: Any, runner: Any, router: Any, text: str, questions: 
 
     made = gen.internalize(text, chunk_tokens=chunk_tokens, sections=True)
     settings = RoutingSettings()
-    spec = RoutingSpec(threshold=settings.threshold_for("d2l"), keys=sentences(text)[: settings.max_keys] or [text],
-                       group="d2l", sections=list(made.sections))  # fmt: skip
+    keys = (list(made.keys) or sentences(text) or [text])[: settings.max_keys]  # as the generate stage writes them
+    spec = RoutingSpec(threshold=settings.threshold_for("d2l"), keys=keys, group="d2l", sections=list(made.sections))
     layers = {m: LoraWeights(A=a, B=b, scaling=made.scale) for m, (a, b) in made.layers.items()}
     name = f"doc-{made.document_sha256[:8]}"
     stacks: dict[str, Any] = {}

@@ -18,6 +18,8 @@ stored or registered. So does any failure of the generator (a checkpoint for
 another base model, non-finite weights, more than ``--max-chunks`` chunks).
 ``--min-gate`` and ``--max-kept`` choose which chunks the adapter keeps (the
 learned chunk gate's threshold; a cap on their number, highest gates first).
+``--sections``: a document over the cap keeps every chunk instead, each a routed
+section (a question reads the chunk closest to it; the adapter is then routed).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def _load_generator(args: argparse.Namespace, settings: Any) -> Any:
         )
     # The model the agent runs (what ask/deploy use), so a checkpoint trained for other weights is refused.
     handle = load_base_model(args.model or settings.model, settings=settings)
-    return D2LGenerator.load(args.checkpoint, handle=handle, settings=settings)
+    return D2LGenerator.load(args.checkpoint, handle=handle, settings=settings, sections=args.sections)
 
 
 def _find_reused(settings: Any, name: str, key: str, generator: Any) -> tuple[Any, Any] | None:
@@ -131,6 +133,7 @@ def _report(args: argparse.Namespace, path: Path, record: Any, result: Any, docu
         "seconds": round(result.seconds, 4),
         "chunks": result.chunks,
         "chunks_dropped": result.dropped,
+        "sections": len(result.sections),
         "rank": result.rank,
         "tokens": result.tokens,
         "adapter_bytes": adapter_bytes,
@@ -148,7 +151,8 @@ def _report(args: argparse.Namespace, path: Path, record: Any, result: Any, docu
               "nothing new registered")  # fmt: skip
     else:
         dropped = f", {result.dropped} filler chunk(s) left out" if result.dropped else ""
-        print(f"internalized {path.name} ({result.tokens} tokens, {result.chunks} chunk(s){dropped}) into "
+        routed = ", each a routed section" if result.sections else ""
+        print(f"internalized {path.name} ({result.tokens} tokens, {result.chunks} chunk(s){routed}{dropped}) into "
               f"{record.name} in {result.seconds:.2f} s")  # fmt: skip
     print_adapter_next_steps(record, result.rank, adapter_bytes, args.agent, "a question about the document")
     return 0
@@ -175,6 +179,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--max-kept", type=non_negative_int, default=None, metavar="K",
                    help="keep at most K chunks, those with the highest gates; 0 = no cap (default: "
                    f"{DEFAULT_MAX_KEPT})")  # fmt: skip
+    p.add_argument("--sections", action="store_true",
+                   help="a document over --max-kept chunks keeps every chunk instead, each a routed section: a "
+                   "question reads only the chunk closest to it (the adapter is routed by the document's sentences)")
     p.add_argument("--agent", help="the agent that owns the document and the skill (deploy it with deploy --agent)")
     p.add_argument("--description", help="skill description (default: 'D2L of FILE')")
     p.add_argument("--checkpoint", metavar="DIR", help="D2L hypernetwork checkpoint (default: the bundled one)")

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent_sleep.adapters.artifact import set_routing
-from agent_sleep.adapters.manifest import RoutingSpec
+from agent_sleep.adapters.manifest import AdapterManifest, RoutingSpec
 from agent_sleep.consolidation import faults
 from agent_sleep.consolidation.config import GeneratorSettings, generator_settings_class
 from agent_sleep.consolidation.context import RunContext
@@ -163,9 +163,11 @@ def _register(ctx: RunContext, skill: SkillPlan, generator: str, entry: dict[str
         faults.fault_point("generate:after_write")
     routing = ctx.config.routing
     if routing is not None and generator in routing.generators:  # again on a resume: the write is idempotent
-        written = _written_routing(folder)  # the generator's routed sections (a long document's chunks) stay
+        manifest = _manifest(folder)  # the generator's routed sections (a long document's chunks) stay, and the keys
+        written = manifest.routing  # of what it kept replace the documents' first sentences
+        kept = list((manifest.generator.model_extra or {}).get("routing_keys") or [])[: routing.max_keys]
         set_routing(folder, RoutingSpec(threshold=routing.threshold_for(generator),
-                                        keys=routing_keys(skill, routing.max_keys),
+                                        keys=kept or routing_keys(skill, routing.max_keys),
                                         group=generator if generator in routing.exclusive else None,
                                         sections=written.sections if written is not None else []))  # fmt: skip
     record = ctx.registry.register(folder, skill.skill, description=skill.description or None, kind=generator,
@@ -174,11 +176,11 @@ def _register(ctx: RunContext, skill: SkillPlan, generator: str, entry: dict[str
     return record
 
 
-def _written_routing(folder: Path) -> RoutingSpec | None:
-    """The routing spec in a written folder's manifest (what the generator put there, or an earlier attempt)."""
+def _manifest(folder: Path) -> AdapterManifest:
+    """A written folder's manifest (what the generator put there, or an earlier attempt's routing)."""
     from agent_sleep.adapters.artifact import inspect_adapter
 
-    return inspect_adapter(folder)[1].routing
+    return inspect_adapter(folder)[1]
 
 
 def _made_by(record: AdapterVersionRecord) -> str | None:

@@ -131,6 +131,9 @@ class Internalized(GeneratedAdapter):
     reused: bool = False  # read back from a registered version (find_internalized), not generated now
     document_sha256s: tuple[str, ...] = ()  # each document's sha256, in order (empty when read back: reused)
     sections: tuple[RoutedSection, ...] = ()  # each kept chunk's rank rows and sentences (``sections`` on, capped)
+    # when chunks were left out: the kept chunks' sentences, what to route the adapter by (a long document's first
+    # sentences may all lie in dropped chunks); empty: route by the documents' own sentences
+    keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -260,6 +263,8 @@ class D2LGenerator:
         """
         if isinstance(texts, (str, bytes, bytearray, memoryview)):
             raise InvalidInputError("internalize_documents takes a sequence of documents, not one; see internalize")
+        from agent_sleep.adapters.manifest import RoutedSection
+
         threshold, cap = self._selection(min_gate, max_kept)
         sectioned = self.sections if sections is None else bool(sections)
         parts, texts_of = [], []
@@ -267,26 +272,26 @@ class D2LGenerator:
             loras = self._encode(text, ids, chunks, chunk_batch)
             parts.append((loras, keep_chunks(loras.gates, min_gate=threshold, max_kept=cap)))
             texts_of.append(chunks)
-        if not (sectioned and cap and any(int(keep_chunks(lo.gates, min_gate=threshold).sum()) > cap
-                                          for lo, _ in parts)):  # fmt: skip
-            return self._assemble(parts)
-        parts = [(lo, keep_chunks(lo.gates, min_gate=threshold)) for lo, _ in parts]
-        kept = [chunk for (_, keep), chunks in zip(parts, texts_of, strict=True)
-                for chunk, k in zip(chunks, keep.tolist(), strict=True) if k]  # fmt: skip
-        return self._assemble(parts, sections=self._sections(kept))
+        sectioned = sectioned and cap > 0 and any(int(keep_chunks(lo.gates, min_gate=threshold).sum()) > cap
+                                                  for lo, _ in parts)  # fmt: skip
+        if sectioned:
+            parts = [(lo, keep_chunks(lo.gates, min_gate=threshold)) for lo, _ in parts]
+        kept = [self._chunk_keys(chunk, i) for i, chunk in enumerate(  # each kept chunk's sentences
+            chunk for (_, keep), chunks in zip(parts, texts_of, strict=True)
+            for chunk, k in zip(chunks, keep.tolist(), strict=True) if k)]  # fmt: skip
+        r = self.config.rank
+        sections = tuple(RoutedSection(start=i * r, stop=(i + 1) * r, keys=keys) for i, keys in enumerate(kept)) \
+            if sectioned else ()  # fmt: skip
+        dropped = any(not bool(keep.all()) for _, keep in parts)
+        keys = tuple(dict.fromkeys(k for ks in kept for k in ks)) if dropped else ()
+        return self._assemble(parts, sections=sections, keys=keys)
 
-    def _sections(self, chunks: Sequence[list[int]]) -> tuple[RoutedSection, ...]:
-        """One routed section per kept chunk (rank rows in concatenation order), keyed by the chunk's sentences."""
-        from agent_sleep.adapters.manifest import RoutedSection
+    def _chunk_keys(self, ids: list[int], i: int) -> list[str]:
+        """A kept chunk's routing keys: its sentences (its text if it has none of three words)."""
         from agent_sleep.key_terms import sentences
 
-        r = self.config.rank
-        out = []
-        for i, ids in enumerate(chunks):
-            text = self.handle.tokenizer.decode(ids, skip_special_tokens=True)
-            keys = sentences(text) or [text.strip() or f"chunk {i + 1}"]
-            out.append(RoutedSection(start=i * r, stop=(i + 1) * r, keys=keys))
-        return tuple(out)
+        text = self.handle.tokenizer.decode(ids, skip_special_tokens=True)
+        return sentences(text) or [text.strip() or f"chunk {i + 1}"]
 
     def _prepare(self, texts: Sequence[str | bytes], chunk_tokens: int | None,
                  max_chunks: int | None) -> list[tuple[str, list[int], list[list[int]]]]:  # fmt: skip
@@ -368,8 +373,8 @@ class D2LGenerator:
         """One adapter from the chunks ``keep`` (a bool mask over ``chunks``) selects, concatenated along rank."""
         return self._assemble([(chunks, keep)])
 
-    def _assemble(self, parts: Sequence[tuple[ChunkLoras, Tensor]],
-                  sections: tuple[RoutedSection, ...] = ()) -> Internalized:  # fmt: skip
+    def _assemble(self, parts: Sequence[tuple[ChunkLoras, Tensor]], sections: tuple[RoutedSection, ...] = (),
+                  keys: tuple[str, ...] = ()) -> Internalized:  # fmt: skip
         """One adapter of the kept chunks of one or more documents, in order, plus the bias block once."""
         import torch
 
@@ -394,7 +399,7 @@ class D2LGenerator:
             tensors=tensors, lora_config=lora_config, chunks=k, rank=rank, tokens=sum(lo.tokens for lo, _ in parts),
             seconds=sum(lo.seconds for lo, _ in parts) + time.perf_counter() - start, scale=c.scale, layers=layers,
             dropped=sum(int((~keep).sum()) for _, keep in parts), document_sha256=combined, document_sha256s=shas,
-            sections=sections,
+            sections=sections, keys=keys,
         )  # fmt: skip
 
     @contextlib.contextmanager
@@ -414,7 +419,9 @@ class D2LGenerator:
               skill: str | None = None) -> Path:  # fmt: skip
         """Write a standard PEFT adapter folder (plus manifest) at ``dest``; see ``adapters.artifact.write_adapter``.
         A sectioned result's manifest is routed (default threshold, no group; keys: each section's first sentence)
-        with its ``sections``; whoever routes it may replace the rest of the spec but should keep those."""
+        with its ``sections``; whoever routes it may replace the rest of the spec but should keep those. The kept
+        chunks' sentences are ``generator.routing_keys``: what to route the adapter by (a long document's first
+        sentences may all be in chunks the gate left out; written only when chunks were left out)."""
         from agent_sleep.adapters.artifact import write_adapter
         from agent_sleep.adapters.manifest import (
             AdapterManifest,
@@ -438,6 +445,7 @@ class D2LGenerator:
                 name=GENERATOR_NAME, version=self.version, chunks=internalized.chunks, tokens=internalized.tokens,
                 checkpoint=self.checkpoint.name, dropped=internalized.dropped,
                 document_sha256=internalized.document_sha256, **several,
+                **({"routing_keys": list(internalized.keys)} if internalized.keys else {}),
             ),
             base_model=BaseModelRef(id=self.config.base_model_id, content_hash=self.config.base_content_hash),
             sources=AdapterSources(documents=docs, **src),

@@ -196,3 +196,29 @@ def test_real_internalize_with_the_committed_checkpoint(capsys: pytest.CaptureFi
     assert cli_main.main(["ask", "--adapter", "venue", "What is the Wi-Fi password at Corvid Hall?", "--json",
                           "--max-new-tokens", "16"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["stack"]
+
+
+def test_internalize_with_sections_keeps_every_chunk_routed_and_ask_reads_one(
+    env: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent_sleep.adapters import read_adapter
+
+    _, ckpt, _ = env
+    long_doc = _doc(tmp_path, " ".join(f"Bay {n} of the Orrin yard has keypad code {n}{n}{n}." for n in range(1, 9)),
+                    name="yard.md")  # fmt: skip
+    argv = ["internalize", str(long_doc), "--name", "yard", "--checkpoint", str(ckpt), "--chunk-tokens", "8",
+            "--max-kept", "2", "--json"]  # fmt: skip
+    assert cli_main.main(argv) == 0
+    capped = json.loads(capsys.readouterr().out)
+    assert (capped["chunks"], capped["sections"]) == (2, 0)
+    assert read_adapter(capped["path"]).manifest.routing is None  # type: ignore[union-attr]
+    assert cli_main.main([*argv, "--sections"]) == 0  # another option: a new version, not the capped one reused
+    out = json.loads(capsys.readouterr().out)
+    assert out["version"] == 2 and out["chunks"] == out["sections"] > 2 and out["chunks_dropped"] == 0
+    spec = read_adapter(out["path"]).manifest.routing  # type: ignore[union-attr]
+    assert spec is not None and len(spec.sections) == out["sections"]
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "What is the keypad code of bay 7 of the Orrin yard?"}\n')
+    assert cli_main.main(["ask", "--adapter", "yard@v2", "--questions", str(questions), "--max-new-tokens", "3"]) == 0
+    [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert row["stack"].startswith("yard@v2#")  # one section served, not the whole adapter

@@ -138,3 +138,25 @@ def test_a_long_document_keeps_every_chunk_as_a_routed_section_and_the_gate_scor
     assert sections <= set(range(n_chunks))
     asked = world.runtime.router.sections(entry["adapter"], spec, [p.question for p in LONG_SKILL.probes])
     assert {int(k) for k in asked} <= sections  # each probe's own section was scored
+
+
+def test_a_capped_long_document_is_routed_by_the_chunks_it_kept(world: World, tiny_d2l: D2LGenerator,
+                                                                tmp_path: Path) -> None:  # fmt: skip
+    """Sections off (a d2l setting): the cap leaves chunks out, and the adapter is routed by the sentences of the
+    chunks it kept, not by the document's first sentences (which may all lie in chunks left out)."""
+    tiny_d2l.chunk_tokens = 16
+    config = fast_config(generators={"d2l": {"settings": {"sections": False}}})
+    runs = RunStore(world.store)
+    claim = runs.claim(AGENT, owner="test", config=config.model_dump(mode="json"), alive=lambda _: False,
+                       folder=lambda run_id: str(tmp_path / "runs" / run_id))  # fmt: skip
+    ctx = RunContext(run_id=claim.run.id, owner="test", agent=AGENT, config=config, registry=world.registry,
+                     runs=runs, folder=tmp_path / "runs" / claim.run.id, deadline=time.monotonic() + 600, say=lambda _: None,
+                     make_runtime=lambda: world.runtime)  # fmt: skip
+    runs.begin_stage(ctx.run_id, "generate", owner="test")
+    entry = generate(ctx, ConsolidationPlan(agent=AGENT, skills=(LONG_SKILL,)), ["yard"], {})["skills"]["yard"]
+    assert entry["status"] == "generated", entry
+    assert tiny_d2l.sections is False  # the setting is the user's: the stage did not turn sections on
+    made = tiny_d2l.internalize(LONG.text)
+    assert made.dropped > 0 and made.keys and made.sections == ()
+    spec = world.runtime.routing(entry["adapter"])
+    assert spec is not None and spec.keys == list(made.keys) and spec.sections == []

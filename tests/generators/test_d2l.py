@@ -523,6 +523,7 @@ def test_sections_keep_a_long_documents_every_chunk_as_a_routed_section(handle: 
                                                                         tmp_path: Path) -> None:  # fmt: skip
     from agent_sleep.adapters.artifact import inspect_adapter
     from agent_sleep.generators.d2l import reuse_key
+    from agent_sleep.key_terms import sentences
 
     gen, _ = _gated_gen(handle)
     doc = " ".join([DOC, DOC2] * 3)
@@ -531,14 +532,19 @@ def test_sections_keep_a_long_documents_every_chunk_as_a_routed_section(handle: 
     assert n > 2
     capped = gen.internalize(doc, chunk_tokens=8, min_gate=0.0, max_kept=2)
     assert (capped.chunks, capped.sections) == (2, ())  # sections off: the cap as before
+    # chunks were left out: the adapter is to be routed by what it kept, not by the document's first sentences
+    kept = [i for i in torch.argsort(chunks.gates, descending=True, stable=True)[:2].sort().values.tolist()]
+    ids = handle.tokenizer(doc, add_special_tokens=False)["input_ids"]
+    texts = [handle.tokenizer.decode(ids[8 * i : 8 * i + 8], skip_special_tokens=True) for i in kept]
+    assert capped.keys == tuple(dict.fromkeys(k for t in texts for k in (sentences(t) or [t.strip()])))
     every = gen.internalize(doc, chunk_tokens=8, min_gate=0.0, max_kept=0)
+    assert every.keys == ()  # nothing left out: routed by the document's own sentences
     routed = gen.internalize(doc, chunk_tokens=8, min_gate=0.0, max_kept=2, sections=True)
     assert (routed.chunks, routed.dropped, len(routed.sections)) == (n, 0, n)  # nothing lost to the cap
     for module, (a, b) in every.layers.items():  # the same tensors as keeping every chunk
         torch.testing.assert_close(routed.layers[module][0], a)
         torch.testing.assert_close(routed.layers[module][1], b)
     assert [(s.start, s.stop) for s in routed.sections] == [(4 * i, 4 * i + 4) for i in range(n)]
-    ids = handle.tokenizer(doc, add_special_tokens=False)["input_ids"]
     first = handle.tokenizer.decode(ids[:8], skip_special_tokens=True)
     assert routed.sections[0].keys == [first.strip()]  # one short chunk: its text is its one key
     assert all(k.strip() for s in routed.sections for k in s.keys)
@@ -548,7 +554,8 @@ def test_sections_keep_a_long_documents_every_chunk_as_a_routed_section(handle: 
     # the folder's manifest routes by the sections; the generator default and the reuse key follow the setting
     _, manifest = inspect_adapter(gen.write(routed, tmp_path / "long", skill="long"))
     assert manifest.routing is not None and manifest.routing.sections == list(routed.sections)
-    assert inspect_adapter(gen.write(capped, tmp_path / "capped", skill="capped"))[1].routing is None
+    _, plain = inspect_adapter(gen.write(capped, tmp_path / "capped", skill="capped"))
+    assert plain.routing is None and plain.generator.model_extra["routing_keys"] == list(capped.keys)
     on, _ = _gated_gen(handle, max_kept=2, sections=True)
     assert len(on.internalize(doc, chunk_tokens=8, min_gate=0.0).sections) == n
     assert reuse_key(on, doc) != reuse_key(gen, doc)
