@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONFIG_FILE", "MANIFEST_FILE", "PART_MARK", "WEIGHTS_FILE", "AdapterArtifact", "AdapterManifest",
     "LoraWeights", "adopt_peft_folder", "check_name", "copy_plain_file", "inspect_adapter", "lora_layers",
-    "read_adapter", "save_peft_adapter", "set_routing", "write_adapter",
+    "read_adapter", "read_routing", "save_peft_adapter", "set_routing", "write_adapter",
 ]  # fmt: skip
 
 CONFIG_FILE = "adapter_config.json"
@@ -203,6 +203,13 @@ def set_routing(folder: str | Path, routing: RoutingSpec | None) -> AdapterManif
     manifest = _load_manifest(path).model_copy(update={"routing": routing})
     atomic_write_text(path, json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def read_routing(folder: str | Path) -> RoutingSpec | None:
+    """The routing spec in an adapter folder's manifest (None: none, or no manifest); reads only ``manifest.json``,
+    so check the folder's integrity elsewhere (:func:`read_adapter`)."""
+    path = Path(folder) / MANIFEST_FILE
+    return _load_manifest(path).routing if path.is_file() else None
 
 
 def save_peft_adapter(peft_model: Any, adapter_name: str, dest: str | Path, manifest: AdapterManifest) -> Path:

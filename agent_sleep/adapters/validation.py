@@ -3,7 +3,8 @@
 :func:`validate_adapter` runs, in order: ``base_model`` (the manifest's content
 hash is the loaded model's), ``targets`` (every module exists, is a Linear, and
 A/B fit its in/out features), ``finite`` (no NaN/Inf), ``delta_norm`` (no
-layer's change is out of proportion to the layer) and ``reload`` (the folder on
+layer's change is out of proportion to the layer; for an adapter with routed sections, each section as
+it is served: its rows plus the unclaimed ones) and ``reload`` (the folder on
 disk reproduces the in-memory adapter's logits). A check that needs an earlier
 one is not run once that one fails. Everything runs through
 :class:`~agent_sleep.adapters.stack.LoraHooks` in the caller's context only, so
@@ -14,7 +15,8 @@ replaced, nothing is merged, and the other threads' stacks are untouched.
 one a stack may use (:func:`~agent_sleep.adapters.stack.check_weight`) and, per
 layer, the weighted *sum* of the adapters' deltas stays within the same bound
 (``stack_delta_norm``). Adapters that each pass at weight 1 can fail it together,
-or at weight 3; a merge of the stack is exactly that sum.
+or at weight 3; a merge of the stack is exactly that sum. An adapter with routed sections (``routing``) counts,
+at each layer, as its section with the largest delta there: a request gets one section, never all of them.
 
 :func:`peft_equivalence` proves, on a private copy of the model, that our
 runtime gives PEFT's logits for a folder (or several, all active at weight 1).
@@ -45,6 +47,8 @@ from agent_sleep.errors import AdapterError, InvalidInputError
 
 if TYPE_CHECKING:
     from torch import Tensor
+
+    from agent_sleep.adapters.manifest import RoutingSpec
 
     from agent_sleep.models.loader import BaseModelHandle
 
@@ -169,10 +173,39 @@ def _worst_ratio(
     return worst, worst_module
 
 
-def _check_norm(layers: Mapping[str, LoraWeights], handle: BaseModelHandle, limit: float) -> Check:
+def _check_norm(layers: Mapping[str, LoraWeights], handle: BaseModelHandle, limit: float,
+                routing: RoutingSpec | None = None) -> Check:  # fmt: skip
+    if routing is not None and routing.sections:  # served one section at a time: bound each as served
+        from agent_sleep.adapters.sections import section_layers
+
+        worst, worst_module, which = 0.0, "", 0
+        for k in range(len(routing.sections)):
+            cut = section_layers(layers, routing, k)
+            ratio, module = _worst_ratio(((m, lw.A, lw.B, lw.scaling) for m, lw in cut.items()), handle)
+            if ratio > worst or not worst_module:
+                worst, worst_module, which = ratio, module, k
+        detail = (f"largest ||delta W|| / ||W|| of its {len(routing.sections)} routed sections, each as served, is "
+                  f"{worst:.3g} (section {which}) at {worst_module} (limit {limit:g})")
+        return Check("delta_norm", bool(worst <= limit), detail, worst)
     worst, worst_module = _worst_ratio(((m, lw.A, lw.B, lw.scaling) for m, lw in layers.items()), handle)
     detail = f"largest ||delta W|| / ||W|| is {worst:.3g} at {worst_module} (limit {limit:g})"
     return Check("delta_norm", bool(worst <= limit), detail, worst)
+
+
+def _served_bound(layers: Mapping[str, LoraWeights], routing: RoutingSpec | None) -> Mapping[str, LoraWeights]:
+    """What a stack check counts for an adapter: ``layers``, or with routed sections, per layer the section whose
+    delta there is largest (plus the unclaimed rows)."""
+    if routing is None or not routing.sections:
+        return layers
+    from agent_sleep.adapters.sections import section_layers
+
+    cuts = [section_layers(layers, routing, k) for k in range(len(routing.sections))]
+
+    def size(lw: LoraWeights) -> float:
+        a, b = lw.A.double(), lw.B.double()
+        return float(((b.T @ b) * (a @ a.T)).sum())
+
+    return {m: max((cut[m] for cut in cuts), key=size) for m in layers}
 
 
 def _check_reload(
@@ -221,16 +254,19 @@ def validate_adapter(
     checks.append(_check_finite(artifact))
     if not checks[-1].ok or not checks[-2].ok:
         return ValidationReport(checks)
-    checks.append(_check_norm(layers, handle, max_delta_norm))
+    checks.append(_check_norm(layers, handle, max_delta_norm,
+                              artifact.manifest.routing if artifact.manifest is not None else None))
     if reload and checks[-1].ok:
         checks.append(_check_reload(artifact, layers, handle, tolerance))
     return ValidationReport(checks)
 
 
 def validate_stack(
-    items: Sequence[StackItem], handle: BaseModelHandle, *, max_delta_norm: float = DEFAULT_MAX_DELTA_NORM
+    items: Sequence[StackItem], handle: BaseModelHandle, *, max_delta_norm: float = DEFAULT_MAX_DELTA_NORM,
+    routing: Mapping[str, RoutingSpec | None] | None = None,
 ) -> ValidationReport:
     """Check a weighted stack as it will run: ``weights``, then ``stack_delta_norm`` (see the module docstring).
+    ``routing``: each adapter's routing spec, where it has one (sections change what a request gets).
 
     Meant after :func:`validate_adapter` passed for every adapter (it does not
     repeat the per-adapter checks). Reads only the model's weight norms.
@@ -250,8 +286,8 @@ def validate_stack(
     if not items:
         return ValidationReport([*checks, Check("stack_delta_norm", True, "no adapters: the base model", 0.0)])
     blocks: dict[str, list[tuple[Tensor, Tensor]]] = {}
-    for _, layers, weight in items:
-        for module, lw in layers.items():
+    for adapter, layers, weight in items:
+        for module, lw in _served_bound(layers, (routing or {}).get(adapter)).items():
             blocks.setdefault(module, []).append((lw.A.double(), lw.B.double() * (float(weight) * lw.scaling)))
     try:
         # The stack's delta at a layer is sum_i w_i s_i B_i A_i = [B_1 w_1 s_1 | B_2 ...] @ [A_1; A_2; ...].

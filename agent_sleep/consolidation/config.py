@@ -146,6 +146,8 @@ class CycleConfig(_Forbid):
     """Default: the ``d2l`` adapters are routed, the others apply to every request. A night's documents become one
     ``d2l`` adapter each (``skills.per_document``); stacked unrouted, 3 of them keep ~10 % of their solo accuracy,
     each routed by its document's sentences 84-98 % (``evals/bench_d2l_multi.py``, ``evals/results/d2l_multi.md``).
+    A routed ``d2l`` generator also keeps a long document's every chunk as a routed section (``sections``, unless
+    its settings name ``sections``): a question reads the chunk closest to it instead of the 4 highest-gate chunks.
     A ``routing`` block routes the generators it names (all of them unless it says); null: no adapter is routed."""
     budget_seconds: float = Field(default=3600.0, gt=0)
     """Wall time for the whole run (select to deploy) across resumes; what is not evaluated in time is skipped."""

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from agent_sleep.adapters.artifact import LoraWeights
 from agent_sleep.adapters.manifest import RoutingSpec
-from agent_sleep.errors import AdapterFormatError, ConfigError
+from agent_sleep.adapters.sections import section_layers
+from agent_sleep.errors import ConfigError
 from agent_sleep.selectors.embeddings import Embedder, MiniLMEmbedder
 
 __all__ = ["Router", "applying", "last_user_text", "section_layers", "section_name", "split_section"]
@@ -56,29 +56,6 @@ def split_section(name: str) -> tuple[str, int | None]:
     if not mark or not section.isdigit():
         return name, None
     return adapter, int(section)
-
-
-def section_layers(layers: Mapping[str, LoraWeights], spec: RoutingSpec, section: int,
-                   adapter: str = "adapter") -> dict[str, LoraWeights]:  # fmt: skip
-    """``layers`` cut to section ``section``'s rank rows plus the rows no section claims (same scaling: the delta
-    is the sum of the kept rows' terms)."""
-    import torch
-
-    if not 0 <= section < len(spec.sections):
-        raise AdapterFormatError(f"{adapter} has {len(spec.sections)} routed sections, not a section {section}")
-    out = {}
-    for module, w in layers.items():
-        if max(s.stop for s in spec.sections) > w.rank:
-            raise AdapterFormatError(f"{adapter}: routed sections reach rank row {max(s.stop for s in spec.sections)} "
-                                     f"but {module} has rank {w.rank}")  # fmt: skip
-        keep = torch.ones(w.rank, dtype=torch.bool)
-        for s in spec.sections:
-            keep[s.start : s.stop] = False
-        chosen = spec.sections[section]
-        keep[chosen.start : chosen.stop] = True
-        rows = keep.nonzero().squeeze(1)
-        out[module] = LoraWeights(A=w.A.index_select(0, rows), B=w.B.index_select(1, rows), scaling=w.scaling)
-    return out
 
 
 class Router:

@@ -195,7 +195,7 @@ def test_section_layers_keep_the_section_and_the_rows_no_section_claims() -> Non
     import torch
 
     from agent_sleep.adapters.artifact import LoraWeights
-    from agent_sleep.runtime.routing import section_layers
+    from agent_sleep.adapters.sections import section_layers
 
     a, b = torch.arange(16.0).reshape(8, 2), torch.arange(24.0).reshape(3, 8)
     layers = {"m": LoraWeights(A=a, B=b, scaling=0.25)}
@@ -228,8 +228,8 @@ def test_a_sectioned_adapter_runs_only_its_routed_section(tiny: tuple[Path, Any]
 
     from agent_sleep.adapters.artifact import lora_layers
     from agent_sleep.adapters.stack import prepare_stack
+    from agent_sleep.adapters.sections import section_layers
     from agent_sleep.runtime.live import LiveRuntime
-    from agent_sleep.runtime.routing import section_layers
 
     folder, handle = tiny
     registry = AdapterRegistry(ExperienceStore(settings=settings.model_copy(update={"model": str(folder)})))
@@ -261,3 +261,28 @@ def test_a_sectioned_adapter_runs_only_its_routed_section(tiny: tuple[Path, Any]
         assert chat.invoke("capital of peru").response_metadata["stack"] is None  # fires on nothing: base model
     finally:
         runtime.stop()
+
+
+def test_validation_bounds_each_routed_section_as_served(tiny: tuple[Path, Any], tmp_path: Path) -> None:
+    """A long document's adapter sums past the delta bound when every chunk is added up, but a request gets one
+    section: the adapter and the stack are bounded as served, and the same weights unrouted are still refused."""
+    from agent_sleep.adapters.artifact import lora_layers, read_routing
+    from agent_sleep.adapters.validation import validate_adapter, validate_stack
+
+    _, handle = tiny
+    folder = write_random(tmp_path / "depot", handle, r=8, seed=3, std=0.5)
+    whole = validate_adapter(read_adapter(folder), handle, max_delta_norm=1.0, reload=False)
+    whole_ratio = next(c.value for c in whole.checks if c.name == "delta_norm")
+    set_routing(folder, SECTIONED)
+    assert read_routing(folder) == SECTIONED
+    served = validate_adapter(read_adapter(folder), handle, max_delta_norm=1.0, reload=False)
+    check = next(c for c in served.checks if c.name == "delta_norm")
+    assert "3 routed sections" in check.detail and check.value < whole_ratio  # 4 of 8 rows, not all 8
+    bound = (check.value + whole_ratio) / 2  # between one section as served and the whole adapter
+    assert validate_adapter(read_adapter(folder), handle, max_delta_norm=bound, reload=False).ok
+    set_routing(folder, None)
+    assert not validate_adapter(read_adapter(folder), handle, max_delta_norm=bound, reload=False).ok
+    layers = lora_layers(read_adapter(folder))
+    items = [("depot@v1", layers, 1.0)]
+    assert validate_stack(items, handle, max_delta_norm=bound, routing={"depot@v1": SECTIONED}).ok
+    assert not validate_stack(items, handle, max_delta_norm=bound).ok
