@@ -48,7 +48,7 @@ def parse_rule(rule: str, min_gate: float) -> tuple[float, int]:
     chunk of the routed section)."""
     if rule == "gate":
         return min_gate, 0
-    if rule in ("sections", "sections256"):
+    if rule == "sections":
         return min_gate, 0
     for prefix, threshold in (("cap", min_gate), ("top", 0.0), ("route", 0.0)):
         if rule.startswith(prefix) and rule[len(prefix) :].isdigit() and int(rule[len(prefix) :]) > 0:
@@ -113,11 +113,10 @@ def answer_at(doc: dict[str, Any]) -> int:
 
 
 def sectioned_answers(gen: Any, runner: Any, router: Any, text: str, questions: list[str],
-                      chunk_tokens: int, recut: bool = True) -> tuple[list[str], list[int], tuple[Any, ...]]:
+                      chunk_tokens: int) -> tuple[list[str], list[int], int]:
     """Answers under rule ``sections``, through the product's own parts (see the module doc): the answers, the
     section each question was served (-1: the whole adapter, the document was not sectioned; -2: the adapter did not
-    fire, the base model answered) and the sections (``RoutedSection``: rank rows and keys). ``recut`` False: no
-    smaller sections for fact-dense documents."""
+    fire, the base model answered) and the number of sections."""
     from agent_sleep.adapters.artifact import LoraWeights
     from agent_sleep.adapters.manifest import RoutingSpec
     from agent_sleep.adapters.stack import prepare_stack
@@ -125,12 +124,7 @@ def sectioned_answers(gen: Any, runner: Any, router: Any, text: str, questions: 
     from agent_sleep.key_terms import sentences
     from agent_sleep.runtime.routing import section_layers, split_section
 
-    share = gen.dense_share
-    gen.dense_share = share if recut else 2.0  # above any share: never re-cut
-    try:
-        made = gen.internalize(text, chunk_tokens=chunk_tokens, sections=True)
-    finally:
-        gen.dense_share = share
+    made = gen.internalize(text, chunk_tokens=chunk_tokens, sections=True)
     settings = RoutingSettings()
     keys = (list(made.keys) or sentences(text) or [text])[: settings.max_keys]  # as the generate stage writes them
     spec = RoutingSpec(threshold=settings.threshold_for("d2l"), keys=keys, group="d2l", sections=list(made.sections))
@@ -152,7 +146,7 @@ def sectioned_answers(gen: Any, runner: Any, router: Any, text: str, questions: 
                                          device=runner.handle.device)  # fmt: skip
         answers.append(runner.answer(question, stack=stacks[item]))
         served.append(-1 if split_section(item)[1] is None else int(split_section(item)[1]))
-    return answers, served, made.sections
+    return answers, served, len(made.sections)
 
 
 def chunk_of(tokenizer: Any, text: str, char_start: int, chunk_tokens: int) -> int:
@@ -192,7 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     handle = load_base_model(args.model)
     runner = Runner(handle, args.max_new_tokens)
     gens = {Path(c).name: D2LGenerator.load(c, handle=handle) for c in (args.checkpoint or [DEFAULT_CHECKPOINT])}
-    embedder = MiniLMEmbedder(threads=args.threads) if any(r.startswith(("route", "sections"))
+    embedder = MiniLMEmbedder(threads=args.threads) if any(r.startswith("route") or r == "sections"
                                                            for r in args.rules) else None  # fmt: skip
     router = Router(embedder) if embedder is not None else None
     rows: list[dict[str, Any]] = []
@@ -214,16 +208,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for rule in args.rules:
                     threshold, cap = parse_rule(rule, gen.config.min_gate)
                     picks = None
-                    if rule in ("sections", "sections256"):
-                        answers, picks, sections = sectioned_answers(
-                            gen, runner, router, doc["text"], [q["question"] for q in questions], args.chunk_tokens,
-                            recut=rule == "sections")  # fmt: skip
-                        # "kept": what the first question read: its section (1 chunk), or the capped whole adapter
-                        keep = torch.zeros_like(gates, dtype=torch.bool)
-                        if picks[0] >= 0 and questions[0]["answer"] in " ".join(sections[picks[0]].keys):
-                            keep[target] = True  # the section it read states the needle
-                        elif picks[0] >= 0:
-                            keep[0 if target else 1] = True  # one chunk, not the needle's
+                    if rule == "sections":
+                        answers, picks, n_sections = sectioned_answers(
+                            gen, runner, router, doc["text"], [q["question"] for q in questions], args.chunk_tokens)
+                        kept_ids = keep_chunks(gates, min_gate=threshold).nonzero().squeeze(1).tolist()
+                        keep = torch.zeros_like(gates, dtype=torch.bool)  # "kept": what the first question read
+                        if picks[0] >= 0:
+                            keep[kept_ids[picks[0]]] = True
                         elif picks[0] == -1:  # not sectioned: the capped adapter
                             keep = keep_chunks(gates, min_gate=threshold, max_kept=gen.max_kept)
                     elif rule.startswith("route"):  # one adapter per section; each question to its closest one
@@ -269,7 +260,7 @@ def run_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
     handle = load_base_model(args.model)
     runner = Runner(handle, args.max_new_tokens)
     gens = {Path(c).name: D2LGenerator.load(c, handle=handle) for c in (args.checkpoint or [DEFAULT_CHECKPOINT])}
-    embedder = MiniLMEmbedder(threads=args.threads) if any(r.startswith(("route", "sections"))
+    embedder = MiniLMEmbedder(threads=args.threads) if any(r.startswith("route") or r == "sections"
                                                            for r in args.rules) else None  # fmt: skip
     router = Router(embedder) if embedder is not None else None
     rows = []
@@ -289,14 +280,13 @@ def run_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
                    "open": int((chunks.gates >= gen.config.min_gate).sum()), "rules": {}}  # fmt: skip
             for rule in args.rules:
                 threshold, cap = parse_rule(rule, gen.config.min_gate)
-                if rule in ("sections", "sections256"):
-                    answers, picks, sections = sectioned_answers(gen, runner, router, text,
-                                                                 [q["question"] for q in questions], args.chunk_tokens,
-                                                                 recut=rule == "sections")  # fmt: skip
-                    kept = len(sections) or gen.max_kept
-                    # routed right: the section read states the answer (its keys hold the gold string)
-                    right = [p >= 0 and any(g in " ".join(sections[p].keys) for g in golds(q))
-                             for q, p in zip(questions, picks, strict=True)]  # fmt: skip
+                if rule == "sections":
+                    answers, picks, n_sections = sectioned_answers(gen, runner, router, text,
+                                                                   [q["question"] for q in questions], args.chunk_tokens)
+                    kept = n_sections or gen.max_kept
+                    kept_ids = keep_chunks(chunks.gates, min_gate=threshold).nonzero().squeeze(1).tolist()
+                    right = [p >= 0 and kept_ids[p] == chunk_of(handle.tokenizer, text, start, args.chunk_tokens)
+                             for start, p in zip(starts, picks, strict=True)]  # fmt: skip
                 elif rule.startswith("route"):
                     answers, picks = routed_answers(gen, chunks, runner, embedder, text,
                                                     [q["question"] for q in questions], args.chunk_tokens, cap, rule)

@@ -88,7 +88,7 @@ if TYPE_CHECKING:
     from agent_sleep.registry.records import AdapterVersionRecord
     from agent_sleep.registry.registry import AdapterRegistry
 
-__all__ = ["DEFAULT_CHECKPOINT", "DEFAULT_DENSE_SHARE", "DEFAULT_MAX_KEPT", "DEFAULT_SECTION_TOKENS", "GENERATOR_NAME", "ChunkLoras", "D2LGenerator", "Internalized",
+__all__ = ["DEFAULT_CHECKPOINT", "DEFAULT_MAX_KEPT", "GENERATOR_NAME", "ChunkLoras", "D2LGenerator", "Internalized",
            "check_document", "find_internalized", "internalize_to_registry", "keep_chunks", "reuse_key"]  # fmt: skip
 
 GENERATOR_NAME = "d2l"
@@ -98,11 +98,6 @@ GENERATOR_NAME = "d2l"
 # back, keeping 4 answered 2 of 8 questions, keeping all of them 1. The committed checkpoint was meta-trained on
 # adapters of at most 7 chunks. Documents of up to 4 chunks (~1,000 tokens) are not affected; 0 = no cap.
 DEFAULT_MAX_KEPT = 4
-# Sectioned documents whose gate keeps more than DEFAULT_DENSE_SHARE of their chunks (fact-dense: every chunk
-# states something) are re-cut into sections of DEFAULT_SECTION_TOKENS, so the one section a question reads holds
-# few facts besides its answer (pipelines/d2l/EXPERIMENTS.md, "Adaptive section size"); 0 = never re-cut.
-DEFAULT_SECTION_TOKENS = 64
-DEFAULT_DENSE_SHARE = 0.5
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "d2l-smollm2-135m"
 _PEFT_PREFIX = "base_model.model."
 
@@ -184,8 +179,7 @@ class D2LGenerator:
 
     def __init__(self, net: HyperNet, handle: BaseModelHandle, *, checkpoint: Path, version: str,
                  chunk_tokens: int = 256, min_gate: float | None = None, max_kept: int = DEFAULT_MAX_KEPT,
-                 sections: bool = False, section_tokens: int = DEFAULT_SECTION_TOKENS,
-                 dense_share: float = DEFAULT_DENSE_SHARE) -> None:  # fmt: skip
+                 sections: bool = False) -> None:  # fmt: skip
         self.net = net
         self.handle = handle
         self.checkpoint = checkpoint
@@ -195,15 +189,12 @@ class D2LGenerator:
         self.min_gate = min_gate
         self.max_kept = max_kept
         self.sections = sections
-        self.section_tokens = section_tokens
-        self.dense_share = dense_share
         self._lora: Any = None
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, *, handle: BaseModelHandle | None = None,
              settings: Settings | None = None, chunk_tokens: int = 256, min_gate: float | None = None,
-             max_kept: int = DEFAULT_MAX_KEPT, sections: bool = False, section_tokens: int = DEFAULT_SECTION_TOKENS,
-             dense_share: float = DEFAULT_DENSE_SHARE) -> D2LGenerator:  # fmt: skip
+             max_kept: int = DEFAULT_MAX_KEPT, sections: bool = False) -> D2LGenerator:  # fmt: skip
         """Load a checkpoint (default: the committed SmolLM2 one) for ``handle`` (default: its base model).
 
         IncompatibleAdapterError if the checkpoint was trained for other base weights.
@@ -221,8 +212,7 @@ class D2LGenerator:
             handle = load_base_model(config["hyper"]["base_model_id"], settings=settings)
         net = load_checkpoint(path, content_hash=handle.content_hash, device=handle.device)
         return cls(net, handle, checkpoint=path, version=str(config.get("version", "0")), chunk_tokens=chunk_tokens,
-                   min_gate=min_gate, max_kept=max_kept, sections=sections, section_tokens=section_tokens,
-                   dense_share=dense_share)  # fmt: skip
+                   min_gate=min_gate, max_kept=max_kept, sections=sections)  # fmt: skip
 
     # -- generation -------------------------------------------------------------------------------
     def _chunks(self, ids: list[int], chunk_tokens: int) -> list[list[int]]:
@@ -269,9 +259,7 @@ class D2LGenerator:
         ``max_chunks`` bounds the chunks of all documents together. ``document_sha256`` is the document's
         sha256 for one document; for several, the sha256 of their sha256s (hex, one a line), each in
         ``document_sha256s``. With ``sections`` (see :meth:`internalize`), when some document would lose chunks
-        to ``max_kept``, every document keeps every chunk that passes ``min_gate`` and each kept chunk is a section;
-        a document whose gate keeps more than ``dense_share`` of its chunks is first re-cut into chunks of
-        ``section_tokens`` (unless that would pass ``max_chunks``).
+        to ``max_kept``, every document keeps every chunk that passes ``min_gate`` and each kept chunk is a section.
         """
         if isinstance(texts, (str, bytes, bytearray, memoryview)):
             raise InvalidInputError("internalize_documents takes a sequence of documents, not one; see internalize")
@@ -279,24 +267,14 @@ class D2LGenerator:
 
         threshold, cap = self._selection(min_gate, max_kept)
         sectioned = self.sections if sections is None else bool(sections)
-        prepared = self._prepare(texts, chunk_tokens, max_chunks)
         parts, texts_of = [], []
-        for text, ids, chunks in prepared:
+        for text, ids, chunks in self._prepare(texts, chunk_tokens, max_chunks):
             loras = self._encode(text, ids, chunks, chunk_batch)
             parts.append((loras, keep_chunks(loras.gates, min_gate=threshold, max_kept=cap)))
             texts_of.append(chunks)
         sectioned = sectioned and cap > 0 and any(int(keep_chunks(lo.gates, min_gate=threshold).sum()) > cap
                                                   for lo, _ in parts)  # fmt: skip
         if sectioned:
-            total = sum(len(c) for c in texts_of)
-            for i, (text, ids, chunks) in enumerate(prepared):  # fact-dense documents: smaller sections
-                small = self.section_tokens
-                dense = float((parts[i][0].gates >= threshold).float().mean()) > self.dense_share
-                more = -(-len(ids) // small) - len(chunks) if small else 0
-                if dense and 0 < small < len(chunks[0]) and (max_chunks is None or total + more <= max_chunks):
-                    cut = self._chunks(ids, small)
-                    parts[i] = (self._encode(text, ids, cut, chunk_batch), parts[i][1])
-                    texts_of[i], total = cut, total + more
             parts = [(lo, keep_chunks(lo.gates, min_gate=threshold)) for lo, _ in parts]
         kept = [self._chunk_keys(chunk, i) for i, chunk in enumerate(  # each kept chunk's sentences
             chunk for (_, keep), chunks in zip(parts, texts_of, strict=True)
@@ -494,9 +472,7 @@ def reuse_key(generator: D2LGenerator, text: str | bytes, *, chunk_tokens: int |
         "config": generator.config.model_dump(mode="json"), "base_content_hash": generator.handle.content_hash,
         "document_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
         "chunk_tokens": generator.chunk_tokens if chunk_tokens is None else chunk_tokens,
-        "min_gate": threshold, "max_kept": cap,
-        **({"sections": True, "section_tokens": generator.section_tokens, "dense_share": generator.dense_share}
-           if generator.sections else {}),
+        "min_gate": threshold, "max_kept": cap, **({"sections": True} if generator.sections else {}),
     }  # fmt: skip
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 

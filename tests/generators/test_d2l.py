@@ -559,23 +559,3 @@ def test_sections_keep_a_long_documents_every_chunk_as_a_routed_section(handle: 
     on, _ = _gated_gen(handle, max_kept=2, sections=True)
     assert len(on.internalize(doc, chunk_tokens=8, min_gate=0.0).sections) == n
     assert reuse_key(on, doc) != reuse_key(gen, doc)
-
-
-def test_a_fact_dense_sectioned_document_is_recut_into_smaller_sections(handle: BaseModelHandle) -> None:
-    gen, net = _gated_gen(handle, sections=True, section_tokens=4)
-    with torch.no_grad():  # every gate open: a fact-dense document
-        net.gate.weight.zero_()
-        net.gate.bias.fill_(10.0)
-    doc = " ".join([DOC, DOC2] * 3)
-    n8 = len(gen.encode_chunks(doc, chunk_tokens=8).gates)
-    n4 = len(gen.encode_chunks(doc, chunk_tokens=4).gates)
-    dense = gen.internalize(doc, chunk_tokens=8, max_kept=2)
-    assert len(dense.sections) == dense.chunks == n4 > n8  # re-cut into 4-token sections
-    gen.dense_share = 1.0  # no share is above 1: never re-cut
-    assert len(gen.internalize(doc, chunk_tokens=8, max_kept=2).sections) == n8
-    gen.dense_share = 0.5
-    assert len(gen.internalize(doc, chunk_tokens=8, max_kept=2, max_chunks=n4 - 1).sections) == n8  # too many
-    assert len(gen.internalize(doc, chunk_tokens=8, max_kept=100).sections) == 0  # under the cap: not sectioned
-    with torch.no_grad():  # every gate shut but the best: sparse, sections stay 8 tokens (only the best is kept)
-        net.gate.bias.fill_(-10.0)
-    assert len(gen.internalize(doc, chunk_tokens=8, max_kept=2).sections) == 0
