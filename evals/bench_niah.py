@@ -119,10 +119,11 @@ def sectioned_answers(gen: Any, runner: Any, router: Any, text: str, questions: 
     fire, the base model answered) and the number of sections."""
     from agent_sleep.adapters.artifact import LoraWeights
     from agent_sleep.adapters.manifest import RoutingSpec
+    from agent_sleep.adapters.sections import section_layers
     from agent_sleep.adapters.stack import prepare_stack
     from agent_sleep.consolidation.config import RoutingSettings
     from agent_sleep.key_terms import sentences
-    from agent_sleep.runtime.routing import section_layers, split_section
+    from agent_sleep.runtime.routing import split_section
 
     made = gen.internalize(text, chunk_tokens=chunk_tokens, sections=True)
     settings = RoutingSettings()
@@ -282,7 +283,8 @@ def run_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
                 threshold, cap = parse_rule(rule, gen.config.min_gate)
                 if rule == "sections":
                     answers, picks, n_sections = sectioned_answers(gen, runner, router, text,
-                                                                   [q["question"] for q in questions], args.chunk_tokens)
+                                                                   [q["question"] for q in questions],
+                                                                   args.chunk_tokens)  # fmt: skip
                     kept = n_sections or gen.max_kept
                     kept_ids = keep_chunks(chunks.gates, min_gate=threshold).nonzero().squeeze(1).tolist()
                     right = [p >= 0 and kept_ids[p] == chunk_of(handle.tokenizer, text, start, args.chunk_tokens)
@@ -297,7 +299,8 @@ def run_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
                 else:
                     result = gen.assemble(chunks, keep_chunks(chunks.gates, min_gate=threshold, max_kept=cap))
                     stack = runner.stack_of(result, rule)
-                    answers, kept, right = [runner.answer(q["question"], stack=stack) for q in questions], result.chunks, None
+                    answers = [runner.answer(q["question"], stack=stack) for q in questions]
+                    kept, right = result.chunks, None
                 hits = [answer_matches(a, golds(q)) for a, q in zip(answers, questions, strict=True)]
                 row["rules"][rule] = {"kept": kept, "recall": sum(hits) / len(hits)}
                 if right is not None:
@@ -315,10 +318,14 @@ def dense_table(rows: list[dict[str, Any]], rules: list[str]) -> str:
     lines = [head, "|---" * (4 + len(rules)) + "|"]
     for ckpt in sorted({r["checkpoint"] for r in rows}):
         rs = [r for r in rows if r["checkpoint"] == ckpt]
-        cells = "".join(f" {statistics.fmean(r['rules'][x]['kept'] for r in rs):.0f}, "
-                        f"{statistics.fmean(r['rules'][x]['recall'] for r in rs):.0%}"
-                        + (f" (routed to the answer's chunk {statistics.fmean(r['rules'][x]['routed_right'] for r in rs):.0%})"
-                           if all("routed_right" in r["rules"][x] for r in rs) else "") + " |" for x in rules)  # fmt: skip
+        def cell(x: str) -> str:
+            out = (f" {statistics.fmean(r['rules'][x]['kept'] for r in rs):.0f}, "
+                   f"{statistics.fmean(r['rules'][x]['recall'] for r in rs):.0%}")
+            if all("routed_right" in r["rules"][x] for r in rs):
+                out += f" (routed to the answer's chunk {statistics.fmean(r['rules'][x]['routed_right'] for r in rs):.0%})"
+            return out + " |"
+
+        cells = "".join(cell(x) for x in rules)
         mean = {key: statistics.fmean(r[key] for r in rs) for key in ("tokens", "chunks", "open")}
         lines.append(f"| {ckpt} | {len(rs)} ({rs[0]['facts']}) | {mean['tokens']:.0f} | {mean['chunks']:.0f} ({mean['open']:.0f}) |"
                      + cells)  # fmt: skip
@@ -379,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-cell", type=int, default=1, help="haystacks per style x form")
     parser.add_argument("--tokens", type=int, default=32768)
     parser.add_argument("--chunk-tokens", type=int, default=256)
-    parser.add_argument("--rules", default="gate,cap1,cap4,cap16", help="comma-separated: gate, capK, topK, routeK, sections")
+    parser.add_argument("--rules", default="gate,cap1,cap4,cap16",
+                        help="comma-separated: gate, capK, topK, routeK, sections")
     parser.add_argument("--checkpoint", action="append", help="D2L checkpoint folder (repeatable; default: committed)")
     parser.add_argument("--model", help="base model spec (default: $AGENT_SLEEP_MODEL or SmolLM2-135M-Instruct)")
     parser.add_argument("--max-new-tokens", type=int, default=20)

@@ -23,8 +23,8 @@ from agent_sleep.errors import AdapterFormatError
 from agent_sleep.names import check_name as _check_name
 
 __all__ = [
-    "FORMAT_VERSION", "AdapterManifest", "AdapterSources", "BaseModelRef", "GeneratorInfo", "RoutedSection", "RoutingSpec",
-    "check_name",
+    "FORMAT_VERSION", "AdapterManifest", "AdapterSources", "BaseModelRef", "GeneratorInfo", "RoutedSection",
+    "RoutingSpec", "check_name",
 ]  # fmt: skip
 
 FORMAT_VERSION = 1

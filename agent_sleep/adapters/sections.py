@@ -30,7 +30,8 @@ def section_layers(layers: Mapping[str, LoraWeights], spec: RoutingSpec, section
     out = {}
     for module, w in layers.items():
         if reach > w.rank:
-            raise AdapterFormatError(f"{adapter}: routed sections reach rank row {reach} but {module} has rank {w.rank}")
+            raise AdapterFormatError(f"{adapter}: routed sections reach rank row {reach} but {module} has rank "
+                                     f"{w.rank}")  # fmt: skip
         keep = torch.ones(w.rank, dtype=torch.bool)
         for s in spec.sections:
             keep[s.start : s.stop] = False

@@ -53,7 +53,8 @@ from agent_sleep.runtime.deploy import (
     deploy_validated,
     rollback_validated,
 )
-from agent_sleep.runtime.routing import Router, section_layers, section_name, split_section
+from agent_sleep.adapters.sections import section_layers
+from agent_sleep.runtime.routing import Router, section_name, split_section
 
 if TYPE_CHECKING:
     from agent_sleep.adapters.artifact import LoraWeights
@@ -193,7 +194,7 @@ class LiveRuntime:
     # -- preparing stacks ---------------------------------------------------------------------
     def _adapter_layers(self, name: str) -> Mapping[str, LoraWeights]:
         """``name``'s LoRA layers (cached); ``{adapter}#{k}``: only routed section ``k``'s rank rows and the shared
-        ones (:func:`~agent_sleep.runtime.routing.section_layers`)."""
+        ones (:func:`~agent_sleep.adapters.sections.section_layers`)."""
         from agent_sleep.adapters.artifact import lora_layers, read_adapter
 
         with self._lock:

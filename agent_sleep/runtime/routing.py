@@ -19,7 +19,8 @@ firing document adapter kept less of each one's accuracy (``evals/results/d2l_mu
 Sections (:class:`~agent_sleep.adapters.manifest.RoutingSpec` ``sections``): a long document's ``d2l`` adapter
 holds every chunk, each a slice of the rank with the chunk's sentences as keys. Where the adapter applies, the
 request gets the section closest to it (plus the rows no section claims) under the name ``{adapter}#{k}``
-(:func:`section_name`); :func:`section_layers` cuts those rows out. Summing all of a fact-dense document's chunks
+(:func:`section_name`); :func:`~agent_sleep.adapters.sections.section_layers` cuts those rows out. Summing all of
+a fact-dense document's chunks
 answered 6-11 % of its questions, the chunk the question went to 78 % (``evals/results/niah_dense_needles_route.md``).
 
 Measured on the demo's day with the default threshold (0.55): the held-out rephrasings of the day's
@@ -36,11 +37,10 @@ from typing import Any
 import numpy as np
 
 from agent_sleep.adapters.manifest import RoutingSpec
-from agent_sleep.adapters.sections import section_layers
 from agent_sleep.errors import ConfigError
 from agent_sleep.selectors.embeddings import Embedder, MiniLMEmbedder
 
-__all__ = ["Router", "applying", "last_user_text", "section_layers", "section_name", "split_section"]
+__all__ = ["Router", "applying", "last_user_text", "section_name", "split_section"]
 
 _SECTION = "#"
 
@@ -90,7 +90,8 @@ class Router:
         found = self._keys.get(name)
         if found is None:
             texts = list(spec.keys) + [k for s in spec.sections for k in s.keys]
-            owners = np.repeat(np.arange(-1, len(spec.sections)), [len(spec.keys), *(len(s.keys) for s in spec.sections)])
+            counts = [len(spec.keys), *(len(s.keys) for s in spec.sections)]
+            owners = np.repeat(np.arange(-1, len(spec.sections)), counts)
             found = self._keys[name] = (self.embedder.embed(texts), owners)
         return found
 
