@@ -54,6 +54,17 @@ def tiny_d2l(tiny_handle: Any) -> Iterator[D2LGenerator]:
     register_generator("d2l", before, replace=True)
 
 
+def _context(world: World, config: Any, tmp_path: Path) -> tuple[RunContext, RunStore]:
+    """A claimed run of ``config`` on ``world`` (its registry and runtime), folder under ``tmp_path``."""
+    runs = RunStore(world.store)
+    claim = runs.claim(AGENT, owner="test", config=config.model_dump(mode="json"), alive=lambda _: False,
+                       folder=lambda run_id: str(tmp_path / "runs" / run_id))  # fmt: skip
+    ctx = RunContext(run_id=claim.run.id, owner="test", agent=AGENT, config=config, registry=world.registry,
+                     runs=runs, folder=tmp_path / "runs" / claim.run.id, deadline=time.monotonic() + 600,
+                     say=lambda _: None, make_runtime=lambda: world.runtime)  # fmt: skip
+    return ctx, runs
+
+
 def test_only_d2l_gets_the_documents_one_by_one() -> None:
     apart = generation_request(SKILL, None, separate_documents=True)
     joined = generation_request(SKILL, None)
@@ -67,12 +78,7 @@ def test_a_d2l_skill_of_two_documents_gets_one_routed_adapter_of_both(
     world: World, tiny_d2l: D2LGenerator, tmp_path: Path, routing: Any
 ) -> None:
     config = fast_config() if routing is None else fast_config(routing=routing)  # d2l is routed by default
-    runs = RunStore(world.store)
-    claim = runs.claim(AGENT, owner="test", config=config.model_dump(mode="json"), alive=lambda _: False,
-                       folder=lambda run_id: str(tmp_path / "runs" / run_id))  # fmt: skip
-    ctx = RunContext(run_id=claim.run.id, owner="test", agent=AGENT, config=config, registry=world.registry,
-                     runs=runs, folder=tmp_path / "runs" / claim.run.id, deadline=time.monotonic() + 600, say=lambda _: None,
-                     make_runtime=lambda: world.runtime)  # fmt: skip
+    ctx, runs = _context(world, config, tmp_path)
     runs.begin_stage(ctx.run_id, "generate", owner="test")
     result = generate(ctx, ConsolidationPlan(agent=AGENT, skills=(SKILL,)), ["kb"], {})
 
@@ -112,12 +118,7 @@ def test_a_long_document_keeps_every_chunk_as_a_routed_section_and_the_gate_scor
     assert n_chunks > tiny_d2l.max_kept  # the cap would drop chunks
     world.runtime.router = Router(WordEmbedder())
     config = fast_config(routing={"threshold": 0.2, "thresholds": {"d2l": 0.2}, "generators": ["d2l"]})
-    runs = RunStore(world.store)
-    claim = runs.claim(AGENT, owner="test", config=config.model_dump(mode="json"), alive=lambda _: False,
-                       folder=lambda run_id: str(tmp_path / "runs" / run_id))  # fmt: skip
-    ctx = RunContext(run_id=claim.run.id, owner="test", agent=AGENT, config=config, registry=world.registry,
-                     runs=runs, folder=tmp_path / "runs" / claim.run.id, deadline=time.monotonic() + 600, say=lambda _: None,
-                     make_runtime=lambda: world.runtime)  # fmt: skip
+    ctx, runs = _context(world, config, tmp_path)
     plan = ConsolidationPlan(agent=AGENT, skills=(LONG_SKILL,))
     runs.begin_stage(ctx.run_id, "generate", owner="test")
     generated = generate(ctx, plan, ["yard"], {})
@@ -146,12 +147,7 @@ def test_a_capped_long_document_is_routed_by_the_chunks_it_kept(world: World, ti
     chunks it kept, not by the document's first sentences (which may all lie in chunks left out)."""
     tiny_d2l.chunk_tokens = 16
     config = fast_config(generators={"d2l": {"settings": {"sections": False}}})
-    runs = RunStore(world.store)
-    claim = runs.claim(AGENT, owner="test", config=config.model_dump(mode="json"), alive=lambda _: False,
-                       folder=lambda run_id: str(tmp_path / "runs" / run_id))  # fmt: skip
-    ctx = RunContext(run_id=claim.run.id, owner="test", agent=AGENT, config=config, registry=world.registry,
-                     runs=runs, folder=tmp_path / "runs" / claim.run.id, deadline=time.monotonic() + 600, say=lambda _: None,
-                     make_runtime=lambda: world.runtime)  # fmt: skip
+    ctx, runs = _context(world, config, tmp_path)
     runs.begin_stage(ctx.run_id, "generate", owner="test")
     entry = generate(ctx, ConsolidationPlan(agent=AGENT, skills=(LONG_SKILL,)), ["yard"], {})["skills"]["yard"]
     assert entry["status"] == "generated", entry
