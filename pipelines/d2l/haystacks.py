@@ -419,27 +419,54 @@ def make_filler_docs(n: int, seed: int, styles: Sequence[str], n_units: tuple[in
     return docs
 
 
+def _needle_in_page(piece: synth.Piece, value: str, qa: dict[str, Any], probe: dict[str, Any], form: str,
+                    entity: str, page_seed: int, rng: random.Random, split: str) -> synth.Doc:
+    """One generated page with the needle sentence as a paragraph of its own between two of the page's paragraphs;
+    the page's facts keep their spans (shifted), under ``page.<attribute>``."""
+    from pipelines.d2l import pages
+
+    page = pages.make_pages(1, page_seed, "train")[0]
+    cuts = [m.end() for m in re.finditer(r"\n\n", page["text"])]
+    at = rng.choice(cuts) if cuts else len(page["text"])
+    inserted = piece[0] + "\n\n" if cuts else "\n\n" + piece[0]
+    text = page["text"][:at] + inserted + page["text"][at:]
+    start = at if cuts else at + 2
+    spans = {form: [start + piece[2], start + piece[2] + len(value)]}
+    for attribute, (a, b) in page["spans"].items():
+        shift = len(inserted) if a >= at else 0
+        spans[f"page.{attribute}"] = [a + shift, b + shift]
+    facts = {form: value, **{f"page.{k}": v for k, v in page["facts"].items()}}
+    return {"id": synth.doc_id(text), "kind": "needle", "style": "pages", "text": text, "entity": entity,
+            "facts": facts, "spans": spans, "qa": [qa, *page["qa"][:2]], "probe_qa": [probe, *page["probe_qa"][:2]],
+            "split": split}  # fmt: skip
+
+
 def make_needle_fact_docs(n: int, seed: int, split: str = "train", *, styles: Sequence[str],
                           forms: Sequence[str] = TRAIN_NEEDLES,
                           n_units: tuple[int, int] = (0, 10), varied_values: bool = False,
                           shape_mix: float = 0.0) -> list[synth.Doc]:  # fmt: skip
     """``n`` needle-like fact documents: one needle of a training ``forms`` in ``n_units`` units of training
-    ``styles`` filler (``pages`` is left out here: its pages state facts the document has no question for);
+    ``styles`` filler; in the ``pages`` style, the needle is a paragraph of one generated page whose own facts are
+    stated values too (their spans supervise the pointer like the needle's) and asked as well (up to 2 of its
+    questions after the needle's): a needle among other facts, as in a fact-dense chunk.
     ``varied_values``: values of many lengths (:data:`VARIED_NEEDLE_VALUES`); ``shape_mix``: see :func:`needle`.
 
     Same schema as :func:`pipelines.d2l.synth.make_fact_docs` (``facts``, ``spans``, ``qa``, ``probe_qa``), so
     meta-training caches them like any fact document and the gate learns them as chunks to keep.
     """
     check_train(styles, forms)
-    usable = [s for s in styles if s != "pages"]
+    usable = list(styles)
     if not usable or not forms:
-        raise ValueError("make_needle_fact_docs needs a style other than 'pages' and at least one needle form")
+        raise ValueError("make_needle_fact_docs needs at least one style and one needle form")
     rng = random.Random(f"styled-needles:{seed}:{split}:{','.join(usable)}:{','.join(forms)}")
     names = synth._entities(split)  # noqa: SLF001
     docs: list[synth.Doc] = []
     for _ in range(n):
         style, form, entity = rng.choice(usable), rng.choice(list(forms)), rng.choice(names)
         piece, value, qa, probe = needle(form, rng, entity, varied_values, shape_mix)
+        if style == "pages":
+            docs.append(_needle_in_page(piece, value, qa, probe, form, entity, rng.randrange(2**31), rng, split))
+            continue
         next_unit = filler_units(style, rng, "train")
         units: list[synth.Piece] = [(next_unit().strip(), None, 0) for _ in range(rng.randint(*n_units))]
         units.insert(rng.randint(0, len(units)), piece)

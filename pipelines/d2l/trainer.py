@@ -114,6 +114,9 @@ class DataConfig(_Quiet):
     needle_share: float = 0.0
     needle_units: tuple[int, int] = (0, 10)
     needle_forms: list[str] | None = None  # the needle forms drawn (None: every training form of haystacks)
+    # The needles' filler styles (None: hay_styles). ``pages`` here puts a needle among a generated page's own facts
+    # (all supervised and asked); in hay_styles it would make whole pages gate negatives, which they are not.
+    needle_styles: list[str] | None = None
     # Open values of many lengths (synth.VARIED_VALUES, haystacks.VARIED_NEEDLE_VALUES): magic numbers and codes of
     # 2-10 digits instead of one length, so an answer's length has to come from the document.
     varied_values: bool = False
@@ -129,7 +132,7 @@ class DataConfig(_Quiet):
     eval_written: str | None = None
 
     _QUIET = frozenset({"pages_share", "pages_facts", "pages_tokens", "recon_share", "recon_tokens", "recon_window",
-                        "recon_rows", "prompt_styles", "hay_styles", "needle_share", "needle_units", "needle_forms",
+                        "recon_rows", "prompt_styles", "hay_styles", "needle_share", "needle_units", "needle_forms", "needle_styles",
                         "written_dirs", "written_repeat", "eval_written", "varied_values",
                         "needle_shape_mix"})
 
@@ -142,11 +145,11 @@ class DataConfig(_Quiet):
 
     @model_validator(mode="after")
     def _check_styles(self) -> DataConfig:
-        haystacks.check_train(self.hay_styles, self.needle_forms or ())
+        haystacks.check_train([*self.hay_styles, *(self.needle_styles or [])], self.needle_forms or ())
         if self.needle_forms is not None and not self.needle_forms:
             raise ValueError("needle_forms needs at least one form (or null: every training form)")
-        if self.needle_share and not [s for s in self.hay_styles if s != "pages"]:
-            raise ValueError("needle_share needs hay_styles with a style other than 'pages' to hide the needles in")
+        if self.needle_share and not (self.needle_styles or self.hay_styles):
+            raise ValueError("needle_share needs hay_styles (or needle_styles) to hide the needles in")
         return self
 
 
@@ -304,7 +307,7 @@ def make_docs(d: DataConfig, seed: int, n_eval: int | None = None) -> tuple[list
             docs += recon.make_recon_docs(n_recon, s, split, tokens=tuple(d.recon_tokens), window=d.recon_window,
                                           n_recon=d.recon_rows)  # fmt: skip
         if n_needle:
-            docs += haystacks.make_needle_fact_docs(n_needle, s, split, styles=d.hay_styles,
+            docs += haystacks.make_needle_fact_docs(n_needle, s, split, styles=d.needle_styles or d.hay_styles,
                                                     forms=d.needle_forms or haystacks.TRAIN_NEEDLES,
                                                     n_units=tuple(d.needle_units),
                                                     varied_values=d.varied_values,

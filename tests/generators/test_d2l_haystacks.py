@@ -76,6 +76,12 @@ def test_data_config_default_dumps_as_before_and_styles_reach_the_documents() ->
         assert doc["qa"][0]["answer"] == value
     hay = hs.make_filler_docs(12, 0, ["technical", "dialogue"])
     assert all(doc["qa"] == [] and doc["style"] in ("technical", "dialogue") for doc in hay)
+    assert "needle_styles" not in old  # a recipe without it dumps (and caches) as before
+    paged = DataConfig(n_train=20, n_eval=10, hay_styles=["narrative"], needle_styles=["pages"], needle_share=0.5)
+    needles = [doc for doc in make_docs(paged, seed=0)[0] if doc["kind"] == "needle"]
+    assert needles and all(doc["style"] == "pages" and len(doc["facts"]) > 1 for doc in needles)
+    with pytest.raises(ValueError):
+        DataConfig(needle_styles=["correspondence"])  # a held-out style never trains
 
 
 def test_gate_tune_changes_only_the_gate_and_writes_a_new_checkpoint(tmp_path: Path) -> None:
@@ -191,3 +197,21 @@ def test_entry_needles_word_many_things_many_ways_with_any_shape_and_never_the_h
         assert d["text"][lo:hi] == d["qa"][0]["answer"] == d["facts"]["entry"]
     hay = hs.make_haystack("narrative", "entry", 400, seed=1)  # evaluation can hide one in a haystack too
     assert hay["text"][slice(*hay["spans"]["entry"])] == hay["qa"][0]["answer"]
+
+
+def test_a_needle_among_a_pages_own_facts() -> None:
+    """``pages`` as the needle's filler: one generated page, the needle a paragraph of its own, every stated value
+    (the needle's and the page's) at its span, the needle asked first and the page's facts after it."""
+    docs = hs.make_needle_fact_docs(30, 3, styles=["pages"], forms=["number", "entry"])
+    assert docs == hs.make_needle_fact_docs(30, 3, styles=["pages"], forms=["number", "entry"])  # deterministic
+    for doc in docs:
+        assert doc["style"] == "pages" and len(doc["facts"]) > 1
+        for key, (a, b) in doc["spans"].items():
+            assert doc["text"][a:b] == doc["facts"][key], key
+        form = next(k for k in doc["facts"] if not k.startswith("page."))
+        assert doc["qa"][0]["answer"] == doc["facts"][form] and 1 <= len(doc["qa"]) - 1 <= 2
+        a, _ = doc["spans"][form]
+        paragraph = doc["text"][doc["text"].rfind("\n\n", 0, a) + 2 : doc["text"].find("\n\n", a)]
+        assert doc["entity"] in paragraph and not paragraph.startswith("#")  # its own paragraph, not a heading
+    # mixed with other styles, the other styles' documents are drawn as before (old recipes list no pages)
+    assert not [d for d in hs.make_needle_fact_docs(20, 3, styles=["classic"], forms=["number"]) if len(d["facts"]) > 1]
