@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONFIG_FILE", "MANIFEST_FILE", "PART_MARK", "WEIGHTS_FILE", "AdapterArtifact", "AdapterManifest",
     "LoraWeights", "adopt_peft_folder", "check_name", "copy_plain_file", "inspect_adapter", "lora_layers",
-    "read_adapter", "read_routing", "save_peft_adapter", "set_routing", "write_adapter",
+    "read_adapter", "read_manifest", "save_peft_adapter", "set_routing", "write_adapter",
 ]  # fmt: skip
 
 CONFIG_FILE = "adapter_config.json"
@@ -205,11 +205,11 @@ def set_routing(folder: str | Path, routing: RoutingSpec | None) -> AdapterManif
     return manifest
 
 
-def read_routing(folder: str | Path) -> RoutingSpec | None:
-    """The routing spec in an adapter folder's manifest (None: none, or no manifest); reads only ``manifest.json``,
-    so check the folder's integrity elsewhere (:func:`read_adapter`)."""
+def read_manifest(folder: str | Path) -> AdapterManifest | None:
+    """An adapter folder's manifest (None: it has none). Reads only ``manifest.json``, without hashing the weights:
+    for a folder whose integrity is checked elsewhere (:func:`inspect_adapter`, :func:`read_adapter`)."""
     path = Path(folder) / MANIFEST_FILE
-    return _load_manifest(path).routing if path.is_file() else None
+    return _load_manifest(path) if path.is_file() else None
 
 
 def save_peft_adapter(peft_model: Any, adapter_name: str, dest: str | Path, manifest: AdapterManifest) -> Path:

@@ -49,7 +49,6 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from agent_sleep.adapters.manifest import RoutingSpec
-
     from agent_sleep.models.loader import BaseModelHandle
 
 __all__ = [
@@ -155,15 +154,19 @@ def _check_finite(artifact: AdapterArtifact) -> Check:
     return Check("finite", True, f"all {len(artifact.tensors)} tensors are finite")
 
 
+def _delta_sq(a: Tensor, b: Tensor) -> float:
+    """``||B @ A||_F^2`` as trace((B^T B)(A A^T)): two r x r products instead of the out x in matrix."""
+    a, b = a.double(), b.double()
+    return float(((b.T @ b) * (a @ a.T)).sum().clamp_min(0))
+
+
 def _worst_ratio(
     deltas: Iterable[tuple[str, Tensor, Tensor, float]], handle: BaseModelHandle
 ) -> tuple[float, str]:
     """The largest ``|factor| * ||B @ A||_F / ||W||_F`` over ``(module, A, B, factor)``, and its module."""
     worst, worst_module = 0.0, ""
     for module, a, b, factor in deltas:
-        a, b = a.double(), b.double()
-        # ||B A||_F^2 = trace((B^T B)(A A^T)): two r x r products instead of the out x in matrix.
-        delta = abs(factor) * float(((b.T @ b) * (a @ a.T)).sum().clamp_min(0).sqrt())
+        delta = abs(factor) * math.sqrt(_delta_sq(a, b))
         base = float(resolve_linear(handle.model, module).weight.detach().double().norm())
         ratio = delta / base if base > 0 else float("inf")
         if not math.isfinite(ratio):
@@ -200,12 +203,7 @@ def _served_bound(layers: Mapping[str, LoraWeights], routing: RoutingSpec | None
     from agent_sleep.adapters.sections import section_layers
 
     cuts = [section_layers(layers, routing, k) for k in range(len(routing.sections))]
-
-    def size(lw: LoraWeights) -> float:
-        a, b = lw.A.double(), lw.B.double()
-        return float(((b.T @ b) * (a @ a.T)).sum())
-
-    return {m: max((cut[m] for cut in cuts), key=size) for m in layers}
+    return {m: max((cut[m] for cut in cuts), key=lambda lw: _delta_sq(lw.A, lw.B)) for m in layers}
 
 
 def _check_reload(

@@ -30,8 +30,7 @@ item's score is taken from that sub-stack's evaluation. Each distinct sub-stack 
 suite; cached like any stack), so a night of routed per-document adapters is judged as it will be served,
 not as a stack of adapters that never run together; an adapter with routed sections (a long document's chunks)
 answers each item with the section its question goes to (``{adapter}#{k}`` in the sub-stack). The verdict's
-``routed`` says, per suite, on how many
-items the candidate fired.
+``routed`` says, per suite, on how many items the candidate fired.
 
 Fail closed: an :class:`~agent_sleep.errors.EvaluationError` ends the run, nothing deployed. Progress
 (scores, each candidate's verdict, decisions) is saved after each stack, each verdict and each decision,
@@ -319,13 +318,15 @@ class _Evaluation:
         if adapter not in self._near:
             suites, _ = _suites(self.ctx, self.plan, self.live, self.skills)
             router = self.ctx.runtime.router
-            sims = {s.name: router.similarities(adapter, spec, [i.question for i in s.items]) for s in suites}
-            self._near[adapter] = {s.name: {i.id: float(sim) for i, sim in zip(s.items, sims[s.name], strict=True)}
-                                   for s in suites}  # fmt: skip
+            near: dict[str, dict[str, float]] = {}
+            sections: dict[str, dict[str, int]] = {}
+            for s in suites:  # each suite's questions embedded once, for the similarity and the section
+                sims, picks = router.match(adapter, spec, [i.question for i in s.items])
+                near[s.name] = {i.id: float(sim) for i, sim in zip(s.items, sims, strict=True)}
+                sections[s.name] = {i.id: int(k) for i, k in zip(s.items, picks, strict=True)}
+            self._near[adapter] = near
             if spec.sections:
-                picks = {s.name: router.sections(adapter, spec, [i.question for i in s.items]) for s in suites}
-                self._section[adapter] = {s.name: {i.id: int(k) for i, k in zip(s.items, picks[s.name], strict=True)}
-                                          for s in suites}  # fmt: skip
+                self._section[adapter] = sections
         return self._near[adapter]
 
     def _served(self, adapter: str, suite: str, item: str) -> str:

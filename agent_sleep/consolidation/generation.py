@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent_sleep.adapters.artifact import set_routing
-from agent_sleep.adapters.manifest import AdapterManifest, RoutingSpec
+from agent_sleep.adapters.artifact import read_manifest, set_routing
+from agent_sleep.adapters.manifest import RoutingSpec
 from agent_sleep.consolidation import faults
 from agent_sleep.consolidation.config import GeneratorSettings, generator_settings_class
 from agent_sleep.consolidation.context import RunContext
@@ -163,9 +163,12 @@ def _register(ctx: RunContext, skill: SkillPlan, generator: str, entry: dict[str
         faults.fault_point("generate:after_write")
     routing = ctx.config.routing
     if routing is not None and generator in routing.generators:  # again on a resume: the write is idempotent
-        manifest = _manifest(folder)  # the generator's routed sections (a long document's chunks) stay, and the keys
-        written = manifest.routing  # of what it kept replace the documents' first sentences
-        kept = list((manifest.generator.model_extra or {}).get("routing_keys") or [])[: routing.max_keys]
+        # the generator's routed sections (a long document's chunks) stay, and the keys of what it kept replace the
+        # documents' first sentences; the folder's integrity was checked above (_complete_folder) or it was just written
+        manifest = read_manifest(folder)
+        written = manifest.routing if manifest is not None else None
+        info = (manifest.generator.model_extra or {}) if manifest is not None else {}
+        kept = list(info.get("routing_keys") or [])[: routing.max_keys]
         set_routing(folder, RoutingSpec(threshold=routing.threshold_for(generator),
                                         keys=kept or routing_keys(skill, routing.max_keys),
                                         group=generator if generator in routing.exclusive else None,
@@ -174,13 +177,6 @@ def _register(ctx: RunContext, skill: SkillPlan, generator: str, entry: dict[str
                                    agent=ctx.agent, run_id=ctx.run_id)  # fmt: skip
     faults.fault_point("generate:after_register")
     return record
-
-
-def _manifest(folder: Path) -> AdapterManifest:
-    """A written folder's manifest (what the generator put there, or an earlier attempt's routing)."""
-    from agent_sleep.adapters.artifact import inspect_adapter
-
-    return inspect_adapter(folder)[1]
 
 
 def _made_by(record: AdapterVersionRecord) -> str | None:

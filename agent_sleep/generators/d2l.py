@@ -276,15 +276,17 @@ class D2LGenerator:
                                                   for lo, _ in parts)  # fmt: skip
         if sectioned:
             parts = [(lo, keep_chunks(lo.gates, min_gate=threshold)) for lo, _ in parts]
+        dropped = any(not bool(keep.all()) for _, keep in parts)
+        if not (sectioned or dropped):  # every chunk kept, one block: routed by the documents' own sentences
+            return self._assemble(parts)
         kept = [self._chunk_keys(chunk, i) for i, chunk in enumerate(  # each kept chunk's sentences
             chunk for (_, keep), chunks in zip(parts, texts_of, strict=True)
             for chunk, k in zip(chunks, keep.tolist(), strict=True) if k)]  # fmt: skip
         r = self.config.rank
-        sections = tuple(RoutedSection(start=i * r, stop=(i + 1) * r, keys=keys) for i, keys in enumerate(kept)) \
+        routed = tuple(RoutedSection(start=i * r, stop=(i + 1) * r, keys=keys) for i, keys in enumerate(kept)) \
             if sectioned else ()  # fmt: skip
-        dropped = any(not bool(keep.all()) for _, keep in parts)
         keys = tuple(dict.fromkeys(k for ks in kept for k in ks)) if dropped else ()
-        return self._assemble(parts, sections=sections, keys=keys)
+        return self._assemble(parts, sections=routed, keys=keys)
 
     def _chunk_keys(self, ids: list[int], i: int) -> list[str]:
         """A kept chunk's routing keys: its sentences (its text if it has none of three words)."""

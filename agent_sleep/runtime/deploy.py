@@ -148,7 +148,7 @@ def check_stack(registry: AdapterRegistry, stack: StackRecord | Sequence[StackIt
     ``cache`` keeps passing verdicts (keyed by version, weights hash, base hash and bound) so a
     long-lived runtime validates each version once; ``layers_of`` supplies already-loaded layers.
     """
-    from agent_sleep.adapters.artifact import lora_layers, read_adapter, read_routing
+    from agent_sleep.adapters.artifact import lora_layers, read_adapter, read_manifest
     from agent_sleep.adapters.validation import validate_stack
     from agent_sleep.errors import AdapterError
 
@@ -187,7 +187,8 @@ def check_stack(registry: AdapterRegistry, stack: StackRecord | Sequence[StackIt
         return loaded[name]
 
     try:
-        routing = {i.adapter: read_routing(registry.get(i.adapter).path) for i in items}  # sections: one per request
+        manifests = {i.adapter: read_manifest(registry.get(i.adapter).path) for i in items}
+        routing = {a: m.routing if m is not None else None for a, m in manifests.items()}  # sections: one per request
         report = validate_stack([(i.adapter, layers(i.adapter), i.weight) for i in items], handle,
                                 max_delta_norm=bound, routing=routing)
     except AdapterError as exc:  # a folder that changed since its own check

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent_sleep.adapters.manifest import RoutingSpec
+from agent_sleep.adapters.sections import section_layers
 from agent_sleep.adapters.stack import LoraHooks, PreparedStack, check_weight, prepare_stack, stack_label
 from agent_sleep.errors import AgentSleepError, NotFoundError
 from agent_sleep.models.loader import BaseModelHandle, load_base_model
@@ -53,7 +54,6 @@ from agent_sleep.runtime.deploy import (
     deploy_validated,
     rollback_validated,
 )
-from agent_sleep.adapters.sections import section_layers
 from agent_sleep.runtime.routing import Router, section_name, split_section
 
 if TYPE_CHECKING:

@@ -20,8 +20,8 @@ Sections (:class:`~agent_sleep.adapters.manifest.RoutingSpec` ``sections``): a l
 holds every chunk, each a slice of the rank with the chunk's sentences as keys. Where the adapter applies, the
 request gets the section closest to it (plus the rows no section claims) under the name ``{adapter}#{k}``
 (:func:`section_name`); :func:`~agent_sleep.adapters.sections.section_layers` cuts those rows out. Summing all of
-a fact-dense document's chunks
-answered 6-11 % of its questions, the chunk the question went to 78 % (``evals/results/niah_dense_needles_route.md``).
+a fact-dense document's chunks answered 6-11 % of its questions, the chunk the question went to 78 %
+(``evals/results/niah_dense_needles_route.md``).
 
 Measured on the demo's day with the default threshold (0.55): the held-out rephrasings of the day's
 questions score 0.63-0.93 against the day's questions; the general-knowledge and instruction guard
@@ -106,9 +106,15 @@ class Router:
 
     def sections(self, name: str, spec: RoutingSpec, texts: Sequence[str]) -> np.ndarray:
         """Per text, the section of ``name`` it goes to (-1: ``name`` has no sections)."""
-        if not spec.sections or not texts:
-            return np.full(len(texts), -1)
-        return self.sections_of(name, spec, self.embedder.embed([t or "" for t in texts]))
+        return self.match(name, spec, texts)[1]
+
+    def match(self, name: str, spec: RoutingSpec, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per text, its best similarity to ``name``'s keys (:meth:`similarities`) and the section it goes to
+        (:meth:`sections`), the texts embedded once."""
+        if not texts:
+            return np.zeros(0, dtype=np.float32), np.full(0, -1)
+        vectors = self.embedder.embed([t or "" for t in texts])
+        return (vectors @ self._keys_of(name, spec).T).max(axis=1), self.sections_of(name, spec, vectors)
 
     def similarity(self, name: str, spec: RoutingSpec, text: str) -> float:
         """The best cosine similarity of ``text`` to ``name``'s keys."""

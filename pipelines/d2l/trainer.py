@@ -132,8 +132,8 @@ class DataConfig(_Quiet):
     eval_written: str | None = None
 
     _QUIET = frozenset({"pages_share", "pages_facts", "pages_tokens", "recon_share", "recon_tokens", "recon_window",
-                        "recon_rows", "prompt_styles", "hay_styles", "needle_share", "needle_units", "needle_forms", "needle_styles",
-                        "written_dirs", "written_repeat", "eval_written", "varied_values",
+                        "recon_rows", "prompt_styles", "hay_styles", "needle_share", "needle_units", "needle_forms",
+                        "needle_styles", "written_dirs", "written_repeat", "eval_written", "varied_values",
                         "needle_shape_mix"})
 
     @field_validator("prompt_styles")

@@ -266,7 +266,7 @@ def test_a_sectioned_adapter_runs_only_its_routed_section(tiny: tuple[Path, Any]
 def test_validation_bounds_each_routed_section_as_served(tiny: tuple[Path, Any], tmp_path: Path) -> None:
     """A long document's adapter sums past the delta bound when every chunk is added up, but a request gets one
     section: the adapter and the stack are bounded as served, and the same weights unrouted are still refused."""
-    from agent_sleep.adapters.artifact import lora_layers, read_routing
+    from agent_sleep.adapters.artifact import lora_layers, read_manifest
     from agent_sleep.adapters.validation import validate_adapter, validate_stack
 
     _, handle = tiny
@@ -274,7 +274,7 @@ def test_validation_bounds_each_routed_section_as_served(tiny: tuple[Path, Any],
     whole = validate_adapter(read_adapter(folder), handle, max_delta_norm=1.0, reload=False)
     whole_ratio = next(c.value for c in whole.checks if c.name == "delta_norm")
     set_routing(folder, SECTIONED)
-    assert read_routing(folder) == SECTIONED
+    assert read_manifest(folder).routing == SECTIONED  # type: ignore[union-attr]
     served = validate_adapter(read_adapter(folder), handle, max_delta_norm=1.0, reload=False)
     check = next(c for c in served.checks if c.name == "delta_norm")
     assert "3 routed sections" in check.detail and check.value < whole_ratio  # 4 of 8 rows, not all 8
