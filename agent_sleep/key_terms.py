@@ -7,8 +7,9 @@ corrections can be held out as probes) and evaluation (which scores replies by t
 from __future__ import annotations
 
 import re
+from collections.abc import Container
 
-__all__ = ["key_terms", "keywords_needed", "sentences", "term_set"]
+__all__ = ["key_terms", "keywords_needed", "rare_names", "sentences", "term_set"]
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -59,6 +60,20 @@ def _terms(text: str) -> list[tuple[str, bool]]:
 def term_set(text: str) -> set[str]:
     """The case-folded terms of ``text`` as :func:`key_terms` cuts them: whether a text holds a key term."""
     return {token.casefold() for token, _ in _terms(text)}
+
+
+def rare_names(text: str, known: Container[str]) -> set[str]:
+    """The case-folded names in ``text`` that ``known`` (a vocabulary of common whole words, case-folded) lacks:
+    words capitalised mid-sentence or written in capitals, letters only (a possessive "'s" dropped), three letters
+    or more. "Ravdell" in "the keypad of Ravdell Mills" is one; "France", "November" and "What" are known words;
+    "ID" is too short. What a question about one organisation, product or place shares with the document that
+    names it even where the rest of its wording differs."""
+    out: set[str] = set()
+    for token, salient in _terms(text):
+        word = token.removesuffix("'s").removesuffix("\u2019s")
+        if salient and len(word) >= 3 and word.isalpha() and word.casefold() not in known:
+            out.add(word.casefold())
+    return out
 
 
 def key_terms(answer: str, question: str = "", *, limit: int = 6) -> tuple[str, ...]:

@@ -153,11 +153,14 @@ def route_keys(doc: dict[str, Any], max_keys: int) -> list[str]:
     return routing_keys(plan, max_keys)
 
 
-def similarities(router: Any, docs: list[dict[str, Any]], questions: list[str], threshold: float) -> Any:
-    """[questions, docs] best cosine of each question to each document's keys (the questions embedded once)."""
+def similarities(router: Any, docs: list[dict[str, Any]], questions: list[str], threshold: float,
+                 name_bonus: float) -> Any:  # fmt: skip
+    """[questions, docs] each question's similarity to each document's keys as the runtime computes it (best cosine
+    plus ``name_bonus`` where the question names a rare name of the document), the questions embedded once."""
     from agent_sleep.adapters.manifest import RoutingSpec
 
-    specs = {f"{d['id']}": RoutingSpec(threshold=threshold, keys=route_keys(d, 256)) for d in docs}
+    specs = {f"{d['id']}": RoutingSpec(threshold=threshold, keys=route_keys(d, 256), name_bonus=name_bonus)
+             for d in docs}  # fmt: skip
     assert len(specs) == len(docs), "document ids repeat: one column per document is needed"
     return router.similarity_table(specs, questions)
 
@@ -173,16 +176,54 @@ def _unrelated_questions() -> list[str]:
     return [item.question for suite in guard_suites() for item in suite.items]
 
 
-def run_set(gen: Any, router: Any, docs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+def route_set(router: Any, docs: list[dict[str, Any]], args: argparse.Namespace) -> tuple[list[dict[str, Any]],
+                                                                                         dict[str, Any]]:
+    """Each question's routing within its night (the documents cut into groups of ``--group-size``): per question
+    ``{"doc", "group", "own_sim", "best_other_sim", "fired", "top1"}``, and the set's routing summary (own adapter
+    fires, others firing, none firing, guard questions firing)."""
     from agent_sleep.adapters.manifest import RoutingSpec
     from agent_sleep.runtime.routing import applying
 
+    size = args.group_size
+    meta: list[dict[str, Any]] = []
+    fires_right, fires_wrong, fires_none = 0, 0, 0
+    for g0 in range(0, len(docs), size):
+        group = list(range(g0, g0 + size))
+        questions = [qa["question"] for i in group for qa in docs[i]["qa"]]
+        owner = [i for i in group for _ in docs[i]["qa"]]
+        sims = similarities(router, [docs[i] for i in group], questions, args.threshold, args.name_bonus)
+        group_specs = {str(j): RoutingSpec(threshold=args.threshold, keys=["-"], group="d2l") for j in range(size)}
+        for i, s in zip(owner, sims, strict=True):
+            own = group.index(i)
+            fired = [j for j in range(size) if s[j] >= args.threshold]
+            # the runtime's rule for a routing group (what the cycle writes for d2l adapters by default)
+            top1 = sorted(int(n) for n in applying({str(j): float(s[j]) for j in range(size)}, group_specs))
+            fires_right += own in fired
+            fires_wrong += len([j for j in fired if j != own])
+            fires_none += not fired
+            meta.append({"doc": i, "group": g0 // size, "own_sim": float(s[own]),
+                         "best_other_sim": float(max([s[j] for j in range(size) if j != own], default=-1.0)),
+                         "fired": [group[j] for j in fired], "top1": [group[j] for j in top1]})  # fmt: skip
+    n = len(meta)
+    unrelated = _unrelated_questions()
+    stray = similarities(router, docs, unrelated, args.threshold, args.name_bonus) >= args.threshold
+    routing = {"threshold": args.threshold, "name_bonus": args.name_bonus, "own_fires": fires_right / n,
+               "top1_own": sum(m["top1"] == [m["doc"]] for m in meta) / n,
+               "unrelated_questions": len(unrelated), "unrelated_fires_per_doc": float(stray.mean()),
+               "unrelated_any_of_night": float(stray[:, :size].any(axis=1).mean()),
+               "wrong_per_question": fires_wrong / n, "none_fires": fires_none / n,
+               "own_sim_mean": statistics.fmean(m["own_sim"] for m in meta),
+               "best_other_sim_mean": statistics.fmean(m["best_other_sim"] for m in meta)}  # fmt: skip
+    return meta, routing
+
+
+def run_set(gen: Any, router: Any, docs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     modules = gen.config.module_names()
     size = args.group_size
+    meta, routing = route_set(router, docs, args)
     solo = [gen.internalize(d["text"]) for d in docs]
     items: dict[str, list[tuple[str, Any]]] = {c: [] for c in CONDITIONS}
-    meta: list[dict[str, Any]] = []  # per question: doc index, group, routing
-    fires_right, fires_wrong, fires_none = 0, 0, 0
+    questions = [qa["question"] for d in docs for qa in d["qa"]]
     for g0 in range(0, len(docs), size):
         group = list(range(g0, g0 + size))
         gdocs = [docs[i] for i in group]
@@ -194,27 +235,16 @@ def run_set(gen: Any, router: Any, docs: list[dict[str, Any]], args: argparse.Na
             "stacked": stacked_ab([solo[i] for i in group], modules),
             "mean": stacked_ab([solo[i] for i in group], modules, [1.0 / size] * size),
         }
-        questions = [qa["question"] for i in group for qa in docs[i]["qa"]]
-        owner = [i for i in group for _ in docs[i]["qa"]]
-        sims = similarities(router, gdocs, questions, args.threshold)
-        group_specs = {str(j): RoutingSpec(threshold=args.threshold, keys=["-"], group="d2l") for j in range(size)}
-        for q, i, s in zip(questions, owner, sims, strict=True):
-            own = group.index(i)
-            fired = [j for j in range(size) if s[j] >= args.threshold]
-            # the runtime's rule for a routing group (what the cycle writes for d2l adapters by default)
-            top1 = sorted(int(n) for n in applying({str(j): float(s[j]) for j in range(size)}, group_specs))
-            fires_right += own in fired
-            fires_wrong += len([j for j in fired if j != own])
-            fires_none += not fired
+        for k, m in enumerate(meta):
+            if m["group"] != g0 // size:
+                continue
+            q, i = questions[k], m["doc"]
             items["base"].append((q, None))
             items["solo"].append((q, stacked_ab([solo[i]], modules)))
             for c in ("concat", "joined", "stacked", "mean"):
                 items[c].append((q, ab[c]))
-            items["routed"].append((q, stacked_ab([solo[group[j]] for j in fired], modules) if fired else None))
-            items["routed1"].append((q, stacked_ab([solo[group[j]] for j in top1], modules) if top1 else None))
-            meta.append({"doc": i, "group": g0 // size, "own_sim": float(s[own]),
-                         "best_other_sim": float(max([s[j] for j in range(size) if j != own], default=-1.0)),
-                         "fired": [group[j] for j in fired]})  # fmt: skip
+            items["routed"].append((q, stacked_ab([solo[j] for j in m["fired"]], modules) if m["fired"] else None))
+            items["routed1"].append((q, stacked_ab([solo[j] for j in m["top1"]], modules) if m["top1"] else None))
     from agent_sleep.evaluation.answers import answer_matches
 
     golds = [qa["answer"] for d in docs for qa in d["qa"]]
@@ -243,15 +273,7 @@ def run_set(gen: Any, router: Any, docs: list[dict[str, Any]], args: argparse.Na
                       if per_doc_keep else None,
                       "right_when_solo_right": (sum(h[k] for k in range(n) if hits["solo"][k]) / solo_hits)
                       if solo_hits else None}  # fmt: skip
-    unrelated = _unrelated_questions()
-    stray = similarities(router, docs, unrelated, args.threshold) >= args.threshold  # [guard questions, docs]
-    summary["routing"] = {"threshold": args.threshold, "own_fires": fires_right / n,
-                          "unrelated_questions": len(unrelated),
-                          "unrelated_fires_per_doc": float(stray.mean()),
-                          "unrelated_any_of_night": float(stray[:, :size].any(axis=1).mean()),
-                          "wrong_per_question": fires_wrong / n, "none_fires": fires_none / n,
-                          "own_sim_mean": statistics.fmean(m["own_sim"] for m in meta),
-                          "best_other_sim_mean": statistics.fmean(m["best_other_sim"] for m in meta)}  # fmt: skip
+    summary["routing"] = routing
     questions_out = [{**m, "question": q, "gold": g, **{f"{c}": answers[c][k] for c in answers},
                       **{f"hit_{c}": hits[c][k] for c in hits}}
                      for k, (m, (q, _), g) in enumerate(zip(meta, items["base"], golds, strict=True))]  # fmt: skip
@@ -300,14 +322,19 @@ def markdown(results: dict[str, dict[str, Any]], size: int) -> str:
             rr = "–" if row["right_when_solo_right"] is None or c == "solo" else pct(row["right_when_solo_right"])
             lines.append(f"| {name} | {s['docs']} / {s['questions']} | {c} | {pct(row['acc'])} | {kept} | {k90} "
                          f"| {rr} |")  # fmt: skip
-    lines += ["", "| set | routing threshold | own adapter fires | other adapters firing per question | none fires "
+    if not any(c in res["summary"] for res in results.values() for c in CONDITIONS):
+        lines = []  # --routing-only
+    lines += ["", "| set | routing threshold (name bonus) | own adapter fires | own adapter applies (group) | other adapters firing per question | none fires "
               "| mean cosine to own keys / best other doc's | guard questions a document's adapter fires on "
-              "(one night's three) |", "|---" * 7 + "|"]  # fmt: skip
+              "(one night's three) |", "|---" * 8 + "|"]  # fmt: skip
     for name, res in results.items():
         r = res["summary"]["routing"]
         stray = ("–" if "unrelated_fires_per_doc" not in r else
                  f"{r['unrelated_fires_per_doc']:.1%} ({r['unrelated_any_of_night']:.1%} of {r['unrelated_questions']})")
-        lines.append(f"| {name} | {r['threshold']} | {pct(r['own_fires'])} | {r['wrong_per_question']:.2f} "
+        bonus = f" ({r['name_bonus']:g})" if "name_bonus" in r else ""
+        top1 = pct(r["top1_own"]) if "top1_own" in r else "–"
+        lines.append(f"| {name} | {r['threshold']}{bonus} | {pct(r['own_fires'])} | {top1} "
+                     f"| {r['wrong_per_question']:.2f} "
                      f"| {pct(r['none_fires'])} | {r['own_sim_mean']:.2f} / "
                      f"{r['best_other_sim_mean']:.2f} | {stray} |")  # fmt: skip
     return "\n".join(lines)
@@ -324,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument("--threshold", type=float, default=None,
                         help="routing threshold (default: the cycle's for d2l adapters, routing.thresholds)")
+    parser.add_argument("--name-bonus", type=float, default=None,
+                        help="routing name bonus (default: the cycle's for d2l adapters, routing.name_bonus)")
+    parser.add_argument("--routing-only", action="store_true",
+                        help="only the routing table (no adapters made, no answers): seconds, not minutes")
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--check", type=int, default=0, help="questions re-answered through the product stack")
@@ -332,10 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "d2l_multi.json")
     args = parser.parse_args(argv)
     args.conditions = {c.strip() for c in args.conditions.split(",")} | {"solo"}
-    if args.threshold is None:
-        from agent_sleep.consolidation.config import RoutingSettings
+    from agent_sleep.consolidation.config import RoutingSettings
 
+    if args.threshold is None:
         args.threshold = RoutingSettings().threshold_for("d2l")
+    if args.name_bonus is None:
+        args.name_bonus = RoutingSettings().name_bonus_for("d2l")
 
     import torch
 
@@ -351,7 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name, docs in load_sets(args, checkpoint).items():
         log(f"[{name}] {len(docs)} documents in groups of {args.group_size}")
-        results[name] = run_set(gen, router, docs, args)
+        if args.routing_only:
+            meta, routing = route_set(router, docs, args)
+            results[name] = {"summary": {"docs": len(docs), "questions": len(meta), "routing": routing},
+                             "questions": meta}  # fmt: skip
+        else:
+            results[name] = run_set(gen, router, docs, args)
     table = markdown(results, args.group_size)
     out = {"command": " ".join([".venv/bin/python", "evals/bench_d2l_multi.py", *(argv or sys.argv[1:])]),
            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -15,7 +15,9 @@ and at most K chunks (the highest gates); ``topK`` = K highest gates, min_gate i
 cut into sections of K consecutive chunks, each its own adapter (all its chunks), and each question answered by
 the section whose sentences are closest to it (:class:`~agent_sleep.runtime.routing.Router`'s encoder and
 rule: the best cosine similarity of the question to a section's sentences; no threshold, a question always
-reaches one section) - what the sleep cycle does with a long document split into routed sections.
+reaches one section) - what the sleep cycle does with a long document split into routed sections; ``sections`` =
+the product path itself (the generator's sections, the runtime's Router with the cycle's d2l threshold and name
+bonus; a question that fires on nothing gets the base model); ``sections0`` = the same with the name bonus off.
 
 Reported per checkpoint x style x form x rule: chunks kept / all (the gate's keep rate at min_gate, before any
 cap), whether the needle's chunk was kept, the needle chunk's gate rank, and recall (with, in brackets, the share of
@@ -48,12 +50,12 @@ def parse_rule(rule: str, min_gate: float) -> tuple[float, int]:
     chunk of the routed section)."""
     if rule == "gate":
         return min_gate, 0
-    if rule == "sections":
+    if rule in ("sections", "sections0"):
         return min_gate, 0
     for prefix, threshold in (("cap", min_gate), ("top", 0.0), ("route", 0.0)):
         if rule.startswith(prefix) and rule[len(prefix) :].isdigit() and int(rule[len(prefix) :]) > 0:
             return threshold, int(rule[len(prefix) :])
-    raise SystemExit(f"unknown rule {rule!r}: use gate, capK, topK, routeK (K >= 1) or sections")
+    raise SystemExit(f"unknown rule {rule!r}: use gate, capK, topK, routeK (K >= 1), sections or sections0")
 
 
 def section_sentences(tokenizer: Any, ids: list[int], chunk_tokens: int, section_chunks: int) -> list[list[str]]:
@@ -113,10 +115,10 @@ def answer_at(doc: dict[str, Any]) -> int:
 
 
 def sectioned_answers(gen: Any, runner: Any, router: Any, text: str, questions: list[str],
-                      chunk_tokens: int) -> tuple[list[str], list[int], int]:
-    """Answers under rule ``sections``, through the product's own parts (see the module doc): the answers, the
-    section each question was served (-1: the whole adapter, the document was not sectioned; -2: the adapter did not
-    fire, the base model answered) and the number of sections."""
+                      chunk_tokens: int, rule: str = "sections") -> tuple[list[str], list[int], int]:
+    """Answers under rule ``sections`` (``sections0``: with the routing's name bonus off), through the product's own
+    parts (see the module doc): the answers, the section each question was served (-1: the whole adapter, the
+    document was not sectioned; -2: the adapter did not fire, the base model answered) and the number of sections."""
     from agent_sleep.adapters.artifact import LoraWeights
     from agent_sleep.adapters.manifest import RoutingSpec
     from agent_sleep.adapters.sections import section_layers
@@ -128,7 +130,9 @@ def sectioned_answers(gen: Any, runner: Any, router: Any, text: str, questions: 
     made = gen.internalize(text, chunk_tokens=chunk_tokens, sections=True)
     settings = RoutingSettings()
     keys = (list(made.keys) or sentences(text) or [text])[: settings.max_keys]  # as the generate stage writes them
-    spec = RoutingSpec(threshold=settings.threshold_for("d2l"), keys=keys, group="d2l", sections=list(made.sections))
+    bonus = 0.0 if rule == "sections0" else settings.name_bonus_for("d2l")
+    spec = RoutingSpec(threshold=settings.threshold_for("d2l"), keys=keys, group="d2l", sections=list(made.sections),
+                       name_bonus=bonus)
     layers = {m: LoraWeights(A=a, B=b, scaling=made.scale) for m, (a, b) in made.layers.items()}
     name = f"doc-{made.document_sha256[:8]}"
     stacks: dict[str, Any] = {}
@@ -187,7 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     handle = load_base_model(args.model)
     runner = Runner(handle, args.max_new_tokens)
     gens = {Path(c).name: D2LGenerator.load(c, handle=handle) for c in (args.checkpoint or [DEFAULT_CHECKPOINT])}
-    embedder = MiniLMEmbedder(threads=args.threads) if any(r.startswith("route") or r == "sections"
+    embedder = MiniLMEmbedder(threads=args.threads) if any(r.startswith(("route", "sections"))
                                                            for r in args.rules) else None  # fmt: skip
     router = Router(embedder) if embedder is not None else None
     rows: list[dict[str, Any]] = []
@@ -209,9 +213,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for rule in args.rules:
                     threshold, cap = parse_rule(rule, gen.config.min_gate)
                     picks = None
-                    if rule == "sections":
+                    if rule in ("sections", "sections0"):
                         answers, picks, n_sections = sectioned_answers(
-                            gen, runner, router, doc["text"], [q["question"] for q in questions], args.chunk_tokens)
+                            gen, runner, router, doc["text"], [q["question"] for q in questions], args.chunk_tokens,
+                            rule)
                         kept_ids = keep_chunks(gates, min_gate=threshold).nonzero().squeeze(1).tolist()
                         keep = torch.zeros_like(gates, dtype=torch.bool)  # "kept": what the first question read
                         if picks[0] >= 0:
@@ -261,7 +266,7 @@ def run_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
     handle = load_base_model(args.model)
     runner = Runner(handle, args.max_new_tokens)
     gens = {Path(c).name: D2LGenerator.load(c, handle=handle) for c in (args.checkpoint or [DEFAULT_CHECKPOINT])}
-    embedder = MiniLMEmbedder(threads=args.threads) if any(r.startswith("route") or r == "sections"
+    embedder = MiniLMEmbedder(threads=args.threads) if any(r.startswith(("route", "sections"))
                                                            for r in args.rules) else None  # fmt: skip
     router = Router(embedder) if embedder is not None else None
     rows = []
@@ -281,10 +286,10 @@ def run_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
                    "open": int((chunks.gates >= gen.config.min_gate).sum()), "rules": {}}  # fmt: skip
             for rule in args.rules:
                 threshold, cap = parse_rule(rule, gen.config.min_gate)
-                if rule == "sections":
+                if rule in ("sections", "sections0"):
                     answers, picks, n_sections = sectioned_answers(gen, runner, router, text,
                                                                    [q["question"] for q in questions],
-                                                                   args.chunk_tokens)  # fmt: skip
+                                                                   args.chunk_tokens, rule)  # fmt: skip
                     kept = n_sections or gen.max_kept
                     kept_ids = keep_chunks(chunks.gates, min_gate=threshold).nonzero().squeeze(1).tolist()
                     right = [p >= 0 and kept_ids[p] == chunk_of(handle.tokenizer, text, start, args.chunk_tokens)
@@ -387,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32768)
     parser.add_argument("--chunk-tokens", type=int, default=256)
     parser.add_argument("--rules", default="gate,cap1,cap4,cap16",
-                        help="comma-separated: gate, capK, topK, routeK, sections")
+                        help="comma-separated: gate, capK, topK, routeK, sections, sections0")
     parser.add_argument("--checkpoint", action="append", help="D2L checkpoint folder (repeatable; default: committed)")
     parser.add_argument("--model", help="base model spec (default: $AGENT_SLEEP_MODEL or SmolLM2-135M-Instruct)")
     parser.add_argument("--max-new-tokens", type=int, default=20)

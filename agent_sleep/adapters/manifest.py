@@ -112,6 +112,11 @@ class RoutingSpec(_Record):
     """Routed adapters of one group compete: when several fire on a request, only the one whose keys are closest
     applies (one document's adapter per question instead of all of them stacked). None: it competes with none."""
     sections: list[RoutedSection] = Field(default_factory=list)
+    name_bonus: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Added to the adapter's best similarity to a request that names a rare name its keys hold (a word the
+    encoder's vocabulary lacks, capitalised mid-sentence: :func:`agent_sleep.key_terms.rare_names`): a question
+    about the organisation a document describes, worded unlike its sentences, still reaches it. It decides whether
+    the adapter applies and which of a group does; a section is still picked by similarity alone. 0: keys only."""
 
     @field_validator("keys")
     @classmethod

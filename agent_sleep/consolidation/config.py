@@ -105,6 +105,14 @@ class RoutingSettings(_Forbid):
     (chosen on generated prose-like pages and the hand-written validation pages;
     ``evals/results/d2l_multi_tune_t0*.md``, ``d2l_multi_words1_t0*.md``). A ``thresholds`` block in a config
     replaces this default as a whole: name ``d2l`` in it to keep 0.45."""
+    name_bonus: dict[str, float] = Field(default_factory=lambda: {"d2l": 0.1})
+    """Per generator, what a request that names a rare name the adapter's keys hold (an invented organisation,
+    product or place: a word the encoder's vocabulary lacks, capitalised mid-sentence) adds to its similarity; the
+    others get 0. ``d2l`` defaults to 0.1: a question names the page's organisation while its other words differ
+    from the statement's ("the side-door keypad of Ravdell Mills" against "Ravdell Mills set its alarm to ...",
+    cosine 0.40-0.49). On the hand-written validation pages the own adapter fired on 97 % of the questions instead
+    of 96 %, with the guard suites' questions firing no more than before (``pipelines/d2l/EXPERIMENTS.md``). A
+    ``name_bonus`` block replaces this default as a whole."""
     generators: tuple[str, ...] = ("sft", "t2l", "d2l", "gradient_cd")
     max_keys: int = Field(default=256, ge=1)
     exclusive: tuple[str, ...] = ("d2l",)
@@ -120,17 +128,30 @@ class RoutingSettings(_Forbid):
                 raise ValueError(f"routing threshold for {generator!r} must be a cosine in [-1, 1], got {threshold}")
         return value
 
+    @field_validator("name_bonus")
+    @classmethod
+    def _bonus_in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        for generator, bonus in value.items():
+            if not 0.0 <= bonus <= 1.0:
+                raise ValueError(f"routing name_bonus for {generator!r} must be in [0, 1], got {bonus}")
+        return value
+
     @model_validator(mode="after")
     def _thresholds_of_routed(self) -> RoutingSettings:
-        stray = sorted(set(self.thresholds) - set(self.generators))
-        if stray and "thresholds" in self.model_fields_set:  # the default names generators a config may not route
-            raise ValueError(f"routing thresholds name {stray}, which are not routed (generators: "
-                             f"{list(self.generators)})")
+        for field in ("thresholds", "name_bonus"):  # the defaults name generators a config may not route
+            stray = sorted(set(getattr(self, field)) - set(self.generators))
+            if stray and field in self.model_fields_set:
+                raise ValueError(f"routing {field} name {stray}, which are not routed (generators: "
+                                 f"{list(self.generators)})")
         return self
 
     def threshold_for(self, generator: str) -> float:
         """The routing threshold written for ``generator``'s adapters."""
         return self.thresholds.get(generator, self.threshold)
+
+    def name_bonus_for(self, generator: str) -> float:
+        """The name bonus written for ``generator``'s adapters (0: none)."""
+        return self.name_bonus.get(generator, 0.0)
 
 
 class CycleConfig(_Forbid):

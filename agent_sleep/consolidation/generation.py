@@ -170,6 +170,7 @@ def _register(ctx: RunContext, skill: SkillPlan, generator: str, entry: dict[str
         info = (manifest.generator.model_extra or {}) if manifest is not None else {}
         kept = list(info.get("routing_keys") or [])[: routing.max_keys]
         set_routing(folder, RoutingSpec(threshold=routing.threshold_for(generator),
+                                        name_bonus=routing.name_bonus_for(generator),
                                         keys=kept or routing_keys(skill, routing.max_keys),
                                         group=generator if generator in routing.exclusive else None,
                                         sections=written.sections if written is not None else []))  # fmt: skip

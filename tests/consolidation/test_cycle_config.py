@@ -74,5 +74,10 @@ def test_routing_thresholds_per_generator() -> None:
         CycleConfig.model_validate({"routing": {"generators": ["sft"], "thresholds": {"sfft": 0.5}}})
     with pytest.raises(ValueError, match="routing threshold for 'd2l' must be a cosine in"):
         CycleConfig.model_validate({"routing": {"thresholds": {"d2l": 1.5}}})
+    assert routing.name_bonus_for("d2l") == 0.1 and routing.name_bonus_for("sft") == 0.0
+    with pytest.raises(ValueError, match=r"routing name_bonus name \['t2l'\], which are not routed"):
+        CycleConfig.model_validate({"routing": {"generators": ["sft"], "name_bonus": {"t2l": 0.1}}})
+    with pytest.raises(ValueError, match="name_bonus for 'd2l' must be in"):
+        CycleConfig.model_validate({"routing": {"name_bonus": {"d2l": -0.1}}})
     # a config routing only sft is valid whatever the default thresholds name
     assert CycleConfig.model_validate({"routing": {"generators": ["sft"]}}).routing.threshold_for("sft") == 0.55

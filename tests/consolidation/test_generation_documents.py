@@ -126,6 +126,7 @@ def test_a_long_document_keeps_every_chunk_as_a_routed_section_and_the_gate_scor
     assert entry["status"] == "generated", entry
     spec = world.runtime.routing(entry["adapter"])
     assert spec is not None and spec.group == "d2l" and spec.threshold == 0.2
+    assert spec.name_bonus == 0.1  # the routing settings' default for d2l
     assert len(spec.sections) == n_chunks  # every chunk, none lost to the cap
     assert spec.keys[0].startswith("Bay 1 of the Orrin yard")  # the stage's keys replace the generator's
     assert world.registry.get(entry["adapter"]).rank == 4 * (n_chunks + 1)

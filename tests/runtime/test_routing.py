@@ -27,8 +27,12 @@ class WordEmbedder:
     name = "all-MiniLM-L6-v2"
     dim = 64
 
-    def __init__(self) -> None:
+    def __init__(self, known: frozenset[str] = frozenset()) -> None:
         self.calls = 0
+        self.known = known
+
+    def words(self) -> frozenset[str]:
+        return self.known
 
     def embed(self, texts: Sequence[str], /) -> np.ndarray:
         self.calls += 1
@@ -100,6 +104,40 @@ def test_adapters_of_one_group_compete_only_the_closest_applies() -> None:
     ungrouped = {n: s.model_copy(update={"group": None}) for n, s in both.items()}
     assert router.active(items, ungrouped, text) == items
     assert RoutingSpec.model_validate({"keys": ["k"]}).group is None  # manifests written before groups
+
+
+def test_a_rare_name_the_keys_hold_adds_the_name_bonus() -> None:
+    """A question that names the document's invented organisation reaches its adapter even where its other words
+    differ; a common capitalised word ("Peru", known to the encoder) or a name the keys lack adds nothing."""
+    from agent_sleep.key_terms import rare_names
+
+    known = frozenset({"peru", "mills", "what", "the"})
+    assert rare_names("What do you type on the keypad of Ravdell Mills?", known) == {"ravdell"}
+    assert rare_names("Is Ravdell's alarm on? Ask PX at KORVANE or Peru.", known) == {"ravdell", "korvane"}
+    assert rare_names("Ravdell opens at nine.", known) == set()  # capitalised as a sentence's first word only
+    embedder = WordEmbedder(known)
+    router = Router(embedder)
+    plain = RoutingSpec(threshold=0.3, keys=["Ravdell Mills set its alarm to switch off on 4019."])
+    named = plain.model_copy(update={"name_bonus": 0.3})
+    question = "which digits does the side door keypad of Ravdell Mills take?"
+    base = router.similarity("alarm@v1", plain, question)
+    assert base < 0.3 and not router.fires("alarm@v1", plain, question)
+    assert router.similarity("alarm@v2", named, question) == pytest.approx(base + 0.3)
+    assert router.fires("alarm@v2", named, question)
+    other = "which digits does the side door keypad of Kelford Works take?"  # a name the keys do not hold
+    assert router.similarity("alarm@v2", named, other) == pytest.approx(router.similarity("alarm@v1", plain, other))
+    peru = RoutingSpec(threshold=0.5, keys=["Our office in Peru opens at nine."], name_bonus=0.3)
+    assert router.similarity("peru@v1", peru, "what is the capital of Peru") == pytest.approx(
+        router.similarity("peru@v0", peru.model_copy(update={"name_bonus": 0.0}), "what is the capital of Peru"))
+    # the runtime and the gate decide with the same number
+    items = (("alarm@v2", 1.0),)
+    assert router.active(items, {"alarm@v2": named}, question) == items
+    assert router.active(items, {"alarm@v2": plain}, question) == ()
+    sims, _ = router.match("alarm@v2", named, [question, other])
+    assert sims.tolist() == pytest.approx(router.similarities("alarm@v2", named, [question, other]).tolist())
+    assert RoutingSpec.model_validate({"keys": ["k"]}).name_bonus == 0.0  # manifests written before it: keys only
+    with pytest.raises(ValueError):
+        RoutingSpec(keys=["k"], name_bonus=1.5)
 
 
 def test_last_user_text() -> None:

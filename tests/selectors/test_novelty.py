@@ -41,6 +41,9 @@ class CountingEmbedder:
         self.calls.append(list(texts))
         return self.inner.embed(texts)
 
+    def words(self) -> frozenset[str]:
+        return self.inner.words()
+
 
 def _episode(i: int, user: str) -> EpisodeCandidate:
     messages = ({"role": "user", "content": user}, {"role": "assistant", "content": "Let me check."})
