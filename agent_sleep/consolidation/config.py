@@ -22,6 +22,7 @@ from agent_sleep.config_files import error_location, read_yaml_mapping, validati
 from agent_sleep.errors import ConfigError
 from agent_sleep.selectors.config import parse_selection_config
 from agent_sleep.evaluation.gate import GatePolicy
+from agent_sleep.generators.d2l import ROUTING_NAME_BONUS, ROUTING_THRESHOLD
 from agent_sleep.generators.registry import available_generators
 from agent_sleep.names import check_agent_name, did_you_mean
 
@@ -97,7 +98,7 @@ class RoutingSettings(_Forbid):
     the candidate answers as the stack it would join."""
 
     threshold: float = Field(default=0.55, ge=-1.0, le=1.0)
-    thresholds: dict[str, float] = Field(default_factory=lambda: {"d2l": 0.45})
+    thresholds: dict[str, float] = Field(default_factory=lambda: {"d2l": ROUTING_THRESHOLD})
     """A generator's own threshold; the others use ``threshold``. ``d2l`` defaults to 0.45: a question about a
     page is worded less like its sentences than a corrected conversation's is like its questions, and with a
     routing group only the closest document's adapter applies anyway. Three documents a night keep 92-100 % of
@@ -105,7 +106,7 @@ class RoutingSettings(_Forbid):
     (chosen on generated prose-like pages and the hand-written validation pages;
     ``evals/results/d2l_multi_tune_t0*.md``, ``d2l_multi_words1_t0*.md``). A ``thresholds`` block in a config
     replaces this default as a whole: name ``d2l`` in it to keep 0.45."""
-    name_bonus: dict[str, float] = Field(default_factory=lambda: {"d2l": 0.1})
+    name_bonus: dict[str, float] = Field(default_factory=lambda: {"d2l": ROUTING_NAME_BONUS})
     """Per generator, what a request that names a rare name the adapter's keys hold (an invented organisation,
     product or place: a word the encoder's vocabulary lacks, capitalised mid-sentence) adds to its similarity; the
     others get 0. ``d2l`` defaults to 0.1: a question names the page's organisation while its other words differ

@@ -98,6 +98,12 @@ GENERATOR_NAME = "d2l"
 # back, keeping 4 answered 2 of 8 questions, keeping all of them 1. The committed checkpoint was meta-trained on
 # adapters of at most 7 chunks. Documents of up to 4 chunks (~1,000 tokens) are not affected; 0 = no cap.
 DEFAULT_MAX_KEPT = 4
+# How a d2l adapter is routed (RoutingSpec): the sleep cycle's defaults (consolidation.config.RoutingSettings) and
+# what write() puts in a sectioned adapter's manifest, so `internalize --sections` serves as the cycle would. A
+# question about a page is worded less like its sentences than a corrected conversation's is like its questions
+# (0.45, not the 0.55 of other adapters); one that names the page's invented organisation gets 0.1 more.
+ROUTING_THRESHOLD = 0.45
+ROUTING_NAME_BONUS = 0.1
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "d2l-smollm2-135m"
 _PEFT_PREFIX = "base_model.model."
 
@@ -452,6 +458,7 @@ class D2LGenerator:
             base_model=BaseModelRef(id=self.config.base_model_id, content_hash=self.config.base_content_hash),
             sources=AdapterSources(documents=docs, **src),
             routing=RoutingSpec(keys=list(dict.fromkeys(s.keys[0] for s in internalized.sections)),
+                                threshold=ROUTING_THRESHOLD, name_bonus=ROUTING_NAME_BONUS, group=GENERATOR_NAME,
                                 sections=list(internalized.sections)) if internalized.sections else None,
         )
         return write_adapter(dest, internalized.tensors, internalized.lora_config, manifest)

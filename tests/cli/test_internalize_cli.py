@@ -217,6 +217,8 @@ def test_internalize_with_sections_keeps_every_chunk_routed_and_ask_reads_one(
     assert out["version"] == 2 and out["chunks"] == out["sections"] > 2 and out["chunks_dropped"] == 0
     spec = read_adapter(out["path"]).manifest.routing  # type: ignore[union-attr]
     assert spec is not None and len(spec.sections) == out["sections"]
+    # routed as the sleep cycle routes a d2l adapter, not at the generic default
+    assert (spec.threshold, spec.name_bonus, spec.group) == (0.45, 0.1, "d2l")
     questions = tmp_path / "q.jsonl"
     questions.write_text('{"question": "What is the keypad code of bay 7 of the Orrin yard?"}\n')
     assert cli_main.main(["ask", "--adapter", "yard@v2", "--questions", str(questions), "--max-new-tokens", "3"]) == 0
