@@ -69,6 +69,9 @@ class Router:
     """Scores request texts against routed adapters' keys; one per runtime, safe to share across threads."""
 
     def __init__(self, embedder: Embedder | Callable[[], Embedder] | None = None) -> None:
+        if embedder is not None and not isinstance(embedder, Embedder) and not callable(embedder):
+            raise ConfigError(f"{type(embedder).__name__} is not an Embedder: it needs name, dim, embed() and "
+                              "words() (the encoder's common words, for rare-name routing; empty if it has none)")
         self._embedder: Embedder | None = embedder if isinstance(embedder, Embedder) else None
         self._factory: Callable[[], Embedder] = embedder if callable(embedder) and self._embedder is None \
             else (lambda: MiniLMEmbedder(threads=1))  # fmt: skip

@@ -136,6 +136,15 @@ def test_a_rare_name_the_keys_hold_adds_the_name_bonus() -> None:
     sims, _ = router.match("alarm@v2", named, [question, other])
     assert sims.tolist() == pytest.approx(router.similarities("alarm@v2", named, [question, other]).tolist())
     assert RoutingSpec.model_validate({"keys": ["k"]}).name_bonus == 0.0  # manifests written before it: keys only
+
+    class NoWords:  # an embedder written before words(): named, not silently replaced by MiniLM
+        name, dim = "all-MiniLM-L6-v2", 64
+
+        def embed(self, texts: Sequence[str], /) -> np.ndarray:
+            return np.zeros((len(texts), 64), dtype=np.float32)
+
+    with pytest.raises(ConfigError, match=r"NoWords is not an Embedder.*words\(\)"):
+        Router(NoWords())  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         RoutingSpec(keys=["k"], name_bonus=1.5)
 
