@@ -43,7 +43,7 @@ __all__ = [
     "AdapterWeights", "Decision", "DeployResult", "DeployTarget", "DeploymentView", "DocumentView",
     "EpisodeView", "EvalResult", "Evaluator", "EventView", "ExperienceReader", "FeedbackView", "Gate",
     "GateDecision", "GenerationRequest", "Generator", "Identified", "LiveView", "Probe", "Selection",
-    "Selector", "StackItemView", "StackRefs", "StackView", "SuiteComparison", "SuiteRole",
+    "SectionedGenerator", "Selector", "StackItemView", "StackRefs", "StackView", "SuiteComparison", "SuiteRole",
 ]  # fmt: skip
 
 StackRefs = Sequence[str | tuple[str, float]]
@@ -313,6 +313,15 @@ class Generator(Protocol[R]):
 
     def write(self, result: R, dest: str | Path, /, *, sources: Mapping[str, Any] | None = None,
               skill: str | None = None) -> Path: ...  # fmt: skip
+
+
+@runtime_checkable
+class SectionedGenerator(Protocol):
+    """A generator that can keep every chunk of a long document as a routed section (``d2l``) instead of capping
+    them: ``sections`` on makes it so. Only a router serves sections, so the sleep cycle turns it on for the
+    generators whose adapters it routes, unless the user's settings for that generator name ``sections``."""
+
+    sections: bool
 
 
 # ---------------------------------------------------------------- evaluating and gating

@@ -126,3 +126,15 @@ def test_the_generator_protocol_is_generic_over_its_result() -> None:
     for cls in (D2LGenerator, GradientCDGenerator):  # methods only: name and version are checked on instances
         problems = [p for p in protocol_mismatches(cls, Generator) if not p.startswith("missing version")]
         assert problems == [], cls.__name__
+
+
+def test_which_generators_keep_routed_sections() -> None:
+    """d2l declares ``sections`` (the sleep cycle turns it on where it routes d2l); the gradient generators do not."""
+    from agent_sleep.generators.d2l import D2LGenerator
+    from agent_sleep.generators.sft import SFTGenerator
+    from agent_sleep.interfaces import SectionedGenerator
+
+    d2l = D2LGenerator.__new__(D2LGenerator)
+    d2l.sections = False  # set by __init__, which needs a checkpoint
+    assert isinstance(d2l, SectionedGenerator)
+    assert not isinstance(SFTGenerator.__new__(SFTGenerator), SectionedGenerator)

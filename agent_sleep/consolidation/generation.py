@@ -38,7 +38,7 @@ from agent_sleep.consolidation.config import GeneratorSettings, generator_settin
 from agent_sleep.consolidation.context import RunContext
 from agent_sleep.errors import AgentSleepError, InvalidInputError, StoreError
 from agent_sleep.generators.registry import get_generator
-from agent_sleep.interfaces import GenerationRequest, Generator
+from agent_sleep.interfaces import GenerationRequest, Generator, SectionedGenerator
 from agent_sleep.key_terms import sentences
 from agent_sleep.registry.records import AdapterVersionRecord, StackItem
 from agent_sleep.selectors.plan import ConsolidationPlan, SkillPlan
@@ -132,7 +132,7 @@ def _generator(ctx: RunContext, name: str, generators: dict[str, Generator[Any]]
         try:
             gen = generators[name] = build_generator(name, handle, ctx.config.generator(name))
             routing = ctx.config.routing
-            if routing is not None and name in routing.generators and hasattr(gen, "sections") \
+            if routing is not None and name in routing.generators and isinstance(gen, SectionedGenerator) \
                     and "sections" not in ctx.config.generator(name).settings:  # fmt: skip
                 gen.sections = True  # routed: a long document keeps every chunk, each a routed section (d2l)
         except StoreError:
