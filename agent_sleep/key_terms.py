@@ -70,7 +70,7 @@ def rare_names(text: str, known: Container[str]) -> set[str]:
     names it even where the rest of its wording differs."""
     out: set[str] = set()
     for token, salient in _terms(text):
-        word = token.removesuffix("'s").removesuffix("\u2019s")
+        word = token.removesuffix("'s")
         if salient and len(word) >= 3 and word.isalpha() and word.casefold() not in known:
             out.add(word.casefold())
     return out

@@ -101,7 +101,7 @@ class Router:
         self._check(spec)
         found = self._keys.get(name)
         if found is None:
-            texts = list(spec.keys) + [k for s in spec.sections for k in s.keys]
+            texts = _key_texts(spec)
             counts = [len(spec.keys), *(len(s.keys) for s in spec.sections)]
             owners = np.repeat(np.arange(-1, len(spec.sections)), counts)
             found = self._keys[name] = (self.embedder.embed(texts), owners)
@@ -109,12 +109,11 @@ class Router:
 
     def _bonus(self, name: str, spec: RoutingSpec, names: Sequence[set[str]]) -> np.ndarray:
         """Per request (its rare names, :meth:`names`), ``spec.name_bonus`` where ``name``'s keys hold one of them."""
-        if not spec.name_bonus:
+        if not spec.name_bonus or not any(names):  # most requests name nothing rare: no key terms needed
             return np.zeros(len(names), dtype=np.float32)
         terms = self._terms.get(name)
         if terms is None:
-            texts = list(spec.keys) + [k for s in spec.sections for k in s.keys]
-            terms = self._terms[name] = frozenset().union(*map(term_set, texts))
+            terms = self._terms[name] = frozenset().union(*map(term_set, _key_texts(spec)))
         return np.array([spec.name_bonus if n & terms else 0.0 for n in names], dtype=np.float32)
 
     def names(self, texts: Sequence[str]) -> list[set[str]]:
@@ -187,6 +186,11 @@ class Router:
             elif n in on:
                 out.append((section_name(n, int(self.sections_of(n, spec, vector)[0])) if spec.sections else n, w))
         return tuple(out)
+
+
+def _key_texts(spec: RoutingSpec) -> list[str]:
+    """A spec's keys, then each section's, in order: what an adapter is matched against."""
+    return list(spec.keys) + [k for s in spec.sections for k in s.keys]
 
 
 def applying(near: Mapping[str, float], specs: Mapping[str, RoutingSpec | None]) -> set[str]:
